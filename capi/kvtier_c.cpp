@@ -1,0 +1,358 @@
+// The C ABI: the only extern "C" definitions. Every entry point checks its arguments, turns
+// Status into a code plus a thread-local detail, and lets no exception out.
+#include <kvtier/kvtier.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "layout.h"
+#include "log.h"
+#include "store.h"
+
+struct kvtier_store {
+  std::unique_ptr<kvtier::Store> rep;
+};
+
+namespace {
+
+using kvtier::Frag;
+using kvtier::Status;
+
+// Batches above this are refused: they are a caller bug (the engine sends <= a few thousand).
+constexpr size_t kMaxBatch = size_t{1} << 24;
+
+thread_local std::string t_last_error;
+
+int fail(const Status& s) {
+  t_last_error = std::string(kvtier::code_name(s.code())) + ": " + s.message();
+  return s.code();
+}
+
+int fail(int code, const std::string& msg) { return fail(Status(code, msg)); }
+
+// Records a per-key failure's detail but reports the call itself as run.
+int note(const Status& s) {
+  if (!s.is_ok()) fail(s);
+  return KVTIER_OK;
+}
+
+template <class F>
+int guarded(const char* fn, F&& body) noexcept {
+  t_last_error.clear();
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return fail(KVTIER_ERR_NO_MEMORY, std::string(fn) + ": out of memory");
+  } catch (const std::exception& e) {
+    kvtier::log().error("{}: unexpected exception: {}", fn, e.what());
+    return fail(KVTIER_ERR_INTERNAL, std::string(fn) + ": " + e.what());
+  } catch (...) {
+    return fail(KVTIER_ERR_INTERNAL, std::string(fn) + ": unknown exception");
+  }
+}
+
+template <class T>
+int refuse(T* results, size_t n, int code, const std::string& msg) {
+  if (results && n <= kMaxBatch)
+    for (size_t i = 0; i < n; ++i) results[i] = code;
+  return fail(code, msg);
+}
+
+// The checks every batch call starts with; an empty string means they passed.
+std::string check_batch(const kvtier_store_t* store, const char* const* keys, size_t n,
+                        const void* results) {
+  if (!store) return "store is NULL";
+  if (!keys) return "keys is NULL";
+  if (!results) return "results is NULL";
+  if (n == 0) return "n is 0";
+  if (n > kMaxBatch) return "n is larger than " + std::to_string(kMaxBatch);
+  return {};
+}
+
+std::vector<Frag> frags_of(const void* const* ptrs, const size_t* sizes, size_t count) {
+  std::vector<Frag> frags(count);
+  for (size_t i = 0; i < count; ++i)
+    frags[i] = {static_cast<std::byte*>(const_cast<void*>(ptrs[i])), sizes[i]};
+  return frags;
+}
+
+// Shared by kvtier_batch_set_v1 and kvtier_batch_set_v1_slots.
+int put_v1(kvtier_store_t* store, const char* const* keys, size_t n, std::span<const Frag> frags,
+           size_t per_key, int* results) {
+  return note(store->rep->put({keys, n}, frags, per_key, true, {results, n}));
+}
+
+int get_v1(kvtier_store_t* store, const char* const* keys, size_t n, std::span<const Frag> frags,
+           size_t per_key, int* results) {
+  std::vector<int64_t> got(n);
+  for (size_t i = 0; i < n; ++i) got[i] = results[i];
+  Status s = store->rep->get({keys, n}, frags, per_key, true, true, got);
+  for (size_t i = 0; i < n; ++i) results[i] = got[i] >= 0 ? KVTIER_OK : static_cast<int>(got[i]);
+  return note(s);
+}
+
+std::string check_v1(void* const* ptrs, const size_t* sizes, size_t n_frags, size_t n) {
+  if (!ptrs || !sizes) return "fragment pointer or size array is NULL";
+  if (n_frags == 0 || n_frags % n)
+    return std::to_string(n_frags) + " fragments do not split evenly over " + std::to_string(n) +
+           " keys";
+  return {};
+}
+
+template <class Op>
+int with_slots(kvtier_store_t* store, const char* const* keys, size_t n, const int64_t* slots,
+               size_t n_slots, int* results, Op op) {
+  if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+    return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
+  if (!slots) return refuse(results, n, KVTIER_ERR_INVALID_ARG, "slots is NULL");
+  kvtier::PoolLayout layout;
+  if (Status s = store->rep->layout(&layout); !s.is_ok())
+    return refuse(results, n, s.code(), s.message());
+  if (n_slots / layout.page_size != n || n_slots % layout.page_size)
+    return refuse(results, n, KVTIER_ERR_INVALID_ARG,
+                  std::to_string(n_slots) + " token slots for " + std::to_string(n) +
+                      " keys; expected keys * page_size = " +
+                      std::to_string(n * layout.page_size));
+  std::fill(results, results + n, KVTIER_OK);
+  const size_t per_page = layout.frags_per_page();
+  std::vector<Frag> frags(n * per_page);
+  Status page_failure = layout.pages_frags(slots, n, frags.data(), results);
+  int rc = op(store, keys, n, frags, per_page, results);
+  note(page_failure);
+  return rc;
+}
+
+}  // namespace
+
+extern "C" {
+
+unsigned kvtier_version_number(void) { return KVTIER_VERSION_NUMBER; }
+
+const char* kvtier_version_string(void) {
+#define KVTIER_STR2(x) #x
+#define KVTIER_STR(x) KVTIER_STR2(x)
+  return KVTIER_STR(KVTIER_VERSION_MAJOR) "." KVTIER_STR(KVTIER_VERSION_MINOR) "." KVTIER_STR(
+      KVTIER_VERSION_PATCH);
+}
+
+const char* kvtier_error_name(int code) { return kvtier::code_name(code); }
+const char* kvtier_strerror(int code) { return kvtier::code_text(code); }
+const char* kvtier_last_error(void) { return t_last_error.c_str(); }
+void kvtier_free(void* ptr) { std::free(ptr); }
+
+int kvtier_open(const char* config, kvtier_store_t** out) {
+  return guarded("kvtier_open", [&] {
+    if (!out) return fail(KVTIER_ERR_INVALID_ARG, "out is NULL");
+    *out = nullptr;
+    kvtier::Config cfg;
+    Status s = kvtier::load_config(config, &cfg);
+    if (!s.is_ok()) {
+      kvtier::log().error("open: {}", s.message());
+      return fail(s);
+    }
+    auto handle = std::make_unique<kvtier_store>();
+    s = kvtier::Store::open(cfg, &handle->rep);
+    if (!s.is_ok()) {
+      kvtier::log().error("open: {}", s.message());
+      return fail(s);
+    }
+    *out = handle.release();
+    return KVTIER_OK;
+  });
+}
+
+void kvtier_close(kvtier_store_t* store) {
+  guarded("kvtier_close", [&] {
+    delete store;
+    return KVTIER_OK;
+  });
+}
+
+int kvtier_batch_set(kvtier_store_t* store, const char* const* keys, size_t n,
+                     const void* const* values, const size_t* sizes, int* results) {
+  return guarded("kvtier_batch_set", [&] {
+    if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+      return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
+    if (!values || !sizes)
+      return refuse(results, n, KVTIER_ERR_INVALID_ARG, "values or sizes is NULL");
+    std::fill(results, results + n, KVTIER_OK);
+    std::vector<Frag> frags = frags_of(values, sizes, n);
+    return note(store->rep->put({keys, n}, frags, 1, false, {results, n}));
+  });
+}
+
+int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n,
+                     void* const* buffers, const size_t* capacities, int64_t* results) {
+  return guarded("kvtier_batch_get", [&] {
+    if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+      return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
+    if (!buffers || !capacities)
+      return refuse(results, n, KVTIER_ERR_INVALID_ARG, "buffers or capacities is NULL");
+    std::fill(results, results + n, KVTIER_OK);
+    std::vector<Frag> frags = frags_of(buffers, capacities, n);
+    return note(store->rep->get({keys, n}, frags, 1, false, false, {results, n}));
+  });
+}
+
+int kvtier_batch_exists(kvtier_store_t* store, const char* const* keys, size_t n,
+                        size_t* hits) {
+  return guarded("kvtier_batch_exists", [&] {
+    if (std::string bad = check_batch(store, keys, n, hits); !bad.empty())
+      return fail(KVTIER_ERR_INVALID_ARG, bad);
+    *hits = 0;
+    Status s = store->rep->exists({keys, n}, hits);
+    return s.is_ok() ? KVTIER_OK : fail(s);
+  });
+}
+
+int kvtier_batch_remove(kvtier_store_t* store, const char* const* keys, size_t n, int* results) {
+  return guarded("kvtier_batch_remove", [&] {
+    if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+      return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
+    return note(store->rep->remove({keys, n}, {results, n}));
+  });
+}
+
+int kvtier_clear(kvtier_store_t* store) {
+  return guarded("kvtier_clear", [&] {
+    if (!store) return fail(KVTIER_ERR_INVALID_ARG, "store is NULL");
+    store->rep->clear();
+    return KVTIER_OK;
+  });
+}
+
+int kvtier_stats_json(kvtier_store_t* store, char** json) {
+  return guarded("kvtier_stats_json", [&] {
+    if (!store || !json) return fail(KVTIER_ERR_INVALID_ARG, "store or json is NULL");
+    *json = nullptr;
+    std::string s = store->rep->stats_json();
+    char* copy = static_cast<char*>(std::malloc(s.size() + 1));
+    if (!copy) return fail(KVTIER_ERR_NO_MEMORY, "stats: out of memory");
+    std::memcpy(copy, s.c_str(), s.size() + 1);
+    *json = copy;
+    return KVTIER_OK;
+  });
+}
+
+int kvtier_register_buffer(kvtier_store_t* store, void* addr, size_t len) {
+  return guarded("kvtier_register_buffer", [&] {
+    if (!store) return fail(KVTIER_ERR_INVALID_ARG, "store is NULL");
+    Status s = store->rep->register_buffer(addr, len);
+    return s.is_ok() ? KVTIER_OK : fail(s);
+  });
+}
+
+int kvtier_unregister_buffer(kvtier_store_t* store, void* addr) {
+  return guarded("kvtier_unregister_buffer", [&] {
+    if (!store) return fail(KVTIER_ERR_INVALID_ARG, "store is NULL");
+    Status s = store->rep->unregister_buffer(addr);
+    return s.is_ok() ? KVTIER_OK : fail(s);
+  });
+}
+
+int kvtier_batch_set_v1(kvtier_store_t* store, const char* const* keys, size_t n,
+                        void* const* frag_ptrs, const size_t* frag_sizes, size_t n_frags,
+                        int* results) {
+  return guarded("kvtier_batch_set_v1", [&] {
+    if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+      return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
+    if (std::string bad = check_v1(frag_ptrs, frag_sizes, n_frags, n); !bad.empty())
+      return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
+    std::fill(results, results + n, KVTIER_OK);
+    std::vector<Frag> frags = frags_of(frag_ptrs, frag_sizes, n_frags);
+    return put_v1(store, keys, n, frags, n_frags / n, results);
+  });
+}
+
+int kvtier_batch_get_v1(kvtier_store_t* store, const char* const* keys, size_t n,
+                        void* const* frag_ptrs, const size_t* frag_sizes, size_t n_frags,
+                        int* results) {
+  return guarded("kvtier_batch_get_v1", [&] {
+    if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+      return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
+    if (std::string bad = check_v1(frag_ptrs, frag_sizes, n_frags, n); !bad.empty())
+      return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
+    std::fill(results, results + n, KVTIER_OK);
+    std::vector<Frag> frags = frags_of(frag_ptrs, frag_sizes, n_frags);
+    return get_v1(store, keys, n, frags, n_frags / n, results);
+  });
+}
+
+int kvtier_register_layout(kvtier_store_t* store, const kvtier_pool_layout_t* layout) {
+  return guarded("kvtier_register_layout", [&] {
+    if (!store || !layout) return fail(KVTIER_ERR_INVALID_ARG, "store or layout is NULL");
+    if (layout->struct_size < sizeof(kvtier_pool_layout_t))
+      return fail(KVTIER_ERR_INVALID_ARG,
+                  "layout->struct_size is " + std::to_string(layout->struct_size) +
+                      "; set it to sizeof(kvtier_pool_layout_t)");
+    kvtier::PoolLayout l;
+    l.base = static_cast<std::byte*>(layout->base);
+    l.kind = static_cast<kvtier::PoolKind>(layout->pool_kind);
+    l.order = static_cast<kvtier::PoolOrder>(layout->layout);
+    l.page_size = layout->page_size;
+    l.layer_num = layout->layer_num;
+    l.head_num = layout->head_num;
+    l.head_dim = layout->head_dim;
+    l.kv_cache_dim = layout->kv_cache_dim;
+    l.dtype_size = layout->dtype_size;
+    l.pool_tokens = layout->pool_tokens;
+    Status s = store->rep->set_layout(l);
+    return s.is_ok() ? KVTIER_OK : fail(s);
+  });
+}
+
+int kvtier_page_fragments(kvtier_store_t* store, size_t* per_page) {
+  return guarded("kvtier_page_fragments", [&] {
+    if (!store || !per_page) return fail(KVTIER_ERR_INVALID_ARG, "store or per_page is NULL");
+    kvtier::PoolLayout layout;
+    if (Status s = store->rep->layout(&layout); !s.is_ok()) return fail(s);
+    *per_page = layout.frags_per_page();
+    return KVTIER_OK;
+  });
+}
+
+int kvtier_get_page_buffer_meta(kvtier_store_t* store, const int64_t* slots, size_t n_slots,
+                                void** ptrs, size_t* sizes, size_t capacity) {
+  return guarded("kvtier_get_page_buffer_meta", [&] {
+    if (!store || !slots || !ptrs || !sizes)
+      return fail(KVTIER_ERR_INVALID_ARG, "store, slots, ptrs or sizes is NULL");
+    kvtier::PoolLayout layout;
+    if (Status s = store->rep->layout(&layout); !s.is_ok()) return fail(s);
+    if (n_slots == 0 || n_slots % layout.page_size)
+      return fail(KVTIER_ERR_INVALID_ARG, std::to_string(n_slots) +
+                                              " token slots is not a whole number of pages of " +
+                                              std::to_string(layout.page_size));
+    const size_t pages = n_slots / layout.page_size;
+    const size_t count = pages * layout.frags_per_page();
+    if (capacity < count)
+      return fail(KVTIER_ERR_BUFFER_TOO_SMALL, "need room for " + std::to_string(count) +
+                                                   " fragments, got " + std::to_string(capacity));
+    std::vector<Frag> frags(count);
+    if (Status s = layout.pages_frags(slots, pages, frags.data(), nullptr); !s.is_ok())
+      return fail(s);
+    for (size_t i = 0; i < count; ++i) {
+      ptrs[i] = frags[i].ptr;
+      sizes[i] = frags[i].len;
+    }
+    return KVTIER_OK;
+  });
+}
+
+int kvtier_batch_set_v1_slots(kvtier_store_t* store, const char* const* keys, size_t n,
+                              const int64_t* slots, size_t n_slots, int* results) {
+  return guarded("kvtier_batch_set_v1_slots",
+                 [&] { return with_slots(store, keys, n, slots, n_slots, results, put_v1); });
+}
+
+int kvtier_batch_get_v1_slots(kvtier_store_t* store, const char* const* keys, size_t n,
+                              const int64_t* slots, size_t n_slots, int* results) {
+  return guarded("kvtier_batch_get_v1_slots",
+                 [&] { return with_slots(store, keys, n, slots, n_slots, results, get_v1); });
+}
+
+}  // extern "C"

@@ -1,0 +1,221 @@
+/*
+ * kvtier: a tiered store for LLM KV-cache pages. The stable C ABI.
+ *
+ * Conventions (they hold for every call below unless its comment says otherwise):
+ *
+ *  1. Return codes. Calls return `int`: 0 (KVTIER_OK) on success or a negative KVTIER_ERR_*
+ *     code. kvtier_error_name() gives the code's name, kvtier_strerror() a sentence, and
+ *     kvtier_last_error() the detail of the last failure on the calling thread.
+ *  2. Batches. A batch call takes `n` keys (n >= 1) and fills one result per key. If the call
+ *     returns 0 it ran, and each key's result tells how that key fared: bad input in one key
+ *     fails that key alone. If it returns a negative code the call as a whole was refused
+ *     (NULL arrays, n == 0, mismatched counts), nothing was read or written, and every
+ *     result slot (when the results array is not NULL) holds that code.
+ *  3. Keys are NUL-terminated strings of 1..KVTIER_MAX_KEY_LEN bytes. The store hashes them on
+ *     entry and keeps no pointer to them after the call returns.
+ *  4. Ownership. The caller owns every buffer it passes; the library reads or writes it only
+ *     during the call. What the library allocates and hands out (the stats JSON) is released
+ *     with kvtier_free(). Zero-copy calls (the _v1 family) read and write the caller's own
+ *     memory and require it to lie in a region registered with kvtier_register_buffer().
+ *  5. Threads. A store handle may be used from any number of threads at once. Registering or
+ *     unregistering a buffer while a call that uses it is in flight is the caller's error.
+ *  6. Nothing is ever written past a buffer's stated size, and no call aborts the process.
+ *  7. ABI. Values of codes and enum constants never change once released; new behaviour gets
+ *     new symbols (a _v2 call), never a changed signature. Option structs start with their
+ *     own size so they can grow.
+ */
+#ifndef KVTIER_KVTIER_H_
+#define KVTIER_KVTIER_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(KVTIER_BUILDING_LIBRARY)
+#define KVTIER_API __attribute__((visibility("default")))
+#else
+#define KVTIER_API
+#endif
+
+/* ---- Version ------------------------------------------------------------------------------ */
+
+#define KVTIER_VERSION_MAJOR 0
+#define KVTIER_VERSION_MINOR 1
+#define KVTIER_VERSION_PATCH 0
+#define KVTIER_VERSION_NUMBER \
+  (KVTIER_VERSION_MAJOR * 10000 + KVTIER_VERSION_MINOR * 100 + KVTIER_VERSION_PATCH)
+
+/* @return : KVTIER_VERSION_NUMBER of the library actually loaded. */
+KVTIER_API unsigned kvtier_version_number(void);
+/* @return : "MAJOR.MINOR.PATCH" of the library actually loaded; static storage. */
+KVTIER_API const char* kvtier_version_string(void);
+
+/* ---- Codes (frozen) ----------------------------------------------------------------------- */
+
+#define KVTIER_OK 0
+#define KVTIER_ERR_NOT_FOUND -1         /* the key is in no tier (a miss, not a failure) */
+#define KVTIER_ERR_INVALID_ARG -2       /* NULL, n == 0, mismatched counts, empty value */
+#define KVTIER_ERR_KEY_TOO_LONG -3      /* key longer than KVTIER_MAX_KEY_LEN (or empty) */
+#define KVTIER_ERR_NOT_REGISTERED -4    /* a fragment outside registered memory */
+#define KVTIER_ERR_BUFFER_TOO_SMALL -5  /* the value does not fit the caller's buffer */
+#define KVTIER_ERR_SIZE_MISMATCH -6     /* v1 get: stored value size != fragments' total */
+#define KVTIER_ERR_CONFIG -7            /* a KVTIER_* setting is invalid */
+#define KVTIER_ERR_NO_SPACE -8          /* no tier could take the value (capacity, ENOSPC) */
+#define KVTIER_ERR_IO -9                /* an I/O error in a tier */
+#define KVTIER_ERR_CORRUPT -10          /* stored bytes failed their checksum */
+#define KVTIER_ERR_UNAVAILABLE -11      /* a remote server cannot be reached */
+#define KVTIER_ERR_TIMEOUT -12          /* a remote server did not answer in time */
+#define KVTIER_ERR_NO_MEMORY -13        /* the library could not allocate */
+#define KVTIER_ERR_UNSUPPORTED -14      /* not built in, or not possible with this tier */
+#define KVTIER_ERR_NO_LAYOUT -15        /* a slot call before kvtier_register_layout() */
+#define KVTIER_ERR_OUT_OF_RANGE -16     /* a token slot outside the pool or not page-aligned */
+#define KVTIER_ERR_BUSY -17             /* the namespace is held by another process */
+#define KVTIER_ERR_INTERNAL -18         /* a bug: please report it with kvtier_last_error() */
+
+#define KVTIER_MAX_KEY_LEN 1024
+
+/* @return : the code's name, e.g. "KVTIER_ERR_NOT_FOUND"; static storage; never NULL. */
+KVTIER_API const char* kvtier_error_name(int code);
+/* @return : a one-line description of the code; static storage; never NULL. */
+KVTIER_API const char* kvtier_strerror(int code);
+/* @return : detail of the last failure on this thread ("" if none); valid until the next
+ *           kvtier call on this thread. */
+KVTIER_API const char* kvtier_last_error(void);
+
+/* Releases memory the library handed out. NULL is fine. */
+KVTIER_API void kvtier_free(void* ptr);
+
+/* ---- Store -------------------------------------------------------------------------------- */
+
+typedef struct kvtier_store kvtier_store_t;
+
+/* Opens a store. Settings come from the KVTIER_* environment variables; `config`, when not
+ * NULL, overrides them: "NAME=value" pairs separated by ';' or newlines, NAME with or without
+ * the KVTIER_ prefix, any case (e.g. "tiers=memory;memory_capacity=1GiB").
+ * @return : 0 and *out set, or KVTIER_ERR_CONFIG (the detail names the setting and value), or
+ *           another code; *out is NULL on failure. */
+KVTIER_API int kvtier_open(const char* config, kvtier_store_t** out);
+/* Closes a store; in-flight calls must have returned. NULL is fine. */
+KVTIER_API void kvtier_close(kvtier_store_t* store);
+
+/* ---- Copying interface -------------------------------------------------------------------- */
+
+/* Stores values[i] (sizes[i] bytes, >= 1) under keys[i]. A key that exists already counts as
+ * written and keeps its value. The values are copied; they need not be registered.
+ * results[i] : 0 or a negative code. */
+KVTIER_API int kvtier_batch_set(kvtier_store_t* store, const char* const* keys, size_t n,
+                                const void* const* values, const size_t* sizes, int* results);
+
+/* Reads keys[i] into buffers[i], which holds capacities[i] bytes.
+ * results[i] : the value's size in bytes, KVTIER_ERR_NOT_FOUND, KVTIER_ERR_BUFFER_TOO_SMALL
+ *              (nothing written to that buffer), or another negative code. */
+KVTIER_API int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n,
+                                void* const* buffers, const size_t* capacities,
+                                int64_t* results);
+
+/* *hits : how many keys, from keys[0] on, are present without a gap (the engine's prefix
+ * semantics: it stops at the first miss). */
+KVTIER_API int kvtier_batch_exists(kvtier_store_t* store, const char* const* keys, size_t n,
+                                   size_t* hits);
+
+/* results[i] : 0 (removed from every tier) or KVTIER_ERR_NOT_FOUND. */
+KVTIER_API int kvtier_batch_remove(kvtier_store_t* store, const char* const* keys, size_t n,
+                                   int* results);
+
+/* Drops every key of this store's namespace from every tier. */
+KVTIER_API int kvtier_clear(kvtier_store_t* store);
+
+/* *json : a NUL-terminated JSON object with, per tier, keys, bytes, capacity, hits, misses,
+ * evictions and errors; release it with kvtier_free(). */
+KVTIER_API int kvtier_stats_json(kvtier_store_t* store, char** json);
+
+/* ---- Zero-copy interface ------------------------------------------------------------------ */
+
+/* Registers [addr, addr+len) as memory the _v1 calls may read and write in place, typically the
+ * engine's pinned host pool. Any alignment is accepted (4 KiB-aligned pages let file and RDMA
+ * tiers skip their bounce buffers). Regions may not overlap. The memory must stay valid until
+ * kvtier_unregister_buffer() or kvtier_close(). */
+KVTIER_API int kvtier_register_buffer(kvtier_store_t* store, void* addr, size_t len);
+/* Removes the region that starts at addr; KVTIER_ERR_NOT_FOUND if there is none. */
+KVTIER_API int kvtier_unregister_buffer(kvtier_store_t* store, void* addr);
+
+/* Stores each key from its fragments, in place. The fragments are exactly what the engine's
+ * get_page_buffer_meta returns: n_frags pointers and sizes, n_frags / n per key in order (n_frags
+ * must be a multiple of n). A key's value is its fragments concatenated, so kvtier_batch_get
+ * reads it back as one flat page. Every fragment must lie in a registered region, or that key
+ * fails with KVTIER_ERR_NOT_REGISTERED and none of its bytes is read. The fragments are only
+ * read during the call; the engine may reuse them once it returns.
+ * results[i] : 0 (also when the key existed already) or a negative code. */
+KVTIER_API int kvtier_batch_set_v1(kvtier_store_t* store, const char* const* keys, size_t n,
+                                   void* const* frag_ptrs, const size_t* frag_sizes,
+                                   size_t n_frags, int* results);
+
+/* Reads each key into its fragments, in place; the bytes are there when the call returns.
+ * results[i] : 0, KVTIER_ERR_NOT_FOUND, KVTIER_ERR_SIZE_MISMATCH (the stored value is not
+ *              exactly the fragments' total; nothing written), KVTIER_ERR_NOT_REGISTERED
+ *              (nothing written), or another negative code. */
+KVTIER_API int kvtier_batch_get_v1(kvtier_store_t* store, const char* const* keys, size_t n,
+                                   void* const* frag_ptrs, const size_t* frag_sizes,
+                                   size_t n_frags, int* results);
+
+/* ---- Native page meta --------------------------------------------------------------------- */
+
+#define KVTIER_POOL_MHA 0
+#define KVTIER_POOL_MLA 1
+
+#define KVTIER_LAYOUT_LAYER_FIRST 0
+#define KVTIER_LAYOUT_PAGE_FIRST 1
+#define KVTIER_LAYOUT_PAGE_FIRST_DIRECT 2
+
+/* The engine's host pool, described once. The buffer shapes (E = dtype_size):
+ *   MHA layer_first (2, L, S, H, D)   MHA page_first (2, S, L, H, D)
+ *   MHA page_first_direct (2, S/P, L, P, H, D)
+ *   MLA layer_first (L, S, 1, C)      MLA page_first(_direct) (S, L, 1, C) / (S/P, L, P, 1, C) */
+typedef struct kvtier_pool_layout {
+  size_t struct_size;    /* sizeof(kvtier_pool_layout_t): lets the struct grow */
+  void* base;            /* the pool buffer's first byte */
+  int32_t pool_kind;     /* KVTIER_POOL_MHA or KVTIER_POOL_MLA */
+  int32_t layout;        /* KVTIER_LAYOUT_* */
+  uint32_t page_size;    /* P: tokens per page */
+  uint32_t layer_num;    /* L */
+  uint32_t head_num;     /* H (MHA) */
+  uint32_t head_dim;     /* D (MHA) */
+  uint32_t kv_cache_dim; /* C (MLA) */
+  uint32_t dtype_size;   /* E: bytes per element */
+  uint64_t pool_tokens;  /* S: pool size in tokens, a multiple of page_size */
+} kvtier_pool_layout_t;
+
+/* Registers the engine's pool layout (one per store; a second call replaces it). The whole pool
+ * must lie in a registered region. */
+KVTIER_API int kvtier_register_layout(kvtier_store_t* store, const kvtier_pool_layout_t* layout);
+
+/* *per_page : fragments per page for the registered layout (MHA: 2 or 2L; MLA: 1 or L). */
+KVTIER_API int kvtier_page_fragments(kvtier_store_t* store, size_t* per_page);
+
+/* The engine's get_page_buffer_meta, in C: for the pages that start at slots[0], slots[P],
+ * slots[2P], ... (n_slots a multiple of P) writes n_slots/P * per_page pointers and sizes, in
+ * the engine's order. `capacity` is the length of ptrs and sizes.
+ * @return : 0, KVTIER_ERR_NO_LAYOUT, KVTIER_ERR_OUT_OF_RANGE, KVTIER_ERR_BUFFER_TOO_SMALL. */
+KVTIER_API int kvtier_get_page_buffer_meta(kvtier_store_t* store, const int64_t* slots,
+                                           size_t n_slots, void** ptrs, size_t* sizes,
+                                           size_t capacity);
+
+/* kvtier_batch_set_v1 / kvtier_batch_get_v1 on token slots: `slots` is the engine's host_indices
+ * (n * page_size int64 token slots; page i starts at slots[i * page_size]). The fragments are
+ * computed from the registered layout. A page that starts off a page boundary or outside the
+ * pool fails its key with KVTIER_ERR_OUT_OF_RANGE. */
+KVTIER_API int kvtier_batch_set_v1_slots(kvtier_store_t* store, const char* const* keys,
+                                         size_t n, const int64_t* slots, size_t n_slots,
+                                         int* results);
+KVTIER_API int kvtier_batch_get_v1_slots(kvtier_store_t* store, const char* const* keys,
+                                         size_t n, const int64_t* slots, size_t n_slots,
+                                         int* results);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVTIER_KVTIER_H_ */

@@ -1,0 +1,177 @@
+#include "config.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <functional>
+#include <string_view>
+
+#include "log.h"
+
+extern char** environ;
+
+namespace kvtier {
+
+namespace {
+
+std::string trim(std::string_view s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return std::string(s.substr(b, e - b));
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+std::string upper(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
+  return s;
+}
+
+// A setter returns an empty string on success, else what it expected.
+using Setter = std::function<std::string(Config&, const std::string&)>;
+
+struct Option {
+  const char* name;  // without the KVTIER_ prefix
+  Setter set;
+};
+
+const std::vector<Option>& options() {
+  static const std::vector<Option> kOptions = {
+      {"TIERS",
+       [](Config& c, const std::string& v) -> std::string {
+         std::vector<std::string> tiers;
+         size_t start = 0;
+         while (start <= v.size()) {
+           size_t comma = v.find(',', start);
+           if (comma == std::string::npos) comma = v.size();
+           std::string name = lower(trim(std::string_view(v).substr(start, comma - start)));
+           if (name.empty()) return "a comma list of tier names, e.g. memory,file";
+           if (std::find(tiers.begin(), tiers.end(), name) != tiers.end())
+             return "each tier at most once";
+           tiers.push_back(name);
+           start = comma + 1;
+         }
+         c.tiers = std::move(tiers);
+         return {};
+       }},
+      {"WRITE_POLICY",
+       [](Config& c, const std::string& v) -> std::string {
+         std::string p = lower(v);
+         if (p == "write_through") {
+           c.write_policy = WritePolicy::kWriteThrough;
+         } else if (p == "write_back") {
+           c.write_policy = WritePolicy::kWriteBack;
+         } else {
+           return "write_through or write_back";
+         }
+         return {};
+       }},
+      {"NAMESPACE",
+       [](Config& c, const std::string& v) -> std::string {
+         if (v.size() > 255) return "at most 255 bytes";
+         c.ns = v;
+         return {};
+       }},
+      {"LOG_LEVEL",
+       [](Config& c, const std::string& v) -> std::string {
+         if (!valid_log_level(lower(v)))
+           return "trace, debug, info, warn, error, critical or off";
+         c.log_level = lower(v);
+         return {};
+       }},
+      {"MEMORY_CAPACITY",
+       [](Config& c, const std::string& v) -> std::string {
+         uint64_t bytes = 0;
+         if (!parse_size(v, &bytes).is_ok() || bytes == 0) return "a size such as 4GiB";
+         c.memory_capacity = bytes;
+         return {};
+       }},
+  };
+  return kOptions;
+}
+
+const Option* find_option(const std::string& name) {
+  for (const auto& o : options())
+    if (name == o.name) return &o;
+  return nullptr;
+}
+
+Status apply(Config& c, const Option& o, const std::string& value, const char* source) {
+  std::string expected = o.set(c, trim(value));
+  if (expected.empty()) return {};
+  return {KVTIER_ERR_CONFIG, std::string("KVTIER_") + o.name + "='" + value + "' (" + source +
+                                 ") is invalid: expected " + expected};
+}
+
+}  // namespace
+
+Status parse_size(const std::string& text, uint64_t* bytes) {
+  std::string t = trim(text);
+  size_t i = 0;
+  while (i < t.size() && std::isdigit(static_cast<unsigned char>(t[i]))) ++i;
+  if (i == 0 || i > 19) return {KVTIER_ERR_CONFIG, "not a size: '" + text + "'"};
+  uint64_t n = std::strtoull(t.substr(0, i).c_str(), nullptr, 10);
+  std::string unit = lower(trim(std::string_view(t).substr(i)));
+  struct Unit {
+    const char* name;
+    uint64_t mult;
+  };
+  static constexpr Unit kUnits[] = {
+      {"", 1},          {"b", 1},           {"k", 1ull << 10},     {"kib", 1ull << 10},
+      {"kb", 1000},     {"m", 1ull << 20},  {"mib", 1ull << 20},   {"mb", 1000000},
+      {"g", 1ull << 30}, {"gib", 1ull << 30}, {"gb", 1000000000ull}, {"t", 1ull << 40},
+      {"tib", 1ull << 40}, {"tb", 1000000000000ull},
+  };
+  for (const auto& u : kUnits) {
+    if (unit != u.name) continue;
+    if (n > UINT64_MAX / u.mult) return {KVTIER_ERR_CONFIG, "size overflows: '" + text + "'"};
+    *bytes = n * u.mult;
+    return {};
+  }
+  return {KVTIER_ERR_CONFIG, "unknown size unit in '" + text + "'"};
+}
+
+Status load_config(const char* overrides, Config* out) {
+  Config c;
+  for (const auto& o : options()) {
+    std::string var = std::string("KVTIER_") + o.name;
+    if (const char* v = std::getenv(var.c_str())) {
+      Status s = apply(c, o, v, "environment");
+      if (!s.is_ok()) return s;
+    }
+  }
+  for (char** e = environ; e && *e; ++e) {
+    std::string_view kv(*e);
+    if (kv.substr(0, 7) != "KVTIER_") continue;
+    std::string name(kv.substr(7, kv.find('=') - 7));
+    // Settings read elsewhere by design: the library path (Python shim) and the tests' knobs.
+    if (!find_option(name) && name != "LIBRARY" && name.rfind("TEST_", 0) != 0)
+      log().warn("ignoring unknown environment variable KVTIER_{}", name);
+  }
+  if (overrides) {
+    std::string_view rest(overrides);
+    while (!rest.empty()) {
+      size_t end = rest.find_first_of(";\n");
+      std::string item = trim(rest.substr(0, end));
+      rest = end == std::string_view::npos ? std::string_view() : rest.substr(end + 1);
+      if (item.empty()) continue;
+      size_t eq = item.find('=');
+      if (eq == std::string::npos)
+        return {KVTIER_ERR_CONFIG, "config item '" + item + "' is not NAME=value"};
+      std::string name = upper(trim(std::string_view(item).substr(0, eq)));
+      if (name.rfind("KVTIER_", 0) == 0) name = name.substr(7);
+      const Option* o = find_option(name);
+      if (!o) return {KVTIER_ERR_CONFIG, "unknown setting '" + name + "' in config string"};
+      Status s = apply(c, *o, item.substr(eq + 1), "config string");
+      if (!s.is_ok()) return s;
+    }
+  }
+  *out = std::move(c);
+  return {};
+}
+
+}  // namespace kvtier

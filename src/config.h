@@ -1,0 +1,36 @@
+// Every KVTIER_* setting, in one struct, read by one parser (config.cpp).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "status.h"
+
+namespace kvtier {
+
+enum class WritePolicy { kWriteThrough, kWriteBack };
+
+struct Config {
+  // KVTIER_TIERS: the tier chain, top first, e.g. "memory" or "memory,file".
+  std::vector<std::string> tiers{"memory"};
+  // KVTIER_WRITE_POLICY: write_through (every tier on write) | write_back (top tier; lower
+  // tiers receive pages as the tier above evicts them).
+  WritePolicy write_policy = WritePolicy::kWriteThrough;
+  // KVTIER_NAMESPACE: keys of different namespaces never collide (model, TP rank, ...).
+  std::string ns;
+  // KVTIER_LOG_LEVEL: trace | debug | info | warn | error | critical | off.
+  std::string log_level = "warn";
+  // KVTIER_MEMORY_CAPACITY: bytes the memory tier may hold, e.g. 4GiB.
+  uint64_t memory_capacity = 4ull << 30;
+};
+
+// Builds the config from the environment, then applies `overrides` ("NAME=value" pairs split by
+// ';' or newlines; NAME with or without KVTIER_, any case; NULL for none). A set but invalid
+// value fails with KVTIER_ERR_CONFIG naming the variable and the value.
+Status load_config(const char* overrides, Config* out);
+
+// "4GiB", "512MiB", "64KiB", "1G", "1000000" (bytes); KB/MB/GB/TB are powers of 1000.
+Status parse_size(const std::string& text, uint64_t* bytes);
+
+}  // namespace kvtier

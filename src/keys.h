@@ -1,0 +1,47 @@
+// Key ids (XXH3-128 of the key, seeded by the namespace), fragments and page checksums.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string_view>
+
+namespace kvtier {
+
+struct KeyId {
+  uint64_t hi = 0;
+  uint64_t lo = 0;
+  bool operator==(const KeyId&) const = default;
+};
+
+struct KeyIdHash {
+  size_t operator()(const KeyId& k) const { return static_cast<size_t>(k.lo); }
+};
+
+// One contiguous piece of a page in caller memory. A page's value is its fragments in order.
+struct Frag {
+  std::byte* ptr;
+  size_t len;
+};
+using Frags = std::span<const Frag>;
+
+uint64_t namespace_seed(std::string_view ns);
+KeyId key_id(uint64_t ns_seed, std::string_view key);
+
+// XXH3-64 of the fragments' concatenation.
+uint64_t checksum(Frags frags);
+uint64_t checksum(const void* data, size_t len);
+
+inline size_t total_len(Frags frags) {
+  size_t n = 0;
+  for (const Frag& f : frags) n += f.len;
+  return n;
+}
+
+// Copies between a value laid out flat and the fragments it is split over. scatter() fills the
+// fragments in order with `len` bytes (at most their total).
+void gather(Frags frags, std::byte* dst);
+void scatter(const std::byte* src, size_t len, Frags frags);
+
+}  // namespace kvtier

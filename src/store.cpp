@@ -1,0 +1,345 @@
+#include "store.h"
+
+#include <cstring>
+#include <mutex>
+#include <sstream>
+
+#include "log.h"
+
+namespace kvtier {
+
+struct Store::TierSlot {
+  std::unique_ptr<Tier> tier;
+  Tier::Caps caps;
+  std::atomic<uint64_t> hits{0};
+  std::atomic<uint64_t> misses{0};
+  std::atomic<uint64_t> errors{0};  // seen by the store: checksum mismatches, failed demotions
+};
+
+namespace {
+
+Status key_error(size_t i, const Status& s) {
+  return {s.code(), "key " + std::to_string(i) + ": " + s.message()};
+}
+
+std::string json_escape(const std::string& s) {
+  std::ostringstream o;
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      o << '\\' << c;
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      o << buf;
+    } else {
+      o << c;
+    }
+  }
+  return o.str();
+}
+
+}  // namespace
+
+Store::Store(const Config& config) : config_(config), ns_seed_(namespace_seed(config.ns)) {}
+
+Store::~Store() = default;
+
+Status Store::open(const Config& config, std::unique_ptr<Store>* out) {
+  set_log_level(config.log_level);
+  std::unique_ptr<Store> store(new Store(config));
+  for (const std::string& name : config.tiers) {
+    auto slot = std::make_unique<TierSlot>();
+    Status s = make_tier(name, config, &slot->tier);
+    if (!s.is_ok()) return s;
+    slot->caps = slot->tier->caps();
+    store->need_checksum_ |= slot->caps.can_tear;
+    store->tiers_.push_back(std::move(slot));
+  }
+  if (config.write_policy == WritePolicy::kWriteBack) {
+    // Pages a tier evicts go down to the next one instead of being lost.
+    for (size_t i = 0; i + 1 < store->tiers_.size(); ++i) {
+      TierSlot* below = store->tiers_[i + 1].get();
+      store->tiers_[i]->tier->set_eviction_sink([below](std::span<PutOp> ops) {
+        below->tier->put(ops);
+        for (const PutOp& op : ops) {
+          if (op.result == KVTIER_OK) continue;
+          below->errors.fetch_add(1, std::memory_order_relaxed);
+          log().warn("demotion to tier '{}' failed: {}", below->tier->name(),
+                     code_name(op.result));
+        }
+      });
+    }
+  }
+  std::string chain;
+  for (const auto& t : store->tiers_) chain += (chain.empty() ? "" : ",") + std::string(t->tier->name());
+  log().info("store open: tiers={} namespace='{}' write_policy={}", chain, config.ns,
+             config.write_policy == WritePolicy::kWriteBack ? "write_back" : "write_through");
+  *out = std::move(store);
+  return {};
+}
+
+KeyId Store::id_of(const char* key) const { return key_id(ns_seed_, key); }
+
+Status Store::check_key(const char* key) const {
+  if (!key) return {KVTIER_ERR_INVALID_ARG, "key is NULL"};
+  const size_t len = strnlen(key, KVTIER_MAX_KEY_LEN + 1);
+  if (len == 0) return {KVTIER_ERR_KEY_TOO_LONG, "key is empty"};
+  if (len > KVTIER_MAX_KEY_LEN)
+    return {KVTIER_ERR_KEY_TOO_LONG,
+            "key is longer than " + std::to_string(KVTIER_MAX_KEY_LEN) + " bytes"};
+  return {};
+}
+
+Status Store::check_value(Frags frags, bool zero_copy) const {
+  size_t total = 0;
+  for (size_t f = 0; f < frags.size(); ++f) {
+    if (!frags[f].ptr && frags[f].len)
+      return {KVTIER_ERR_INVALID_ARG, "fragment " + std::to_string(f) + " is NULL"};
+    if (__builtin_add_overflow(total, frags[f].len, &total))
+      return {KVTIER_ERR_INVALID_ARG, "fragment sizes overflow"};
+  }
+  if (total == 0) return {KVTIER_ERR_INVALID_ARG, "the fragments total 0 bytes"};
+  if (zero_copy) return regions_.check(frags);
+  return {};
+}
+
+Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key,
+                  bool zero_copy, std::span<int> results) {
+  Status first;
+  std::vector<PutOp> ops;
+  std::vector<size_t> index;  // ops[j] is key index[j]
+  ops.reserve(keys.size());
+  index.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (results[i] != KVTIER_OK) continue;
+    Frags kf = frags.subspan(i * per_key, per_key);
+    Status s = check_key(keys[i]);
+    if (s.is_ok()) s = check_value(kf, zero_copy);
+    if (!s.is_ok()) {
+      results[i] = s.code();
+      if (first.is_ok()) first = key_error(i, s);
+      continue;
+    }
+    PutOp op{id_of(keys[i]), kf, total_len(kf)};
+    if (need_checksum_) op.checksum = checksum(kf);
+    op.result = KVTIER_ERR_NO_SPACE;
+    ops.push_back(op);
+    index.push_back(i);
+  }
+  // Write-through: every tier; write-back: the top tier, the rest by demotion. A key counts
+  // as stored when some tier holds it.
+  std::vector<int> stored(ops.size(), 0);
+  std::vector<int> error(ops.size(), KVTIER_ERR_NO_SPACE);
+  const size_t n_tiers = config_.write_policy == WritePolicy::kWriteBack ? 1 : tiers_.size();
+  for (size_t t = 0; t < n_tiers && !ops.empty(); ++t) {
+    TierSlot& slot = *tiers_[t];
+    slot.tier->put(ops);
+    for (size_t j = 0; j < ops.size(); ++j) {
+      if (ops[j].result == KVTIER_OK) {
+        stored[j] = 1;
+      } else {
+        error[j] = ops[j].result;
+        log().debug("tier '{}' could not store key {}: {}", slot.tier->name(), index[j],
+                    code_name(ops[j].result));
+      }
+    }
+  }
+  for (size_t j = 0; j < ops.size(); ++j) {
+    results[index[j]] = stored[j] ? KVTIER_OK : error[j];
+    if (!stored[j] && first.is_ok())
+      first = {error[j], "key " + std::to_string(index[j]) + ": no tier could store it (" +
+                             code_text(error[j]) + ")"};
+  }
+  if (!first.is_ok()) log().warn("batch_set: {}", first.message());
+  return first;
+}
+
+Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key, bool exact,
+                  bool zero_copy, std::span<int64_t> results) {
+  Status first;
+  std::vector<GetOp> ops;
+  std::vector<size_t> index;
+  ops.reserve(keys.size());
+  index.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (results[i] != KVTIER_OK) continue;
+    Frags kf = frags.subspan(i * per_key, per_key);
+    Status s = check_key(keys[i]);
+    if (s.is_ok()) s = check_value(kf, zero_copy);
+    if (!s.is_ok()) {
+      results[i] = s.code();
+      if (first.is_ok()) first = key_error(i, s);
+      continue;
+    }
+    GetOp op{id_of(keys[i]), kf, total_len(kf), exact};
+    ops.push_back(op);
+    index.push_back(i);
+  }
+  std::vector<int64_t> final_result(ops.size(), KVTIER_ERR_NOT_FOUND);
+  std::vector<size_t> pending(ops.size());  // indices into ops still looked for
+  for (size_t j = 0; j < ops.size(); ++j) pending[j] = j;
+  std::vector<GetOp> batch;
+  for (size_t t = 0; t < tiers_.size() && !pending.empty(); ++t) {
+    TierSlot& slot = *tiers_[t];
+    batch.clear();
+    for (size_t j : pending) batch.push_back(ops[j]);
+    slot.tier->get(batch);
+    std::vector<size_t> still;
+    std::vector<PutOp> promote;
+    std::vector<std::vector<Frag>> promote_frags;
+    for (size_t b = 0; b < batch.size(); ++b) {
+      const size_t j = pending[b];
+      const GetOp& r = batch[b];
+      if (r.result >= 0) {
+        // A tier that can tear must hand back exactly what was written, or it is a miss.
+        std::vector<Frag> got;
+        size_t left = static_cast<size_t>(r.result);
+        for (const Frag& f : r.frags) {
+          if (!left) break;
+          got.push_back({f.ptr, std::min(left, f.len)});
+          left -= got.back().len;
+        }
+        if (slot.caps.can_tear && checksum(got) != r.checksum) {
+          slot.errors.fetch_add(1, std::memory_order_relaxed);
+          log().error("tier '{}': checksum mismatch for key {}; treated as a miss",
+                      slot.tier->name(), index[j]);
+          int rm = 0;
+          slot.tier->remove(std::span<const KeyId>(&r.id, 1), std::span<int>(&rm, 1));
+          still.push_back(j);
+          continue;
+        }
+        slot.hits.fetch_add(1, std::memory_order_relaxed);
+        final_result[j] = r.result;
+        if (t > 0) {
+          promote_frags.push_back(std::move(got));
+          promote.push_back({r.id, {}, static_cast<size_t>(r.result), r.checksum});
+        }
+      } else if (r.result == KVTIER_ERR_NOT_FOUND) {
+        slot.misses.fetch_add(1, std::memory_order_relaxed);
+        still.push_back(j);
+      } else if (r.result == KVTIER_ERR_BUFFER_TOO_SMALL || r.result == KVTIER_ERR_SIZE_MISMATCH) {
+        final_result[j] = r.result;  // the value exists; looking lower would not help
+      } else {
+        slot.errors.fetch_add(1, std::memory_order_relaxed);
+        log().warn("tier '{}' failed to read key {}: {}", slot.tier->name(), index[j],
+                   code_name(static_cast<int>(r.result)));
+        final_result[j] = r.result;
+        still.push_back(j);
+      }
+    }
+    if (!promote.empty()) {
+      for (size_t p = 0; p < promote.size(); ++p) promote[p].frags = promote_frags[p];
+      for (size_t up = 0; up < t; ++up) tiers_[up]->tier->put(promote);
+    }
+    pending.swap(still);
+  }
+  for (size_t j = 0; j < ops.size(); ++j) {
+    results[index[j]] = final_result[j];
+    if (final_result[j] < 0 && final_result[j] != KVTIER_ERR_NOT_FOUND && first.is_ok())
+      first = {static_cast<int>(final_result[j]),
+               "key " + std::to_string(index[j]) + ": " +
+                   code_text(static_cast<int>(final_result[j]))};
+  }
+  if (!first.is_ok()) log().warn("batch_get: {}", first.message());
+  return first;
+}
+
+Status Store::exists(std::span<const char* const> keys, size_t* hits) {
+  std::vector<KeyId> ids;
+  ids.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    Status s = check_key(keys[i]);
+    if (!s.is_ok()) return key_error(i, s);
+    ids.push_back(id_of(keys[i]));
+  }
+  std::vector<uint8_t> present(ids.size(), 0);
+  std::vector<KeyId> ask;
+  std::vector<size_t> where;
+  std::vector<uint8_t> answer;
+  for (const auto& slot : tiers_) {
+    ask.clear();
+    where.clear();
+    for (size_t i = 0; i < ids.size(); ++i)
+      if (!present[i]) {
+        ask.push_back(ids[i]);
+        where.push_back(i);
+      }
+    if (ask.empty()) break;
+    answer.assign(ask.size(), 0);
+    slot->tier->exists(ask, answer);
+    for (size_t a = 0; a < ask.size(); ++a) present[where[a]] |= answer[a];
+  }
+  size_t n = 0;
+  while (n < present.size() && present[n]) ++n;
+  *hits = n;
+  return {};
+}
+
+Status Store::remove(std::span<const char* const> keys, std::span<int> results) {
+  Status first;
+  std::vector<KeyId> ids;
+  std::vector<size_t> index;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    Status s = check_key(keys[i]);
+    if (!s.is_ok()) {
+      results[i] = s.code();
+      if (first.is_ok()) first = key_error(i, s);
+      continue;
+    }
+    ids.push_back(id_of(keys[i]));
+    index.push_back(i);
+    results[i] = KVTIER_ERR_NOT_FOUND;
+  }
+  std::vector<int> r(ids.size());
+  for (const auto& slot : tiers_) {
+    slot->tier->remove(ids, r);
+    for (size_t j = 0; j < ids.size(); ++j)
+      if (r[j] == KVTIER_OK) results[index[j]] = KVTIER_OK;
+  }
+  return first;
+}
+
+void Store::clear() {
+  for (const auto& slot : tiers_) slot->tier->clear();
+}
+
+std::string Store::stats_json() const {
+  std::ostringstream o;
+  o << "{\"version\":\"" << KVTIER_VERSION_MAJOR << '.' << KVTIER_VERSION_MINOR << '.'
+    << KVTIER_VERSION_PATCH << "\",\"namespace\":\"" << json_escape(config_.ns)
+    << "\",\"write_policy\":\""
+    << (config_.write_policy == WritePolicy::kWriteBack ? "write_back" : "write_through")
+    << "\",\"tiers\":[";
+  for (size_t t = 0; t < tiers_.size(); ++t) {
+    const TierSlot& slot = *tiers_[t];
+    TierStats s = slot.tier->stats();
+    o << (t ? "," : "") << "{\"name\":\"" << slot.tier->name() << "\",\"keys\":" << s.keys
+      << ",\"bytes\":" << s.bytes << ",\"capacity\":" << s.capacity
+      << ",\"hits\":" << slot.hits.load() << ",\"misses\":" << slot.misses.load()
+      << ",\"evictions\":" << s.evictions << ",\"errors\":" << s.errors + slot.errors.load()
+      << "}";
+  }
+  o << "]}";
+  return o.str();
+}
+
+Status Store::set_layout(const PoolLayout& layout) {
+  Status s = layout.validate();
+  if (!s.is_ok()) return s;
+  if (!regions_.contains(layout.base, layout.pool_bytes()))
+    return {KVTIER_ERR_NOT_REGISTERED, "the pool (" + std::to_string(layout.pool_bytes()) +
+                                           " bytes from its base) is not inside one registered "
+                                           "buffer; call kvtier_register_buffer first"};
+  std::unique_lock lock(layout_mu_);
+  layout_ = layout;
+  return {};
+}
+
+Status Store::layout(PoolLayout* out) const {
+  std::shared_lock lock(layout_mu_);
+  if (!layout_) return {KVTIER_ERR_NO_LAYOUT, "no pool layout registered"};
+  *out = *layout_;
+  return {};
+}
+
+}  // namespace kvtier

@@ -1,0 +1,65 @@
+// The store: the tier chain, key hashing, validation of every caller input, checksums,
+// promotion on read and the write policy. The C ABI is a thin shell around it.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "layout.h"
+#include "regions.h"
+#include "tier.h"
+
+namespace kvtier {
+
+class Store {
+ public:
+  static Status open(const Config& config, std::unique_ptr<Store>* out);
+  ~Store();
+
+  // Batch calls over n = keys.size() keys; key i's value is frags[i*per_key, (i+1)*per_key).
+  // results[i] must be 0 on entry, or a negative code for a key that failed upstream (that key
+  // is skipped). `zero_copy` requires the fragments to lie in registered memory. Each call
+  // returns the first per-key failure (for the caller's detail message), OK if none.
+  Status put(std::span<const char* const> keys, Frags frags, size_t per_key, bool zero_copy,
+             std::span<int> results);
+  // Get results: bytes read, KVTIER_ERR_NOT_FOUND or a code. `exact` (v1): the value must be
+  // exactly its fragments' total.
+  Status get(std::span<const char* const> keys, Frags frags, size_t per_key, bool exact,
+             bool zero_copy, std::span<int64_t> results);
+  Status exists(std::span<const char* const> keys, size_t* hits);
+  Status remove(std::span<const char* const> keys, std::span<int> results);
+  void clear();
+  std::string stats_json() const;
+
+  Status register_buffer(const void* addr, size_t len) { return regions_.add(addr, len); }
+  Status unregister_buffer(const void* addr) { return regions_.remove(addr); }
+
+  Status set_layout(const PoolLayout& layout);
+  // A copy of the registered layout, or KVTIER_ERR_NO_LAYOUT.
+  Status layout(PoolLayout* out) const;
+
+ private:
+  explicit Store(const Config& config);
+  struct TierSlot;
+
+  // Caller input checks: OK, or the key's code and a message.
+  Status check_key(const char* key) const;
+  Status check_value(Frags frags, bool zero_copy) const;
+  KeyId id_of(const char* key) const;
+
+  Config config_;
+  uint64_t ns_seed_;
+  bool need_checksum_ = false;
+  std::vector<std::unique_ptr<TierSlot>> tiers_;
+  Regions regions_;
+  mutable std::shared_mutex layout_mu_;
+  std::optional<PoolLayout> layout_;
+};
+
+}  // namespace kvtier

@@ -1,0 +1,88 @@
+// The interface every tier implements, and the registry that names them.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "config.h"
+#include "keys.h"
+#include "status.h"
+
+namespace kvtier {
+
+// One key to store. The tier copies the bytes out of `frags` before put() returns.
+struct PutOp {
+  KeyId id;
+  Frags frags;
+  size_t size = 0;        // total_len(frags)
+  uint64_t checksum = 0;  // XXH3-64 of the bytes, when the store computed one
+  int result = 0;         // out: 0 (stored or already present) or a negative code
+};
+
+// One key to read into `frags`.
+struct GetOp {
+  KeyId id;
+  Frags frags;
+  size_t capacity = 0;      // total_len(frags)
+  bool exact = false;       // the value must be exactly `capacity` bytes (a v1 page)
+  int64_t result = 0;       // out: bytes copied or a negative code (NOT_FOUND on a miss)
+  uint64_t checksum = 0;    // out: the checksum stored with the value
+};
+
+struct TierStats {
+  uint64_t keys = 0;
+  uint64_t bytes = 0;
+  uint64_t capacity = 0;
+  uint64_t evictions = 0;
+  uint64_t errors = 0;
+};
+
+// Called with pages a tier evicts, before their bytes are released (write_back demotion).
+using EvictionSink = std::function<void(std::span<PutOp>)>;
+
+class Tier {
+ public:
+  struct Caps {
+    bool can_tear = false;    // bytes may tear or rot (disk, network): verify checksums on read
+    bool persistent = false;  // contents survive a restart
+  };
+
+  Tier() = default;
+  virtual ~Tier() = default;
+  Tier(const Tier&) = delete;
+  Tier& operator=(const Tier&) = delete;
+
+  virtual std::string_view name() const = 0;
+  virtual Caps caps() const = 0;
+
+  // All batch calls are thread-safe and fill one result per op. A key already present counts
+  // as stored and keeps its bytes. A get that fails leaves the fragments' bytes unspecified
+  // only for KVTIER_ERR_CORRUPT-class failures; size errors write nothing.
+  virtual void put(std::span<PutOp> ops) = 0;
+  virtual void get(std::span<GetOp> ops) = 0;
+  // present[i] = 1 if ids[i] is stored.
+  virtual void exists(std::span<const KeyId> ids, std::span<uint8_t> present) = 0;
+  // results[i] = 0 or KVTIER_ERR_NOT_FOUND.
+  virtual void remove(std::span<const KeyId> ids, std::span<int> results) = 0;
+  virtual void clear() = 0;
+  virtual TierStats stats() const = 0;
+
+  // Optional: offer evicted pages to `sink` (the store sets it under write_back).
+  virtual void set_eviction_sink(EvictionSink sink) { (void)sink; }
+};
+
+using TierFactory = std::function<Status(const Config&, std::unique_ptr<Tier>*)>;
+
+// The registry of named tiers. Each backend registers itself once with KVTIER_REGISTER_TIER.
+bool register_tier(std::string name, TierFactory factory);
+Status make_tier(const std::string& name, const Config& config, std::unique_ptr<Tier>* out);
+std::string tier_names();  // "memory, file, ..." for messages
+
+#define KVTIER_REGISTER_TIER(name, factory) \
+  static const bool kvtier_registered_##factory = ::kvtier::register_tier(name, factory)
+
+}  // namespace kvtier
