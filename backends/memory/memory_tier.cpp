@@ -13,12 +13,16 @@ size_t round_up(size_t n) { return (n + kAlign - 1) & ~(kAlign - 1); }
 }  // namespace
 
 struct MemoryTier::Block {
+  Block(MemoryTier* o, std::byte* d, size_t s, size_t a) : owner(o), data(d), size(s), alloc(a) {}
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+  ~Block() { owner->release(data, alloc); }
+
   MemoryTier* owner;
   std::byte* data;
   size_t size;
   size_t alloc;
   uint64_t checksum = 0;
-  ~Block() { owner->release(data, alloc); }
 };
 
 MemoryTier::MemoryTier(uint64_t capacity) : capacity_(capacity) {}
@@ -43,7 +47,7 @@ MemoryTier::BlockRef MemoryTier::new_block(size_t size) {
   }
   if (!data) data = static_cast<std::byte*>(std::aligned_alloc(kAlign, alloc));
   if (!data) return nullptr;
-  return std::make_shared<Block>(Block{this, data, size, alloc});
+  return std::make_shared<Block>(this, data, size, alloc);
 }
 
 void MemoryTier::release(std::byte* data, size_t alloc) {

@@ -1,0 +1,184 @@
+// The conformance suite: every tier, driven through the Tier interface by the same random
+// operations as the memory tier (the oracle), must give the same results and the same bytes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+
+#include "memory_tier.h"
+#include "test_util.h"
+#include "tier.h"
+
+namespace {
+
+using namespace kvtier;
+
+struct TierParam {
+  const char* name;
+  const char* config;        // settings for this tier, roomy enough to never evict
+  const char* small_config;  // settings with a small byte budget, for the eviction test
+};
+
+class Conformance : public ::testing::TestWithParam<TierParam> {
+ protected:
+  void SetUp() override { open(GetParam().config); }
+  void open(const char* config) {
+    tier_.reset();
+    Config c;
+    Status s = load_config(config, &c);
+    ASSERT_TRUE(s.is_ok()) << s.message();
+    s = make_tier(GetParam().name, c, &tier_);
+    if (s.code() == KVTIER_ERR_UNSUPPORTED) GTEST_SKIP() << s.message();
+    ASSERT_TRUE(s.is_ok()) << s.message();
+    tier_->clear();
+  }
+  std::unique_ptr<Tier> tier_;
+};
+
+// Splits [p, p+len) into 1..4 fragments at random points.
+std::vector<Frag> split(std::byte* p, size_t len, std::mt19937_64& g) {
+  std::vector<size_t> cuts{0, len};
+  size_t n = g() % 4;
+  for (size_t i = 0; i < n && len > 1; ++i) cuts.push_back(1 + g() % (len - 1));
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  std::vector<Frag> f;
+  for (size_t i = 0; i + 1 < cuts.size(); ++i) f.push_back({p + cuts[i], cuts[i + 1] - cuts[i]});
+  return f;
+}
+
+TEST_P(Conformance, RandomOperationsMatchTheMemoryOracle) {
+  MemoryTier oracle(1ull << 30);
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 g(seed);
+  constexpr size_t kKeys = 48;
+  std::vector<KeyId> ids;
+  std::vector<std::vector<unsigned char>> values;
+  for (size_t k = 0; k < kKeys; ++k) {
+    ids.push_back(key_id(namespace_seed("conformance"), kvtier_test::make_key("c", k)));
+    size_t size = 1 + g() % (k % 3 == 0 ? 300000 : 20000);
+    values.push_back(kvtier_test::random_bytes(size));
+  }
+  auto pick = [&](size_t n) {
+    std::vector<size_t> ks;
+    for (size_t i = 0; i < n; ++i) ks.push_back(g() % kKeys);
+    return ks;
+  };
+  for (int step = 0; step < 300; ++step) {
+    const int op = static_cast<int>(g() % 100);
+    auto ks = pick(1 + g() % 12);
+    if (op < 40) {  // put
+      std::vector<std::vector<Frag>> frags;
+      for (size_t k : ks)
+        frags.push_back(split(reinterpret_cast<std::byte*>(values[k].data()), values[k].size(), g));
+      std::vector<PutOp> a, b;
+      for (size_t i = 0; i < ks.size(); ++i) {
+        PutOp p{ids[ks[i]], frags[i], values[ks[i]].size(),
+                checksum(values[ks[i]].data(), values[ks[i]].size())};
+        a.push_back(p);
+        b.push_back(p);
+      }
+      tier_->put(a);
+      oracle.put(b);
+      for (size_t i = 0; i < ks.size(); ++i) ASSERT_EQ(a[i].result, b[i].result) << step;
+    } else if (op < 75) {  // get
+      std::vector<std::vector<std::byte>> bufs_a, bufs_b;
+      std::vector<std::vector<Frag>> fa, fb;
+      std::vector<GetOp> a, b;
+      for (size_t k : ks) {
+        const size_t size = values[k].size();
+        const int shape = static_cast<int>(g() % 4);  // exact, roomy, too small, exact-but-wrong
+        size_t cap = shape == 1 ? size + 1 + g() % 100 : shape == 2 ? size - 1 : size;
+        if (shape == 3) cap = size + 4096;
+        bufs_a.emplace_back(cap + 1, std::byte{0x11});
+        bufs_b.emplace_back(cap + 1, std::byte{0x11});
+      }
+      for (size_t i = 0; i < ks.size(); ++i) {
+        const size_t cap = bufs_a[i].size() - 1;
+        fa.push_back(cap ? split(bufs_a[i].data(), cap, g) : std::vector<Frag>{});
+        fb.push_back({{bufs_b[i].data(), cap}});
+      }
+      for (size_t i = 0; i < ks.size(); ++i) {
+        const size_t cap = bufs_a[i].size() - 1;
+        const bool exact = cap == values[ks[i]].size() || cap == values[ks[i]].size() + 4096;
+        a.push_back({ids[ks[i]], fa[i], cap, exact});
+        b.push_back({ids[ks[i]], fb[i], cap, exact});
+      }
+      tier_->get(a);
+      oracle.get(b);
+      for (size_t i = 0; i < ks.size(); ++i) {
+        ASSERT_EQ(a[i].result, b[i].result) << "step " << step << " key " << ks[i];
+        if (a[i].result > 0) {
+          ASSERT_EQ(0, memcmp(bufs_a[i].data(), values[ks[i]].data(), values[ks[i]].size()));
+          ASSERT_EQ(a[i].checksum, b[i].checksum);
+        }
+        if (a[i].result < 0 && a[i].result != KVTIER_ERR_NOT_FOUND) {
+          for (std::byte c : bufs_a[i]) ASSERT_EQ(c, std::byte{0x11}) << "wrote on a failed get";
+        }
+        ASSERT_EQ(bufs_a[i].back(), std::byte{0x11}) << "wrote past the buffer";
+      }
+    } else if (op < 90) {  // exists
+      std::vector<KeyId> q;
+      for (size_t k : ks) q.push_back(ids[k]);
+      std::vector<uint8_t> pa(q.size()), pb(q.size());
+      tier_->exists(q, pa);
+      oracle.exists(q, pb);
+      ASSERT_EQ(pa, pb) << step;
+    } else if (op < 99) {  // remove
+      std::sort(ks.begin(), ks.end());
+      ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
+      std::vector<KeyId> q;
+      for (size_t k : ks) q.push_back(ids[k]);
+      std::vector<int> ra(q.size()), rb(q.size());
+      tier_->remove(q, ra);
+      oracle.remove(q, rb);
+      ASSERT_EQ(ra, rb) << step;
+    } else {
+      tier_->clear();
+      oracle.clear();
+    }
+  }
+  EXPECT_EQ(tier_->stats().keys, oracle.stats().keys);
+}
+
+TEST_P(Conformance, EvictionKeepsTheBudgetAndTheBytes) {
+  open(GetParam().small_config);
+  if (tier_->stats().capacity == 0) GTEST_SKIP() << GetParam().name << " has no byte budget";
+  const uint64_t cap = tier_->stats().capacity;
+  const size_t page = 64 * 1024;
+  const size_t n = static_cast<size_t>(cap / page) * 2 + 3;
+  ASSERT_LE(n, 4096u) << "use a small capacity for this tier in the suite";
+  std::vector<std::vector<unsigned char>> values;
+  std::vector<KeyId> ids;
+  for (size_t i = 0; i < n; ++i) {
+    values.push_back(kvtier_test::random_bytes(page));
+    ids.push_back(key_id(namespace_seed("evict"), kvtier_test::make_key("e", i)));
+    Frag f{reinterpret_cast<std::byte*>(values[i].data()), page};
+    PutOp op{ids[i], Frags(&f, 1), page, checksum(values[i].data(), page)};
+    tier_->put(std::span<PutOp>(&op, 1));
+    ASSERT_EQ(op.result, KVTIER_OK) << i;
+    ASSERT_LE(tier_->stats().bytes, cap);
+  }
+  EXPECT_GT(tier_->stats().evictions, 0u);
+  std::vector<uint8_t> present(n);
+  tier_->exists(ids, present);
+  EXPECT_EQ(present.back(), 1) << "the newest page stays";
+  EXPECT_EQ(present.front(), 0) << "the oldest page goes";
+  std::vector<unsigned char> buf(page);
+  for (size_t i = 0; i < n; ++i) {
+    if (!present[i]) continue;
+    Frag f{reinterpret_cast<std::byte*>(buf.data()), page};
+    GetOp op{ids[i], Frags(&f, 1), page, true};
+    tier_->get(std::span<GetOp>(&op, 1));
+    ASSERT_EQ(op.result, static_cast<int64_t>(page));
+    ASSERT_EQ(buf, values[i]);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiers, Conformance,
+                         ::testing::Values(TierParam{"memory", "", "memory_capacity=1MiB"},
+                                           TierParam{"test_rot", "", ""}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace

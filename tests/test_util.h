@@ -1,0 +1,48 @@
+// Helpers shared by the C++ tests: random bytes and keys.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace kvtier_test {
+
+inline std::mt19937_64& rng() {
+  static thread_local std::mt19937_64 gen(std::random_device{}());
+  return gen;
+}
+
+inline void fill_random(void* dst, size_t len) {
+  auto* p = static_cast<unsigned char*>(dst);
+  size_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    uint64_t v = rng()();
+    std::memcpy(p + i, &v, 8);
+  }
+  for (; i < len; ++i) p[i] = static_cast<unsigned char>(rng()());
+}
+
+inline std::vector<unsigned char> random_bytes(size_t len) {
+  std::vector<unsigned char> v(len);
+  fill_random(v.data(), len);
+  return v;
+}
+
+// Keys shaped like the engine's: 64 hex characters, unique per (prefix, i).
+inline std::string make_key(const std::string& prefix, size_t i) {
+  static const char* hex = "0123456789abcdef";
+  std::string k = prefix + "-" + std::to_string(i) + "-";
+  std::mt19937_64 g(std::hash<std::string>{}(k));
+  while (k.size() < 64) k.push_back(hex[g() & 15]);
+  return k;
+}
+
+inline std::vector<const char*> c_keys(const std::vector<std::string>& keys) {
+  std::vector<const char*> out;
+  for (const auto& k : keys) out.push_back(k.c_str());
+  return out;
+}
+
+}  // namespace kvtier_test
