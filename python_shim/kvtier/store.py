@@ -1,0 +1,232 @@
+"""The Pythonic store over the C ABI."""
+
+import ctypes
+import json
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+from . import _native
+from .errors import OK, KvtierError, check, last_error
+
+_lib = _native.lib
+
+POOL_MHA, POOL_MLA = 0, 1
+LAYOUTS = {"layer_first": 0, "page_first": 1, "page_first_direct": 2}
+
+
+def _keys(keys: Sequence[str]):
+    arr = (ctypes.c_char_p * len(keys))()
+    arr[:] = [k.encode() if isinstance(k, str) else bytes(k) for k in keys]
+    return arr
+
+
+def _address(obj, writable: bool) -> Tuple[int, int, object]:
+    """(address, length, keep-alive) of a bytes-like, numpy array or torch tensor."""
+    if hasattr(obj, "data_ptr") and hasattr(obj, "element_size"):  # torch.Tensor
+        return obj.data_ptr(), obj.numel() * obj.element_size(), obj
+    if hasattr(obj, "__array_interface__") and hasattr(obj, "nbytes"):  # numpy
+        return obj.__array_interface__["data"][0], obj.nbytes, obj
+    if isinstance(obj, bytes):
+        if writable:
+            raise TypeError("bytes is read-only; pass a bytearray, numpy array or tensor")
+        p = ctypes.c_char_p(obj)
+        return ctypes.cast(p, ctypes.c_void_p).value or 0, len(obj), p
+    mv = memoryview(obj).cast("B")
+    if mv.readonly:
+        if writable:
+            raise TypeError("buffer is read-only")
+        b = bytes(mv)
+        p = ctypes.c_char_p(b)
+        return ctypes.cast(p, ctypes.c_void_p).value or 0, len(b), (b, p)
+    c = (ctypes.c_char * len(mv)).from_buffer(mv)
+    return ctypes.addressof(c), len(mv), c
+
+
+def _config_string(config) -> Optional[bytes]:
+    if config is None:
+        return None
+    if isinstance(config, dict):
+        config = ";".join(f"{k}={v}" for k, v in config.items())
+    return config.encode()
+
+
+class Store:
+    """A kvtier store. Thread-safe; use as a context manager or call close()."""
+
+    def __init__(self, config: Union[None, str, dict] = None):
+        handle = ctypes.c_void_p()
+        check(_lib.kvtier_open(_config_string(config), ctypes.byref(handle)))
+        self._h = handle
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def close(self) -> None:
+        h, self._h = getattr(self, "_h", None), None
+        if h:
+            _lib.kvtier_close(h)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    @property
+    def handle(self):
+        if not self._h:
+            raise KvtierError(-2, "store is closed")
+        return self._h
+
+    # -- copying interface ----------------------------------------------------------------
+    def batch_set(self, keys: Sequence[str], values: Sequence) -> List[int]:
+        """Stores each value (bytes-like, numpy array or tensor). Returns 0 or a code per key."""
+        n = len(keys)
+        if n != len(values):
+            raise KvtierError(-2, f"{n} keys but {len(values)} values")
+        refs = [_address(v, False) for v in values]
+        ptrs = (ctypes.c_void_p * n)(*[r[0] for r in refs])
+        sizes = (ctypes.c_size_t * n)(*[r[1] for r in refs])
+        res = (ctypes.c_int * n)()
+        check(_lib.kvtier_batch_set(self.handle, _keys(keys), n, ptrs, sizes, res))
+        return list(res)
+
+    def batch_get(self, keys: Sequence[str], buffers: Sequence) -> List[int]:
+        """Reads each key into a writable buffer. Returns bytes read or a code per key."""
+        n = len(keys)
+        if n != len(buffers):
+            raise KvtierError(-2, f"{n} keys but {len(buffers)} buffers")
+        refs = [_address(b, True) for b in buffers]
+        ptrs = (ctypes.c_void_p * n)(*[r[0] for r in refs])
+        caps = (ctypes.c_size_t * n)(*[r[1] for r in refs])
+        res = (ctypes.c_int64 * n)()
+        check(_lib.kvtier_batch_get(self.handle, _keys(keys), n, ptrs, caps, res))
+        return list(res)
+
+    def batch_exists(self, keys: Sequence[str]) -> int:
+        """How many keys, from the first, are present without a gap."""
+        if not keys:
+            return 0
+        hits = ctypes.c_size_t()
+        check(_lib.kvtier_batch_exists(self.handle, _keys(keys), len(keys), ctypes.byref(hits)))
+        return hits.value
+
+    def remove(self, keys: Sequence[str]) -> List[int]:
+        res = (ctypes.c_int * len(keys))()
+        check(_lib.kvtier_batch_remove(self.handle, _keys(keys), len(keys), res))
+        return list(res)
+
+    def clear(self) -> None:
+        check(_lib.kvtier_clear(self.handle))
+
+    def stats(self) -> dict:
+        out = ctypes.c_void_p()
+        check(_lib.kvtier_stats_json(self.handle, ctypes.byref(out)))
+        try:
+            return json.loads(ctypes.string_at(out.value).decode())
+        finally:
+            _lib.kvtier_free(out)
+
+    # -- zero-copy interface --------------------------------------------------------------
+    def register_buffer(self, addr: int, length: int) -> None:
+        check(_lib.kvtier_register_buffer(self.handle, addr, length))
+
+    def unregister_buffer(self, addr: int) -> None:
+        check(_lib.kvtier_unregister_buffer(self.handle, addr))
+
+    @staticmethod
+    def _frag_arrays(ptrs, sizes):
+        if hasattr(ptrs, "__array_interface__"):  # numpy uint64 arrays: no per-item work
+            return (
+                ctypes.cast(ptrs.__array_interface__["data"][0], _native.c_void_pp),
+                ctypes.cast(sizes.__array_interface__["data"][0], _native.c_size_p),
+                len(ptrs),
+            )
+        n = len(ptrs)
+        return (ctypes.c_void_p * n)(*ptrs), (ctypes.c_size_t * n)(*sizes), n
+
+    def batch_set_v1(self, keys: Sequence[str], ptrs, sizes) -> List[int]:
+        """Stores each key from its fragments (len(ptrs) / len(keys) per key), in place."""
+        p, s, nf = self._frag_arrays(ptrs, sizes)
+        res = (ctypes.c_int * len(keys))()
+        check(_lib.kvtier_batch_set_v1(self.handle, _keys(keys), len(keys), p, s, nf, res))
+        return list(res)
+
+    def batch_get_v1(self, keys: Sequence[str], ptrs, sizes) -> List[int]:
+        """Reads each key into its fragments, in place. Returns 0 or a code per key."""
+        p, s, nf = self._frag_arrays(ptrs, sizes)
+        res = (ctypes.c_int * len(keys))()
+        check(_lib.kvtier_batch_get_v1(self.handle, _keys(keys), len(keys), p, s, nf, res))
+        return list(res)
+
+    # -- native page meta -----------------------------------------------------------------
+    def register_layout(
+        self,
+        base: int,
+        *,
+        mla: bool,
+        layout: str,
+        page_size: int,
+        layer_num: int,
+        dtype_size: int,
+        pool_tokens: int,
+        head_num: int = 0,
+        head_dim: int = 0,
+        kv_cache_dim: int = 0,
+    ) -> None:
+        if layout not in LAYOUTS:
+            raise KvtierError(-2, f"layout {layout!r} is not one of {sorted(LAYOUTS)}")
+        spec = _native.PoolLayout(
+            ctypes.sizeof(_native.PoolLayout), base, POOL_MLA if mla else POOL_MHA,
+            LAYOUTS[layout], page_size, layer_num, head_num, head_dim, kv_cache_dim,
+            dtype_size, pool_tokens,
+        )
+        check(_lib.kvtier_register_layout(self.handle, ctypes.byref(spec)))
+        self._page_size = page_size
+
+    def page_fragments(self) -> int:
+        n = ctypes.c_size_t()
+        check(_lib.kvtier_page_fragments(self.handle, ctypes.byref(n)))
+        return n.value
+
+    @staticmethod
+    def _slots(slots) -> Tuple[int, int, object]:
+        """(address, count, keep-alive) of an int64 slot array (tensor, numpy or sequence)."""
+        if hasattr(slots, "data_ptr"):
+            if str(slots.dtype) != "torch.int64" or not slots.is_contiguous():
+                slots = slots.to(dtype=__import__("torch").int64).contiguous()
+            return slots.data_ptr(), slots.numel(), slots
+        if hasattr(slots, "__array_interface__"):
+            if slots.dtype.str != "<i8" or not slots.flags["C_CONTIGUOUS"]:
+                import numpy as np
+
+                slots = np.ascontiguousarray(slots, dtype=np.int64)
+            return slots.__array_interface__["data"][0], slots.size, slots
+        arr = (ctypes.c_int64 * len(slots))(*slots)
+        return ctypes.addressof(arr), len(slots), arr
+
+    def page_buffer_meta(self, slots) -> Tuple[List[int], List[int]]:
+        """The engine's get_page_buffer_meta, computed natively: (ptr_list, size_list)."""
+        addr, n, keep = self._slots(slots)
+        per = self.page_fragments()
+        pages = n // self._page_size if getattr(self, "_page_size", 0) else 0
+        cap = max(pages * per, 1)
+        ptrs = (ctypes.c_void_p * cap)()
+        sizes = (ctypes.c_size_t * cap)()
+        check(_lib.kvtier_get_page_buffer_meta(self.handle, addr, n, ptrs, sizes, cap))
+        del keep
+        return [p or 0 for p in ptrs[: pages * per]], list(sizes[: pages * per])
+
+    def batch_set_v1_slots(self, keys: Sequence[str], slots) -> List[int]:
+        addr, n, keep = self._slots(slots)
+        res = (ctypes.c_int * len(keys))()
+        check(_lib.kvtier_batch_set_v1_slots(self.handle, _keys(keys), len(keys), addr, n, res))
+        del keep
+        return list(res)
+
+    def batch_get_v1_slots(self, keys: Sequence[str], slots) -> List[int]:
+        addr, n, keep = self._slots(slots)
+        res = (ctypes.c_int * len(keys))()
+        check(_lib.kvtier_batch_get_v1_slots(self.handle, _keys(keys), len(keys), addr, n, res))
+        del keep
+        return list(res)
