@@ -451,6 +451,10 @@ struct Shape {
   uint64_t S;
 };
 
+void PrintTo(const Shape& s, std::ostream* os) {
+  *os << (s.kind == KVTIER_POOL_MHA ? "MHA" : "MLA") << " layout " << s.layout;
+}
+
 class CApiLayout : public ::testing::TestWithParam<Shape> {};
 
 // The offset of element (kv, layer, token) in the pool, written from the buffer shapes

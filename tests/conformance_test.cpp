@@ -19,6 +19,8 @@ struct TierParam {
   const char* small_config;  // settings with a small byte budget, for the eviction test
 };
 
+void PrintTo(const TierParam& p, std::ostream* os) { *os << p.name; }
+
 class Conformance : public ::testing::TestWithParam<TierParam> {
  protected:
   void SetUp() override { open(GetParam().config); }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds, and runs every test three ways: a normal
+# build (warnings are errors), AddressSanitizer + UBSan, and ThreadSanitizer on the concurrent
+# suites.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash cmake/install-deps.sh
+jobs=$(nproc)
+
+build() {  # build DIR [cmake args...]
+  local dir=$1; shift
+  cmake -S . -B "$dir" -DKVTIER_WERROR=ON "$@" >/dev/null
+  cmake --build "$dir" -j"$jobs"
+}
+
+echo "== build and test (RelWithDebInfo)"
+build build
+(cd build && ctest -j"$jobs" --output-on-failure)
+
+echo "== AddressSanitizer + UBSan"
+build build-asan -DKVTIER_SANITIZE=address -DKVTIER_BUILD_BENCH=OFF
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest -j"$jobs" --output-on-failure)
+
+echo "== ThreadSanitizer (concurrent suites)"
+build build-tsan -DKVTIER_SANITIZE=thread -DKVTIER_BUILD_BENCH=OFF
+(cd build-tsan && TSAN_OPTIONS=halt_on_error=1 setarch "$(uname -m)" -R \
+  ctest -j"$jobs" --output-on-failure -L "concurrency|core")
+
+echo "== all tests passed"
