@@ -1,0 +1,724 @@
+// kvtier-bench: the main job. Opens stores through the C ABI only, as an engine would, and
+// prints every figure next to the machine's limit measured in the same run.
+//
+//   kvtier-bench [all|compare|transfer|limits] [--tiers memory] [--repeats 5] [--json F] ...
+#include <kvtier/kvtier.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// ---- options ------------------------------------------------------------------------------
+
+struct Options {
+  std::string mode = "all";
+  std::vector<std::string> tiers{"memory"};
+  std::vector<std::string> layouts{"mha_layer_first", "mha_page_first", "mha_page_first_direct",
+                                   "mla_layer_first", "mla_page_first"};
+  std::vector<size_t> batches{10, 50, 100};
+  std::vector<size_t> blocks{1 << 10, 2 << 10, 4 << 10, 8 << 10, 16 << 10, 32 << 10,
+                             64 << 10, 128 << 10, 256 << 10};
+  size_t transfer_batch = 1538;
+  std::vector<size_t> threads{1, 2};
+  int repeats = 3;
+  int warmup = 1;
+  bool aligned = false;
+  std::string json;
+  std::string plot;
+};
+
+const char* kUsage = R"(kvtier-bench: old versus zero-copy interface, tier transfer tables, machine limits.
+
+usage: kvtier-bench [all|compare|transfer|limits] [options]
+  all        (default) limits, compare and transfer
+  compare    engine-shaped host pools: old path (gather + batch_set, batch_get + scatter)
+             against batch_set_v1/batch_get_v1 (fragments and token slots)
+  transfer   blocks of 1K..256K, batch of 1538 blocks, 1 and N threads, GB/s per tier
+  limits     memcpy bandwidth of the same sizes (the memory tier's limit)
+
+options:
+  --tiers LIST        tiers to bench, each on its own (default memory)
+  --layouts LIST      mha_layer_first,mha_page_first,mha_page_first_direct,
+                      mla_layer_first,mla_page_first (default: all five)
+  --batches LIST      keys per batch for compare (default 10,50,100; add 512 for the
+                      full table, about 4 GB of pool per MHA batch)
+  --blocks LIST       block sizes for transfer (default 1K,2K,...,256K)
+  --transfer-batch N  blocks per batch for transfer (default 1538)
+  --threads LIST      thread counts for transfer (default 1,2)
+  --repeats N         timed runs per figure; the median is reported (default 3)
+  --warmup N          untimed runs first (default 1)
+  --aligned           put the host pool on a 4 KiB boundary (default: 64 bytes past one,
+                      as engines' pinned pools often are)
+  --json FILE         also write every figure as JSON ('-' for stdout)
+  --plot FILE.png     draw GB/s against block size (needs python3-matplotlib)
+  --quick             small sizes, for a smoke run
+)";
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+size_t parse_size(const std::string& s) {
+  char* end = nullptr;
+  unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  std::string unit(end);
+  if (unit == "K" || unit == "k" || unit == "KiB") v <<= 10;
+  else if (unit == "M" || unit == "MiB") v <<= 20;
+  else if (!unit.empty()) throw std::runtime_error("bad size: " + s);
+  if (v == 0) throw std::runtime_error("bad size: " + s);
+  return v;
+}
+
+std::vector<size_t> sizes(const std::string& s) {
+  std::vector<size_t> out;
+  for (const auto& item : split(s)) out.push_back(parse_size(item));
+  return out;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "-h" || a == "--help") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else if (a == "all" || a == "compare" || a == "transfer" || a == "limits") {
+      o.mode = a;
+    } else if (a == "--tiers") {
+      o.tiers = split(next());
+    } else if (a == "--layouts") {
+      o.layouts = split(next());
+    } else if (a == "--batches") {
+      o.batches = sizes(next());
+    } else if (a == "--blocks") {
+      o.blocks = sizes(next());
+    } else if (a == "--transfer-batch") {
+      o.transfer_batch = parse_size(next());
+    } else if (a == "--threads") {
+      o.threads = sizes(next());
+    } else if (a == "--repeats") {
+      o.repeats = std::max(1, std::atoi(next().c_str()));
+    } else if (a == "--warmup") {
+      o.warmup = std::max(0, std::atoi(next().c_str()));
+    } else if (a == "--aligned") {
+      o.aligned = true;
+    } else if (a == "--json") {
+      o.json = next();
+    } else if (a == "--plot") {
+      o.plot = next();
+    } else if (a == "--quick") {
+      o.batches = {4, 16};
+      o.blocks = {4 << 10, 64 << 10};
+      o.transfer_batch = 64;
+      o.repeats = 2;
+    } else {
+      throw std::runtime_error("unknown argument '" + a + "' (see --help)");
+    }
+  }
+  return o;
+}
+
+// ---- measurement --------------------------------------------------------------------------
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+struct Figure {
+  double median_s = 0, min_s = 0, max_s = 0;
+  double gbps = 0;        // bytes / median time
+  double cpu_per_gb = 0;  // process CPU seconds per GB moved (median run)
+};
+
+// Runs prep (untimed), body (timed), check (untimed) warmup + repeats times.
+Figure measure(const Options& o, size_t bytes, const std::function<void()>& prep,
+               const std::function<void()>& body, const std::function<void()>& check) {
+  std::vector<std::pair<double, double>> runs;  // (seconds, cpu seconds)
+  for (int r = 0; r < o.warmup + o.repeats; ++r) {
+    prep();
+    double c0 = cpu_seconds(), t0 = now();
+    body();
+    double t1 = now(), c1 = cpu_seconds();
+    check();
+    if (r >= o.warmup) runs.push_back({t1 - t0, c1 - c0});
+  }
+  std::sort(runs.begin(), runs.end());
+  Figure f;
+  f.median_s = runs[runs.size() / 2].first;
+  f.min_s = runs.front().first;
+  f.max_s = runs.back().first;
+  f.gbps = bytes / f.median_s / 1e9;
+  f.cpu_per_gb = runs[runs.size() / 2].second / (bytes / 1e9);
+  return f;
+}
+
+[[noreturn]] void die(const std::string& what) {
+  std::fprintf(stderr, "kvtier-bench: %s (%s)\n", what.c_str(), kvtier_last_error());
+  std::exit(1);
+}
+
+void check_rc(int rc, const char* what) {
+  if (rc != KVTIER_OK) die(std::string(what) + " failed: " + kvtier_error_name(rc));
+}
+
+bool tty() { return isatty(STDERR_FILENO); }
+
+void progress(const std::string& line) {
+  if (tty()) std::fprintf(stderr, "\r\033[K%s", line.c_str());
+}
+
+// Memory that is mapped once, filled with random bytes (which touches every page) and reused.
+struct Buffer {
+  std::byte* base = nullptr;
+  size_t len = 0;
+  explicit Buffer(size_t n) : len(n) {
+    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) die("mmap of " + std::to_string(n) + " bytes failed");
+    base = static_cast<std::byte*>(p);
+  }
+  ~Buffer() { munmap(base, len); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  void randomize(uint64_t seed) {
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    auto* w = reinterpret_cast<uint64_t*>(base);
+    for (size_t i = 0; i < len / 8; ++i) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      w[i] = x;
+    }
+  }
+};
+
+std::vector<std::string> make_keys(const std::string& prefix, size_t n) {
+  std::vector<std::string> k;
+  char buf[32];
+  for (size_t i = 0; i < n; ++i) {
+    std::snprintf(buf, sizeof buf, "%016zx", i * 2654435761u);
+    k.push_back(prefix + "-" + buf);
+  }
+  return k;
+}
+
+std::vector<const char*> c_keys(const std::vector<std::string>& keys) {
+  std::vector<const char*> out;
+  for (const auto& k : keys) out.push_back(k.c_str());
+  return out;
+}
+
+std::string tier_config(const std::string& tier, size_t bytes_needed) {
+  // Room for everything a figure writes, so nothing is evicted while it is timed.
+  size_t cap = std::max<size_t>(bytes_needed * 2, size_t{256} << 20);
+  return "tiers=" + tier + ";memory_capacity=" + std::to_string(cap);
+}
+
+// ---- results ------------------------------------------------------------------------------
+
+struct Row {
+  std::string kind;  // limit | compare | transfer
+  std::string tier, shape, path, op;
+  size_t batch = 0, block = 0, threads = 1;
+  Figure fig;
+  double limit_gbps = 0;
+  std::string limit_name;
+  double speedup = 0;  // compare: new / old for the same op
+};
+
+std::vector<Row> g_rows;
+
+// ---- limits -------------------------------------------------------------------------------
+
+// memcpy of `count` blocks of `block` bytes, spread over `threads` threads.
+double memcpy_gbps(const Options& o, size_t block, size_t count, size_t threads) {
+  Buffer src(block * count), dst(block * count);
+  src.randomize(1);
+  dst.randomize(2);
+  const size_t per = count / threads;
+  auto body = [&] {
+    std::vector<std::thread> ts;
+    for (size_t t = 0; t < threads; ++t)
+      ts.emplace_back([&, t] {
+        for (size_t i = t * per; i < (t + 1) * per; ++i)
+          std::memcpy(dst.base + i * block, src.base + i * block, block);
+      });
+    for (auto& th : ts) th.join();
+  };
+  Figure f = measure(o, per * threads * block, [] {}, body, [] {});
+  return f.gbps;
+}
+
+// ---- compare ------------------------------------------------------------------------------
+
+struct Shape {
+  std::string name;
+  kvtier_pool_layout_t layout{};
+  size_t page_bytes = 0;
+  size_t pool_bytes = 0;
+};
+
+Shape make_shape(const std::string& name, size_t pages) {
+  Shape s;
+  s.name = name;
+  kvtier_pool_layout_t& l = s.layout;
+  l.struct_size = sizeof l;
+  const bool mla = name.rfind("mla_", 0) == 0;
+  const std::string order = name.substr(4);
+  l.pool_kind = mla ? KVTIER_POOL_MLA : KVTIER_POOL_MHA;
+  if (order == "layer_first") l.layout = KVTIER_LAYOUT_LAYER_FIRST;
+  else if (order == "page_first") l.layout = KVTIER_LAYOUT_PAGE_FIRST;
+  else if (order == "page_first_direct") l.layout = KVTIER_LAYOUT_PAGE_FIRST_DIRECT;
+  else die("unknown layout " + name);
+  l.page_size = 64;
+  l.dtype_size = 2;  // bf16
+  if (mla) {         // DeepSeek-V3-like: 61 layers, kv_lora_rank 512 + rope 64
+    l.layer_num = 61;
+    l.kv_cache_dim = 576;
+  } else {  // Llama-3-8B-like: 28 layers, 8 KV heads, head_dim 128
+    l.layer_num = 28;
+    l.head_num = 8;
+    l.head_dim = 128;
+  }
+  l.pool_tokens = pages * l.page_size;
+  const size_t token = mla ? size_t{l.kv_cache_dim} * 2 : size_t{l.head_num} * l.head_dim * 2;
+  s.page_bytes = (mla ? 1 : 2) * size_t{l.layer_num} * l.page_size * token;
+  s.pool_bytes = s.page_bytes / l.page_size * l.pool_tokens;
+  return s;
+}
+
+std::vector<int64_t> page_slots(size_t first_page, size_t pages, size_t page_size) {
+  std::vector<int64_t> slots;
+  for (size_t p = first_page; p < first_page + pages; ++p)
+    for (size_t t = 0; t < page_size; ++t) slots.push_back(static_cast<int64_t>(p * page_size + t));
+  return slots;
+}
+
+void run_compare(const Options& o, const std::string& tier, const std::string& shape_name) {
+  const size_t max_batch = *std::max_element(o.batches.begin(), o.batches.end());
+  Shape sh = make_shape(shape_name, 2 * max_batch);  // pages [0, B) are sources, [B, 2B) targets
+  Buffer pool_mem(sh.pool_bytes + 8192);
+  std::byte* base = pool_mem.base + (o.aligned ? 0 : 64);
+  sh.layout.base = base;
+  Buffer staging(max_batch * sh.page_bytes);  // the old path's flat pages
+  progress("compare " + tier + " " + shape_name + ": filling a " +
+           std::to_string(sh.pool_bytes >> 20) + " MiB pool with random bytes");
+  pool_mem.randomize(3);
+  staging.randomize(4);
+
+  kvtier_store_t* store = nullptr;
+  check_rc(kvtier_open(tier_config(tier, max_batch * sh.page_bytes).c_str(), &store), "open");
+  check_rc(kvtier_register_buffer(store, base, sh.pool_bytes), "register_buffer");
+  check_rc(kvtier_register_layout(store, &sh.layout), "register_layout");
+  size_t per_page = 0;
+  check_rc(kvtier_page_fragments(store, &per_page), "page_fragments");
+
+  for (size_t batch : o.batches) {
+    const auto keys = make_keys(shape_name, batch);
+    const auto ck = c_keys(keys);
+    const auto src_slots = page_slots(0, batch, sh.layout.page_size);
+    const auto dst_slots = page_slots(max_batch, batch, sh.layout.page_size);
+    std::vector<void*> src_ptrs(batch * per_page), dst_ptrs(batch * per_page);
+    std::vector<size_t> src_sizes(batch * per_page), dst_sizes(batch * per_page);
+    check_rc(kvtier_get_page_buffer_meta(store, src_slots.data(), src_slots.size(),
+                                         src_ptrs.data(), src_sizes.data(), src_ptrs.size()),
+             "get_page_buffer_meta");
+    check_rc(kvtier_get_page_buffer_meta(store, dst_slots.data(), dst_slots.size(),
+                                         dst_ptrs.data(), dst_sizes.data(), dst_ptrs.size()),
+             "get_page_buffer_meta");
+    std::vector<void*> flat(batch);
+    std::vector<size_t> flat_sizes(batch, sh.page_bytes);
+    for (size_t i = 0; i < batch; ++i) flat[i] = staging.base + i * sh.page_bytes;
+    std::vector<int> res(batch);
+    std::vector<int64_t> gres(batch);
+    const size_t bytes = batch * sh.page_bytes;
+    auto all_ok = [&](const char* what) {
+      for (int r : res)
+        if (r != KVTIER_OK) die(std::string(what) + ": a key failed with " + kvtier_error_name(r));
+    };
+
+    // Engine-side helpers of the old path: its per-page copies into and out of staging.
+    auto gather = [&] {
+      for (size_t i = 0; i < batch; ++i) {
+        std::byte* dst = static_cast<std::byte*>(flat[i]);
+        for (size_t f = 0; f < per_page; ++f) {
+          std::memcpy(dst, src_ptrs[i * per_page + f], src_sizes[i * per_page + f]);
+          dst += src_sizes[i * per_page + f];
+        }
+      }
+    };
+    auto scatter = [&] {
+      for (size_t i = 0; i < batch; ++i) {
+        const std::byte* src = static_cast<std::byte*>(flat[i]);
+        for (size_t f = 0; f < per_page; ++f) {
+          std::memcpy(dst_ptrs[i * per_page + f], src, dst_sizes[i * per_page + f]);
+          src += dst_sizes[i * per_page + f];
+        }
+      }
+    };
+    auto clear = [&] { check_rc(kvtier_clear(store), "clear"); };
+    // Target pages get a fresh pattern before each read so a read that does nothing fails.
+    auto scribble = [&] {
+      for (size_t i = 0; i < dst_ptrs.size(); ++i) std::memset(dst_ptrs[i], 0xA5, dst_sizes[i]);
+    };
+    auto verify = [&] {
+      for (size_t i = 0; i < src_ptrs.size(); ++i)
+        if (std::memcmp(src_ptrs[i], dst_ptrs[i], src_sizes[i]) != 0)
+          die("read-back differs from what was written (" + shape_name + ", batch " +
+              std::to_string(batch) + ")");
+    };
+    auto populate = [&] {
+      clear();
+      check_rc(kvtier_batch_set_v1_slots(store, ck.data(), batch, src_slots.data(),
+                                         src_slots.size(), res.data()),
+               "batch_set_v1_slots");
+      all_ok("populate");
+    };
+
+    struct Path {
+      const char* name;
+      std::function<void()> write, read;
+    };
+    std::vector<Path> paths = {
+        {"old (gather+batch_set)",
+         [&] {
+           gather();
+           check_rc(kvtier_batch_set(store, ck.data(), batch,
+                                     const_cast<const void* const*>(flat.data()),
+                                     flat_sizes.data(), res.data()),
+                    "batch_set");
+           all_ok("batch_set");
+         },
+         [&] {
+           check_rc(kvtier_batch_get(store, ck.data(), batch, flat.data(), flat_sizes.data(),
+                                     gres.data()),
+                    "batch_get");
+           for (int64_t r : gres)
+             if (r != static_cast<int64_t>(sh.page_bytes)) die("batch_get: a key missed");
+           scatter();
+         }},
+        {"v1 fragments",
+         [&] {
+           check_rc(kvtier_get_page_buffer_meta(store, src_slots.data(), src_slots.size(),
+                                                src_ptrs.data(), src_sizes.data(),
+                                                src_ptrs.size()),
+                    "meta");
+           check_rc(kvtier_batch_set_v1(store, ck.data(), batch, src_ptrs.data(),
+                                        src_sizes.data(), src_ptrs.size(), res.data()),
+                    "batch_set_v1");
+           all_ok("batch_set_v1");
+         },
+         [&] {
+           check_rc(kvtier_get_page_buffer_meta(store, dst_slots.data(), dst_slots.size(),
+                                                dst_ptrs.data(), dst_sizes.data(),
+                                                dst_ptrs.size()),
+                    "meta");
+           check_rc(kvtier_batch_get_v1(store, ck.data(), batch, dst_ptrs.data(),
+                                        dst_sizes.data(), dst_ptrs.size(), res.data()),
+                    "batch_get_v1");
+           all_ok("batch_get_v1");
+         }},
+        {"v1 token slots",
+         [&] {
+           check_rc(kvtier_batch_set_v1_slots(store, ck.data(), batch, src_slots.data(),
+                                              src_slots.size(), res.data()),
+                    "batch_set_v1_slots");
+           all_ok("batch_set_v1_slots");
+         },
+         [&] {
+           check_rc(kvtier_batch_get_v1_slots(store, ck.data(), batch, dst_slots.data(),
+                                              dst_slots.size(), res.data()),
+                    "batch_get_v1_slots");
+           all_ok("batch_get_v1_slots");
+         }},
+    };
+    const double limit = memcpy_gbps(o, sh.page_bytes, std::min<size_t>(batch, 64), 1);
+    double old_w = 0, old_r = 0;
+    for (const Path& p : paths) {
+      progress("compare " + tier + " " + shape_name + " batch " + std::to_string(batch) + ": " +
+               p.name);
+      // Writes: the store is emptied first, so nothing is skipped as already present.
+      Figure w = measure(o, bytes, clear, p.write, [&] {
+        size_t hits = 0;
+        check_rc(kvtier_batch_exists(store, ck.data(), batch, &hits), "exists");
+        if (hits != batch) die("write did not store every key");
+      });
+      populate();
+      Figure r = measure(o, bytes, scribble, p.read, verify);
+      if (old_w == 0) {
+        old_w = w.gbps;
+        old_r = r.gbps;
+      }
+      for (auto [op, fig, base_gbps] : {std::tuple{"write", w, old_w}, std::tuple{"read", r, old_r}}) {
+        Row row;
+        row.kind = "compare";
+        row.tier = tier;
+        row.shape = shape_name;
+        row.path = p.name;
+        row.op = op;
+        row.batch = batch;
+        row.block = sh.page_bytes;
+        row.fig = fig;
+        row.limit_gbps = limit;
+        row.limit_name = "memcpy";
+        row.speedup = fig.gbps / base_gbps;
+        g_rows.push_back(row);
+      }
+    }
+  }
+  kvtier_close(store);
+}
+
+// ---- transfer -----------------------------------------------------------------------------
+
+void run_transfer(const Options& o, const std::string& tier) {
+  const size_t max_threads = *std::max_element(o.threads.begin(), o.threads.end());
+  const size_t max_block = *std::max_element(o.blocks.begin(), o.blocks.end());
+  const size_t n = o.transfer_batch;
+  Buffer mem(2 * max_threads * n * max_block + 4096);
+  progress("transfer " + tier + ": filling buffers");
+  mem.randomize(5);
+  std::byte* base = mem.base + (o.aligned ? 0 : 64);
+  const size_t region = 2 * max_threads * n * max_block;
+  kvtier_store_t* store = nullptr;
+  check_rc(kvtier_open(tier_config(tier, max_threads * n * max_block).c_str(), &store), "open");
+  check_rc(kvtier_register_buffer(store, base, region), "register_buffer");
+  for (size_t block : o.blocks) {
+    for (size_t threads : o.threads) {
+      progress("transfer " + tier + " block " + std::to_string(block) + " threads " +
+               std::to_string(threads));
+      struct Worker {
+        std::vector<std::string> keys;
+        std::vector<const char*> ck;
+        std::vector<void*> src, dst;
+        std::vector<size_t> sizes;
+        std::vector<int> res;
+      };
+      std::vector<Worker> ws(threads);
+      for (size_t t = 0; t < threads; ++t) {
+        Worker& w = ws[t];
+        w.keys = make_keys("xfer-" + std::to_string(block) + "-" + std::to_string(t), n);
+        w.ck = c_keys(w.keys);
+        w.sizes.assign(n, block);
+        w.res.resize(n);
+        for (size_t i = 0; i < n; ++i) {
+          w.src.push_back(base + (t * n + i) * max_block);
+          w.dst.push_back(base + ((max_threads + t) * n + i) * max_block);
+        }
+      }
+      auto parallel = [&](auto fn) {
+        std::vector<std::thread> ts;
+        for (size_t t = 0; t < threads; ++t) ts.emplace_back([&, t] { fn(ws[t]); });
+        for (auto& th : ts) th.join();
+      };
+      auto check_all = [&](const char* what) {
+        for (auto& w : ws)
+          for (int r : w.res)
+            if (r != KVTIER_OK) die(std::string(what) + ": " + kvtier_error_name(r));
+      };
+      const size_t bytes = threads * n * block;
+      Figure wr = measure(
+          o, bytes, [&] { check_rc(kvtier_clear(store), "clear"); },
+          [&] {
+            parallel([&](Worker& w) {
+              kvtier_batch_set_v1(store, w.ck.data(), n, w.src.data(), w.sizes.data(), n,
+                                  w.res.data());
+            });
+          },
+          [&] { check_all("batch_set_v1"); });
+      Figure rd = measure(
+          o, bytes,
+          [&] {
+            for (auto& w : ws)
+              for (void* d : w.dst) std::memset(d, 0x5A, block);
+          },
+          [&] {
+            parallel([&](Worker& w) {
+              kvtier_batch_get_v1(store, w.ck.data(), n, w.dst.data(), w.sizes.data(), n,
+                                  w.res.data());
+            });
+          },
+          [&] {
+            check_all("batch_get_v1");
+            for (auto& w : ws)
+              for (size_t i = 0; i < n; ++i)
+                if (std::memcmp(w.src[i], w.dst[i], block) != 0) die("transfer read-back differs");
+          });
+      const double limit = memcpy_gbps(o, block, n * threads, threads);
+      for (auto [op, fig] : {std::pair{"write", wr}, std::pair{"read", rd}}) {
+        Row row;
+        row.kind = "transfer";
+        row.tier = tier;
+        row.path = "v1";
+        row.op = op;
+        row.batch = n;
+        row.block = block;
+        row.threads = threads;
+        row.fig = fig;
+        row.limit_gbps = limit;
+        row.limit_name = "memcpy";
+        g_rows.push_back(row);
+      }
+    }
+  }
+  kvtier_close(store);
+}
+
+void run_limits(const Options& o) {
+  for (size_t block : o.blocks)
+    for (size_t threads : o.threads) {
+      progress("limits: memcpy " + std::to_string(block));
+      Row row;
+      row.kind = "limit";
+      row.tier = "-";
+      row.path = "memcpy";
+      row.op = "copy";
+      row.block = block;
+      row.batch = o.transfer_batch;
+      row.threads = threads;
+      row.limit_gbps = memcpy_gbps(o, block, o.transfer_batch * threads, threads);
+      row.fig.gbps = row.limit_gbps;
+      row.limit_name = "memcpy";
+      g_rows.push_back(row);
+    }
+}
+
+// ---- output -------------------------------------------------------------------------------
+
+std::string human(size_t bytes) {
+  char b[32];
+  if (bytes >= (1u << 20) && bytes % (1u << 20) == 0) std::snprintf(b, sizeof b, "%zuM", bytes >> 20);
+  else if (bytes >= (1u << 20)) std::snprintf(b, sizeof b, "%.1fM", bytes / 1048576.0);
+  else std::snprintf(b, sizeof b, "%zuK", bytes >> 10);
+  return b;
+}
+
+void print_tables() {
+  if (tty()) std::fprintf(stderr, "\r\033[K");
+  bool header = false;
+  for (const Row& r : g_rows) {
+    if (r.kind != "compare") continue;
+    if (!header) {
+      std::printf("\ncompare: old interface (gather + batch_set / batch_get + scatter) versus "
+                  "zero-copy v1; page = one key; median of the timed runs\n");
+      std::printf("%-7s %-22s %5s %-22s %-5s %9s %7s %7s %8s %7s %7s %7s\n", "tier", "pool",
+                  "batch", "path", "op", "ms/batch", "GB/s", "min", "CPUs/GB", "x old",
+                  "memcpy", "ratio");
+      header = true;
+    }
+    std::printf("%-7s %-22s %5zu %-22s %-5s %9.2f %7.2f %7.2f %8.3f %7.2f %7.2f %7.2f\n",
+                r.tier.c_str(), r.shape.c_str(), r.batch, r.path.c_str(), r.op.c_str(),
+                r.fig.median_s * 1e3, r.fig.gbps, r.fig.gbps * r.fig.median_s / r.fig.max_s,
+                r.fig.cpu_per_gb, r.speedup, r.limit_gbps, r.fig.gbps / r.limit_gbps);
+  }
+  header = false;
+  for (const Row& r : g_rows) {
+    if (r.kind != "transfer") continue;
+    if (!header) {
+      std::printf("\ntransfer: v1 batches of %zu blocks, one key per block\n", r.batch);
+      std::printf("%-7s %6s %7s %-5s %9s %7s %8s %7s %7s\n", "tier", "block", "threads", "op",
+                  "ms/batch", "GB/s", "CPUs/GB", "memcpy", "ratio");
+      header = true;
+    }
+    std::printf("%-7s %6s %7zu %-5s %9.2f %7.2f %8.3f %7.2f %7.2f\n", r.tier.c_str(),
+                human(r.block).c_str(), r.threads, r.op.c_str(), r.fig.median_s * 1e3,
+                r.fig.gbps, r.fig.cpu_per_gb, r.limit_gbps, r.fig.gbps / r.limit_gbps);
+  }
+  header = false;
+  for (const Row& r : g_rows) {
+    if (r.kind != "limit") continue;
+    if (!header) {
+      std::printf("\nlimits: memcpy of the same blocks, warm buffers\n");
+      std::printf("%6s %7s %7s\n", "block", "threads", "GB/s");
+      header = true;
+    }
+    std::printf("%6s %7zu %7.2f\n", human(r.block).c_str(), r.threads, r.limit_gbps);
+  }
+}
+
+void write_json(const std::string& path) {
+  std::ostringstream o;
+  o << "{\"kvtier\":\"" << kvtier_version_string() << "\",\"rows\":[";
+  for (size_t i = 0; i < g_rows.size(); ++i) {
+    const Row& r = g_rows[i];
+    o << (i ? "," : "") << "{\"kind\":\"" << r.kind << "\",\"tier\":\"" << r.tier
+      << "\",\"pool\":\"" << r.shape << "\",\"path\":\"" << r.path << "\",\"op\":\"" << r.op
+      << "\",\"batch\":" << r.batch << ",\"block\":" << r.block << ",\"threads\":" << r.threads
+      << ",\"median_ms\":" << r.fig.median_s * 1e3 << ",\"min_ms\":" << r.fig.min_s * 1e3
+      << ",\"max_ms\":" << r.fig.max_s * 1e3 << ",\"gbps\":" << r.fig.gbps
+      << ",\"cpu_s_per_gb\":" << r.fig.cpu_per_gb << ",\"speedup_vs_old\":" << r.speedup
+      << ",\"limit\":\"" << r.limit_name << "\",\"limit_gbps\":" << r.limit_gbps << "}";
+  }
+  o << "]}\n";
+  if (path == "-") {
+    std::fputs(o.str().c_str(), stdout);
+    return;
+  }
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) die("cannot write " + path);
+  std::fputs(o.str().c_str(), f);
+  std::fclose(f);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  try {
+    o = parse(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvtier-bench: %s\n", e.what());
+    return 2;
+  }
+  std::printf("kvtier-bench %s: tiers %s, %d timed runs after %d warm-up, pool %s\n",
+              kvtier_version_string(), [&] {
+                std::string s;
+                for (auto& t : o.tiers) s += (s.empty() ? "" : ",") + t;
+                return s;
+              }().c_str(), o.repeats, o.warmup, o.aligned ? "4 KiB-aligned" : "64 B past 4 KiB");
+  std::fflush(stdout);
+  if (o.mode == "all" || o.mode == "limits") run_limits(o);
+  for (const auto& tier : o.tiers) {
+    if (o.mode == "all" || o.mode == "compare")
+      for (const auto& shape : o.layouts) run_compare(o, tier, shape);
+    if (o.mode == "all" || o.mode == "transfer") run_transfer(o, tier);
+  }
+  print_tables();
+  if (!o.json.empty()) write_json(o.json);
+  if (!o.plot.empty()) {
+    std::string tmp = o.json.empty() || o.json == "-" ? o.plot + ".json" : o.json;
+    if (tmp != o.json) write_json(tmp);
+    std::string cmd = "/usr/bin/python3 \"" + std::string(KVTIER_BENCH_DIR) + "/plot.py\" \"" +
+                      tmp + "\" \"" + o.plot + "\"";
+    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "kvtier-bench: plotting failed\n");
+  }
+  return 0;
+}
