@@ -15,7 +15,7 @@ LAYOUTS = {"layer_first": 0, "page_first": 1, "page_first_direct": 2}
 
 def _keys(keys: Sequence[str]):
     arr = (ctypes.c_char_p * len(keys))()
-    arr[:] = [k.encode() if isinstance(k, str) else bytes(k) for k in keys]
+    arr[:] = [k.encode() if isinstance(k, str) else (k if k is None else bytes(k)) for k in keys]
     return arr
 
 

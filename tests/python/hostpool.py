@@ -37,6 +37,12 @@ class HostPool:
         self.buffer = self.bytes.view(dtype).reshape(shape)
         rng = np.random.default_rng(seed)
         self.bytes[:] = rng.integers(0, 256, nbytes, dtype=np.uint8)
+        # The attributes SGLang's host pools expose and the adapter reads.
+        self.kv_buffer = self.buffer
+        self.dtype = self.buffer.dtype
+        if mla:  # kv_cache_dim = kv_lora_rank + qk_rope_head_dim
+            self.qk_rope_head_dim = kv_cache_dim // 3
+            self.kv_lora_rank = kv_cache_dim - self.qk_rope_head_dim
 
     def data_ptr(self):
         return self.bytes.ctypes.data
@@ -102,8 +108,8 @@ class HostPool:
 
 def slots_for(pages, page_size):
     """host_indices for whole pages, as the engine passes them (int64, page_size per page)."""
-    return np.concatenate([np.arange(p * page_size, (p + 1) * page_size, dtype=np.int64)
-                           for p in pages])
+    parts = [np.arange(p * page_size, (p + 1) * page_size, dtype=np.int64) for p in pages]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 ALL_POOLS = [
