@@ -81,17 +81,18 @@ std::vector<Frag> frags_of(const void* const* ptrs, const size_t* sizes, size_t 
   return frags;
 }
 
-// Shared by kvtier_batch_set_v1 and kvtier_batch_set_v1_slots.
+// Shared by the fragment and the token-slot calls. `check_regions` is false when the fragments
+// were computed from a layout whose whole pool was just checked to be registered.
 int put_v1(kvtier_store_t* store, const char* const* keys, size_t n, std::span<const Frag> frags,
-           size_t per_key, int* results) {
-  return note(store->rep->put({keys, n}, frags, per_key, true, {results, n}));
+           size_t per_key, int* results, bool check_regions) {
+  return note(store->rep->put({keys, n}, frags, per_key, check_regions, {results, n}));
 }
 
 int get_v1(kvtier_store_t* store, const char* const* keys, size_t n, std::span<const Frag> frags,
-           size_t per_key, int* results) {
+           size_t per_key, int* results, bool check_regions) {
   std::vector<int64_t> got(n);
   for (size_t i = 0; i < n; ++i) got[i] = results[i];
-  Status s = store->rep->get({keys, n}, frags, per_key, true, true, got);
+  Status s = store->rep->get({keys, n}, frags, per_key, true, check_regions, got);
   for (size_t i = 0; i < n; ++i) results[i] = got[i] >= 0 ? KVTIER_OK : static_cast<int>(got[i]);
   return note(s);
 }
@@ -118,11 +119,15 @@ int with_slots(kvtier_store_t* store, const char* const* keys, size_t n, const i
                   std::to_string(n_slots) + " token slots for " + std::to_string(n) +
                       " keys; expected keys * page_size = " +
                       std::to_string(n * layout.page_size));
+  // One check of the whole pool stands for every fragment computed inside it.
+  if (!store->rep->is_registered(layout.base, layout.pool_bytes()))
+    return refuse(results, n, KVTIER_ERR_NOT_REGISTERED,
+                  "the pool's buffer is no longer registered (kvtier_unregister_buffer)");
   std::fill(results, results + n, KVTIER_OK);
   const size_t per_page = layout.frags_per_page();
   std::vector<Frag> frags(n * per_page);
   Status page_failure = layout.pages_frags(slots, n, frags.data(), results);
-  int rc = op(store, keys, n, frags, per_page, results);
+  int rc = op(store, keys, n, frags, per_page, results, false);
   note(page_failure);
   return rc;
 }
@@ -265,7 +270,7 @@ int kvtier_batch_set_v1(kvtier_store_t* store, const char* const* keys, size_t n
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     std::fill(results, results + n, KVTIER_OK);
     std::vector<Frag> frags = frags_of(frag_ptrs, frag_sizes, n_frags);
-    return put_v1(store, keys, n, frags, n_frags / n, results);
+    return put_v1(store, keys, n, frags, n_frags / n, results, true);
   });
 }
 
@@ -279,7 +284,7 @@ int kvtier_batch_get_v1(kvtier_store_t* store, const char* const* keys, size_t n
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     std::fill(results, results + n, KVTIER_OK);
     std::vector<Frag> frags = frags_of(frag_ptrs, frag_sizes, n_frags);
-    return get_v1(store, keys, n, frags, n_frags / n, results);
+    return get_v1(store, keys, n, frags, n_frags / n, results, true);
   });
 }
 

@@ -39,6 +39,7 @@ class Store {
 
   Status register_buffer(const void* addr, size_t len) { return regions_.add(addr, len); }
   Status unregister_buffer(const void* addr) { return regions_.remove(addr); }
+  bool is_registered(const void* addr, size_t len) const { return regions_.contains(addr, len); }
 
   Status set_layout(const PoolLayout& layout);
   // A copy of the registered layout, or KVTIER_ERR_NO_LAYOUT.

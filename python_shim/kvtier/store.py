@@ -1,7 +1,9 @@
 """The Pythonic store over the C ABI."""
 
+import array
 import ctypes
 import json
+from itertools import accumulate
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _native
@@ -13,10 +15,47 @@ POOL_MHA, POOL_MLA = 0, 1
 LAYOUTS = {"layer_first": 0, "page_first": 1, "page_first_direct": 2}
 
 
-def _keys(keys: Sequence[str]):
-    arr = (ctypes.c_char_p * len(keys))()
-    arr[:] = [k.encode() if isinstance(k, str) else (k if k is None else bytes(k)) for k in keys]
-    return arr
+class _Keys:
+    """A batch's keys as one NUL-separated blob and an array of pointers into it: two objects
+    per batch instead of one ctypes object per key (the engine sends 128-key batches)."""
+
+    __slots__ = ("_as_parameter_", "_keep")  # ctypes passes _as_parameter_; _keep holds the bytes
+
+    def __init__(self, keys: Sequence[str]):
+        try:
+            blob = ("\0".join(keys) + "\0").encode()  # one encode for the batch
+        except (TypeError, UnicodeEncodeError):
+            blob = None
+        if blob is not None and keys:
+            width = len(keys[0]) + 1
+            n = len(keys)
+            if len(blob) == width * n and blob[width - 1::width] == b"\0" * n and \
+                    blob.count(0) == n:
+                # ASCII keys of one length, as the engine's hashes are: pointers by stride.
+                base = ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p).value
+                ptrs = array.array("Q", range(base, base + len(blob), width))
+                self._as_parameter_ = ctypes.cast(ptrs.buffer_info()[0], _native.c_char_pp)
+                self._keep = (blob, ptrs)
+                return
+            if len(blob) == sum(map(len, keys)) + len(keys):  # ASCII, mixed lengths
+                self._point_into(blob, map(len, keys[:-1]))
+                return
+        enc = [k.encode() if isinstance(k, str) else k for k in keys]
+        if any(not isinstance(e, bytes) for e in enc):  # None and odd types: per-key path
+            arr = (ctypes.c_char_p * len(enc))()
+            arr[:] = [e if e is None else bytes(e) for e in enc]
+            self._as_parameter_, self._keep = ctypes.cast(arr, _native.c_char_pp), arr
+            return
+        self._point_into(b"\0".join(enc) + b"\0", map(len, enc[:-1]))
+
+    def _point_into(self, blob: bytes, lengths) -> None:
+        base = ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p).value
+        ptrs = array.array("Q", accumulate((n + 1 for n in lengths), initial=base))
+        self._as_parameter_ = ctypes.cast(ptrs.buffer_info()[0], _native.c_char_pp)
+        self._keep = (blob, ptrs)
+
+
+_keys = _Keys
 
 
 def _address(obj, writable: bool) -> Tuple[int, int, object]:

@@ -1,0 +1,209 @@
+"""The comparison SGLang's users run for HiCache storage backends, through kvtier's adapter:
+the generic path (flat page copies + batch_set / batch_get + copy back) against
+batch_set_v1 / batch_get_v1 on the host pool. Also the adapter's own per-call overhead.
+
+usage: /usr/bin/python3 bench/python_bench.py [--tiers memory] [--batches 10,50,100]
+       [--repeats 3] [--json FILE]
+Run from a source tree after building (it finds build/capi/libkvtier.so), or set KVTIER_LIBRARY.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python_shim"))
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+if "KVTIER_LIBRARY" not in os.environ and (ROOT / "build/capi/libkvtier.so").exists():
+    os.environ["KVTIER_LIBRARY"] = str(ROOT / "build/capi/libkvtier.so")
+
+from hostpool import HostPool, slots_for  # noqa: E402  (the engine-shaped pool of the tests)
+from kvtier.sglang import KvtierStorage  # noqa: E402
+
+SHAPES = {
+    "MHA": dict(mla=False, page_size=64, layer_num=28, head_num=8, head_dim=128),
+    "MLA": dict(mla=True, page_size=64, layer_num=61, kv_cache_dim=576),
+}
+
+
+def measure(repeats, warmup, nbytes, prep, body, check):
+    runs = []
+    for r in range(warmup + repeats):
+        prep()
+        c0, t0 = time.process_time(), time.perf_counter()
+        body()
+        t1, c1 = time.perf_counter(), time.process_time()
+        check()
+        if r >= warmup:
+            runs.append((t1 - t0, c1 - c0))
+    runs.sort()
+    sec, cpu = runs[len(runs) // 2]
+    return dict(ms=sec * 1e3, gbps=nbytes / sec / 1e9, cpu_s_per_gb=cpu / (nbytes / 1e9),
+                min_ms=runs[0][0] * 1e3, max_ms=runs[-1][0] * 1e3)
+
+
+def memcpy_gbps(nbytes):
+    a = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        times.append(time.perf_counter() - t0)
+    return nbytes / statistics.median(times) / 1e9
+
+
+def bench_shape(args, tier, shape, layout, rows):
+    B = max(args.batches)
+    spec = SHAPES[shape]
+    pool = HostPool(size=2 * B * spec["page_size"], layout=layout, misalign=64, **spec)
+    cfg = dict(tp_rank=0, tp_size=1, is_mla_model=spec["mla"], model_name="bench",
+               extra_config={"interface_v1": 1, "tiers": tier,
+                             "memory_capacity": str(3 * B * len(pool.page_bytes(0)))})
+    backend = KvtierStorage(cfg, {})
+    backend.register_mem_pool_host(pool)
+    P = pool.page_size
+    page = len(pool.page_bytes(0))
+    limit = memcpy_gbps(min(B, 64) * page)  # the C++ bench copies the same amount
+    for batch in args.batches:
+        keys = [f"{shape}-{layout}-{batch}-{i:06d}" for i in range(batch)]
+        src, dst = slots_for(range(batch), P), slots_for(range(B, B + batch), P)
+        src_meta = pool.get_page_buffer_meta(src)
+        dst_meta = pool.get_page_buffer_meta(dst)
+        per = len(src_meta[0]) // batch
+        flat = [np.empty(page, dtype=np.uint8) for _ in keys]
+        nbytes = batch * page
+        views = {}
+
+        def frag_views(meta):
+            key = id(meta)
+            if key not in views:  # numpy views onto the pool's fragments, built once
+                base = pool.data_ptr()
+                views[key] = [pool.bytes[p - base:p - base + s] for p, s in zip(*meta)]
+            return views[key]
+
+        def old_write():
+            fv = frag_views(src_meta)
+            for i in range(batch):  # the engine's per-page flatten
+                np.concatenate(fv[i * per:(i + 1) * per], out=flat[i])
+            assert backend.batch_set(keys, flat)
+
+        def old_read():
+            got = backend.batch_get(keys, flat)
+            assert all(g is not None for g in got)
+            fv = frag_views(dst_meta)
+            for i in range(batch):  # and per-page copy back
+                off = 0
+                for v in fv[i * per:(i + 1) * per]:
+                    v[:] = flat[i][off:off + v.size]
+                    off += v.size
+
+        def new_write():
+            assert all(backend.batch_set_v1(keys, src))
+
+        def new_read():
+            assert all(backend.batch_get_v1(keys, dst))
+
+        def scribble():
+            for v in frag_views(dst_meta):
+                v.fill(0xA5)
+
+        def verify():
+            for a, b in zip(frag_views(src_meta), frag_views(dst_meta)):
+                if not np.array_equal(a, b):
+                    sys.exit(f"read-back differs ({shape} {layout} batch {batch})")
+
+        def written():
+            if backend.batch_exists(keys) != batch:
+                sys.exit("a write did not store every key")
+
+        results = {}
+        for path, write, read in (("generic", old_write, old_read), ("v1", new_write, new_read)):
+            results[path, "write"] = measure(args.repeats, 1, nbytes, backend.clear, write, written)
+            backend.clear()
+            new_write()
+            results[path, "read"] = measure(args.repeats, 1, nbytes, scribble, read, verify)
+        for (path, op), fig in results.items():
+            fig.update(tier=tier, pool=shape, layout=layout, batch=batch, path=path, op=op,
+                       speedup=fig["gbps"] / results["generic", op]["gbps"], memcpy_gbps=limit)
+            rows.append(fig)
+        print(f"\r\033[K{tier} {shape} {layout} batch {batch} done", end="", file=sys.stderr)
+    backend.close()
+
+
+def overhead(rows):
+    """Adapter + binding cost of one 128-key batch_get_v1 on a layer_first MHA pool, with every
+    key missing so that no data moves: what the Python side adds to each call."""
+    spec = dict(SHAPES["MHA"], layer_num=28)
+    pool = HostPool(size=128 * 64, layout="layer_first", **spec)
+    backend = KvtierStorage(dict(tp_rank=0, tp_size=1, is_mla_model=False, model_name="o",
+                                 extra_config={"tiers": "memory"}), {})
+    backend.register_mem_pool_host(pool)
+    keys = [f"{i:064x}" for i in range(128)]
+    idx = slots_for(range(128), 64)
+    for _ in range(200):
+        backend.batch_get_v1(keys, idx)
+    times = []
+    for _ in range(2000):
+        t0 = time.perf_counter()
+        backend.batch_get_v1(keys, idx)
+        times.append(time.perf_counter() - t0)
+    us = statistics.median(times) * 1e6
+    rows.append(dict(kind="overhead", call="batch_get_v1", keys=128, layout="layer_first",
+                     median_us=us, p99_us=sorted(times)[int(len(times) * 0.99)] * 1e6))
+    backend.close()
+    return us
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiers", default="memory")
+    ap.add_argument("--batches", default="10,50,100")
+    ap.add_argument("--layouts", default="layer_first,page_first")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    rows = []
+    for tier in args.tiers.split(","):
+        for shape in SHAPES:
+            for layout in args.layouts.split(","):
+                bench_shape(args, tier, shape, layout, rows)
+    us = overhead(rows)
+    print("\r\033[K", end="", file=sys.stderr)
+    print("SGLang adapter: generic path (flat page copies + batch_set/batch_get) versus v1 "
+          "(zero-copy on the host pool); medians")
+    hdr = ("tier", "pool", "layout", "batch", "path", "op", "ms", "GB/s", "CPUs/GB", "x generic",
+           "memcpy", "ratio")
+    print("%-7s %-4s %-12s %5s %-8s %-5s %8s %7s %8s %9s %7s %6s" % hdr)
+    for r in rows:
+        if "path" not in r:
+            continue
+        print("%-7s %-4s %-12s %5d %-8s %-5s %8.2f %7.2f %8.3f %9.2f %7.2f %6.2f" % (
+            r["tier"], r["pool"], r["layout"], r["batch"], r["path"], r["op"], r["ms"],
+            r["gbps"], r["cpu_s_per_gb"], r["speedup"], r["memcpy_gbps"],
+            r["gbps"] / r["memcpy_gbps"]))
+    # layer_first against page_first, v1, same tier/pool/batch/op.
+    print("\nv1 layer_first / page_first (SGLang's default layout against the contiguous one):")
+    for r in rows:
+        if r.get("path") == "v1" and r["layout"] == "layer_first":
+            pf = [x for x in rows if x.get("path") == "v1" and x["layout"] == "page_first" and
+                  all(x[k] == r[k] for k in ("tier", "pool", "batch", "op"))]
+            if pf:
+                print("  %-7s %s batch %3d %-5s %.2f" % (r["tier"], r["pool"], r["batch"],
+                                                        r["op"], r["gbps"] / pf[0]["gbps"]))
+    print(f"\nadapter overhead: 128-key batch_get_v1, layer_first MHA, all keys missing: "
+          f"{us:.1f} us per call (median of 2000)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
