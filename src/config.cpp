@@ -31,6 +31,19 @@ std::string upper(std::string s) {
   return s;
 }
 
+// "on"/"off"-style settings; returns what it expected on a bad value.
+std::string parse_switch(const std::string& v, const char* yes, const char* no, bool* out) {
+  const std::string l = lower(v);
+  if (l == yes || l == "1" || l == "true") {
+    *out = true;
+  } else if (l == no || l == "0" || l == "false") {
+    *out = false;
+  } else {
+    return std::string(yes) + " or " + no;
+  }
+  return {};
+}
+
 // A setter returns an empty string on success, else what it expected.
 using Setter = std::function<std::string(Config&, const std::string&)>;
 
@@ -89,6 +102,33 @@ const std::vector<Option>& options() {
          if (!parse_size(v, &bytes).is_ok() || bytes == 0) return "a size such as 4GiB";
          c.memory_capacity = bytes;
          return {};
+       }},
+      {"FILE_DIR",
+       [](Config& c, const std::string& v) -> std::string {
+         if (v.empty() || v[0] != '/') return "an absolute path";
+         c.file_dir = v;
+         return {};
+       }},
+      {"FILE_CAPACITY",
+       [](Config& c, const std::string& v) -> std::string {
+         uint64_t bytes = 0;
+         if (!parse_size(v, &bytes).is_ok() || bytes < (1u << 20)) return "a size of 1MiB or more";
+         c.file_capacity = bytes;
+         return {};
+       }},
+      {"FILE_QUEUE_DEPTH",
+       [](Config& c, const std::string& v) -> std::string {
+         uint64_t n = 0;
+         if (!parse_size(v, &n).is_ok() || n < 1 || n > 4096 || !std::isdigit(v.back()))
+           return "an integer from 1 to 4096";
+         c.file_queue_depth = static_cast<unsigned>(n);
+         return {};
+       }},
+      {"FILE_DIRECT", [](Config& c, const std::string& v) -> std::string {
+         return parse_switch(v, "auto", "off", &c.file_direct);
+       }},
+      {"FILE_SYNC", [](Config& c, const std::string& v) -> std::string {
+         return parse_switch(v, "on", "off", &c.file_sync);
        }},
   };
   return kOptions;

@@ -23,6 +23,16 @@ struct Config {
   std::string log_level = "warn";
   // KVTIER_MEMORY_CAPACITY: bytes the memory tier may hold, e.g. 4GiB.
   uint64_t memory_capacity = 4ull << 30;
+  // KVTIER_FILE_DIR: where the file tier keeps its page files (one folder per namespace).
+  std::string file_dir = "/var/tmp/kvtier";
+  // KVTIER_FILE_CAPACITY: bytes of pages the file tier may hold before it evicts.
+  uint64_t file_capacity = 16ull << 30;
+  // KVTIER_FILE_QUEUE_DEPTH: I/Os in flight per io_uring (1..4096).
+  unsigned file_queue_depth = 32;
+  // KVTIER_FILE_DIRECT: auto (O_DIRECT unless the filesystem refuses it) | off (page cache).
+  bool file_direct = true;
+  // KVTIER_FILE_SYNC: on (a page is visible only once fdatasync says it is durable) | off.
+  bool file_sync = true;
 };
 
 // Builds the config from the environment, then applies `overrides` ("NAME=value" pairs split by

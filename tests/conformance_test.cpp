@@ -27,7 +27,7 @@ class Conformance : public ::testing::TestWithParam<TierParam> {
   void open(const char* config) {
     tier_.reset();
     Config c;
-    Status s = load_config(config, &c);
+    Status s = load_config(kvtier_test::with_test_dir(config).c_str(), &c);
     ASSERT_TRUE(s.is_ok()) << s.message();
     s = make_tier(GetParam().name, c, &tier_);
     if (s.code() == KVTIER_ERR_UNSUPPORTED) GTEST_SKIP() << s.message();
@@ -180,7 +180,10 @@ TEST_P(Conformance, EvictionKeepsTheBudgetAndTheBytes) {
 
 INSTANTIATE_TEST_SUITE_P(Tiers, Conformance,
                          ::testing::Values(TierParam{"memory", "", "memory_capacity=1MiB"},
-                                           TierParam{"test_rot", "", ""}),
+                                           TierParam{"test_rot", "", ""},
+                                           TierParam{"file", "file_dir={dir}/conformance",
+                                                     "file_dir={dir}/conformance-small;"
+                                                     "file_capacity=1MiB"}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace

@@ -1,7 +1,11 @@
 // Helpers shared by the C++ tests: random bytes and keys.
 #pragma once
 
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <cstdint>
+#include <filesystem>
 #include <cstring>
 #include <random>
 #include <string>
@@ -43,6 +47,32 @@ inline std::vector<const char*> c_keys(const std::vector<std::string>& keys) {
   std::vector<const char*> out;
   for (const auto& k : keys) out.push_back(k.c_str());
   return out;
+}
+
+// A fresh folder for this test process, removed at exit (under $TMPDIR, else /var/tmp, which is
+// on disk where /tmp may be a tmpfs).
+inline const std::string& test_dir() {
+  static const std::string dir = [] {
+    const char* base = getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/var/tmp") + "/kvtier-test-XXXXXX";
+    if (!mkdtemp(tmpl.data())) abort();
+    static struct Cleanup {
+      std::string path;
+      ~Cleanup() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+      }
+    } cleanup{tmpl};
+    return tmpl;
+  }();
+  return dir;
+}
+
+// Replaces "{dir}" in a config string with test_dir().
+inline std::string with_test_dir(std::string config) {
+  for (size_t p; (p = config.find("{dir}")) != std::string::npos;)
+    config.replace(p, 5, test_dir());
+  return config;
 }
 
 }  // namespace kvtier_test

@@ -1,0 +1,671 @@
+#include "file_tier.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "log.h"
+
+namespace kvtier {
+
+namespace {
+
+constexpr uint64_t kBlock = 4096;                  // O_DIRECT alignment of offsets and sizes
+constexpr uint64_t kHeader = 4096;                 // a slot's header block
+constexpr uint64_t kMagic = 0x314547415054564bull;  // "KVTPAGE1"
+constexpr uint32_t kVersion = 1;
+constexpr uint64_t kGrowBytes = 64ull << 20;  // files grow by fallocate in steps of this
+constexpr size_t kMaxIov = 1024;              // IOV_MAX
+
+struct Header {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t reserved;
+  uint64_t key_hi, key_lo;
+  uint64_t length;
+  uint64_t checksum;  // XXH3-64 of the page bytes
+  uint64_t seq;       // later writes of a key win
+  uint64_t slot_size;
+  uint64_t self_checksum;  // XXH3-64 of the fields above
+};
+static_assert(sizeof(Header) <= kHeader);
+
+uint64_t header_sum(const Header& h) { return checksum(&h, offsetof(Header, self_checksum)); }
+
+uint64_t round_block(uint64_t n) { return (n + kBlock - 1) & ~(kBlock - 1); }
+
+// Slot sizes: 4 KiB steps up to 64 KiB, then eight steps per power of two (<= 12.5% waste).
+uint64_t class_size(uint64_t bytes) {
+  uint64_t need = round_block(bytes);
+  if (need <= 65536) return need;
+  uint64_t step = (uint64_t{1} << (63 - __builtin_clzll(need - 1))) / 8;
+  return (need + step - 1) / step * step;
+}
+
+bool aligned(Frags frags) {
+  if (frags.size() + 1 > kMaxIov) return false;
+  for (const Frag& f : frags)
+    if (reinterpret_cast<uintptr_t>(f.ptr) % kBlock || f.len % kBlock) return false;
+  return true;
+}
+
+int io_code(int neg_errno) {
+  return neg_errno == -ENOSPC || neg_errno == -EDQUOT || neg_errno == -EFBIG ? KVTIER_ERR_NO_SPACE
+                                                                               : KVTIER_ERR_IO;
+}
+
+std::string dir_name(const std::string& ns) {
+  std::string s;
+  for (char c : ns.substr(0, 64))
+    s += (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_') ? c : '_';
+  char hash[24];
+  std::snprintf(hash, sizeof hash, "%016llx",
+                static_cast<unsigned long long>(namespace_seed(ns)));
+  return (s.empty() ? "default" : s) + "-" + hash;
+}
+
+// Aligned, pre-touched buffers reused across calls: fresh memory costs a page fault per 4 KiB.
+class BouncePool {
+ public:
+  ~BouncePool() {
+    for (auto& [size, bufs] : free_)
+      for (std::byte* b : bufs) std::free(b);
+  }
+  std::byte* get(size_t size) {
+    {
+      std::lock_guard lock(mu_);
+      auto& list = free_[size];
+      if (!list.empty()) {
+        std::byte* b = list.back();
+        list.pop_back();
+        return b;
+      }
+    }
+    auto* b = static_cast<std::byte*>(std::aligned_alloc(kBlock, size));
+    if (b) std::memset(b, 0, size);
+    return b;
+  }
+  void put(std::byte* b, size_t size) {
+    if (!b) return;
+    std::lock_guard lock(mu_);
+    free_[size].push_back(b);
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<size_t, std::vector<std::byte*>> free_;
+};
+
+}  // namespace
+
+class PageFiles {
+ public:
+  ~PageFiles();
+  static Status open(const Config& config, const std::string& path,
+                     std::shared_ptr<PageFiles>* out);
+  void put(std::span<PutOp> ops);
+  void get(std::span<GetOp> ops);
+  void exists(std::span<const KeyId> ids, std::span<uint8_t> present);
+  void remove(std::span<const KeyId> ids, std::span<int> results);
+  void clear();
+  TierStats stats() const;
+
+ private:
+  struct SizeClass {
+    uint64_t slot_size = 0;
+    int fd = -1;
+    uint64_t file_slots = 0;  // slots the file has room for
+    uint64_t used_slots = 0;  // high-water mark
+    std::vector<uint64_t> free;
+  };
+  struct Entry {
+    uint32_t cls;
+    uint64_t slot;
+    uint64_t length;
+    uint64_t checksum;
+    uint64_t seq;
+    std::list<KeyId>::iterator lru;
+  };
+
+  PageFiles() = default;
+  Status open_class(uint64_t slot_size, uint32_t* cls);  // REQUIRES mu_
+  int reserve(uint32_t cls, uint64_t* slot);             // REQUIRES mu_; 0 or a code
+  void release(uint32_t cls, uint64_t slot);             // REQUIRES mu_
+  void evict_one();                                      // REQUIRES mu_
+  bool evict_from_class(uint32_t cls);                   // REQUIRES mu_
+  Status rebuild();
+  int open_file(const std::string& path);
+
+  std::string dir_;
+  uint64_t capacity_ = 0;
+  bool direct_ = true;
+  bool sync_ = true;
+  int lock_fd_ = -1;
+  RingPool rings_;
+  BouncePool bounce_;
+
+  mutable std::mutex mu_;
+  std::vector<SizeClass> classes_;
+  std::map<uint64_t, uint32_t> class_of_size_;
+  std::unordered_map<KeyId, Entry, KeyIdHash> map_;
+  std::list<KeyId> lru_;  // front = most recent
+  uint64_t live_bytes_ = 0;  // slots held by pages, and reserved for writes in flight
+  uint64_t seq_ = 1;
+  uint64_t generation_ = 0;  // bumped by clear(): writes begun before it are dropped
+  uint64_t evictions_ = 0;
+  uint64_t errors_ = 0;
+};
+
+PageFiles::~PageFiles() {
+  for (auto& c : classes_)
+    if (c.fd >= 0) ::close(c.fd);
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+}
+
+int PageFiles::open_file(const std::string& path) {
+  int flags = O_RDWR | O_CREAT | O_CLOEXEC;
+  if (direct_) {
+    int fd = ::open(path.c_str(), flags | O_DIRECT, 0644);
+    if (fd >= 0 || errno != EINVAL) return fd;
+    log().info("file tier: {} refuses O_DIRECT; using the page cache", dir_);
+    direct_ = false;
+  }
+  return ::open(path.c_str(), flags, 0644);
+}
+
+Status PageFiles::open(const Config& config, const std::string& path,
+                       std::shared_ptr<PageFiles>* out) {
+  std::shared_ptr<PageFiles> pf(new PageFiles());
+  pf->dir_ = path;
+  pf->capacity_ = config.file_capacity;
+  pf->direct_ = config.file_direct;
+  pf->sync_ = config.file_sync;
+  if (::mkdir(config.file_dir.c_str(), 0755) != 0 && errno != EEXIST)
+    return {KVTIER_ERR_IO, "KVTIER_FILE_DIR: cannot create " + config.file_dir + ": " +
+                               std::strerror(errno)};
+  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST)
+    return {KVTIER_ERR_IO, "cannot create " + path + ": " + std::strerror(errno)};
+  // One process per namespace: a second one gets a clear error instead of a corrupt index.
+  pf->lock_fd_ = ::open((path + "/LOCK").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (pf->lock_fd_ < 0)
+    return {KVTIER_ERR_IO, "cannot open " + path + "/LOCK: " + std::strerror(errno)};
+  if (::flock(pf->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    char pid[32] = {};
+    ssize_t n = ::pread(pf->lock_fd_, pid, sizeof pid - 1, 0);
+    (void)n;
+    return {KVTIER_ERR_BUSY, "namespace folder " + path + " is open in another process (pid " +
+                                 std::string(pid) + ")"};
+  }
+  std::string me = std::to_string(::getpid());
+  if (::ftruncate(pf->lock_fd_, 0) != 0 || ::pwrite(pf->lock_fd_, me.data(), me.size(), 0) < 0)
+    log().warn("file tier: cannot record the pid in {}/LOCK", path);
+  Status s = pf->rings_.init(2, config.file_queue_depth);
+  if (!s.is_ok()) return s;
+  s = pf->rebuild();
+  if (!s.is_ok()) return s;
+  *out = std::move(pf);
+  return {};
+}
+
+Status PageFiles::open_class(uint64_t slot_size, uint32_t* cls) {
+  auto it = class_of_size_.find(slot_size);
+  if (it != class_of_size_.end()) {
+    *cls = it->second;
+    return {};
+  }
+  std::string file = dir_ + "/slots-" + std::to_string(slot_size) + ".dat";
+  int fd = open_file(file);
+  if (fd < 0) return {KVTIER_ERR_IO, "cannot open " + file + ": " + std::strerror(errno)};
+  SizeClass c;
+  c.slot_size = slot_size;
+  c.fd = fd;
+  classes_.push_back(std::move(c));
+  *cls = static_cast<uint32_t>(classes_.size() - 1);
+  class_of_size_[slot_size] = *cls;
+  return {};
+}
+
+void PageFiles::release(uint32_t cls, uint64_t slot) {
+  classes_[cls].free.push_back(slot);
+  live_bytes_ -= classes_[cls].slot_size;
+}
+
+void PageFiles::evict_one() {
+  auto it = map_.find(lru_.back());
+  release(it->second.cls, it->second.slot);
+  map_.erase(it);
+  lru_.pop_back();
+  ++evictions_;
+}
+
+bool PageFiles::evict_from_class(uint32_t cls) {
+  for (auto l = lru_.rbegin(); l != lru_.rend(); ++l) {
+    auto it = map_.find(*l);
+    if (it->second.cls != cls) continue;
+    release(cls, it->second.slot);
+    lru_.erase(std::next(l).base());
+    map_.erase(it);
+    ++evictions_;
+    return true;
+  }
+  return false;
+}
+
+int PageFiles::reserve(uint32_t cls, uint64_t* slot) {
+  SizeClass& c = classes_[cls];
+  if (c.slot_size > capacity_) return KVTIER_ERR_NO_SPACE;
+  while (live_bytes_ + c.slot_size > capacity_ && !lru_.empty()) evict_one();
+  if (live_bytes_ + c.slot_size > capacity_) return KVTIER_ERR_NO_SPACE;  // all in flight
+  if (c.free.empty() && c.used_slots == c.file_slots) {
+    uint64_t grow = std::max<uint64_t>(1, kGrowBytes / c.slot_size);
+    auto extend = [&] {
+      int rc = ::fallocate(c.fd, 0, static_cast<off_t>(c.file_slots * c.slot_size),
+                           static_cast<off_t>(grow * c.slot_size));
+      if (rc != 0 && errno == EOPNOTSUPP)
+        rc = ::ftruncate(c.fd, static_cast<off_t>((c.file_slots + grow) * c.slot_size));
+      return rc;
+    };
+    int rc = extend();
+    if (rc != 0 && errno == ENOSPC && grow > 1) {  // a nearly full disk: one slot at a time
+      grow = 1;
+      rc = extend();
+    }
+    if (rc == 0) {
+      c.file_slots += grow;
+    } else {
+      const int err = errno;
+      // The disk is full: reuse the slot of this size class's least recently used page.
+      if (!evict_from_class(cls)) {
+        log().warn("file tier: cannot grow {}/slots-{}.dat: {}", dir_, c.slot_size,
+                   std::strerror(err));
+        return err == ENOSPC || err == EDQUOT || err == EFBIG ? KVTIER_ERR_NO_SPACE
+                                                              : KVTIER_ERR_IO;
+      }
+    }
+  }
+  if (!c.free.empty()) {
+    *slot = c.free.back();
+    c.free.pop_back();
+  } else {
+    *slot = c.used_slots++;
+  }
+  live_bytes_ += c.slot_size;
+  return KVTIER_OK;
+}
+
+void PageFiles::put(std::span<PutOp> ops) {
+  struct Pending {
+    size_t op;
+    uint32_t cls;
+    int fd;
+    uint64_t slot, slot_size, seq;
+    std::byte* buf = nullptr;  // header block (direct) or header + page (bounce)
+    size_t buf_size = 0;
+    int result = KVTIER_ERR_IO;
+  };
+  std::vector<Pending> pending;
+  uint64_t generation;
+  {
+    std::lock_guard lock(mu_);
+    generation = generation_;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      PutOp& op = ops[i];
+      auto it = map_.find(op.id);
+      if (it != map_.end()) {
+        lru_.splice(lru_.begin(), lru_, it->second.lru);
+        op.result = KVTIER_OK;
+        continue;
+      }
+      uint32_t cls;
+      Status s = open_class(class_size(kHeader + op.size), &cls);
+      uint64_t slot = 0;
+      op.result = s.is_ok() ? reserve(cls, &slot) : s.code();
+      if (op.result != KVTIER_OK) {
+        ++errors_;
+        continue;
+      }
+      pending.push_back({i, cls, classes_[cls].fd, slot, classes_[cls].slot_size, seq_++});
+    }
+  }
+  if (!pending.empty()) {
+    rings_.with_ring([&](Ring& ring) {
+      ring.run(
+          pending.size(),
+          [&](size_t i, Io& io) {
+            Pending& p = pending[i];
+            const PutOp& op = ops[p.op];
+            const bool direct = !direct_ || aligned(op.frags);
+            p.buf_size = direct ? kHeader : round_block(kHeader + op.size);
+            p.buf = bounce_.get(p.buf_size);
+            if (!p.buf) {
+              io.error = -ENOMEM;
+              return;
+            }
+            Header h{kMagic, kVersion, 0, op.id.hi, op.id.lo, op.size,
+                     op.checksum, p.seq, p.slot_size, 0};
+            h.self_checksum = header_sum(h);
+            std::memset(p.buf, 0, kHeader);
+            std::memcpy(p.buf, &h, sizeof h);
+            io.fd = p.fd;
+            io.write = true;
+            io.offset = p.slot * p.slot_size;
+            if (direct) {
+              io.iov.push_back({p.buf, kHeader});
+              for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
+            } else {
+              gather(op.frags, p.buf + kHeader);  // overlaps the I/O already queued
+              const size_t end = direct_ ? p.buf_size : kHeader + op.size;
+              std::memset(p.buf + kHeader + op.size, 0, p.buf_size - kHeader - op.size);
+              io.iov.push_back({p.buf, end});
+            }
+          },
+          [&](size_t i, int res) {
+            Pending& p = pending[i];
+            p.result = res < 0 ? io_code(res) : KVTIER_OK;
+            if (res < 0)
+              log().warn("file tier: write of slot {} in {} failed: {}", p.slot, dir_,
+                         std::strerror(-res));
+            bounce_.put(p.buf, p.buf_size);
+            p.buf = nullptr;
+          });
+    });
+    // Durable before visible: one fdatasync per file the batch wrote.
+    if (sync_) {
+      std::vector<int> fds;
+      for (const Pending& p : pending)
+        if (p.result == KVTIER_OK && std::find(fds.begin(), fds.end(), p.fd) == fds.end())
+          fds.push_back(p.fd);
+      for (int fd : fds) {
+        if (::fdatasync(fd) == 0) continue;
+        const int code = io_code(-errno);
+        log().warn("file tier: fdatasync in {} failed: {}", dir_, std::strerror(errno));
+        for (Pending& p : pending)
+          if (p.fd == fd) p.result = code;
+      }
+    }
+  }
+  std::lock_guard lock(mu_);
+  for (Pending& p : pending) {
+    PutOp& op = ops[p.op];
+    op.result = p.result;
+    if (generation != generation_) continue;  // cleared meanwhile: the slot is gone too
+    if (p.result != KVTIER_OK || map_.count(op.id)) {
+      if (p.result != KVTIER_OK) ++errors_;
+      release(p.cls, p.slot);
+      continue;
+    }
+    lru_.push_front(op.id);
+    map_.emplace(op.id, Entry{p.cls, p.slot, op.size, op.checksum, p.seq, lru_.begin()});
+  }
+}
+
+void PageFiles::get(std::span<GetOp> ops) {
+  struct Pending {
+    size_t op;
+    int fd;
+    uint64_t offset, length, checksum;
+    std::byte* buf = nullptr;
+    size_t buf_size = 0;
+  };
+  std::vector<Pending> pending;
+  {
+    std::lock_guard lock(mu_);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      GetOp& op = ops[i];
+      auto it = map_.find(op.id);
+      if (it == map_.end()) {
+        op.result = KVTIER_ERR_NOT_FOUND;
+        continue;
+      }
+      const Entry& e = it->second;
+      if (op.exact ? e.length != op.capacity : e.length > op.capacity) {
+        op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
+        continue;
+      }
+      lru_.splice(lru_.begin(), lru_, e.lru);
+      const SizeClass& c = classes_[e.cls];
+      pending.push_back({i, c.fd, e.slot * c.slot_size + kHeader, e.length, e.checksum});
+    }
+  }
+  if (pending.empty()) return;
+  rings_.with_ring([&](Ring& ring) {
+    ring.run(
+        pending.size(),
+        [&](size_t i, Io& io) {
+          Pending& p = pending[i];
+          const GetOp& op = ops[p.op];
+          io.fd = p.fd;
+          io.offset = p.offset;
+          if (p.length == op.capacity && (!direct_ || (aligned(op.frags) && p.length % kBlock == 0))) {
+            for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
+            return;
+          }
+          p.buf_size = round_block(p.length);
+          p.buf = bounce_.get(p.buf_size);
+          if (!p.buf) {
+            io.fd = -1;
+            io.error = -ENOMEM;
+            return;
+          }
+          io.iov.push_back({p.buf, direct_ ? p.buf_size : p.length});
+        },
+        [&](size_t i, int res) {
+          Pending& p = pending[i];
+          GetOp& op = ops[p.op];
+          if (res < 0) {
+            op.result = io_code(res);
+            log().warn("file tier: read in {} failed: {}", dir_, std::strerror(-res));
+          } else {
+            if (p.buf) scatter(p.buf, p.length, op.frags);  // overlaps the reads still queued
+            op.result = static_cast<int64_t>(p.length);
+            op.checksum = p.checksum;
+          }
+          bounce_.put(p.buf, p.buf_size);
+          p.buf = nullptr;
+        });
+  });
+}
+
+void PageFiles::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
+  std::lock_guard lock(mu_);
+  for (size_t i = 0; i < ids.size(); ++i) present[i] = map_.count(ids[i]) ? 1 : 0;
+}
+
+void PageFiles::remove(std::span<const KeyId> ids, std::span<int> results) {
+  struct Gone {
+    uint32_t cls;
+    int fd;
+    uint64_t slot, slot_size;
+  };
+  std::vector<Gone> gone;
+  {
+    std::lock_guard lock(mu_);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto it = map_.find(ids[i]);
+      if (it == map_.end()) {
+        results[i] = KVTIER_ERR_NOT_FOUND;
+        continue;
+      }
+      const SizeClass& c = classes_[it->second.cls];
+      gone.push_back({it->second.cls, c.fd, it->second.slot, c.slot_size});
+      lru_.erase(it->second.lru);
+      map_.erase(it);
+      results[i] = KVTIER_OK;
+    }
+  }
+  if (gone.empty()) return;
+  // Zero the headers so a restart does not bring the pages back; the slots are reused after.
+  std::byte* zero = bounce_.get(kHeader);
+  if (zero) {
+    std::memset(zero, 0, kHeader);
+    rings_.with_ring([&](Ring& ring) {
+      ring.run(
+          gone.size(),
+          [&](size_t i, Io& io) {
+            io.fd = gone[i].fd;
+            io.write = true;
+            io.offset = gone[i].slot * gone[i].slot_size;
+            io.iov.push_back({zero, kHeader});
+          },
+          [&](size_t, int res) {
+            if (res < 0) log().warn("file tier: cannot clear a header: {}", std::strerror(-res));
+          });
+    });
+    bounce_.put(zero, kHeader);
+  }
+  std::lock_guard lock(mu_);
+  for (const Gone& g : gone) release(g.cls, g.slot);
+}
+
+void PageFiles::clear() {
+  std::lock_guard lock(mu_);
+  map_.clear();
+  lru_.clear();
+  for (SizeClass& c : classes_) {
+    if (::ftruncate(c.fd, 0) != 0)
+      log().warn("file tier: cannot truncate a page file in {}: {}", dir_, std::strerror(errno));
+    c.file_slots = c.used_slots = 0;
+    c.free.clear();
+  }
+  live_bytes_ = 0;
+  ++generation_;
+}
+
+TierStats PageFiles::stats() const {
+  std::lock_guard lock(mu_);
+  return {map_.size(), live_bytes_, capacity_, evictions_, errors_};
+}
+
+Status PageFiles::rebuild() {
+  DIR* d = ::opendir(dir_.c_str());
+  if (!d) return {KVTIER_ERR_IO, "cannot list " + dir_ + ": " + std::strerror(errno)};
+  std::vector<uint64_t> sizes;
+  while (dirent* ent = ::readdir(d)) {
+    unsigned long long size = 0;
+    char tail[8] = {};
+    if (std::sscanf(ent->d_name, "slots-%llu.%4s", &size, tail) == 2 &&
+        std::string(tail) == "dat" && size >= 2 * kHeader && size % kBlock == 0)
+      sizes.push_back(size);
+  }
+  ::closedir(d);
+  constexpr size_t kScan = 256;  // headers read per ring pass
+  std::byte* buf = bounce_.get(kScan * kHeader);
+  if (!buf) return {KVTIER_ERR_NO_MEMORY, "no memory for the index scan"};
+  struct Found {
+    KeyId id;
+    uint32_t cls;
+    uint64_t slot, length, checksum, seq;
+  };
+  std::vector<Found> found;
+  uint64_t scanned = 0;
+  Status status;
+  for (uint64_t size : sizes) {
+    uint32_t cls;
+    status = open_class(size, &cls);
+    if (!status.is_ok()) break;
+    SizeClass& c = classes_[cls];
+    struct stat st {};
+    if (::fstat(c.fd, &st) != 0) {
+      status = {KVTIER_ERR_IO, std::string("fstat: ") + std::strerror(errno)};
+      break;
+    }
+    const uint64_t slots = static_cast<uint64_t>(st.st_size) / size;
+    c.file_slots = c.used_slots = slots;
+    std::vector<uint8_t> valid(slots, 0);
+    for (uint64_t first = 0; first < slots; first += kScan) {
+      const uint64_t n = std::min<uint64_t>(kScan, slots - first);
+      std::vector<int> res(n, 0);
+      rings_.with_ring([&](Ring& ring) {
+        ring.run(
+            n,
+            [&](size_t i, Io& io) {
+              io.fd = c.fd;
+              io.offset = (first + i) * size;
+              io.iov.push_back({buf + i * kHeader, kHeader});
+            },
+            [&](size_t i, int r) { res[i] = r; });
+      });
+      for (uint64_t i = 0; i < n; ++i) {
+        Header h;
+        std::memcpy(&h, buf + i * kHeader, sizeof h);
+        if (res[i] != static_cast<int>(kHeader) || h.magic != kMagic || h.version != kVersion ||
+            h.self_checksum != header_sum(h) || h.slot_size != size ||
+            h.length > size - kHeader || h.length == 0)
+          continue;
+        valid[first + i] = 1;
+        found.push_back({{h.key_hi, h.key_lo}, cls, first + i, h.length, h.checksum, h.seq});
+      }
+      scanned += n;
+    }
+    for (uint64_t s = 0; s < slots; ++s)
+      if (!valid[s]) c.free.push_back(s);
+  }
+  bounce_.put(buf, kScan * kHeader);
+  if (!status.is_ok()) return status;
+  // Oldest first, so the newest copy of a key wins and ends at the LRU front.
+  std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) { return a.seq < b.seq; });
+  for (const Found& f : found) {
+    seq_ = std::max(seq_, f.seq + 1);
+    auto it = map_.find(f.id);
+    if (it != map_.end()) {
+      classes_[it->second.cls].free.push_back(it->second.slot);
+      lru_.erase(it->second.lru);
+      live_bytes_ -= classes_[it->second.cls].slot_size;
+      map_.erase(it);
+    }
+    lru_.push_front(f.id);
+    map_.emplace(f.id, Entry{f.cls, f.slot, f.length, f.checksum, f.seq, lru_.begin()});
+    live_bytes_ += classes_[f.cls].slot_size;
+  }
+  while (live_bytes_ > capacity_ && !lru_.empty()) evict_one();
+  log().info("file tier: {} opened with {} pages ({} slots scanned)", dir_, map_.size(), scanned);
+  return {};
+}
+
+// ---- the tier, and the process-wide table of open namespaces ------------------------------
+
+void FileTier::put(std::span<PutOp> ops) { files_->put(ops); }
+void FileTier::get(std::span<GetOp> ops) { files_->get(ops); }
+void FileTier::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
+  files_->exists(ids, present);
+}
+void FileTier::remove(std::span<const KeyId> ids, std::span<int> results) {
+  files_->remove(ids, results);
+}
+void FileTier::clear() { files_->clear(); }
+TierStats FileTier::stats() const { return files_->stats(); }
+
+Status open_page_files(const Config& config, std::shared_ptr<PageFiles>* out) {
+  // Stores of one process on the same namespace share one PageFiles (the flock is per process).
+  static std::mutex mu;
+  static std::map<std::string, std::weak_ptr<PageFiles>> open;
+  const std::string path = config.file_dir + "/" + dir_name(config.ns);
+  std::lock_guard lock(mu);
+  if (auto existing = open[path].lock()) {
+    *out = std::move(existing);
+    return {};
+  }
+  Status s = PageFiles::open(config, path, out);
+  if (s.is_ok()) open[path] = *out;
+  return s;
+}
+
+namespace {
+Status make_file_tier(const Config& config, std::unique_ptr<Tier>* out) {
+  std::shared_ptr<PageFiles> files;
+  Status s = open_page_files(config, &files);
+  if (!s.is_ok()) return s;
+  *out = std::make_unique<FileTier>(std::move(files));
+  return {};
+}
+}  // namespace
+
+KVTIER_REGISTER_TIER("file", make_file_tier);
+
+}  // namespace kvtier

@@ -1,0 +1,47 @@
+// The file tier: KV pages in a few large page files per namespace on local NVMe, moved by
+// io_uring with O_DIRECT, straight from and into the engine's pool when it is 4 KiB-aligned
+// and through pooled bounce buffers when it is not.
+//
+// On disk, KVTIER_FILE_DIR/<namespace>/ holds one file per size class, "slots-<bytes>.dat",
+// cut into fixed slots. A slot is a 4 KiB header (key id, length, checksum of the data,
+// sequence number, its own checksum) followed by the page. The index lives in memory and is
+// rebuilt on open by reading the headers. A page becomes visible only after its slot is
+// written and fdatasync'ed; a torn or rotted page fails its checksum and reads as a miss.
+#pragma once
+
+#include <atomic>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "tier.h"
+#include "uring.h"
+
+namespace kvtier {
+
+class PageFiles;
+
+class FileTier final : public Tier {
+ public:
+  explicit FileTier(std::shared_ptr<PageFiles> files) : files_(std::move(files)) {}
+  std::string_view name() const override { return "file"; }
+  Caps caps() const override { return {true, true}; }
+  void put(std::span<PutOp> ops) override;
+  void get(std::span<GetOp> ops) override;
+  void exists(std::span<const KeyId> ids, std::span<uint8_t> present) override;
+  void remove(std::span<const KeyId> ids, std::span<int> results) override;
+  void clear() override;
+  TierStats stats() const override;
+
+ private:
+  std::shared_ptr<PageFiles> files_;  // shared by every store of this process on the namespace
+};
+
+// Opens (or finds already open in this process) the page files of config's namespace.
+Status open_page_files(const Config& config, std::shared_ptr<PageFiles>* out);
+
+}  // namespace kvtier

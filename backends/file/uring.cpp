@@ -1,0 +1,139 @@
+#include "uring.h"
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+namespace kvtier {
+
+Status Ring::create(unsigned depth, std::unique_ptr<Ring>* out) {
+  std::unique_ptr<Ring> r(new Ring());
+  int rc = io_uring_queue_init(depth, &r->ring_, 0);
+  if (rc < 0)
+    return {KVTIER_ERR_IO, "io_uring_queue_init(" + std::to_string(depth) +
+                               ") failed: " + std::strerror(-rc)};
+  r->depth_ = depth;
+  *out = std::move(r);
+  return {};
+}
+
+Ring::~Ring() {
+  if (depth_) io_uring_queue_exit(&ring_);
+}
+
+void Ring::run(size_t count, const std::function<void(size_t, Io&)>& prepare,
+               const std::function<void(size_t, int)>& done) {
+  struct Flight {
+    size_t index = 0;
+    Io io;
+    size_t moved = 0;
+    size_t iov_pos = 0;
+  };
+  std::vector<Flight> flights(depth_);
+  std::vector<unsigned> free_slots;
+  for (unsigned i = 0; i < depth_; ++i) free_slots.push_back(depth_ - 1 - i);
+  size_t next = 0, inflight = 0;
+  unsigned unsubmitted = 0;
+
+  auto queue = [&](unsigned s) {
+    Flight& f = flights[s];
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);  // never NULL: at most depth_ in flight
+    iovec* iov = f.io.iov.data() + f.iov_pos;
+    const unsigned n = static_cast<unsigned>(f.io.iov.size() - f.iov_pos);
+    if (f.io.write) {
+      io_uring_prep_writev(sqe, f.io.fd, iov, n, f.io.offset + f.moved);
+    } else {
+      io_uring_prep_readv(sqe, f.io.fd, iov, n, f.io.offset + f.moved);
+    }
+    io_uring_sqe_set_data64(sqe, s);
+    ++unsubmitted;
+  };
+  auto finish = [&](unsigned s, int res) {
+    done(flights[s].index, res);
+    flights[s].io = Io{};
+    free_slots.push_back(s);
+    --inflight;
+  };
+
+  while (next < count || inflight > 0) {
+    while (next < count && !free_slots.empty()) {
+      const unsigned s = free_slots.back();
+      free_slots.pop_back();
+      Flight& f = flights[s];
+      f.index = next++;
+      f.moved = 0;
+      f.iov_pos = 0;
+      prepare(f.index, f.io);
+      ++inflight;
+      if (f.io.fd < 0) {
+        finish(s, f.io.error ? f.io.error : -EINVAL);
+        continue;
+      }
+      queue(s);
+      // Submit in small groups so the device starts while later pages are still being copied.
+      if (unsubmitted >= 4) {
+        io_uring_submit(&ring_);
+        unsubmitted = 0;
+      }
+    }
+    if (inflight == 0) break;
+    int rc = io_uring_submit_and_wait(&ring_, 1);
+    unsubmitted = 0;
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+      // The ring itself failed: fail whatever is still in flight rather than hang.
+      for (unsigned s = 0; s < depth_; ++s)
+        if (flights[s].io.fd >= 0) finish(s, rc);
+      continue;
+    }
+    io_uring_cqe* cqes[64];
+    unsigned got;
+    while ((got = io_uring_peek_batch_cqe(&ring_, cqes, 64)) > 0) {
+      for (unsigned c = 0; c < got; ++c) {
+        const unsigned s = static_cast<unsigned>(io_uring_cqe_get_data64(cqes[c]));
+        const int res = cqes[c]->res;
+        Flight& f = flights[s];
+        if (res == -EAGAIN || res == -EINTR) {
+          queue(s);
+          continue;
+        }
+        if (res <= 0) {
+          finish(s, res == 0 ? -EIO : res);  // 0: unexpected end of file
+          continue;
+        }
+        f.moved += static_cast<size_t>(res);
+        // Advance over what moved; resubmit the rest of a short transfer.
+        size_t left = static_cast<size_t>(res);
+        while (left && f.iov_pos < f.io.iov.size()) {
+          iovec& v = f.io.iov[f.iov_pos];
+          if (left >= v.iov_len) {
+            left -= v.iov_len;
+            ++f.iov_pos;
+          } else {
+            v.iov_base = static_cast<char*>(v.iov_base) + left;
+            v.iov_len -= left;
+            left = 0;
+          }
+        }
+        if (f.iov_pos < f.io.iov.size()) {
+          queue(s);
+        } else {
+          finish(s, static_cast<int>(f.moved));
+        }
+      }
+      io_uring_cq_advance(&ring_, got);  // always, also after errors
+    }
+  }
+  if (unsubmitted) io_uring_submit(&ring_);
+}
+
+Status RingPool::init(unsigned rings, unsigned depth) {
+  for (unsigned i = 0; i < rings; ++i) {
+    auto slot = std::make_unique<Slot>();
+    Status s = Ring::create(depth, &slot->ring);
+    if (!s.is_ok()) return s;
+    rings_.push_back(std::move(slot));
+  }
+  return {};
+}
+
+}  // namespace kvtier
