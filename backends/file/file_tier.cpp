@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -263,7 +264,13 @@ int PageFiles::reserve(uint32_t cls, uint64_t* slot) {
   while (live_bytes_ + c.slot_size > capacity_ && !lru_.empty()) evict_one();
   if (live_bytes_ + c.slot_size > capacity_) return KVTIER_ERR_NO_SPACE;  // all in flight
   if (c.free.empty() && c.used_slots == c.file_slots) {
-    uint64_t grow = std::max<uint64_t>(1, kGrowBytes / c.slot_size);
+    // Grow in big steps (fewer extents), but never take more than a slice of the budget or of
+    // what the filesystem has left, so other size classes still find room.
+    uint64_t step = std::min(kGrowBytes, capacity_ / 16);
+    struct statvfs vfs {};
+    if (::fstatvfs(c.fd, &vfs) == 0)
+      step = std::min<uint64_t>(step, uint64_t{vfs.f_bavail} * vfs.f_frsize / 8);
+    uint64_t grow = std::max<uint64_t>(1, step / c.slot_size);
     auto extend = [&] {
       int rc = ::fallocate(c.fd, 0, static_cast<off_t>(c.file_slots * c.slot_size),
                            static_cast<off_t>(grow * c.slot_size));

@@ -1,0 +1,321 @@
+// The file tier through the C ABI: restart, SIGKILL mid-batch, rot, tmpfs, a full disk, two
+// processes on one namespace, aligned and unaligned pools, and the memory-over-file chain.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <kvtier/kvtier.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "file_pages.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using kvtier_test::page_key;
+using kvtier_test::page_value;
+
+namespace {
+
+kvtier_store_t* open_store(const std::string& config) {
+  kvtier_store_t* s = nullptr;
+  EXPECT_EQ(kvtier_open(config.c_str(), &s), KVTIER_OK) << config << ": " << kvtier_last_error();
+  return s;
+}
+
+std::string fresh_dir(const std::string& name) {
+  std::string d = kvtier_test::test_dir() + "/" + name;
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+void set_pages(kvtier_store_t* s, const std::vector<size_t>& ks, std::vector<int>* res = nullptr) {
+  std::vector<std::string> keys;
+  std::vector<std::vector<unsigned char>> vals;
+  std::vector<const char*> ck;
+  std::vector<const void*> ptrs;
+  std::vector<size_t> sizes;
+  for (size_t k : ks) {
+    keys.push_back(page_key(k));
+    vals.push_back(page_value(k));
+  }
+  for (size_t i = 0; i < ks.size(); ++i) {
+    ck.push_back(keys[i].c_str());
+    ptrs.push_back(vals[i].data());
+    sizes.push_back(vals[i].size());
+  }
+  std::vector<int> r(ks.size());
+  ASSERT_EQ(kvtier_batch_set(s, ck.data(), ks.size(), ptrs.data(), sizes.data(), r.data()),
+            KVTIER_OK);
+  if (res) {
+    *res = r;
+  } else {
+    for (int x : r) ASSERT_EQ(x, KVTIER_OK) << kvtier_last_error();
+  }
+}
+
+// Reads page k: 1 if it reads back exactly, 0 if it is a miss; fails the test on wrong bytes.
+int read_page(kvtier_store_t* s, size_t k) {
+  const auto want = page_value(k);
+  std::vector<unsigned char> buf(want.size() + 4096, 0xCC);
+  const std::string key = page_key(k);
+  const char* ck = key.c_str();
+  void* b = buf.data();
+  size_t cap = buf.size();
+  int64_t r = 0;
+  EXPECT_EQ(kvtier_batch_get(s, &ck, 1, &b, &cap, &r), KVTIER_OK);
+  if (r == KVTIER_ERR_NOT_FOUND) return 0;
+  EXPECT_EQ(r, static_cast<int64_t>(want.size())) << "page " << k << ": " << kvtier_error_name(static_cast<int>(r));
+  EXPECT_EQ(0, memcmp(buf.data(), want.data(), want.size())) << "WRONG BYTES for page " << k;
+  return 1;
+}
+
+struct Child {
+  pid_t pid = -1;
+  // Starts the helper and waits for its "ready" line.
+  Child(std::vector<std::string> args) {
+    int fds[2];
+    EXPECT_EQ(pipe(fds), 0);
+    pid = fork();
+    if (pid == 0) {
+      dup2(fds[1], 1);
+      close(fds[0]);
+      std::vector<char*> argv{const_cast<char*>(KVTIER_FILE_WRITER)};
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(KVTIER_FILE_WRITER, argv.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    char line[16] = {};
+    ssize_t n = read(fds[0], line, sizeof line - 1);
+    close(fds[0]);
+    EXPECT_GT(n, 0) << "helper did not start";
+  }
+  void kill_now() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+      pid = -1;
+    }
+  }
+  ~Child() { kill_now(); }
+};
+
+std::string stats(kvtier_store_t* s) {
+  char* j = nullptr;
+  EXPECT_EQ(kvtier_stats_json(s, &j), KVTIER_OK);
+  std::string out(j ? j : "");
+  kvtier_free(j);
+  return out;
+}
+
+TEST(FileTier, RestartKeepsTheContents) {
+  const std::string cfg = "tiers=file;file_dir=" + fresh_dir("restart");
+  std::vector<size_t> ks;
+  for (size_t k = 0; k < 60; ++k) ks.push_back(k);
+  kvtier_store_t* s = open_store(cfg);
+  set_pages(s, ks);
+  kvtier_close(s);
+  s = open_store(cfg);
+  EXPECT_NE(stats(s).find("\"name\":\"file\",\"keys\":60"), std::string::npos) << stats(s);
+  for (size_t k : ks) EXPECT_EQ(read_page(s, k), 1) << k;
+  // Removed pages stay removed across a restart.
+  const std::string k3 = page_key(3);
+  const char* ck = k3.c_str();
+  int r;
+  ASSERT_EQ(kvtier_batch_remove(s, &ck, 1, &r), KVTIER_OK);
+  ASSERT_EQ(r, KVTIER_OK);
+  kvtier_close(s);
+  s = open_store(cfg);
+  EXPECT_EQ(read_page(s, 3), 0);
+  EXPECT_EQ(read_page(s, 4), 1);
+  ASSERT_EQ(kvtier_clear(s), KVTIER_OK);
+  kvtier_close(s);
+  s = open_store(cfg);
+  EXPECT_EQ(read_page(s, 4), 0) << "clear is durable too";
+  kvtier_close(s);
+}
+
+TEST(FileTier, SigkillMidBatchNeverYieldsWrongBytes) {
+  const std::string dir = fresh_dir("crash");
+  const std::string cfg = "tiers=file;file_dir=" + dir;
+  std::mt19937_64 g(std::random_device{}());
+  size_t present_total = 0;
+  for (int round = 0; round < 24; ++round) {
+    {
+      Child writer({"write", dir, std::to_string(g())});
+      std::this_thread::sleep_for(std::chrono::milliseconds(5 + g() % 120));
+      writer.kill_now();
+    }
+    kvtier_store_t* s = open_store(cfg);
+    ASSERT_NE(s, nullptr);
+    for (size_t k = 0; k < kvtier_test::kUniverse; ++k) present_total += read_page(s, k);
+    kvtier_close(s);
+    if (HasFailure()) FAIL() << "round " << round;
+  }
+  EXPECT_GT(present_total, 0u) << "the writer never got a page down: the test checked nothing";
+}
+
+TEST(FileTier, FlippedBytesAreAMissNotWrongBytes) {
+  const std::string dir = fresh_dir("rot");
+  const std::string cfg = "tiers=file;file_dir=" + dir;
+  kvtier_store_t* s = open_store(cfg);
+  set_pages(s, {0});  // 16 KiB page: slot class 20 KiB
+  kvtier_close(s);
+  std::string file;
+  for (auto& e : fs::recursive_directory_iterator(dir))
+    if (e.path().filename().string().rfind("slots-", 0) == 0) file = e.path();
+  ASSERT_FALSE(file.empty());
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(4096 + 1234);
+    char c;
+    f.read(&c, 1);
+    c ^= 0x10;
+    f.seekp(4096 + 1234);
+    f.write(&c, 1);
+  }
+  s = open_store(cfg);
+  EXPECT_EQ(read_page(s, 0), 0) << "a rotten page must read as a miss";
+  EXPECT_NE(stats(s).find("\"errors\":1"), std::string::npos) << stats(s);
+  set_pages(s, {0});  // and can be written again
+  EXPECT_EQ(read_page(s, 0), 1);
+  kvtier_close(s);
+  // A rotten header: the page is not in the index after a restart.
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(20);
+    f.write("\x7f", 1);
+  }
+  s = open_store(cfg);
+  EXPECT_EQ(read_page(s, 0), 0);
+  kvtier_close(s);
+}
+
+struct Tmpfs {
+  std::string dir;
+  bool mounted = false;
+  explicit Tmpfs(const std::string& name, const char* size) : dir(fresh_dir(name)) {
+    mounted = mount("tmpfs", dir.c_str(), "tmpfs", 0, size) == 0;
+  }
+  ~Tmpfs() {
+    if (mounted) umount2(dir.c_str(), MNT_DETACH);
+  }
+};
+
+TEST(FileTier, WorksOnTmpfsWithOrWithoutODirect) {
+  Tmpfs t("tmpfs", "size=64m");
+  if (!t.mounted) GTEST_SKIP() << "mounting a tmpfs needs root (CAP_SYS_ADMIN)";
+  kvtier_store_t* s = open_store("tiers=file;file_dir=" + t.dir + "/kv");
+  set_pages(s, {0, 1, 2, 3, 4});
+  for (size_t k = 0; k < 5; ++k) EXPECT_EQ(read_page(s, k), 1);
+  kvtier_close(s);
+}
+
+TEST(FileTier, FullDiskFailsKeysAndKeepsWorking) {
+  Tmpfs t("full", "size=2m");
+  if (!t.mounted) GTEST_SKIP() << "mounting a size-limited tmpfs needs root (CAP_SYS_ADMIN)";
+  kvtier_store_t* s = open_store("tiers=file;file_capacity=1GiB;file_dir=" + t.dir + "/kv");
+  // Pages of one size class (k % 5 == 0, k % 3 == 0: 16 KiB) until the disk is full: the
+  // tier then reuses its least recently used slots.
+  std::vector<size_t> same;
+  for (size_t k = 0; k < 3000; k += 15) same.push_back(k);  // 200 pages, 4 MB
+  for (size_t k : same) set_pages(s, {k});
+  EXPECT_EQ(stats(s).find("\"evictions\":0"), std::string::npos)
+      << "a full disk should have made room by eviction: " << stats(s);
+  // A page of a size class with nothing to evict fails alone; the rest of its batch goes in.
+  std::vector<int> res;
+  set_pages(s, {4, 15}, &res);  // 4: an 80 KiB page, a class of its own
+  EXPECT_EQ(res[0], KVTIER_ERR_NO_SPACE) << kvtier_error_name(res[0]);
+  EXPECT_EQ(res[1], KVTIER_OK);
+  // Whatever is present reads back exactly.
+  size_t present = 0;
+  for (size_t k : same) present += read_page(s, k);
+  EXPECT_GT(present, 10u);
+  // Clearing frees the disk; the big page fits again.
+  ASSERT_EQ(kvtier_clear(s), KVTIER_OK);
+  set_pages(s, {4});
+  EXPECT_EQ(read_page(s, 4), 1);
+  kvtier_close(s);
+}
+
+TEST(FileTier, SecondProcessOnTheNamespaceIsBusy) {
+  const std::string dir = fresh_dir("busy");
+  {
+    Child holder({"hold", dir});
+    kvtier_store_t* s = nullptr;
+    EXPECT_EQ(kvtier_open(("tiers=file;file_dir=" + dir).c_str(), &s), KVTIER_ERR_BUSY);
+    EXPECT_NE(std::string(kvtier_last_error()).find("another process"), std::string::npos)
+        << kvtier_last_error();
+    // Another namespace in the same folder is fine.
+    s = open_store("tiers=file;namespace=rank1;file_dir=" + dir);
+    kvtier_close(s);
+  }
+  kvtier_store_t* s = open_store("tiers=file;file_dir=" + dir);
+  kvtier_store_t* s2 = open_store("tiers=file;file_dir=" + dir);  // same process: shared
+  set_pages(s, {7});
+  EXPECT_EQ(read_page(s2, 7), 1);
+  kvtier_close(s);
+  kvtier_close(s2);
+}
+
+TEST(FileTier, AlignedAndUnalignedPoolsRoundTrip) {
+  kvtier_store_t* s = open_store("tiers=file;file_dir=" + fresh_dir("align"));
+  const size_t page = 256 * 1024, n = 8;
+  void* mem = nullptr;
+  ASSERT_EQ(posix_memalign(&mem, 4096, 2 * n * page + 8192), 0);
+  for (size_t shift : {size_t{0}, size_t{64}}) {
+    auto* base = static_cast<unsigned char*>(mem) + shift;
+    kvtier_test::fill_random(base, 2 * n * page);
+    ASSERT_EQ(kvtier_register_buffer(s, base, 2 * n * page), KVTIER_OK);
+    std::vector<std::string> keys;
+    for (size_t i = 0; i < n; ++i) keys.push_back("align-" + std::to_string(shift) + "-" + std::to_string(i));
+    auto ck = kvtier_test::c_keys(keys);
+    // Two fragments per page (K and V halves), as page_first pools give.
+    std::vector<void*> src, dst;
+    std::vector<size_t> sizes(2 * n, page / 2);
+    for (size_t i = 0; i < n; ++i) {
+      src.push_back(base + i * page);
+      src.push_back(base + i * page + page / 2);
+      dst.push_back(base + (n + i) * page);
+      dst.push_back(base + (n + i) * page + page / 2);
+    }
+    std::vector<int> res(n);
+    ASSERT_EQ(kvtier_batch_set_v1(s, ck.data(), n, src.data(), sizes.data(), 2 * n, res.data()), KVTIER_OK);
+    for (int r : res) ASSERT_EQ(r, KVTIER_OK);
+    ASSERT_EQ(kvtier_batch_get_v1(s, ck.data(), n, dst.data(), sizes.data(), 2 * n, res.data()), KVTIER_OK);
+    for (int r : res) ASSERT_EQ(r, KVTIER_OK);
+    EXPECT_EQ(0, memcmp(base, base + n * page, n * page)) << "shift " << shift;
+    ASSERT_EQ(kvtier_unregister_buffer(s, base), KVTIER_OK);
+  }
+  free(mem);
+  kvtier_close(s);
+}
+
+TEST(FileTier, MemoryOverFileChain) {
+  const std::string dir = fresh_dir("chain");
+  // write_back: the memory tier holds ~3 pages; evicted ones go down to the file tier.
+  const std::string cfg = "tiers=memory,file;write_policy=write_back;memory_capacity=64KiB;file_dir=" + dir;
+  kvtier_store_t* s = open_store(cfg);
+  std::vector<size_t> ks;
+  for (size_t k = 0; k < 20; k += 5) ks.push_back(k);  // 16 KiB pages
+  for (size_t k : ks) set_pages(s, {k});
+  for (size_t k : ks) EXPECT_EQ(read_page(s, k), 1);
+  kvtier_close(s);
+  // After a restart the memory tier is empty and the file tier serves and promotes.
+  s = open_store("tiers=memory,file;file_dir=" + dir);
+  size_t on_disk = 0;
+  for (size_t k : ks) on_disk += read_page(s, k);
+  EXPECT_GE(on_disk, 1u);
+  EXPECT_NE(stats(s).find("\"name\":\"memory\",\"keys\":" + std::to_string(on_disk)), std::string::npos)
+      << stats(s);
+  kvtier_close(s);
+}
+
+}  // namespace
