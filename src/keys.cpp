@@ -7,6 +7,20 @@
 
 namespace kvtier {
 
+#if KVTIER_HAVE_AVX2_CHECKSUM
+namespace detail {
+uint64_t checksum_avx2(const void* data, size_t len);
+uint64_t checksum_avx2(Frags frags);
+}  // namespace detail
+static const bool kAvx2 = __builtin_cpu_supports("avx2");
+#else
+static constexpr bool kAvx2 = false;
+namespace detail {
+inline uint64_t checksum_avx2(const void*, size_t) { return 0; }
+inline uint64_t checksum_avx2(Frags) { return 0; }
+}  // namespace detail
+#endif
+
 uint64_t namespace_seed(std::string_view ns) { return XXH3_64bits(ns.data(), ns.size()); }
 
 KeyId key_id(uint64_t ns_seed, std::string_view key) {
@@ -14,10 +28,13 @@ KeyId key_id(uint64_t ns_seed, std::string_view key) {
   return {h.high64, h.low64};
 }
 
-uint64_t checksum(const void* data, size_t len) { return XXH3_64bits(data, len); }
+uint64_t checksum(const void* data, size_t len) {
+  return kAvx2 ? detail::checksum_avx2(data, len) : XXH3_64bits(data, len);
+}
 
 uint64_t checksum(Frags frags) {
-  if (frags.size() == 1) return XXH3_64bits(frags[0].ptr, frags[0].len);
+  if (frags.size() == 1) return checksum(frags[0].ptr, frags[0].len);
+  if (kAvx2) return detail::checksum_avx2(frags);
   XXH3_state_t state;
   XXH3_INITSTATE(&state);
   XXH3_64bits_reset(&state);
