@@ -127,6 +127,25 @@ const std::vector<Option>& options() {
       {"FILE_DIRECT", [](Config& c, const std::string& v) -> std::string {
          return parse_switch(v, "auto", "off", &c.file_direct);
        }},
+      {"FILE_COMPRESSION",
+       [](Config& c, const std::string& v) -> std::string {
+         const std::string l = lower(v);
+         const char* expect = "none, zstd or zstd:LEVEL (LEVEL -7..19, not 0)";
+         if (l == "none") {
+           c.file_zstd_level = 0;
+         } else if (l == "zstd") {
+           c.file_zstd_level = 1;
+         } else if (l.rfind("zstd:", 0) == 0) {
+           char* end = nullptr;
+           long level = std::strtol(l.c_str() + 5, &end, 10);
+           if (*end || end == l.c_str() + 5 || level < -7 || level > 19 || level == 0)
+             return expect;
+           c.file_zstd_level = static_cast<int>(level);
+         } else {
+           return expect;
+         }
+         return {};
+       }},
       {"FILE_SYNC", [](Config& c, const std::string& v) -> std::string {
          return parse_switch(v, "on", "off", &c.file_sync);
        }},

@@ -31,6 +31,9 @@ struct Config {
   unsigned file_queue_depth = 32;
   // KVTIER_FILE_DIRECT: auto (O_DIRECT unless the filesystem refuses it) | off (page cache).
   bool file_direct = true;
+  // KVTIER_FILE_COMPRESSION: none | zstd[:level] (level -7..19, default 1). A page is stored
+  // compressed only when that saves at least 1/8 of it. 0 here means none.
+  int file_zstd_level = 0;
   // KVTIER_FILE_SYNC: on (a page is visible only once fdatasync says it is durable) | off.
   bool file_sync = true;
 };

@@ -189,31 +189,32 @@ Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key
     std::vector<std::vector<Frag>> promote_frags;
     for (size_t b = 0; b < batch.size(); ++b) {
       const size_t j = pending[b];
-      const GetOp& r = batch[b];
+      GetOp& r = batch[b];
+      std::vector<Frag> got;  // the bytes a hit filled
       if (r.result >= 0) {
-        // A tier that can tear must hand back exactly what was written, or it is a miss.
-        std::vector<Frag> got;
         size_t left = static_cast<size_t>(r.result);
         for (const Frag& f : r.frags) {
           if (!left) break;
           got.push_back({f.ptr, std::min(left, f.len)});
           left -= got.back().len;
         }
-        if (slot.caps.can_tear && checksum(got) != r.checksum) {
-          slot.errors.fetch_add(1, std::memory_order_relaxed);
-          log().error("tier '{}': checksum mismatch for key {}; treated as a miss",
-                      slot.tier->name(), index[j]);
-          int rm = 0;
-          slot.tier->remove(std::span<const KeyId>(&r.id, 1), std::span<int>(&rm, 1));
-          still.push_back(j);
-          continue;
-        }
+        // A tier that can tear must hand back exactly what was written, or it is a miss.
+        if (slot.caps.can_tear && checksum(got) != r.checksum) r.result = KVTIER_ERR_CORRUPT;
+      }
+      if (r.result >= 0) {
         slot.hits.fetch_add(1, std::memory_order_relaxed);
         final_result[j] = r.result;
         if (t > 0) {
           promote_frags.push_back(std::move(got));
           promote.push_back({r.id, {}, static_cast<size_t>(r.result), r.checksum});
         }
+      } else if (r.result == KVTIER_ERR_CORRUPT) {
+        slot.errors.fetch_add(1, std::memory_order_relaxed);
+        log().error("tier '{}': key {} failed its checksum; dropped and treated as a miss",
+                    slot.tier->name(), index[j]);
+        int rm = 0;
+        slot.tier->remove(std::span<const KeyId>(&r.id, 1), std::span<int>(&rm, 1));
+        still.push_back(j);
       } else if (r.result == KVTIER_ERR_NOT_FOUND) {
         slot.misses.fetch_add(1, std::memory_order_relaxed);
         still.push_back(j);

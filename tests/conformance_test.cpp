@@ -14,12 +14,13 @@ namespace {
 using namespace kvtier;
 
 struct TierParam {
-  const char* name;
+  const char* label;  // the test's name
+  const char* name;   // the tier
   const char* config;        // settings for this tier, roomy enough to never evict
   const char* small_config;  // settings with a small byte budget, for the eviction test
 };
 
-void PrintTo(const TierParam& p, std::ostream* os) { *os << p.name; }
+void PrintTo(const TierParam& p, std::ostream* os) { *os << p.label; }
 
 class Conformance : public ::testing::TestWithParam<TierParam> {
  protected:
@@ -61,6 +62,7 @@ TEST_P(Conformance, RandomOperationsMatchTheMemoryOracle) {
     ids.push_back(key_id(namespace_seed("conformance"), kvtier_test::make_key("c", k)));
     size_t size = 1 + g() % (k % 3 == 0 ? 300000 : 20000);
     values.push_back(kvtier_test::random_bytes(size));
+    if (k % 2) kvtier_test::make_kv_like(values.back().data(), size);  // compressible
   }
   auto pick = [&](size_t n) {
     std::vector<size_t> ks;
@@ -179,11 +181,15 @@ TEST_P(Conformance, EvictionKeepsTheBudgetAndTheBytes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiers, Conformance,
-                         ::testing::Values(TierParam{"memory", "", "memory_capacity=1MiB"},
-                                           TierParam{"test_rot", "", ""},
-                                           TierParam{"file", "file_dir={dir}/conformance",
-                                                     "file_dir={dir}/conformance-small;"
-                                                     "file_capacity=1MiB"}),
-                         [](const auto& info) { return std::string(info.param.name); });
+                         ::testing::Values(
+                             TierParam{"memory", "memory", "", "memory_capacity=1MiB"},
+                             TierParam{"test_rot", "test_rot", "", ""},
+                             TierParam{"file", "file", "file_dir={dir}/conformance",
+                                       "file_dir={dir}/conformance-small;file_capacity=1MiB"},
+                             TierParam{"file_zstd", "file",
+                                       "file_dir={dir}/conformance-zstd;file_compression=zstd:3",
+                                       "file_dir={dir}/conformance-zstd-small;"
+                                       "file_capacity=1MiB;file_compression=zstd"}),
+                         [](const auto& info) { return std::string(info.param.label); });
 
 }  // namespace

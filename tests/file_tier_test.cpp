@@ -318,4 +318,70 @@ TEST(FileTier, MemoryOverFileChain) {
   kvtier_close(s);
 }
 
+TEST(FileTier, ZstdStoresKvLikePagesSmallerAndReadsThemBack) {
+  const size_t page = 256 * 1024, n = 12;
+  std::vector<std::vector<unsigned char>> vals(n, std::vector<unsigned char>(page));
+  for (auto& v : vals) kvtier_test::make_kv_like(v.data(), page);
+  std::vector<std::string> keys;
+  for (size_t i = 0; i < n; ++i) keys.push_back("zstd-" + std::to_string(i));
+  auto ck = kvtier_test::c_keys(keys);
+  std::vector<const void*> ptrs;
+  std::vector<size_t> sizes(n, page);
+  for (auto& v : vals) ptrs.push_back(v.data());
+  auto bytes_of = [](const std::string& js) {
+    size_t at = js.find("\"bytes\":");
+    return std::stoull(js.substr(at + 8));
+  };
+  uint64_t plain_bytes = 0, zstd_bytes = 0;
+  for (const char* comp : {"none", "zstd:1"}) {
+    const std::string dir = fresh_dir(std::string("zstd-") + comp);
+    const std::string cfg = "tiers=file;file_compression=" + std::string(comp) + ";file_dir=" + dir;
+    kvtier_store_t* s = open_store(cfg);
+    std::vector<int> res(n);
+    ASSERT_EQ(kvtier_batch_set(s, ck.data(), n, ptrs.data(), sizes.data(), res.data()), KVTIER_OK);
+    for (int r : res) ASSERT_EQ(r, KVTIER_OK);
+    (std::string(comp) == "none" ? plain_bytes : zstd_bytes) = bytes_of(stats(s));
+    kvtier_close(s);
+    s = open_store(cfg);  // and after a restart
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<unsigned char> out(page + 100, 0);
+      void* b = out.data();
+      size_t cap = out.size();
+      int64_t r;
+      ASSERT_EQ(kvtier_batch_get(s, &ck[i], 1, &b, &cap, &r), KVTIER_OK);
+      ASSERT_EQ(r, static_cast<int64_t>(page)) << comp;
+      ASSERT_EQ(0, memcmp(out.data(), vals[i].data(), page)) << comp << " page " << i;
+    }
+    kvtier_close(s);
+    if (std::string(comp) == "none") continue;
+    // A damaged frame is a miss, never wrong bytes.
+    std::string file;
+    for (auto& e : fs::recursive_directory_iterator(dir))
+      if (e.path().filename().string().rfind("slots-", 0) == 0) file = e.path();
+    {
+      std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+      for (std::streamoff off = 4096 + 100; off < 4096 + 20000; off += 997) {
+        f.seekp(off);
+        f.write("\x55", 1);
+      }
+    }
+    s = open_store(cfg);
+    size_t hits = 0;
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<unsigned char> out(page, 0);
+      void* b = out.data();
+      size_t cap = out.size();
+      int64_t r;
+      ASSERT_EQ(kvtier_batch_get(s, &ck[i], 1, &b, &cap, &r), KVTIER_OK);
+      if (r == KVTIER_ERR_NOT_FOUND) continue;
+      ASSERT_EQ(r, static_cast<int64_t>(page));
+      ASSERT_EQ(0, memcmp(out.data(), vals[i].data(), page)) << "WRONG BYTES, page " << i;
+      ++hits;
+    }
+    EXPECT_LT(hits, n) << "the damaged page should have been a miss";
+    kvtier_close(s);
+  }
+  EXPECT_LT(zstd_bytes, plain_bytes * 7 / 8) << "zstd " << zstd_bytes << " plain " << plain_bytes;
+}
+
 }  // namespace

@@ -28,6 +28,17 @@ inline void fill_random(void* dst, size_t len) {
   for (; i < len; ++i) p[i] = static_cast<unsigned char>(rng()());
 }
 
+// Bytes shaped like bf16 KV activations: random mantissas, exponents in a narrow band, so they
+// compress somewhat (as real KV pages do) but not to nothing.
+inline void make_kv_like(void* dst, size_t len) {
+  auto* p = static_cast<unsigned char*>(dst);
+  for (size_t i = 0; i + 1 < len; i += 2) {
+    const uint64_t r = rng()();
+    p[i] = static_cast<unsigned char>(r);                                   // low mantissa
+    p[i + 1] = static_cast<unsigned char>(0x3C + (r >> 8) % 3) | ((r >> 16) & 0x80);  // sign, exp
+  }
+}
+
 inline std::vector<unsigned char> random_bytes(size_t len) {
   std::vector<unsigned char> v(len);
   fill_random(v.data(), len);

@@ -11,6 +11,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <zstd.h>
+
 #include "log.h"
 
 namespace kvtier {
@@ -27,14 +29,65 @@ constexpr size_t kMaxIov = 1024;              // IOV_MAX
 struct Header {
   uint64_t magic;
   uint32_t version;
-  uint32_t reserved;
+  uint32_t flags;  // kCompressed
   uint64_t key_hi, key_lo;
-  uint64_t length;
-  uint64_t checksum;  // XXH3-64 of the page bytes
+  uint64_t length;    // the page's bytes
+  uint64_t checksum;  // XXH3-64 of the page bytes (before compression)
   uint64_t seq;       // later writes of a key win
   uint64_t slot_size;
+  uint64_t stored;         // bytes after the header: `length`, or the zstd frame's size
   uint64_t self_checksum;  // XXH3-64 of the fields above
 };
+constexpr uint32_t kCompressed = 1;
+
+// A page is kept compressed only when that saves at least this fraction of it.
+constexpr uint64_t kMinSavingDiv = 8;  // 1/8 = 12.5%
+
+struct ZstdDeleter {
+  void operator()(ZSTD_CCtx* c) const { ZSTD_freeCCtx(c); }
+  void operator()(ZSTD_DCtx* d) const { ZSTD_freeDCtx(d); }
+};
+
+// Compresses the fragments into dst (capacity cap); 0 if it fails or does not fit.
+size_t compress_frags(Frags frags, std::byte* dst, size_t cap, int level) {
+  thread_local std::unique_ptr<ZSTD_CCtx, ZstdDeleter> cctx(ZSTD_createCCtx());
+  if (!cctx) return 0;
+  ZSTD_CCtx_reset(cctx.get(), ZSTD_reset_session_only);
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, level);
+  ZSTD_CCtx_setPledgedSrcSize(cctx.get(), total_len(frags));
+  ZSTD_outBuffer out{dst, cap, 0};
+  for (size_t i = 0; i < frags.size(); ++i) {
+    ZSTD_inBuffer in{frags[i].ptr, frags[i].len, 0};
+    const bool last = i + 1 == frags.size();
+    size_t rc;
+    do {
+      rc = ZSTD_compressStream2(cctx.get(), &out, &in, last ? ZSTD_e_end : ZSTD_e_continue);
+      if (ZSTD_isError(rc) || (out.pos == cap && rc != 0)) return 0;
+    } while (last ? rc != 0 : in.pos < in.size);
+  }
+  return out.pos;
+}
+
+// Decompresses a frame into the fragments; true if it produced exactly `length` bytes.
+bool decompress_frags(const std::byte* src, size_t n, Frags frags, size_t length) {
+  thread_local std::unique_ptr<ZSTD_DCtx, ZstdDeleter> dctx(ZSTD_createDCtx());
+  if (!dctx) return false;
+  ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_only);
+  ZSTD_inBuffer in{src, n, 0};
+  size_t produced = 0, rc = 1;
+  for (const Frag& f : frags) {
+    if (produced >= length) break;
+    ZSTD_outBuffer out{f.ptr, std::min(f.len, length - produced), 0};
+    while (out.pos < out.size) {
+      rc = ZSTD_decompressStream(dctx.get(), &out, &in);
+      if (ZSTD_isError(rc) || (rc != 0 && in.pos == in.size && out.pos < out.size)) return false;
+      if (rc == 0) break;
+    }
+    produced += out.pos;
+    if (out.pos < out.size) return false;
+  }
+  return produced == length && rc == 0;
+}
 static_assert(sizeof(Header) <= kHeader);
 
 uint64_t header_sum(const Header& h) { return checksum(&h, offsetof(Header, self_checksum)); }
@@ -131,6 +184,8 @@ class PageFiles {
     uint64_t length;
     uint64_t checksum;
     uint64_t seq;
+    uint64_t stored;  // bytes on disk after the header
+    bool compressed;
     std::list<KeyId>::iterator lru;
   };
 
@@ -147,6 +202,7 @@ class PageFiles {
   uint64_t capacity_ = 0;
   bool direct_ = true;
   bool sync_ = true;
+  int zstd_level_ = 0;  // 0: no compression
   int lock_fd_ = -1;
   RingPool rings_;
   BouncePool bounce_;
@@ -187,6 +243,7 @@ Status PageFiles::open(const Config& config, const std::string& path,
   pf->capacity_ = config.file_capacity;
   pf->direct_ = config.file_direct;
   pf->sync_ = config.file_sync;
+  pf->zstd_level_ = config.file_zstd_level;
   if (::mkdir(config.file_dir.c_str(), 0755) != 0 && errno != EEXIST)
     return {KVTIER_ERR_IO, "KVTIER_FILE_DIR: cannot create " + config.file_dir + ": " +
                                std::strerror(errno)};
@@ -309,10 +366,12 @@ int PageFiles::reserve(uint32_t cls, uint64_t* slot) {
 void PageFiles::put(std::span<PutOp> ops) {
   struct Pending {
     size_t op;
-    uint32_t cls;
-    int fd;
-    uint64_t slot, slot_size, seq;
-    std::byte* buf = nullptr;  // header block (direct) or header + page (bounce)
+    uint64_t seq;
+    bool reserved = false;  // cls and slot hold a reservation
+    uint32_t cls = 0;
+    int fd = -1;
+    uint64_t slot = 0, slot_size = 0;
+    std::byte* buf = nullptr;  // header block (direct) or header + page (bounce, compressed)
     size_t buf_size = 0;
     int result = KVTIER_ERR_IO;
   };
@@ -322,24 +381,17 @@ void PageFiles::put(std::span<PutOp> ops) {
     std::lock_guard lock(mu_);
     generation = generation_;
     for (size_t i = 0; i < ops.size(); ++i) {
-      PutOp& op = ops[i];
-      auto it = map_.find(op.id);
+      auto it = map_.find(ops[i].id);
       if (it != map_.end()) {
         lru_.splice(lru_.begin(), lru_, it->second.lru);
-        op.result = KVTIER_OK;
+        ops[i].result = KVTIER_OK;
         continue;
       }
-      uint32_t cls;
-      Status s = open_class(class_size(kHeader + op.size), &cls);
-      uint64_t slot = 0;
-      op.result = s.is_ok() ? reserve(cls, &slot) : s.code();
-      if (op.result != KVTIER_OK) {
-        ++errors_;
-        continue;
-      }
-      pending.push_back({i, cls, classes_[cls].fd, slot, classes_[cls].slot_size, seq_++});
+      pending.push_back({i, seq_++});
     }
   }
+  std::vector<uint64_t> stored(pending.size());
+  std::vector<uint8_t> compressed(pending.size(), 0);
   if (!pending.empty()) {
     rings_.with_ring([&](Ring& ring) {
       ring.run(
@@ -347,37 +399,67 @@ void PageFiles::put(std::span<PutOp> ops) {
           [&](size_t i, Io& io) {
             Pending& p = pending[i];
             const PutOp& op = ops[p.op];
-            const bool direct = !direct_ || aligned(op.frags);
-            p.buf_size = direct ? kHeader : round_block(kHeader + op.size);
-            p.buf = bounce_.get(p.buf_size);
-            if (!p.buf) {
-              io.error = -ENOMEM;
-              return;
+            io.error = -ENOMEM;
+            // Compress first (when asked): the slot is sized for what will be stored.
+            if (zstd_level_) {
+              p.buf_size = round_block(kHeader + ZSTD_compressBound(op.size));
+              if (!(p.buf = bounce_.get(p.buf_size))) return;
+              size_t n = compress_frags(op.frags, p.buf + kHeader, p.buf_size - kHeader,
+                                        zstd_level_);
+              compressed[i] = n > 0 && n <= op.size - op.size / kMinSavingDiv;
+              if (compressed[i]) stored[i] = n;
             }
-            Header h{kMagic, kVersion, 0, op.id.hi, op.id.lo, op.size,
-                     op.checksum, p.seq, p.slot_size, 0};
+            if (!compressed[i]) stored[i] = op.size;
+            const bool direct = !compressed[i] && (!direct_ || aligned(op.frags));
+            const size_t want = direct ? kHeader : round_block(kHeader + stored[i]);
+            if (p.buf && p.buf_size < want) {
+              bounce_.put(p.buf, p.buf_size);
+              p.buf = nullptr;
+            }
+            if (!p.buf) {
+              p.buf_size = want;
+              if (!(p.buf = bounce_.get(p.buf_size))) return;
+            }
+            {
+              std::lock_guard lock(mu_);
+              Status s = open_class(class_size(kHeader + stored[i]), &p.cls);
+              p.result = s.is_ok() ? reserve(p.cls, &p.slot) : s.code();
+              if (p.result != KVTIER_OK) return;  // done() sees io.fd < 0
+              p.reserved = true;
+              p.fd = classes_[p.cls].fd;
+              p.slot_size = classes_[p.cls].slot_size;
+            }
+            Header h{kMagic,        kVersion, compressed[i] ? kCompressed : 0u,
+                     op.id.hi,      op.id.lo, op.size,
+                     op.checksum,   p.seq,    p.slot_size,
+                     stored[i],     0};
             h.self_checksum = header_sum(h);
             std::memset(p.buf, 0, kHeader);
             std::memcpy(p.buf, &h, sizeof h);
             io.fd = p.fd;
             io.write = true;
             io.offset = p.slot * p.slot_size;
+            const size_t end = direct_ ? round_block(kHeader + stored[i]) : kHeader + stored[i];
             if (direct) {
               io.iov.push_back({p.buf, kHeader});
               for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
             } else {
-              gather(op.frags, p.buf + kHeader);  // overlaps the I/O already queued
-              const size_t end = direct_ ? p.buf_size : kHeader + op.size;
-              std::memset(p.buf + kHeader + op.size, 0, p.buf_size - kHeader - op.size);
+              // Copy into the bounce buffer while the I/O already queued runs.
+              if (!compressed[i]) gather(op.frags, p.buf + kHeader);
+              std::memset(p.buf + kHeader + stored[i], 0, end - kHeader - stored[i]);
               io.iov.push_back({p.buf, end});
             }
           },
           [&](size_t i, int res) {
             Pending& p = pending[i];
-            p.result = res < 0 ? io_code(res) : KVTIER_OK;
-            if (res < 0)
-              log().warn("file tier: write of slot {} in {} failed: {}", p.slot, dir_,
-                         std::strerror(-res));
+            if (p.reserved) {
+              p.result = res < 0 ? io_code(res) : KVTIER_OK;
+              if (res < 0)
+                log().warn("file tier: write of slot {} in {} failed: {}", p.slot, dir_,
+                           std::strerror(-res));
+            } else if (p.result == KVTIER_ERR_IO && res == -ENOMEM) {
+              p.result = KVTIER_ERR_NO_MEMORY;
+            }
             bounce_.put(p.buf, p.buf_size);
             p.buf = nullptr;
           });
@@ -398,17 +480,19 @@ void PageFiles::put(std::span<PutOp> ops) {
     }
   }
   std::lock_guard lock(mu_);
-  for (Pending& p : pending) {
+  for (size_t i = 0; i < pending.size(); ++i) {
+    Pending& p = pending[i];
     PutOp& op = ops[p.op];
     op.result = p.result;
-    if (generation != generation_) continue;  // cleared meanwhile: the slot is gone too
+    if (p.result != KVTIER_OK) ++errors_;
+    if (!p.reserved || generation != generation_) continue;  // cleared meanwhile: slot gone too
     if (p.result != KVTIER_OK || map_.count(op.id)) {
-      if (p.result != KVTIER_OK) ++errors_;
       release(p.cls, p.slot);
       continue;
     }
     lru_.push_front(op.id);
-    map_.emplace(op.id, Entry{p.cls, p.slot, op.size, op.checksum, p.seq, lru_.begin()});
+    map_.emplace(op.id, Entry{p.cls, p.slot, op.size, op.checksum, p.seq, stored[i],
+                              compressed[i] != 0, lru_.begin()});
   }
 }
 
@@ -416,7 +500,8 @@ void PageFiles::get(std::span<GetOp> ops) {
   struct Pending {
     size_t op;
     int fd;
-    uint64_t offset, length, checksum;
+    uint64_t offset, length, checksum, stored;
+    bool compressed;
     std::byte* buf = nullptr;
     size_t buf_size = 0;
   };
@@ -437,7 +522,8 @@ void PageFiles::get(std::span<GetOp> ops) {
       }
       lru_.splice(lru_.begin(), lru_, e.lru);
       const SizeClass& c = classes_[e.cls];
-      pending.push_back({i, c.fd, e.slot * c.slot_size + kHeader, e.length, e.checksum});
+      pending.push_back({i, c.fd, e.slot * c.slot_size + kHeader, e.length, e.checksum, e.stored,
+                         e.compressed});
     }
   }
   if (pending.empty()) return;
@@ -449,18 +535,19 @@ void PageFiles::get(std::span<GetOp> ops) {
           const GetOp& op = ops[p.op];
           io.fd = p.fd;
           io.offset = p.offset;
-          if (p.length == op.capacity && (!direct_ || (aligned(op.frags) && p.length % kBlock == 0))) {
+          if (!p.compressed && p.length == op.capacity &&
+              (!direct_ || (aligned(op.frags) && p.length % kBlock == 0))) {
             for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
             return;
           }
-          p.buf_size = round_block(p.length);
+          p.buf_size = round_block(p.stored);
           p.buf = bounce_.get(p.buf_size);
           if (!p.buf) {
             io.fd = -1;
             io.error = -ENOMEM;
             return;
           }
-          io.iov.push_back({p.buf, direct_ ? p.buf_size : p.length});
+          io.iov.push_back({p.buf, direct_ ? p.buf_size : p.stored});
         },
         [&](size_t i, int res) {
           Pending& p = pending[i];
@@ -468,8 +555,11 @@ void PageFiles::get(std::span<GetOp> ops) {
           if (res < 0) {
             op.result = io_code(res);
             log().warn("file tier: read in {} failed: {}", dir_, std::strerror(-res));
+          } else if (p.compressed && !decompress_frags(p.buf, p.stored, op.frags, p.length)) {
+            op.result = KVTIER_ERR_CORRUPT;  // a damaged frame: a miss, like a bad checksum
           } else {
-            if (p.buf) scatter(p.buf, p.length, op.frags);  // overlaps the reads still queued
+            // Copies out of the bounce buffer overlap the reads still queued.
+            if (p.buf && !p.compressed) scatter(p.buf, p.length, op.frags);
             op.result = static_cast<int64_t>(p.length);
             op.checksum = p.checksum;
           }
@@ -567,7 +657,8 @@ Status PageFiles::rebuild() {
   struct Found {
     KeyId id;
     uint32_t cls;
-    uint64_t slot, length, checksum, seq;
+    uint64_t slot, length, checksum, seq, stored;
+    bool compressed;
   };
   std::vector<Found> found;
   uint64_t scanned = 0;
@@ -603,10 +694,12 @@ Status PageFiles::rebuild() {
         std::memcpy(&h, buf + i * kHeader, sizeof h);
         if (res[i] != static_cast<int>(kHeader) || h.magic != kMagic || h.version != kVersion ||
             h.self_checksum != header_sum(h) || h.slot_size != size ||
-            h.length > size - kHeader || h.length == 0)
+            h.stored > size - kHeader || h.length == 0 || (h.flags & ~kCompressed) ||
+            (!(h.flags & kCompressed) && h.stored != h.length))
           continue;
         valid[first + i] = 1;
-        found.push_back({{h.key_hi, h.key_lo}, cls, first + i, h.length, h.checksum, h.seq});
+        found.push_back({{h.key_hi, h.key_lo}, cls, first + i, h.length, h.checksum, h.seq,
+                         h.stored, (h.flags & kCompressed) != 0});
       }
       scanned += n;
     }
@@ -627,7 +720,8 @@ Status PageFiles::rebuild() {
       map_.erase(it);
     }
     lru_.push_front(f.id);
-    map_.emplace(f.id, Entry{f.cls, f.slot, f.length, f.checksum, f.seq, lru_.begin()});
+    map_.emplace(f.id,
+                 Entry{f.cls, f.slot, f.length, f.checksum, f.seq, f.stored, f.compressed, lru_.begin()});
     live_bytes_ += classes_[f.cls].slot_size;
   }
   while (live_bytes_ > capacity_ && !lru_.empty()) evict_one();
