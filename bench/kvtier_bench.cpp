@@ -841,6 +841,86 @@ void run_file(const Options& o, const std::string& dir) {
   }
 }
 
+// zstd on KV-like bf16 pages (random mantissas, exponents in a narrow band): what it saves on
+// disk and what it costs, against the same pages stored plain.
+void run_compression(const Options& o, const std::string& dir) {
+  const size_t page = size_t{1} << 20, batch = 16;
+  Buffer mem(2 * batch * page + 4096);
+  std::mt19937_64 g(5);
+  auto* p = reinterpret_cast<unsigned char*>(mem.base);
+  for (size_t i = 0; i + 1 < mem.len; i += 2) {
+    const uint64_t r = g();
+    p[i] = static_cast<unsigned char>(r);
+    p[i + 1] = static_cast<unsigned char>(0x3C + (r >> 8) % 3) | ((r >> 16) & 0x80);
+  }
+  std::byte* base = mem.base;
+  const auto keys = make_keys("zstd", batch);
+  const auto ck = c_keys(keys);
+  std::vector<void*> src, dst;
+  std::vector<size_t> sizes(batch, page);
+  for (size_t i = 0; i < batch; ++i) {
+    src.push_back(base + i * page);
+    dst.push_back(base + (batch + i) * page);
+  }
+  std::vector<int> res(batch);
+  for (const char* mode : {"none", "zstd:1", "zstd:3"}) {
+    progress(std::string("file: compression ") + mode);
+    kvtier_store_t* store = nullptr;
+    const std::string cfg = "tiers=file;file_compression=" + std::string(mode) + ";file_dir=" +
+                            dir + "/zstd-" + mode + ";file_queue_depth=" +
+                            std::to_string(o.queue_depth);
+    check_rc(kvtier_open(cfg.c_str(), &store), "open");
+    check_rc(kvtier_register_buffer(store, base, 2 * batch * page), "register_buffer");
+    auto ok = [&] {
+      for (int r : res)
+        if (r != KVTIER_OK) die(std::string("compression run: ") + kvtier_error_name(r));
+    };
+    Figure w = measure(
+        o, batch * page,
+        [&] { check_rc(kvtier_batch_remove(store, ck.data(), batch, res.data()), "remove"); },
+        [&] {
+          check_rc(kvtier_batch_set_v1(store, ck.data(), batch, src.data(), sizes.data(), batch,
+                                       res.data()),
+                   "set");
+        },
+        ok);
+    char* js = nullptr;
+    check_rc(kvtier_stats_json(store, &js), "stats");
+    const std::string stats(js);
+    kvtier_free(js);
+    const size_t at = stats.find("\"bytes\":");
+    const double disk = std::strtod(stats.c_str() + at + 8, nullptr);
+    Figure r = measure(
+        o, batch * page,
+        [&] {
+          std::memset(dst[0], 0xA5, batch * page);
+          drop_page_cache();
+        },
+        [&] {
+          check_rc(kvtier_batch_get_v1(store, ck.data(), batch, dst.data(), sizes.data(), batch,
+                                       res.data()),
+                   "get");
+        },
+        [&] {
+          ok();
+          if (std::memcmp(src[0], dst[0], batch * page) != 0) die("zstd read-back differs");
+        });
+    kvtier_close(store);
+    for (auto [op, fig] : {std::pair{"write", w}, std::pair{"read cold", r}}) {
+      Row row;
+      row.kind = "compression";
+      row.tier = "file";
+      row.path = mode;
+      row.op = op;
+      row.batch = batch;
+      row.block = page;
+      row.fig = fig;
+      row.speedup = disk / (batch * page);  // disk bytes per page byte
+      g_rows.push_back(row);
+    }
+  }
+}
+
 void run_limits(const Options& o) {
   for (size_t block : o.blocks)
     for (size_t threads : o.threads) {
@@ -921,6 +1001,19 @@ void print_tables() {
   }
   header = false;
   for (const Row& r : g_rows) {
+    if (r.kind != "compression") continue;
+    if (!header) {
+      std::printf("\nfile tier compression: 1 MiB KV-like bf16 pages, batch of 16, aligned "
+                  "pool; disk = bytes on disk per page byte (slots included)\n");
+      std::printf("%-7s %-9s %9s %7s %8s %6s\n", "zstd", "op", "ms/batch", "GB/s", "CPUs/GB",
+                  "disk");
+      header = true;
+    }
+    std::printf("%-7s %-9s %9.2f %7.2f %8.3f %6.2f\n", r.path.c_str(), r.op.c_str(),
+                r.fig.median_s * 1e3, r.fig.gbps, r.fig.cpu_per_gb, r.speedup);
+  }
+  header = false;
+  for (const Row& r : g_rows) {
     if (r.kind != "limit") continue;
     if (!header) {
       std::printf("\nlimits: memcpy of the same blocks, warm buffers\n");
@@ -982,7 +1075,10 @@ int main(int argc, char** argv) {
       for (const auto& shape : o.layouts) run_compare(o, tier, shape);
   if (o.mode == "all" || o.mode == "transfer")
     for (const auto& tier : o.transfer_tiers) run_transfer(o, tier);
-  if (o.mode == "all" || o.mode == "file") run_file(o, g_dir);
+  if (o.mode == "all" || o.mode == "file") {
+    run_file(o, g_dir);
+    run_compression(o, g_dir);
+  }
   if (o.dir.empty()) std::filesystem::remove_all(g_dir);
   print_tables();
   if (!o.json.empty()) write_json(o.json);

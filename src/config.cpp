@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cstdlib>
 #include <functional>
+#include <sstream>
 #include <string_view>
 
 #include "log.h"
@@ -146,6 +147,53 @@ const std::vector<Option>& options() {
          }
          return {};
        }},
+      {"REMOTE_SERVERS",
+       [](Config& c, const std::string& v) -> std::string {
+         std::vector<std::string> list;
+         std::stringstream ss(v);
+         for (std::string item; std::getline(ss, item, ',');) {
+           item = trim(item);
+           const size_t colon = item.rfind(':');
+           if (item.empty() || colon == std::string::npos || colon == 0 ||
+               colon + 1 == item.size() ||
+               item.find_first_not_of("0123456789", colon + 1) != std::string::npos ||
+               std::stoul(item.substr(colon + 1, 6)) > 65535)
+             return "a comma list of host:port";
+           list.push_back(item);
+         }
+         if (list.empty()) return "a comma list of host:port";
+         c.remote_servers = std::move(list);
+         return {};
+       }},
+      {"REMOTE_TRANSPORT",
+       [](Config& c, const std::string& v) -> std::string {
+         const std::string l = lower(v);
+         if (l != "auto" && l != "rdma" && l != "tcp") return "auto, rdma or tcp";
+         c.remote_transport = l;
+         return {};
+       }},
+      {"REMOTE_TIMEOUT_MS",
+       [](Config& c, const std::string& v) -> std::string {
+         uint64_t n = 0;
+         if (!parse_size(v, &n).is_ok() || n < 1 || n > 3600000 || !std::isdigit(v.back()))
+           return "milliseconds from 1 to 3600000";
+         c.remote_timeout_ms = static_cast<unsigned>(n);
+         return {};
+       }},
+      {"REMOTE_TOKEN",
+       [](Config& c, const std::string& v) -> std::string {
+         if (v.size() > 256) return "at most 256 bytes";
+         c.remote_token = v;
+         return {};
+       }},
+      {"REMOTE_REPLICAS",
+       [](Config& c, const std::string& v) -> std::string {
+         uint64_t n = 0;
+         if (!parse_size(v, &n).is_ok() || n < 1 || n > 16 || !std::isdigit(v.back()))
+           return "an integer from 1 to 16";
+         c.remote_replicas = static_cast<unsigned>(n);
+         return {};
+       }},
       {"FILE_SYNC", [](Config& c, const std::string& v) -> std::string {
          return parse_switch(v, "on", "off", &c.file_sync);
        }},
@@ -207,8 +255,9 @@ Status load_config(const char* overrides, Config* out) {
     std::string_view kv(*e);
     if (kv.substr(0, 7) != "KVTIER_") continue;
     std::string name(kv.substr(7, kv.find('=') - 7));
-    // Settings read elsewhere by design: the library path (Python shim) and the tests' knobs.
-    if (!find_option(name) && name != "LIBRARY" && name.rfind("TEST_", 0) != 0)
+    // Read elsewhere by design: the library path (Python shim), kvtier-server, the tests.
+    if (!find_option(name) && name != "LIBRARY" && name.rfind("TEST_", 0) != 0 &&
+        name.rfind("SERVER_", 0) != 0)
       log().warn("ignoring unknown environment variable KVTIER_{}", name);
   }
   if (overrides) {

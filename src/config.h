@@ -34,6 +34,16 @@ struct Config {
   // KVTIER_FILE_COMPRESSION: none | zstd[:level] (level -7..19, default 1). A page is stored
   // compressed only when that saves at least 1/8 of it. 0 here means none.
   int file_zstd_level = 0;
+  // KVTIER_REMOTE_SERVERS: kvtier-server addresses, host:port,... (keys spread by hashing).
+  std::vector<std::string> remote_servers{"127.0.0.1:7471"};
+  // KVTIER_REMOTE_TRANSPORT: auto (RDMA when a device is present) | rdma | tcp.
+  std::string remote_transport = "auto";
+  // KVTIER_REMOTE_TIMEOUT_MS: a call to a dead or hung server fails within this.
+  unsigned remote_timeout_ms = 2000;
+  // KVTIER_REMOTE_TOKEN: presented to every server (which checks it when it has one).
+  std::string remote_token;
+  // KVTIER_REMOTE_REPLICAS: servers each page is written to (reads take the first answer).
+  unsigned remote_replicas = 1;
   // KVTIER_FILE_SYNC: on (a page is visible only once fdatasync says it is durable) | off.
   bool file_sync = true;
 };

@@ -32,6 +32,7 @@ constexpr CodeInfo kCodes[] = {
      "token slot outside the pool or off a page boundary"},
     {KVTIER_ERR_BUSY, "KVTIER_ERR_BUSY", "namespace held by another process"},
     {KVTIER_ERR_INTERNAL, "KVTIER_ERR_INTERNAL", "internal error"},
+    {KVTIER_ERR_DENIED, "KVTIER_ERR_DENIED", "a remote server refused the token or protocol"},
 };
 
 const CodeInfo* find(int code) {

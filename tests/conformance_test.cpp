@@ -6,6 +6,7 @@
 #include <map>
 
 #include "memory_tier.h"
+#include "server_process.h"
 #include "test_util.h"
 #include "tier.h"
 
@@ -28,7 +29,12 @@ class Conformance : public ::testing::TestWithParam<TierParam> {
   void open(const char* config) {
     tier_.reset();
     Config c;
-    Status s = load_config(kvtier_test::with_test_dir(config).c_str(), &c);
+    std::string text = kvtier_test::with_test_dir(config);
+    for (auto [mark, server] : {std::pair{"{server}", &kvtier_test::shared_server},
+                                std::pair{"{small_server}", &kvtier_test::shared_small_server}})
+      if (size_t p = text.find(mark); p != std::string::npos)
+        text.replace(p, strlen(mark), server().address());
+    Status s = load_config(text.c_str(), &c);
     ASSERT_TRUE(s.is_ok()) << s.message();
     s = make_tier(GetParam().name, c, &tier_);
     if (s.code() == KVTIER_ERR_UNSUPPORTED) GTEST_SKIP() << s.message();
@@ -189,7 +195,9 @@ INSTANTIATE_TEST_SUITE_P(Tiers, Conformance,
                              TierParam{"file_zstd", "file",
                                        "file_dir={dir}/conformance-zstd;file_compression=zstd:3",
                                        "file_dir={dir}/conformance-zstd-small;"
-                                       "file_capacity=1MiB;file_compression=zstd"}),
+                                       "file_capacity=1MiB;file_compression=zstd"},
+                             TierParam{"remote", "remote", "remote_servers={server}",
+                                       "remote_servers={small_server}"}),
                          [](const auto& info) { return std::string(info.param.label); });
 
 }  // namespace

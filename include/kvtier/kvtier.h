@@ -74,6 +74,7 @@ KVTIER_API const char* kvtier_version_string(void);
 #define KVTIER_ERR_OUT_OF_RANGE -16     /* a token slot outside the pool or not page-aligned */
 #define KVTIER_ERR_BUSY -17             /* the namespace is held by another process */
 #define KVTIER_ERR_INTERNAL -18         /* a bug: please report it with kvtier_last_error() */
+#define KVTIER_ERR_DENIED -19           /* a remote server refused the token or protocol */
 
 #define KVTIER_MAX_KEY_LEN 1024
 

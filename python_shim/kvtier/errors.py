@@ -21,6 +21,7 @@ NO_LAYOUT = -15
 OUT_OF_RANGE = -16
 BUSY = -17
 INTERNAL = -18
+DENIED = -19
 
 
 def error_name(code: int) -> str:

@@ -1,0 +1,195 @@
+#include "net.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+namespace kvtier::net {
+
+namespace {
+
+int wait_ms(Deadline deadline) {
+  if (deadline == Deadline::max()) return -1;
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+  return static_cast<int>(std::clamp<long long>(left.count(), 0, INT_MAX));
+}
+
+// Waits until fd is ready for `events`; TIMEOUT at the deadline.
+Status wait_for(int fd, short events, Deadline deadline) {
+  for (;;) {
+    pollfd p{fd, events, 0};
+    int ms = wait_ms(deadline);
+    int rc = ::poll(&p, 1, ms);
+    if (rc > 0) return {};
+    if (rc == 0) return {KVTIER_ERR_TIMEOUT, "no answer before the deadline"};
+    if (errno != EINTR) return {KVTIER_ERR_UNAVAILABLE, std::string("poll: ") + std::strerror(errno)};
+  }
+}
+
+Status io_error(const char* what, int err) {
+  return {KVTIER_ERR_UNAVAILABLE, std::string(what) + ": " + std::strerror(err)};
+}
+
+Status resolve(const std::string& host, uint16_t port, sockaddr_in* addr) {
+  *addr = {};
+  addr->sin_family = AF_INET;
+  addr->sin_port = htons(port);
+  if (inet_pton(AF_INET, host.c_str(), &addr->sin_addr) == 1) return {};
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || !res)
+    return {KVTIER_ERR_UNAVAILABLE, "cannot resolve host '" + host + "'"};
+  addr->sin_addr = reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr;
+  freeaddrinfo(res);
+  return {};
+}
+
+}  // namespace
+
+Status split_host_port(const std::string& text, std::string* host, uint16_t* port) {
+  const size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size())
+    return {KVTIER_ERR_CONFIG, "'" + text + "' is not host:port"};
+  char* end = nullptr;
+  unsigned long p = std::strtoul(text.c_str() + colon + 1, &end, 10);
+  if (*end || p > 65535) return {KVTIER_ERR_CONFIG, "'" + text + "' has a bad port"};
+  *host = text.substr(0, colon);
+  *port = static_cast<uint16_t>(p);
+  return {};
+}
+
+Status connect_to(const std::string& host, uint16_t port, Deadline deadline, int* out) {
+  sockaddr_in addr;
+  Status s = resolve(host, port, &addr);
+  if (!s.is_ok()) return s;
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return io_error("socket", errno);
+  int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  if (rc != 0 && errno != EINPROGRESS) {
+    int err = errno;
+    ::close(fd);
+    return io_error(("connect to " + host + ":" + std::to_string(port)).c_str(), err);
+  }
+  if (rc != 0) {
+    s = wait_for(fd, POLLOUT, deadline);
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (s.is_ok() && (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0))
+      s = io_error(("connect to " + host + ":" + std::to_string(port)).c_str(), err);
+    if (!s.is_ok()) {
+      ::close(fd);
+      return s;
+    }
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  *out = fd;
+  return {};
+}
+
+Status listen_on(const std::string& host, uint16_t port, int* out, uint16_t* bound_port) {
+  sockaddr_in addr;
+  Status s = resolve(host, port, &addr);
+  if (!s.is_ok()) return s;
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return io_error("socket", errno);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 128) != 0) {
+    int err = errno;
+    ::close(fd);
+    return io_error(("listen on " + host + ":" + std::to_string(port)).c_str(), err);
+  }
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  *bound_port = ntohs(addr.sin_port);
+  *out = fd;
+  return {};
+}
+
+Status writev_all(int fd, iovec* iov, size_t n, Deadline deadline) {
+  while (n > 0) {
+    // sendmsg with MSG_NOSIGNAL: a dead peer must be an error code, never a SIGPIPE that
+    // takes the engine's process down.
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = std::min<size_t>(n, IOV_MAX);
+    ssize_t w = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        Status s = wait_for(fd, POLLOUT, deadline);
+        if (!s.is_ok()) return s;
+        continue;
+      }
+      return io_error("send", errno);
+    }
+    size_t left = static_cast<size_t>(w);
+    while (n > 0 && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      ++iov;
+      --n;
+    }
+    if (n > 0) {
+      iov->iov_base = static_cast<char*>(iov->iov_base) + left;
+      iov->iov_len -= left;
+    }
+  }
+  return {};
+}
+
+Status readv_all(int fd, iovec* iov, size_t n, Deadline deadline) {
+  while (n > 0) {
+    if (iov->iov_len == 0) {
+      ++iov;
+      --n;
+      continue;
+    }
+    ssize_t r = ::readv(fd, iov, static_cast<int>(std::min<size_t>(n, IOV_MAX)));
+    if (r == 0) return {KVTIER_ERR_UNAVAILABLE, "connection closed by the peer"};
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        Status s = wait_for(fd, POLLIN, deadline);
+        if (!s.is_ok()) return s;
+        continue;
+      }
+      return io_error("receive", errno);
+    }
+    size_t left = static_cast<size_t>(r);
+    while (n > 0 && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      ++iov;
+      --n;
+    }
+    if (n > 0) {
+      iov->iov_base = static_cast<char*>(iov->iov_base) + left;
+      iov->iov_len -= left;
+    }
+  }
+  return {};
+}
+
+Status write_all(int fd, const void* buf, size_t len, Deadline deadline) {
+  iovec v{const_cast<void*>(buf), len};
+  return writev_all(fd, &v, 1, deadline);
+}
+
+Status read_all(int fd, void* buf, size_t len, Deadline deadline) {
+  iovec v{buf, len};
+  return readv_all(fd, &v, 1, deadline);
+}
+
+}  // namespace kvtier::net

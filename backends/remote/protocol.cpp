@@ -1,0 +1,67 @@
+#include "protocol.h"
+
+namespace kvtier::wire {
+
+void encode_header(const Header& h, uint8_t out[kHeaderSize]) {
+  std::memcpy(out, &h.magic, 4);
+  std::memcpy(out + 4, &h.version, 2);
+  std::memcpy(out + 6, &h.type, 2);
+  std::memcpy(out + 8, &h.length, 4);
+  std::memcpy(out + 12, &h.reserved, 4);
+}
+
+Status decode_header(const uint8_t in[kHeaderSize], Header* h) {
+  std::memcpy(&h->magic, in, 4);
+  std::memcpy(&h->version, in + 4, 2);
+  std::memcpy(&h->type, in + 6, 2);
+  std::memcpy(&h->length, in + 8, 4);
+  std::memcpy(&h->reserved, in + 12, 4);
+  if (h->magic != kMagic) return {KVTIER_ERR_INVALID_ARG, "not a kvtier frame (bad magic)"};
+  if (h->version != kVersion)
+    return {KVTIER_ERR_UNSUPPORTED,
+            "protocol version " + std::to_string(h->version) + ", expected " +
+                std::to_string(kVersion)};
+  if (h->length > kMaxPayload)
+    return {KVTIER_ERR_INVALID_ARG, "frame payload of " + std::to_string(h->length) +
+                                        " bytes is over the cap of " +
+                                        std::to_string(kMaxPayload)};
+  return {};
+}
+
+Status decode_put(std::span<const uint8_t> payload, std::vector<PutEntry>* out, uint64_t* bulk) {
+  Reader r(payload);
+  const uint32_t n = r.count(32);
+  out->clear();
+  *bulk = 0;
+  for (uint32_t i = 0; i < n && r.ok(); ++i) {
+    PutEntry e{r.id(), r.u64(), r.u64()};
+    if (e.length == 0 || e.length > kMaxValue)
+      return {KVTIER_ERR_INVALID_ARG, "PUT entry " + std::to_string(i) + " has length " +
+                                          std::to_string(e.length)};
+    *bulk += e.length;
+    out->push_back(e);
+  }
+  if (!r.done()) return {KVTIER_ERR_INVALID_ARG, "malformed PUT payload"};
+  return {};
+}
+
+Status decode_ids(std::span<const uint8_t> payload, std::vector<KeyId>* out) {
+  Reader r(payload);
+  const uint32_t n = r.count(16);
+  out->clear();
+  for (uint32_t i = 0; i < n && r.ok(); ++i) out->push_back(r.id());
+  if (!r.done()) return {KVTIER_ERR_INVALID_ARG, "malformed key list"};
+  return {};
+}
+
+Status decode_hello(std::span<const uint8_t> payload, std::string* token, uint64_t* ns_seed) {
+  Reader r(payload);
+  const uint32_t n = r.u32();
+  if (!r.ok() || n > kMaxToken) return {KVTIER_ERR_INVALID_ARG, "malformed HELLO"};
+  *token = r.str(n);
+  *ns_seed = r.u64();
+  if (!r.done()) return {KVTIER_ERR_INVALID_ARG, "malformed HELLO"};
+  return {};
+}
+
+}  // namespace kvtier::wire

@@ -1,0 +1,150 @@
+// The remote tier's wire protocol, shared by kvtier-server and the client tier. Little-endian,
+// versioned, length-prefixed frames; every count, length and offset is checked on decode.
+//
+//   frame   = header (16 bytes) + payload (<= kMaxPayload) [+ bulk bytes, for PUT requests and
+//             GET replies: the values, back to back, sizes given by the payload]
+//   header  = magic u32 | version u16 | type u16 | payload length u32 | reserved u32
+//
+//   HELLO   token bytes, namespace seed u64            -> HELLO reply (empty) or ERROR
+//   EXISTS  n u32, n x id(16)                          -> n u32, n x present u8
+//   PUT     n u32, n x {id, length u64, checksum u64}  -> n u32, n x code i32
+//           followed by the n values' bytes
+//   GET     n u32, n x id                              -> n u32, n x {code i32, length u64,
+//                                                          checksum u64}, then the found bytes
+//   REMOVE  n u32, n x id                              -> n u32, n x code i32
+//   CLEAR   (empty): drops the caller's namespace       -> (empty)
+//   STATS   (empty)                                    -> keys, bytes, capacity, evictions,
+//                                                         errors (u64 each)
+//   ERROR   code i32, message                          (a reply to anything; the server then
+//                                                         closes the connection)
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "keys.h"
+#include "status.h"
+
+namespace kvtier::wire {
+
+constexpr uint32_t kMagic = 0x5254564b;  // "KVTR"
+constexpr uint16_t kVersion = 1;
+constexpr size_t kHeaderSize = 16;
+constexpr uint32_t kMaxPayload = 4u << 20;         // control part of a frame
+constexpr uint64_t kMaxValue = uint64_t{1} << 30;  // one page
+constexpr uint32_t kMaxKeys = 65536;               // per frame
+constexpr size_t kMaxToken = 256;
+
+enum Type : uint16_t {
+  kHello = 1,
+  kExists = 2,
+  kPut = 3,
+  kGet = 4,
+  kRemove = 5,
+  kClear = 6,
+  kStats = 7,
+  kError = 100,
+  kReply = 0x80,  // ORed into the request's type
+};
+
+struct Header {
+  uint32_t magic = kMagic;
+  uint16_t version = kVersion;
+  uint16_t type = 0;
+  uint32_t length = 0;
+  uint32_t reserved = 0;
+};
+
+void encode_header(const Header& h, uint8_t out[kHeaderSize]);
+// Checks magic, version and the payload cap.
+Status decode_header(const uint8_t in[kHeaderSize], Header* h);
+
+// Appends little-endian values to a payload.
+class Writer {
+ public:
+  void u8(uint8_t v) { buf_.push_back(v); }
+  void u32(uint32_t v) { put(&v, 4); }
+  void i32(int32_t v) { put(&v, 4); }
+  void u64(uint64_t v) { put(&v, 8); }
+  void id(const KeyId& k) {
+    u64(k.hi);
+    u64(k.lo);
+  }
+  void bytes(const void* p, size_t n) { put(p, n); }
+  std::vector<uint8_t>& data() { return buf_; }
+
+ private:
+  void put(const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    buf_.insert(buf_.end(), b, b + n);
+  }
+  std::vector<uint8_t> buf_;
+};
+
+// Reads a payload; every read is bounds-checked and a short payload sets ok() false.
+class Reader {
+ public:
+  explicit Reader(std::span<const uint8_t> in) : in_(in) {}
+  bool ok() const { return ok_; }
+  bool done() const { return ok_ && pos_ == in_.size(); }
+  size_t left() const { return in_.size() - pos_; }
+  uint8_t u8() { return get<uint8_t>(); }
+  uint32_t u32() { return get<uint32_t>(); }
+  int32_t i32() { return get<int32_t>(); }
+  uint64_t u64() { return get<uint64_t>(); }
+  KeyId id() {
+    KeyId k;
+    k.hi = u64();
+    k.lo = u64();
+    return k;
+  }
+  std::string str(size_t n) {
+    if (n > left()) {
+      ok_ = false;
+      return {};
+    }
+    std::string s(reinterpret_cast<const char*>(in_.data() + pos_), n);
+    pos_ += n;
+    return s;
+  }
+  // A count of items of `item_size` bytes each that must fit in what is left and the cap.
+  uint32_t count(size_t item_size) {
+    uint32_t n = u32();
+    if (!ok_ || n > kMaxKeys || n * item_size > left()) {
+      ok_ = false;
+      return 0;
+    }
+    return n;
+  }
+
+ private:
+  template <class T>
+  T get() {
+    T v{};
+    if (!ok_ || left() < sizeof v) {
+      ok_ = false;
+      return v;
+    }
+    std::memcpy(&v, in_.data() + pos_, sizeof v);
+    pos_ += sizeof v;
+    return v;
+  }
+  std::span<const uint8_t> in_;
+  size_t pos_ = 0;
+  bool ok_ = true;
+};
+
+// A PUT request's entries, decoded and checked (lengths within kMaxValue, total bulk bounded).
+struct PutEntry {
+  KeyId id;
+  uint64_t length;
+  uint64_t checksum;
+};
+Status decode_put(std::span<const uint8_t> payload, std::vector<PutEntry>* out, uint64_t* bulk);
+Status decode_ids(std::span<const uint8_t> payload, std::vector<KeyId>* out);
+Status decode_hello(std::span<const uint8_t> payload, std::string* token, uint64_t* ns_seed);
+
+}  // namespace kvtier::wire

@@ -1,0 +1,383 @@
+// The remote tier: pages on kvtier-servers, spread by rendezvous hashing, optionally replicated.
+// The control plane and, without an RDMA NIC, the data plane are TCP frames (protocol.h); the
+// values travel with writev/readv straight from and into the caller's fragments.
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <mutex>
+
+#include "log.h"
+#include "net.h"
+#include "protocol.h"
+#include "tier.h"
+
+namespace kvtier {
+
+namespace {
+
+using net::Clock;
+using net::Deadline;
+
+uint64_t mix(uint64_t x) {  // splitmix64
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+struct Conn {
+  std::mutex mu;
+  int fd = -1;
+  void drop() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+};
+
+struct ServerRef {
+  std::string name, host;
+  uint16_t port = 0;
+  uint64_t seed = 0;  // for rendezvous hashing
+  std::vector<std::unique_ptr<Conn>> conns;
+  std::atomic<size_t> next{0};
+  std::atomic<int64_t> down_until{0};  // steady-clock ns: fail fast while a server is down
+};
+
+// Appends iovecs for the first `len` bytes of the fragments.
+void add_iov(Frags frags, size_t len, std::vector<iovec>* iov) {
+  for (const Frag& f : frags) {
+    if (!len) break;
+    const size_t n = std::min(len, f.len);
+    iov->push_back({f.ptr, n});
+    len -= n;
+  }
+}
+
+class RemoteTier final : public Tier {
+ public:
+  RemoteTier(const Config& c) : timeout_ms_(c.remote_timeout_ms), replicas_(c.remote_replicas),
+                                token_(c.remote_token), ns_(namespace_seed(c.ns)) {}
+  ~RemoteTier() override {
+    for (auto& s : servers_)
+      for (auto& c : s->conns) c->drop();
+  }
+
+  Status init(const Config& c) {
+    for (const std::string& addr : c.remote_servers) {
+      auto s = std::make_unique<ServerRef>();
+      Status st = net::split_host_port(addr, &s->host, &s->port);
+      if (!st.is_ok()) return {KVTIER_ERR_CONFIG, "KVTIER_REMOTE_SERVERS: " + st.message()};
+      s->name = addr;
+      s->seed = mix(namespace_seed(addr));
+      for (int i = 0; i < 4; ++i) s->conns.push_back(std::make_unique<Conn>());
+      servers_.push_back(std::move(s));
+    }
+    replicas_ = std::min<unsigned>(replicas_, static_cast<unsigned>(servers_.size()));
+    return {};
+  }
+
+  std::string_view name() const override { return "remote"; }
+  Caps caps() const override { return {true, false}; }
+
+  void put(std::span<PutOp> ops) override {
+    std::vector<int> best(ops.size(), KVTIER_ERR_UNAVAILABLE);
+    std::vector<uint8_t> stored(ops.size(), 0);
+    for (unsigned r = 0; r < replicas_; ++r) {
+      for (auto& [srv, idx] : group(ops, r)) {
+        wire::Writer w;
+        w.u32(static_cast<uint32_t>(idx.size()));
+        std::vector<iovec> bulk;
+        for (size_t i : idx) {
+          w.id(ops[i].id);
+          w.u64(ops[i].size);
+          w.u64(ops[i].checksum);
+          add_iov(ops[i].frags, ops[i].size, &bulk);
+        }
+        Status s = exchange(*srv, wire::kPut, w.data(), bulk, [&](int, wire::Reader& rd) {
+          if (rd.count(4) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad PUT reply"};
+          for (size_t i : idx) {
+            int code = rd.i32();
+            if (code == KVTIER_OK) stored[i] = 1;
+            else best[i] = code;
+          }
+          return rd.done() ? Status{} : Status{KVTIER_ERR_INVALID_ARG, "bad PUT reply"};
+        });
+        if (!s.is_ok())
+          for (size_t i : idx) best[i] = s.code();
+      }
+    }
+    for (size_t i = 0; i < ops.size(); ++i) {
+      ops[i].result = stored[i] ? KVTIER_OK : best[i];
+      if (!stored[i]) errors_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  void get(std::span<GetOp> ops) override {
+    for (GetOp& op : ops) op.result = KVTIER_ERR_NOT_FOUND;
+    std::vector<uint8_t> done(ops.size(), 0);
+    std::vector<uint8_t> scratch;
+    for (unsigned r = 0; r < replicas_; ++r) {
+      for (auto& [srv, all] : group(ops, r)) {
+        std::vector<size_t> idx;
+        for (size_t i : all)
+          if (!done[i]) idx.push_back(i);
+        if (idx.empty()) continue;
+        wire::Writer w;
+        w.u32(static_cast<uint32_t>(idx.size()));
+        for (size_t i : idx) w.id(ops[i].id);
+        Status s = exchange(*srv, wire::kGet, w.data(), {}, [&](int fd, wire::Reader& rd) {
+          if (rd.count(20) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad GET reply"};
+          struct Meta {
+            int code;
+            uint64_t len, sum;
+          };
+          std::vector<Meta> meta;
+          for (size_t k = 0; k < idx.size(); ++k) {
+            Meta m{rd.i32(), rd.u64(), rd.u64()};
+            if (m.code == KVTIER_OK && (m.len == 0 || m.len > wire::kMaxValue)) m.code = -1000;
+            meta.push_back(m);
+          }
+          if (!rd.done()) return Status{KVTIER_ERR_INVALID_ARG, "bad GET reply"};
+          // The bytes follow in order: straight into each key's fragments when they fit.
+          std::vector<iovec> iov;
+          for (size_t k = 0; k < idx.size(); ++k) {
+            if (meta[k].code == -1000) return Status{KVTIER_ERR_INVALID_ARG, "bad GET length"};
+            if (meta[k].code != KVTIER_OK) continue;
+            GetOp& op = ops[idx[k]];
+            const bool fits = op.exact ? meta[k].len == op.capacity : meta[k].len <= op.capacity;
+            if (fits) {
+              add_iov(op.frags, meta[k].len, &iov);
+              op.result = static_cast<int64_t>(meta[k].len);
+              op.checksum = meta[k].sum;
+              done[idx[k]] = 1;
+            } else {
+              scratch.resize(std::max<size_t>(scratch.size(), meta[k].len));
+              iov.push_back({scratch.data(), meta[k].len});
+              op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
+              done[idx[k]] = 1;
+            }
+          }
+          return net::readv_all(fd, iov.data(), iov.size(), deadline());
+        });
+        if (!s.is_ok()) {
+          for (size_t i : idx) {
+            ops[i].result = s.code();  // the next replica may still answer
+            done[i] = 0;
+          }
+          errors_.fetch_add(idx.size(), std::memory_order_relaxed);
+        }
+      }
+    }
+  }
+
+  void exists(std::span<const KeyId> ids, std::span<uint8_t> present) override {
+    std::fill(present.begin(), present.end(), 0);
+    for (unsigned r = 0; r < replicas_; ++r) {
+      for (auto& [srv, all] : group_ids(ids, r)) {
+        std::vector<size_t> idx;
+        for (size_t i : all)
+          if (!present[i]) idx.push_back(i);
+        if (idx.empty()) continue;
+        wire::Writer w;
+        w.u32(static_cast<uint32_t>(idx.size()));
+        for (size_t i : idx) w.id(ids[i]);
+        exchange(*srv, wire::kExists, w.data(), {}, [&](int, wire::Reader& rd) {
+          if (rd.count(1) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
+          for (size_t i : idx) present[i] = rd.u8() ? 1 : 0;
+          return Status{};
+        });
+      }
+    }
+  }
+
+  void remove(std::span<const KeyId> ids, std::span<int> results) override {
+    std::fill(results.begin(), results.end(), KVTIER_ERR_NOT_FOUND);
+    for (unsigned r = 0; r < replicas_; ++r) {
+      for (auto& [srv, idx] : group_ids(ids, r)) {
+        wire::Writer w;
+        w.u32(static_cast<uint32_t>(idx.size()));
+        for (size_t i : idx) w.id(ids[i]);
+        exchange(*srv, wire::kRemove, w.data(), {}, [&](int, wire::Reader& rd) {
+          if (rd.count(4) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
+          for (size_t i : idx)
+            if (rd.i32() == KVTIER_OK) results[i] = KVTIER_OK;
+          return Status{};
+        });
+      }
+    }
+  }
+
+  void clear() override {
+    for (auto& s : servers_)
+      exchange(*s, wire::kClear, {}, {}, [](int, wire::Reader&) { return Status{}; });
+  }
+
+  TierStats stats() const override {
+    TierStats t;
+    for (auto& s : servers_) {
+      const_cast<RemoteTier*>(this)->exchange(*s, wire::kStats, {}, {},
+                                              [&](int, wire::Reader& rd) {
+                                                t.keys += rd.u64();
+                                                t.bytes += rd.u64();
+                                                t.capacity += rd.u64();
+                                                t.evictions += rd.u64();
+                                                t.errors += rd.u64();
+                                                return Status{};
+                                              });
+    }
+    t.errors += errors_.load();
+    return t;
+  }
+
+ private:
+  Deadline deadline() const { return Clock::now() + std::chrono::milliseconds(timeout_ms_); }
+
+  // The r-th choice of server for a key: highest rendezvous score first.
+  ServerRef* pick(const KeyId& id, unsigned r) const {
+    if (servers_.size() == 1) return servers_[0].get();
+    std::vector<std::pair<uint64_t, ServerRef*>> scored;
+    for (auto& s : servers_) scored.push_back({mix(id.hi ^ mix(id.lo ^ s->seed)), s.get()});
+    std::nth_element(scored.begin(), scored.begin() + r, scored.end(),
+                     [](auto& a, auto& b) { return a.first > b.first; });
+    return scored[r].second;
+  }
+
+  template <class Ops>
+  std::vector<std::pair<ServerRef*, std::vector<size_t>>> group(Ops& ops, unsigned r) const {
+    std::vector<std::pair<ServerRef*, std::vector<size_t>>> out;
+    for (size_t i = 0; i < ops.size(); ++i) add(out, pick(ops[i].id, r), i);
+    return out;
+  }
+  std::vector<std::pair<ServerRef*, std::vector<size_t>>> group_ids(std::span<const KeyId> ids,
+                                                                   unsigned r) const {
+    std::vector<std::pair<ServerRef*, std::vector<size_t>>> out;
+    for (size_t i = 0; i < ids.size(); ++i) add(out, pick(ids[i], r), i);
+    return out;
+  }
+  static void add(std::vector<std::pair<ServerRef*, std::vector<size_t>>>& out, ServerRef* s,
+                  size_t i) {
+    for (auto& [srv, idx] : out)
+      if (srv == s) {
+        idx.push_back(i);
+        return;
+      }
+    out.push_back({s, {i}});
+  }
+
+  Status connect(ServerRef& s, Conn& c, Deadline dl) {
+    const int64_t now = Clock::now().time_since_epoch().count();
+    if (now < s.down_until.load())
+      return {KVTIER_ERR_UNAVAILABLE, "server " + s.name + " was unreachable moments ago"};
+    Status st = net::connect_to(s.host, s.port, dl, &c.fd);
+    if (st.is_ok()) {
+      wire::Writer w;
+      w.u32(static_cast<uint32_t>(token_.size()));
+      w.bytes(token_.data(), token_.size());
+      w.u64(ns_);
+      st = roundtrip(c.fd, wire::kHello, w.data(), {}, dl, [](int, wire::Reader&) {
+        return Status{};
+      });
+    }
+    if (!st.is_ok()) {
+      c.drop();
+      // Fail fast for a short while instead of paying a connect per call to a dead server.
+      s.down_until = now + std::chrono::nanoseconds(std::chrono::milliseconds(
+                               std::min<unsigned>(timeout_ms_, 250))).count();
+      log().warn("remote tier: server {}: {}", s.name, st.message());
+    }
+    return st;
+  }
+
+  template <class OnReply>
+  Status roundtrip(int fd, uint16_t type, const std::vector<uint8_t>& payload,
+                   const std::vector<iovec>& bulk, Deadline dl, OnReply&& on_reply) {
+    uint8_t head[wire::kHeaderSize];
+    wire::Header h;
+    h.type = type;
+    h.length = static_cast<uint32_t>(payload.size());
+    wire::encode_header(h, head);
+    std::vector<iovec> iov{{head, sizeof head},
+                           {const_cast<uint8_t*>(payload.data()), payload.size()}};
+    iov.insert(iov.end(), bulk.begin(), bulk.end());
+    Status s = net::writev_all(fd, iov.data(), iov.size(), dl);
+    if (!s.is_ok()) return s;
+    s = net::read_all(fd, head, sizeof head, dl);
+    if (!s.is_ok()) return s;
+    s = wire::decode_header(head, &h);
+    if (!s.is_ok()) return s;
+    std::vector<uint8_t> reply(h.length);
+    s = net::read_all(fd, reply.data(), reply.size(), dl);
+    if (!s.is_ok()) return s;
+    wire::Reader rd(reply);
+    if (h.type == (wire::kError | wire::kReply)) {
+      int code = rd.i32();
+      std::string msg = rd.str(rd.left());
+      return {code < 0 ? code : KVTIER_ERR_INTERNAL, "server: " + msg};
+    }
+    if (h.type != (type | wire::kReply)) return {KVTIER_ERR_INVALID_ARG, "unexpected reply"};
+    s = on_reply(fd, rd);
+    if (s.is_ok() && !rd.ok()) s = {KVTIER_ERR_INVALID_ARG, "truncated reply"};
+    return s;
+  }
+
+  // One request and its reply on a connection of `s`; a failed connection is closed.
+  template <class OnReply>
+  Status exchange(ServerRef& s, uint16_t type, const std::vector<uint8_t>& payload,
+                  const std::vector<iovec>& bulk, OnReply&& on_reply) {
+    const size_t n = s.conns.size();
+    const size_t start = s.next.fetch_add(1, std::memory_order_relaxed);
+    Conn* conn = nullptr;
+    std::unique_lock<std::mutex> lock;
+    for (size_t k = 0; k < n && !conn; ++k) {
+      std::unique_lock l(s.conns[(start + k) % n]->mu, std::try_to_lock);
+      if (l.owns_lock()) {
+        conn = s.conns[(start + k) % n].get();
+        lock = std::move(l);
+      }
+    }
+    if (!conn) {
+      conn = s.conns[start % n].get();
+      lock = std::unique_lock(conn->mu);
+    }
+    const Deadline dl = deadline();
+    Status st;
+    if (conn->fd < 0) st = connect(s, *conn, dl);
+    if (st.is_ok()) st = roundtrip(conn->fd, type, payload, bulk, dl, on_reply);
+    if (!st.is_ok()) {
+      conn->drop();  // whatever the stream held is lost; the next call reconnects
+      log().debug("remote tier: {}: {}", s.name, st.message());
+    }
+    return st;
+  }
+
+  const unsigned timeout_ms_;
+  unsigned replicas_;
+  const std::string token_;
+  const uint64_t ns_;
+  std::vector<std::unique_ptr<ServerRef>> servers_;
+  mutable std::atomic<uint64_t> errors_{0};
+};
+
+Status make_remote_tier(const Config& config, std::unique_ptr<Tier>* out) {
+  // The RDMA data plane (one-sided WRITE/READ into the server's arena) is not built yet: TCP
+  // carries the data. Asking for RDMA explicitly is refused rather than quietly downgraded.
+  if (config.remote_transport == "rdma")
+    return {KVTIER_ERR_UNSUPPORTED,
+            "KVTIER_REMOTE_TRANSPORT=rdma: this build carries the remote tier over TCP only; "
+            "use tcp or auto"};
+  Status s;
+  auto tier = std::make_unique<RemoteTier>(config);
+  s = tier->init(config);
+  if (!s.is_ok()) return s;
+  *out = std::move(tier);
+  return {};
+}
+
+}  // namespace
+
+KVTIER_REGISTER_TIER("remote", make_remote_tier);
+
+}  // namespace kvtier

@@ -1,0 +1,339 @@
+#include "server.h"
+
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "log.h"
+#include "net.h"
+
+namespace kvtier {
+
+namespace {
+
+using wire::Header;
+
+// Slot sizes: 4 KiB steps up to 64 KiB, then eight steps per power of two (<= 12.5% waste).
+uint64_t slot_size_for(uint64_t bytes) {
+  uint64_t need = (bytes + 4095) & ~uint64_t{4095};
+  if (need <= 65536) return need;
+  uint64_t step = (uint64_t{1} << (63 - __builtin_clzll(need - 1))) / 8;
+  return (need + step - 1) / step * step;
+}
+
+Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
+                  iovec* bulk = nullptr, size_t n_bulk = 0) {
+  uint8_t head[wire::kHeaderSize];
+  Header h;
+  h.type = type;
+  h.length = static_cast<uint32_t>(payload.size());
+  wire::encode_header(h, head);
+  std::vector<iovec> iov{{head, sizeof head}, {const_cast<uint8_t*>(payload.data()), payload.size()}};
+  iov.insert(iov.end(), bulk, bulk + n_bulk);
+  return net::writev_all(fd, iov.data(), iov.size(), net::Deadline::max());
+}
+
+Status send_error(int fd, const Status& s) {
+  wire::Writer w;
+  w.i32(s.code());
+  w.bytes(s.message().data(), std::min<size_t>(s.message().size(), 1024));
+  return send_frame(fd, wire::kError | wire::kReply, w.data());
+}
+
+}  // namespace
+
+Server::Server(ServerOptions options) : opt_(std::move(options)) {}
+
+Server::~Server() {
+  stop();
+  if (arena_) munmap(arena_, opt_.capacity);
+}
+
+Status Server::start(uint16_t* port) {
+  // Reserved, not touched: pages of the arena are backed as they are first written.
+  void* p = mmap(nullptr, opt_.capacity, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED)
+    return {KVTIER_ERR_NO_MEMORY, "cannot map an arena of " + std::to_string(opt_.capacity) +
+                                      " bytes: " + std::strerror(errno)};
+  arena_ = static_cast<std::byte*>(p);
+  Status s = net::listen_on(opt_.host, opt_.port, &listen_fd_, port);
+  if (!s.is_ok()) return s;
+  acceptor_ = std::thread([this] { accept_loop(); });
+  return {};
+}
+
+void Server::stop() {
+  if (stopping_.exchange(true)) return;
+  if (listen_fd_ >= 0) ::shutdown(listen_fd_, SHUT_RDWR);
+  if (acceptor_.joinable()) acceptor_.join();
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  std::map<int, std::thread> conns;
+  {
+    std::lock_guard lock(conns_mu_);
+    for (auto& [fd, t] : conns_) ::shutdown(fd, SHUT_RDWR);  // wakes their blocked reads
+    conns.swap(conns_);
+  }
+  for (auto& [fd, t] : conns) t.join();
+  std::lock_guard lock(conns_mu_);
+  for (auto& t : finished_) t.join();
+  finished_.clear();
+}
+
+void Server::accept_loop() {
+  while (!stopping_) {
+    int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (stopping_) return;
+      log().error("server: accept: {}", std::strerror(errno));
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
+    }
+    std::lock_guard lock(conns_mu_);
+    for (auto& t : finished_) t.join();
+    finished_.clear();
+    conns_.emplace(fd, std::thread([this, fd] {
+      serve(fd);
+      std::lock_guard l(conns_mu_);
+      auto it = conns_.find(fd);
+      if (it != conns_.end()) {  // not being stopped: park the thread to be joined later
+        finished_.push_back(std::move(it->second));
+        conns_.erase(it);
+      }
+      ::close(fd);
+    }));
+  }
+}
+
+void Server::serve(int fd) {
+  // Every connection starts with HELLO: protocol version, token and the client's namespace.
+  uint64_t ns = 0;
+  bool hello = false;
+  std::vector<uint8_t> payload;
+  for (;;) {
+    uint8_t head[wire::kHeaderSize];
+    if (!net::read_all(fd, head, sizeof head, net::Deadline::max()).is_ok()) return;
+    Header h;
+    Status s = wire::decode_header(head, &h);
+    if (s.is_ok()) {
+      payload.resize(h.length);
+      if (!net::read_all(fd, payload.data(), payload.size(), net::Deadline::max()).is_ok())
+        return;
+    }
+    if (s.is_ok() && !hello) {
+      std::string token;
+      if (h.type != wire::kHello) {
+        s = {KVTIER_ERR_DENIED, "the first frame must be HELLO"};
+      } else if (s = wire::decode_hello(payload, &token, &ns); s.is_ok()) {
+        if (token != opt_.token) {
+          s = {KVTIER_ERR_DENIED, "wrong or missing token"};
+        } else {
+          hello = true;
+          s = send_frame(fd, wire::kHello | wire::kReply, {});
+          if (!s.is_ok()) return;
+          continue;
+        }
+      }
+    } else if (s.is_ok()) {
+      s = handle(fd, h, payload, ns);
+      if (s.is_ok()) continue;
+    }
+    // A malformed or refused frame: say why and drop the connection.
+    std::lock_guard lock(mu_);
+    ++errors_;
+    log().warn("server: closing a connection: {}", s.message());
+    send_error(fd, s);
+    return;
+  }
+}
+
+bool Server::allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size) {
+  const uint64_t size = slot_size_for(bytes);
+  if (size > opt_.capacity) return false;
+  for (;;) {
+    auto& list = free_[size];
+    if (!list.empty()) {
+      *offset = list.back();
+      list.pop_back();
+      break;
+    }
+    if (bump_ + size <= opt_.capacity) {
+      *offset = bump_;
+      bump_ += size;
+      break;
+    }
+    // Full: evict the least recently used unpinned page of this slot size.
+    bool evicted = false;
+    for (auto it = lru_list_.rbegin(); it != lru_list_.rend(); ++it) {
+      auto e = map_.find(*it);
+      if (e->second.pins || e->second.slot_size != size) continue;
+      free_slot(e->second.offset, size);
+      lru_list_.erase(std::next(it).base());
+      map_.erase(e);
+      ++evictions_;
+      evicted = true;
+      break;
+    }
+    if (!evicted) return false;
+  }
+  *slot_size = size;
+  used_ += size;
+  return true;
+}
+
+void Server::free_slot(uint64_t offset, uint64_t slot_size) {
+  free_[slot_size].push_back(offset);
+  used_ -= slot_size;
+}
+
+Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, uint64_t ns) {
+  wire::Writer out;
+  switch (h.type) {
+    case wire::kExists: {
+      std::vector<KeyId> ids;
+      Status s = wire::decode_ids(payload, &ids);
+      if (!s.is_ok()) return s;
+      out.u32(static_cast<uint32_t>(ids.size()));
+      std::lock_guard lock(mu_);
+      for (const KeyId& id : ids) out.u8(map_.count({ns, id}) ? 1 : 0);
+      break;
+    }
+    case wire::kPut: {
+      std::vector<wire::PutEntry> entries;
+      uint64_t bulk = 0;
+      Status s = wire::decode_put(payload, &entries, &bulk);
+      if (!s.is_ok()) return s;
+      // Reserve slots, then take the bytes straight into them, then commit.
+      std::vector<int32_t> codes(entries.size(), KVTIER_OK);
+      std::vector<uint64_t> offset(entries.size(), 0), slot(entries.size(), 0);
+      {
+        std::lock_guard lock(mu_);
+        for (size_t i = 0; i < entries.size(); ++i) {
+          if (map_.count({ns, entries[i].id})) {
+            codes[i] = 1;  // present: the bytes are drained, the answer is OK
+          } else if (!allocate(entries[i].length, &offset[i], &slot[i])) {
+            codes[i] = KVTIER_ERR_NO_SPACE;
+          }
+        }
+      }
+      std::vector<uint8_t> sink(std::min<uint64_t>(bulk, 1 << 20));
+      for (size_t i = 0; i < entries.size() && s.is_ok(); ++i) {
+        if (codes[i] == KVTIER_OK) {
+          s = net::read_all(fd, arena_ + offset[i], entries[i].length, net::Deadline::max());
+        } else {
+          for (uint64_t left = entries[i].length; left && s.is_ok();) {
+            const size_t n = std::min<uint64_t>(left, sink.size());
+            s = net::read_all(fd, sink.data(), n, net::Deadline::max());
+            left -= n;
+          }
+        }
+      }
+      std::lock_guard lock(mu_);
+      for (size_t i = 0; i < entries.size(); ++i) {
+        if (codes[i] != KVTIER_OK) continue;
+        // The client went away mid-put, or another put of the key won: nothing to show.
+        if (!s.is_ok() || map_.count({ns, entries[i].id})) {
+          free_slot(offset[i], slot[i]);
+          continue;
+        }
+        lru_list_.push_front({ns, entries[i].id});
+        map_.emplace(Key{ns, entries[i].id},
+                     Entry{offset[i], slot[i], entries[i].length, entries[i].checksum, ns, 0,
+                           lru_list_.begin()});
+      }
+      if (!s.is_ok()) return {KVTIER_OK, ""};  // connection gone: nothing to answer
+      out.u32(static_cast<uint32_t>(entries.size()));
+      for (int32_t c : codes) out.i32(c == 1 ? KVTIER_OK : c);
+      break;
+    }
+    case wire::kGet: {
+      std::vector<KeyId> ids;
+      Status s = wire::decode_ids(payload, &ids);
+      if (!s.is_ok()) return s;
+      std::vector<iovec> bulk;
+      std::vector<Key> pinned;
+      out.u32(static_cast<uint32_t>(ids.size()));
+      {
+        std::lock_guard lock(mu_);
+        for (const KeyId& id : ids) {
+          auto it = map_.find({ns, id});
+          if (it == map_.end()) {
+            out.i32(KVTIER_ERR_NOT_FOUND);
+            out.u64(0);
+            out.u64(0);
+            continue;
+          }
+          Entry& e = it->second;
+          ++e.pins;
+          lru_list_.splice(lru_list_.begin(), lru_list_, e.lru);
+          pinned.push_back(it->first);
+          out.i32(KVTIER_OK);
+          out.u64(e.length);
+          out.u64(e.checksum);
+          bulk.push_back({arena_ + e.offset, e.length});
+        }
+      }
+      s = send_frame(fd, wire::kGet | wire::kReply, out.data(), bulk.data(), bulk.size());
+      std::lock_guard lock(mu_);
+      for (const Key& k : pinned) {
+        auto it = map_.find(k);
+        if (it != map_.end()) --it->second.pins;
+      }
+      return s.is_ok() ? s : Status{KVTIER_OK, ""};
+    }
+    case wire::kRemove: {
+      std::vector<KeyId> ids;
+      Status s = wire::decode_ids(payload, &ids);
+      if (!s.is_ok()) return s;
+      out.u32(static_cast<uint32_t>(ids.size()));
+      std::lock_guard lock(mu_);
+      for (const KeyId& id : ids) {
+        auto it = map_.find({ns, id});
+        if (it == map_.end() || it->second.pins) {
+          out.i32(it == map_.end() ? KVTIER_ERR_NOT_FOUND : KVTIER_ERR_INTERNAL);
+          continue;
+        }
+        free_slot(it->second.offset, it->second.slot_size);
+        lru_list_.erase(it->second.lru);
+        map_.erase(it);
+        out.i32(KVTIER_OK);
+      }
+      break;
+    }
+    case wire::kClear: {
+      if (!payload.empty()) return {KVTIER_ERR_INVALID_ARG, "CLEAR takes no payload"};
+      std::lock_guard lock(mu_);
+      for (auto it = lru_list_.begin(); it != lru_list_.end();) {
+        auto e = map_.find(*it);
+        if (e->second.ns != ns || e->second.pins) {
+          ++it;
+          continue;
+        }
+        free_slot(e->second.offset, e->second.slot_size);
+        map_.erase(e);
+        it = lru_list_.erase(it);
+      }
+      break;
+    }
+    case wire::kStats: {
+      if (!payload.empty()) return {KVTIER_ERR_INVALID_ARG, "STATS takes no payload"};
+      std::lock_guard lock(mu_);
+      out.u64(map_.size());
+      out.u64(used_);
+      out.u64(opt_.capacity);
+      out.u64(evictions_);
+      out.u64(errors_);
+      break;
+    }
+    default:
+      return {KVTIER_ERR_INVALID_ARG, "unknown frame type " + std::to_string(h.type)};
+  }
+  Status s = send_frame(fd, static_cast<uint16_t>(h.type | wire::kReply), out.data());
+  return s.is_ok() ? s : Status{KVTIER_OK, ""};
+}
+
+}  // namespace kvtier

@@ -1,0 +1,75 @@
+// kvtier-server: a memory arena on a memory node, shared by the remote tiers of many clients.
+// Pages are put in two steps (bytes into a reserved slot, then commit), so a reader never sees
+// half a page and a client that dies mid-put leaves nothing behind.
+#pragma once
+
+#include <atomic>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "keys.h"
+#include "protocol.h"
+#include "status.h"
+
+namespace kvtier {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";  // --listen / KVTIER_SERVER_LISTEN
+  uint16_t port = 7471;
+  uint64_t capacity = 4ull << 30;  // --capacity / KVTIER_SERVER_CAPACITY
+  std::string token;               // --token / KVTIER_REMOTE_TOKEN; empty: no check
+};
+
+class Server {
+ public:
+  explicit Server(ServerOptions options);
+  ~Server();
+  // Binds and starts accepting; *port is the bound port (useful with port 0).
+  Status start(uint16_t* port);
+  // Stops accepting, closes every connection and waits for their threads.
+  void stop();
+
+ private:
+  struct Entry {
+    uint64_t offset, slot_size, length, checksum, ns;
+    uint32_t pins = 0;  // readers sending its bytes: not evicted meanwhile
+    std::list<std::pair<uint64_t, KeyId>>::iterator lru;
+  };
+  struct Ids {  // ids are per namespace: the client's namespace seed is part of the key
+    size_t operator()(const std::pair<uint64_t, KeyId>& k) const { return k.second.lo ^ k.first; }
+  };
+  using Key = std::pair<uint64_t, KeyId>;
+
+  void accept_loop();
+  void serve(int fd);
+  Status handle(int fd, const wire::Header& h, std::vector<uint8_t>& payload, uint64_t ns);
+  // REQUIRES mu_: a slot of `bytes`, evicting least-recently-used unpinned pages if needed.
+  bool allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size);
+  void free_slot(uint64_t offset, uint64_t slot_size);  // REQUIRES mu_
+
+  ServerOptions opt_;
+  std::byte* arena_ = nullptr;
+  int listen_fd_ = -1;
+  std::thread acceptor_;
+  std::atomic<bool> stopping_{false};
+
+  std::mutex conns_mu_;
+  std::map<int, std::thread> conns_;
+  std::vector<std::thread> finished_;
+
+  std::mutex mu_;
+  std::unordered_map<Key, Entry, Ids> map_;
+  std::list<Key> lru_list_;  // front = most recent
+  std::map<uint64_t, std::vector<uint64_t>> free_;  // slot size -> offsets
+  uint64_t bump_ = 0;
+  uint64_t used_ = 0;
+  uint64_t evictions_ = 0, errors_ = 0;
+};
+
+}  // namespace kvtier

@@ -1,0 +1,91 @@
+// Starts and stops a real kvtier-server process for a test.
+#pragma once
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace kvtier_test {
+
+class ServerProcess {
+ public:
+  // port 0: an ephemeral port, reported by the server's first line.
+  explicit ServerProcess(std::string capacity = "256MiB", std::string token = "",
+                         uint16_t port = 0)
+      : capacity_(std::move(capacity)), token_(std::move(token)) {
+    start(port);
+  }
+  ~ServerProcess() { kill_now(SIGKILL); }
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  bool start(uint16_t port) {
+    int fds[2];
+    if (pipe(fds) != 0) return false;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], 1);
+      close(fds[0]);
+      std::string listen = "127.0.0.1:" + std::to_string(port);
+      std::vector<std::string> args{KVTIER_SERVER_BIN, "--listen", listen, "--capacity",
+                                    capacity_, "--log-level", "warn"};
+      if (!token_.empty()) {
+        args.push_back("--token");
+        args.push_back(token_);
+      }
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(KVTIER_SERVER_BIN, argv.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    char line[256] = {};
+    size_t got = 0;
+    while (got < sizeof line - 1) {  // read the first line
+      ssize_t n = read(fds[0], line + got, 1);
+      if (n <= 0 || line[got] == '\n') break;
+      ++got;
+    }
+    close(fds[0]);
+    unsigned p = 0;
+    const char* colon = strrchr(line, ':');
+    if (!colon || sscanf(colon + 1, "%u", &p) != 1) return false;
+    port_ = static_cast<uint16_t>(p);
+    return true;
+  }
+  void kill_now(int sig) {
+    if (pid_ <= 0) return;
+    ::kill(pid_, sig);
+    if (sig == SIGKILL || sig == SIGTERM) {
+      waitpid(pid_, &status_, 0);
+      pid_ = -1;
+    }
+  }
+  bool restart() { return start(port_); }
+  int exit_status() const { return status_; }
+  uint16_t port() const { return port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  std::string capacity_, token_;
+  pid_t pid_ = -1;
+  uint16_t port_ = 0;
+  int status_ = 0;
+};
+
+// One server per test process for suites that only need "a server".
+inline ServerProcess& shared_server() {
+  static ServerProcess s("512MiB");
+  return s;
+}
+inline ServerProcess& shared_small_server() {
+  static ServerProcess s("1MiB");
+  return s;
+}
+
+}  // namespace kvtier_test
