@@ -5,6 +5,7 @@
 #include <kvtier/kvtier.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,6 +84,7 @@ struct Child {
     EXPECT_EQ(pipe(fds), 0);
     pid = fork();
     if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a test that crashed
       dup2(fds[1], 1);
       close(fds[0]);
       std::vector<char*> argv{const_cast<char*>(KVTIER_FILE_WRITER)};

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,6 +29,7 @@ class ServerProcess {
     if (pipe(fds) != 0) return false;
     pid_ = fork();
     if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a test that crashed
       dup2(fds[1], 1);
       close(fds[0]);
       std::string listen = "127.0.0.1:" + std::to_string(port);

@@ -141,7 +141,11 @@ class RemoteTier final : public Tier {
             meta.push_back(m);
           }
           if (!rd.done()) return Status{KVTIER_ERR_INVALID_ARG, "bad GET reply"};
-          // The bytes follow in order: straight into each key's fragments when they fit.
+          // The bytes follow in order: straight into each key's fragments when they fit; values
+          // that do not fit are read into one scratch buffer (sized once: iovecs point into it).
+          uint64_t drain = 0;
+          for (size_t k = 0; k < idx.size(); ++k)
+            if (meta[k].code == KVTIER_OK) drain = std::max(drain, meta[k].len);
           std::vector<iovec> iov;
           for (size_t k = 0; k < idx.size(); ++k) {
             if (meta[k].code == -1000) return Status{KVTIER_ERR_INVALID_ARG, "bad GET length"};
@@ -154,7 +158,7 @@ class RemoteTier final : public Tier {
               op.checksum = meta[k].sum;
               done[idx[k]] = 1;
             } else {
-              scratch.resize(std::max<size_t>(scratch.size(), meta[k].len));
+              if (scratch.size() < drain) scratch.resize(drain);
               iov.push_back({scratch.data(), meta[k].len});
               op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
               done[idx[k]] = 1;
