@@ -2,9 +2,16 @@
 // prints every figure next to the machine's limit measured in the same run.
 //
 //   kvtier-bench [all|compare|transfer|limits] [--tiers memory] [--repeats 5] [--json F] ...
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <kvtier/kvtier.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#if KVTIER_BENCH_URING
 #include <liburing.h>
+#endif
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -30,7 +37,7 @@ namespace {
 struct Options {
   std::string mode = "all";
   std::vector<std::string> tiers{"memory"};                    // compare
-  std::vector<std::string> transfer_tiers{"memory", "file"};  // transfer
+  std::vector<std::string> transfer_tiers{"memory", "file", "remote"};  // transfer
   // page_first_direct places each page at the same offsets as page_first (only the order inside
   // a page differs), so the default run leaves it out; --layouts takes it.
   std::vector<std::string> layouts{"mha_layer_first", "mha_page_first", "mla_layer_first",
@@ -66,7 +73,8 @@ usage: kvtier-bench [all|compare|transfer|file|limits] [options]
 
 options:
   --tiers LIST        tiers for compare and transfer, each on its own (default: compare on
-                      memory, transfer on memory and file)
+                      memory, transfer on memory, file and remote; the bench starts a
+                      kvtier-server on loopback for the remote tier, TCP transport)
   --layouts LIST      mha_layer_first,mha_page_first,mha_page_first_direct,
                       mla_layer_first,mla_page_first (default: all but page_first_direct,
                       which places pages at the same offsets as page_first)
@@ -541,6 +549,88 @@ void run_compare(const Options& o, const std::string& tier, const std::string& s
 double raw_uring_gbps(const Options& o, const std::string& dir, size_t block, size_t count,
                       bool write);
 
+// ---- remote tier: a kvtier-server child and the loopback TCP limit ------------------------
+
+struct ServerChild {
+  pid_t pid = -1;
+  std::string address;
+  explicit ServerChild(size_t capacity) {
+    int fds[2];
+    if (pipe(fds) != 0) die("pipe");
+    pid = fork();
+    if (pid == 0) {
+      dup2(fds[1], 1);
+      ::close(fds[0]);
+      std::string cap = std::to_string(capacity);
+      const char* built = KVTIER_SERVER_PATH;
+      execl(built, built, "--listen", "127.0.0.1:0", "--capacity", cap.c_str(), "--log-level",
+            "warn", (char*)nullptr);
+      execlp("kvtier-server", "kvtier-server", "--listen", "127.0.0.1:0", "--capacity",
+             cap.c_str(), "--log-level", "warn", (char*)nullptr);
+      _exit(127);
+    }
+    ::close(fds[1]);
+    char line[256] = {};
+    size_t got = 0;
+    while (got < sizeof line - 1 && ::read(fds[0], line + got, 1) == 1 && line[got] != '\n') ++got;
+    ::close(fds[0]);
+    const char* at = std::strstr(line, "listening on ");
+    if (!at) die("could not start kvtier-server");
+    address = std::string(at + 13, std::strcspn(at + 13, " \n"));
+  }
+  ~ServerChild() {
+    if (pid > 0) {
+      kill(pid, SIGTERM);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+// One TCP stream over loopback, `count` writes of `block` bytes, what the receiver gets: the
+// remote tier's limit on this machine.
+double loopback_tcp_gbps(const Options& o, size_t block, size_t count) {
+  int ls = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(ls, 1) != 0 ||
+      getsockname(ls, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    return 0;
+  int c = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return 0;
+  int srv = ::accept(ls, nullptr, nullptr);
+  Buffer out(block), in(std::max<size_t>(block, 1 << 20));
+  out.randomize(3);
+  in.randomize(4);
+  const size_t total = block * count;
+  Figure f = measure(
+      o, total, [] {},
+      [&] {
+        std::thread rx([&] {
+          size_t got = 0;
+          while (got < total) {
+            ssize_t r = ::recv(srv, in.base, std::min(in.len, total - got), 0);
+            if (r <= 0) break;
+            got += static_cast<size_t>(r);
+          }
+        });
+        for (size_t i = 0; i < count; ++i)
+          for (size_t sent = 0; sent < block;) {
+            ssize_t w = ::send(c, out.base + sent, block - sent, MSG_NOSIGNAL);
+            if (w <= 0) break;
+            sent += static_cast<size_t>(w);
+          }
+        rx.join();
+      },
+      [] {});
+  ::close(c);
+  ::close(srv);
+  ::close(ls);
+  return f.gbps;
+}
+
+
 // ---- transfer -----------------------------------------------------------------------------
 
 void run_transfer(const Options& o, const std::string& tier) {
@@ -552,8 +642,14 @@ void run_transfer(const Options& o, const std::string& tier) {
   mem.randomize(5);
   std::byte* base = mem.base + (o.aligned ? 0 : 64);
   const size_t region = 2 * max_threads * n * max_block;
+  std::unique_ptr<ServerChild> server;
+  std::string cfg = tier_config(tier, max_threads * n * max_block);
+  if (tier == "remote") {
+    server = std::make_unique<ServerChild>(4 * max_threads * n * max_block + (size_t{64} << 20));
+    cfg += ";remote_servers=" + server->address;
+  }
   kvtier_store_t* store = nullptr;
-  check_rc(kvtier_open(tier_config(tier, max_threads * n * max_block).c_str(), &store), "open");
+  check_rc(kvtier_open(cfg.c_str(), &store), "open");
   check_rc(kvtier_register_buffer(store, base, region), "register_buffer");
   for (size_t block : o.blocks) {
     for (size_t threads : o.threads) {
@@ -622,10 +718,17 @@ void run_transfer(const Options& o, const std::string& tier) {
           });
       // The limit: memcpy for memory; for the file tier, the raw io_uring loop at the same
       // block size on the same folder (one thread: the device, not the CPU, is the limit).
-      const bool file = tier == "file";
-      const double copy = file ? 0 : memcpy_gbps(o, block, n * threads, threads);
-      const double lim_w = file ? raw_uring_gbps(o, g_dir, block, n * threads, true) : copy;
-      const double lim_r = file ? raw_uring_gbps(o, g_dir, block, n * threads, false) : copy;
+      // For the remote tier, one loopback TCP stream of the same blocks.
+      const bool file = tier == "file", remote = tier == "remote";
+      double lim_w = 0, lim_r = 0;
+      if (file) {
+        lim_w = raw_uring_gbps(o, g_dir, block, n * threads, true);
+        lim_r = raw_uring_gbps(o, g_dir, block, n * threads, false);
+      } else if (remote) {
+        lim_w = lim_r = loopback_tcp_gbps(o, block, n * threads);
+      } else {
+        lim_w = lim_r = memcpy_gbps(o, block, n * threads, threads);
+      }
       for (auto [op, fig, lim] : {std::tuple{"write", wr, lim_w}, std::tuple{"read", rd, lim_r}}) {
         Row row;
         row.kind = "transfer";
@@ -637,7 +740,7 @@ void run_transfer(const Options& o, const std::string& tier) {
         row.threads = threads;
         row.fig = fig;
         row.limit_gbps = lim;
-        row.limit_name = file ? "raw io_uring" : "memcpy";
+        row.limit_name = file ? "raw io_uring" : remote ? "tcp loopback" : "memcpy";
         g_rows.push_back(row);
       }
     }
@@ -660,6 +763,10 @@ bool drop_page_cache() {
 // sequential offsets, one file; writes end with fdatasync (durable, as the tier's are).
 double raw_uring_gbps(const Options& o, const std::string& dir, size_t block, size_t count,
                       bool write) {
+#if !KVTIER_BENCH_URING
+  (void)o, (void)dir, (void)block, (void)count, (void)write;
+  return 0;  // built without liburing
+#else
   const std::string path = dir + "/raw-uring.dat";
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_DIRECT, 0644);
   if (fd < 0) return 0;
@@ -703,6 +810,7 @@ double raw_uring_gbps(const Options& o, const std::string& dir, size_t block, si
   ::close(fd);
   ::unlink(path.c_str());
   return f.gbps;
+#endif
 }
 
 // fio with ioengine=io_uring, direct=1, the same block size and queue depth, on the same folder.

@@ -2,15 +2,17 @@
 the generic path (flat page copies + batch_set / batch_get + copy back) against
 batch_set_v1 / batch_get_v1 on the host pool. Also the adapter's own per-call overhead.
 
-usage: /usr/bin/python3 bench/python_bench.py [--tiers memory] [--batches 10,50,100]
-       [--repeats 3] [--json FILE]
+usage: /usr/bin/python3 bench/python_bench.py [--tiers memory,file] [--batches 10,50,100]
+       [--layouts layer_first,page_first] [--repeats 3] [--dir DIR] [--json FILE]
 Run from a source tree after building (it finds build/capi/libkvtier.so), or set KVTIER_LIBRARY.
 """
 
 import argparse
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -48,6 +50,15 @@ def measure(repeats, warmup, nbytes, prep, body, check):
                 min_ms=runs[0][0] * 1e3, max_ms=runs[-1][0] * 1e3)
 
 
+def drop_page_cache():
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass  # not root: the reads are warm
+
+
 def memcpy_gbps(nbytes):
     a = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8)
     b = np.empty_like(a)
@@ -64,9 +75,10 @@ def bench_shape(args, tier, shape, layout, rows):
     B = max(args.batches)
     spec = SHAPES[shape]
     pool = HostPool(size=2 * B * spec["page_size"], layout=layout, misalign=64, **spec)
+    room = str(3 * B * len(pool.page_bytes(0)))
     cfg = dict(tp_rank=0, tp_size=1, is_mla_model=spec["mla"], model_name="bench",
-               extra_config={"interface_v1": 1, "tiers": tier,
-                             "memory_capacity": str(3 * B * len(pool.page_bytes(0)))})
+               extra_config={"interface_v1": 1, "tiers": tier, "memory_capacity": room,
+                             "file_capacity": room, "file_dir": args.dir})
     backend = KvtierStorage(cfg, {})
     backend.register_mem_pool_host(pool)
     P = pool.page_size
@@ -114,6 +126,8 @@ def bench_shape(args, tier, shape, layout, rows):
         def scribble():
             for v in frag_views(dst_meta):
                 v.fill(0xA5)
+            if tier == "file":
+                drop_page_cache()  # cold reads
 
         def verify():
             for a, b in zip(frag_views(src_meta), frag_views(dst_meta)):
@@ -164,13 +178,17 @@ def overhead(rows):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiers", default="memory")
+    ap.add_argument("--tiers", default="memory,file")
+    ap.add_argument("--dir", help="folder for the file tier (default: a new one in /var/tmp)")
     ap.add_argument("--batches", default="10,50,100")
     ap.add_argument("--layouts", default="layer_first,page_first")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
+    made = None
+    if not args.dir:
+        made = args.dir = tempfile.mkdtemp(prefix="kvtier-pybench-", dir="/var/tmp")
     rows = []
     for tier in args.tiers.split(","):
         for shape in SHAPES:
@@ -203,6 +221,8 @@ def main():
           f"{us:.1f} us per call (median of 2000)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ Start SGLang with:
         "module_path": "kvtier.sglang", "class_name": "KvtierStorage", "interface_v1": 1,
         "tiers": "memory", "memory_capacity": "64GiB"}'
 
-Every extra_config key that names a kvtier setting (the KVTIER_* variables without the prefix,
-any case) is passed to the store; the engine's own keys are ignored; anything else is an error.
+Every extra_config key other than the engine's own is a kvtier setting (a KVTIER_* variable
+without the prefix, any case) and goes to the store, which refuses unknown ones by name.
 """
 
 import logging
@@ -26,7 +26,6 @@ except Exception:  # noqa: BLE001 - any import failure means "no SGLang here"
 
 # extra_config keys that belong to SGLang's dynamic-backend loader, not to kvtier.
 ENGINE_KEYS = {"backend_name", "module_path", "class_name", "interface_v1"}
-KVTIER_KEYS = {"tiers", "write_policy", "namespace", "log_level", "memory_capacity"}
 
 
 def _get(cfg, name, default=None):
@@ -43,12 +42,11 @@ def store_settings(storage_config, kwargs=None) -> dict:
     extra.update(kwargs or {})
     settings = {}
     for key, value in extra.items():
-        k = key.lower().removeprefix("kvtier_")
         if key in ENGINE_KEYS:
             continue
-        if k not in KVTIER_KEYS:
-            raise KvtierError(-7, f"extra_config key {key!r} is not a kvtier setting "
-                                  f"(known: {sorted(KVTIER_KEYS)})")
+        k = key.lower().removeprefix("kvtier_")
+        if any(c in str(value) for c in ";\n") or any(c in k for c in "=;\n"):
+            raise KvtierError(-7, f"extra_config {key!r}: ';', '=' and newlines are not allowed")
         settings[k] = value
     # Keys are per model; MHA pages differ per TP rank, MLA pages are the same on every rank.
     model = (_get(storage_config, "model_name") or "").replace("/", "-")

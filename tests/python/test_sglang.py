@@ -164,10 +164,28 @@ def test_unknown_extra_config_key_is_an_error():
 
     with pytest.raises(kvtier.KvtierError) as e:
         KvtierStorage(storage_config(extra={"memory_capacty": "1GiB"}), {})
-    assert e.value.name == "KVTIER_ERR_CONFIG"
+    assert e.value.name == "KVTIER_ERR_CONFIG" and "MEMORY_CAPACTY" in str(e.value)
     with pytest.raises(kvtier.KvtierError) as e:
         KvtierStorage(storage_config(extra={"memory_capacity": "huge"}), {})
     assert "KVTIER_MEMORY_CAPACITY" in str(e.value)
+
+
+def test_file_tier_through_the_adapter_survives_a_restart(tmp_path):
+    spec = ALL_POOLS[0]
+    pool = HostPool(size=256, **spec)
+    cfg = storage_config(extra={"tiers": "file", "file_dir": str(tmp_path)})
+    keys = chained_keys(4, "file")
+    b = KvtierStorage(cfg, {})
+    b.register_mem_pool_host(pool)
+    assert b.batch_set_v1(keys, slots_for([1, 2, 3, 4], pool.page_size)) == [True] * 4
+    b.close()
+    b = KvtierStorage(cfg, {})
+    b.register_mem_pool_host(pool)
+    assert b.batch_exists(keys) == 4
+    assert b.batch_get_v1(keys, slots_for([10, 11, 12, 13], pool.page_size)) == [True] * 4
+    for src, dst in zip([1, 2, 3, 4], [10, 11, 12, 13]):
+        assert pool.page_bytes(dst * pool.page_size) == pool.page_bytes(src * pool.page_size)
+    b.close()
 
 
 def test_stats_and_clear(backend):
