@@ -46,7 +46,7 @@ struct Options {
   std::vector<size_t> blocks{1 << 10, 2 << 10, 4 << 10, 8 << 10, 16 << 10, 32 << 10,
                              64 << 10, 128 << 10, 256 << 10};
   size_t transfer_batch = 1538;
-  std::vector<size_t> threads{1, 2};
+  std::vector<size_t> threads{1};
   int repeats = 3;
   int warmup = 1;
   bool aligned = false;
@@ -82,7 +82,7 @@ options:
                       full table, about 4 GB of pool per MHA batch)
   --blocks LIST       block sizes for transfer (default 1K,2K,...,256K)
   --transfer-batch N  blocks per batch for transfer (default 1538)
-  --threads LIST      thread counts for transfer (default 1,2)
+  --threads LIST      thread counts for transfer (default 1; e.g. 1,2)
   --repeats N         timed runs per figure; the median is reported (default 3)
   --warmup N          untimed runs first (default 1)
   --pages LIST        page sizes for the file table (default 64K,256K,1M,8M)

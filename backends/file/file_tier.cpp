@@ -14,6 +14,7 @@
 #include <zstd.h>
 
 #include "log.h"
+#include "size_class.h"
 
 namespace kvtier {
 
@@ -94,13 +95,6 @@ uint64_t header_sum(const Header& h) { return checksum(&h, offsetof(Header, self
 
 uint64_t round_block(uint64_t n) { return (n + kBlock - 1) & ~(kBlock - 1); }
 
-// Slot sizes: 4 KiB steps up to 64 KiB, then eight steps per power of two (<= 12.5% waste).
-uint64_t class_size(uint64_t bytes) {
-  uint64_t need = round_block(bytes);
-  if (need <= 65536) return need;
-  uint64_t step = (uint64_t{1} << (63 - __builtin_clzll(need - 1))) / 8;
-  return (need + step - 1) / step * step;
-}
 
 bool aligned(Frags frags) {
   if (frags.size() + 1 > kMaxIov) return false;
@@ -422,7 +416,7 @@ void PageFiles::put(std::span<PutOp> ops) {
             }
             {
               std::lock_guard lock(mu_);
-              Status s = open_class(class_size(kHeader + stored[i]), &p.cls);
+              Status s = open_class(slot_size_for(kHeader + stored[i]), &p.cls);
               p.result = s.is_ok() ? reserve(p.cls, &p.slot) : s.code();
               if (p.result != KVTIER_OK) return;  // done() sees io.fd < 0
               p.reserved = true;

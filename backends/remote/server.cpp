@@ -9,20 +9,13 @@
 
 #include "log.h"
 #include "net.h"
+#include "size_class.h"
 
 namespace kvtier {
 
 namespace {
 
 using wire::Header;
-
-// Slot sizes: 4 KiB steps up to 64 KiB, then eight steps per power of two (<= 12.5% waste).
-uint64_t slot_size_for(uint64_t bytes) {
-  uint64_t need = (bytes + 4095) & ~uint64_t{4095};
-  if (need <= 65536) return need;
-  uint64_t step = (uint64_t{1} << (63 - __builtin_clzll(need - 1))) / 8;
-  return (need + step - 1) / step * step;
-}
 
 Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
                   iovec* bulk = nullptr, size_t n_bulk = 0) {
