@@ -103,28 +103,38 @@ Status Store::check_value(Frags frags, bool zero_copy) const {
   return {};
 }
 
+template <class Result>
+std::vector<size_t> Store::valid_keys(std::span<const char* const> keys, Frags frags,
+                                      size_t per_key, bool zero_copy, std::span<Result> results,
+                                      Status* first) const {
+  std::vector<size_t> valid;
+  valid.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (results[i] != KVTIER_OK) continue;
+    Status s = check_key(keys[i]);
+    if (s.is_ok()) s = check_value(frags.subspan(i * per_key, per_key), zero_copy);
+    if (s.is_ok()) {
+      valid.push_back(i);
+    } else {
+      results[i] = s.code();
+      if (first->is_ok()) *first = key_error(i, s);
+    }
+  }
+  return valid;
+}
+
 Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key,
                   bool zero_copy, std::span<int> results) {
   Status first;
-  std::vector<PutOp> ops;
-  std::vector<size_t> index;  // ops[j] is key index[j]
-  ops.reserve(keys.size());
-  index.reserve(keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    if (results[i] != KVTIER_OK) continue;
+  std::vector<size_t> index = valid_keys(keys, frags, per_key, zero_copy, results, &first);
+  std::vector<PutOp> ops;  // ops[j] is key index[j]
+  ops.reserve(index.size());
+  for (size_t i : index) {
     Frags kf = frags.subspan(i * per_key, per_key);
-    Status s = check_key(keys[i]);
-    if (s.is_ok()) s = check_value(kf, zero_copy);
-    if (!s.is_ok()) {
-      results[i] = s.code();
-      if (first.is_ok()) first = key_error(i, s);
-      continue;
-    }
     PutOp op{id_of(keys[i]), kf, total_len(kf)};
     if (need_checksum_) op.checksum = checksum(kf);
     op.result = KVTIER_ERR_NO_SPACE;
     ops.push_back(op);
-    index.push_back(i);
   }
   // Write-through: every tier; write-back: the top tier, the rest by demotion. A key counts
   // as stored when some tier holds it.
@@ -157,23 +167,12 @@ Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key
 Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key, bool exact,
                   bool zero_copy, std::span<int64_t> results) {
   Status first;
-  std::vector<GetOp> ops;
-  std::vector<size_t> index;
-  ops.reserve(keys.size());
-  index.reserve(keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    if (results[i] != KVTIER_OK) continue;
+  std::vector<size_t> index = valid_keys(keys, frags, per_key, zero_copy, results, &first);
+  std::vector<GetOp> ops;  // ops[j] is key index[j]
+  ops.reserve(index.size());
+  for (size_t i : index) {
     Frags kf = frags.subspan(i * per_key, per_key);
-    Status s = check_key(keys[i]);
-    if (s.is_ok()) s = check_value(kf, zero_copy);
-    if (!s.is_ok()) {
-      results[i] = s.code();
-      if (first.is_ok()) first = key_error(i, s);
-      continue;
-    }
-    GetOp op{id_of(keys[i]), kf, total_len(kf), exact};
-    ops.push_back(op);
-    index.push_back(i);
+    ops.push_back({id_of(keys[i]), kf, total_len(kf), exact});
   }
   std::vector<int64_t> final_result(ops.size(), KVTIER_ERR_NOT_FOUND);
   std::vector<size_t> pending(ops.size());  // indices into ops still looked for

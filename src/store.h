@@ -53,6 +53,11 @@ class Store {
   Status check_key(const char* key) const;
   Status check_value(Frags frags, bool zero_copy) const;
   KeyId id_of(const char* key) const;
+  // The keys whose name and fragments pass the checks; the others get their code in results
+  // and the first failure in *first.
+  template <class Result>
+  std::vector<size_t> valid_keys(std::span<const char* const> keys, Frags frags, size_t per_key,
+                                 bool zero_copy, std::span<Result> results, Status* first) const;
 
   Config config_;
   uint64_t ns_seed_;

@@ -119,24 +119,33 @@ Status listen_on(const std::string& host, uint16_t port, int* out, uint16_t* bou
   return {};
 }
 
-Status writev_all(int fd, iovec* iov, size_t n, Deadline deadline) {
+namespace {
+
+// Sends or receives all of the iovecs, waiting for the socket (up to the deadline) when it is
+// not ready. Sending uses MSG_NOSIGNAL: a dead peer must be an error code, never a SIGPIPE that
+// takes the engine's process down.
+Status move_all(int fd, iovec* iov, size_t n, Deadline deadline, bool send) {
   while (n > 0) {
-    // sendmsg with MSG_NOSIGNAL: a dead peer must be an error code, never a SIGPIPE that
-    // takes the engine's process down.
+    if (iov->iov_len == 0) {
+      ++iov;
+      --n;
+      continue;
+    }
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = std::min<size_t>(n, IOV_MAX);
-    ssize_t w = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
-    if (w < 0) {
+    const ssize_t got = send ? ::sendmsg(fd, &msg, MSG_NOSIGNAL) : ::recvmsg(fd, &msg, 0);
+    if (got == 0 && !send) return {KVTIER_ERR_UNAVAILABLE, "connection closed by the peer"};
+    if (got < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
-        Status s = wait_for(fd, POLLOUT, deadline);
+        Status s = wait_for(fd, send ? POLLOUT : POLLIN, deadline);
         if (!s.is_ok()) return s;
         continue;
       }
-      return io_error("send", errno);
+      return io_error(send ? "send" : "receive", errno);
     }
-    size_t left = static_cast<size_t>(w);
+    size_t left = static_cast<size_t>(got);
     while (n > 0 && left >= iov->iov_len) {
       left -= iov->iov_len;
       ++iov;
@@ -150,36 +159,14 @@ Status writev_all(int fd, iovec* iov, size_t n, Deadline deadline) {
   return {};
 }
 
+}  // namespace
+
+Status writev_all(int fd, iovec* iov, size_t n, Deadline deadline) {
+  return move_all(fd, iov, n, deadline, true);
+}
+
 Status readv_all(int fd, iovec* iov, size_t n, Deadline deadline) {
-  while (n > 0) {
-    if (iov->iov_len == 0) {
-      ++iov;
-      --n;
-      continue;
-    }
-    ssize_t r = ::readv(fd, iov, static_cast<int>(std::min<size_t>(n, IOV_MAX)));
-    if (r == 0) return {KVTIER_ERR_UNAVAILABLE, "connection closed by the peer"};
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) {
-        Status s = wait_for(fd, POLLIN, deadline);
-        if (!s.is_ok()) return s;
-        continue;
-      }
-      return io_error("receive", errno);
-    }
-    size_t left = static_cast<size_t>(r);
-    while (n > 0 && left >= iov->iov_len) {
-      left -= iov->iov_len;
-      ++iov;
-      --n;
-    }
-    if (n > 0) {
-      iov->iov_base = static_cast<char*>(iov->iov_base) + left;
-      iov->iov_len -= left;
-    }
-  }
-  return {};
+  return move_all(fd, iov, n, deadline, false);
 }
 
 Status write_all(int fd, const void* buf, size_t len, Deadline deadline) {
