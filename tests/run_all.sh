@@ -22,9 +22,9 @@ build build-asan -DKVTIER_SANITIZE=address -DKVTIER_BUILD_BENCH=OFF
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest -j"$jobs" --output-on-failure)
 
-echo "== ThreadSanitizer (concurrent suites)"
+echo "== ThreadSanitizer (concurrency, core and remote suites)"
 build build-tsan -DKVTIER_SANITIZE=thread -DKVTIER_BUILD_BENCH=OFF
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 setarch "$(uname -m)" -R \
-  ctest -j"$jobs" --output-on-failure -L "concurrency|core")
+  ctest -j"$jobs" --output-on-failure -L "concurrency|core|remote")
 
 echo "== all tests passed"

@@ -163,10 +163,8 @@ bool Server::allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size) {
     bool evicted = false;
     for (auto it = lru_list_.rbegin(); it != lru_list_.rend(); ++it) {
       auto e = map_.find(*it);
-      if (e->second.pins || e->second.slot_size != size) continue;
-      free_slot(e->second.offset, size);
-      lru_list_.erase(std::next(it).base());
-      map_.erase(e);
+      if (pins_.count(e->second.offset) || e->second.slot_size != size) continue;
+      drop(e);
       ++evictions_;
       evicted = true;
       break;
@@ -176,6 +174,16 @@ bool Server::allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size) {
   *slot_size = size;
   used_ += size;
   return true;
+}
+
+void Server::drop(std::unordered_map<Key, Entry, Ids>::iterator it) {
+  if (pins_.count(it->second.offset)) {
+    dropped_[it->second.offset] = it->second.slot_size;
+  } else {
+    free_slot(it->second.offset, it->second.slot_size);
+  }
+  lru_list_.erase(it->second.lru);
+  map_.erase(it);
 }
 
 void Server::free_slot(uint64_t offset, uint64_t slot_size) {
@@ -239,7 +247,7 @@ Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, ui
         }
         lru_list_.push_front({ns, entries[i].id});
         map_.emplace(Key{ns, entries[i].id},
-                     Entry{offset[i], slot[i], entries[i].length, entries[i].checksum, ns, 0,
+                     Entry{offset[i], slot[i], entries[i].length, entries[i].checksum, ns,
                            lru_list_.begin()});
       }
       if (!s.is_ok()) return {KVTIER_OK, ""};  // connection gone: nothing to answer
@@ -252,7 +260,7 @@ Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, ui
       Status s = wire::decode_ids(payload, &ids);
       if (!s.is_ok()) return s;
       std::vector<iovec> bulk;
-      std::vector<Key> pinned;
+      std::vector<uint64_t> pinned;
       out.u32(static_cast<uint32_t>(ids.size()));
       {
         std::lock_guard lock(mu_);
@@ -265,9 +273,9 @@ Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, ui
             continue;
           }
           Entry& e = it->second;
-          ++e.pins;
+          ++pins_[e.offset];  // the slot stays this page's until the reply is sent
           lru_list_.splice(lru_list_.begin(), lru_list_, e.lru);
-          pinned.push_back(it->first);
+          pinned.push_back(e.offset);
           out.i32(KVTIER_OK);
           out.u64(e.length);
           out.u64(e.checksum);
@@ -276,9 +284,13 @@ Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, ui
       }
       s = send_frame(fd, wire::kGet | wire::kReply, out.data(), bulk.data(), bulk.size());
       std::lock_guard lock(mu_);
-      for (const Key& k : pinned) {
-        auto it = map_.find(k);
-        if (it != map_.end()) --it->second.pins;
+      for (uint64_t offset : pinned) {
+        if (--pins_[offset]) continue;
+        pins_.erase(offset);
+        if (auto d = dropped_.find(offset); d != dropped_.end()) {
+          free_slot(offset, d->second);
+          dropped_.erase(d);
+        }
       }
       return s.is_ok() ? s : Status{KVTIER_OK, ""};
     }
@@ -290,13 +302,11 @@ Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, ui
       std::lock_guard lock(mu_);
       for (const KeyId& id : ids) {
         auto it = map_.find({ns, id});
-        if (it == map_.end() || it->second.pins) {
-          out.i32(it == map_.end() ? KVTIER_ERR_NOT_FOUND : KVTIER_ERR_INTERNAL);
+        if (it == map_.end()) {
+          out.i32(KVTIER_ERR_NOT_FOUND);
           continue;
         }
-        free_slot(it->second.offset, it->second.slot_size);
-        lru_list_.erase(it->second.lru);
-        map_.erase(it);
+        drop(it);
         out.i32(KVTIER_OK);
       }
       break;
@@ -305,14 +315,8 @@ Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, ui
       if (!payload.empty()) return {KVTIER_ERR_INVALID_ARG, "CLEAR takes no payload"};
       std::lock_guard lock(mu_);
       for (auto it = lru_list_.begin(); it != lru_list_.end();) {
-        auto e = map_.find(*it);
-        if (e->second.ns != ns || e->second.pins) {
-          ++it;
-          continue;
-        }
-        free_slot(e->second.offset, e->second.slot_size);
-        map_.erase(e);
-        it = lru_list_.erase(it);
+        auto e = map_.find(*(it++));
+        if (e->second.ns == ns) drop(e);
       }
       break;
     }

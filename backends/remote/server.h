@@ -38,7 +38,6 @@ class Server {
  private:
   struct Entry {
     uint64_t offset, slot_size, length, checksum, ns;
-    uint32_t pins = 0;  // readers sending its bytes: not evicted meanwhile
     std::list<std::pair<uint64_t, KeyId>>::iterator lru;
   };
   struct Ids {  // ids are per namespace: the client's namespace seed is part of the key
@@ -52,6 +51,9 @@ class Server {
   // REQUIRES mu_: a slot of `bytes`, evicting least-recently-used unpinned pages if needed.
   bool allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size);
   void free_slot(uint64_t offset, uint64_t slot_size);  // REQUIRES mu_
+  // REQUIRES mu_: drops a page from the index; its slot is freed now, or when the last reply
+  // still sending its bytes is done.
+  void drop(std::unordered_map<std::pair<uint64_t, KeyId>, Entry, Ids>::iterator it);
 
   ServerOptions opt_;
   std::byte* arena_ = nullptr;
@@ -67,6 +69,8 @@ class Server {
   std::unordered_map<Key, Entry, Ids> map_;
   std::list<Key> lru_list_;  // front = most recent
   std::map<uint64_t, std::vector<uint64_t>> free_;  // slot size -> offsets
+  std::unordered_map<uint64_t, uint32_t> pins_;      // offset -> replies sending its bytes
+  std::unordered_map<uint64_t, uint64_t> dropped_;   // offset -> slot size, freed at unpin
   uint64_t bump_ = 0;
   uint64_t used_ = 0;
   uint64_t evictions_ = 0, errors_ = 0;
