@@ -24,11 +24,11 @@ def main(src, out):
                      if (r["tier"], r["op"], r["threads"]) == (tier, op, threads))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                 label=f"{tier} {op} ({threads} thr)")
-    for threads in sorted({r["threads"] for r in rows}):
-        lim = sorted({(r["block"], r["limit_gbps"]) for r in rows if r["threads"] == threads})
-        name = rows[0]["limit"]
-        ax.plot([p[0] for p in lim], [p[1] for p in lim], linestyle="--", color="gray",
-                label=f"{name} limit ({threads} thr)")
+    for tier, threads in sorted({(r["tier"], r["threads"]) for r in rows}):
+        mine = [r for r in rows if (r["tier"], r["threads"]) == (tier, threads)]
+        lim = sorted({(r["block"], r["limit_gbps"]) for r in mine})
+        ax.plot([p[0] for p in lim], [p[1] for p in lim], linestyle="--",
+                label=f"{tier}: {mine[0]['limit']} limit ({threads} thr)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("block size (bytes)")
     ax.set_ylabel("GB/s")
