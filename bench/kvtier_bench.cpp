@@ -19,10 +19,10 @@
 
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <random>
@@ -37,15 +37,15 @@ namespace {
 
 struct Options {
   std::string mode = "all";
-  std::vector<std::string> tiers{"memory"};                    // compare
+  std::vector<std::string> tiers{"memory"};                             // compare
   std::vector<std::string> transfer_tiers{"memory", "file", "remote"};  // transfer
   // page_first_direct places each page at the same offsets as page_first (only the order inside
   // a page differs), so the default run leaves it out; --layouts takes it.
   std::vector<std::string> layouts{"mha_layer_first", "mha_page_first", "mla_layer_first",
                                    "mla_page_first"};
   std::vector<size_t> batches{10, 50, 100};
-  std::vector<size_t> blocks{1 << 10, 2 << 10, 4 << 10, 8 << 10, 16 << 10, 32 << 10,
-                             64 << 10, 128 << 10, 256 << 10};
+  std::vector<size_t> blocks{1 << 10,  2 << 10,  4 << 10,   8 << 10,  16 << 10,
+                             32 << 10, 64 << 10, 128 << 10, 256 << 10};
   size_t transfer_batch = 1538;
   std::vector<size_t> threads{1};
   int repeats = 3;
@@ -61,7 +61,8 @@ struct Options {
   std::string dir;  // where the file tier and fio work; default a fresh folder in /var/tmp
 };
 
-const char* kUsage = R"(kvtier-bench: old versus zero-copy interface, tier transfer tables, machine limits.
+const char* kUsage =
+    R"(kvtier-bench: old versus zero-copy interface, tier transfer tables, machine limits.
 
 usage: kvtier-bench [all|compare|transfer|file|limits] [options]
   all        (default) limits, compare, transfer and file
@@ -110,10 +111,14 @@ size_t parse_size(const std::string& s) {
   char* end = nullptr;
   unsigned long long v = std::strtoull(s.c_str(), &end, 10);
   std::string unit(end);
-  if (unit == "K" || unit == "k" || unit == "KiB") v <<= 10;
-  else if (unit == "M" || unit == "MiB") v <<= 20;
-  else if (unit == "G" || unit == "GiB") v <<= 30;
-  else if (!unit.empty()) throw std::runtime_error("bad size: " + s);
+  if (unit == "K" || unit == "k" || unit == "KiB")
+    v <<= 10;
+  else if (unit == "M" || unit == "MiB")
+    v <<= 20;
+  else if (unit == "G" || unit == "GiB")
+    v <<= 30;
+  else if (!unit.empty())
+    throw std::runtime_error("bad size: " + s);
   if (v == 0) throw std::runtime_error("bad size: " + s);
   return v;
 }
@@ -186,14 +191,14 @@ Options parse(int argc, char** argv) {
 // ---- measurement --------------------------------------------------------------------------
 
 double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 double cpu_seconds() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+         1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 struct Figure {
@@ -233,7 +238,9 @@ void check_rc(int rc, const char* what) {
   if (rc != KVTIER_OK) die(std::string(what) + " failed: " + kvtier_error_name(rc));
 }
 
-bool tty() { return isatty(STDERR_FILENO); }
+bool tty() {
+  return isatty(STDERR_FILENO);
+}
 
 void progress(const std::string& line) {
   if (tty()) std::fprintf(stderr, "\r\033[K%s", line.c_str());
@@ -323,7 +330,8 @@ double memcpy_gbps(const Options& o, size_t block, size_t count, size_t threads)
       });
     for (auto& th : ts) th.join();
   };
-  Figure f = measure(o, per * threads * block, [] {}, body, [] {});
+  Figure f = measure(
+      o, per * threads * block, [] {}, body, [] {});
   return f.gbps;
 }
 
@@ -344,10 +352,14 @@ Shape make_shape(const std::string& name, size_t pages) {
   const bool mla = name.rfind("mla_", 0) == 0;
   const std::string order = name.substr(4);
   l.pool_kind = mla ? KVTIER_POOL_MLA : KVTIER_POOL_MHA;
-  if (order == "layer_first") l.layout = KVTIER_LAYOUT_LAYER_FIRST;
-  else if (order == "page_first") l.layout = KVTIER_LAYOUT_PAGE_FIRST;
-  else if (order == "page_first_direct") l.layout = KVTIER_LAYOUT_PAGE_FIRST_DIRECT;
-  else die("unknown layout " + name);
+  if (order == "layer_first")
+    l.layout = KVTIER_LAYOUT_LAYER_FIRST;
+  else if (order == "page_first")
+    l.layout = KVTIER_LAYOUT_PAGE_FIRST;
+  else if (order == "page_first_direct")
+    l.layout = KVTIER_LAYOUT_PAGE_FIRST_DIRECT;
+  else
+    die("unknown layout " + name);
   l.page_size = 64;
   l.dtype_size = 2;  // bf16
   if (mla) {         // DeepSeek-V3-like: 61 layers, kv_lora_rank 512 + rope 64
@@ -398,11 +410,11 @@ void run_compare(const Options& o, const std::string& tier, const std::string& s
     const auto dst_slots = page_slots(max_batch, batch, sh.layout.page_size);
     std::vector<void*> src_ptrs(batch * per_page), dst_ptrs(batch * per_page);
     std::vector<size_t> src_sizes(batch * per_page), dst_sizes(batch * per_page);
-    check_rc(kvtier_get_page_buffer_meta(store, src_slots.data(), src_slots.size(),
-                                         src_ptrs.data(), src_sizes.data(), src_ptrs.size()),
+    check_rc(kvtier_get_page_buffer_meta(store, src_slots.data(), src_slots.size(), src_ptrs.data(),
+                                         src_sizes.data(), src_ptrs.size()),
              "get_page_buffer_meta");
-    check_rc(kvtier_get_page_buffer_meta(store, dst_slots.data(), dst_slots.size(),
-                                         dst_ptrs.data(), dst_sizes.data(), dst_ptrs.size()),
+    check_rc(kvtier_get_page_buffer_meta(store, dst_slots.data(), dst_slots.size(), dst_ptrs.data(),
+                                         dst_sizes.data(), dst_ptrs.size()),
              "get_page_buffer_meta");
     std::vector<void*> flat(batch);
     std::vector<size_t> flat_sizes(batch, sh.page_bytes);
@@ -462,8 +474,8 @@ void run_compare(const Options& o, const std::string& tier, const std::string& s
          [&] {
            gather();
            check_rc(kvtier_batch_set(store, ck.data(), batch,
-                                     const_cast<const void* const*>(flat.data()),
-                                     flat_sizes.data(), res.data()),
+                                     const_cast<const void* const*>(flat.data()), flat_sizes.data(),
+                                     res.data()),
                     "batch_set");
            all_ok("batch_set");
          },
@@ -478,21 +490,19 @@ void run_compare(const Options& o, const std::string& tier, const std::string& s
         {"v1 fragments",
          [&] {
            check_rc(kvtier_get_page_buffer_meta(store, src_slots.data(), src_slots.size(),
-                                                src_ptrs.data(), src_sizes.data(),
-                                                src_ptrs.size()),
+                                                src_ptrs.data(), src_sizes.data(), src_ptrs.size()),
                     "meta");
-           check_rc(kvtier_batch_set_v1(store, ck.data(), batch, src_ptrs.data(),
-                                        src_sizes.data(), src_ptrs.size(), res.data()),
+           check_rc(kvtier_batch_set_v1(store, ck.data(), batch, src_ptrs.data(), src_sizes.data(),
+                                        src_ptrs.size(), res.data()),
                     "batch_set_v1");
            all_ok("batch_set_v1");
          },
          [&] {
            check_rc(kvtier_get_page_buffer_meta(store, dst_slots.data(), dst_slots.size(),
-                                                dst_ptrs.data(), dst_sizes.data(),
-                                                dst_ptrs.size()),
+                                                dst_ptrs.data(), dst_sizes.data(), dst_ptrs.size()),
                     "meta");
-           check_rc(kvtier_batch_get_v1(store, ck.data(), batch, dst_ptrs.data(),
-                                        dst_sizes.data(), dst_ptrs.size(), res.data()),
+           check_rc(kvtier_batch_get_v1(store, ck.data(), batch, dst_ptrs.data(), dst_sizes.data(),
+                                        dst_ptrs.size(), res.data()),
                     "batch_get_v1");
            all_ok("batch_get_v1");
          }},
@@ -527,7 +537,8 @@ void run_compare(const Options& o, const std::string& tier, const std::string& s
         old_w = w.gbps;
         old_r = r.gbps;
       }
-      for (auto [op, fig, base_gbps] : {std::tuple{"write", w, old_w}, std::tuple{"read", r, old_r}}) {
+      for (auto [op, fig, base_gbps] :
+           {std::tuple{"write", w, old_w}, std::tuple{"read", r, old_r}}) {
         Row row;
         row.kind = "compare";
         row.tier = tier;
@@ -566,8 +577,8 @@ struct ServerChild {
       const char* built = KVTIER_SERVER_PATH;
       execl(built, built, "--listen", "127.0.0.1:0", "--capacity", cap.c_str(), "--log-level",
             "warn", (char*)nullptr);
-      execlp("kvtier-server", "kvtier-server", "--listen", "127.0.0.1:0", "--capacity",
-             cap.c_str(), "--log-level", "warn", (char*)nullptr);
+      execlp("kvtier-server", "kvtier-server", "--listen", "127.0.0.1:0", "--capacity", cap.c_str(),
+             "--log-level", "warn", (char*)nullptr);
       _exit(127);
     }
     ::close(fds[1]);
@@ -632,7 +643,6 @@ double loopback_tcp_gbps(const Options& o, size_t block, size_t count) {
   ::close(ls);
   return f.gbps;
 }
-
 
 // ---- transfer -----------------------------------------------------------------------------
 
@@ -751,7 +761,6 @@ void run_transfer(const Options& o, const std::string& tier) {
   kvtier_close(store);
 }
 
-
 // ---- file tier ----------------------------------------------------------------------------
 
 bool drop_page_cache() {
@@ -791,15 +800,19 @@ double raw_uring_gbps(const Options& o, const std::string& dir, size_t block, si
       while (inflight < depth && next < count) {
         io_uring_sqe* sqe = io_uring_get_sqe(&ring);
         std::byte* b = buf.base + (next % depth) * block;
-        if (w) io_uring_prep_write(sqe, fd, b, block, next * block);
-        else io_uring_prep_read(sqe, fd, b, block, next * block);
+        if (w)
+          io_uring_prep_write(sqe, fd, b, block, next * block);
+        else
+          io_uring_prep_read(sqe, fd, b, block, next * block);
         ++next;
         ++inflight;
       }
       io_uring_submit_and_wait(&ring, 1);
       io_uring_cqe* cqe;
       unsigned head, n = 0;
-      io_uring_for_each_cqe(&ring, head, cqe) { ++n; }
+      io_uring_for_each_cqe(&ring, head, cqe) {
+        ++n;
+      }
       io_uring_cq_advance(&ring, n);
       done += n;
       inflight -= n;
@@ -808,7 +821,11 @@ double raw_uring_gbps(const Options& o, const std::string& dir, size_t block, si
   };
   pass(true);  // the file's blocks exist before anything is timed
   Figure f = measure(
-      o, block * count, [&] { if (!write) drop_page_cache(); }, [&] { pass(write); }, [] {});
+      o, block * count,
+      [&] {
+        if (!write) drop_page_cache();
+      },
+      [&] { pass(write); }, [] {});
   io_uring_queue_exit(&ring);
   ::close(fd);
   ::unlink(path.c_str());
@@ -828,9 +845,9 @@ double fio_gbps(const Options& o, const std::string& dir, size_t block, size_t b
     std::string cmd = "fio --name=kvtier --filename=" + file +
                       " --ioengine=io_uring --direct=1 --bs=" + std::to_string(block) +
                       " --iodepth=" + std::to_string(o.queue_depth) + " --rw=" + rw +
-                      " --size=" + std::to_string(size) + " --end_fsync=1 --loops=" +
-                      std::to_string(o.repeats) + " --output-format=json --output=" + out +
-                      " >/dev/null 2>&1";
+                      " --size=" + std::to_string(size) +
+                      " --end_fsync=1 --loops=" + std::to_string(o.repeats) +
+                      " --output-format=json --output=" + out + " >/dev/null 2>&1";
     return std::system(cmd.c_str()) == 0;
   };
   if (!job("write")) return 0;  // lays the file down
@@ -870,9 +887,10 @@ void run_file(const Options& o, const std::string& dir) {
       Buffer mem(2 * max_batch * page + 8192);
       mem.randomize(11);
       std::byte* base = mem.base + (aligned ? 0 : 64);
-      const std::string cfg = "tiers=file;file_dir=" + dir + "/store;file_queue_depth=" +
-                              std::to_string(o.queue_depth) + ";file_capacity=" +
-                              std::to_string(4 * max_batch * page + (size_t{64} << 20));
+      const std::string cfg =
+          "tiers=file;file_dir=" + dir +
+          "/store;file_queue_depth=" + std::to_string(o.queue_depth) +
+          ";file_capacity=" + std::to_string(4 * max_batch * page + (size_t{64} << 20));
       kvtier_store_t* store = nullptr;
       check_rc(kvtier_open(cfg.c_str(), &store), "open file tier");
       check_rc(kvtier_register_buffer(store, base, 2 * max_batch * page), "register_buffer");
@@ -922,10 +940,17 @@ void run_file(const Options& o, const std::string& dir) {
           check_rc(kvtier_batch_exists(store, ck.data(), batch, &hits), "exists");
           if (hits) die("the store was not empty before a timed write");
         };
-        Figure wnew = measure(o, bytes, [&] { check_rc(kvtier_clear(store), "clear"); }, write,
-                              [&] { all_ok("batch_set_v1"); });
+        Figure wnew = measure(
+            o, bytes, [&] { check_rc(kvtier_clear(store), "clear"); }, write,
+            [&] { all_ok("batch_set_v1"); });
         Figure w = measure(o, bytes, empty, write, [&] { all_ok("batch_set_v1"); });
-        Figure cold = measure(o, bytes, [&] { scribble(); drop_page_cache(); }, read, verify);
+        Figure cold = measure(
+            o, bytes,
+            [&] {
+              scribble();
+              drop_page_cache();
+            },
+            read, verify);
         Figure warm = measure(o, bytes, scribble, read, verify);
         for (auto [op, fig, fio, raw] :
              {std::tuple{"write", w, fio_w, raw_w}, std::tuple{"write new", wnew, fio_w, raw_w},
@@ -977,9 +1002,9 @@ void run_compression(const Options& o, const std::string& dir) {
   for (const char* mode : {"none", "zstd:1", "zstd:3"}) {
     progress(std::string("file: compression ") + mode);
     kvtier_store_t* store = nullptr;
-    const std::string cfg = "tiers=file;file_compression=" + std::string(mode) + ";file_dir=" +
-                            dir + "/zstd-" + mode + ";file_queue_depth=" +
-                            std::to_string(o.queue_depth);
+    const std::string cfg = "tiers=file;file_compression=" + std::string(mode) +
+                            ";file_dir=" + dir + "/zstd-" + mode +
+                            ";file_queue_depth=" + std::to_string(o.queue_depth);
     check_rc(kvtier_open(cfg.c_str(), &store), "open");
     check_rc(kvtier_register_buffer(store, base, 2 * batch * page), "register_buffer");
     auto ok = [&] {
@@ -1036,8 +1061,8 @@ void run_compression(const Options& o, const std::string& dir) {
 // closed, the page cache dropped, and the open timed (it reads every slot header).
 void run_reopen(const Options& o, const std::string& dir) {
   const size_t pages = 50000, batch = 512, page = 4096;
-  const std::string cfg = "tiers=file;file_dir=" + dir + "/reopen;file_capacity=" +
-                          std::to_string(pages * 3 * page);
+  const std::string cfg =
+      "tiers=file;file_dir=" + dir + "/reopen;file_capacity=" + std::to_string(pages * 3 * page);
   Buffer value(page);
   value.randomize(12);
   kvtier_store_t* store = nullptr;
@@ -1102,9 +1127,12 @@ void run_limits(const Options& o) {
 
 std::string human(size_t bytes) {
   char b[32];
-  if (bytes >= (1u << 20) && bytes % (1u << 20) == 0) std::snprintf(b, sizeof b, "%zuM", bytes >> 20);
-  else if (bytes >= (1u << 20)) std::snprintf(b, sizeof b, "%.1fM", bytes / 1048576.0);
-  else std::snprintf(b, sizeof b, "%zuK", bytes >> 10);
+  if (bytes >= (1u << 20) && bytes % (1u << 20) == 0)
+    std::snprintf(b, sizeof b, "%zuM", bytes >> 20);
+  else if (bytes >= (1u << 20))
+    std::snprintf(b, sizeof b, "%.1fM", bytes / 1048576.0);
+  else
+    std::snprintf(b, sizeof b, "%zuK", bytes >> 10);
   return b;
 }
 
@@ -1114,11 +1142,12 @@ void print_tables() {
   for (const Row& r : g_rows) {
     if (r.kind != "compare") continue;
     if (!header) {
-      std::printf("\ncompare: old interface (gather + batch_set / batch_get + scatter) versus "
-                  "zero-copy v1; page = one key; median of the timed runs\n");
+      std::printf(
+          "\ncompare: old interface (gather + batch_set / batch_get + scatter) versus "
+          "zero-copy v1; page = one key; median of the timed runs\n");
       std::printf("%-7s %-22s %5s %-22s %-5s %9s %7s %7s %8s %7s %7s %7s\n", "tier", "pool",
-                  "batch", "path", "op", "ms/batch", "GB/s", "min", "CPUs/GB", "x old",
-                  "memcpy", "ratio");
+                  "batch", "path", "op", "ms/batch", "GB/s", "min", "CPUs/GB", "x old", "memcpy",
+                  "ratio");
       header = true;
     }
     std::printf("%-7s %-22s %5zu %-22s %-5s %9.2f %7.2f %7.2f %8.3f %7.2f %7.2f %7.2f\n",
@@ -1131,24 +1160,25 @@ void print_tables() {
     if (r.kind != "transfer") continue;
     if (!header) {
       std::printf("\ntransfer: v1 batches of %zu blocks, one key per block\n", r.batch);
-      std::printf("%-7s %6s %7s %-5s %9s %7s %8s %-12s %7s %7s\n", "tier", "block", "threads",
-                  "op", "ms/batch", "GB/s", "CPUs/GB", "limit", "GB/s", "ratio");
+      std::printf("%-7s %6s %7s %-5s %9s %7s %8s %-12s %7s %7s\n", "tier", "block", "threads", "op",
+                  "ms/batch", "GB/s", "CPUs/GB", "limit", "GB/s", "ratio");
       header = true;
     }
     std::printf("%-7s %6s %7zu %-5s %9.2f %7.2f %8.3f %-12s %7.2f %7.2f\n", r.tier.c_str(),
-                human(r.block).c_str(), r.threads, r.op.c_str(), r.fig.median_s * 1e3,
-                r.fig.gbps, r.fig.cpu_per_gb, r.limit_name.c_str(), r.limit_gbps,
+                human(r.block).c_str(), r.threads, r.op.c_str(), r.fig.median_s * 1e3, r.fig.gbps,
+                r.fig.cpu_per_gb, r.limit_name.c_str(), r.limit_gbps,
                 r.limit_gbps > 0 ? r.fig.gbps / r.limit_gbps : 0.0);
   }
   header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "file") continue;
     if (!header) {
-      std::printf("\nfile tier: v1, two fragments per page, O_DIRECT, writes durable "
-                  "(fdatasync) before they count; limits: fio (io_uring, direct=1, same block "
-                  "size and queue depth) and a raw io_uring loop, same folder, same run\n");
-      std::printf("%5s %-9s %5s %-9s %9s %7s %8s %7s %6s %7s %6s\n", "page", "pool", "batch",
-                  "op", "ms/batch", "GB/s", "CPUs/GB", "fio", "ratio", "raw", "ratio");
+      std::printf(
+          "\nfile tier: v1, two fragments per page, O_DIRECT, writes durable "
+          "(fdatasync) before they count; limits: fio (io_uring, direct=1, same block "
+          "size and queue depth) and a raw io_uring loop, same folder, same run\n");
+      std::printf("%5s %-9s %5s %-9s %9s %7s %8s %7s %6s %7s %6s\n", "page", "pool", "batch", "op",
+                  "ms/batch", "GB/s", "CPUs/GB", "fio", "ratio", "raw", "ratio");
       header = true;
     }
     auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
@@ -1161,8 +1191,9 @@ void print_tables() {
   for (const Row& r : g_rows) {
     if (r.kind != "compression") continue;
     if (!header) {
-      std::printf("\nfile tier compression: 1 MiB KV-like bf16 pages, batch of 16, aligned "
-                  "pool; disk = bytes on disk per page byte (slots included)\n");
+      std::printf(
+          "\nfile tier compression: 1 MiB KV-like bf16 pages, batch of 16, aligned "
+          "pool; disk = bytes on disk per page byte (slots included)\n");
       std::printf("%-7s %-9s %9s %7s %8s %6s\n", "zstd", "op", "ms/batch", "GB/s", "CPUs/GB",
                   "disk");
       header = true;
@@ -1172,9 +1203,10 @@ void print_tables() {
   }
   for (const Row& r : g_rows)
     if (r.kind == "reopen")
-      std::printf("\nfile tier reopen: %zu pages of %s, page cache dropped: index rebuilt in "
-                  "%.3f s = %.0f pages/s (median)\n",
-                  r.batch, human(r.block).c_str(), r.fig.median_s, r.fig.gbps);
+      std::printf(
+          "\nfile tier reopen: %zu pages of %s, page cache dropped: index rebuilt in "
+          "%.3f s = %.0f pages/s (median)\n",
+          r.batch, human(r.block).c_str(), r.fig.median_s, r.fig.gbps);
   header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "limit") continue;
@@ -1198,8 +1230,8 @@ void write_json(const std::string& path) {
       << ",\"median_ms\":" << r.fig.median_s * 1e3 << ",\"min_ms\":" << r.fig.min_s * 1e3
       << ",\"max_ms\":" << r.fig.max_s * 1e3 << ",\"gbps\":" << r.fig.gbps
       << ",\"cpu_s_per_gb\":" << r.fig.cpu_per_gb << ",\"speedup_vs_old\":" << r.speedup
-      << ",\"limit\":\"" << r.limit_name << "\",\"limit_gbps\":" << r.limit_gbps
-      << ",\"limit2\":\"" << r.limit2_name << "\",\"limit2_gbps\":" << r.limit2_gbps << "}";
+      << ",\"limit\":\"" << r.limit_name << "\",\"limit_gbps\":" << r.limit_gbps << ",\"limit2\":\""
+      << r.limit2_name << "\",\"limit2_gbps\":" << r.limit2_gbps << "}";
   }
   o << "]}\n";
   if (path == "-") {

@@ -33,7 +33,9 @@ int fail(const Status& s) {
   return s.code();
 }
 
-int fail(int code, const std::string& msg) { return fail(Status(code, msg)); }
+int fail(int code, const std::string& msg) {
+  return fail(Status(code, msg));
+}
 
 // Records a per-key failure's detail but reports the call itself as run.
 int note(const Status& s) {
@@ -117,8 +119,7 @@ int with_slots(kvtier_store_t* store, const char* const* keys, size_t n, const i
   if (n_slots / layout.page_size != n || n_slots % layout.page_size)
     return refuse(results, n, KVTIER_ERR_INVALID_ARG,
                   std::to_string(n_slots) + " token slots for " + std::to_string(n) +
-                      " keys; expected keys * page_size = " +
-                      std::to_string(n * layout.page_size));
+                      " keys; expected keys * page_size = " + std::to_string(n * layout.page_size));
   // One check of the whole pool stands for every fragment computed inside it.
   if (!store->rep->is_registered(layout.base, layout.pool_bytes()))
     return refuse(results, n, KVTIER_ERR_NOT_REGISTERED,
@@ -136,7 +137,9 @@ int with_slots(kvtier_store_t* store, const char* const* keys, size_t n, const i
 
 extern "C" {
 
-unsigned kvtier_version_number(void) { return KVTIER_VERSION_NUMBER; }
+unsigned kvtier_version_number(void) {
+  return KVTIER_VERSION_NUMBER;
+}
 
 const char* kvtier_version_string(void) {
 #define KVTIER_STR2(x) #x
@@ -145,10 +148,18 @@ const char* kvtier_version_string(void) {
       KVTIER_VERSION_PATCH);
 }
 
-const char* kvtier_error_name(int code) { return kvtier::code_name(code); }
-const char* kvtier_strerror(int code) { return kvtier::code_text(code); }
-const char* kvtier_last_error(void) { return t_last_error.c_str(); }
-void kvtier_free(void* ptr) { std::free(ptr); }
+const char* kvtier_error_name(int code) {
+  return kvtier::code_name(code);
+}
+const char* kvtier_strerror(int code) {
+  return kvtier::code_text(code);
+}
+const char* kvtier_last_error(void) {
+  return t_last_error.c_str();
+}
+void kvtier_free(void* ptr) {
+  std::free(ptr);
+}
 
 int kvtier_open(const char* config, kvtier_store_t** out) {
   return guarded("kvtier_open", [&] {
@@ -191,8 +202,8 @@ int kvtier_batch_set(kvtier_store_t* store, const char* const* keys, size_t n,
   });
 }
 
-int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n,
-                     void* const* buffers, const size_t* capacities, int64_t* results) {
+int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n, void* const* buffers,
+                     const size_t* capacities, int64_t* results) {
   return guarded("kvtier_batch_get", [&] {
     if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
@@ -204,8 +215,7 @@ int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n,
   });
 }
 
-int kvtier_batch_exists(kvtier_store_t* store, const char* const* keys, size_t n,
-                        size_t* hits) {
+int kvtier_batch_exists(kvtier_store_t* store, const char* const* keys, size_t n, size_t* hits) {
   return guarded("kvtier_batch_exists", [&] {
     if (std::string bad = check_batch(store, keys, n, hits); !bad.empty())
       return fail(KVTIER_ERR_INVALID_ARG, bad);
@@ -292,9 +302,9 @@ int kvtier_register_layout(kvtier_store_t* store, const kvtier_pool_layout_t* la
   return guarded("kvtier_register_layout", [&] {
     if (!store || !layout) return fail(KVTIER_ERR_INVALID_ARG, "store or layout is NULL");
     if (layout->struct_size < sizeof(kvtier_pool_layout_t))
-      return fail(KVTIER_ERR_INVALID_ARG,
-                  "layout->struct_size is " + std::to_string(layout->struct_size) +
-                      "; set it to sizeof(kvtier_pool_layout_t)");
+      return fail(KVTIER_ERR_INVALID_ARG, "layout->struct_size is " +
+                                              std::to_string(layout->struct_size) +
+                                              "; set it to sizeof(kvtier_pool_layout_t)");
     kvtier::PoolLayout l;
     l.base = static_cast<std::byte*>(layout->base);
     l.kind = static_cast<kvtier::PoolKind>(layout->pool_kind);

@@ -7,7 +7,9 @@
 
 namespace kvtier::detail {
 
-uint64_t checksum_avx2(const void* data, size_t len) { return XXH3_64bits(data, len); }
+uint64_t checksum_avx2(const void* data, size_t len) {
+  return XXH3_64bits(data, len);
+}
 
 uint64_t checksum_avx2(Frags frags) {
   XXH3_state_t state;

@@ -92,8 +92,7 @@ const std::vector<Option>& options() {
        }},
       {"LOG_LEVEL",
        [](Config& c, const std::string& v) -> std::string {
-         if (!valid_log_level(lower(v)))
-           return "trace, debug, info, warn, error, critical or off";
+         if (!valid_log_level(lower(v))) return "trace, debug, info, warn, error, critical or off";
          c.log_level = lower(v);
          return {};
        }},
@@ -125,7 +124,8 @@ const std::vector<Option>& options() {
          c.file_queue_depth = static_cast<unsigned>(n);
          return {};
        }},
-      {"FILE_DIRECT", [](Config& c, const std::string& v) -> std::string {
+      {"FILE_DIRECT",
+       [](Config& c, const std::string& v) -> std::string {
          return parse_switch(v, "auto", "off", &c.file_direct);
        }},
       {"FILE_COMPRESSION",
@@ -194,7 +194,8 @@ const std::vector<Option>& options() {
          c.remote_replicas = static_cast<unsigned>(n);
          return {};
        }},
-      {"FILE_SYNC", [](Config& c, const std::string& v) -> std::string {
+      {"FILE_SYNC",
+       [](Config& c, const std::string& v) -> std::string {
          return parse_switch(v, "on", "off", &c.file_sync);
        }},
   };
@@ -228,10 +229,20 @@ Status parse_size(const std::string& text, uint64_t* bytes) {
     uint64_t mult;
   };
   static constexpr Unit kUnits[] = {
-      {"", 1},          {"b", 1},           {"k", 1ull << 10},     {"kib", 1ull << 10},
-      {"kb", 1000},     {"m", 1ull << 20},  {"mib", 1ull << 20},   {"mb", 1000000},
-      {"g", 1ull << 30}, {"gib", 1ull << 30}, {"gb", 1000000000ull}, {"t", 1ull << 40},
-      {"tib", 1ull << 40}, {"tb", 1000000000000ull},
+      {"", 1},
+      {"b", 1},
+      {"k", 1ull << 10},
+      {"kib", 1ull << 10},
+      {"kb", 1000},
+      {"m", 1ull << 20},
+      {"mib", 1ull << 20},
+      {"mb", 1000000},
+      {"g", 1ull << 30},
+      {"gib", 1ull << 30},
+      {"gb", 1000000000ull},
+      {"t", 1ull << 40},
+      {"tib", 1ull << 40},
+      {"tb", 1000000000000ull},
   };
   for (const auto& u : kUnits) {
     if (unit != u.name) continue;

@@ -16,12 +16,18 @@ static const bool kAvx2 = __builtin_cpu_supports("avx2");
 #else
 static constexpr bool kAvx2 = false;
 namespace detail {
-inline uint64_t checksum_avx2(const void*, size_t) { return 0; }
-inline uint64_t checksum_avx2(Frags) { return 0; }
+inline uint64_t checksum_avx2(const void*, size_t) {
+  return 0;
+}
+inline uint64_t checksum_avx2(Frags) {
+  return 0;
+}
 }  // namespace detail
 #endif
 
-uint64_t namespace_seed(std::string_view ns) { return XXH3_64bits(ns.data(), ns.size()); }
+uint64_t namespace_seed(std::string_view ns) {
+  return XXH3_64bits(ns.data(), ns.size());
+}
 
 KeyId key_id(uint64_t ns_seed, std::string_view key) {
   XXH128_hash_t h = XXH3_128bits_withSeed(key.data(), key.size(), ns_seed);

@@ -6,7 +6,9 @@
 namespace kvtier {
 
 namespace {
-bool mul_ok(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+bool mul_ok(uint64_t a, uint64_t b, uint64_t* out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
 }  // namespace
 
 uint64_t PoolLayout::token_bytes() const {
@@ -56,10 +58,10 @@ Status PoolLayout::validate() const {
 Status PoolLayout::page_frags(int64_t slot, Frag* out) const {
   if (slot < 0 || static_cast<uint64_t>(slot) % page_size ||
       static_cast<uint64_t>(slot) + page_size > pool_tokens)
-    return {KVTIER_ERR_OUT_OF_RANGE,
-            "token slot " + std::to_string(slot) + " is not a page start in a pool of " +
-                std::to_string(pool_tokens) + " tokens (page_size " +
-                std::to_string(page_size) + ")"};
+    return {KVTIER_ERR_OUT_OF_RANGE, "token slot " + std::to_string(slot) +
+                                         " is not a page start in a pool of " +
+                                         std::to_string(pool_tokens) + " tokens (page_size " +
+                                         std::to_string(page_size) + ")"};
   const uint64_t s = static_cast<uint64_t>(slot);
   const uint64_t tb = token_bytes();
   // MHA keeps all K before all V: V of an entry is K plus L*S*H*D*E bytes.

@@ -9,8 +9,8 @@ namespace kvtier {
 spdlog::logger& log() {
   // Not registered in spdlog's global registry, so an engine's own spdlog use is untouched.
   static const std::shared_ptr<spdlog::logger> logger = [] {
-    auto l = std::make_shared<spdlog::logger>(
-        "kvtier", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+    auto l = std::make_shared<spdlog::logger>("kvtier",
+                                              std::make_shared<spdlog::sinks::stderr_sink_mt>());
     l->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [kvtier] [%l] %v");
     l->set_level(spdlog::level::warn);
     return l;
@@ -22,6 +22,8 @@ bool valid_log_level(const std::string& level) {
   return level == "off" || spdlog::level::from_str(level) != spdlog::level::off;
 }
 
-void set_log_level(const std::string& level) { log().set_level(spdlog::level::from_str(level)); }
+void set_log_level(const std::string& level) {
+  log().set_level(spdlog::level::from_str(level));
+}
 
 }  // namespace kvtier

@@ -64,21 +64,23 @@ Status Store::open(const Config& config, std::unique_ptr<Store>* out) {
         for (const PutOp& op : ops) {
           if (op.result == KVTIER_OK) continue;
           below->errors.fetch_add(1, std::memory_order_relaxed);
-          log().warn("demotion to tier '{}' failed: {}", below->tier->name(),
-                     code_name(op.result));
+          log().warn("demotion to tier '{}' failed: {}", below->tier->name(), code_name(op.result));
         }
       });
     }
   }
   std::string chain;
-  for (const auto& t : store->tiers_) chain += (chain.empty() ? "" : ",") + std::string(t->tier->name());
+  for (const auto& t : store->tiers_)
+    chain += (chain.empty() ? "" : ",") + std::string(t->tier->name());
   log().info("store open: tiers={} namespace='{}' write_policy={}", chain, config.ns,
              config.write_policy == WritePolicy::kWriteBack ? "write_back" : "write_through");
   *out = std::move(store);
   return {};
 }
 
-KeyId Store::id_of(const char* key) const { return key_id(ns_seed_, key); }
+KeyId Store::id_of(const char* key) const {
+  return key_id(ns_seed_, key);
+}
 
 Status Store::check_key(const char* key) const {
   if (!key) return {KVTIER_ERR_INVALID_ARG, "key is NULL"};
@@ -123,8 +125,8 @@ std::vector<size_t> Store::valid_keys(std::span<const char* const> keys, Frags f
   return valid;
 }
 
-Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key,
-                  bool zero_copy, std::span<int> results) {
+Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key, bool zero_copy,
+                  std::span<int> results) {
   Status first;
   std::vector<size_t> index = valid_keys(keys, frags, per_key, zero_copy, results, &first);
   std::vector<PutOp> ops;  // ops[j] is key index[j]
@@ -236,9 +238,8 @@ Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key
   for (size_t j = 0; j < ops.size(); ++j) {
     results[index[j]] = final_result[j];
     if (final_result[j] < 0 && final_result[j] != KVTIER_ERR_NOT_FOUND && first.is_ok())
-      first = {static_cast<int>(final_result[j]),
-               "key " + std::to_string(index[j]) + ": " +
-                   code_text(static_cast<int>(final_result[j]))};
+      first = {static_cast<int>(final_result[j]), "key " + std::to_string(index[j]) + ": " +
+                                                      code_text(static_cast<int>(final_result[j]))};
   }
   if (!first.is_ok()) log().warn("batch_get: {}", first.message());
   return first;
@@ -316,8 +317,7 @@ std::string Store::stats_json() const {
     o << (t ? "," : "") << "{\"name\":\"" << slot.tier->name() << "\",\"keys\":" << s.keys
       << ",\"bytes\":" << s.bytes << ",\"capacity\":" << s.capacity
       << ",\"hits\":" << slot.hits.load() << ",\"misses\":" << slot.misses.load()
-      << ",\"evictions\":" << s.evictions << ",\"errors\":" << s.errors + slot.errors.load()
-      << "}";
+      << ",\"evictions\":" << s.evictions << ",\"errors\":" << s.errors + slot.errors.load() << "}";
   }
   o << "]}";
   return o.str();

@@ -27,10 +27,10 @@ struct PutOp {
 struct GetOp {
   KeyId id;
   Frags frags;
-  size_t capacity = 0;      // total_len(frags)
-  bool exact = false;       // the value must be exactly `capacity` bytes (a v1 page)
-  int64_t result = 0;       // out: bytes copied or a negative code (NOT_FOUND on a miss)
-  uint64_t checksum = 0;    // out: the checksum stored with the value
+  size_t capacity = 0;    // total_len(frags)
+  bool exact = false;     // the value must be exactly `capacity` bytes (a v1 page)
+  int64_t result = 0;     // out: bytes copied or a negative code (NOT_FOUND on a miss)
+  uint64_t checksum = 0;  // out: the checksum stored with the value
 };
 
 struct TierStats {

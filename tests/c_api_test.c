@@ -6,13 +6,13 @@
 #include <string.h>
 
 static int failures = 0;
-#define CHECK(cond)                                                                   \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, \
-              #cond, kvtier_last_error());                                            \
-      ++failures;                                                                     \
-    }                                                                                 \
+#define CHECK(cond)                                                                           \
+  do {                                                                                        \
+    if (!(cond)) {                                                                            \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, #cond, \
+              kvtier_last_error());                                                           \
+      ++failures;                                                                             \
+    }                                                                                         \
   } while (0)
 
 static void fill(unsigned char* p, size_t n, unsigned seed) {
@@ -90,7 +90,7 @@ int main(void) {
   CHECK(kvtier_register_buffer(s, pool + 64, pool_bytes) == KVTIER_OK);
   CHECK(kvtier_register_layout(s, &layout) == KVTIER_OK);
   CHECK(kvtier_page_fragments(s, &per) == KVTIER_OK && per == 2 * L);
-  for (i = 0; i < P; ++i) slots[i] = (int64_t)(4 * P + i); /* page 4 */
+  for (i = 0; i < P; ++i) slots[i] = (int64_t)(4 * P + i);     /* page 4 */
   for (i = 0; i < P; ++i) slots[P + i] = (int64_t)(5 * P + i); /* page 5 */
   CHECK(kvtier_batch_set_v1_slots(s, keys + 1, 2, slots, 2 * P, res) == KVTIER_OK);
   CHECK(res[0] == KVTIER_OK && res[1] == KVTIER_OK); /* key 1 existed: counts as written */

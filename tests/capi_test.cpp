@@ -58,9 +58,9 @@ size_t exists(kvtier_store_t* s, const std::vector<std::string>& keys) {
 
 TEST(CApi, VersionMatchesHeader) {
   EXPECT_EQ(kvtier_version_number(), unsigned{KVTIER_VERSION_NUMBER});
-  EXPECT_EQ(std::string(kvtier_version_string()),
-            std::to_string(KVTIER_VERSION_MAJOR) + "." + std::to_string(KVTIER_VERSION_MINOR) +
-                "." + std::to_string(KVTIER_VERSION_PATCH));
+  EXPECT_EQ(std::string(kvtier_version_string()), std::to_string(KVTIER_VERSION_MAJOR) + "." +
+                                                      std::to_string(KVTIER_VERSION_MINOR) + "." +
+                                                      std::to_string(KVTIER_VERSION_PATCH));
 }
 
 TEST(CApi, CodesHaveNames) {
@@ -272,8 +272,7 @@ TEST(CApiBadInput, PerKeyFailuresLeaveOtherKeysAlone) {
   std::string too_long(KVTIER_MAX_KEY_LEN + 1, 'a');
   std::string max_len(KVTIER_MAX_KEY_LEN, 'b');
   auto v = random_bytes(300);
-  const char* ks[6] = {good.c_str(), nullptr, too_long.c_str(), "", max_len.c_str(),
-                       good2.c_str()};
+  const char* ks[6] = {good.c_str(), nullptr, too_long.c_str(), "", max_len.c_str(), good2.c_str()};
   const void* vals[6] = {v.data(), v.data(), v.data(), v.data(), v.data(), nullptr};
   size_t sizes[6] = {300, 300, 300, 300, 300, 300};
   int res[6];
@@ -346,9 +345,9 @@ TEST(CApiV1, FragmentsRoundTripAndReadTheCopyingInterface) {
       sizes.push_back(kFrag);
     }
   std::vector<int> res(kKeys, 9);
-  ASSERT_EQ(kvtier_batch_set_v1(s, ck.data(), kKeys, ptrs.data(), sizes.data(), ptrs.size(),
-                                res.data()),
-            KVTIER_OK);
+  ASSERT_EQ(
+      kvtier_batch_set_v1(s, ck.data(), kKeys, ptrs.data(), sizes.data(), ptrs.size(), res.data()),
+      KVTIER_OK);
   for (int r : res) ASSERT_EQ(r, KVTIER_OK) << kvtier_last_error();
 
   // The copying interface sees each value as its fragments concatenated.
@@ -403,8 +402,8 @@ TEST(CApiV1, UnregisteredFragmentsFailTheirKeyAndTouchNothing) {
   auto keys = keys_for("unreg", 3);
   auto ck = c_keys(keys);
   // key 0: fine; key 1: one fragment outside; key 2: runs one byte past the region's end.
-  void* ptrs[6] = {reg.data(), reg.data() + 1000, reg.data() + 2000, unreg.data(),
-                   reg.data() + 4000, reg.data() + 8192 - 1000};
+  void* ptrs[6] = {reg.data(),   reg.data() + 1000, reg.data() + 2000,
+                   unreg.data(), reg.data() + 4000, reg.data() + 8192 - 1000};
   size_t sizes[6] = {1000, 1000, 1000, 1000, 1000, 1001};
   int res[3];
   ASSERT_EQ(kvtier_batch_set_v1(s, ck.data(), 3, ptrs, sizes, 6, res), KVTIER_OK);
@@ -425,8 +424,7 @@ TEST(CApiV1, UnregisteredFragmentsFailTheirKeyAndTouchNothing) {
 
   // Fragment counts that do not split over the keys refuse the call.
   EXPECT_EQ(kvtier_batch_set_v1(s, ck.data(), 3, ptrs, sizes, 5, res), KVTIER_ERR_INVALID_ARG);
-  EXPECT_EQ(kvtier_batch_set_v1(s, ck.data(), 3, nullptr, sizes, 6, res),
-            KVTIER_ERR_INVALID_ARG);
+  EXPECT_EQ(kvtier_batch_set_v1(s, ck.data(), 3, nullptr, sizes, 6, res), KVTIER_ERR_INVALID_ARG);
 
   // Wrong page size on v1 get: SIZE_MISMATCH, nothing written.
   std::vector<unsigned char> big(8192, 0x5A);
@@ -460,7 +458,8 @@ class CApiLayout : public ::testing::TestWithParam<Shape> {};
 // The offset of element (kv, layer, token) in the pool, written from the buffer shapes
 // independently of the library: a page's value must be exactly these runs, in this order.
 std::vector<std::pair<size_t, size_t>> expected_runs(const Shape& sh, uint64_t s) {
-  const uint64_t tb = sh.kind == KVTIER_POOL_MHA ? uint64_t{sh.H} * sh.D * sh.E : uint64_t{sh.C} * sh.E;
+  const uint64_t tb =
+      sh.kind == KVTIER_POOL_MHA ? uint64_t{sh.H} * sh.D * sh.E : uint64_t{sh.C} * sh.E;
   std::vector<std::pair<size_t, size_t>> runs;
   auto elem = [&](uint64_t kv, uint64_t l, uint64_t t) -> uint64_t {
     if (sh.layout == KVTIER_LAYOUT_LAYER_FIRST)  // (2,) L, S
@@ -494,7 +493,8 @@ TEST_P(CApiLayout, SlotsMatchTheShapeAndRoundTrip) {
   layout.kv_cache_dim = sh.C;
   layout.dtype_size = sh.E;
   layout.pool_tokens = sh.S;
-  const uint64_t tb = sh.kind == KVTIER_POOL_MHA ? uint64_t{sh.H} * sh.D * sh.E : uint64_t{sh.C} * sh.E;
+  const uint64_t tb =
+      sh.kind == KVTIER_POOL_MHA ? uint64_t{sh.H} * sh.D * sh.E : uint64_t{sh.C} * sh.E;
   const size_t pool_bytes = (sh.kind == KVTIER_POOL_MHA ? 2 : 1) * sh.L * sh.S * tb;
   // 64 bytes past a page boundary, as the engine's pinned pools often are.
   std::vector<unsigned char> mem(pool_bytes + 4096 + 64);
@@ -608,8 +608,7 @@ INSTANTIATE_TEST_SUITE_P(
     AllRows, CApiLayout,
     ::testing::Values(Shape{KVTIER_POOL_MHA, KVTIER_LAYOUT_LAYER_FIRST, 4, 3, 2, 8, 0, 2, 32},
                       Shape{KVTIER_POOL_MHA, KVTIER_LAYOUT_PAGE_FIRST, 4, 3, 2, 8, 0, 2, 32},
-                      Shape{KVTIER_POOL_MHA, KVTIER_LAYOUT_PAGE_FIRST_DIRECT, 4, 3, 2, 8, 0, 2,
-                            32},
+                      Shape{KVTIER_POOL_MHA, KVTIER_LAYOUT_PAGE_FIRST_DIRECT, 4, 3, 2, 8, 0, 2, 32},
                       Shape{KVTIER_POOL_MLA, KVTIER_LAYOUT_LAYER_FIRST, 8, 5, 0, 0, 24, 2, 64},
                       Shape{KVTIER_POOL_MLA, KVTIER_LAYOUT_PAGE_FIRST, 8, 5, 0, 0, 24, 2, 64},
                       Shape{KVTIER_POOL_MLA, KVTIER_LAYOUT_PAGE_FIRST_DIRECT, 8, 5, 0, 0, 24, 2,

@@ -15,13 +15,15 @@ namespace {
 using namespace kvtier;
 
 struct TierParam {
-  const char* label;  // the test's name
-  const char* name;   // the tier
+  const char* label;         // the test's name
+  const char* name;          // the tier
   const char* config;        // settings for this tier, roomy enough to never evict
   const char* small_config;  // settings with a small byte budget, for the eviction test
 };
 
-void PrintTo(const TierParam& p, std::ostream* os) { *os << p.label; }
+void PrintTo(const TierParam& p, std::ostream* os) {
+  *os << p.label;
+}
 
 class Conformance : public ::testing::TestWithParam<TierParam> {
  protected:
@@ -186,18 +188,17 @@ TEST_P(Conformance, EvictionKeepsTheBudgetAndTheBytes) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Tiers, Conformance,
-                         ::testing::Values(
-                             TierParam{"memory", "memory", "", "memory_capacity=1MiB"},
-                             TierParam{"test_rot", "test_rot", "", ""},
-                             TierParam{"file", "file", "file_dir={dir}/conformance",
-                                       "file_dir={dir}/conformance-small;file_capacity=1MiB"},
-                             TierParam{"file_zstd", "file",
-                                       "file_dir={dir}/conformance-zstd;file_compression=zstd:3",
-                                       "file_dir={dir}/conformance-zstd-small;"
-                                       "file_capacity=1MiB;file_compression=zstd"},
-                             TierParam{"remote", "remote", "remote_servers={server}",
-                                       "remote_servers={small_server}"}),
-                         [](const auto& info) { return std::string(info.param.label); });
+INSTANTIATE_TEST_SUITE_P(
+    Tiers, Conformance,
+    ::testing::Values(
+        TierParam{"memory", "memory", "", "memory_capacity=1MiB"},
+        TierParam{"test_rot", "test_rot", "", ""},
+        TierParam{"file", "file", "file_dir={dir}/conformance",
+                  "file_dir={dir}/conformance-small;file_capacity=1MiB"},
+        TierParam{"file_zstd", "file", "file_dir={dir}/conformance-zstd;file_compression=zstd:3",
+                  "file_dir={dir}/conformance-zstd-small;"
+                  "file_capacity=1MiB;file_compression=zstd"},
+        TierParam{"remote", "remote", "remote_servers={server}", "remote_servers={small_server}"}),
+    [](const auto& info) { return std::string(info.param.label); });
 
 }  // namespace

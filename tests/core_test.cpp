@@ -29,8 +29,8 @@ TEST(Config, Sizes) {
   EXPECT_EQ(b, 3000000000ull);
   ASSERT_TRUE(parse_size("12345", &b).is_ok());
   EXPECT_EQ(b, 12345u);
-  for (const char* bad : {"", "GiB", "-1", "4 parsecs", "1.5GiB", "99999999999999999999",
-                          "17179869184TiB"})
+  for (const char* bad :
+       {"", "GiB", "-1", "4 parsecs", "1.5GiB", "99999999999999999999", "17179869184TiB"})
     EXPECT_EQ(parse_size(bad, &b).code(), KVTIER_ERR_CONFIG) << bad;
 }
 
@@ -40,8 +40,8 @@ TEST(Config, DefaultsOverridesAndErrors) {
   ASSERT_TRUE(load_config(nullptr, &c).is_ok());
   EXPECT_EQ(c.tiers, std::vector<std::string>{"memory"});
   EXPECT_EQ(c.write_policy, WritePolicy::kWriteThrough);
-  ASSERT_TRUE(load_config(" KVTIER_TIERS = memory , test_rot ;\nwrite_policy=WRITE_BACK\n", &c)
-                  .is_ok());
+  ASSERT_TRUE(
+      load_config(" KVTIER_TIERS = memory , test_rot ;\nwrite_policy=WRITE_BACK\n", &c).is_ok());
   EXPECT_EQ(c.tiers, (std::vector<std::string>{"memory", "test_rot"}));
   EXPECT_EQ(c.write_policy, WritePolicy::kWriteBack);
 
@@ -57,10 +57,11 @@ TEST(Config, DefaultsOverridesAndErrors) {
     const char* text;
     const char* names;
   };
-  for (Bad b : {Bad{"tiers=memory,,file", "KVTIER_TIERS"}, Bad{"tiers=memory,memory", "KVTIER_TIERS"},
-                Bad{"log_level=loud", "KVTIER_LOG_LEVEL"},
-                Bad{"memory_capacity=0", "KVTIER_MEMORY_CAPACITY"},
-                Bad{"write_policy=", "KVTIER_WRITE_POLICY"}, Bad{"colour=blue", "COLOUR"}}) {
+  for (Bad b :
+       {Bad{"tiers=memory,,file", "KVTIER_TIERS"}, Bad{"tiers=memory,memory", "KVTIER_TIERS"},
+        Bad{"log_level=loud", "KVTIER_LOG_LEVEL"},
+        Bad{"memory_capacity=0", "KVTIER_MEMORY_CAPACITY"},
+        Bad{"write_policy=", "KVTIER_WRITE_POLICY"}, Bad{"colour=blue", "COLOUR"}}) {
     Status s = load_config(b.text, &c);
     EXPECT_EQ(s.code(), KVTIER_ERR_CONFIG) << b.text;
     EXPECT_NE(s.message().find(b.names), std::string::npos) << s.message();

@@ -11,7 +11,9 @@ namespace kvtier_test {
 
 constexpr size_t kUniverse = 96;
 
-inline std::string page_key(size_t k) { return "crash-page-" + std::to_string(k); }
+inline std::string page_key(size_t k) {
+  return "crash-page-" + std::to_string(k);
+}
 
 inline std::vector<unsigned char> page_value(size_t k) {
   // Sizes vary across size classes and are not all multiples of 4 KiB.

@@ -71,7 +71,8 @@ int read_page(kvtier_store_t* s, size_t k) {
   int64_t r = 0;
   EXPECT_EQ(kvtier_batch_get(s, &ck, 1, &b, &cap, &r), KVTIER_OK);
   if (r == KVTIER_ERR_NOT_FOUND) return 0;
-  EXPECT_EQ(r, static_cast<int64_t>(want.size())) << "page " << k << ": " << kvtier_error_name(static_cast<int>(r));
+  EXPECT_EQ(r, static_cast<int64_t>(want.size()))
+      << "page " << k << ": " << kvtier_error_name(static_cast<int>(r));
   EXPECT_EQ(0, memcmp(buf.data(), want.data(), want.size())) << "WRONG BYTES for page " << k;
   return 1;
 }
@@ -277,7 +278,8 @@ TEST(FileTier, AlignedAndUnalignedPoolsRoundTrip) {
     kvtier_test::fill_random(base, 2 * n * page);
     ASSERT_EQ(kvtier_register_buffer(s, base, 2 * n * page), KVTIER_OK);
     std::vector<std::string> keys;
-    for (size_t i = 0; i < n; ++i) keys.push_back("align-" + std::to_string(shift) + "-" + std::to_string(i));
+    for (size_t i = 0; i < n; ++i)
+      keys.push_back("align-" + std::to_string(shift) + "-" + std::to_string(i));
     auto ck = kvtier_test::c_keys(keys);
     // Two fragments per page (K and V halves), as page_first pools give.
     std::vector<void*> src, dst;
@@ -289,9 +291,11 @@ TEST(FileTier, AlignedAndUnalignedPoolsRoundTrip) {
       dst.push_back(base + (n + i) * page + page / 2);
     }
     std::vector<int> res(n);
-    ASSERT_EQ(kvtier_batch_set_v1(s, ck.data(), n, src.data(), sizes.data(), 2 * n, res.data()), KVTIER_OK);
+    ASSERT_EQ(kvtier_batch_set_v1(s, ck.data(), n, src.data(), sizes.data(), 2 * n, res.data()),
+              KVTIER_OK);
     for (int r : res) ASSERT_EQ(r, KVTIER_OK);
-    ASSERT_EQ(kvtier_batch_get_v1(s, ck.data(), n, dst.data(), sizes.data(), 2 * n, res.data()), KVTIER_OK);
+    ASSERT_EQ(kvtier_batch_get_v1(s, ck.data(), n, dst.data(), sizes.data(), 2 * n, res.data()),
+              KVTIER_OK);
     for (int r : res) ASSERT_EQ(r, KVTIER_OK);
     EXPECT_EQ(0, memcmp(base, base + n * page, n * page)) << "shift " << shift;
     ASSERT_EQ(kvtier_unregister_buffer(s, base), KVTIER_OK);
@@ -303,7 +307,8 @@ TEST(FileTier, AlignedAndUnalignedPoolsRoundTrip) {
 TEST(FileTier, MemoryOverFileChain) {
   const std::string dir = fresh_dir("chain");
   // write_back: the memory tier holds ~3 pages; evicted ones go down to the file tier.
-  const std::string cfg = "tiers=memory,file;write_policy=write_back;memory_capacity=64KiB;file_dir=" + dir;
+  const std::string cfg =
+      "tiers=memory,file;write_policy=write_back;memory_capacity=64KiB;file_dir=" + dir;
   kvtier_store_t* s = open_store(cfg);
   std::vector<size_t> ks;
   for (size_t k = 0; k < 20; k += 5) ks.push_back(k);  // 16 KiB pages
@@ -315,7 +320,8 @@ TEST(FileTier, MemoryOverFileChain) {
   size_t on_disk = 0;
   for (size_t k : ks) on_disk += read_page(s, k);
   EXPECT_GE(on_disk, 1u);
-  EXPECT_NE(stats(s).find("\"name\":\"memory\",\"keys\":" + std::to_string(on_disk)), std::string::npos)
+  EXPECT_NE(stats(s).find("\"name\":\"memory\",\"keys\":" + std::to_string(on_disk)),
+            std::string::npos)
       << stats(s);
   kvtier_close(s);
 }

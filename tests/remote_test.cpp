@@ -86,8 +86,7 @@ TEST(Remote, RoundTripAndStats) {
 
 TEST(Remote, DeadServerFailsWithinTheTimeoutAndRecovers) {
   ServerProcess srv;
-  const std::string cfg =
-      "tiers=remote;remote_timeout_ms=500;remote_servers=" + srv.address();
+  const std::string cfg = "tiers=remote;remote_timeout_ms=500;remote_servers=" + srv.address();
   kvtier_store_t* s = open_store(cfg);
   Batch b("dead", 16, 256 * 1024);
   // Keep writing while the server is killed mid-batch.
@@ -98,7 +97,8 @@ TEST(Remote, DeadServerFailsWithinTheTimeoutAndRecovers) {
     while (!stop) {
       auto t0 = Clock::now();
       auto r = b.set(s);
-      long long ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+      long long ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
       if (r[0] != KVTIER_OK) {
         ++failures;
         worst_ms = std::max(worst_ms.load(), ms);
@@ -198,11 +198,12 @@ TEST(Remote, MalformedFramesAreRejectedWithoutACrash) {
   std::vector<uint8_t> garbage(64, 0xAB);
   EXPECT_EQ(send_raw(srv.port(), garbage, false), kError);
   // Valid magic, oversized payload length.
-  std::vector<uint8_t> big = {0x4b, 0x56, 0x54, 0x52, 1, 0, 4, 0, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0};
+  std::vector<uint8_t> big = {0x4b, 0x56, 0x54, 0x52, 1, 0, 4, 0,
+                              0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0};
   EXPECT_EQ(send_raw(srv.port(), big, true), kError);
   // A GET whose count claims more ids than the payload holds.
-  std::vector<uint8_t> lie = {0x4b, 0x56, 0x54, 0x52, 1, 0, 4, 0, 8, 0, 0, 0, 0, 0, 0, 0,
-                              0xff, 0xff, 0, 0, 1, 2, 3, 4};
+  std::vector<uint8_t> lie = {0x4b, 0x56, 0x54, 0x52, 1,    0,    4, 0, 8, 0, 0, 0,
+                              0,    0,    0,    0,    0xff, 0xff, 0, 0, 1, 2, 3, 4};
   EXPECT_EQ(send_raw(srv.port(), lie, true), kError);
   // A request before HELLO.
   std::vector<uint8_t> early = {0x4b, 0x56, 0x54, 0x52, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -211,8 +212,8 @@ TEST(Remote, MalformedFramesAreRejectedWithoutACrash) {
   std::vector<uint8_t> cut = {0x4b, 0x56, 0x54, 0x52, 1, 0, 3, 0, 64, 0, 0, 0, 0, 0, 0, 0, 1, 0};
   EXPECT_EQ(send_raw(srv.port(), cut, true), -1);
   // A PUT that declares bytes it never sends: the slot is released, nothing becomes visible.
-  std::vector<uint8_t> put = {0x4b, 0x56, 0x54, 0x52, 1, 0, 3, 0, 36, 0, 0, 0, 0, 0, 0, 0,
-                              1, 0, 0, 0};
+  std::vector<uint8_t> put = {0x4b, 0x56, 0x54, 0x52, 1, 0, 3, 0, 36, 0,
+                              0,    0,    0,    0,    0, 0, 1, 0, 0,  0};
   for (int i = 0; i < 16; ++i) put.push_back(static_cast<uint8_t>(i));  // id
   for (uint64_t v : {uint64_t{8192}, uint64_t{0}})
     for (int k = 0; k < 8; ++k) put.push_back(static_cast<uint8_t>(v >> (8 * k)));
@@ -277,7 +278,9 @@ TEST(Remote, RdmaTransportIsRefusedClearly) {
   EXPECT_NE(std::string(kvtier_last_error()).find("KVTIER_REMOTE_TRANSPORT"), std::string::npos);
 }
 
-int run(const std::string& cmd) { return std::system(cmd.c_str()); }
+int run(const std::string& cmd) {
+  return std::system(cmd.c_str());
+}
 
 TEST(Remote, PrefillToDecodeAcrossProcesses) {
   ServerProcess srv;

@@ -15,8 +15,7 @@ namespace kvtier_test {
 class ServerProcess {
  public:
   // port 0: an ephemeral port, reported by the server's first line.
-  explicit ServerProcess(std::string capacity = "256MiB", std::string token = "",
-                         uint16_t port = 0)
+  explicit ServerProcess(std::string capacity = "256MiB", std::string token = "", uint16_t port = 0)
       : capacity_(std::move(capacity)), token_(std::move(token)) {
     start(port);
   }
@@ -33,8 +32,8 @@ class ServerProcess {
       dup2(fds[1], 1);
       close(fds[0]);
       std::string listen = "127.0.0.1:" + std::to_string(port);
-      std::vector<std::string> args{KVTIER_SERVER_BIN, "--listen", listen, "--capacity",
-                                    capacity_, "--log-level", "warn"};
+      std::vector<std::string> args{KVTIER_SERVER_BIN, "--listen",    listen, "--capacity",
+                                    capacity_,         "--log-level", "warn"};
       if (!token_.empty()) {
         args.push_back("--token");
         args.push_back(token_);

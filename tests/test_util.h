@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include <cstdint>
-#include <filesystem>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -34,7 +34,7 @@ inline void make_kv_like(void* dst, size_t len) {
   auto* p = static_cast<unsigned char*>(dst);
   for (size_t i = 0; i + 1 < len; i += 2) {
     const uint64_t r = rng()();
-    p[i] = static_cast<unsigned char>(r);                                   // low mantissa
+    p[i] = static_cast<unsigned char>(r);  // low mantissa
     p[i + 1] = static_cast<unsigned char>(0x3C + (r >> 8) % 3) | ((r >> 16) & 0x80);  // sign, exp
   }
 }
@@ -81,8 +81,7 @@ inline const std::string& test_dir() {
 
 // Replaces "{dir}" in a config string with test_dir().
 inline std::string with_test_dir(std::string config) {
-  for (size_t p; (p = config.find("{dir}")) != std::string::npos;)
-    config.replace(p, 5, test_dir());
+  for (size_t p; (p = config.find("{dir}")) != std::string::npos;) config.replace(p, 5, test_dir());
   return config;
 }
 

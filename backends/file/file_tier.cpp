@@ -20,8 +20,8 @@ namespace kvtier {
 
 namespace {
 
-constexpr uint64_t kBlock = 4096;                  // O_DIRECT alignment of offsets and sizes
-constexpr uint64_t kHeader = 4096;                 // a slot's header block
+constexpr uint64_t kBlock = 4096;                   // O_DIRECT alignment of offsets and sizes
+constexpr uint64_t kHeader = 4096;                  // a slot's header block
 constexpr uint64_t kMagic = 0x314547415054564bull;  // "KVTPAGE1"
 constexpr uint32_t kVersion = 1;
 constexpr uint64_t kGrowBytes = 64ull << 20;  // files grow by fallocate in steps of this
@@ -91,10 +91,13 @@ bool decompress_frags(const std::byte* src, size_t n, Frags frags, size_t length
 }
 static_assert(sizeof(Header) <= kHeader);
 
-uint64_t header_sum(const Header& h) { return checksum(&h, offsetof(Header, self_checksum)); }
+uint64_t header_sum(const Header& h) {
+  return checksum(&h, offsetof(Header, self_checksum));
+}
 
-uint64_t round_block(uint64_t n) { return (n + kBlock - 1) & ~(kBlock - 1); }
-
+uint64_t round_block(uint64_t n) {
+  return (n + kBlock - 1) & ~(kBlock - 1);
+}
 
 bool aligned(Frags frags) {
   if (frags.size() + 1 > kMaxIov) return false;
@@ -105,16 +108,16 @@ bool aligned(Frags frags) {
 
 int io_code(int neg_errno) {
   return neg_errno == -ENOSPC || neg_errno == -EDQUOT || neg_errno == -EFBIG ? KVTIER_ERR_NO_SPACE
-                                                                               : KVTIER_ERR_IO;
+                                                                             : KVTIER_ERR_IO;
 }
 
 std::string dir_name(const std::string& ns) {
   std::string s;
   for (char c : ns.substr(0, 64))
-    s += (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_') ? c : '_';
+    s +=
+        (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_') ? c : '_';
   char hash[24];
-  std::snprintf(hash, sizeof hash, "%016llx",
-                static_cast<unsigned long long>(namespace_seed(ns)));
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(namespace_seed(ns)));
   return (s.empty() ? "default" : s) + "-" + hash;
 }
 
@@ -205,7 +208,7 @@ class PageFiles {
   std::vector<SizeClass> classes_;
   std::map<uint64_t, uint32_t> class_of_size_;
   std::unordered_map<KeyId, Entry, KeyIdHash> map_;
-  std::list<KeyId> lru_;  // front = most recent
+  std::list<KeyId> lru_;     // front = most recent
   uint64_t live_bytes_ = 0;  // slots held by pages, and reserved for writes in flight
   uint64_t seq_ = 1;
   uint64_t generation_ = 0;  // bumped by clear(): writes begun before it are dropped
@@ -239,8 +242,8 @@ Status PageFiles::open(const Config& config, const std::string& path,
   pf->sync_ = config.file_sync;
   pf->zstd_level_ = config.file_zstd_level;
   if (::mkdir(config.file_dir.c_str(), 0755) != 0 && errno != EEXIST)
-    return {KVTIER_ERR_IO, "KVTIER_FILE_DIR: cannot create " + config.file_dir + ": " +
-                               std::strerror(errno)};
+    return {KVTIER_ERR_IO,
+            "KVTIER_FILE_DIR: cannot create " + config.file_dir + ": " + std::strerror(errno)};
   if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST)
     return {KVTIER_ERR_IO, "cannot create " + path + ": " + std::strerror(errno)};
   // One process per namespace: a second one gets a clear error instead of a corrupt index.
@@ -342,8 +345,7 @@ int PageFiles::reserve(uint32_t cls, uint64_t* slot) {
       if (!evict_from_class(cls)) {
         log().warn("file tier: cannot grow {}/slots-{}.dat: {}", dir_, c.slot_size,
                    std::strerror(err));
-        return err == ENOSPC || err == EDQUOT || err == EFBIG ? KVTIER_ERR_NO_SPACE
-                                                              : KVTIER_ERR_IO;
+        return err == ENOSPC || err == EDQUOT || err == EFBIG ? KVTIER_ERR_NO_SPACE : KVTIER_ERR_IO;
       }
     }
   }
@@ -398,8 +400,8 @@ void PageFiles::put(std::span<PutOp> ops) {
             if (zstd_level_) {
               p.buf_size = round_block(kHeader + ZSTD_compressBound(op.size));
               if (!(p.buf = bounce_.get(p.buf_size))) return;
-              size_t n = compress_frags(op.frags, p.buf + kHeader, p.buf_size - kHeader,
-                                        zstd_level_);
+              size_t n =
+                  compress_frags(op.frags, p.buf + kHeader, p.buf_size - kHeader, zstd_level_);
               compressed[i] = n > 0 && n <= op.size - op.size / kMinSavingDiv;
               if (compressed[i]) stored[i] = n;
             }
@@ -423,10 +425,10 @@ void PageFiles::put(std::span<PutOp> ops) {
               p.fd = classes_[p.cls].fd;
               p.slot_size = classes_[p.cls].slot_size;
             }
-            Header h{kMagic,        kVersion, compressed[i] ? kCompressed : 0u,
-                     op.id.hi,      op.id.lo, op.size,
-                     op.checksum,   p.seq,    p.slot_size,
-                     stored[i],     0};
+            Header h{kMagic,      kVersion, compressed[i] ? kCompressed : 0u,
+                     op.id.hi,    op.id.lo, op.size,
+                     op.checksum, p.seq,    p.slot_size,
+                     stored[i],   0};
             h.self_checksum = header_sum(h);
             std::memset(p.buf, 0, kHeader);
             std::memcpy(p.buf, &h, sizeof h);
@@ -516,8 +518,8 @@ void PageFiles::get(std::span<GetOp> ops) {
       }
       lru_.splice(lru_.begin(), lru_, e.lru);
       const SizeClass& c = classes_[e.cls];
-      pending.push_back({i, c.fd, e.slot * c.slot_size + kHeader, e.length, e.checksum, e.stored,
-                         e.compressed});
+      pending.push_back(
+          {i, c.fd, e.slot * c.slot_size + kHeader, e.length, e.checksum, e.stored, e.compressed});
     }
   }
   if (pending.empty()) return;
@@ -700,8 +702,14 @@ Status PageFiles::rebuild() {
               (h.flags & ~kCompressed) || (!(h.flags & kCompressed) && h.stored != h.length))
             continue;
           valid[slot] = 1;
-          found.push_back({{h.key_hi, h.key_lo}, cls, slot, h.length, h.checksum, h.seq,
-                           h.stored, (h.flags & kCompressed) != 0});
+          found.push_back({{h.key_hi, h.key_lo},
+                           cls,
+                           slot,
+                           h.length,
+                           h.checksum,
+                           h.seq,
+                           h.stored,
+                           (h.flags & kCompressed) != 0});
         }
       }
       scanned += std::min<uint64_t>(ios * per_io, slots - first);
@@ -712,7 +720,8 @@ Status PageFiles::rebuild() {
   bounce_.put(buf, kScan * kRun);
   if (!status.is_ok()) return status;
   // Oldest first, so the newest copy of a key wins and ends at the LRU front.
-  std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) { return a.seq < b.seq; });
+  std::sort(found.begin(), found.end(),
+            [](const Found& a, const Found& b) { return a.seq < b.seq; });
   for (const Found& f : found) {
     seq_ = std::max(seq_, f.seq + 1);
     auto it = map_.find(f.id);
@@ -723,8 +732,8 @@ Status PageFiles::rebuild() {
       map_.erase(it);
     }
     lru_.push_front(f.id);
-    map_.emplace(f.id,
-                 Entry{f.cls, f.slot, f.length, f.checksum, f.seq, f.stored, f.compressed, lru_.begin()});
+    map_.emplace(f.id, Entry{f.cls, f.slot, f.length, f.checksum, f.seq, f.stored, f.compressed,
+                             lru_.begin()});
     live_bytes_ += classes_[f.cls].slot_size;
   }
   while (live_bytes_ > capacity_ && !lru_.empty()) evict_one();
@@ -734,16 +743,24 @@ Status PageFiles::rebuild() {
 
 // ---- the tier, and the process-wide table of open namespaces ------------------------------
 
-void FileTier::put(std::span<PutOp> ops) { files_->put(ops); }
-void FileTier::get(std::span<GetOp> ops) { files_->get(ops); }
+void FileTier::put(std::span<PutOp> ops) {
+  files_->put(ops);
+}
+void FileTier::get(std::span<GetOp> ops) {
+  files_->get(ops);
+}
 void FileTier::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
   files_->exists(ids, present);
 }
 void FileTier::remove(std::span<const KeyId> ids, std::span<int> results) {
   files_->remove(ids, results);
 }
-void FileTier::clear() { files_->clear(); }
-TierStats FileTier::stats() const { return files_->stats(); }
+void FileTier::clear() {
+  files_->clear();
+}
+TierStats FileTier::stats() const {
+  return files_->stats();
+}
 
 Status open_page_files(const Config& config, std::shared_ptr<PageFiles>* out) {
   // Stores of one process on the same namespace share one PageFiles (the flock is per process).

@@ -10,8 +10,8 @@ Status Ring::create(unsigned depth, std::unique_ptr<Ring>* out) {
   std::unique_ptr<Ring> r(new Ring());
   int rc = io_uring_queue_init(depth, &r->ring_, 0);
   if (rc < 0)
-    return {KVTIER_ERR_IO, "io_uring_queue_init(" + std::to_string(depth) +
-                               ") failed: " + std::strerror(-rc)};
+    return {KVTIER_ERR_IO,
+            "io_uring_queue_init(" + std::to_string(depth) + ") failed: " + std::strerror(-rc)};
   r->depth_ = depth;
   *out = std::move(r);
   return {};

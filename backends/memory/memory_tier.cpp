@@ -10,8 +10,12 @@ namespace kvtier {
 namespace {
 // Pages of 4 KiB and up sit on 4 KiB boundaries (what O_DIRECT and RDMA like when they are
 // demoted); small values on cache lines, so a 1 KiB block does not cost 4 KiB.
-size_t align_for(size_t n) { return n >= 4096 ? 4096 : 64; }
-size_t round_up(size_t n) { return (n + align_for(n) - 1) & ~(align_for(n) - 1); }
+size_t align_for(size_t n) {
+  return n >= 4096 ? 4096 : 64;
+}
+size_t round_up(size_t n) {
+  return (n + align_for(n) - 1) & ~(align_for(n) - 1);
+}
 }  // namespace
 
 struct MemoryTier::Block {

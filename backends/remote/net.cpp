@@ -32,7 +32,8 @@ Status wait_for(int fd, short events, Deadline deadline) {
     int rc = ::poll(&p, 1, ms);
     if (rc > 0) return {};
     if (rc == 0) return {KVTIER_ERR_TIMEOUT, "no answer before the deadline"};
-    if (errno != EINTR) return {KVTIER_ERR_UNAVAILABLE, std::string("poll: ") + std::strerror(errno)};
+    if (errno != EINTR)
+      return {KVTIER_ERR_UNAVAILABLE, std::string("poll: ") + std::strerror(errno)};
   }
 }
 

@@ -18,13 +18,11 @@ Status decode_header(const uint8_t in[kHeaderSize], Header* h) {
   std::memcpy(&h->reserved, in + 12, 4);
   if (h->magic != kMagic) return {KVTIER_ERR_INVALID_ARG, "not a kvtier frame (bad magic)"};
   if (h->version != kVersion)
-    return {KVTIER_ERR_UNSUPPORTED,
-            "protocol version " + std::to_string(h->version) + ", expected " +
-                std::to_string(kVersion)};
+    return {KVTIER_ERR_UNSUPPORTED, "protocol version " + std::to_string(h->version) +
+                                        ", expected " + std::to_string(kVersion)};
   if (h->length > kMaxPayload)
     return {KVTIER_ERR_INVALID_ARG, "frame payload of " + std::to_string(h->length) +
-                                        " bytes is over the cap of " +
-                                        std::to_string(kMaxPayload)};
+                                        " bytes is over the cap of " + std::to_string(kMaxPayload)};
   return {};
 }
 
@@ -36,8 +34,8 @@ Status decode_put(std::span<const uint8_t> payload, std::vector<PutEntry>* out, 
   for (uint32_t i = 0; i < n && r.ok(); ++i) {
     PutEntry e{r.id(), r.u64(), r.u64()};
     if (e.length == 0 || e.length > kMaxValue)
-      return {KVTIER_ERR_INVALID_ARG, "PUT entry " + std::to_string(i) + " has length " +
-                                          std::to_string(e.length)};
+      return {KVTIER_ERR_INVALID_ARG,
+              "PUT entry " + std::to_string(i) + " has length " + std::to_string(e.length)};
     *bulk += e.length;
     out->push_back(e);
   }

@@ -58,8 +58,11 @@ void add_iov(Frags frags, size_t len, std::vector<iovec>* iov) {
 
 class RemoteTier final : public Tier {
  public:
-  RemoteTier(const Config& c) : timeout_ms_(c.remote_timeout_ms), replicas_(c.remote_replicas),
-                                token_(c.remote_token), ns_(namespace_seed(c.ns)) {}
+  RemoteTier(const Config& c)
+      : timeout_ms_(c.remote_timeout_ms),
+        replicas_(c.remote_replicas),
+        token_(c.remote_token),
+        ns_(namespace_seed(c.ns)) {}
   ~RemoteTier() override {
     for (auto& s : servers_)
       for (auto& c : s->conns) c->drop();
@@ -100,8 +103,10 @@ class RemoteTier final : public Tier {
           if (rd.count(4) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad PUT reply"};
           for (size_t i : idx) {
             int code = rd.i32();
-            if (code == KVTIER_OK) stored[i] = 1;
-            else best[i] = code;
+            if (code == KVTIER_OK)
+              stored[i] = 1;
+            else
+              best[i] = code;
           }
           return rd.done() ? Status{} : Status{KVTIER_ERR_INVALID_ARG, "bad PUT reply"};
         });
@@ -222,15 +227,14 @@ class RemoteTier final : public Tier {
   TierStats stats() const override {
     TierStats t;
     for (auto& s : servers_) {
-      const_cast<RemoteTier*>(this)->exchange(*s, wire::kStats, {}, {},
-                                              [&](int, wire::Reader& rd) {
-                                                t.keys += rd.u64();
-                                                t.bytes += rd.u64();
-                                                t.capacity += rd.u64();
-                                                t.evictions += rd.u64();
-                                                t.errors += rd.u64();
-                                                return Status{};
-                                              });
+      const_cast<RemoteTier*>(this)->exchange(*s, wire::kStats, {}, {}, [&](int, wire::Reader& rd) {
+        t.keys += rd.u64();
+        t.bytes += rd.u64();
+        t.capacity += rd.u64();
+        t.evictions += rd.u64();
+        t.errors += rd.u64();
+        return Status{};
+      });
     }
     t.errors += errors_.load();
     return t;
@@ -256,7 +260,7 @@ class RemoteTier final : public Tier {
     return out;
   }
   std::vector<std::pair<ServerRef*, std::vector<size_t>>> group_ids(std::span<const KeyId> ids,
-                                                                   unsigned r) const {
+                                                                    unsigned r) const {
     std::vector<std::pair<ServerRef*, std::vector<size_t>>> out;
     for (size_t i = 0; i < ids.size(); ++i) add(out, pick(ids[i], r), i);
     return out;
@@ -281,15 +285,15 @@ class RemoteTier final : public Tier {
       w.u32(static_cast<uint32_t>(token_.size()));
       w.bytes(token_.data(), token_.size());
       w.u64(ns_);
-      st = roundtrip(c.fd, wire::kHello, w.data(), {}, dl, [](int, wire::Reader&) {
-        return Status{};
-      });
+      st = roundtrip(c.fd, wire::kHello, w.data(), {}, dl,
+                     [](int, wire::Reader&) { return Status{}; });
     }
     if (!st.is_ok()) {
       c.drop();
       // Fail fast for a short while instead of paying a connect per call to a dead server.
-      s.down_until = now + std::chrono::nanoseconds(std::chrono::milliseconds(
-                               std::min<unsigned>(timeout_ms_, 250))).count();
+      s.down_until = now + std::chrono::nanoseconds(
+                               std::chrono::milliseconds(std::min<unsigned>(timeout_ms_, 250)))
+                               .count();
       log().warn("remote tier: server {}: {}", s.name, st.message());
     }
     return st;

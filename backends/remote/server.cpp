@@ -17,14 +17,15 @@ namespace {
 
 using wire::Header;
 
-Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
-                  iovec* bulk = nullptr, size_t n_bulk = 0) {
+Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload, iovec* bulk = nullptr,
+                  size_t n_bulk = 0) {
   uint8_t head[wire::kHeaderSize];
   Header h;
   h.type = type;
   h.length = static_cast<uint32_t>(payload.size());
   wire::encode_header(h, head);
-  std::vector<iovec> iov{{head, sizeof head}, {const_cast<uint8_t*>(payload.data()), payload.size()}};
+  std::vector<iovec> iov{{head, sizeof head},
+                         {const_cast<uint8_t*>(payload.data()), payload.size()}};
   iov.insert(iov.end(), bulk, bulk + n_bulk);
   return net::writev_all(fd, iov.data(), iov.size(), net::Deadline::max());
 }
@@ -89,16 +90,17 @@ void Server::accept_loop() {
     std::lock_guard lock(conns_mu_);
     for (auto& t : finished_) t.join();
     finished_.clear();
-    conns_.emplace(fd, std::thread([this, fd] {
-      serve(fd);
-      std::lock_guard l(conns_mu_);
-      auto it = conns_.find(fd);
-      if (it != conns_.end()) {  // not being stopped: park the thread to be joined later
-        finished_.push_back(std::move(it->second));
-        conns_.erase(it);
-      }
-      ::close(fd);
-    }));
+    conns_.emplace(
+        fd, std::thread([this, fd] {
+          serve(fd);
+          std::lock_guard l(conns_mu_);
+          auto it = conns_.find(fd);
+          if (it != conns_.end()) {  // not being stopped: park the thread to be joined later
+            finished_.push_back(std::move(it->second));
+            conns_.erase(it);
+          }
+          ::close(fd);
+        }));
   }
 }
 
@@ -114,8 +116,7 @@ void Server::serve(int fd) {
     Status s = wire::decode_header(head, &h);
     if (s.is_ok()) {
       payload.resize(h.length);
-      if (!net::read_all(fd, payload.data(), payload.size(), net::Deadline::max()).is_ok())
-        return;
+      if (!net::read_all(fd, payload.data(), payload.size(), net::Deadline::max()).is_ok()) return;
     }
     if (s.is_ok() && !hello) {
       std::string token;
@@ -223,20 +224,30 @@ Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, ui
       }
       // One readv for the whole batch: straight into the reserved slots; bytes of keys that
       // are present already or found no room go to a small sink, over and over.
+      // (In pieces of at most kIov entries, so a frame of huge refused values cannot make the
+      // server build a huge iovec list.)
+      constexpr size_t kIov = 1024;
       std::vector<uint8_t> sink(std::min<uint64_t>(bulk, 1 << 20));
       std::vector<iovec> iov;
-      for (size_t i = 0; i < entries.size(); ++i) {
+      auto flush = [&] {
+        if (s.is_ok() && !iov.empty())
+          s = net::readv_all(fd, iov.data(), iov.size(), net::Deadline::max());
+        iov.clear();
+      };
+      for (size_t i = 0; i < entries.size() && s.is_ok(); ++i) {
         if (codes[i] == KVTIER_OK) {
           iov.push_back({arena_ + offset[i], entries[i].length});
-          continue;
+        } else {
+          for (uint64_t left = entries[i].length; left && s.is_ok();) {
+            const size_t n = std::min<uint64_t>(left, sink.size());
+            iov.push_back({sink.data(), n});
+            left -= n;
+            if (iov.size() >= kIov) flush();
+          }
         }
-        for (uint64_t left = entries[i].length; left;) {
-          const size_t n = std::min<uint64_t>(left, sink.size());
-          iov.push_back({sink.data(), n});
-          left -= n;
-        }
+        if (iov.size() >= kIov) flush();
       }
-      s = net::readv_all(fd, iov.data(), iov.size(), net::Deadline::max());
+      flush();
       std::lock_guard lock(mu_);
       for (size_t i = 0; i < entries.size(); ++i) {
         if (codes[i] != KVTIER_OK) continue;
@@ -246,9 +257,8 @@ Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, ui
           continue;
         }
         lru_list_.push_front({ns, entries[i].id});
-        map_.emplace(Key{ns, entries[i].id},
-                     Entry{offset[i], slot[i], entries[i].length, entries[i].checksum, ns,
-                           lru_list_.begin()});
+        map_.emplace(Key{ns, entries[i].id}, Entry{offset[i], slot[i], entries[i].length,
+                                                   entries[i].checksum, ns, lru_list_.begin()});
       }
       if (!s.is_ok()) return {KVTIER_OK, ""};  // connection gone: nothing to answer
       out.u32(static_cast<uint32_t>(entries.size()));

@@ -67,10 +67,10 @@ class Server {
 
   std::mutex mu_;
   std::unordered_map<Key, Entry, Ids> map_;
-  std::list<Key> lru_list_;  // front = most recent
+  std::list<Key> lru_list_;                         // front = most recent
   std::map<uint64_t, std::vector<uint64_t>> free_;  // slot size -> offsets
-  std::unordered_map<uint64_t, uint32_t> pins_;      // offset -> replies sending its bytes
-  std::unordered_map<uint64_t, uint64_t> dropped_;   // offset -> slot size, freed at unpin
+  std::unordered_map<uint64_t, uint32_t> pins_;     // offset -> replies sending its bytes
+  std::unordered_map<uint64_t, uint64_t> dropped_;  // offset -> slot size, freed at unpin
   uint64_t bump_ = 0;
   uint64_t used_ = 0;
   uint64_t evictions_ = 0, errors_ = 0;

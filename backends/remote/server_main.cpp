@@ -53,11 +53,16 @@ int main(int argc, char** argv) {
     }
     if (i + 1 >= argc) return usage_error(a + " needs a value");
     std::string v = argv[++i];
-    if (a == "--listen") listen = v;
-    else if (a == "--capacity") capacity = v;
-    else if (a == "--token") opt.token = v;
-    else if (a == "--log-level") level = v;
-    else return usage_error("unknown flag " + a);
+    if (a == "--listen")
+      listen = v;
+    else if (a == "--capacity")
+      capacity = v;
+    else if (a == "--token")
+      opt.token = v;
+    else if (a == "--log-level")
+      level = v;
+    else
+      return usage_error("unknown flag " + a);
   }
   if (!kvtier::net::split_host_port(listen, &opt.host, &opt.port).is_ok())
     return usage_error("--listen '" + listen + "' is not HOST:PORT");

@@ -56,25 +56,25 @@ KVTIER_API const char* kvtier_version_string(void);
 /* ---- Codes (frozen) ----------------------------------------------------------------------- */
 
 #define KVTIER_OK 0
-#define KVTIER_ERR_NOT_FOUND -1         /* the key is in no tier (a miss, not a failure) */
-#define KVTIER_ERR_INVALID_ARG -2       /* NULL, n == 0, mismatched counts, empty value */
-#define KVTIER_ERR_KEY_TOO_LONG -3      /* key longer than KVTIER_MAX_KEY_LEN (or empty) */
-#define KVTIER_ERR_NOT_REGISTERED -4    /* a fragment outside registered memory */
-#define KVTIER_ERR_BUFFER_TOO_SMALL -5  /* the value does not fit the caller's buffer */
-#define KVTIER_ERR_SIZE_MISMATCH -6     /* v1 get: stored value size != fragments' total */
-#define KVTIER_ERR_CONFIG -7            /* a KVTIER_* setting is invalid */
-#define KVTIER_ERR_NO_SPACE -8          /* no tier could take the value (capacity, ENOSPC) */
-#define KVTIER_ERR_IO -9                /* an I/O error in a tier */
-#define KVTIER_ERR_CORRUPT -10          /* stored bytes failed their checksum */
-#define KVTIER_ERR_UNAVAILABLE -11      /* a remote server cannot be reached */
-#define KVTIER_ERR_TIMEOUT -12          /* a remote server did not answer in time */
-#define KVTIER_ERR_NO_MEMORY -13        /* the library could not allocate */
-#define KVTIER_ERR_UNSUPPORTED -14      /* not built in, or not possible with this tier */
-#define KVTIER_ERR_NO_LAYOUT -15        /* a slot call before kvtier_register_layout() */
-#define KVTIER_ERR_OUT_OF_RANGE -16     /* a token slot outside the pool or not page-aligned */
-#define KVTIER_ERR_BUSY -17             /* the namespace is held by another process */
-#define KVTIER_ERR_INTERNAL -18         /* a bug: please report it with kvtier_last_error() */
-#define KVTIER_ERR_DENIED -19           /* a remote server refused the token or protocol */
+#define KVTIER_ERR_NOT_FOUND -1        /* the key is in no tier (a miss, not a failure) */
+#define KVTIER_ERR_INVALID_ARG -2      /* NULL, n == 0, mismatched counts, empty value */
+#define KVTIER_ERR_KEY_TOO_LONG -3     /* key longer than KVTIER_MAX_KEY_LEN (or empty) */
+#define KVTIER_ERR_NOT_REGISTERED -4   /* a fragment outside registered memory */
+#define KVTIER_ERR_BUFFER_TOO_SMALL -5 /* the value does not fit the caller's buffer */
+#define KVTIER_ERR_SIZE_MISMATCH -6    /* v1 get: stored value size != fragments' total */
+#define KVTIER_ERR_CONFIG -7           /* a KVTIER_* setting is invalid */
+#define KVTIER_ERR_NO_SPACE -8         /* no tier could take the value (capacity, ENOSPC) */
+#define KVTIER_ERR_IO -9               /* an I/O error in a tier */
+#define KVTIER_ERR_CORRUPT -10         /* stored bytes failed their checksum */
+#define KVTIER_ERR_UNAVAILABLE -11     /* a remote server cannot be reached */
+#define KVTIER_ERR_TIMEOUT -12         /* a remote server did not answer in time */
+#define KVTIER_ERR_NO_MEMORY -13       /* the library could not allocate */
+#define KVTIER_ERR_UNSUPPORTED -14     /* not built in, or not possible with this tier */
+#define KVTIER_ERR_NO_LAYOUT -15       /* a slot call before kvtier_register_layout() */
+#define KVTIER_ERR_OUT_OF_RANGE -16    /* a token slot outside the pool or not page-aligned */
+#define KVTIER_ERR_BUSY -17            /* the namespace is held by another process */
+#define KVTIER_ERR_INTERNAL -18        /* a bug: please report it with kvtier_last_error() */
+#define KVTIER_ERR_DENIED -19          /* a remote server refused the token or protocol */
 
 #define KVTIER_MAX_KEY_LEN 1024
 
@@ -114,8 +114,7 @@ KVTIER_API int kvtier_batch_set(kvtier_store_t* store, const char* const* keys, 
  * results[i] : the value's size in bytes, KVTIER_ERR_NOT_FOUND, KVTIER_ERR_BUFFER_TOO_SMALL
  *              (nothing written to that buffer), or another negative code. */
 KVTIER_API int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n,
-                                void* const* buffers, const size_t* capacities,
-                                int64_t* results);
+                                void* const* buffers, const size_t* capacities, int64_t* results);
 
 /* *hits : how many keys, from keys[0] on, are present without a gap (the engine's prefix
  * semantics: it stops at the first miss). */
@@ -151,16 +150,16 @@ KVTIER_API int kvtier_unregister_buffer(kvtier_store_t* store, void* addr);
  * read during the call; the engine may reuse them once it returns.
  * results[i] : 0 (also when the key existed already) or a negative code. */
 KVTIER_API int kvtier_batch_set_v1(kvtier_store_t* store, const char* const* keys, size_t n,
-                                   void* const* frag_ptrs, const size_t* frag_sizes,
-                                   size_t n_frags, int* results);
+                                   void* const* frag_ptrs, const size_t* frag_sizes, size_t n_frags,
+                                   int* results);
 
 /* Reads each key into its fragments, in place; the bytes are there when the call returns.
  * results[i] : 0, KVTIER_ERR_NOT_FOUND, KVTIER_ERR_SIZE_MISMATCH (the stored value is not
  *              exactly the fragments' total; nothing written), KVTIER_ERR_NOT_REGISTERED
  *              (nothing written), or another negative code. */
 KVTIER_API int kvtier_batch_get_v1(kvtier_store_t* store, const char* const* keys, size_t n,
-                                   void* const* frag_ptrs, const size_t* frag_sizes,
-                                   size_t n_frags, int* results);
+                                   void* const* frag_ptrs, const size_t* frag_sizes, size_t n_frags,
+                                   int* results);
 
 /* ---- Native page meta --------------------------------------------------------------------- */
 
@@ -208,12 +207,10 @@ KVTIER_API int kvtier_get_page_buffer_meta(kvtier_store_t* store, const int64_t*
  * (n * page_size int64 token slots; page i starts at slots[i * page_size]). The fragments are
  * computed from the registered layout. A page that starts off a page boundary or outside the
  * pool fails its key with KVTIER_ERR_OUT_OF_RANGE. */
-KVTIER_API int kvtier_batch_set_v1_slots(kvtier_store_t* store, const char* const* keys,
-                                         size_t n, const int64_t* slots, size_t n_slots,
-                                         int* results);
-KVTIER_API int kvtier_batch_get_v1_slots(kvtier_store_t* store, const char* const* keys,
-                                         size_t n, const int64_t* slots, size_t n_slots,
-                                         int* results);
+KVTIER_API int kvtier_batch_set_v1_slots(kvtier_store_t* store, const char* const* keys, size_t n,
+                                         const int64_t* slots, size_t n_slots, int* results);
+KVTIER_API int kvtier_batch_get_v1_slots(kvtier_store_t* store, const char* const* keys, size_t n,
+                                         const int64_t* slots, size_t n_slots, int* results);
 
 #ifdef __cplusplus
 }
