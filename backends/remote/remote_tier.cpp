@@ -89,7 +89,8 @@ class RemoteTier final : public Tier {
     std::vector<int> best(ops.size(), KVTIER_ERR_UNAVAILABLE);
     std::vector<uint8_t> stored(ops.size(), 0);
     for (unsigned r = 0; r < replicas_; ++r) {
-      for (auto& [srv, idx] : group(ops, r)) {
+      for (auto& [srv, idx] : group(
+               ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
         wire::Writer w;
         w.u32(static_cast<uint32_t>(idx.size()));
         std::vector<iovec> bulk;
@@ -125,7 +126,8 @@ class RemoteTier final : public Tier {
     std::vector<uint8_t> done(ops.size(), 0);
     std::vector<uint8_t> scratch;
     for (unsigned r = 0; r < replicas_; ++r) {
-      for (auto& [srv, all] : group(ops, r)) {
+      for (auto& [srv, all] : group(
+               ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
         std::vector<size_t> idx;
         for (size_t i : all)
           if (!done[i]) idx.push_back(i);
@@ -185,7 +187,8 @@ class RemoteTier final : public Tier {
   void exists(std::span<const KeyId> ids, std::span<uint8_t> present) override {
     std::fill(present.begin(), present.end(), 0);
     for (unsigned r = 0; r < replicas_; ++r) {
-      for (auto& [srv, all] : group_ids(ids, r)) {
+      for (auto& [srv, all] : group(
+               ids.size(), [&](size_t i) { return ids[i]; }, r)) {
         std::vector<size_t> idx;
         for (size_t i : all)
           if (!present[i]) idx.push_back(i);
@@ -205,7 +208,8 @@ class RemoteTier final : public Tier {
   void remove(std::span<const KeyId> ids, std::span<int> results) override {
     std::fill(results.begin(), results.end(), KVTIER_ERR_NOT_FOUND);
     for (unsigned r = 0; r < replicas_; ++r) {
-      for (auto& [srv, idx] : group_ids(ids, r)) {
+      for (auto& [srv, idx] : group(
+               ids.size(), [&](size_t i) { return ids[i]; }, r)) {
         wire::Writer w;
         w.u32(static_cast<uint32_t>(idx.size()));
         for (size_t i : idx) w.id(ids[i]);
@@ -253,26 +257,21 @@ class RemoteTier final : public Tier {
     return scored[r].second;
   }
 
-  template <class Ops>
-  std::vector<std::pair<ServerRef*, std::vector<size_t>>> group(Ops& ops, unsigned r) const {
+  // Indices 0..n-1 grouped by the r-th server of key_of(i).
+  template <class KeyOf>
+  std::vector<std::pair<ServerRef*, std::vector<size_t>>> group(size_t n, KeyOf key_of,
+                                                                unsigned r) const {
     std::vector<std::pair<ServerRef*, std::vector<size_t>>> out;
-    for (size_t i = 0; i < ops.size(); ++i) add(out, pick(ops[i].id, r), i);
-    return out;
-  }
-  std::vector<std::pair<ServerRef*, std::vector<size_t>>> group_ids(std::span<const KeyId> ids,
-                                                                    unsigned r) const {
-    std::vector<std::pair<ServerRef*, std::vector<size_t>>> out;
-    for (size_t i = 0; i < ids.size(); ++i) add(out, pick(ids[i], r), i);
-    return out;
-  }
-  static void add(std::vector<std::pair<ServerRef*, std::vector<size_t>>>& out, ServerRef* s,
-                  size_t i) {
-    for (auto& [srv, idx] : out)
-      if (srv == s) {
-        idx.push_back(i);
-        return;
+    for (size_t i = 0; i < n; ++i) {
+      ServerRef* s = pick(key_of(i), r);
+      auto it = std::find_if(out.begin(), out.end(), [s](auto& g) { return g.first == s; });
+      if (it == out.end()) {
+        out.push_back({s, {i}});
+      } else {
+        it->second.push_back(i);
       }
-    out.push_back({s, {i}});
+    }
+    return out;
   }
 
   Status connect(ServerRef& s, Conn& c, Deadline dl) {
