@@ -52,6 +52,29 @@ Status decode_ids(std::span<const uint8_t> payload, std::vector<KeyId>* out) {
   return {};
 }
 
+Status decode_commit(std::span<const uint8_t> payload, std::vector<CommitEntry>* out) {
+  Reader r(payload);
+  const uint32_t n = r.count(9);
+  out->clear();
+  for (uint32_t i = 0; i < n && r.ok(); ++i) {
+    const uint64_t offset = r.u64();
+    const uint8_t flag = r.u8();
+    if (flag > 1) return {KVTIER_ERR_INVALID_ARG, "COMMIT flag must be 0 or 1"};
+    out->push_back({offset, flag == 1});
+  }
+  if (!r.done()) return {KVTIER_ERR_INVALID_ARG, "malformed COMMIT payload"};
+  return {};
+}
+
+Status decode_u64s(std::span<const uint8_t> payload, std::vector<uint64_t>* out) {
+  Reader r(payload);
+  const uint32_t n = r.count(8);
+  out->clear();
+  for (uint32_t i = 0; i < n && r.ok(); ++i) out->push_back(r.u64());
+  if (!r.done()) return {KVTIER_ERR_INVALID_ARG, "malformed lease list"};
+  return {};
+}
+
 Status decode_hello(std::span<const uint8_t> payload, std::string* token, uint64_t* ns_seed) {
   Reader r(payload);
   const uint32_t n = r.u32();

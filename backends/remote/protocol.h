@@ -14,9 +14,23 @@
 //   REMOVE  n u32, n x id                              -> n u32, n x code i32
 //   CLEAR   (empty): drops the caller's namespace       -> (empty)
 //   STATS   (empty)                                    -> keys, bytes, capacity, evictions,
-//                                                         errors (u64 each)
+//                                                         errors, leases expired (u64 each)
 //   ERROR   code i32, message                          (a reply to anything; the server then
 //                                                         closes the connection)
+//
+// The RDMA data plane moves the bytes one-sided; these frames are its control plane:
+//   RDMA_INFO (empty)                                  -> code i32, rdma_cm port u32, ticket u64
+//             (the ticket, presented when the RDMA connection is made, ties it to this
+//             authenticated control connection; code UNSUPPORTED: the server has no RDMA)
+//   ALLOC   n u32, n x {id, length u64, checksum u64}  -> n u32, n x {code i32, offset u64}
+//           reserves arena slots under a lease; code kPresent: the key is stored already
+//   COMMIT  n u32, n x {offset u64, commit u8}         -> n u32, n x code i32
+//           commit 1: the written slot becomes visible; 0: the slot is given back. A lease that
+//           ran out (or a dropped control connection) has given the slot back already.
+//   LOOKUP  n u32, n x id                              -> n u32, n x {code i32, offset u64,
+//                                                         length u64, checksum u64, lease u64}
+//           pins found pages until RELEASE, the lease's end or the connection's end
+//   RELEASE n u32, n x lease u64                       -> (empty)
 #pragma once
 
 #include <cstdint>
@@ -37,6 +51,7 @@ constexpr uint32_t kMaxPayload = 4u << 20;         // control part of a frame
 constexpr uint64_t kMaxValue = uint64_t{1} << 30;  // one page
 constexpr uint32_t kMaxKeys = 65536;               // per frame
 constexpr size_t kMaxToken = 256;
+constexpr int32_t kPresent = 1;  // ALLOC: the key is stored already, nothing to write
 
 enum Type : uint16_t {
   kHello = 1,
@@ -46,6 +61,11 @@ enum Type : uint16_t {
   kRemove = 5,
   kClear = 6,
   kStats = 7,
+  kRdmaInfo = 8,
+  kAlloc = 9,
+  kCommit = 10,
+  kLookup = 11,
+  kRelease = 12,
   kError = 100,
   kReply = 0x80,  // ORed into the request's type
 };
@@ -145,6 +165,13 @@ struct PutEntry {
 };
 Status decode_put(std::span<const uint8_t> payload, std::vector<PutEntry>* out, uint64_t* bulk);
 Status decode_ids(std::span<const uint8_t> payload, std::vector<KeyId>* out);
+// COMMIT's entries and RELEASE's leases.
+struct CommitEntry {
+  uint64_t offset;
+  bool commit;
+};
+Status decode_commit(std::span<const uint8_t> payload, std::vector<CommitEntry>* out);
+Status decode_u64s(std::span<const uint8_t> payload, std::vector<uint64_t>* out);
 Status decode_hello(std::span<const uint8_t> payload, std::string* token, uint64_t* ns_seed);
 
 }  // namespace kvtier::wire

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <random>
 
 #include "log.h"
 #include "net.h"
@@ -28,6 +29,13 @@ Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload, io
                          {const_cast<uint8_t*>(payload.data()), payload.size()}};
   iov.insert(iov.end(), bulk, bulk + n_bulk);
   return net::writev_all(fd, iov.data(), iov.size(), net::Deadline::max());
+}
+
+uint64_t random_u64() {
+  static std::mutex mu;
+  static std::mt19937_64 gen{std::random_device{}()};
+  std::lock_guard lock(mu);
+  return gen();
 }
 
 Status send_error(int fd, const Status& s) {
@@ -56,6 +64,20 @@ Status Server::start(uint16_t* port) {
   arena_ = static_cast<std::byte*>(p);
   Status s = net::listen_on(opt_.host, opt_.port, &listen_fd_, port);
   if (!s.is_ok()) return s;
+  if (opt_.rdma && rdma::available()) {
+    const uint16_t rport = opt_.rdma_port ? opt_.rdma_port : static_cast<uint16_t>(*port + 1);
+    s = rdma::Listener::start(
+        opt_.host, rport, arena_, opt_.capacity,
+        [this](uint64_t ticket) {
+          std::lock_guard lock(mu_);
+          return tickets_.count(ticket) > 0;
+        },
+        &rdma_);
+    if (s.is_ok())
+      log().info("server: RDMA data plane on port {}", rdma_->port());
+    else
+      log().warn("server: no RDMA data plane ({}); clients move bytes over TCP", s.message());
+  }
   acceptor_ = std::thread([this] { accept_loop(); });
   return {};
 }
@@ -72,9 +94,12 @@ void Server::stop() {
     conns.swap(conns_);
   }
   for (auto& [fd, t] : conns) t.join();
-  std::lock_guard lock(conns_mu_);
-  for (auto& t : finished_) t.join();
-  finished_.clear();
+  {
+    std::lock_guard lock(conns_mu_);
+    for (auto& t : finished_) t.join();
+    finished_.clear();
+  }
+  rdma_.reset();  // before the arena it registered goes
 }
 
 void Server::accept_loop() {
@@ -105,9 +130,18 @@ void Server::accept_loop() {
 }
 
 void Server::serve(int fd) {
+  Session ss{fd};
   // Every connection starts with HELLO: protocol version, token and the client's namespace.
-  uint64_t ns = 0;
+  uint64_t& ns = ss.ns;
   bool hello = false;
+  struct End {  // whatever way the connection ends, its leases and tickets end with it
+    Server* server;
+    Session& ss;
+    ~End() {
+      std::lock_guard lock(server->mu_);
+      server->end_session(ss);
+    }
+  } end{this, ss};
   std::vector<uint8_t> payload;
   for (;;) {
     uint8_t head[wire::kHeaderSize];
@@ -133,7 +167,7 @@ void Server::serve(int fd) {
         }
       }
     } else if (s.is_ok()) {
-      s = handle(fd, h, payload, ns);
+      s = handle(ss, h, payload);
       if (s.is_ok()) continue;
     }
     // A malformed or refused frame: say why and drop the connection.
@@ -192,7 +226,9 @@ void Server::free_slot(uint64_t offset, uint64_t slot_size) {
   used_ -= slot_size;
 }
 
-Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, uint64_t ns) {
+Status Server::handle(Session& ss, const Header& h, std::vector<uint8_t>& payload) {
+  const int fd = ss.fd;
+  const uint64_t ns = ss.ns;
   wire::Writer out;
   switch (h.type) {
     case wire::kExists: {
@@ -294,14 +330,7 @@ Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, ui
       }
       s = send_frame(fd, wire::kGet | wire::kReply, out.data(), bulk.data(), bulk.size());
       std::lock_guard lock(mu_);
-      for (uint64_t offset : pinned) {
-        if (--pins_[offset]) continue;
-        pins_.erase(offset);
-        if (auto d = dropped_.find(offset); d != dropped_.end()) {
-          free_slot(offset, d->second);
-          dropped_.erase(d);
-        }
-      }
+      for (uint64_t offset : pinned) unpin(offset);
       return s.is_ok() ? s : Status{KVTIER_OK, ""};
     }
     case wire::kRemove: {
@@ -338,13 +367,184 @@ Status Server::handle(int fd, const Header& h, std::vector<uint8_t>& payload, ui
       out.u64(opt_.capacity);
       out.u64(evictions_);
       out.u64(errors_);
+      out.u64(expired_);
+      break;
+    }
+    default: {
+      Status s = handle_rdma(ss, h, payload, out);
+      if (!s.is_ok()) return s;
+    }
+  }
+  Status s = send_frame(fd, static_cast<uint16_t>(h.type | wire::kReply), out.data());
+  return s.is_ok() ? s : Status{KVTIER_OK, ""};
+}
+
+// The control plane of the RDMA data plane: the bytes themselves never pass through here.
+Status Server::handle_rdma(Session& ss, const Header& h, std::vector<uint8_t>& payload,
+                           wire::Writer& out) {
+  const uint64_t ns = ss.ns;
+  const auto now = Clock::now();
+  const auto lease = std::chrono::milliseconds(opt_.lease_ms);
+  std::lock_guard lock(mu_);
+  if (now >= next_reap_) {
+    reap(now);
+    next_reap_ = now + lease / 4;
+  }
+  switch (h.type) {
+    case wire::kRdmaInfo: {
+      if (!payload.empty()) return {KVTIER_ERR_INVALID_ARG, "RDMA_INFO takes no payload"};
+      if (!rdma_) {
+        out.i32(KVTIER_ERR_UNSUPPORTED);
+        out.u32(0);
+        out.u64(0);
+        break;
+      }
+      uint64_t ticket = 0;
+      while (ticket == 0 || tickets_.count(ticket)) ticket = random_u64();
+      tickets_[ticket] = ss.fd;
+      out.i32(KVTIER_OK);
+      out.u32(rdma_->port());
+      out.u64(ticket);
+      break;
+    }
+    case wire::kAlloc: {
+      std::vector<wire::PutEntry> entries;
+      uint64_t bulk = 0;
+      Status s = wire::decode_put(payload, &entries, &bulk);
+      if (!s.is_ok()) return s;
+      out.u32(static_cast<uint32_t>(entries.size()));
+      for (const wire::PutEntry& e : entries) {
+        uint64_t offset = 0, slot = 0;
+        if (map_.count({ns, e.id})) {
+          out.i32(wire::kPresent);
+          out.u64(0);
+        } else if (!allocate(e.length, &offset, &slot)) {
+          out.i32(KVTIER_ERR_NO_SPACE);
+          out.u64(0);
+        } else {
+          pending_[offset] = {{ns, e.id}, slot, e.length, e.checksum, now + lease, ss.fd};
+          out.i32(KVTIER_OK);
+          out.u64(offset);
+        }
+      }
+      break;
+    }
+    case wire::kCommit: {
+      std::vector<wire::CommitEntry> entries;
+      Status s = wire::decode_commit(payload, &entries);
+      if (!s.is_ok()) return s;
+      out.u32(static_cast<uint32_t>(entries.size()));
+      for (const wire::CommitEntry& e : entries) {
+        auto it = pending_.find(e.offset);
+        if (it == pending_.end() || it->second.conn != ss.fd) {
+          out.i32(KVTIER_ERR_TIMEOUT);  // its lease ran out: the slot went back
+          continue;
+        }
+        Pending p = it->second;
+        pending_.erase(it);
+        if (!e.commit || map_.count(p.key)) {  // given back, or another put of the key won
+          free_slot(e.offset, p.slot_size);
+          out.i32(KVTIER_OK);
+          continue;
+        }
+        lru_list_.push_front(p.key);
+        map_.emplace(p.key,
+                     Entry{e.offset, p.slot_size, p.length, p.checksum, ns, lru_list_.begin()});
+        out.i32(KVTIER_OK);
+      }
+      break;
+    }
+    case wire::kLookup: {
+      std::vector<KeyId> ids;
+      Status s = wire::decode_ids(payload, &ids);
+      if (!s.is_ok()) return s;
+      out.u32(static_cast<uint32_t>(ids.size()));
+      for (const KeyId& id : ids) {
+        auto it = map_.find({ns, id});
+        if (it == map_.end()) {
+          out.i32(KVTIER_ERR_NOT_FOUND);
+          for (int k = 0; k < 4; ++k) out.u64(0);
+          continue;
+        }
+        Entry& e = it->second;
+        ++pins_[e.offset];
+        lru_list_.splice(lru_list_.begin(), lru_list_, e.lru);
+        const uint64_t id_ = next_lease_++;
+        leases_[id_] = {e.offset, now + lease, ss.fd};
+        out.i32(KVTIER_OK);
+        out.u64(e.offset);
+        out.u64(e.length);
+        out.u64(e.checksum);
+        out.u64(id_);
+      }
+      break;
+    }
+    case wire::kRelease: {
+      std::vector<uint64_t> ids;
+      Status s = wire::decode_u64s(payload, &ids);
+      if (!s.is_ok()) return s;
+      for (uint64_t id : ids) {
+        auto it = leases_.find(id);
+        if (it == leases_.end() || it->second.conn != ss.fd) continue;  // ran out already
+        unpin(it->second.offset);
+        leases_.erase(it);
+      }
       break;
     }
     default:
       return {KVTIER_ERR_INVALID_ARG, "unknown frame type " + std::to_string(h.type)};
   }
-  Status s = send_frame(fd, static_cast<uint16_t>(h.type | wire::kReply), out.data());
-  return s.is_ok() ? s : Status{KVTIER_OK, ""};
+  return {};
+}
+
+void Server::unpin(uint64_t offset) {
+  if (--pins_[offset]) return;
+  pins_.erase(offset);
+  if (auto d = dropped_.find(offset); d != dropped_.end()) {
+    free_slot(offset, d->second);
+    dropped_.erase(d);
+  }
+}
+
+void Server::reap(Clock::time_point now) {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if (it->second.expiry > now) {
+      ++it;
+      continue;
+    }
+    free_slot(it->first, it->second.slot_size);
+    ++expired_;
+    it = pending_.erase(it);
+  }
+  for (auto it = leases_.begin(); it != leases_.end();) {
+    if (it->second.expiry > now) {
+      ++it;
+      continue;
+    }
+    unpin(it->second.offset);
+    ++expired_;
+    it = leases_.erase(it);
+  }
+}
+
+void Server::end_session(const Session& ss) {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    if (it->second.conn != ss.fd) {
+      ++it;
+      continue;
+    }
+    free_slot(it->first, it->second.slot_size);
+    it = pending_.erase(it);
+  }
+  for (auto it = leases_.begin(); it != leases_.end();) {
+    if (it->second.conn != ss.fd) {
+      ++it;
+      continue;
+    }
+    unpin(it->second.offset);
+    it = leases_.erase(it);
+  }
+  std::erase_if(tickets_, [&](const auto& t) { return t.second == ss.fd; });
 }
 
 }  // namespace kvtier

@@ -1,9 +1,12 @@
 // kvtier-server: a memory arena on a memory node, shared by the remote tiers of many clients.
 // Pages are put in two steps (bytes into a reserved slot, then commit), so a reader never sees
-// half a page and a client that dies mid-put leaves nothing behind.
+// half a page and a client that dies mid-put leaves nothing behind. Over RDMA the two steps are
+// ALLOC (a slot under a lease), the client's one-sided writes, then COMMIT; a lease that runs
+// out, or the end of the client's control connection, gives the slot back.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <list>
 #include <map>
 #include <memory>
@@ -15,6 +18,7 @@
 
 #include "keys.h"
 #include "protocol.h"
+#include "rdma.h"
 #include "status.h"
 
 namespace kvtier {
@@ -24,6 +28,9 @@ struct ServerOptions {
   uint16_t port = 7471;
   uint64_t capacity = 4ull << 30;  // --capacity / KVTIER_SERVER_CAPACITY
   std::string token;               // --token / KVTIER_REMOTE_TOKEN; empty: no check
+  bool rdma = true;                // --rdma auto|off / KVTIER_SERVER_RDMA: serve RDMA if a device
+  uint16_t rdma_port = 0;          // --rdma-port / KVTIER_SERVER_RDMA_PORT; 0: the TCP port + 1
+  unsigned lease_ms = 10000;       // --lease-ms / KVTIER_SERVER_LEASE_MS: ALLOC and LOOKUP leases
 };
 
 class Server {
@@ -45,9 +52,32 @@ class Server {
   };
   using Key = std::pair<uint64_t, KeyId>;
 
+  using Clock = std::chrono::steady_clock;
+  struct Session {  // one control connection
+    int fd;
+    uint64_t ns = 0;
+  };
+  // A slot handed out by ALLOC, written by the client, not yet committed.
+  struct Pending {
+    Key key;
+    uint64_t slot_size, length, checksum;
+    Clock::time_point expiry;
+    int conn;
+  };
+  struct ReadLease {  // a page pinned by LOOKUP until RELEASE
+    uint64_t offset;
+    Clock::time_point expiry;
+    int conn;
+  };
+
   void accept_loop();
   void serve(int fd);
-  Status handle(int fd, const wire::Header& h, std::vector<uint8_t>& payload, uint64_t ns);
+  Status handle(Session& ss, const wire::Header& h, std::vector<uint8_t>& payload);
+  Status handle_rdma(Session& ss, const wire::Header& h, std::vector<uint8_t>& payload,
+                     wire::Writer& out);
+  void unpin(uint64_t offset);          // REQUIRES mu_
+  void reap(Clock::time_point now);     // REQUIRES mu_: ends leases that ran out
+  void end_session(const Session& ss);  // REQUIRES mu_: ends its leases and tickets
   // REQUIRES mu_: a slot of `bytes`, evicting least-recently-used unpinned pages if needed.
   bool allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size);
   void free_slot(uint64_t offset, uint64_t slot_size);  // REQUIRES mu_
@@ -71,9 +101,15 @@ class Server {
   std::map<uint64_t, std::vector<uint64_t>> free_;  // slot size -> offsets
   std::unordered_map<uint64_t, uint32_t> pins_;     // offset -> replies sending its bytes
   std::unordered_map<uint64_t, uint64_t> dropped_;  // offset -> slot size, freed at unpin
+  std::unordered_map<uint64_t, Pending> pending_;   // offset -> reserved by ALLOC
+  std::unordered_map<uint64_t, ReadLease> leases_;  // lease id -> pinned by LOOKUP
+  std::unordered_map<uint64_t, int> tickets_;       // RDMA ticket -> control connection
+  uint64_t next_lease_ = 1;
+  Clock::time_point next_reap_{};
+  std::unique_ptr<rdma::Listener> rdma_;
   uint64_t bump_ = 0;
   uint64_t used_ = 0;
-  uint64_t evictions_ = 0, errors_ = 0;
+  uint64_t evictions_ = 0, errors_ = 0, expired_ = 0;
 };
 
 }  // namespace kvtier

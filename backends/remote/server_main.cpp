@@ -2,6 +2,7 @@
 //   kvtier-server --listen 127.0.0.1:7471 --capacity 4GiB [--token SECRET] [--log-level info]
 #include <signal.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -15,7 +16,8 @@ namespace {
 
 const char* kHelp = R"(kvtier-server: the memory node of kvtier's remote tier.
 
-usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--log-level LEVEL]
+usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--rdma auto|off]
+                     [--rdma-port PORT] [--lease-ms MS] [--log-level LEVEL]
 
   --listen HOST:PORT  address to serve on (default 127.0.0.1:7471; port 0 picks a free one)
                       env: KVTIER_SERVER_LISTEN
@@ -23,6 +25,14 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--l
                       env: KVTIER_SERVER_CAPACITY
   --token TOKEN       every client must present it (default: none)
                       env: KVTIER_REMOTE_TOKEN
+  --rdma auto|off     auto: serve the RDMA data plane when the host has an RDMA device
+                      (the arena is then registered, so pinned, at start) (default auto)
+                      env: KVTIER_SERVER_RDMA
+  --rdma-port PORT    rdma_cm port of the RDMA data plane (default: the TCP port + 1)
+                      env: KVTIER_SERVER_RDMA_PORT
+  --lease-ms MS       a slot reserved for an RDMA put, or a page pinned for an RDMA read, is
+                      given back after this long without COMMIT or RELEASE (default 10000)
+                      env: KVTIER_SERVER_LEASE_MS
   --log-level LEVEL   trace, debug, info, warn, error, critical, off (default info)
                       env: KVTIER_LOG_LEVEL
   --help              this text
@@ -36,12 +46,23 @@ int usage_error(const std::string& msg) {
   return 2;
 }
 
+bool parse_number(const std::string& text, unsigned long max, unsigned long* out) {
+  char* end = nullptr;
+  errno = 0;
+  *out = std::strtoul(text.c_str(), &end, 10);
+  return !text.empty() && text[0] != '-' && *end == 0 && errno == 0 && *out <= max;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   kvtier::ServerOptions opt;
-  std::string listen = "127.0.0.1:7471", capacity = "4GiB", level = "info";
+  std::string listen = "127.0.0.1:7471", capacity = "4GiB", level = "info", rdma = "auto",
+              rdma_port = "0", lease = "10000";
   if (const char* v = std::getenv("KVTIER_SERVER_LISTEN")) listen = v;
+  if (const char* v = std::getenv("KVTIER_SERVER_RDMA")) rdma = v;
+  if (const char* v = std::getenv("KVTIER_SERVER_RDMA_PORT")) rdma_port = v;
+  if (const char* v = std::getenv("KVTIER_SERVER_LEASE_MS")) lease = v;
   if (const char* v = std::getenv("KVTIER_SERVER_CAPACITY")) capacity = v;
   if (const char* v = std::getenv("KVTIER_REMOTE_TOKEN")) opt.token = v;
   if (const char* v = std::getenv("KVTIER_LOG_LEVEL")) level = v;
@@ -61,6 +82,12 @@ int main(int argc, char** argv) {
       opt.token = v;
     else if (a == "--log-level")
       level = v;
+    else if (a == "--rdma")
+      rdma = v;
+    else if (a == "--rdma-port")
+      rdma_port = v;
+    else if (a == "--lease-ms")
+      lease = v;
     else
       return usage_error("unknown flag " + a);
   }
@@ -68,6 +95,15 @@ int main(int argc, char** argv) {
     return usage_error("--listen '" + listen + "' is not HOST:PORT");
   if (!kvtier::parse_size(capacity, &opt.capacity).is_ok() || opt.capacity < (1u << 20))
     return usage_error("--capacity '" + capacity + "' is not a size of 1MiB or more");
+  if (rdma != "auto" && rdma != "off")
+    return usage_error("--rdma '" + rdma + "' is not auto or off");
+  opt.rdma = rdma == "auto";
+  unsigned long n = 0;
+  if (!parse_number(rdma_port, 65535, &n)) return usage_error("--rdma-port '" + rdma_port + "'");
+  opt.rdma_port = static_cast<uint16_t>(n);
+  if (!parse_number(lease, 3600000, &n) || n < 10)
+    return usage_error("--lease-ms '" + lease + "' is not 10..3600000");
+  opt.lease_ms = static_cast<unsigned>(n);
   if (!kvtier::valid_log_level(level)) return usage_error("--log-level '" + level + "' is unknown");
   kvtier::set_log_level(level);
 

@@ -1,0 +1,658 @@
+// libibverbs/librdmacm implementation of rdma.h.
+#include "rdma.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <infiniband/verbs.h>
+#include <netdb.h>
+#include <poll.h>
+#include <rdma/rdma_cma.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+
+#include "log.h"
+
+namespace kvtier::rdma {
+
+namespace {
+
+using net::Clock;
+using net::Deadline;
+
+// Private data of the connection handshake.
+struct ConnectData {  // client -> server
+  uint64_t ticket;
+};
+struct AcceptData {  // server -> client
+  uint64_t arena_addr;
+  uint64_t arena_bytes;
+  uint32_t rkey;
+  uint32_t reserved;
+};
+
+Status sys_error(const std::string& what) {
+  return {KVTIER_ERR_UNAVAILABLE, "RDMA: " + what + ": " + std::strerror(errno)};
+}
+
+int ms_left(Deadline dl) {
+  if (dl == Deadline::max()) return -1;
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(dl - Clock::now());
+  return static_cast<int>(std::clamp<int64_t>(left.count(), 0, 1 << 30));
+}
+
+Status resolve(const std::string& host, uint16_t port, sockaddr_in* out) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_INET;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || !res)
+    return {KVTIER_ERR_UNAVAILABLE, "RDMA: cannot resolve " + host};
+  *out = *reinterpret_cast<sockaddr_in*>(res->ai_addr);
+  out->sin_port = htons(port);
+  freeaddrinfo(res);
+  return {};
+}
+
+// Waits for the next event on `ec` and checks it is `want`; copies its private data.
+Status wait_event(rdma_event_channel* ec, rdma_cm_event_type want, Deadline dl,
+                  std::vector<uint8_t>* private_data = nullptr) {
+  for (;;) {
+    pollfd p{ec->fd, POLLIN, 0};
+    const int r = ::poll(&p, 1, ms_left(dl));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return sys_error("poll");
+    if (r == 0) return {KVTIER_ERR_TIMEOUT, "RDMA: connection setup timed out"};
+    rdma_cm_event* ev = nullptr;
+    if (rdma_get_cm_event(ec, &ev) != 0) {
+      if (errno == EAGAIN) continue;
+      return sys_error("rdma_get_cm_event");
+    }
+    const rdma_cm_event_type type = ev->event;
+    const int status = ev->status;
+    if (private_data && ev->param.conn.private_data)
+      private_data->assign(static_cast<const uint8_t*>(ev->param.conn.private_data),
+                           static_cast<const uint8_t*>(ev->param.conn.private_data) +
+                               ev->param.conn.private_data_len);
+    rdma_ack_cm_event(ev);
+    if (type == want) return {};
+    return {KVTIER_ERR_UNAVAILABLE, std::string("RDMA: ") + rdma_event_str(type) + " (status " +
+                                        std::to_string(status) + ")"};
+  }
+}
+
+rdma_event_channel* make_event_channel() {
+  rdma_event_channel* ec = rdma_create_event_channel();
+  if (ec) fcntl(ec->fd, F_SETFL, fcntl(ec->fd, F_GETFL) | O_NONBLOCK);
+  return ec;
+}
+
+// ---- Registry ----
+
+class RegistryImpl final : public Registry {
+ public:
+  ~RegistryImpl() override {
+    for (auto& [ctx, dev] : devs_) {
+      for (auto& [start, mr] : dev.mrs) ibv_dereg_mr(mr);
+      ibv_dealloc_pd(dev.pd);
+    }
+  }
+
+  void add(const void* addr, size_t len) override {
+    std::unique_lock lock(mu_);
+    regions_[reinterpret_cast<uintptr_t>(addr)] = len;
+    for (auto& [ctx, dev] : devs_) reg(dev, addr, len);
+  }
+
+  void remove(const void* addr) override {
+    std::unique_lock lock(mu_);
+    const auto start = reinterpret_cast<uintptr_t>(addr);
+    regions_.erase(start);
+    for (auto& [ctx, dev] : devs_) {
+      auto it = dev.mrs.find(start);
+      if (it == dev.mrs.end()) continue;
+      ibv_dereg_mr(it->second);
+      dev.mrs.erase(it);
+    }
+  }
+
+  // The protection domain for a device, made (and every region registered there) on first use.
+  ibv_pd* pd_for(ibv_context* ctx) {
+    std::unique_lock lock(mu_);
+    auto it = devs_.find(ctx);
+    if (it != devs_.end()) return it->second.pd;
+    Dev dev{ibv_alloc_pd(ctx), {}};
+    if (!dev.pd) return nullptr;
+    for (auto& [start, len] : regions_) reg(dev, reinterpret_cast<void*>(start), len);
+    return devs_.emplace(ctx, std::move(dev)).first->second.pd;
+  }
+
+  bool lkey(ibv_context* ctx, const std::byte* p, size_t len, uint32_t* out) const {
+    std::shared_lock lock(mu_);
+    auto d = devs_.find(ctx);
+    if (d == devs_.end()) return false;
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    auto it = d->second.mrs.upper_bound(a);
+    if (it == d->second.mrs.begin()) return false;
+    --it;
+    if (a + len > it->first + it->second->length) return false;
+    *out = it->second->lkey;
+    return true;
+  }
+
+ private:
+  struct Dev {
+    ibv_pd* pd;
+    std::map<uintptr_t, ibv_mr*> mrs;  // region start -> MR
+  };
+  static void reg(Dev& dev, const void* addr, size_t len) {
+    ibv_mr* mr = ibv_reg_mr(dev.pd, const_cast<void*>(addr), len, IBV_ACCESS_LOCAL_WRITE);
+    if (!mr) {  // its fragments take the staging path instead
+      log().warn("RDMA: cannot register {} bytes at {} ({}); they will be staged", len, addr,
+                 std::strerror(errno));
+      return;
+    }
+    dev.mrs[reinterpret_cast<uintptr_t>(addr)] = mr;
+  }
+
+  mutable std::shared_mutex mu_;
+  std::map<uintptr_t, size_t> regions_;
+  std::map<ibv_context*, Dev> devs_;
+};
+
+// ---- Client channel ----
+
+class ChannelImpl final : public Channel {
+ public:
+  explicit ChannelImpl(std::shared_ptr<RegistryImpl> reg) : reg_(std::move(reg)) {}
+
+  ~ChannelImpl() override {
+    for (rdma_cm_id* id : ids_) {
+      rdma_disconnect(id);
+      if (id->qp) rdma_destroy_qp(id);
+      rdma_destroy_id(id);
+    }
+    if (cq_) ibv_destroy_cq(cq_);
+    if (staging_mr_) ibv_dereg_mr(staging_mr_);
+    std::free(staging_);
+    if (ec_) rdma_destroy_event_channel(ec_);
+  }
+
+  Status connect(const std::string& host, uint16_t port, uint64_t ticket, Deadline dl) {
+    sockaddr_in dst{};
+    Status s = resolve(host, port, &dst);
+    if (!s.is_ok()) return s;
+    if (!(ec_ = make_event_channel())) return sys_error("rdma_create_event_channel");
+    const int ms = std::max(ms_left(dl), 1);
+    for (uint32_t q = 0; q < kQps; ++q) {
+      rdma_cm_id* id = nullptr;
+      if (rdma_create_id(ec_, &id, nullptr, RDMA_PS_TCP) != 0) return sys_error("rdma_create_id");
+      ids_.push_back(id);
+      if (rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr*>(&dst), ms) != 0)
+        return sys_error("rdma_resolve_addr");
+      if (s = wait_event(ec_, RDMA_CM_EVENT_ADDR_RESOLVED, dl); !s.is_ok()) return s;
+      if (rdma_resolve_route(id, ms) != 0) return sys_error("rdma_resolve_route");
+      if (s = wait_event(ec_, RDMA_CM_EVENT_ROUTE_RESOLVED, dl); !s.is_ok()) return s;
+      if (q == 0) {
+        if (s = open_device(id->verbs); !s.is_ok()) return s;
+      } else if (id->verbs != ctx_) {
+        return {KVTIER_ERR_UNAVAILABLE, "RDMA: the QPs to one server resolved to two devices"};
+      }
+      ibv_qp_init_attr qa{};
+      qa.send_cq = qa.recv_cq = cq_;
+      qa.qp_type = IBV_QPT_RC;
+      qa.sq_sig_all = 0;  // selective signalling: only a chain's last request completes
+      qa.cap.max_send_wr = kDepth;
+      qa.cap.max_recv_wr = 1;
+      qa.cap.max_send_sge = max_sge_;
+      qa.cap.max_recv_sge = 1;
+      if (rdma_create_qp(id, pd_, &qa) != 0) return sys_error("rdma_create_qp");
+      ConnectData cd{ticket};
+      rdma_conn_param cp{};
+      cp.private_data = &cd;
+      cp.private_data_len = sizeof cd;
+      cp.initiator_depth = rd_atom_;  // RDMA READs in flight per QP
+      cp.responder_resources = rd_atom_;
+      cp.retry_count = 7;
+      cp.rnr_retry_count = 7;
+      if (rdma_connect(id, &cp) != 0) return sys_error("rdma_connect");
+      std::vector<uint8_t> priv;
+      if (s = wait_event(ec_, RDMA_CM_EVENT_ESTABLISHED, dl, &priv); !s.is_ok()) return s;
+      AcceptData ad{};
+      if (priv.size() < sizeof ad)
+        return {KVTIER_ERR_UNAVAILABLE, "RDMA: the server's accept carries no arena"};
+      std::memcpy(&ad, priv.data(), sizeof ad);
+      arena_addr_ = ad.arena_addr;
+      arena_bytes_ = ad.arena_bytes;
+      rkey_ = ad.rkey;
+    }
+    return {};
+  }
+
+  bool dead() const override { return dead_; }
+
+  Status run(bool write, std::span<const Transfer> transfers, Deadline dl) override {
+    if (dead_) return {KVTIER_ERR_UNAVAILABLE, "RDMA: channel is down"};
+    // Transfers of registered memory go as they are; the rest passes through the staging buffer
+    // in rounds (a page larger than the buffer in pieces).
+    round_.clear();
+    copies_.clear();
+    stage_frags_.clear();
+    size_t used = 0;
+    Status s;
+    for (const Transfer& t : transfers) {
+      if (t.remote + t.len > arena_bytes_)
+        return {KVTIER_ERR_INVALID_ARG, "RDMA: transfer beyond the server's arena"};
+      if (registered(t)) {
+        round_.push_back(t);
+        continue;
+      }
+      for (size_t off = 0; off < t.len;) {
+        if (used == kStaging) {
+          if (s = flush(write, dl); !s.is_ok()) return s;
+          used = 0;
+        }
+        const size_t n = std::min(kStaging - used, t.len - off);
+        std::byte* stage = staging_ + used;
+        if (write) copy_range(t.local, off, n, stage, true);
+        stage_frags_.push_back({stage, n});
+        round_.push_back({{&stage_frags_.back(), 1}, t.remote + off, n});
+        copies_.push_back({t.local, off, n, stage});
+        used += n;
+        off += n;
+      }
+    }
+    return flush(write, dl);
+  }
+
+ private:
+  struct Copy {  // staged bytes of a read, copied out once the round completes
+    Frags frags;
+    size_t off, n;
+    std::byte* stage;
+  };
+
+  Status open_device(ibv_context* ctx) {
+    ctx_ = ctx;
+    if (!(pd_ = reg_->pd_for(ctx))) return sys_error("ibv_alloc_pd");
+    ibv_device_attr attr{};
+    if (ibv_query_device(ctx, &attr) != 0) return sys_error("ibv_query_device");
+    max_sge_ = static_cast<uint32_t>(std::clamp(attr.max_sge, 1, 16));
+    rd_atom_ = static_cast<uint8_t>(std::clamp(attr.max_qp_init_rd_atom, 1, 255));
+    // Room for every request's completion: flushed requests may complete even unsignalled.
+    if (!(cq_ = ibv_create_cq(ctx, kQps * kDepth + 16, nullptr, nullptr, 0)))
+      return sys_error("ibv_create_cq");
+    staging_ = static_cast<std::byte*>(std::aligned_alloc(4096, kStaging));
+    if (!staging_) return {KVTIER_ERR_NO_MEMORY, "RDMA: no memory for the staging buffer"};
+    std::memset(staging_, 0, kStaging);  // touched once, not on the data path
+    if (!(staging_mr_ = ibv_reg_mr(pd_, staging_, kStaging, IBV_ACCESS_LOCAL_WRITE)))
+      return sys_error("ibv_reg_mr (staging)");
+    return {};
+  }
+
+  bool lkey_of(const std::byte* p, size_t len, uint32_t* lkey) const {
+    if (p >= staging_ && p + len <= staging_ + kStaging) {
+      *lkey = staging_mr_->lkey;
+      return true;
+    }
+    return reg_->lkey(ctx_, p, len, lkey);
+  }
+
+  bool registered(const Transfer& t) const {
+    size_t left = t.len;
+    uint32_t k;
+    for (const Frag& f : t.local) {
+      if (!left) break;
+      const size_t n = std::min(left, f.len);
+      if (!lkey_of(f.ptr, n, &k)) return false;
+      left -= n;
+    }
+    return true;
+  }
+
+  // Copies bytes [off, off+n) of the fragments to (to_stage) or from `stage`.
+  static void copy_range(Frags frags, size_t off, size_t n, std::byte* stage, bool to_stage) {
+    for (const Frag& f : frags) {
+      if (!n) break;
+      if (off >= f.len) {
+        off -= f.len;
+        continue;
+      }
+      const size_t k = std::min(n, f.len - off);
+      if (to_stage)
+        std::memcpy(stage, f.ptr + off, k);
+      else
+        std::memcpy(f.ptr + off, stage, k);
+      stage += k;
+      n -= k;
+      off = 0;
+    }
+  }
+
+  Status flush(bool write, Deadline dl) {
+    Status s = execute(write, dl);
+    if (s.is_ok() && !write)
+      for (const Copy& c : copies_) copy_range(c.frags, c.off, c.n, c.stage, false);
+    round_.clear();
+    copies_.clear();
+    stage_frags_.clear();
+    return s;
+  }
+
+  // Posts the round's plan, chains of requests per QP, and waits for every chain.
+  Status execute(bool write, Deadline dl) {
+    if (round_.empty()) return {};
+    Status s = make_plan(
+        round_, max_sge_, kQps, kSignalEvery,
+        [this](const std::byte* p, size_t n, uint32_t* k) { return lkey_of(p, n, k); }, &plan_);
+    if (!s.is_ok()) return s;
+    sges_.resize(plan_.sges.size());
+    for (size_t i = 0; i < plan_.sges.size(); ++i)
+      sges_[i] = {plan_.sges[i].addr, plan_.sges[i].length, plan_.sges[i].lkey};
+    wrs_.assign(plan_.wrs.size(), ibv_send_wr{});
+    for (size_t c = 0; c < plan_.chains.size(); ++c) {
+      const Chain& ch = plan_.chains[c];
+      for (uint32_t k = 0; k < ch.count; ++k) {
+        const Wr& w = plan_.wrs[ch.first_wr + k];
+        ibv_send_wr& v = wrs_[ch.first_wr + k];
+        const bool last = k + 1 == ch.count;
+        v.wr_id = (c << 1) | (last ? 1 : 0);
+        v.sg_list = &sges_[w.first_sge];
+        v.num_sge = static_cast<int>(w.num_sge);
+        v.opcode = write ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
+        v.send_flags = last ? IBV_SEND_SIGNALED : 0;
+        v.wr.rdma.remote_addr = arena_addr_ + w.remote;
+        v.wr.rdma.rkey = rkey_;
+        v.next = last ? nullptr : &wrs_[ch.first_wr + k + 1];
+      }
+    }
+    // Per QP: its chains in order, at most kDepth / kSignalEvery of them in flight.
+    constexpr uint32_t kInFlight = kDepth / kSignalEvery;
+    std::vector<size_t> next(kQps, 0), in_flight(kQps, 0);
+    std::vector<std::vector<uint32_t>> queue(kQps);
+    for (uint32_t c = 0; c < plan_.chains.size(); ++c) queue[plan_.chains[c].qp].push_back(c);
+    size_t done = 0, posted = 0;
+    std::string failure;
+    auto post_more = [&] {
+      for (uint32_t q = 0; q < kQps && failure.empty(); ++q) {
+        while (in_flight[q] < kInFlight && next[q] < queue[q].size()) {
+          const Chain& ch = plan_.chains[queue[q][next[q]]];
+          ibv_send_wr* bad = nullptr;
+          if (const int e = ibv_post_send(ids_[q]->qp, &wrs_[ch.first_wr], &bad); e != 0) {
+            failure = std::string("ibv_post_send: ") + std::strerror(e);
+            return;
+          }
+          ++next[q];
+          ++in_flight[q];
+          ++posted;
+        }
+      }
+    };
+    post_more();
+    ibv_wc wc[32];
+    bool errored = false;
+    unsigned idle = 0;
+    while (done < posted) {
+      const int n = ibv_poll_cq(cq_, 32, wc);
+      if (n < 0) {
+        failure = "ibv_poll_cq failed";
+        break;
+      }
+      for (int i = 0; i < n; ++i) {
+        if (wc[i].status != IBV_WC_SUCCESS && failure.empty())
+          failure = std::string("work request failed: ") + ibv_wc_status_str(wc[i].status);
+        if (!(wc[i].wr_id & 1)) continue;  // a flushed unsignalled request
+        --in_flight[plan_.chains[wc[i].wr_id >> 1].qp];
+        ++done;
+      }
+      if (!failure.empty()) {
+        errored = true;
+        break;
+      }
+      if (n > 0) {
+        post_more();
+        idle = 0;
+      } else if (++idle % 1024 == 0 && Clock::now() > dl) {
+        failure = "timed out waiting for completions";
+        break;
+      }
+    }
+    if (failure.empty()) return {};
+    kill_and_drain(posted - done, errored);
+    return {failure.find("timed out") == 0 ? KVTIER_ERR_TIMEOUT : KVTIER_ERR_UNAVAILABLE,
+            "RDMA: " + failure};
+  }
+
+  // Moves every QP to the error state, so what is still queued is flushed, and reaps those
+  // completions: after this no request can touch the caller's memory.
+  void kill_and_drain(size_t outstanding, bool /*errored*/) {
+    dead_ = true;
+    for (rdma_cm_id* id : ids_) {
+      ibv_qp_attr a{};
+      a.qp_state = IBV_QPS_ERR;
+      ibv_modify_qp(id->qp, &a, IBV_QP_STATE);
+    }
+    ibv_wc wc[32];
+    const auto until = Clock::now() + std::chrono::seconds(5);
+    while (outstanding && Clock::now() < until) {
+      const int n = ibv_poll_cq(cq_, 32, wc);
+      if (n < 0) break;
+      for (int i = 0; i < n; ++i)
+        if (wc[i].wr_id & 1) --outstanding;
+      if (n == 0) std::this_thread::yield();
+    }
+    if (outstanding)
+      log().error("RDMA: {} chains never completed after the QPs were moved to error", outstanding);
+  }
+
+  std::shared_ptr<RegistryImpl> reg_;
+  rdma_event_channel* ec_ = nullptr;
+  std::vector<rdma_cm_id*> ids_;
+  ibv_context* ctx_ = nullptr;
+  ibv_pd* pd_ = nullptr;
+  ibv_cq* cq_ = nullptr;
+  uint32_t max_sge_ = 1;
+  uint8_t rd_atom_ = 1;
+  uint64_t arena_addr_ = 0, arena_bytes_ = 0;
+  uint32_t rkey_ = 0;
+  std::byte* staging_ = nullptr;
+  ibv_mr* staging_mr_ = nullptr;
+  bool dead_ = false;
+  // Reused across batches: nothing is allocated per call once they have grown.
+  std::vector<Transfer> round_;
+  std::vector<Copy> copies_;
+  std::deque<Frag> stage_frags_;  // stable addresses: round_ points into it
+  Plan plan_;
+  std::vector<ibv_sge> sges_;
+  std::vector<ibv_send_wr> wrs_;
+};
+
+// ---- Server listener ----
+
+class ListenerImpl final : public Listener {
+ public:
+  ListenerImpl(std::byte* arena, size_t bytes, std::function<bool(uint64_t)> accept)
+      : arena_(arena), bytes_(bytes), accept_(std::move(accept)) {}
+
+  ~ListenerImpl() override {
+    if (thread_.joinable()) {
+      const char c = 0;
+      if (::write(wake_[1], &c, 1) < 0) log().warn("RDMA: cannot wake the listener");
+      thread_.join();
+    }
+    for (auto& [id, cq] : conns_) {
+      rdma_disconnect(id);
+      if (id->qp) rdma_destroy_qp(id);
+      rdma_destroy_id(id);
+      ibv_destroy_cq(cq);
+    }
+    if (listen_id_) rdma_destroy_id(listen_id_);
+    for (auto& [ctx, dev] : devs_) {
+      ibv_dereg_mr(dev.mr);
+      ibv_dealloc_pd(dev.pd);
+    }
+    if (ec_) rdma_destroy_event_channel(ec_);
+    for (int fd : wake_)
+      if (fd >= 0) ::close(fd);
+  }
+
+  Status start(const std::string& host, uint16_t port) {
+    sockaddr_in addr{};
+    Status s = resolve(host, port, &addr);
+    if (!s.is_ok()) return s;
+    if (::pipe2(wake_, O_CLOEXEC) != 0) return sys_error("pipe");
+    if (!(ec_ = make_event_channel())) return sys_error("rdma_create_event_channel");
+    if (rdma_create_id(ec_, &listen_id_, nullptr, RDMA_PS_TCP) != 0)
+      return sys_error("rdma_create_id");
+    if (rdma_bind_addr(listen_id_, reinterpret_cast<sockaddr*>(&addr)) != 0)
+      return sys_error("rdma_bind_addr " + host + ":" + std::to_string(port));
+    // Bound to one address, the device is known: register the arena now, not at the first
+    // client's connect (pinning a large arena takes a while).
+    if (listen_id_->verbs && !device(listen_id_->verbs))
+      return sys_error("registering the arena with the RDMA device");
+    if (rdma_listen(listen_id_, 64) != 0) return sys_error("rdma_listen");
+    port_ = ntohs(rdma_get_src_port(listen_id_));
+    thread_ = std::thread([this] { loop(); });
+    return {};
+  }
+
+  uint16_t port() const override { return port_; }
+
+ private:
+  struct Dev {
+    ibv_pd* pd;
+    ibv_mr* mr;  // the whole arena
+    uint8_t rd_atom;
+  };
+
+  Dev* device(ibv_context* ctx) {
+    auto it = devs_.find(ctx);
+    if (it != devs_.end()) return &it->second;
+    ibv_device_attr attr{};
+    if (ibv_query_device(ctx, &attr) != 0) return nullptr;
+    Dev d{ibv_alloc_pd(ctx), nullptr,
+          static_cast<uint8_t>(std::clamp(attr.max_qp_rd_atom, 1, 255))};
+    if (!d.pd) return nullptr;
+    d.mr = ibv_reg_mr(d.pd, arena_, bytes_,
+                      IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
+    if (!d.mr) {
+      ibv_dealloc_pd(d.pd);
+      return nullptr;
+    }
+    return &devs_.emplace(ctx, d).first->second;
+  }
+
+  void loop() {
+    for (;;) {
+      pollfd p[2] = {{ec_->fd, POLLIN, 0}, {wake_[0], POLLIN, 0}};
+      if (::poll(p, 2, -1) < 0 && errno != EINTR) return;
+      if (p[1].revents) return;
+      rdma_cm_event* ev = nullptr;
+      if (rdma_get_cm_event(ec_, &ev) != 0) continue;
+      rdma_cm_id* id = ev->id;
+      const rdma_cm_event_type type = ev->event;
+      ConnectData cd{};
+      const bool has_ticket =
+          ev->param.conn.private_data && ev->param.conn.private_data_len >= sizeof cd;
+      if (has_ticket) std::memcpy(&cd, ev->param.conn.private_data, sizeof cd);
+      const uint8_t their_depth = ev->param.conn.initiator_depth;
+      rdma_ack_cm_event(ev);  // before the id may be destroyed below
+      if (type == RDMA_CM_EVENT_CONNECT_REQUEST) {
+        on_connect(id, has_ticket && accept_(cd.ticket), their_depth);
+      } else if (type == RDMA_CM_EVENT_DISCONNECTED || type == RDMA_CM_EVENT_TIMEWAIT_EXIT) {
+        close_conn(id);
+      } else if (type == RDMA_CM_EVENT_DEVICE_REMOVAL) {
+        log().error("RDMA: device removed; RDMA clients fall back or fail");
+      }
+    }
+  }
+
+  void on_connect(rdma_cm_id* id, bool allowed, uint8_t their_depth) {
+    Dev* dev = allowed ? device(id->verbs) : nullptr;
+    ibv_cq* cq = dev ? ibv_create_cq(id->verbs, 4, nullptr, nullptr, 0) : nullptr;
+    if (cq) {
+      // One-sided traffic only: the server never posts; its QP just needs to exist.
+      ibv_qp_init_attr qa{};
+      qa.send_cq = qa.recv_cq = cq;
+      qa.qp_type = IBV_QPT_RC;
+      qa.cap.max_send_wr = qa.cap.max_recv_wr = 1;
+      qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
+      AcceptData ad{reinterpret_cast<uint64_t>(arena_), bytes_, dev->mr->rkey, 0};
+      rdma_conn_param cp{};
+      cp.private_data = &ad;
+      cp.private_data_len = sizeof ad;
+      cp.responder_resources = std::min(their_depth, dev->rd_atom);
+      cp.initiator_depth = 0;
+      if (rdma_create_qp(id, dev->pd, &qa) == 0 && rdma_accept(id, &cp) == 0) {
+        conns_[id] = cq;
+        return;
+      }
+      log().warn("RDMA: accepting a connection failed: {}", std::strerror(errno));
+      if (id->qp) rdma_destroy_qp(id);
+      ibv_destroy_cq(cq);
+    } else if (!allowed) {
+      log().warn("RDMA: refused a connection without a valid ticket");
+    }
+    rdma_reject(id, nullptr, 0);
+    rdma_destroy_id(id);
+  }
+
+  void close_conn(rdma_cm_id* id) {
+    auto it = conns_.find(id);
+    if (it == conns_.end()) return;
+    rdma_destroy_qp(id);
+    ibv_destroy_cq(it->second);
+    rdma_destroy_id(id);
+    conns_.erase(it);
+  }
+
+  std::byte* arena_;
+  size_t bytes_;
+  std::function<bool(uint64_t)> accept_;
+  int wake_[2] = {-1, -1};
+  rdma_event_channel* ec_ = nullptr;
+  rdma_cm_id* listen_id_ = nullptr;
+  uint16_t port_ = 0;
+  std::thread thread_;
+  std::map<ibv_context*, Dev> devs_;      // listener thread only (after start)
+  std::map<rdma_cm_id*, ibv_cq*> conns_;  // listener thread only
+};
+
+}  // namespace
+
+bool available() {
+  int n = 0;
+  ibv_device** list = ibv_get_device_list(&n);
+  if (list) ibv_free_device_list(list);
+  return n > 0;
+}
+
+std::shared_ptr<Registry> Registry::create() {
+  return std::make_shared<RegistryImpl>();
+}
+
+Status Listener::start(const std::string& host, uint16_t port, std::byte* arena, size_t bytes,
+                       std::function<bool(uint64_t)> accept, std::unique_ptr<Listener>* out) {
+  auto l = std::make_unique<ListenerImpl>(arena, bytes, std::move(accept));
+  Status s = l->start(host, port);
+  if (!s.is_ok()) return s;
+  *out = std::move(l);
+  return {};
+}
+
+Status Channel::connect(const std::string& host, uint16_t port, uint64_t ticket,
+                        std::shared_ptr<Registry> registry, Deadline deadline,
+                        std::unique_ptr<Channel>* out) {
+  auto c = std::make_unique<ChannelImpl>(std::static_pointer_cast<RegistryImpl>(registry));
+  Status s = c->connect(host, port, ticket, deadline);
+  if (!s.is_ok()) return s;
+  *out = std::move(c);
+  return {};
+}
+
+}  // namespace kvtier::rdma
