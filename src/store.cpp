@@ -300,6 +300,20 @@ Status Store::remove(std::span<const char* const> keys, std::span<int> results) 
   return first;
 }
 
+Status Store::register_buffer(const void* addr, size_t len) {
+  Status s = regions_.add(addr, len);
+  if (s.is_ok())
+    for (auto& t : tiers_) t->tier->register_memory(addr, len);
+  return s;
+}
+
+Status Store::unregister_buffer(const void* addr) {
+  Status s = regions_.remove(addr);
+  if (s.is_ok())
+    for (auto& t : tiers_) t->tier->unregister_memory(addr);
+  return s;
+}
+
 void Store::clear() {
   for (const auto& slot : tiers_) slot->tier->clear();
 }

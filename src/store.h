@@ -37,8 +37,9 @@ class Store {
   void clear();
   std::string stats_json() const;
 
-  Status register_buffer(const void* addr, size_t len) { return regions_.add(addr, len); }
-  Status unregister_buffer(const void* addr) { return regions_.remove(addr); }
+  // Tiers that move bytes by DMA (RDMA, io_uring fixed buffers) register the memory too.
+  Status register_buffer(const void* addr, size_t len);
+  Status unregister_buffer(const void* addr);
   bool is_registered(const void* addr, size_t len) const { return regions_.contains(addr, len); }
 
   Status set_layout(const PoolLayout& layout);

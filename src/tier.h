@@ -73,6 +73,12 @@ class Tier {
 
   // Optional: offer evicted pages to `sink` (the store sets it under write_back).
   virtual void set_eviction_sink(EvictionSink sink) { (void)sink; }
+
+  // Optional: caller memory registered for zero-copy calls (kvtier_register_buffer), for tiers
+  // that register it with hardware once instead of per transfer. Best effort: a tier that
+  // cannot register it still moves those bytes, only slower.
+  virtual void register_memory(const void* addr, size_t len) { (void)addr, (void)len; }
+  virtual void unregister_memory(const void* addr) { (void)addr; }
 };
 
 using TierFactory = std::function<Status(const Config&, std::unique_ptr<Tier>*)>;

@@ -198,7 +198,11 @@ INSTANTIATE_TEST_SUITE_P(
         TierParam{"file_zstd", "file", "file_dir={dir}/conformance-zstd;file_compression=zstd:3",
                   "file_dir={dir}/conformance-zstd-small;"
                   "file_capacity=1MiB;file_compression=zstd"},
-        TierParam{"remote", "remote", "remote_servers={server}", "remote_servers={small_server}"}),
+        TierParam{"remote_tcp", "remote", "remote_transport=tcp;remote_servers={server}",
+                  "remote_transport=tcp;remote_servers={small_server}"},
+        // Skips, saying why, on hosts without an RDMA device.
+        TierParam{"remote_rdma", "remote", "remote_transport=rdma;remote_servers={server}",
+                  "remote_transport=rdma;remote_servers={small_server}"}),
     [](const auto& info) { return std::string(info.param.label); });
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "frame_fuzz.h"
 #include "protocol.h"
+#include "rdma.h"
 
 namespace {
 
@@ -71,6 +72,92 @@ TEST(Protocol, RandomAndMutatedFramesNeverCrashTheParser) {
     }
     kvtier_test::parse_frame(buf.data(), buf.size());
   }
+}
+
+}  // namespace
+
+namespace {
+
+// The RDMA work-request plan, checked without a device: every byte of every transfer is in
+// exactly one request, a request gathers at most max_sge fragments into one contiguous remote
+// range, and each QP's requests are chains whose count is the signalling interval.
+TEST(RdmaPlan, RequestsCoverEveryByteInSignalledChains) {
+  std::mt19937_64 g(7);
+  std::vector<std::byte> mem(1 << 20);
+  for (uint32_t max_sge : {1u, 3u, 16u}) {
+    for (size_t n_transfers : {size_t{1}, size_t{5}, size_t{200}}) {
+      std::vector<std::vector<Frag>> frags(n_transfers);
+      std::vector<rdma::Transfer> transfers;
+      uint64_t remote = 0;
+      for (auto& f : frags) {
+        const size_t pieces = 1 + g() % 40, len = 64 + g() % 4096;
+        size_t total = 0;
+        for (size_t k = 0; k < pieces; ++k) {
+          f.push_back({mem.data() + g() % (mem.size() - len), len});
+          total += len;
+        }
+        transfers.push_back({f, remote, total});
+        remote += total + 4096;
+      }
+      rdma::Plan plan;
+      auto lkey = [&](const std::byte* p, size_t len, uint32_t* k) {
+        *k = 42;
+        return p >= mem.data() && p + len <= mem.data() + mem.size();
+      };
+      ASSERT_TRUE(rdma::make_plan(transfers, max_sge, 4, 32, lkey, &plan).is_ok());
+      // Requests, in order, tile each transfer's remote range and its local fragments.
+      size_t w = 0, sge = 0;
+      for (size_t t = 0; t < transfers.size(); ++t) {
+        uint64_t at = transfers[t].remote, bytes = 0;
+        while (bytes < transfers[t].len) {
+          ASSERT_LT(w, plan.wrs.size());
+          const rdma::Wr& wr = plan.wrs[w++];
+          EXPECT_EQ(wr.remote, at);
+          EXPECT_EQ(wr.first_sge, sge);
+          EXPECT_GE(wr.num_sge, 1u);
+          EXPECT_LE(wr.num_sge, max_sge);
+          uint64_t len = 0;
+          for (uint32_t k = 0; k < wr.num_sge; ++k) {
+            const rdma::Sge& s = plan.sges[sge + k];
+            const Frag& f = frags[t][(bytes + len) / frags[t][0].len];  // pieces of one size
+            EXPECT_EQ(s.addr, reinterpret_cast<uint64_t>(f.ptr));
+            EXPECT_EQ(s.lkey, 42u);
+            len += s.length;
+          }
+          EXPECT_EQ(len, wr.len);
+          sge += wr.num_sge;
+          at += len;
+          bytes += len;
+        }
+        EXPECT_EQ(bytes, transfers[t].len);
+      }
+      EXPECT_EQ(w, plan.wrs.size());
+      // Chains: each request in exactly one, at most 32 long, each QP's chains contiguous.
+      std::vector<int> seen(plan.wrs.size(), 0);
+      for (const rdma::Chain& c : plan.chains) {
+        EXPECT_LT(c.qp, 4u);
+        EXPECT_GE(c.count, 1u);
+        EXPECT_LE(c.count, 32u);
+        for (uint32_t k = 0; k < c.count; ++k) ++seen[c.first_wr + k];
+      }
+      for (int v : seen) EXPECT_EQ(v, 1);
+      size_t full = 0;
+      for (const rdma::Chain& c : plan.chains) full += c.count == 32;
+      EXPECT_GE(full + 4, plan.chains.size()) << "only a QP's last chain may be short";
+    }
+  }
+}
+
+TEST(RdmaPlan, UnregisteredFragmentIsRefused) {
+  std::vector<std::byte> a(4096), b(4096);
+  std::vector<Frag> f{{a.data(), 4096}, {b.data(), 4096}};
+  rdma::Transfer t{f, 0, 8192};
+  rdma::Plan plan;
+  auto lkey = [&](const std::byte* p, size_t, uint32_t* k) {
+    *k = 1;
+    return p == a.data();
+  };
+  EXPECT_EQ(rdma::make_plan({&t, 1}, 4, 2, 8, lkey, &plan).code(), KVTIER_ERR_NOT_REGISTERED);
 }
 
 }  // namespace

@@ -15,8 +15,9 @@ namespace kvtier_test {
 class ServerProcess {
  public:
   // port 0: an ephemeral port, reported by the server's first line.
-  explicit ServerProcess(std::string capacity = "256MiB", std::string token = "", uint16_t port = 0)
-      : capacity_(std::move(capacity)), token_(std::move(token)) {
+  explicit ServerProcess(std::string capacity = "256MiB", std::string token = "", uint16_t port = 0,
+                         std::vector<std::string> extra = {})
+      : capacity_(std::move(capacity)), token_(std::move(token)), extra_(std::move(extra)) {
     start(port);
   }
   ~ServerProcess() { kill_now(SIGKILL); }
@@ -38,6 +39,7 @@ class ServerProcess {
         args.push_back("--token");
         args.push_back(token_);
       }
+      args.insert(args.end(), extra_.begin(), extra_.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -74,6 +76,7 @@ class ServerProcess {
 
  private:
   std::string capacity_, token_;
+  std::vector<std::string> extra_;
   pid_t pid_ = -1;
   uint16_t port_ = 0;
   int status_ = 0;

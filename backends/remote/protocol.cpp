@@ -57,10 +57,10 @@ Status decode_commit(std::span<const uint8_t> payload, std::vector<CommitEntry>*
   const uint32_t n = r.count(9);
   out->clear();
   for (uint32_t i = 0; i < n && r.ok(); ++i) {
-    const uint64_t offset = r.u64();
+    const uint64_t lease = r.u64();
     const uint8_t flag = r.u8();
     if (flag > 1) return {KVTIER_ERR_INVALID_ARG, "COMMIT flag must be 0 or 1"};
-    out->push_back({offset, flag == 1});
+    out->push_back({lease, flag == 1});
   }
   if (!r.done()) return {KVTIER_ERR_INVALID_ARG, "malformed COMMIT payload"};
   return {};

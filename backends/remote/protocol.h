@@ -22,9 +22,10 @@
 //   RDMA_INFO (empty)                                  -> code i32, rdma_cm port u32, ticket u64
 //             (the ticket, presented when the RDMA connection is made, ties it to this
 //             authenticated control connection; code UNSUPPORTED: the server has no RDMA)
-//   ALLOC   n u32, n x {id, length u64, checksum u64}  -> n u32, n x {code i32, offset u64}
+//   ALLOC   n u32, n x {id, length u64, checksum u64}  -> n u32, n x {code i32, offset u64,
+//                                                         lease u64}
 //           reserves arena slots under a lease; code kPresent: the key is stored already
-//   COMMIT  n u32, n x {offset u64, commit u8}         -> n u32, n x code i32
+//   COMMIT  n u32, n x {lease u64, commit u8}          -> n u32, n x code i32
 //           commit 1: the written slot becomes visible; 0: the slot is given back. A lease that
 //           ran out (or a dropped control connection) has given the slot back already.
 //   LOOKUP  n u32, n x id                              -> n u32, n x {code i32, offset u64,
@@ -167,7 +168,7 @@ Status decode_put(std::span<const uint8_t> payload, std::vector<PutEntry>* out, 
 Status decode_ids(std::span<const uint8_t> payload, std::vector<KeyId>* out);
 // COMMIT's entries and RELEASE's leases.
 struct CommitEntry {
-  uint64_t offset;
+  uint64_t lease;
   bool commit;
 };
 Status decode_commit(std::span<const uint8_t> payload, std::vector<CommitEntry>* out);

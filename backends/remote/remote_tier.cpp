@@ -1,6 +1,7 @@
 // The remote tier: pages on kvtier-servers, spread by rendezvous hashing, optionally replicated.
-// The control plane and, without an RDMA NIC, the data plane are TCP frames (protocol.h); the
-// values travel with writev/readv straight from and into the caller's fragments.
+// The control plane is TCP frames (protocol.h). The data plane is RDMA when both ends have a
+// device (rdma.h: ALLOC, one-sided WRITEs, COMMIT; LOOKUP, one-sided READs, RELEASE), else the
+// values travel in the frames with writev/readv straight from and into the caller's fragments.
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include "log.h"
 #include "net.h"
 #include "protocol.h"
+#include "rdma.h"
 #include "tier.h"
 
 namespace kvtier {
@@ -44,6 +46,11 @@ struct ServerRef {
   std::vector<std::unique_ptr<Conn>> conns;
   std::atomic<size_t> next{0};
   std::atomic<int64_t> down_until{0};  // steady-clock ns: fail fast while a server is down
+  // RDMA data plane, when the transport allows it.
+  std::mutex rdma_mu;
+  std::unique_ptr<rdma::Channel> channel;  // guarded by rdma_mu
+  bool tcp_only = false;                   // auto: the server has no RDMA
+  int64_t rdma_retry_at = 0;               // steady-clock ns: no new channel before
 };
 
 // Appends iovecs for the first `len` bytes of the fragments.
@@ -58,8 +65,9 @@ void add_iov(Frags frags, size_t len, std::vector<iovec>* iov) {
 
 class RemoteTier final : public Tier {
  public:
-  RemoteTier(const Config& c)
-      : timeout_ms_(c.remote_timeout_ms),
+  RemoteTier(const Config& c, bool rdma)
+      : rdma_(rdma),
+        timeout_ms_(c.remote_timeout_ms),
         replicas_(c.remote_replicas),
         token_(c.remote_token),
         ns_(namespace_seed(c.ns)) {}
@@ -85,12 +93,30 @@ class RemoteTier final : public Tier {
   std::string_view name() const override { return "remote"; }
   Caps caps() const override { return {true, false}; }
 
+  void require_rdma(bool on) { rdma_required_ = on; }
+
+  void register_memory(const void* addr, size_t len) override {
+    if (rdma_) registry_->add(addr, len);
+  }
+  void unregister_memory(const void* addr) override {
+    if (rdma_) registry_->remove(addr);
+  }
+
   void put(std::span<PutOp> ops) override {
     std::vector<int> best(ops.size(), KVTIER_ERR_UNAVAILABLE);
     std::vector<uint8_t> stored(ops.size(), 0);
     for (unsigned r = 0; r < replicas_; ++r) {
       for (auto& [srv, idx] : group(
                ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
+        Status path;
+        if (use_rdma(*srv, &path)) {
+          put_rdma(*srv, ops, idx, best, stored);
+          continue;
+        }
+        if (!path.is_ok()) {
+          for (size_t i : idx) best[i] = path.code();
+          continue;
+        }
         wire::Writer w;
         w.u32(static_cast<uint32_t>(idx.size()));
         std::vector<iovec> bulk;
@@ -132,6 +158,15 @@ class RemoteTier final : public Tier {
         for (size_t i : all)
           if (!done[i]) idx.push_back(i);
         if (idx.empty()) continue;
+        Status path;
+        if (use_rdma(*srv, &path)) {
+          get_rdma(*srv, ops, idx, done);
+          continue;
+        }
+        if (!path.is_ok()) {
+          for (size_t i : idx) ops[i].result = path.code();
+          continue;
+        }
         wire::Writer w;
         w.u32(static_cast<uint32_t>(idx.size()));
         for (size_t i : idx) w.id(ops[i].id);
@@ -245,6 +280,197 @@ class RemoteTier final : public Tier {
   }
 
  private:
+  // Whether to move `s`'s bytes over RDMA, making the channel on first use. False with *err OK:
+  // use TCP. False with an error: RDMA is required (KVTIER_REMOTE_TRANSPORT=rdma) and failed.
+  bool use_rdma(ServerRef& s, Status* err) {
+    if (!rdma_) return false;
+    const int64_t now = Clock::now().time_since_epoch().count();
+    {
+      std::lock_guard lock(s.rdma_mu);
+      if (s.channel) return true;
+      if (s.tcp_only) return false;
+      if (now < s.rdma_retry_at) {
+        if (rdma_required_) *err = {KVTIER_ERR_UNAVAILABLE, "RDMA to " + s.name + " is down"};
+        return false;
+      }
+    }
+    // Not under rdma_mu: the exchange takes a connection's lock, and put_rdma takes the two
+    // in the other order.
+    int32_t code = KVTIER_ERR_UNAVAILABLE;
+    uint32_t port = 0;
+    uint64_t ticket = 0;
+    Status st = exchange(s, wire::kRdmaInfo, {}, {}, [&](int, wire::Reader& rd) {
+      code = rd.i32();
+      port = rd.u32();
+      ticket = rd.u64();
+      return Status{};
+    });
+    std::unique_ptr<rdma::Channel> ch;
+    if (st.is_ok() && code == KVTIER_ERR_UNSUPPORTED) {
+      st = {KVTIER_ERR_UNSUPPORTED, "server " + s.name + " has no RDMA data plane"};
+    } else if (st.is_ok() && (code != KVTIER_OK || port == 0 || port > 65535)) {
+      st = {KVTIER_ERR_INVALID_ARG, "bad RDMA_INFO reply from " + s.name};
+    } else if (st.is_ok()) {
+      st = rdma::Channel::connect(s.host, static_cast<uint16_t>(port), ticket, registry_,
+                                  deadline(), &ch);
+    }
+    std::lock_guard lock(s.rdma_mu);
+    if (s.channel) return true;  // another thread got there first
+    if (st.is_ok()) {
+      s.channel = std::move(ch);
+      log().info("remote tier: {}: RDMA data plane up ({} QPs)", s.name, rdma::kQps);
+      return true;
+    }
+    if (!rdma_required_ && st.code() == KVTIER_ERR_UNSUPPORTED) {
+      s.tcp_only = true;
+    } else {
+      s.rdma_retry_at = now + std::chrono::nanoseconds(std::chrono::seconds(5)).count();
+    }
+    log().warn("remote tier: {}: {}{}", s.name, st.message(),
+               rdma_required_ ? "" : "; its bytes go over TCP");
+    if (rdma_required_) *err = st;
+    return false;
+  }
+
+  // The RDMA channel's run, or UNAVAILABLE; a channel that failed is dropped (the next call
+  // makes a new one).
+  Status rdma_run(ServerRef& s, bool write, std::span<const rdma::Transfer> t, Deadline dl) {
+    std::lock_guard lock(s.rdma_mu);
+    if (!s.channel) return {KVTIER_ERR_UNAVAILABLE, "RDMA to " + s.name + " is down"};
+    Status st = s.channel->run(write, t, dl);
+    if (s.channel->dead()) {
+      s.channel.reset();
+      log().warn("remote tier: {}: RDMA channel lost: {}", s.name, st.message());
+    }
+    return st;
+  }
+
+  // ALLOC, one-sided writes, COMMIT: all on one control connection (the server ties the
+  // reserved slots to it, and gives them back if it drops).
+  void put_rdma(ServerRef& s, std::span<PutOp> ops, const std::vector<size_t>& idx,
+                std::vector<int>& best, std::vector<uint8_t>& stored) {
+    Status st = with_conn(s, [&](int fd, Deadline dl) {
+      wire::Writer w;
+      w.u32(static_cast<uint32_t>(idx.size()));
+      for (size_t i : idx) {
+        w.id(ops[i].id);
+        w.u64(ops[i].size);
+        w.u64(ops[i].checksum);
+      }
+      std::vector<int32_t> codes(idx.size());
+      std::vector<uint64_t> offsets(idx.size()), leases(idx.size());
+      Status a = roundtrip(fd, wire::kAlloc, w.data(), {}, dl, [&](int, wire::Reader& rd) {
+        if (rd.count(20) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad ALLOC reply"};
+        for (size_t k = 0; k < idx.size(); ++k) {
+          codes[k] = rd.i32();
+          offsets[k] = rd.u64();
+          leases[k] = rd.u64();
+        }
+        return Status{};
+      });
+      if (!a.is_ok()) return a;
+      std::vector<rdma::Transfer> transfers;
+      for (size_t k = 0; k < idx.size(); ++k) {
+        if (codes[k] == KVTIER_OK)
+          transfers.push_back({ops[idx[k]].frags, offsets[k], ops[idx[k]].size});
+        else if (codes[k] == wire::kPresent)
+          stored[idx[k]] = 1;
+        else
+          best[idx[k]] = codes[k] < 0 ? codes[k] : KVTIER_ERR_INTERNAL;
+      }
+      if (transfers.empty()) return Status{};
+      const Status moved = rdma_run(s, true, transfers, dl);
+      wire::Writer c;
+      c.u32(static_cast<uint32_t>(transfers.size()));
+      for (size_t k = 0; k < idx.size(); ++k) {
+        if (codes[k] != KVTIER_OK) continue;
+        c.u64(leases[k]);
+        c.u8(moved.is_ok() ? 1 : 0);
+      }
+      Status done = roundtrip(fd, wire::kCommit, c.data(), {}, dl, [&](int, wire::Reader& rd) {
+        if (rd.count(4) != transfers.size())
+          return Status{KVTIER_ERR_INVALID_ARG, "bad COMMIT reply"};
+        for (size_t k = 0; k < idx.size(); ++k) {
+          if (codes[k] != KVTIER_OK) continue;
+          const int32_t code = rd.i32();
+          if (!moved.is_ok())
+            best[idx[k]] = moved.code();
+          else if (code == KVTIER_OK)
+            stored[idx[k]] = 1;
+          else
+            best[idx[k]] = code;
+        }
+        return Status{};
+      });
+      return done;
+    });
+    if (!st.is_ok())
+      for (size_t i : idx)
+        if (!stored[i]) best[i] = st.code();
+  }
+
+  // LOOKUP (pins the pages), one-sided reads into the fragments, RELEASE.
+  void get_rdma(ServerRef& s, std::span<GetOp> ops, const std::vector<size_t>& idx,
+                std::vector<uint8_t>& done) {
+    std::vector<uint8_t> hit(idx.size(), 0);
+    Status st = with_conn(s, [&](int fd, Deadline dl) {
+      wire::Writer w;
+      w.u32(static_cast<uint32_t>(idx.size()));
+      for (size_t i : idx) w.id(ops[i].id);
+      std::vector<rdma::Transfer> transfers;
+      std::vector<size_t> moving;
+      wire::Writer leases;
+      uint32_t n_leases = 0;
+      Status a = roundtrip(fd, wire::kLookup, w.data(), {}, dl, [&](int, wire::Reader& rd) {
+        if (rd.count(36) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad LOOKUP reply"};
+        for (size_t k = 0; k < idx.size(); ++k) {
+          const int32_t code = rd.i32();
+          const uint64_t offset = rd.u64(), len = rd.u64(), sum = rd.u64(), lease = rd.u64();
+          if (code != KVTIER_OK) continue;
+          leases.u64(lease);
+          ++n_leases;
+          GetOp& op = ops[idx[k]];
+          if (len == 0 || len > wire::kMaxValue)
+            return Status{KVTIER_ERR_INVALID_ARG, "bad LOOKUP length"};
+          done[idx[k]] = 1;
+          if (op.exact ? len != op.capacity : len > op.capacity) {
+            op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
+            continue;
+          }
+          op.result = static_cast<int64_t>(len);
+          op.checksum = sum;
+          transfers.push_back({op.frags, offset, len});
+          moving.push_back(k);
+        }
+        return Status{};
+      });
+      if (!a.is_ok()) return a;
+      Status moved = rdma_run(s, false, transfers, dl);
+      if (!moved.is_ok())
+        for (size_t k : moving) {
+          ops[idx[k]].result = moved.code();  // the next replica may still answer
+          done[idx[k]] = 0;
+        }
+      if (n_leases) {
+        wire::Writer rel;
+        rel.u32(n_leases);
+        rel.bytes(leases.data().data(), leases.data().size());
+        Status r = roundtrip(fd, wire::kRelease, rel.data(), {}, dl,
+                             [](int, wire::Reader&) { return Status{}; });
+        if (!r.is_ok()) return r;  // the leases end with the connection
+      }
+      return Status{};
+    });
+    if (!st.is_ok()) {
+      for (size_t i : idx) {
+        if (done[i] && ops[i].result >= 0) continue;  // read before the control plane failed
+        ops[i].result = st.code();
+        done[i] = 0;
+      }
+      errors_.fetch_add(idx.size(), std::memory_order_relaxed);
+    }
+  }
+
   Deadline deadline() const { return Clock::now() + std::chrono::milliseconds(timeout_ms_); }
 
   // The r-th choice of server for a key: highest rendezvous score first.
@@ -330,10 +556,10 @@ class RemoteTier final : public Tier {
     return s;
   }
 
-  // One request and its reply on a connection of `s`; a failed connection is closed.
-  template <class OnReply>
-  Status exchange(ServerRef& s, uint16_t type, const std::vector<uint8_t>& payload,
-                  const std::vector<iovec>& bulk, OnReply&& on_reply) {
+  // Runs f(fd, deadline) on a connection of `s` (connecting it first); a failed connection is
+  // closed, since whatever the stream held is lost; the next call reconnects.
+  template <class F>
+  Status with_conn(ServerRef& s, F&& f) {
     const size_t n = s.conns.size();
     const size_t start = s.next.fetch_add(1, std::memory_order_relaxed);
     Conn* conn = nullptr;
@@ -352,14 +578,25 @@ class RemoteTier final : public Tier {
     const Deadline dl = deadline();
     Status st;
     if (conn->fd < 0) st = connect(s, *conn, dl);
-    if (st.is_ok()) st = roundtrip(conn->fd, type, payload, bulk, dl, on_reply);
+    if (st.is_ok()) st = f(conn->fd, dl);
     if (!st.is_ok()) {
-      conn->drop();  // whatever the stream held is lost; the next call reconnects
+      conn->drop();
       log().debug("remote tier: {}: {}", s.name, st.message());
     }
     return st;
   }
 
+  // One request and its reply on a connection of `s`.
+  template <class OnReply>
+  Status exchange(ServerRef& s, uint16_t type, const std::vector<uint8_t>& payload,
+                  const std::vector<iovec>& bulk, OnReply&& on_reply) {
+    return with_conn(
+        s, [&](int fd, Deadline dl) { return roundtrip(fd, type, payload, bulk, dl, on_reply); });
+  }
+
+  const bool rdma_;             // RDMA data plane wanted (transport rdma, or auto with a device)
+  bool rdma_required_ = false;  // transport rdma: no TCP fallback
+  std::shared_ptr<rdma::Registry> registry_ = rdma::Registry::create();
   const unsigned timeout_ms_;
   unsigned replicas_;
   const std::string token_;
@@ -369,15 +606,15 @@ class RemoteTier final : public Tier {
 };
 
 Status make_remote_tier(const Config& config, std::unique_ptr<Tier>* out) {
-  // The RDMA data plane (one-sided WRITE/READ into the server's arena) is not built yet: TCP
-  // carries the data. Asking for RDMA explicitly is refused rather than quietly downgraded.
-  if (config.remote_transport == "rdma")
+  const std::string& t = config.remote_transport;
+  const bool device = t != "tcp" && rdma::available();
+  if (t == "rdma" && !device)
     return {KVTIER_ERR_UNSUPPORTED,
-            "KVTIER_REMOTE_TRANSPORT=rdma: this build carries the remote tier over TCP only; "
-            "use tcp or auto"};
-  Status s;
-  auto tier = std::make_unique<RemoteTier>(config);
-  s = tier->init(config);
+            "KVTIER_REMOTE_TRANSPORT=rdma: no RDMA device on this host (or this build has no "
+            "RDMA); use tcp or auto"};
+  auto tier = std::make_unique<RemoteTier>(config, device);
+  tier->require_rdma(t == "rdma");
+  Status s = tier->init(config);
   if (!s.is_ok()) return s;
   *out = std::move(tier);
   return {};

@@ -418,13 +418,17 @@ Status Server::handle_rdma(Session& ss, const Header& h, std::vector<uint8_t>& p
         if (map_.count({ns, e.id})) {
           out.i32(wire::kPresent);
           out.u64(0);
+          out.u64(0);
         } else if (!allocate(e.length, &offset, &slot)) {
           out.i32(KVTIER_ERR_NO_SPACE);
           out.u64(0);
+          out.u64(0);
         } else {
-          pending_[offset] = {{ns, e.id}, slot, e.length, e.checksum, now + lease, ss.fd};
+          const uint64_t id = next_lease_++;
+          pending_[id] = {{ns, e.id}, offset, slot, e.length, e.checksum, now + lease, ss.fd};
           out.i32(KVTIER_OK);
           out.u64(offset);
+          out.u64(id);
         }
       }
       break;
@@ -435,7 +439,7 @@ Status Server::handle_rdma(Session& ss, const Header& h, std::vector<uint8_t>& p
       if (!s.is_ok()) return s;
       out.u32(static_cast<uint32_t>(entries.size()));
       for (const wire::CommitEntry& e : entries) {
-        auto it = pending_.find(e.offset);
+        auto it = pending_.find(e.lease);
         if (it == pending_.end() || it->second.conn != ss.fd) {
           out.i32(KVTIER_ERR_TIMEOUT);  // its lease ran out: the slot went back
           continue;
@@ -443,13 +447,13 @@ Status Server::handle_rdma(Session& ss, const Header& h, std::vector<uint8_t>& p
         Pending p = it->second;
         pending_.erase(it);
         if (!e.commit || map_.count(p.key)) {  // given back, or another put of the key won
-          free_slot(e.offset, p.slot_size);
+          free_slot(p.offset, p.slot_size);
           out.i32(KVTIER_OK);
           continue;
         }
         lru_list_.push_front(p.key);
         map_.emplace(p.key,
-                     Entry{e.offset, p.slot_size, p.length, p.checksum, ns, lru_list_.begin()});
+                     Entry{p.offset, p.slot_size, p.length, p.checksum, ns, lru_list_.begin()});
         out.i32(KVTIER_OK);
       }
       break;
@@ -512,7 +516,7 @@ void Server::reap(Clock::time_point now) {
       ++it;
       continue;
     }
-    free_slot(it->first, it->second.slot_size);
+    free_slot(it->second.offset, it->second.slot_size);
     ++expired_;
     it = pending_.erase(it);
   }
@@ -533,7 +537,7 @@ void Server::end_session(const Session& ss) {
       ++it;
       continue;
     }
-    free_slot(it->first, it->second.slot_size);
+    free_slot(it->second.offset, it->second.slot_size);
     it = pending_.erase(it);
   }
   for (auto it = leases_.begin(); it != leases_.end();) {

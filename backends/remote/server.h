@@ -60,7 +60,7 @@ class Server {
   // A slot handed out by ALLOC, written by the client, not yet committed.
   struct Pending {
     Key key;
-    uint64_t slot_size, length, checksum;
+    uint64_t offset, slot_size, length, checksum;
     Clock::time_point expiry;
     int conn;
   };
