@@ -38,7 +38,7 @@ namespace {
 struct Options {
   std::string mode = "all";
   std::vector<std::string> tiers{"memory"};                             // compare
-  std::vector<std::string> transfer_tiers{"memory", "file", "remote"};  // transfer
+  std::vector<std::string> transfer_tiers{"memory", "file", "remote", "rdma"};  // transfer
   // page_first_direct places each page at the same offsets as page_first (only the order inside
   // a page differs), so the default run leaves it out; --layouts takes it.
   std::vector<std::string> layouts{"mha_layer_first", "mha_page_first", "mla_layer_first",
@@ -75,8 +75,9 @@ usage: kvtier-bench [all|compare|transfer|file|limits] [options]
 
 options:
   --tiers LIST        tiers for compare and transfer, each on its own (default: compare on
-                      memory, transfer on memory, file and remote; the bench starts a
-                      kvtier-server on loopback for the remote tier, TCP transport)
+                      memory, transfer on memory, file, remote and rdma; the bench starts
+                      a kvtier-server on loopback: "remote" is the remote tier over TCP,
+                      "rdma" over RDMA, skipped with a note on hosts without a device)
   --layouts LIST      mha_layer_first,mha_page_first,mha_page_first_direct,
                       mla_layer_first,mla_page_first (default: all but page_first_direct,
                       which places pages at the same offsets as page_first)
@@ -286,12 +287,17 @@ std::vector<const char*> c_keys(const std::vector<std::string>& keys) {
   return out;
 }
 
-std::string g_dir;  // the folder the file tier and fio work in
+std::string g_dir;                // the folder the file tier and fio work in
+std::vector<std::string> g_notes;  // printed under the tables: what was skipped and why
 
 std::string tier_config(const std::string& tier, size_t bytes_needed) {
   // Room for everything a figure writes, so nothing is evicted while it is timed.
-  size_t cap = std::max<size_t>(bytes_needed * 2, size_t{256} << 20);
-  return "tiers=" + tier + ";memory_capacity=" + std::to_string(cap) +
+ size_t cap = std::max<size_t>(bytes_needed * 2, size_t{256} << 20);
+  // "remote" and "rdma" are the remote tier with its two data planes.
+  const std::string chain = tier == "remote" ? "remote;remote_transport=tcp"
+                            : tier == "rdma" ? "remote;remote_transport=rdma"
+                                             : tier;
+  return "tiers=" + chain + ";memory_capacity=" + std::to_string(cap) +
          ";file_capacity=" + std::to_string(cap) + ";file_dir=" + g_dir + "/" + tier;
 }
 
@@ -657,12 +663,18 @@ void run_transfer(const Options& o, const std::string& tier) {
   const size_t region = 2 * max_threads * n * max_block;
   std::unique_ptr<ServerChild> server;
   std::string cfg = tier_config(tier, max_threads * n * max_block);
-  if (tier == "remote") {
+  const bool remote = tier == "remote" || tier == "rdma";
+  if (remote) {
     server = std::make_unique<ServerChild>(4 * max_threads * n * max_block + (size_t{64} << 20));
     cfg += ";remote_servers=" + server->address;
   }
   kvtier_store_t* store = nullptr;
-  check_rc(kvtier_open(cfg.c_str(), &store), "open");
+  const int rc = kvtier_open(cfg.c_str(), &store);
+  if (rc == KVTIER_ERR_UNSUPPORTED) {
+    g_notes.push_back("transfer " + tier + ": skipped: " + kvtier_last_error());
+    return;
+  }
+  check_rc(rc, "open");
   check_rc(kvtier_register_buffer(store, base, region), "register_buffer");
   for (size_t block : o.blocks) {
     for (size_t threads : o.threads) {
@@ -732,7 +744,7 @@ void run_transfer(const Options& o, const std::string& tier) {
       // The limit: memcpy for memory; for the file tier, the raw io_uring loop at the same
       // block size on the same folder (one thread: the device, not the CPU, is the limit).
       // For the remote tier, one loopback TCP stream of the same blocks.
-      const bool file = tier == "file", remote = tier == "remote";
+      const bool file = tier == "file";
       double lim_w = 0, lim_r = 0;
       if (file) {
         lim_w = raw_uring_gbps(o, g_dir, block, n * threads, true);
@@ -1169,6 +1181,7 @@ void print_tables() {
                 r.fig.cpu_per_gb, r.limit_name.c_str(), r.limit_gbps,
                 r.limit_gbps > 0 ? r.fig.gbps / r.limit_gbps : 0.0);
   }
+  for (const std::string& note : g_notes) std::printf("%s\n", note.c_str());
   header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "file") continue;

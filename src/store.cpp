@@ -52,7 +52,7 @@ Status Store::open(const Config& config, std::unique_ptr<Store>* out) {
     Status s = make_tier(name, config, &slot->tier);
     if (!s.is_ok()) return s;
     slot->caps = slot->tier->caps();
-    store->need_checksum_ |= slot->caps.can_tear;
+    store->need_checksum_ |= slot->caps.can_tear && !slot->caps.checks_inline;
     store->tiers_.push_back(std::move(slot));
   }
   if (config.write_policy == WritePolicy::kWriteBack) {
@@ -134,7 +134,10 @@ Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key
   for (size_t i : index) {
     Frags kf = frags.subspan(i * per_key, per_key);
     PutOp op{id_of(keys[i]), kf, total_len(kf)};
-    if (need_checksum_) op.checksum = checksum(kf);
+    if (need_checksum_) {
+      op.checksum = checksum(kf);
+      op.has_checksum = true;
+    }
     op.result = KVTIER_ERR_NO_SPACE;
     ops.push_back(op);
   }
@@ -200,14 +203,17 @@ Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key
           left -= got.back().len;
         }
         // A tier that can tear must hand back exactly what was written, or it is a miss.
-        if (slot.caps.can_tear && checksum(got) != r.checksum) r.result = KVTIER_ERR_CORRUPT;
+        if (slot.caps.can_tear && !slot.caps.checks_inline && checksum(got) != r.checksum)
+          r.result = KVTIER_ERR_CORRUPT;
       }
       if (r.result >= 0) {
         slot.hits.fetch_add(1, std::memory_order_relaxed);
         final_result[j] = r.result;
         if (t > 0) {
           promote_frags.push_back(std::move(got));
-          promote.push_back({r.id, {}, static_cast<size_t>(r.result), r.checksum});
+          // A checksum that came from a tier that can tear has just been verified.
+          promote.push_back(
+              {r.id, {}, static_cast<size_t>(r.result), r.checksum, 0, slot.caps.can_tear});
         }
       } else if (r.result == KVTIER_ERR_CORRUPT) {
         slot.errors.fetch_add(1, std::memory_order_relaxed);

@@ -18,9 +18,10 @@ namespace kvtier {
 struct PutOp {
   KeyId id;
   Frags frags;
-  size_t size = 0;        // total_len(frags)
-  uint64_t checksum = 0;  // XXH3-64 of the bytes, when the store computed one
-  int result = 0;         // out: 0 (stored or already present) or a negative code
+  size_t size = 0;            // total_len(frags)
+  uint64_t checksum = 0;      // XXH3-64 of the bytes, when has_checksum
+  int result = 0;             // out: 0 (stored or already present) or a negative code
+  bool has_checksum = false;  // false: a tier that needs one and checks_inline computes it
 };
 
 // One key to read into `frags`.
@@ -49,6 +50,10 @@ class Tier {
   struct Caps {
     bool can_tear = false;    // bytes may tear or rot (disk, network): verify checksums on read
     bool persistent = false;  // contents survive a restart
+    // can_tear, and the tier computes missing put checksums and verifies gets itself, key by
+    // key while the bytes are in cache (a get that fails is KVTIER_ERR_CORRUPT), instead of
+    // the store making a pass over the whole batch before or after it.
+    bool checks_inline = false;
   };
 
   Tier() = default;

@@ -29,6 +29,7 @@ struct MemoryTier::Block {
   size_t size;
   size_t alloc;
   uint64_t checksum = 0;
+  bool has_checksum = false;
 };
 
 MemoryTier::MemoryTier(uint64_t capacity) : capacity_(capacity) {}
@@ -98,7 +99,8 @@ void MemoryTier::demote(std::vector<std::pair<KeyId, BlockRef>>& evicted) {
   ops.reserve(evicted.size());
   for (auto& [id, block] : evicted) {
     frags.push_back({block->data, block->size});
-    ops.push_back({id, Frags(&frags.back(), 1), block->size, block->checksum});
+    ops.push_back(
+        {id, Frags(&frags.back(), 1), block->size, block->checksum, 0, block->has_checksum});
   }
   sink(ops);
 }
@@ -132,6 +134,7 @@ void MemoryTier::put(std::span<PutOp> ops) {
     }
     gather(ops[i].frags, blocks[i]->data);
     blocks[i]->checksum = ops[i].checksum;
+    blocks[i]->has_checksum = ops[i].has_checksum;
   }
   std::vector<std::pair<KeyId, BlockRef>> evicted;
   {

@@ -91,7 +91,7 @@ class RemoteTier final : public Tier {
   }
 
   std::string_view name() const override { return "remote"; }
-  Caps caps() const override { return {true, false}; }
+  Caps caps() const override { return {true, false, true}; }
 
   void require_rdma(bool on) { rdma_required_ = on; }
 
@@ -111,34 +111,11 @@ class RemoteTier final : public Tier {
         Status path;
         if (use_rdma(*srv, &path)) {
           put_rdma(*srv, ops, idx, best, stored);
-          continue;
-        }
-        if (!path.is_ok()) {
+        } else if (path.is_ok()) {
+          put_tcp(*srv, ops, idx, best, stored);
+        } else {
           for (size_t i : idx) best[i] = path.code();
-          continue;
         }
-        wire::Writer w;
-        w.u32(static_cast<uint32_t>(idx.size()));
-        std::vector<iovec> bulk;
-        for (size_t i : idx) {
-          w.id(ops[i].id);
-          w.u64(ops[i].size);
-          w.u64(ops[i].checksum);
-          add_iov(ops[i].frags, ops[i].size, &bulk);
-        }
-        Status s = exchange(*srv, wire::kPut, w.data(), bulk, [&](int, wire::Reader& rd) {
-          if (rd.count(4) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad PUT reply"};
-          for (size_t i : idx) {
-            int code = rd.i32();
-            if (code == KVTIER_OK)
-              stored[i] = 1;
-            else
-              best[i] = code;
-          }
-          return rd.done() ? Status{} : Status{KVTIER_ERR_INVALID_ARG, "bad PUT reply"};
-        });
-        if (!s.is_ok())
-          for (size_t i : idx) best[i] = s.code();
       }
     }
     for (size_t i = 0; i < ops.size(); ++i) {
@@ -150,7 +127,6 @@ class RemoteTier final : public Tier {
   void get(std::span<GetOp> ops) override {
     for (GetOp& op : ops) op.result = KVTIER_ERR_NOT_FOUND;
     std::vector<uint8_t> done(ops.size(), 0);
-    std::vector<uint8_t> scratch;
     for (unsigned r = 0; r < replicas_; ++r) {
       for (auto& [srv, all] : group(
                ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
@@ -161,59 +137,10 @@ class RemoteTier final : public Tier {
         Status path;
         if (use_rdma(*srv, &path)) {
           get_rdma(*srv, ops, idx, done);
-          continue;
-        }
-        if (!path.is_ok()) {
+        } else if (path.is_ok()) {
+          get_tcp(*srv, ops, idx, done);
+        } else {
           for (size_t i : idx) ops[i].result = path.code();
-          continue;
-        }
-        wire::Writer w;
-        w.u32(static_cast<uint32_t>(idx.size()));
-        for (size_t i : idx) w.id(ops[i].id);
-        Status s = exchange(*srv, wire::kGet, w.data(), {}, [&](int fd, wire::Reader& rd) {
-          if (rd.count(20) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad GET reply"};
-          struct Meta {
-            int code;
-            uint64_t len, sum;
-          };
-          std::vector<Meta> meta;
-          for (size_t k = 0; k < idx.size(); ++k) {
-            Meta m{rd.i32(), rd.u64(), rd.u64()};
-            if (m.code == KVTIER_OK && (m.len == 0 || m.len > wire::kMaxValue)) m.code = -1000;
-            meta.push_back(m);
-          }
-          if (!rd.done()) return Status{KVTIER_ERR_INVALID_ARG, "bad GET reply"};
-          // The bytes follow in order: straight into each key's fragments when they fit; values
-          // that do not fit are read into one scratch buffer (sized once: iovecs point into it).
-          uint64_t drain = 0;
-          for (size_t k = 0; k < idx.size(); ++k)
-            if (meta[k].code == KVTIER_OK) drain = std::max(drain, meta[k].len);
-          std::vector<iovec> iov;
-          for (size_t k = 0; k < idx.size(); ++k) {
-            if (meta[k].code == -1000) return Status{KVTIER_ERR_INVALID_ARG, "bad GET length"};
-            if (meta[k].code != KVTIER_OK) continue;
-            GetOp& op = ops[idx[k]];
-            const bool fits = op.exact ? meta[k].len == op.capacity : meta[k].len <= op.capacity;
-            if (fits) {
-              add_iov(op.frags, meta[k].len, &iov);
-              op.result = static_cast<int64_t>(meta[k].len);
-              op.checksum = meta[k].sum;
-              done[idx[k]] = 1;
-            } else {
-              if (scratch.size() < drain) scratch.resize(drain);
-              iov.push_back({scratch.data(), meta[k].len});
-              op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
-              done[idx[k]] = 1;
-            }
-          }
-          return net::readv_all(fd, iov.data(), iov.size(), deadline());
-        });
-        if (!s.is_ok()) {
-          for (size_t i : idx) {
-            ops[i].result = s.code();  // the next replica may still answer
-            done[i] = 0;
-          }
-          errors_.fetch_add(idx.size(), std::memory_order_relaxed);
         }
       }
     }
@@ -280,6 +207,183 @@ class RemoteTier final : public Tier {
   }
 
  private:
+  // Keys go in frames of about kChunk bytes, pipelined: a key's checksum is computed (put) or
+  // verified (get) just before or after its bytes cross the socket, while they are in cache,
+  // instead of in a separate pass over the whole batch.
+  static constexpr size_t kChunk = 256u << 10;
+
+  // [begin, end) ranges of idx, each up to kChunk bytes (at least one key).
+  template <class SizeOf>
+  static std::vector<std::pair<size_t, size_t>> chunks(size_t n, SizeOf size_of) {
+    std::vector<std::pair<size_t, size_t>> out;
+    for (size_t b = 0; b < n;) {
+      size_t e = b, bytes = 0;
+      while (e < n && (e == b || bytes + size_of(e) <= kChunk)) bytes += size_of(e++);
+      out.push_back({b, e});
+      b = e;
+    }
+    return out;
+  }
+
+  static void ensure_checksum(PutOp& op) {
+    if (op.has_checksum) return;
+    op.checksum = checksum(op.frags);
+    op.has_checksum = true;
+  }
+
+  // A read value must be exactly what was written; else it is a miss for the store to drop.
+  static void verify(GetOp& op) {
+    if (op.result <= 0) return;
+    size_t left = static_cast<size_t>(op.result);
+    Frag got[16];
+    size_t n = 0;
+    for (const Frag& f : op.frags) {
+      if (!left) break;
+      if (n == std::size(got)) {  // many fragments: one gathering pass instead
+        std::vector<Frag> all;
+        size_t l = static_cast<size_t>(op.result);
+        for (const Frag& g : op.frags) {
+          if (!l) break;
+          all.push_back({g.ptr, std::min(l, g.len)});
+          l -= all.back().len;
+        }
+        if (checksum(all) != op.checksum) op.result = KVTIER_ERR_CORRUPT;
+        return;
+      }
+      got[n++] = {f.ptr, std::min(left, f.len)};
+      left -= got[n - 1].len;
+    }
+    if (checksum(Frags(got, n)) != op.checksum) op.result = KVTIER_ERR_CORRUPT;
+  }
+
+  // PUT frames with the bytes in them, one chunk in flight while the previous one's reply
+  // comes back.
+  void put_tcp(ServerRef& s, std::span<PutOp> ops, const std::vector<size_t>& idx,
+               std::vector<int>& best, std::vector<uint8_t>& stored) {
+    const auto parts = chunks(idx.size(), [&](size_t k) { return ops[idx[k]].size; });
+    size_t replied = 0;
+    Status st = with_conn(s, [&](int fd, Deadline dl) {
+      auto read_reply = [&](size_t c) {
+        const auto [b, e] = parts[c];
+        return read_reply_frame(fd, wire::kPut, dl, [&](int, wire::Reader& rd) {
+          if (rd.count(4) != e - b) return Status{KVTIER_ERR_INVALID_ARG, "bad PUT reply"};
+          for (size_t k = b; k < e; ++k) {
+            const int code = rd.i32();
+            if (code == KVTIER_OK)
+              stored[idx[k]] = 1;
+            else
+              best[idx[k]] = code;
+          }
+          ++replied;
+          return rd.done() ? Status{} : Status{KVTIER_ERR_INVALID_ARG, "bad PUT reply"};
+        });
+      };
+      wire::Writer w;
+      std::vector<iovec> bulk;
+      for (size_t c = 0; c < parts.size(); ++c) {
+        const auto [b, e] = parts[c];
+        w.data().clear();
+        bulk.clear();
+        w.u32(static_cast<uint32_t>(e - b));
+        for (size_t k = b; k < e; ++k) {
+          PutOp& op = ops[idx[k]];
+          ensure_checksum(op);
+          w.id(op.id);
+          w.u64(op.size);
+          w.u64(op.checksum);
+          add_iov(op.frags, op.size, &bulk);
+        }
+        Status x = send_frame(fd, wire::kPut, w.data(), bulk, dl);
+        if (x.is_ok() && c > 0) x = read_reply(c - 1);
+        if (!x.is_ok()) return x;
+      }
+      return read_reply(parts.size() - 1);
+    });
+    if (!st.is_ok())
+      for (size_t k = 0; k < idx.size(); ++k)
+        if (!stored[idx[k]]) best[idx[k]] = st.code();
+  }
+
+  // GET frames for every chunk sent at once (they are small), then the replies read in turn,
+  // each value verified right after its bytes arrive.
+  void get_tcp(ServerRef& s, std::span<GetOp> ops, const std::vector<size_t>& idx,
+               std::vector<uint8_t>& done) {
+    const auto parts = chunks(idx.size(), [&](size_t k) { return ops[idx[k]].capacity; });
+    std::vector<uint8_t> scratch;
+    Status st = with_conn(s, [&](int fd, Deadline dl) {
+      std::vector<uint8_t> frames;
+      for (const auto& [b, e] : parts) {
+        wire::Writer w;
+        w.u32(static_cast<uint32_t>(e - b));
+        for (size_t k = b; k < e; ++k) w.id(ops[idx[k]].id);
+        uint8_t head[wire::kHeaderSize];
+        wire::Header h;
+        h.type = wire::kGet;
+        h.length = static_cast<uint32_t>(w.data().size());
+        wire::encode_header(h, head);
+        frames.insert(frames.end(), head, head + sizeof head);
+        frames.insert(frames.end(), w.data().begin(), w.data().end());
+      }
+      Status x = net::write_all(fd, frames.data(), frames.size(), dl);
+      for (size_t c = 0; c < parts.size() && x.is_ok(); ++c) {
+        const auto [b, e] = parts[c];
+        x = read_reply_frame(fd, wire::kGet, dl, [&](int, wire::Reader& rd) {
+          return read_values(fd, rd, ops, std::span(idx).subspan(b, e - b), done, scratch, dl);
+        });
+      }
+      return x;
+    });
+    if (!st.is_ok()) {
+      for (size_t i : idx) {
+        ops[i].result = st.code();  // the next replica may still answer
+        done[i] = 0;
+      }
+      errors_.fetch_add(idx.size(), std::memory_order_relaxed);
+    }
+  }
+
+  // A GET reply: the metadata in `rd`, then the found values' bytes on the socket, read
+  // straight into each key's fragments when they fit (into `scratch` when not).
+  Status read_values(int fd, wire::Reader& rd, std::span<GetOp> ops, std::span<const size_t> idx,
+                     std::vector<uint8_t>& done, std::vector<uint8_t>& scratch, Deadline dl) {
+    if (rd.count(20) != idx.size()) return {KVTIER_ERR_INVALID_ARG, "bad GET reply"};
+    struct Meta {
+      int code;
+      uint64_t len, sum;
+    };
+    std::vector<Meta> meta;
+    uint64_t drain = 0;
+    for (size_t k = 0; k < idx.size(); ++k) {
+      Meta m{rd.i32(), rd.u64(), rd.u64()};
+      if (m.code == KVTIER_OK && (m.len == 0 || m.len > wire::kMaxValue))
+        return {KVTIER_ERR_INVALID_ARG, "bad GET length"};
+      if (m.code == KVTIER_OK) drain = std::max(drain, m.len);
+      meta.push_back(m);
+    }
+    if (!rd.done()) return {KVTIER_ERR_INVALID_ARG, "bad GET reply"};
+    std::vector<iovec> iov;
+    for (size_t k = 0; k < idx.size(); ++k) {
+      if (meta[k].code != KVTIER_OK) continue;
+      GetOp& op = ops[idx[k]];
+      done[idx[k]] = 1;
+      const bool fits = op.exact ? meta[k].len == op.capacity : meta[k].len <= op.capacity;
+      if (fits) {
+        add_iov(op.frags, meta[k].len, &iov);
+        op.result = static_cast<int64_t>(meta[k].len);
+        op.checksum = meta[k].sum;
+      } else {
+        if (scratch.size() < drain) scratch.resize(drain);  // sized once: iovecs point into it
+        iov.push_back({scratch.data(), meta[k].len});
+        op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
+      }
+    }
+    Status x = net::readv_all(fd, iov.data(), iov.size(), dl);
+    if (!x.is_ok()) return x;
+    for (size_t k = 0; k < idx.size(); ++k)
+      if (meta[k].code == KVTIER_OK) verify(ops[idx[k]]);
+    return {};
+  }
+
   // Whether to move `s`'s bytes over RDMA, making the channel on first use. False with *err OK:
   // use TCP. False with an error: RDMA is required (KVTIER_REMOTE_TRANSPORT=rdma) and failed.
   bool use_rdma(ServerRef& s, Status* err) {
@@ -353,6 +457,7 @@ class RemoteTier final : public Tier {
       wire::Writer w;
       w.u32(static_cast<uint32_t>(idx.size()));
       for (size_t i : idx) {
+        ensure_checksum(ops[i]);
         w.id(ops[i].id);
         w.u64(ops[i].size);
         w.u64(ops[i].checksum);
@@ -446,11 +551,14 @@ class RemoteTier final : public Tier {
       });
       if (!a.is_ok()) return a;
       Status moved = rdma_run(s, false, transfers, dl);
-      if (!moved.is_ok())
-        for (size_t k : moving) {
+      for (size_t k : moving) {
+        if (moved.is_ok()) {
+          verify(ops[idx[k]]);
+        } else {
           ops[idx[k]].result = moved.code();  // the next replica may still answer
           done[idx[k]] = 0;
         }
+      }
       if (n_leases) {
         wire::Writer rel;
         rel.u32(n_leases);
@@ -524,9 +632,8 @@ class RemoteTier final : public Tier {
     return st;
   }
 
-  template <class OnReply>
-  Status roundtrip(int fd, uint16_t type, const std::vector<uint8_t>& payload,
-                   const std::vector<iovec>& bulk, Deadline dl, OnReply&& on_reply) {
+  static Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
+                           const std::vector<iovec>& bulk, Deadline dl) {
     uint8_t head[wire::kHeaderSize];
     wire::Header h;
     h.type = type;
@@ -535,9 +642,15 @@ class RemoteTier final : public Tier {
     std::vector<iovec> iov{{head, sizeof head},
                            {const_cast<uint8_t*>(payload.data()), payload.size()}};
     iov.insert(iov.end(), bulk.begin(), bulk.end());
-    Status s = net::writev_all(fd, iov.data(), iov.size(), dl);
-    if (!s.is_ok()) return s;
-    s = net::read_all(fd, head, sizeof head, dl);
+    return net::writev_all(fd, iov.data(), iov.size(), dl);
+  }
+
+  // Reads the reply to a request of `type`; an ERROR reply becomes its code.
+  template <class OnReply>
+  static Status read_reply_frame(int fd, uint16_t type, Deadline dl, OnReply&& on_reply) {
+    uint8_t head[wire::kHeaderSize];
+    wire::Header h;
+    Status s = net::read_all(fd, head, sizeof head, dl);
     if (!s.is_ok()) return s;
     s = wire::decode_header(head, &h);
     if (!s.is_ok()) return s;
@@ -554,6 +667,13 @@ class RemoteTier final : public Tier {
     s = on_reply(fd, rd);
     if (s.is_ok() && !rd.ok()) s = {KVTIER_ERR_INVALID_ARG, "truncated reply"};
     return s;
+  }
+
+  template <class OnReply>
+  static Status roundtrip(int fd, uint16_t type, const std::vector<uint8_t>& payload,
+                          const std::vector<iovec>& bulk, Deadline dl, OnReply&& on_reply) {
+    Status s = send_frame(fd, type, payload, bulk, dl);
+    return s.is_ok() ? read_reply_frame(fd, type, dl, on_reply) : s;
   }
 
   // Runs f(fd, deadline) on a connection of `s` (connecting it first); a failed connection is

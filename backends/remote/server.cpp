@@ -1,5 +1,7 @@
 #include "server.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -112,6 +114,8 @@ void Server::accept_loop() {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
       continue;
     }
+    int one = 1;  // replies are small frames: never hold one back waiting for an ACK
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     std::lock_guard lock(conns_mu_);
     for (auto& t : finished_) t.join();
     finished_.clear();
