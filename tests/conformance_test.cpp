@@ -188,6 +188,34 @@ TEST_P(Conformance, EvictionKeepsTheBudgetAndTheBytes) {
   }
 }
 
+// A tier that checks inline must itself refuse bytes that do not match the checksum they were
+// stored with (the store does not check behind it): here the checksum given at put is wrong.
+TEST_P(Conformance, InlineCheckingTierRefusesBytesThatFailTheirChecksum) {
+  if (!tier_->caps().checks_inline) GTEST_SKIP() << GetParam().name << ": the store checks";
+  const size_t page = 70000;
+  auto value = kvtier_test::random_bytes(page);
+  const KeyId id = key_id(namespace_seed("inline"), kvtier_test::make_key("bad-sum", 0));
+  Frag f{reinterpret_cast<std::byte*>(value.data()), page};
+  PutOp op{id, Frags(&f, 1), page, checksum(value.data(), page) ^ 1};
+  op.has_checksum = true;
+  tier_->put(std::span<PutOp>(&op, 1));
+  ASSERT_EQ(op.result, KVTIER_OK);
+  std::vector<unsigned char> buf(page);
+  Frag g{reinterpret_cast<std::byte*>(buf.data()), page};
+  GetOp get{id, Frags(&g, 1), page, true};
+  tier_->get(std::span<GetOp>(&get, 1));
+  EXPECT_EQ(get.result, KVTIER_ERR_CORRUPT);
+  // With no checksum given, the tier computes the right one and the bytes come back.
+  const KeyId id2 = key_id(namespace_seed("inline"), kvtier_test::make_key("no-sum", 0));
+  PutOp op2{id2, Frags(&f, 1), page, 0};
+  tier_->put(std::span<PutOp>(&op2, 1));
+  ASSERT_EQ(op2.result, KVTIER_OK);
+  GetOp get2{id2, Frags(&g, 1), page, true};
+  tier_->get(std::span<GetOp>(&get2, 1));
+  EXPECT_EQ(get2.result, static_cast<int64_t>(page));
+  EXPECT_EQ(buf, value);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Tiers, Conformance,
     ::testing::Values(
