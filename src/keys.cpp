@@ -1,5 +1,8 @@
 #include "keys.h"
 
+#include <algorithm>
+#include <vector>
+
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack, no malloc per page
 #include <xxhash.h>
 
@@ -46,6 +49,17 @@ uint64_t checksum(Frags frags) {
   XXH3_64bits_reset(&state);
   for (const Frag& f : frags) XXH3_64bits_update(&state, f.ptr, f.len);
   return XXH3_64bits_digest(&state);
+}
+
+uint64_t checksum(Frags frags, size_t len) {
+  if (len == total_len(frags)) return checksum(frags);
+  std::vector<Frag> head;
+  for (const Frag& f : frags) {
+    if (!len) break;
+    head.push_back({f.ptr, std::min(len, f.len)});
+    len -= head.back().len;
+  }
+  return checksum(head);
 }
 
 void gather(Frags frags, std::byte* dst) {

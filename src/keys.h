@@ -32,6 +32,8 @@ KeyId key_id(uint64_t ns_seed, std::string_view key);
 // XXH3-64 of the fragments' concatenation.
 uint64_t checksum(Frags frags);
 uint64_t checksum(const void* data, size_t len);
+// XXH3-64 of the first `len` bytes of the fragments (at most their total).
+uint64_t checksum(Frags frags, size_t len);
 
 inline size_t total_len(Frags frags) {
   size_t n = 0;

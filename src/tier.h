@@ -34,6 +34,19 @@ struct GetOp {
   uint64_t checksum = 0;  // out: the checksum stored with the value
 };
 
+// Helpers for tiers that check inline (Caps::checks_inline).
+inline void ensure_checksum(PutOp& op) {
+  if (op.has_checksum) return;
+  op.checksum = checksum(op.frags);
+  op.has_checksum = true;
+}
+// A hit must be exactly what was written; else it becomes KVTIER_ERR_CORRUPT (a miss for the
+// store, which drops the page).
+inline void verify(GetOp& op) {
+  if (op.result > 0 && checksum(op.frags, static_cast<size_t>(op.result)) != op.checksum)
+    op.result = KVTIER_ERR_CORRUPT;
+}
+
 struct TierStats {
   uint64_t keys = 0;
   uint64_t bytes = 0;

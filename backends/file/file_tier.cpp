@@ -394,10 +394,13 @@ void PageFiles::put(std::span<PutOp> ops) {
           pending.size(),
           [&](size_t i, Io& io) {
             Pending& p = pending[i];
-            const PutOp& op = ops[p.op];
+            PutOp& op = ops[p.op];
             io.error = -ENOMEM;
-            // Compress first (when asked): the slot is sized for what will be stored.
+            // Compress first (when asked): the slot is sized for what will be stored. The
+            // checksum is of the page itself, taken just before (the compressor then reads
+            // the page from cache).
             if (zstd_level_) {
+              ensure_checksum(op);
               p.buf_size = round_block(kHeader + ZSTD_compressBound(op.size));
               if (!(p.buf = bounce_.get(p.buf_size))) return;
               size_t n =
@@ -415,6 +418,18 @@ void PageFiles::put(std::span<PutOp> ops) {
             if (!p.buf) {
               p.buf_size = want;
               if (!(p.buf = bounce_.get(p.buf_size))) return;
+            }
+            const size_t end = direct_ ? round_block(kHeader + stored[i]) : kHeader + stored[i];
+            if (direct) {
+              ensure_checksum(op);  // the only pass over the bytes: the disk reads them itself
+            } else if (!compressed[i]) {
+              // Copy into the bounce buffer (while the I/O already queued runs), then take the
+              // checksum of the copy while it is in cache.
+              gather(op.frags, p.buf + kHeader);
+              if (!op.has_checksum) {
+                op.checksum = checksum(p.buf + kHeader, stored[i]);
+                op.has_checksum = true;
+              }
             }
             {
               std::lock_guard lock(mu_);
@@ -435,13 +450,10 @@ void PageFiles::put(std::span<PutOp> ops) {
             io.fd = p.fd;
             io.write = true;
             io.offset = p.slot * p.slot_size;
-            const size_t end = direct_ ? round_block(kHeader + stored[i]) : kHeader + stored[i];
             if (direct) {
               io.iov.push_back({p.buf, kHeader});
               for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
             } else {
-              // Copy into the bounce buffer while the I/O already queued runs.
-              if (!compressed[i]) gather(op.frags, p.buf + kHeader);
               std::memset(p.buf + kHeader + stored[i], 0, end - kHeader - stored[i]);
               io.iov.push_back({p.buf, end});
             }
@@ -554,10 +566,12 @@ void PageFiles::get(std::span<GetOp> ops) {
           } else if (p.compressed && !decompress_frags(p.buf, p.stored, op.frags, p.length)) {
             op.result = KVTIER_ERR_CORRUPT;  // a damaged frame: a miss, like a bad checksum
           } else {
-            // Copies out of the bounce buffer overlap the reads still queued.
+            // Copies out of the bounce buffer overlap the reads still queued; the check runs
+            // on the copy while it is in cache.
             if (p.buf && !p.compressed) scatter(p.buf, p.length, op.frags);
             op.result = static_cast<int64_t>(p.length);
             op.checksum = p.checksum;
+            verify(op);
           }
           bounce_.put(p.buf, p.buf_size);
           p.buf = nullptr;

@@ -225,37 +225,6 @@ class RemoteTier final : public Tier {
     return out;
   }
 
-  static void ensure_checksum(PutOp& op) {
-    if (op.has_checksum) return;
-    op.checksum = checksum(op.frags);
-    op.has_checksum = true;
-  }
-
-  // A read value must be exactly what was written; else it is a miss for the store to drop.
-  static void verify(GetOp& op) {
-    if (op.result <= 0) return;
-    size_t left = static_cast<size_t>(op.result);
-    Frag got[16];
-    size_t n = 0;
-    for (const Frag& f : op.frags) {
-      if (!left) break;
-      if (n == std::size(got)) {  // many fragments: one gathering pass instead
-        std::vector<Frag> all;
-        size_t l = static_cast<size_t>(op.result);
-        for (const Frag& g : op.frags) {
-          if (!l) break;
-          all.push_back({g.ptr, std::min(l, g.len)});
-          l -= all.back().len;
-        }
-        if (checksum(all) != op.checksum) op.result = KVTIER_ERR_CORRUPT;
-        return;
-      }
-      got[n++] = {f.ptr, std::min(left, f.len)};
-      left -= got[n - 1].len;
-    }
-    if (checksum(Frags(got, n)) != op.checksum) op.result = KVTIER_ERR_CORRUPT;
-  }
-
   // PUT frames with the bytes in them, one chunk in flight while the previous one's reply
   // comes back.
   void put_tcp(ServerRef& s, std::span<PutOp> ops, const std::vector<size_t>& idx,
