@@ -171,17 +171,21 @@ TEST(FileTier, FlippedBytesAreAMissNotWrongBytes) {
   kvtier_store_t* s = open_store(cfg);
   set_pages(s, {0});  // 16 KiB page: slot class 20 KiB
   kvtier_close(s);
-  std::string file;
-  for (auto& e : fs::recursive_directory_iterator(dir))
-    if (e.path().filename().string().rfind("slots-", 0) == 0) file = e.path();
+  std::string file, index;
+  for (auto& e : fs::recursive_directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("pages-", 0) == 0 && name.ends_with(".dat")) file = e.path();
+    if (name.rfind("pages-", 0) == 0 && name.ends_with(".idx")) index = e.path();
+  }
   ASSERT_FALSE(file.empty());
+  ASSERT_FALSE(index.empty());
   {
     std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(4096 + 1234);
+    f.seekg(1234);
     char c;
     f.read(&c, 1);
     c ^= 0x10;
-    f.seekp(4096 + 1234);
+    f.seekp(1234);
     f.write(&c, 1);
   }
   s = open_store(cfg);
@@ -190,14 +194,36 @@ TEST(FileTier, FlippedBytesAreAMissNotWrongBytes) {
   set_pages(s, {0});  // and can be written again
   EXPECT_EQ(read_page(s, 0), 1);
   kvtier_close(s);
-  // A rotten header: the page is not in the index after a restart.
+  // A rotten record: the page is not in the index after a restart.
   {
-    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(index, std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(20);
     f.write("\x7f", 1);
   }
   s = open_store(cfg);
+  size_t hits = 1;
+  const std::string key = kvtier_test::page_key(0);
+  const char* k = key.c_str();
+  ASSERT_EQ(kvtier_batch_exists(s, &k, 1, &hits), KVTIER_OK);
+  EXPECT_EQ(hits, 0u) << "a page whose record fails its checksum is not indexed";
   EXPECT_EQ(read_page(s, 0), 0);
+  kvtier_close(s);
+}
+
+TEST(FileTier, FilesOfAnOlderFormatAreDropped) {
+  const std::string dir = fresh_dir("old-format");
+  const std::string cfg = "tiers=file;file_dir=" + dir;
+  kvtier_store_t* s = open_store(cfg);
+  set_pages(s, {1, 2});
+  kvtier_close(s);
+  std::string ns_dir;
+  for (auto& e : fs::directory_iterator(dir)) ns_dir = e.path();
+  ASSERT_FALSE(ns_dir.empty());
+  { std::ofstream(ns_dir + "/slots-20480.dat") << std::string(20480, 'x'); }
+  s = open_store(cfg);
+  EXPECT_FALSE(fs::exists(ns_dir + "/slots-20480.dat"));
+  EXPECT_EQ(read_page(s, 1), 1);
+  EXPECT_EQ(read_page(s, 2), 1);
   kvtier_close(s);
 }
 
@@ -365,10 +391,10 @@ TEST(FileTier, ZstdStoresKvLikePagesSmallerAndReadsThemBack) {
     // A damaged frame is a miss, never wrong bytes.
     std::string file;
     for (auto& e : fs::recursive_directory_iterator(dir))
-      if (e.path().filename().string().rfind("slots-", 0) == 0) file = e.path();
+      if (e.path().filename().string().ends_with(".dat")) file = e.path();
     {
       std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
-      for (std::streamoff off = 4096 + 100; off < 4096 + 20000; off += 997) {
+      for (std::streamoff off = 100; off < 20000; off += 997) {
         f.seekp(off);
         f.write("\x55", 1);
       }

@@ -20,26 +20,26 @@ namespace kvtier {
 
 namespace {
 
-constexpr uint64_t kBlock = 4096;                   // O_DIRECT alignment of offsets and sizes
-constexpr uint64_t kHeader = 4096;                  // a slot's header block
-constexpr uint64_t kMagic = 0x314547415054564bull;  // "KVTPAGE1"
-constexpr uint32_t kVersion = 1;
+constexpr uint64_t kBlock = 4096;        // O_DIRECT alignment of offsets and sizes
+constexpr uint32_t kMagic = 0x4958564b;  // "KVXI"
+constexpr uint16_t kVersion = 2;
 constexpr uint64_t kGrowBytes = 64ull << 20;  // files grow by fallocate in steps of this
 constexpr size_t kMaxIov = 1024;              // IOV_MAX
 
-struct Header {
-  uint64_t magic;
-  uint32_t version;
-  uint32_t flags;  // kCompressed
+// A slot's record in the .idx file; all zero: the slot is free.
+struct Record {
+  uint32_t magic;
+  uint16_t version;
+  uint16_t flags;  // kCompressed
   uint64_t key_hi, key_lo;
-  uint64_t length;    // the page's bytes
-  uint64_t checksum;  // XXH3-64 of the page bytes (before compression)
-  uint64_t seq;       // later writes of a key win
-  uint64_t slot_size;
-  uint64_t stored;         // bytes after the header: `length`, or the zstd frame's size
+  uint64_t length;         // the page's bytes
+  uint64_t checksum;       // XXH3-64 of the page bytes (before compression)
+  uint64_t seq;            // later writes of a key win
+  uint64_t stored;         // bytes in the slot: `length`, or the zstd frame's size
   uint64_t self_checksum;  // XXH3-64 of the fields above
 };
-constexpr uint32_t kCompressed = 1;
+static_assert(sizeof(Record) == 64);
+constexpr uint16_t kCompressed = 1;
 
 // A page is kept compressed only when that saves at least this fraction of it.
 constexpr uint64_t kMinSavingDiv = 8;  // 1/8 = 12.5%
@@ -89,10 +89,8 @@ bool decompress_frags(const std::byte* src, size_t n, Frags frags, size_t length
   }
   return produced == length && rc == 0;
 }
-static_assert(sizeof(Header) <= kHeader);
-
-uint64_t header_sum(const Header& h) {
-  return checksum(&h, offsetof(Header, self_checksum));
+uint64_t record_sum(const Record& r) {
+  return checksum(&r, offsetof(Record, self_checksum));
 }
 
 uint64_t round_block(uint64_t n) {
@@ -100,7 +98,7 @@ uint64_t round_block(uint64_t n) {
 }
 
 bool aligned(Frags frags) {
-  if (frags.size() + 1 > kMaxIov) return false;
+  if (frags.size() > kMaxIov) return false;
   for (const Frag& f : frags)
     if (reinterpret_cast<uintptr_t>(f.ptr) % kBlock || f.len % kBlock) return false;
   return true;
@@ -170,7 +168,8 @@ class PageFiles {
  private:
   struct SizeClass {
     uint64_t slot_size = 0;
-    int fd = -1;
+    int fd = -1;              // pages-<size>.dat: the slots
+    int idx_fd = -1;          // pages-<size>.idx: a Record per slot
     uint64_t file_slots = 0;  // slots the file has room for
     uint64_t used_slots = 0;  // high-water mark
     std::vector<uint64_t> free;
@@ -194,6 +193,8 @@ class PageFiles {
   bool evict_from_class(uint32_t cls);                   // REQUIRES mu_
   Status rebuild();
   int open_file(const std::string& path);
+  // Writes slot's record (all zero: free); false with errno set on failure.
+  static bool write_record(int idx_fd, uint64_t slot, const Record& r);
 
   std::string dir_;
   uint64_t capacity_ = 0;
@@ -217,8 +218,14 @@ class PageFiles {
 };
 
 PageFiles::~PageFiles() {
-  for (auto& c : classes_)
+  for (auto& c : classes_) {
     if (c.fd >= 0) ::close(c.fd);
+    if (c.idx_fd >= 0) {
+      if (sync_ && ::fdatasync(c.idx_fd) != 0)
+        log().warn("file tier: cannot sync an index file in {}: {}", dir_, std::strerror(errno));
+      ::close(c.idx_fd);
+    }
+  }
   if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
 
@@ -274,12 +281,20 @@ Status PageFiles::open_class(uint64_t slot_size, uint32_t* cls) {
     *cls = it->second;
     return {};
   }
-  std::string file = dir_ + "/slots-" + std::to_string(slot_size) + ".dat";
-  int fd = open_file(file);
-  if (fd < 0) return {KVTIER_ERR_IO, "cannot open " + file + ": " + std::strerror(errno)};
+  const std::string base = dir_ + "/pages-" + std::to_string(slot_size);
+  int fd = open_file(base + ".dat");
+  if (fd < 0) return {KVTIER_ERR_IO, "cannot open " + base + ".dat: " + std::strerror(errno)};
+  // Records go through the page cache: small writes, read back in one sequential pass.
+  int idx = ::open((base + ".idx").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (idx < 0) {
+    const int err = errno;
+    ::close(fd);
+    return {KVTIER_ERR_IO, "cannot open " + base + ".idx: " + std::strerror(err)};
+  }
   SizeClass c;
   c.slot_size = slot_size;
   c.fd = fd;
+  c.idx_fd = idx;
   classes_.push_back(std::move(c));
   *cls = static_cast<uint32_t>(classes_.size() - 1);
   class_of_size_[slot_size] = *cls;
@@ -326,8 +341,15 @@ int PageFiles::reserve(uint32_t cls, uint64_t* slot) {
       step = std::min<uint64_t>(step, uint64_t{vfs.f_bavail} * vfs.f_frsize / 8);
     uint64_t grow = std::max<uint64_t>(1, step / c.slot_size);
     auto extend = [&] {
-      int rc = ::fallocate(c.fd, 0, static_cast<off_t>(c.file_slots * c.slot_size),
-                           static_cast<off_t>(grow * c.slot_size));
+      // The records first: a slot never exists without room for its record.
+      const auto rec = static_cast<off_t>(sizeof(Record));
+      int rc = ::fallocate(c.idx_fd, 0, static_cast<off_t>(c.file_slots) * rec,
+                           static_cast<off_t>(grow) * rec);
+      if (rc != 0 && errno == EOPNOTSUPP)
+        rc = ::ftruncate(c.idx_fd, static_cast<off_t>(c.file_slots + grow) * rec);
+      if (rc != 0) return rc;
+      rc = ::fallocate(c.fd, 0, static_cast<off_t>(c.file_slots * c.slot_size),
+                       static_cast<off_t>(grow * c.slot_size));
       if (rc != 0 && errno == EOPNOTSUPP)
         rc = ::ftruncate(c.fd, static_cast<off_t>((c.file_slots + grow) * c.slot_size));
       return rc;
@@ -343,7 +365,7 @@ int PageFiles::reserve(uint32_t cls, uint64_t* slot) {
       const int err = errno;
       // The disk is full: reuse the slot of this size class's least recently used page.
       if (!evict_from_class(cls)) {
-        log().warn("file tier: cannot grow {}/slots-{}.dat: {}", dir_, c.slot_size,
+        log().warn("file tier: cannot grow {}/pages-{}.dat: {}", dir_, c.slot_size,
                    std::strerror(err));
         return err == ENOSPC || err == EDQUOT || err == EFBIG ? KVTIER_ERR_NO_SPACE : KVTIER_ERR_IO;
       }
@@ -359,15 +381,20 @@ int PageFiles::reserve(uint32_t cls, uint64_t* slot) {
   return KVTIER_OK;
 }
 
+bool PageFiles::write_record(int idx_fd, uint64_t slot, const Record& r) {
+  const auto off = static_cast<off_t>(slot * sizeof r);
+  return ::pwrite(idx_fd, &r, sizeof r, off) == static_cast<ssize_t>(sizeof r);
+}
+
 void PageFiles::put(std::span<PutOp> ops) {
   struct Pending {
     size_t op;
     uint64_t seq;
     bool reserved = false;  // cls and slot hold a reservation
     uint32_t cls = 0;
-    int fd = -1;
+    int fd = -1, idx_fd = -1;
     uint64_t slot = 0, slot_size = 0;
-    std::byte* buf = nullptr;  // header block (direct) or header + page (bounce, compressed)
+    std::byte* buf = nullptr;  // bounce buffer: a copy of the page, or its zstd frame
     size_t buf_size = 0;
     int result = KVTIER_ERR_IO;
   };
@@ -401,60 +428,49 @@ void PageFiles::put(std::span<PutOp> ops) {
             // the page from cache).
             if (zstd_level_) {
               ensure_checksum(op);
-              p.buf_size = round_block(kHeader + ZSTD_compressBound(op.size));
+              p.buf_size = round_block(ZSTD_compressBound(op.size));
               if (!(p.buf = bounce_.get(p.buf_size))) return;
-              size_t n =
-                  compress_frags(op.frags, p.buf + kHeader, p.buf_size - kHeader, zstd_level_);
+              size_t n = compress_frags(op.frags, p.buf, p.buf_size, zstd_level_);
               compressed[i] = n > 0 && n <= op.size - op.size / kMinSavingDiv;
               if (compressed[i]) stored[i] = n;
             }
             if (!compressed[i]) stored[i] = op.size;
+            // Straight from the engine's pool when O_DIRECT allows it, else a bounce copy.
             const bool direct = !compressed[i] && (!direct_ || aligned(op.frags));
-            const size_t want = direct ? kHeader : round_block(kHeader + stored[i]);
-            if (p.buf && p.buf_size < want) {
+            const size_t end = direct_ ? round_block(stored[i]) : stored[i];
+            if (!direct && (!p.buf || p.buf_size < end)) {
               bounce_.put(p.buf, p.buf_size);
-              p.buf = nullptr;
-            }
-            if (!p.buf) {
-              p.buf_size = want;
+              p.buf_size = round_block(end);
               if (!(p.buf = bounce_.get(p.buf_size))) return;
             }
-            const size_t end = direct_ ? round_block(kHeader + stored[i]) : kHeader + stored[i];
             if (direct) {
               ensure_checksum(op);  // the only pass over the bytes: the disk reads them itself
             } else if (!compressed[i]) {
               // Copy into the bounce buffer (while the I/O already queued runs), then take the
               // checksum of the copy while it is in cache.
-              gather(op.frags, p.buf + kHeader);
+              gather(op.frags, p.buf);
               if (!op.has_checksum) {
-                op.checksum = checksum(p.buf + kHeader, stored[i]);
+                op.checksum = checksum(p.buf, stored[i]);
                 op.has_checksum = true;
               }
             }
             {
               std::lock_guard lock(mu_);
-              Status s = open_class(slot_size_for(kHeader + stored[i]), &p.cls);
+              Status s = open_class(slot_size_for(stored[i]), &p.cls);
               p.result = s.is_ok() ? reserve(p.cls, &p.slot) : s.code();
               if (p.result != KVTIER_OK) return;  // done() sees io.fd < 0
               p.reserved = true;
               p.fd = classes_[p.cls].fd;
+              p.idx_fd = classes_[p.cls].idx_fd;
               p.slot_size = classes_[p.cls].slot_size;
             }
-            Header h{kMagic,      kVersion, compressed[i] ? kCompressed : 0u,
-                     op.id.hi,    op.id.lo, op.size,
-                     op.checksum, p.seq,    p.slot_size,
-                     stored[i],   0};
-            h.self_checksum = header_sum(h);
-            std::memset(p.buf, 0, kHeader);
-            std::memcpy(p.buf, &h, sizeof h);
             io.fd = p.fd;
             io.write = true;
             io.offset = p.slot * p.slot_size;
             if (direct) {
-              io.iov.push_back({p.buf, kHeader});
               for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
             } else {
-              std::memset(p.buf + kHeader + stored[i], 0, end - kHeader - stored[i]);
+              std::memset(p.buf + stored[i], 0, end - stored[i]);
               io.iov.push_back({p.buf, end});
             }
           },
@@ -484,6 +500,27 @@ void PageFiles::put(std::span<PutOp> ops) {
         log().warn("file tier: fdatasync in {} failed: {}", dir_, std::strerror(errno));
         for (Pending& p : pending)
           if (p.fd == fd) p.result = code;
+      }
+    }
+    // Then the records, through the page cache (see file_tier.h).
+    for (size_t i = 0; i < pending.size(); ++i) {
+      Pending& p = pending[i];
+      if (p.result != KVTIER_OK) continue;
+      const PutOp& op = ops[p.op];
+      Record r{kMagic,
+               kVersion,
+               compressed[i] ? kCompressed : uint16_t{0},
+               op.id.hi,
+               op.id.lo,
+               op.size,
+               op.checksum,
+               p.seq,
+               stored[i],
+               0};
+      r.self_checksum = record_sum(r);
+      if (!write_record(p.idx_fd, p.slot, r)) {
+        p.result = io_code(-errno);
+        log().warn("file tier: cannot write a record in {}: {}", dir_, std::strerror(errno));
       }
     }
   }
@@ -531,7 +568,7 @@ void PageFiles::get(std::span<GetOp> ops) {
       lru_.splice(lru_.begin(), lru_, e.lru);
       const SizeClass& c = classes_[e.cls];
       pending.push_back(
-          {i, c.fd, e.slot * c.slot_size + kHeader, e.length, e.checksum, e.stored, e.compressed});
+          {i, c.fd, e.slot * c.slot_size, e.length, e.checksum, e.stored, e.compressed});
     }
   }
   if (pending.empty()) return;
@@ -587,8 +624,8 @@ void PageFiles::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
 void PageFiles::remove(std::span<const KeyId> ids, std::span<int> results) {
   struct Gone {
     uint32_t cls;
-    int fd;
-    uint64_t slot, slot_size;
+    int idx_fd;
+    uint64_t slot;
   };
   std::vector<Gone> gone;
   {
@@ -600,32 +637,16 @@ void PageFiles::remove(std::span<const KeyId> ids, std::span<int> results) {
         continue;
       }
       const SizeClass& c = classes_[it->second.cls];
-      gone.push_back({it->second.cls, c.fd, it->second.slot, c.slot_size});
+      gone.push_back({it->second.cls, c.idx_fd, it->second.slot});
       lru_.erase(it->second.lru);
       map_.erase(it);
       results[i] = KVTIER_OK;
     }
   }
-  if (gone.empty()) return;
-  // Zero the headers so a restart does not bring the pages back; the slots are reused after.
-  std::byte* zero = bounce_.get(kHeader);
-  if (zero) {
-    std::memset(zero, 0, kHeader);
-    rings_.with_ring([&](Ring& ring) {
-      ring.run(
-          gone.size(),
-          [&](size_t i, Io& io) {
-            io.fd = gone[i].fd;
-            io.write = true;
-            io.offset = gone[i].slot * gone[i].slot_size;
-            io.iov.push_back({zero, kHeader});
-          },
-          [&](size_t, int res) {
-            if (res < 0) log().warn("file tier: cannot clear a header: {}", std::strerror(-res));
-          });
-    });
-    bounce_.put(zero, kHeader);
-  }
+  // Zero the records so a restart does not bring the pages back; the slots are reused after.
+  for (const Gone& g : gone)
+    if (!write_record(g.idx_fd, g.slot, Record{}))
+      log().warn("file tier: cannot clear a record in {}: {}", dir_, std::strerror(errno));
   std::lock_guard lock(mu_);
   for (const Gone& g : gone) release(g.cls, g.slot);
 }
@@ -635,7 +656,7 @@ void PageFiles::clear() {
   map_.clear();
   lru_.clear();
   for (SizeClass& c : classes_) {
-    if (::ftruncate(c.fd, 0) != 0)
+    if (::ftruncate(c.idx_fd, 0) != 0 || ::ftruncate(c.fd, 0) != 0)
       log().warn("file tier: cannot truncate a page file in {}: {}", dir_, std::strerror(errno));
     c.file_slots = c.used_slots = 0;
     c.free.clear();
@@ -653,20 +674,22 @@ Status PageFiles::rebuild() {
   DIR* d = ::opendir(dir_.c_str());
   if (!d) return {KVTIER_ERR_IO, "cannot list " + dir_ + ": " + std::strerror(errno)};
   std::vector<uint64_t> sizes;
+  std::vector<std::string> stale;
   while (dirent* ent = ::readdir(d)) {
     unsigned long long size = 0;
     char tail[8] = {};
-    if (std::sscanf(ent->d_name, "slots-%llu.%4s", &size, tail) == 2 &&
-        std::string(tail) == "dat" && size >= 2 * kHeader && size % kBlock == 0)
+    const std::string name = ent->d_name;
+    if (std::sscanf(name.c_str(), "pages-%llu.%4s", &size, tail) == 2 &&
+        std::string(tail) == "dat" && size >= kBlock && size % kBlock == 0)
       sizes.push_back(size);
+    else if (name.rfind("slots-", 0) == 0)  // the format before the .idx files
+      stale.push_back(name);
   }
   ::closedir(d);
-  // Headers are read in passes of kScan I/Os. Small slots are read in runs of consecutive
-  // slots (up to kRun bytes per I/O), which costs a little bandwidth and saves most I/Os.
-  constexpr size_t kScan = 64;
-  constexpr uint64_t kRun = 1 << 20;
-  std::byte* buf = bounce_.get(kScan * kRun);
-  if (!buf) return {KVTIER_ERR_NO_MEMORY, "no memory for the index scan"};
+  for (const std::string& name : stale) {
+    log().warn("file tier: {}/{} is in an older on-disk format; its pages are dropped", dir_, name);
+    ::unlink((dir_ + "/" + name).c_str());
+  }
   struct Found {
     KeyId id;
     uint32_t cls;
@@ -674,65 +697,49 @@ Status PageFiles::rebuild() {
     bool compressed;
   };
   std::vector<Found> found;
+  std::vector<Record> recs(16384);  // read 1 MiB of records at a time
   uint64_t scanned = 0;
-  Status status;
   for (uint64_t size : sizes) {
     uint32_t cls;
-    status = open_class(size, &cls);
-    if (!status.is_ok()) break;
+    Status status = open_class(size, &cls);
+    if (!status.is_ok()) return status;
     SizeClass& c = classes_[cls];
     struct stat st {};
-    if (::fstat(c.fd, &st) != 0) {
-      status = {KVTIER_ERR_IO, std::string("fstat: ") + std::strerror(errno)};
-      break;
-    }
+    if (::fstat(c.fd, &st) != 0)
+      return {KVTIER_ERR_IO, std::string("fstat: ") + std::strerror(errno)};
     const uint64_t slots = static_cast<uint64_t>(st.st_size) / size;
     c.file_slots = c.used_slots = slots;
-    const uint64_t per_io = size <= kRun / 16 ? kRun / size : 1;  // slots per I/O
-    const uint64_t io_bytes = per_io == 1 ? kHeader : per_io * size;
     std::vector<uint8_t> valid(slots, 0);
-    for (uint64_t first = 0; first < slots; first += kScan * per_io) {
-      const uint64_t ios = std::min<uint64_t>(kScan, (slots - first + per_io - 1) / per_io);
-      std::vector<int> res(ios, 0);
-      rings_.with_ring([&](Ring& ring) {
-        ring.run(
-            ios,
-            [&](size_t i, Io& io) {
-              const uint64_t slot = first + i * per_io;
-              io.fd = c.fd;
-              io.offset = slot * size;
-              io.iov.push_back({buf + i * kRun, std::min(io_bytes, (slots - slot) * size)});
-            },
-            [&](size_t i, int r) { res[i] = r; });
-      });
-      for (uint64_t i = 0; i < ios; ++i) {
-        for (uint64_t k = 0; k < per_io && first + i * per_io + k < slots; ++k) {
-          const uint64_t slot = first + i * per_io + k;
-          Header h;
-          std::memcpy(&h, buf + i * kRun + (per_io == 1 ? 0 : k * size), sizeof h);
-          if (res[i] < static_cast<int>((per_io == 1 ? 0 : k * size) + kHeader) ||
-              h.magic != kMagic || h.version != kVersion || h.self_checksum != header_sum(h) ||
-              h.slot_size != size || h.stored > size - kHeader || h.length == 0 ||
-              (h.flags & ~kCompressed) || (!(h.flags & kCompressed) && h.stored != h.length))
-            continue;
-          valid[slot] = 1;
-          found.push_back({{h.key_hi, h.key_lo},
-                           cls,
-                           slot,
-                           h.length,
-                           h.checksum,
-                           h.seq,
-                           h.stored,
-                           (h.flags & kCompressed) != 0});
-        }
+    for (uint64_t first = 0; first < slots; first += recs.size()) {
+      const uint64_t want = std::min<uint64_t>(recs.size(), slots - first);
+      const ssize_t got = ::pread(c.idx_fd, recs.data(), want * sizeof(Record),
+                                  static_cast<off_t>(first * sizeof(Record)));
+      if (got < 0)
+        return {KVTIER_ERR_IO,
+                "cannot read an index file in " + dir_ + ": " + std::strerror(errno)};
+      const uint64_t n = static_cast<uint64_t>(got) / sizeof(Record);  // short: the rest is free
+      for (uint64_t k = 0; k < n; ++k) {
+        const Record& r = recs[k];
+        if (r.magic != kMagic || r.version != kVersion || r.self_checksum != record_sum(r) ||
+            r.length == 0 || r.stored == 0 || r.stored > size || (r.flags & ~kCompressed) ||
+            (!(r.flags & kCompressed) && r.stored != r.length))
+          continue;
+        valid[first + k] = 1;
+        found.push_back({{r.key_hi, r.key_lo},
+                         cls,
+                         first + k,
+                         r.length,
+                         r.checksum,
+                         r.seq,
+                         r.stored,
+                         (r.flags & kCompressed) != 0});
       }
-      scanned += std::min<uint64_t>(ios * per_io, slots - first);
+      scanned += want;
+      if (n < want) break;
     }
     for (uint64_t s = 0; s < slots; ++s)
       if (!valid[s]) c.free.push_back(s);
   }
-  bounce_.put(buf, kScan * kRun);
-  if (!status.is_ok()) return status;
   // Oldest first, so the newest copy of a key wins and ends at the LRU front.
   std::sort(found.begin(), found.end(),
             [](const Found& a, const Found& b) { return a.seq < b.seq; });

@@ -2,11 +2,14 @@
 // io_uring with O_DIRECT, straight from and into the engine's pool when it is 4 KiB-aligned
 // and through pooled bounce buffers when it is not.
 //
-// On disk, KVTIER_FILE_DIR/<namespace>/ holds one file per size class, "slots-<bytes>.dat",
-// cut into fixed slots. A slot is a 4 KiB header (key id, length, checksum of the data,
-// sequence number, its own checksum) followed by the page. The index lives in memory and is
-// rebuilt on open by reading the headers. A page becomes visible only after its slot is
-// written and fdatasync'ed; a torn or rotted page fails its checksum and reads as a miss.
+// On disk, KVTIER_FILE_DIR/<namespace>/ holds two files per size class: "pages-<bytes>.dat",
+// cut into fixed slots that hold the pages' bytes and nothing else (so an aligned page goes
+// to disk straight from the engine's pool), and "pages-<bytes>.idx", one 64-byte record per
+// slot (key id, length, checksum of the page, sequence number, the record's own checksum).
+// The index lives in memory and is rebuilt on open by reading the .idx files, a sequential
+// read of 64 bytes per slot. A page becomes visible only after its slot is written and
+// fdatasync'ed; its record follows through the page cache, so a power loss can forget recent
+// pages (misses), and a torn or rotted page fails its checksum and reads as a miss.
 #pragma once
 
 #include <atomic>
