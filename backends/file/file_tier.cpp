@@ -97,10 +97,12 @@ uint64_t round_block(uint64_t n) {
   return (n + kBlock - 1) & ~(kBlock - 1);
 }
 
-bool aligned(Frags frags) {
+// Whether O_DIRECT can move the fragments as they are: each one's address a multiple of the
+// device's DMA alignment, each one's length a multiple of the I/O alignment.
+bool aligned(Frags frags, uint64_t mem_align, uint64_t len_align) {
   if (frags.size() > kMaxIov) return false;
   for (const Frag& f : frags)
-    if (reinterpret_cast<uintptr_t>(f.ptr) % kBlock || f.len % kBlock) return false;
+    if (reinterpret_cast<uintptr_t>(f.ptr) % mem_align || f.len % len_align) return false;
   return true;
 }
 
@@ -199,6 +201,9 @@ class PageFiles {
   std::string dir_;
   uint64_t capacity_ = 0;
   bool direct_ = true;
+  // O_DIRECT's alignment of memory and of lengths (statx STATX_DIOALIGN): 4 bytes and 512 on
+  // NVMe, so an engine pool that is not 4 KiB-aligned still moves with no copy there.
+  uint64_t mem_align_ = kBlock, io_align_ = kBlock;
   bool sync_ = true;
   int zstd_level_ = 0;  // 0: no compression
   int lock_fd_ = -1;
@@ -267,6 +272,13 @@ Status PageFiles::open(const Config& config, const std::string& path,
   std::string me = std::to_string(::getpid());
   if (::ftruncate(pf->lock_fd_, 0) != 0 || ::pwrite(pf->lock_fd_, me.data(), me.size(), 0) < 0)
     log().warn("file tier: cannot record the pid in {}/LOCK", path);
+  struct statx sx {};
+  if (::statx(pf->lock_fd_, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+      (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_mem_align && sx.stx_dio_offset_align &&
+      kBlock % sx.stx_dio_offset_align == 0 && kBlock % sx.stx_dio_mem_align == 0) {
+    pf->mem_align_ = sx.stx_dio_mem_align;
+    pf->io_align_ = sx.stx_dio_offset_align;
+  }
   Status s = pf->rings_.init(2, config.file_queue_depth);
   if (!s.is_ok()) return s;
   s = pf->rebuild();
@@ -436,7 +448,8 @@ void PageFiles::put(std::span<PutOp> ops) {
             }
             if (!compressed[i]) stored[i] = op.size;
             // Straight from the engine's pool when O_DIRECT allows it, else a bounce copy.
-            const bool direct = !compressed[i] && (!direct_ || aligned(op.frags));
+            const bool direct =
+                !compressed[i] && (!direct_ || aligned(op.frags, mem_align_, io_align_));
             const size_t end = direct_ ? round_block(stored[i]) : stored[i];
             if (!direct && (!p.buf || p.buf_size < end)) {
               bounce_.put(p.buf, p.buf_size);
@@ -581,7 +594,8 @@ void PageFiles::get(std::span<GetOp> ops) {
           io.fd = p.fd;
           io.offset = p.offset;
           if (!p.compressed && p.length == op.capacity &&
-              (!direct_ || (aligned(op.frags) && p.length % kBlock == 0))) {
+              (!direct_ ||
+               (aligned(op.frags, mem_align_, io_align_) && p.length % io_align_ == 0))) {
             for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
             return;
           }
