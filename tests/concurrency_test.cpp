@@ -6,6 +6,7 @@
 #include <atomic>
 #include <thread>
 
+#include "server_process.h"
 #include "test_util.h"
 
 namespace {
@@ -21,10 +22,23 @@ void value_of(size_t k, unsigned char* out) {
   }
 }
 
-TEST(Concurrency, SetGetExistsRemoveFromManyThreads) {
+struct Chain {
+  const char* label;
+  const char* config;  // {dir}: a fresh folder; {server}: a kvtier-server on loopback
+};
+void PrintTo(const Chain& c, std::ostream* os) {
+  *os << c.label;
+}
+
+class Concurrency : public ::testing::TestWithParam<Chain> {};
+
+TEST_P(Concurrency, SetGetExistsRemoveFromManyThreads) {
+  std::string config = kvtier_test::with_test_dir(GetParam().config);
+  if (size_t p = config.find("{server}"); p != std::string::npos)
+    config.replace(p, 8, kvtier_test::shared_server().address());
   kvtier_store_t* s = nullptr;
-  // A small memory tier, so eviction runs concurrently with everything else.
-  ASSERT_EQ(kvtier_open("tiers=memory;memory_capacity=2MiB", &s), KVTIER_OK);
+  ASSERT_EQ(kvtier_open(config.c_str(), &s), KVTIER_OK) << kvtier_last_error();
+  kvtier_clear(s);
   constexpr int kThreads = 6;
   constexpr size_t kKeys = 256;
   std::vector<std::string> keys;
@@ -96,5 +110,20 @@ TEST(Concurrency, SetGetExistsRemoveFromManyThreads) {
   kvtier_free(json);
   kvtier_close(s);
 }
+
+// Small budgets, so eviction (and, under write_back, demotion) runs concurrently with the rest.
+INSTANTIATE_TEST_SUITE_P(
+    Chains, Concurrency,
+    ::testing::Values(Chain{"memory", "tiers=memory;memory_capacity=2MiB"},
+                      Chain{"file", "tiers=file;file_dir={dir}/file;file_capacity=2MiB"},
+                      Chain{"memory_file_write_back",
+                            "tiers=memory,file;write_policy=write_back;memory_capacity=1MiB;"
+                            "file_dir={dir}/wb;file_capacity=3MiB"},
+                      Chain{"remote_tcp",
+                            "tiers=remote;remote_transport=tcp;remote_servers={server}"},
+                      Chain{"memory_remote",
+                            "tiers=memory,remote;memory_capacity=1MiB;"
+                            "remote_transport=tcp;remote_servers={server}"}),
+    [](const auto& info) { return std::string(info.param.label); });
 
 }  // namespace
