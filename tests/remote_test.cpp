@@ -186,6 +186,12 @@ int send_raw(uint16_t port, const std::vector<uint8_t>& bytes, bool hello_first)
     send(fd, h, sizeof h, MSG_NOSIGNAL);
     uint8_t r[16];
     EXPECT_EQ(recv(fd, r, sizeof r, MSG_WAITALL), 16);
+    uint32_t len = 0;  // the reply's payload (the server's boot id)
+    std::memcpy(&len, r + 8, 4);
+    std::vector<uint8_t> payload(len);
+    if (len) {
+      EXPECT_EQ(recv(fd, payload.data(), len, MSG_WAITALL), static_cast<ssize_t>(len));
+    }
   }
   send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
   shutdown(fd, SHUT_WR);
@@ -494,7 +500,7 @@ TEST(RemoteRdma, RoundTripsOverRdma) {
   for (int r : after.set(s)) EXPECT_LT(r, 0);
   EXPECT_LT(Clock::now() - t0, std::chrono::seconds(5));
   ASSERT_TRUE(srv.restart());
-  std::this_thread::sleep_for(std::chrono::seconds(6));  // past the reconnect back-off
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // past the fail-fast window
   for (int r : after.set(s)) EXPECT_EQ(r, KVTIER_OK);
   for (int r : after.get(s)) EXPECT_EQ(r, 1);
   kvtier_close(s);

@@ -5,7 +5,8 @@
 //             GET replies: the values, back to back, sizes given by the payload]
 //   header  = magic u32 | version u16 | type u16 | payload length u32 | reserved u32
 //
-//   HELLO   token bytes, namespace seed u64            -> HELLO reply (empty) or ERROR
+//   HELLO   token bytes, namespace seed u64            -> boot id u64 (new at each server
+//                                                         start), or ERROR
 //   EXISTS  n u32, n x id(16)                          -> n u32, n x present u8
 //   PUT     n u32, n x {id, length u64, checksum u64}  -> n u32, n x code i32
 //           followed by the n values' bytes

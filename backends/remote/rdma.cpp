@@ -38,6 +38,12 @@ struct AcceptData {  // server -> client
   uint32_t reserved;
 };
 
+// Access flags as a plain int: ibv_reg_mr is a macro that ANDs them with a flag of another enum
+// type, which clang rejects for enum operands.
+constexpr int kLocalAccess = IBV_ACCESS_LOCAL_WRITE;
+constexpr int kArenaAccess =
+    IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+
 Status sys_error(const std::string& what) {
   return {KVTIER_ERR_UNAVAILABLE, "RDMA: " + what + ": " + std::strerror(errno)};
 }
@@ -151,7 +157,7 @@ class RegistryImpl final : public Registry {
     std::map<uintptr_t, ibv_mr*> mrs;  // region start -> MR
   };
   static void reg(Dev& dev, const void* addr, size_t len) {
-    ibv_mr* mr = ibv_reg_mr(dev.pd, const_cast<void*>(addr), len, IBV_ACCESS_LOCAL_WRITE);
+    ibv_mr* mr = ibv_reg_mr(dev.pd, const_cast<void*>(addr), len, kLocalAccess);
     if (!mr) {  // its fragments take the staging path instead
       log().warn("RDMA: cannot register {} bytes at {} ({}); they will be staged", len, addr,
                  std::strerror(errno));
@@ -290,7 +296,7 @@ class ChannelImpl final : public Channel {
     staging_ = static_cast<std::byte*>(std::aligned_alloc(4096, kStaging));
     if (!staging_) return {KVTIER_ERR_NO_MEMORY, "RDMA: no memory for the staging buffer"};
     std::memset(staging_, 0, kStaging);  // touched once, not on the data path
-    if (!(staging_mr_ = ibv_reg_mr(pd_, staging_, kStaging, IBV_ACCESS_LOCAL_WRITE)))
+    if (!(staging_mr_ = ibv_reg_mr(pd_, staging_, kStaging, kLocalAccess)))
       return sys_error("ibv_reg_mr (staging)");
     return {};
   }
@@ -538,8 +544,7 @@ class ListenerImpl final : public Listener {
     Dev d{ibv_alloc_pd(ctx), nullptr,
           static_cast<uint8_t>(std::clamp(attr.max_qp_rd_atom, 1, 255))};
     if (!d.pd) return nullptr;
-    d.mr = ibv_reg_mr(d.pd, arena_, bytes_,
-                      IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ);
+    d.mr = ibv_reg_mr(d.pd, arena_, bytes_, kArenaAccess);
     if (!d.mr) {
       ibv_dealloc_pd(d.pd);
       return nullptr;

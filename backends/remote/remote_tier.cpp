@@ -51,6 +51,8 @@ struct ServerRef {
   std::unique_ptr<rdma::Channel> channel;  // guarded by rdma_mu
   bool tcp_only = false;                   // auto: the server has no RDMA
   int64_t rdma_retry_at = 0;               // steady-clock ns: no new channel before
+  int64_t rdma_backoff_s = 0;              // grows 5 s, 10 s, ... 5 min while RDMA keeps failing
+  std::atomic<uint64_t> boot_id{0};        // the server start the channel was made with
 };
 
 // Appends iovecs for the first `len` bytes of the fragments.
@@ -106,8 +108,10 @@ class RemoteTier final : public Tier {
     std::vector<int> best(ops.size(), KVTIER_ERR_UNAVAILABLE);
     std::vector<uint8_t> stored(ops.size(), 0);
     for (unsigned r = 0; r < replicas_; ++r) {
-      for (auto& [srv, idx] : group(
+      for (auto& grp : group(
                ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
+        ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
+        auto& idx = grp.second;
         Status path;
         if (use_rdma(*srv, &path)) {
           put_rdma(*srv, ops, idx, best, stored);
@@ -128,8 +132,10 @@ class RemoteTier final : public Tier {
     for (GetOp& op : ops) op.result = KVTIER_ERR_NOT_FOUND;
     std::vector<uint8_t> done(ops.size(), 0);
     for (unsigned r = 0; r < replicas_; ++r) {
-      for (auto& [srv, all] : group(
+      for (auto& grp : group(
                ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
+        ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
+        auto& all = grp.second;
         std::vector<size_t> idx;
         for (size_t i : all)
           if (!done[i]) idx.push_back(i);
@@ -149,8 +155,10 @@ class RemoteTier final : public Tier {
   void exists(std::span<const KeyId> ids, std::span<uint8_t> present) override {
     std::fill(present.begin(), present.end(), 0);
     for (unsigned r = 0; r < replicas_; ++r) {
-      for (auto& [srv, all] : group(
+      for (auto& grp : group(
                ids.size(), [&](size_t i) { return ids[i]; }, r)) {
+        ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
+        auto& all = grp.second;
         std::vector<size_t> idx;
         for (size_t i : all)
           if (!present[i]) idx.push_back(i);
@@ -170,8 +178,10 @@ class RemoteTier final : public Tier {
   void remove(std::span<const KeyId> ids, std::span<int> results) override {
     std::fill(results.begin(), results.end(), KVTIER_ERR_NOT_FOUND);
     for (unsigned r = 0; r < replicas_; ++r) {
-      for (auto& [srv, idx] : group(
+      for (auto& grp : group(
                ids.size(), [&](size_t i) { return ids[i]; }, r)) {
+        ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
+        auto& idx = grp.second;
         wire::Writer w;
         w.u32(static_cast<uint32_t>(idx.size()));
         for (size_t i : idx) w.id(ids[i]);
@@ -233,7 +243,7 @@ class RemoteTier final : public Tier {
     size_t replied = 0;
     Status st = with_conn(s, [&](int fd, Deadline dl) {
       auto read_reply = [&](size_t c) {
-        const auto [b, e] = parts[c];
+        const size_t b = parts[c].first, e = parts[c].second;
         return read_reply_frame(fd, wire::kPut, dl, [&](int, wire::Reader& rd) {
           if (rd.count(4) != e - b) return Status{KVTIER_ERR_INVALID_ARG, "bad PUT reply"};
           for (size_t k = b; k < e; ++k) {
@@ -250,7 +260,7 @@ class RemoteTier final : public Tier {
       wire::Writer w;
       std::vector<iovec> bulk;
       for (size_t c = 0; c < parts.size(); ++c) {
-        const auto [b, e] = parts[c];
+        const size_t b = parts[c].first, e = parts[c].second;
         w.data().clear();
         bulk.clear();
         w.u32(static_cast<uint32_t>(e - b));
@@ -281,7 +291,8 @@ class RemoteTier final : public Tier {
     std::vector<uint8_t> scratch;
     Status st = with_conn(s, [&](int fd, Deadline dl) {
       std::vector<uint8_t> frames;
-      for (const auto& [b, e] : parts) {
+      for (const auto& part : parts) {
+        const size_t b = part.first, e = part.second;
         wire::Writer w;
         w.u32(static_cast<uint32_t>(e - b));
         for (size_t k = b; k < e; ++k) w.id(ops[idx[k]].id);
@@ -295,7 +306,7 @@ class RemoteTier final : public Tier {
       }
       Status x = net::write_all(fd, frames.data(), frames.size(), dl);
       for (size_t c = 0; c < parts.size() && x.is_ok(); ++c) {
-        const auto [b, e] = parts[c];
+        const size_t b = parts[c].first, e = parts[c].second;
         x = read_reply_frame(fd, wire::kGet, dl, [&](int, wire::Reader& rd) {
           return read_values(fd, rd, ops, std::span(idx).subspan(b, e - b), done, scratch, dl);
         });
@@ -391,13 +402,17 @@ class RemoteTier final : public Tier {
     if (s.channel) return true;  // another thread got there first
     if (st.is_ok()) {
       s.channel = std::move(ch);
+      s.rdma_backoff_s = 0;
       log().info("remote tier: {}: RDMA data plane up ({} QPs)", s.name, rdma::kQps);
       return true;
     }
     if (!rdma_required_ && st.code() == KVTIER_ERR_UNSUPPORTED) {
       s.tcp_only = true;
     } else {
-      s.rdma_retry_at = now + std::chrono::nanoseconds(std::chrono::seconds(5)).count();
+      // Each try can cost a connect timeout in the caller's thread: try less and less often.
+      s.rdma_backoff_s = std::clamp<int64_t>(s.rdma_backoff_s * 2, 5, 300);
+      s.rdma_retry_at =
+          now + std::chrono::nanoseconds(std::chrono::seconds(s.rdma_backoff_s)).count();
     }
     log().warn("remote tier: {}: {}{}", s.name, st.message(),
                rdma_required_ ? "" : "; its bytes go over TCP");
@@ -587,8 +602,18 @@ class RemoteTier final : public Tier {
       w.u32(static_cast<uint32_t>(token_.size()));
       w.bytes(token_.data(), token_.size());
       w.u64(ns_);
-      st = roundtrip(c.fd, wire::kHello, w.data(), {}, dl,
-                     [](int, wire::Reader&) { return Status{}; });
+      uint64_t boot = 0;
+      st = roundtrip(c.fd, wire::kHello, w.data(), {}, dl, [&](int, wire::Reader& rd) {
+        if (rd.left() >= 8) boot = rd.u64();
+        return Status{};
+      });
+      // A server that started again has a new arena: an RDMA channel to the old one is stale.
+      if (st.is_ok() && s.boot_id.exchange(boot) != boot) {
+        std::lock_guard lock(s.rdma_mu);
+        s.channel.reset();
+        s.tcp_only = false;
+        s.rdma_retry_at = s.rdma_backoff_s = 0;
+      }
     }
     if (!st.is_ok()) {
       c.drop();

@@ -49,7 +49,7 @@ Status send_error(int fd, const Status& s) {
 
 }  // namespace
 
-Server::Server(ServerOptions options) : opt_(std::move(options)) {}
+Server::Server(ServerOptions options) : opt_(std::move(options)), boot_id_(random_u64()) {}
 
 Server::~Server() {
   stop();
@@ -165,7 +165,9 @@ void Server::serve(int fd) {
           s = {KVTIER_ERR_DENIED, "wrong or missing token"};
         } else {
           hello = true;
-          s = send_frame(fd, wire::kHello | wire::kReply, {});
+          wire::Writer w;
+          w.u64(boot_id_);
+          s = send_frame(fd, wire::kHello | wire::kReply, w.data());
           if (!s.is_ok()) return;
           continue;
         }

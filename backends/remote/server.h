@@ -107,6 +107,7 @@ class Server {
   uint64_t next_lease_ = 1;
   Clock::time_point next_reap_{};
   std::unique_ptr<rdma::Listener> rdma_;
+  const uint64_t boot_id_;  // tells clients that RDMA channels to an earlier start are stale
   uint64_t bump_ = 0;
   uint64_t used_ = 0;
   uint64_t evictions_ = 0, errors_ = 0, expired_ = 0;
