@@ -569,8 +569,10 @@ class ListenerImpl final : public Listener {
       rdma_ack_cm_event(ev);  // before the id may be destroyed below
       if (type == RDMA_CM_EVENT_CONNECT_REQUEST) {
         on_connect(id, has_ticket && accept_(cd.ticket), their_depth);
-      } else if (type == RDMA_CM_EVENT_DISCONNECTED || type == RDMA_CM_EVENT_TIMEWAIT_EXIT) {
-        close_conn(id);
+      } else if (type == RDMA_CM_EVENT_DISCONNECTED || type == RDMA_CM_EVENT_TIMEWAIT_EXIT ||
+                 type == RDMA_CM_EVENT_CONNECT_ERROR || type == RDMA_CM_EVENT_UNREACHABLE ||
+                 type == RDMA_CM_EVENT_REJECTED) {
+        close_conn(id);  // accepted, then gone (or never established)
       } else if (type == RDMA_CM_EVENT_DEVICE_REMOVAL) {
         log().error("RDMA: device removed; RDMA clients fall back or fail");
       }
