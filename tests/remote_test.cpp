@@ -335,31 +335,25 @@ class Ctl {
     EXPECT_EQ(type, 10 | 0x80);
     return static_cast<int32_t>(get(r, 4, 4));
   }
-  bool exists(uint8_t tag) {
+  // A request of `type` for one key (id bytes all `tag`); the reply's payload.
+  std::vector<uint8_t> one_key(uint16_t type, uint8_t tag) {
     std::vector<uint8_t> p;
     put(p, 1, 4);
     p.insert(p.end(), 16, tag);
-    auto [type, r] = call(2, p);
-    EXPECT_EQ(type, 2 | 0x80);
+    auto [reply_type, r] = call(type, p);
+    EXPECT_EQ(reply_type, type | 0x80);
+    return r;
+  }
+  bool exists(uint8_t tag) {
+    auto r = one_key(2, tag);
     return r.size() == 5 && r[4] == 1;
   }
   // LOOKUP of one key: {code, length, lease}.
   std::tuple<int32_t, uint64_t, uint64_t> lookup(uint8_t tag) {
-    std::vector<uint8_t> p;
-    put(p, 1, 4);
-    p.insert(p.end(), 16, tag);
-    auto [type, r] = call(11, p);
-    EXPECT_EQ(type, 11 | 0x80);
+    auto r = one_key(11, tag);
     return {static_cast<int32_t>(get(r, 4, 4)), get(r, 16, 8), get(r, 32, 8)};
   }
-  int remove(uint8_t tag) {
-    std::vector<uint8_t> p;
-    put(p, 1, 4);
-    p.insert(p.end(), 16, tag);
-    auto [type, r] = call(5, p);
-    EXPECT_EQ(type, 5 | 0x80);
-    return static_cast<int32_t>(get(r, 4, 4));
-  }
+  int remove(uint8_t tag) { return static_cast<int32_t>(get(one_key(5, tag), 4, 4)); }
   uint64_t stat(int field) {  // 0 keys, 1 bytes, 2 capacity, 3 evictions, 4 errors, 5 expired
     auto [type, r] = call(7, {});
     EXPECT_EQ(type, 7 | 0x80);

@@ -516,44 +516,27 @@ void Server::unpin(uint64_t offset) {
   }
 }
 
+uint64_t Server::end_leases(const std::function<bool(Clock::time_point, int)>& ends) {
+  uint64_t n = 0;
+  n += std::erase_if(pending_, [&](const auto& p) {
+    if (!ends(p.second.expiry, p.second.conn)) return false;
+    free_slot(p.second.offset, p.second.slot_size);
+    return true;
+  });
+  n += std::erase_if(leases_, [&](const auto& l) {
+    if (!ends(l.second.expiry, l.second.conn)) return false;
+    unpin(l.second.offset);
+    return true;
+  });
+  return n;
+}
+
 void Server::reap(Clock::time_point now) {
-  for (auto it = pending_.begin(); it != pending_.end();) {
-    if (it->second.expiry > now) {
-      ++it;
-      continue;
-    }
-    free_slot(it->second.offset, it->second.slot_size);
-    ++expired_;
-    it = pending_.erase(it);
-  }
-  for (auto it = leases_.begin(); it != leases_.end();) {
-    if (it->second.expiry > now) {
-      ++it;
-      continue;
-    }
-    unpin(it->second.offset);
-    ++expired_;
-    it = leases_.erase(it);
-  }
+  expired_ += end_leases([&](Clock::time_point expiry, int) { return expiry <= now; });
 }
 
 void Server::end_session(const Session& ss) {
-  for (auto it = pending_.begin(); it != pending_.end();) {
-    if (it->second.conn != ss.fd) {
-      ++it;
-      continue;
-    }
-    free_slot(it->second.offset, it->second.slot_size);
-    it = pending_.erase(it);
-  }
-  for (auto it = leases_.begin(); it != leases_.end();) {
-    if (it->second.conn != ss.fd) {
-      ++it;
-      continue;
-    }
-    unpin(it->second.offset);
-    it = leases_.erase(it);
-  }
+  end_leases([&](Clock::time_point, int conn) { return conn == ss.fd; });
   std::erase_if(tickets_, [&](const auto& t) { return t.second == ss.fd; });
 }
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -78,6 +79,8 @@ class Server {
   void unpin(uint64_t offset);          // REQUIRES mu_
   void reap(Clock::time_point now);     // REQUIRES mu_: ends leases that ran out
   void end_session(const Session& ss);  // REQUIRES mu_: ends its leases and tickets
+  // REQUIRES mu_: ends the ALLOC and LOOKUP leases for which ends(expiry, conn); how many.
+  uint64_t end_leases(const std::function<bool(Clock::time_point, int)>& ends);
   // REQUIRES mu_: a slot of `bytes`, evicting least-recently-used unpinned pages if needed.
   bool allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size);
   void free_slot(uint64_t offset, uint64_t slot_size);  // REQUIRES mu_
