@@ -67,8 +67,9 @@ void add_iov(Frags frags, size_t len, std::vector<iovec>* iov) {
 
 class RemoteTier final : public Tier {
  public:
-  RemoteTier(const Config& c, bool rdma)
+  RemoteTier(const Config& c, bool rdma, bool rdma_required)
       : rdma_(rdma),
+        rdma_required_(rdma_required),
         timeout_ms_(c.remote_timeout_ms),
         replicas_(c.remote_replicas),
         token_(c.remote_token),
@@ -94,8 +95,6 @@ class RemoteTier final : public Tier {
 
   std::string_view name() const override { return "remote"; }
   Caps caps() const override { return {true, false, true}; }
-
-  void require_rdma(bool on) { rdma_required_ = on; }
 
   void register_memory(const void* addr, size_t len) override {
     if (rdma_) registry_->add(addr, len);
@@ -221,14 +220,16 @@ class RemoteTier final : public Tier {
   // verified (get) just before or after its bytes cross the socket, while they are in cache,
   // instead of in a separate pass over the whole batch.
   static constexpr size_t kChunk = 256u << 10;
+  static constexpr size_t kChunkKeys = 1024;  // so a request frame stays small (16 KiB of ids)
 
-  // [begin, end) ranges of idx, each up to kChunk bytes (at least one key).
+  // [begin, end) ranges of idx, each up to kChunk bytes and kChunkKeys keys (at least one key).
   template <class SizeOf>
   static std::vector<std::pair<size_t, size_t>> chunks(size_t n, SizeOf size_of) {
     std::vector<std::pair<size_t, size_t>> out;
     for (size_t b = 0; b < n;) {
       size_t e = b, bytes = 0;
-      while (e < n && (e == b || bytes + size_of(e) <= kChunk)) bytes += size_of(e++);
+      while (e < n && (e == b || (bytes + size_of(e) <= kChunk && e - b < kChunkKeys)))
+        bytes += size_of(e++);
       out.push_back({b, e});
       b = e;
     }
@@ -240,7 +241,6 @@ class RemoteTier final : public Tier {
   void put_tcp(ServerRef& s, std::span<PutOp> ops, const std::vector<size_t>& idx,
                std::vector<int>& best, std::vector<uint8_t>& stored) {
     const auto parts = chunks(idx.size(), [&](size_t k) { return ops[idx[k]].size; });
-    size_t replied = 0;
     Status st = with_conn(s, [&](int fd, Deadline dl) {
       auto read_reply = [&](size_t c) {
         const size_t b = parts[c].first, e = parts[c].second;
@@ -253,7 +253,6 @@ class RemoteTier final : public Tier {
             else
               best[idx[k]] = code;
           }
-          ++replied;
           return rd.done() ? Status{} : Status{KVTIER_ERR_INVALID_ARG, "bad PUT reply"};
         });
       };
@@ -283,29 +282,24 @@ class RemoteTier final : public Tier {
         if (!stored[idx[k]]) best[idx[k]] = st.code();
   }
 
-  // GET frames for every chunk sent at once (they are small), then the replies read in turn,
-  // each value verified right after its bytes arrive.
+  // GET frames, the next one always on its way while a reply is read (so the server never
+  // waits for a request, and never has more than one unread); each value is verified right
+  // after its bytes arrive.
   void get_tcp(ServerRef& s, std::span<GetOp> ops, const std::vector<size_t>& idx,
                std::vector<uint8_t>& done) {
     const auto parts = chunks(idx.size(), [&](size_t k) { return ops[idx[k]].capacity; });
     std::vector<uint8_t> scratch;
     Status st = with_conn(s, [&](int fd, Deadline dl) {
-      std::vector<uint8_t> frames;
-      for (const auto& part : parts) {
-        const size_t b = part.first, e = part.second;
+      auto request = [&](size_t c) {
         wire::Writer w;
-        w.u32(static_cast<uint32_t>(e - b));
-        for (size_t k = b; k < e; ++k) w.id(ops[idx[k]].id);
-        uint8_t head[wire::kHeaderSize];
-        wire::Header h;
-        h.type = wire::kGet;
-        h.length = static_cast<uint32_t>(w.data().size());
-        wire::encode_header(h, head);
-        frames.insert(frames.end(), head, head + sizeof head);
-        frames.insert(frames.end(), w.data().begin(), w.data().end());
-      }
-      Status x = net::write_all(fd, frames.data(), frames.size(), dl);
+        w.u32(static_cast<uint32_t>(parts[c].second - parts[c].first));
+        for (size_t k = parts[c].first; k < parts[c].second; ++k) w.id(ops[idx[k]].id);
+        return send_frame(fd, wire::kGet, w.data(), {}, dl);
+      };
+      Status x = request(0);
       for (size_t c = 0; c < parts.size() && x.is_ok(); ++c) {
+        if (c + 1 < parts.size()) x = request(c + 1);
+        if (!x.is_ok()) break;
         const size_t b = parts[c].first, e = parts[c].second;
         x = read_reply_frame(fd, wire::kGet, dl, [&](int, wire::Reader& rd) {
           return read_values(fd, rd, ops, std::span(idx).subspan(b, e - b), done, scratch, dl);
@@ -320,6 +314,18 @@ class RemoteTier final : public Tier {
       }
       errors_.fetch_add(idx.size(), std::memory_order_relaxed);
     }
+  }
+
+  // A stored value of `len` bytes found for op: whether it fits its fragments (the result is
+  // then its length, else the size error).
+  static bool take_hit(GetOp& op, uint64_t len, uint64_t sum) {
+    if (op.exact ? len != op.capacity : len > op.capacity) {
+      op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
+      return false;
+    }
+    op.result = static_cast<int64_t>(len);
+    op.checksum = sum;
+    return true;
   }
 
   // A GET reply: the metadata in `rd`, then the found values' bytes on the socket, read
@@ -346,15 +352,11 @@ class RemoteTier final : public Tier {
       if (meta[k].code != KVTIER_OK) continue;
       GetOp& op = ops[idx[k]];
       done[idx[k]] = 1;
-      const bool fits = op.exact ? meta[k].len == op.capacity : meta[k].len <= op.capacity;
-      if (fits) {
+      if (take_hit(op, meta[k].len, meta[k].sum)) {
         add_iov(op.frags, meta[k].len, &iov);
-        op.result = static_cast<int64_t>(meta[k].len);
-        op.checksum = meta[k].sum;
       } else {
         if (scratch.size() < drain) scratch.resize(drain);  // sized once: iovecs point into it
         iov.push_back({scratch.data(), meta[k].len});
-        op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
       }
     }
     Status x = net::readv_all(fd, iov.data(), iov.size(), dl);
@@ -501,7 +503,6 @@ class RemoteTier final : public Tier {
   // LOOKUP (pins the pages), one-sided reads into the fragments, RELEASE.
   void get_rdma(ServerRef& s, std::span<GetOp> ops, const std::vector<size_t>& idx,
                 std::vector<uint8_t>& done) {
-    std::vector<uint8_t> hit(idx.size(), 0);
     Status st = with_conn(s, [&](int fd, Deadline dl) {
       wire::Writer w;
       w.u32(static_cast<uint32_t>(idx.size()));
@@ -522,12 +523,7 @@ class RemoteTier final : public Tier {
           if (len == 0 || len > wire::kMaxValue)
             return Status{KVTIER_ERR_INVALID_ARG, "bad LOOKUP length"};
           done[idx[k]] = 1;
-          if (op.exact ? len != op.capacity : len > op.capacity) {
-            op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
-            continue;
-          }
-          op.result = static_cast<int64_t>(len);
-          op.checksum = sum;
+          if (!take_hit(op, len, sum)) continue;
           transfers.push_back({op.frags, offset, len});
           moving.push_back(k);
         }
@@ -708,8 +704,8 @@ class RemoteTier final : public Tier {
         s, [&](int fd, Deadline dl) { return roundtrip(fd, type, payload, bulk, dl, on_reply); });
   }
 
-  const bool rdma_;             // RDMA data plane wanted (transport rdma, or auto with a device)
-  bool rdma_required_ = false;  // transport rdma: no TCP fallback
+  const bool rdma_;           // RDMA data plane wanted (transport rdma, or auto with a device)
+  const bool rdma_required_;  // transport rdma: no TCP fallback
   std::shared_ptr<rdma::Registry> registry_ = rdma::Registry::create();
   const unsigned timeout_ms_;
   unsigned replicas_;
@@ -726,8 +722,7 @@ Status make_remote_tier(const Config& config, std::unique_ptr<Tier>* out) {
     return {KVTIER_ERR_UNSUPPORTED,
             "KVTIER_REMOTE_TRANSPORT=rdma: no RDMA device on this host (or this build has no "
             "RDMA); use tcp or auto"};
-  auto tier = std::make_unique<RemoteTier>(config, device);
-  tier->require_rdma(t == "rdma");
+  auto tier = std::make_unique<RemoteTier>(config, device, t == "rdma");
   Status s = tier->init(config);
   if (!s.is_ok()) return s;
   *out = std::move(tier);

@@ -293,14 +293,10 @@ Status Server::handle(Session& ss, const Header& h, std::vector<uint8_t>& payloa
       std::lock_guard lock(mu_);
       for (size_t i = 0; i < entries.size(); ++i) {
         if (codes[i] != KVTIER_OK) continue;
-        // The client went away mid-put, or another put of the key won: nothing to show.
-        if (!s.is_ok() || map_.count({ns, entries[i].id})) {
-          free_slot(offset[i], slot[i]);
-          continue;
-        }
-        lru_list_.push_front({ns, entries[i].id});
-        map_.emplace(Key{ns, entries[i].id}, Entry{offset[i], slot[i], entries[i].length,
-                                                   entries[i].checksum, ns, lru_list_.begin()});
+        if (s.is_ok())
+          publish({ns, entries[i].id}, offset[i], slot[i], entries[i].length, entries[i].checksum);
+        else
+          free_slot(offset[i], slot[i]);  // the client went away mid-put: nothing to show
       }
       if (!s.is_ok()) return {KVTIER_OK, ""};  // connection gone: nothing to answer
       out.u32(static_cast<uint32_t>(entries.size()));
@@ -324,9 +320,7 @@ Status Server::handle(Session& ss, const Header& h, std::vector<uint8_t>& payloa
             out.u64(0);
             continue;
           }
-          Entry& e = it->second;
-          ++pins_[e.offset];  // the slot stays this page's until the reply is sent
-          lru_list_.splice(lru_list_.begin(), lru_list_, e.lru);
+          const Entry& e = pin(it->second);  // the slot stays this page's until the reply is sent
           pinned.push_back(e.offset);
           out.i32(KVTIER_OK);
           out.u64(e.length);
@@ -452,14 +446,10 @@ Status Server::handle_rdma(Session& ss, const Header& h, std::vector<uint8_t>& p
         }
         Pending p = it->second;
         pending_.erase(it);
-        if (!e.commit || map_.count(p.key)) {  // given back, or another put of the key won
-          free_slot(p.offset, p.slot_size);
-          out.i32(KVTIER_OK);
-          continue;
-        }
-        lru_list_.push_front(p.key);
-        map_.emplace(p.key,
-                     Entry{p.offset, p.slot_size, p.length, p.checksum, ns, lru_list_.begin()});
+        if (e.commit)
+          publish(p.key, p.offset, p.slot_size, p.length, p.checksum);
+        else
+          free_slot(p.offset, p.slot_size);  // given back
         out.i32(KVTIER_OK);
       }
       break;
@@ -476,9 +466,7 @@ Status Server::handle_rdma(Session& ss, const Header& h, std::vector<uint8_t>& p
           for (int k = 0; k < 4; ++k) out.u64(0);
           continue;
         }
-        Entry& e = it->second;
-        ++pins_[e.offset];
-        lru_list_.splice(lru_list_.begin(), lru_list_, e.lru);
+        const Entry& e = pin(it->second);
         const uint64_t id_ = next_lease_++;
         leases_[id_] = {e.offset, now + lease, ss.fd};
         out.i32(KVTIER_OK);
@@ -505,6 +493,22 @@ Status Server::handle_rdma(Session& ss, const Header& h, std::vector<uint8_t>& p
       return {KVTIER_ERR_INVALID_ARG, "unknown frame type " + std::to_string(h.type)};
   }
   return {};
+}
+
+void Server::publish(const Key& key, uint64_t offset, uint64_t slot_size, uint64_t length,
+                     uint64_t checksum) {
+  if (map_.count(key)) {  // another put of the key won
+    free_slot(offset, slot_size);
+    return;
+  }
+  lru_list_.push_front(key);
+  map_.emplace(key, Entry{offset, slot_size, length, checksum, key.first, lru_list_.begin()});
+}
+
+const Server::Entry& Server::pin(Entry& e) {
+  ++pins_[e.offset];
+  lru_list_.splice(lru_list_.begin(), lru_list_, e.lru);
+  return e;
 }
 
 void Server::unpin(uint64_t offset) {

@@ -76,6 +76,10 @@ class Server {
   Status handle(Session& ss, const wire::Header& h, std::vector<uint8_t>& payload);
   Status handle_rdma(Session& ss, const wire::Header& h, std::vector<uint8_t>& payload,
                      wire::Writer& out);
+  // REQUIRES mu_: a written slot becomes the key's page (or goes back if the key has one).
+  void publish(const Key& key, uint64_t offset, uint64_t slot_size, uint64_t length,
+               uint64_t checksum);
+  const Entry& pin(Entry& e);           // REQUIRES mu_: most recent, and not evicted until unpin
   void unpin(uint64_t offset);          // REQUIRES mu_
   void reap(Clock::time_point now);     // REQUIRES mu_: ends leases that ran out
   void end_session(const Session& ss);  // REQUIRES mu_: ends its leases and tickets
