@@ -92,6 +92,13 @@ Status wait_event(rdma_event_channel* ec, rdma_cm_event_type want, Deadline dl,
   }
 }
 
+// Ends a connection: disconnect (a no-op if it never connected), then its QP and id.
+void close_id(rdma_cm_id* id) {
+  rdma_disconnect(id);
+  if (id->qp) rdma_destroy_qp(id);
+  rdma_destroy_id(id);
+}
+
 rdma_event_channel* make_event_channel() {
   rdma_event_channel* ec = rdma_create_event_channel();
   if (ec) fcntl(ec->fd, F_SETFL, fcntl(ec->fd, F_GETFL) | O_NONBLOCK);
@@ -178,11 +185,7 @@ class ChannelImpl final : public Channel {
   explicit ChannelImpl(std::shared_ptr<RegistryImpl> reg) : reg_(std::move(reg)) {}
 
   ~ChannelImpl() override {
-    for (rdma_cm_id* id : ids_) {
-      rdma_disconnect(id);
-      if (id->qp) rdma_destroy_qp(id);
-      rdma_destroy_id(id);
-    }
+    for (rdma_cm_id* id : ids_) close_id(id);
     if (cq_) ibv_destroy_cq(cq_);
     if (staging_mr_) ibv_dereg_mr(staging_mr_);
     std::free(staging_);
@@ -401,7 +404,7 @@ class ChannelImpl final : public Channel {
     };
     post_more();
     ibv_wc wc[32];
-    bool errored = false;
+    int code = KVTIER_ERR_UNAVAILABLE;  // of a failure
     unsigned idle = 0;
     while (done < posted) {
       const int n = ibv_poll_cq(cq_, 32, wc);
@@ -416,27 +419,24 @@ class ChannelImpl final : public Channel {
         --in_flight[plan_.chains[wc[i].wr_id >> 1].qp];
         ++done;
       }
-      if (!failure.empty()) {
-        errored = true;
-        break;
-      }
+      if (!failure.empty()) break;
       if (n > 0) {
         post_more();
         idle = 0;
       } else if (++idle % 1024 == 0 && Clock::now() > dl) {
         failure = "timed out waiting for completions";
+        code = KVTIER_ERR_TIMEOUT;
         break;
       }
     }
     if (failure.empty()) return {};
-    kill_and_drain(posted - done, errored);
-    return {failure.find("timed out") == 0 ? KVTIER_ERR_TIMEOUT : KVTIER_ERR_UNAVAILABLE,
-            "RDMA: " + failure};
+    kill_and_drain(posted - done);
+    return {code, "RDMA: " + failure};
   }
 
   // Moves every QP to the error state, so what is still queued is flushed, and reaps those
   // completions: after this no request can touch the caller's memory.
-  void kill_and_drain(size_t outstanding, bool /*errored*/) {
+  void kill_and_drain(size_t outstanding) {
     dead_ = true;
     for (rdma_cm_id* id : ids_) {
       ibv_qp_attr a{};
@@ -492,9 +492,7 @@ class ListenerImpl final : public Listener {
       thread_.join();
     }
     for (auto& [id, cq] : conns_) {
-      rdma_disconnect(id);
-      if (id->qp) rdma_destroy_qp(id);
-      rdma_destroy_id(id);
+      close_id(id);
       ibv_destroy_cq(cq);
     }
     if (listen_id_) rdma_destroy_id(listen_id_);
@@ -612,9 +610,8 @@ class ListenerImpl final : public Listener {
   void close_conn(rdma_cm_id* id) {
     auto it = conns_.find(id);
     if (it == conns_.end()) return;
-    rdma_destroy_qp(id);
+    close_id(id);
     ibv_destroy_cq(it->second);
-    rdma_destroy_id(id);
     conns_.erase(it);
   }
 
