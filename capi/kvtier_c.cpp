@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <optional>
+#include <shared_mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -14,8 +16,24 @@
 #include "log.h"
 #include "store.h"
 
+// A handle: the store (shared by the views opened from it) and this handle's page format.
 struct kvtier_store {
-  std::unique_ptr<kvtier::Store> rep;
+  std::shared_ptr<kvtier::Store> rep;
+  mutable std::shared_mutex mu;  // guards layout and format against register/set calls
+  std::optional<kvtier::PoolLayout> layout;
+  uint64_t format = 0;  // format_hash() of the page format, mixed into every key id
+
+  uint64_t page_format() const {
+    std::shared_lock lock(mu);
+    return format;
+  }
+  kvtier::Status get_layout(kvtier::PoolLayout* out, uint64_t* fmt) const {
+    std::shared_lock lock(mu);
+    if (!layout) return {KVTIER_ERR_NO_LAYOUT, "no pool layout registered on this handle"};
+    *out = *layout;
+    *fmt = format;
+    return {};
+  }
 };
 
 namespace {
@@ -86,15 +104,15 @@ std::vector<Frag> frags_of(const void* const* ptrs, const size_t* sizes, size_t 
 // Shared by the fragment and the token-slot calls. `check_regions` is false when the fragments
 // were computed from a layout whose whole pool was just checked to be registered.
 int put_v1(kvtier_store_t* store, const char* const* keys, size_t n, std::span<const Frag> frags,
-           size_t per_key, int* results, bool check_regions) {
-  return note(store->rep->put({keys, n}, frags, per_key, check_regions, {results, n}));
+           size_t per_key, int* results, bool check_regions, uint64_t format) {
+  return note(store->rep->put({keys, n}, frags, per_key, check_regions, {results, n}, format));
 }
 
 int get_v1(kvtier_store_t* store, const char* const* keys, size_t n, std::span<const Frag> frags,
-           size_t per_key, int* results, bool check_regions) {
+           size_t per_key, int* results, bool check_regions, uint64_t format) {
   std::vector<int64_t> got(n);
   for (size_t i = 0; i < n; ++i) got[i] = results[i];
-  Status s = store->rep->get({keys, n}, frags, per_key, true, check_regions, got);
+  Status s = store->rep->get({keys, n}, frags, per_key, true, check_regions, got, format);
   for (size_t i = 0; i < n; ++i) results[i] = got[i] >= 0 ? KVTIER_OK : static_cast<int>(got[i]);
   return note(s);
 }
@@ -114,7 +132,8 @@ int with_slots(kvtier_store_t* store, const char* const* keys, size_t n, const i
     return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
   if (!slots) return refuse(results, n, KVTIER_ERR_INVALID_ARG, "slots is NULL");
   kvtier::PoolLayout layout;
-  if (Status s = store->rep->layout(&layout); !s.is_ok())
+  uint64_t format = 0;
+  if (Status s = store->get_layout(&layout, &format); !s.is_ok())
     return refuse(results, n, s.code(), s.message());
   if (n_slots / layout.page_size != n || n_slots % layout.page_size)
     return refuse(results, n, KVTIER_ERR_INVALID_ARG,
@@ -128,7 +147,7 @@ int with_slots(kvtier_store_t* store, const char* const* keys, size_t n, const i
   const size_t per_page = layout.frags_per_page();
   std::vector<Frag> frags(n * per_page);
   Status page_failure = layout.pages_frags(slots, n, frags.data(), results);
-  int rc = op(store, keys, n, frags, per_page, results, false);
+  int rc = op(store, keys, n, frags, per_page, results, false, format);
   note(page_failure);
   return rc;
 }
@@ -171,13 +190,38 @@ int kvtier_open(const char* config, kvtier_store_t** out) {
       kvtier::log().error("open: {}", s.message());
       return fail(s);
     }
-    auto handle = std::make_unique<kvtier_store>();
-    s = kvtier::Store::open(cfg, &handle->rep);
+    std::unique_ptr<kvtier::Store> store;
+    s = kvtier::Store::open(cfg, &store);
     if (!s.is_ok()) {
       kvtier::log().error("open: {}", s.message());
       return fail(s);
     }
+    auto handle = std::make_unique<kvtier_store>();
+    handle->rep = std::move(store);
     *out = handle.release();
+    return KVTIER_OK;
+  });
+}
+
+int kvtier_open_view(kvtier_store_t* store, kvtier_store_t** out) {
+  return guarded("kvtier_open_view", [&] {
+    if (!out) return fail(KVTIER_ERR_INVALID_ARG, "out is NULL");
+    *out = nullptr;
+    if (!store) return fail(KVTIER_ERR_INVALID_ARG, "store is NULL");
+    auto view = std::make_unique<kvtier_store>();
+    view->rep = store->rep;
+    *out = view.release();
+    return KVTIER_OK;
+  });
+}
+
+int kvtier_set_page_format(kvtier_store_t* store, const char* format) {
+  return guarded("kvtier_set_page_format", [&] {
+    if (!store) return fail(KVTIER_ERR_INVALID_ARG, "store is NULL");
+    const std::string_view text = format ? std::string_view(format, strnlen(format, 4097)) : "";
+    if (text.size() > 4096) return fail(KVTIER_ERR_INVALID_ARG, "format is over 4096 bytes");
+    std::unique_lock lock(store->mu);
+    store->format = kvtier::format_hash(text);
     return KVTIER_OK;
   });
 }
@@ -198,7 +242,7 @@ int kvtier_batch_set(kvtier_store_t* store, const char* const* keys, size_t n,
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, "values or sizes is NULL");
     std::fill(results, results + n, KVTIER_OK);
     std::vector<Frag> frags = frags_of(values, sizes, n);
-    return note(store->rep->put({keys, n}, frags, 1, false, {results, n}));
+    return note(store->rep->put({keys, n}, frags, 1, false, {results, n}, store->page_format()));
   });
 }
 
@@ -211,7 +255,8 @@ int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n, v
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, "buffers or capacities is NULL");
     std::fill(results, results + n, KVTIER_OK);
     std::vector<Frag> frags = frags_of(buffers, capacities, n);
-    return note(store->rep->get({keys, n}, frags, 1, false, false, {results, n}));
+    return note(
+        store->rep->get({keys, n}, frags, 1, false, false, {results, n}, store->page_format()));
   });
 }
 
@@ -220,8 +265,16 @@ int kvtier_batch_exists(kvtier_store_t* store, const char* const* keys, size_t n
     if (std::string bad = check_batch(store, keys, n, hits); !bad.empty())
       return fail(KVTIER_ERR_INVALID_ARG, bad);
     *hits = 0;
-    Status s = store->rep->exists({keys, n}, hits);
-    return s.is_ok() ? KVTIER_OK : fail(s);
+    return note(store->rep->exists({keys, n}, hits, store->page_format()));
+  });
+}
+
+int kvtier_batch_exists_each(kvtier_store_t* store, const char* const* keys, size_t n,
+                             int* present) {
+  return guarded("kvtier_batch_exists_each", [&] {
+    if (std::string bad = check_batch(store, keys, n, present); !bad.empty())
+      return refuse(present, n, KVTIER_ERR_INVALID_ARG, bad);
+    return note(store->rep->exists_each({keys, n}, {present, n}, store->page_format()));
   });
 }
 
@@ -229,7 +282,7 @@ int kvtier_batch_remove(kvtier_store_t* store, const char* const* keys, size_t n
   return guarded("kvtier_batch_remove", [&] {
     if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
-    return note(store->rep->remove({keys, n}, {results, n}));
+    return note(store->rep->remove({keys, n}, {results, n}, store->page_format()));
   });
 }
 
@@ -280,7 +333,7 @@ int kvtier_batch_set_v1(kvtier_store_t* store, const char* const* keys, size_t n
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     std::fill(results, results + n, KVTIER_OK);
     std::vector<Frag> frags = frags_of(frag_ptrs, frag_sizes, n_frags);
-    return put_v1(store, keys, n, frags, n_frags / n, results, true);
+    return put_v1(store, keys, n, frags, n_frags / n, results, true, store->page_format());
   });
 }
 
@@ -294,17 +347,20 @@ int kvtier_batch_get_v1(kvtier_store_t* store, const char* const* keys, size_t n
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     std::fill(results, results + n, KVTIER_OK);
     std::vector<Frag> frags = frags_of(frag_ptrs, frag_sizes, n_frags);
-    return get_v1(store, keys, n, frags, n_frags / n, results, true);
+    return get_v1(store, keys, n, frags, n_frags / n, results, true, store->page_format());
   });
 }
 
 int kvtier_register_layout(kvtier_store_t* store, const kvtier_pool_layout_t* layout) {
   return guarded("kvtier_register_layout", [&] {
     if (!store || !layout) return fail(KVTIER_ERR_INVALID_ARG, "store or layout is NULL");
-    if (layout->struct_size < sizeof(kvtier_pool_layout_t))
-      return fail(KVTIER_ERR_INVALID_ARG, "layout->struct_size is " +
-                                              std::to_string(layout->struct_size) +
+    // 0.1's struct ended at pool_tokens; later fields are read only when the caller has them.
+    constexpr size_t kSize01 = offsetof(kvtier_pool_layout_t, dtype_name);
+    const size_t size = layout->struct_size;
+    if (size < kSize01 || size > (size_t{1} << 16))
+      return fail(KVTIER_ERR_INVALID_ARG, "layout->struct_size is " + std::to_string(size) +
                                               "; set it to sizeof(kvtier_pool_layout_t)");
+    const bool has_name = size >= offsetof(kvtier_pool_layout_t, dtype_name) + sizeof(char*);
     kvtier::PoolLayout l;
     l.base = static_cast<std::byte*>(layout->base);
     l.kind = static_cast<kvtier::PoolKind>(layout->pool_kind);
@@ -316,8 +372,16 @@ int kvtier_register_layout(kvtier_store_t* store, const kvtier_pool_layout_t* la
     l.kv_cache_dim = layout->kv_cache_dim;
     l.dtype_size = layout->dtype_size;
     l.pool_tokens = layout->pool_tokens;
-    Status s = store->rep->set_layout(l);
-    return s.is_ok() ? KVTIER_OK : fail(s);
+    if (has_name && layout->dtype_name) {
+      const size_t len = strnlen(layout->dtype_name, 257);
+      if (len > 256) return fail(KVTIER_ERR_INVALID_ARG, "dtype_name is over 256 bytes");
+      l.dtype_name.assign(layout->dtype_name, len);
+    }
+    if (Status s = store->rep->check_layout(l); !s.is_ok()) return fail(s);
+    std::unique_lock lock(store->mu);
+    store->format = kvtier::format_hash(l.describe());
+    store->layout = std::move(l);
+    return KVTIER_OK;
   });
 }
 
@@ -325,7 +389,8 @@ int kvtier_page_fragments(kvtier_store_t* store, size_t* per_page) {
   return guarded("kvtier_page_fragments", [&] {
     if (!store || !per_page) return fail(KVTIER_ERR_INVALID_ARG, "store or per_page is NULL");
     kvtier::PoolLayout layout;
-    if (Status s = store->rep->layout(&layout); !s.is_ok()) return fail(s);
+    uint64_t format = 0;
+    if (Status s = store->get_layout(&layout, &format); !s.is_ok()) return fail(s);
     *per_page = layout.frags_per_page();
     return KVTIER_OK;
   });
@@ -337,7 +402,8 @@ int kvtier_get_page_buffer_meta(kvtier_store_t* store, const int64_t* slots, siz
     if (!store || !slots || !ptrs || !sizes)
       return fail(KVTIER_ERR_INVALID_ARG, "store, slots, ptrs or sizes is NULL");
     kvtier::PoolLayout layout;
-    if (Status s = store->rep->layout(&layout); !s.is_ok()) return fail(s);
+    uint64_t format = 0;
+    if (Status s = store->get_layout(&layout, &format); !s.is_ok()) return fail(s);
     if (n_slots == 0 || n_slots % layout.page_size)
       return fail(KVTIER_ERR_INVALID_ARG, std::to_string(n_slots) +
                                               " token slots is not a whole number of pages of " +

@@ -32,6 +32,14 @@ uint64_t namespace_seed(std::string_view ns) {
   return XXH3_64bits(ns.data(), ns.size());
 }
 
+uint64_t format_hash(std::string_view format) {
+  return format.empty() ? 0 : XXH3_64bits_withSeed(format.data(), format.size(), 0x6b76666d74);
+}
+
+uint64_t format_seed(uint64_t ns_seed, uint64_t format) {
+  return format ? XXH3_64bits_withSeed(&format, sizeof format, ns_seed) : ns_seed;
+}
+
 KeyId key_id(uint64_t ns_seed, std::string_view key) {
   XXH128_hash_t h = XXH3_128bits_withSeed(key.data(), key.size(), ns_seed);
   return {h.high64, h.low64};

@@ -27,6 +27,10 @@ struct Frag {
 using Frags = std::span<const Frag>;
 
 uint64_t namespace_seed(std::string_view ns);
+// A page format's hash (0 for none), and the seed of key ids in namespace `ns_seed` for pages of
+// that format: pages of different formats get unrelated ids.
+uint64_t format_hash(std::string_view format);
+uint64_t format_seed(uint64_t ns_seed, uint64_t format);
 KeyId key_id(uint64_t ns_seed, std::string_view key);
 
 // XXH3-64 of the fragments' concatenation.

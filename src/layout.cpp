@@ -11,6 +11,17 @@ bool mul_ok(uint64_t a, uint64_t b, uint64_t* out) {
 }
 }  // namespace
 
+std::string PoolLayout::describe() const {
+  static constexpr const char* kOrders[] = {"layer_first", "page_first", "page_first_direct"};
+  const bool mha = kind == PoolKind::kMHA;
+  std::string d = std::string(mha ? "mha" : "mla") + "/" + kOrders[static_cast<int>(order)] +
+                  "/dtype=" + (dtype_name.empty() ? "?" : dtype_name) +
+                  "/E=" + std::to_string(dtype_size) + "/P=" + std::to_string(page_size) +
+                  "/L=" + std::to_string(layer_num);
+  if (mha) return d + "/H=" + std::to_string(head_num) + "/D=" + std::to_string(head_dim);
+  return d + "/C=" + std::to_string(kv_cache_dim);
+}
+
 uint64_t PoolLayout::token_bytes() const {
   return kind == PoolKind::kMHA ? head_num * head_dim * dtype_size : kv_cache_dim * dtype_size;
 }

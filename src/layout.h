@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "keys.h"
@@ -27,6 +28,12 @@ struct PoolLayout {
   uint64_t kv_cache_dim = 0;  // C
   uint64_t dtype_size = 0;    // E
   uint64_t pool_tokens = 0;   // S
+  std::string dtype_name;     // "bfloat16", ...; empty: known by dtype_size only
+
+  // The page format as text: everything that orders or sizes a page's bytes (kind, order,
+  // dtype, P, L, H, D or C), not where the pool lives (base, S). Two layouts with the same
+  // description hold byte-identical pages for the same tokens.
+  std::string describe() const;
 
   // Checks the dims (non-zero where used, S a multiple of P, no overflow).
   Status validate() const;

@@ -78,10 +78,6 @@ Status Store::open(const Config& config, std::unique_ptr<Store>* out) {
   return {};
 }
 
-KeyId Store::id_of(const char* key) const {
-  return key_id(ns_seed_, key);
-}
-
 Status Store::check_key(const char* key) const {
   if (!key) return {KVTIER_ERR_INVALID_ARG, "key is NULL"};
   const size_t len = strnlen(key, KVTIER_MAX_KEY_LEN + 1);
@@ -126,14 +122,15 @@ std::vector<size_t> Store::valid_keys(std::span<const char* const> keys, Frags f
 }
 
 Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key, bool zero_copy,
-                  std::span<int> results) {
+                  std::span<int> results, uint64_t format) {
+  const uint64_t seed = seed_of(format);
   Status first;
   std::vector<size_t> index = valid_keys(keys, frags, per_key, zero_copy, results, &first);
   std::vector<PutOp> ops;  // ops[j] is key index[j]
   ops.reserve(index.size());
   for (size_t i : index) {
     Frags kf = frags.subspan(i * per_key, per_key);
-    PutOp op{id_of(keys[i]), kf, total_len(kf)};
+    PutOp op{key_id(seed, keys[i]), kf, total_len(kf)};
     if (need_checksum_) {
       op.checksum = checksum(kf);
       op.has_checksum = true;
@@ -170,14 +167,15 @@ Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key
 }
 
 Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key, bool exact,
-                  bool zero_copy, std::span<int64_t> results) {
+                  bool zero_copy, std::span<int64_t> results, uint64_t format) {
+  const uint64_t seed = seed_of(format);
   Status first;
   std::vector<size_t> index = valid_keys(keys, frags, per_key, zero_copy, results, &first);
   std::vector<GetOp> ops;  // ops[j] is key index[j]
   ops.reserve(index.size());
   for (size_t i : index) {
     Frags kf = frags.subspan(i * per_key, per_key);
-    ops.push_back({id_of(keys[i]), kf, total_len(kf), exact});
+    ops.push_back({key_id(seed, keys[i]), kf, total_len(kf), exact});
   }
   std::vector<int64_t> final_result(ops.size(), KVTIER_ERR_NOT_FOUND);
   std::vector<size_t> pending(ops.size());  // indices into ops still looked for
@@ -251,38 +249,54 @@ Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key
   return first;
 }
 
-Status Store::exists(std::span<const char* const> keys, size_t* hits) {
-  std::vector<KeyId> ids;
-  ids.reserve(keys.size());
+Status Store::exists_each(std::span<const char* const> keys, std::span<int> present,
+                          uint64_t format) {
+  const uint64_t seed = seed_of(format);
+  Status first;
+  std::vector<KeyId> ask;  // ask[a] is key where[a], not found in the tiers above
+  std::vector<size_t> where;
   for (size_t i = 0; i < keys.size(); ++i) {
     Status s = check_key(keys[i]);
-    if (!s.is_ok()) return key_error(i, s);
-    ids.push_back(id_of(keys[i]));
+    if (!s.is_ok()) {
+      present[i] = s.code();
+      if (first.is_ok()) first = key_error(i, s);
+      continue;
+    }
+    present[i] = KVTIER_ERR_NOT_FOUND;
+    ask.push_back(key_id(seed, keys[i]));
+    where.push_back(i);
   }
-  std::vector<uint8_t> present(ids.size(), 0);
-  std::vector<KeyId> ask;
-  std::vector<size_t> where;
   std::vector<uint8_t> answer;
   for (const auto& slot : tiers_) {
-    ask.clear();
-    where.clear();
-    for (size_t i = 0; i < ids.size(); ++i)
-      if (!present[i]) {
-        ask.push_back(ids[i]);
-        where.push_back(i);
-      }
     if (ask.empty()) break;
     answer.assign(ask.size(), 0);
     slot->tier->exists(ask, answer);
-    for (size_t a = 0; a < ask.size(); ++a) present[where[a]] |= answer[a];
+    size_t kept = 0;
+    for (size_t a = 0; a < ask.size(); ++a) {
+      if (answer[a]) {
+        present[where[a]] = KVTIER_OK;
+      } else {
+        ask[kept] = ask[a];
+        where[kept++] = where[a];
+      }
+    }
+    ask.resize(kept);
+    where.resize(kept);
   }
-  size_t n = 0;
-  while (n < present.size() && present[n]) ++n;
-  *hits = n;
-  return {};
+  return first;
 }
 
-Status Store::remove(std::span<const char* const> keys, std::span<int> results) {
+Status Store::exists(std::span<const char* const> keys, size_t* hits, uint64_t format) {
+  std::vector<int> present(keys.size());
+  Status s = exists_each(keys, present, format);
+  size_t n = 0;
+  while (n < present.size() && present[n] == KVTIER_OK) ++n;
+  *hits = n;
+  return s;  // a bad key ends the run like a miss; its code is the caller's detail
+}
+
+Status Store::remove(std::span<const char* const> keys, std::span<int> results, uint64_t format) {
+  const uint64_t seed = seed_of(format);
   Status first;
   std::vector<KeyId> ids;
   std::vector<size_t> index;
@@ -293,7 +307,7 @@ Status Store::remove(std::span<const char* const> keys, std::span<int> results) 
       if (first.is_ok()) first = key_error(i, s);
       continue;
     }
-    ids.push_back(id_of(keys[i]));
+    ids.push_back(key_id(seed, keys[i]));
     index.push_back(i);
     results[i] = KVTIER_ERR_NOT_FOUND;
   }
@@ -343,22 +357,13 @@ std::string Store::stats_json() const {
   return o.str();
 }
 
-Status Store::set_layout(const PoolLayout& layout) {
+Status Store::check_layout(const PoolLayout& layout) const {
   Status s = layout.validate();
   if (!s.is_ok()) return s;
   if (!regions_.contains(layout.base, layout.pool_bytes()))
     return {KVTIER_ERR_NOT_REGISTERED, "the pool (" + std::to_string(layout.pool_bytes()) +
                                            " bytes from its base) is not inside one registered "
                                            "buffer; call kvtier_register_buffer first"};
-  std::unique_lock lock(layout_mu_);
-  layout_ = layout;
-  return {};
-}
-
-Status Store::layout(PoolLayout* out) const {
-  std::shared_lock lock(layout_mu_);
-  if (!layout_) return {KVTIER_ERR_NO_LAYOUT, "no pool layout registered"};
-  *out = *layout_;
   return {};
 }
 

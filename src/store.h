@@ -4,8 +4,6 @@
 
 #include <atomic>
 #include <memory>
-#include <optional>
-#include <shared_mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -24,16 +22,22 @@ class Store {
 
   // Batch calls over n = keys.size() keys; key i's value is frags[i*per_key, (i+1)*per_key).
   // results[i] must be 0 on entry, or a negative code for a key that failed upstream (that key
-  // is skipped). `zero_copy` requires the fragments to lie in registered memory. Each call
-  // returns the first per-key failure (for the caller's detail message), OK if none.
+  // is skipped). `zero_copy` requires the fragments to lie in registered memory. `format` is
+  // the caller's page format hash (format_hash(); 0 for none), part of every key's id. Each
+  // call returns the first per-key failure (for the caller's detail message), OK if none.
   Status put(std::span<const char* const> keys, Frags frags, size_t per_key, bool zero_copy,
-             std::span<int> results);
+             std::span<int> results, uint64_t format = 0);
   // Get results: bytes read, KVTIER_ERR_NOT_FOUND or a code. `exact` (v1): the value must be
   // exactly its fragments' total.
   Status get(std::span<const char* const> keys, Frags frags, size_t per_key, bool exact,
-             bool zero_copy, std::span<int64_t> results);
-  Status exists(std::span<const char* const> keys, size_t* hits);
-  Status remove(std::span<const char* const> keys, std::span<int> results);
+             bool zero_copy, std::span<int64_t> results, uint64_t format = 0);
+  // *hits: the leading run of present keys; a bad key ends it like a miss (and its code is
+  // returned for the caller's detail).
+  Status exists(std::span<const char* const> keys, size_t* hits, uint64_t format = 0);
+  // present[i]: 0, KVTIER_ERR_NOT_FOUND or the key's own code; returns the first bad key's.
+  Status exists_each(std::span<const char* const> keys, std::span<int> present,
+                     uint64_t format = 0);
+  Status remove(std::span<const char* const> keys, std::span<int> results, uint64_t format = 0);
   void clear();
   std::string stats_json() const;
 
@@ -42,9 +46,8 @@ class Store {
   Status unregister_buffer(const void* addr);
   bool is_registered(const void* addr, size_t len) const { return regions_.contains(addr, len); }
 
-  Status set_layout(const PoolLayout& layout);
-  // A copy of the registered layout, or KVTIER_ERR_NO_LAYOUT.
-  Status layout(PoolLayout* out) const;
+  // OK if the layout is valid and its whole pool lies in one registered buffer.
+  Status check_layout(const PoolLayout& layout) const;
 
  private:
   explicit Store(const Config& config);
@@ -53,7 +56,7 @@ class Store {
   // Caller input checks: OK, or the key's code and a message.
   Status check_key(const char* key) const;
   Status check_value(Frags frags, bool zero_copy) const;
-  KeyId id_of(const char* key) const;
+  uint64_t seed_of(uint64_t format) const { return format_seed(ns_seed_, format); }
   // The keys whose name and fragments pass the checks; the others get their code in results
   // and the first failure in *first.
   template <class Result>
@@ -65,8 +68,6 @@ class Store {
   bool need_checksum_ = false;
   std::vector<std::unique_ptr<TierSlot>> tiers_;
   Regions regions_;
-  mutable std::shared_mutex layout_mu_;
-  std::optional<PoolLayout> layout_;
 };
 
 }  // namespace kvtier

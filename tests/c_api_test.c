@@ -24,6 +24,7 @@ static void fill(unsigned char* p, size_t n, unsigned seed) {
 int main(void) {
   enum { PAGE = 4096, P = 4, L = 2, H = 2, D = 16, E = 2, S = 32 };
   kvtier_store_t* s = NULL;
+  kvtier_store_t* pv = NULL; /* a view with the pool's page format */
   const char* keys[3] = {"c-key-0", "c-key-1", "c-key-2"};
   static unsigned char v0[PAGE], v1[PAGE], out0[PAGE], out1[PAGE];
   const void* vals[2] = {v0, v1};
@@ -86,20 +87,32 @@ int main(void) {
   layout.head_dim = D;
   layout.dtype_size = E;
   layout.pool_tokens = S;
-  CHECK(kvtier_register_layout(s, &layout) == KVTIER_ERR_NOT_REGISTERED);
-  CHECK(kvtier_register_buffer(s, pool + 64, pool_bytes) == KVTIER_OK);
-  CHECK(kvtier_register_layout(s, &layout) == KVTIER_OK);
-  CHECK(kvtier_page_fragments(s, &per) == KVTIER_OK && per == 2 * L);
+  layout.dtype_name = "bfloat16";
+  CHECK(kvtier_open_view(s, &pv) == KVTIER_OK);
+  if (!pv) return 1;
+  CHECK(kvtier_register_layout(pv, &layout) == KVTIER_ERR_NOT_REGISTERED);
+  CHECK(kvtier_register_buffer(s, pool + 64, pool_bytes) == KVTIER_OK); /* shared by views */
+  CHECK(kvtier_register_layout(pv, &layout) == KVTIER_OK);
+  CHECK(kvtier_page_fragments(pv, &per) == KVTIER_OK && per == 2 * L);
+  CHECK(kvtier_page_fragments(s, &per) == KVTIER_ERR_NO_LAYOUT);
+  /* Page identity: keys written through s (no format) are other pages for the pool's view. */
+  CHECK(kvtier_batch_exists(pv, keys, 2, &hits) == KVTIER_OK && hits == 0);
   for (i = 0; i < P; ++i) slots[i] = (int64_t)(4 * P + i);     /* page 4 */
   for (i = 0; i < P; ++i) slots[P + i] = (int64_t)(5 * P + i); /* page 5 */
-  CHECK(kvtier_batch_set_v1_slots(s, keys + 1, 2, slots, 2 * P, res) == KVTIER_OK);
-  CHECK(res[0] == KVTIER_OK && res[1] == KVTIER_OK); /* key 1 existed: counts as written */
-  CHECK(kvtier_get_page_buffer_meta(s, slots, 2 * P, fptrs, fsizes, 2 * 2 * L) == KVTIER_OK);
+  CHECK(kvtier_batch_set_v1_slots(pv, keys + 1, 2, slots, 2 * P, res) == KVTIER_OK);
+  CHECK(res[0] == KVTIER_OK && res[1] == KVTIER_OK);
+  CHECK(kvtier_batch_set_v1_slots(pv, keys + 1, 1, slots, P, res) == KVTIER_OK);
+  CHECK(res[0] == KVTIER_OK); /* key 1 exists: counts as written */
+  CHECK(kvtier_batch_exists(pv, keys + 1, 2, &hits) == KVTIER_OK && hits == 2);
+  CHECK(kvtier_get_page_buffer_meta(pv, slots, 2 * P, fptrs, fsizes, 2 * 2 * L) == KVTIER_OK);
   CHECK(fptrs[0] == pool + 64 + (size_t)4 * P * H * D * E && fsizes[0] == (size_t)P * H * D * E);
   for (i = 0; i < P; ++i) slots[i] = (int64_t)i; /* read key 2 into page 0 */
-  CHECK(kvtier_batch_get_v1_slots(s, keys + 2, 1, slots, P, res) == KVTIER_OK);
+  CHECK(kvtier_batch_get_v1_slots(pv, keys + 2, 1, slots, P, res) == KVTIER_OK);
   CHECK(res[0] == KVTIER_OK);
   CHECK(memcmp(pool + 64, pool + 64 + (size_t)5 * P * H * D * E, (size_t)P * H * D * E) == 0);
+  /* Through s, key 1 is still the flat page written at the start. */
+  CHECK(kvtier_batch_get(s, keys + 1, 1, bufs, caps, gres) == KVTIER_OK && gres[0] == PAGE);
+  CHECK(memcmp(out0, v1, PAGE) == 0);
 
   /* Stats and remove. */
   CHECK(kvtier_stats_json(s, &json) == KVTIER_OK && json && strstr(json, "\"tiers\""));
@@ -133,10 +146,12 @@ int main(void) {
   CHECK(kvtier_batch_get(s, keys + 1, 1, bufs, caps, gres) == KVTIER_OK);
   CHECK(gres[0] == KVTIER_ERR_BUFFER_TOO_SMALL);
   slots[0] = 1;
-  CHECK(kvtier_batch_get_v1_slots(s, keys + 2, 1, slots, P, res) == KVTIER_OK);
+  CHECK(kvtier_batch_get_v1_slots(pv, keys + 2, 1, slots, P, res) == KVTIER_OK);
   CHECK(res[0] == KVTIER_ERR_OUT_OF_RANGE);
   CHECK(kvtier_unregister_buffer(s, out1) == KVTIER_ERR_NOT_FOUND);
-  kvtier_close(s);
+  kvtier_close(s); /* the view keeps the store open */
+  CHECK(kvtier_batch_exists(pv, keys + 1, 2, &hits) == KVTIER_OK && hits == 2);
+  kvtier_close(pv);
   kvtier_close(NULL);
 
   setenv("KVTIER_MEMORY_CAPACITY", "a lot", 1);

@@ -105,8 +105,30 @@ TEST(Regions, ContainmentAndOverlap) {
 
 TEST(Layout, Validation) {
   std::byte b;
-  PoolLayout l{&b, PoolKind::kMHA, PoolOrder::kLayerFirst, 64, 28, 8, 128, 0, 2, 64 * 100};
+  PoolLayout l{&b,       PoolKind::kMHA, PoolOrder::kLayerFirst, 64, 28, 8, 128, 0, 2,
+               64 * 100, "bfloat16"};
   EXPECT_TRUE(l.validate().is_ok());
+  // The format names everything that orders or sizes a page's bytes, not where the pool is.
+  EXPECT_EQ(l.describe(), "mha/layer_first/dtype=bfloat16/E=2/P=64/L=28/H=8/D=128");
+  auto moved = l;
+  moved.base = nullptr;
+  moved.pool_tokens *= 2;
+  EXPECT_EQ(moved.describe(), l.describe());
+  for (auto change :
+       {+[](PoolLayout& x) { x.dtype_name = "float16"; },
+        +[](PoolLayout& x) { x.order = PoolOrder::kPageFirst; },
+        +[](PoolLayout& x) { x.page_size = 32; }, +[](PoolLayout& x) { x.layer_num = 27; },
+        +[](PoolLayout& x) { x.head_num = 4; }, +[](PoolLayout& x) { x.head_dim = 64; },
+        +[](PoolLayout& x) { x.dtype_size = 1; },
+        +[](PoolLayout& x) { x.kind = PoolKind::kMLA; }}) {
+    auto other = l;
+    change(other);
+    EXPECT_NE(other.describe(), l.describe());
+    EXPECT_NE(format_hash(other.describe()), format_hash(l.describe()));
+  }
+  EXPECT_EQ(format_hash(""), 0u);
+  EXPECT_NE(format_seed(7, format_hash("x")), 7u);
+  EXPECT_EQ(format_seed(7, 0), 7u);
   EXPECT_EQ(l.frags_per_page(), 56u);
   EXPECT_EQ(l.page_bytes(), 2ull * 28 * 64 * 8 * 128 * 2);
   auto bad = l;

@@ -43,7 +43,7 @@ extern "C" {
 /* ---- Version ------------------------------------------------------------------------------ */
 
 #define KVTIER_VERSION_MAJOR 0
-#define KVTIER_VERSION_MINOR 1
+#define KVTIER_VERSION_MINOR 2
 #define KVTIER_VERSION_PATCH 0
 #define KVTIER_VERSION_NUMBER \
   (KVTIER_VERSION_MAJOR * 10000 + KVTIER_VERSION_MINOR * 100 + KVTIER_VERSION_PATCH)
@@ -102,6 +102,27 @@ KVTIER_API int kvtier_open(const char* config, kvtier_store_t** out);
 /* Closes a store; in-flight calls must have returned. NULL is fine. */
 KVTIER_API void kvtier_close(kvtier_store_t* store);
 
+/* ---- Page identity ------------------------------------------------------------------------ */
+
+/* A page's bytes depend on more than its key: the model and the engine's ranks (put them in
+ * KVTIER_NAMESPACE) and the page format (pool kind, layout, dtype, dims). Each handle carries a
+ * page format that is mixed into every key id of every call made through it (set, get, v1,
+ * slots, exists, remove), so pages of one format never read as pages of another, in any tier,
+ * in any process, across restarts: a handle with another format sees misses.
+ *
+ * Opens another handle on the same store: the same tiers, namespace and registered buffers,
+ * with no page format and no layout of its own yet. Use one handle per pool (the KV pool, a
+ * draft pool, a Mamba state pool, ...). Each is closed with kvtier_close(); the tiers close
+ * with the last handle. kvtier_clear() on any handle clears the whole namespace.
+ * @return : 0 and *out set, or KVTIER_ERR_INVALID_ARG. */
+KVTIER_API int kvtier_open_view(kvtier_store_t* store, kvtier_store_t** out);
+
+/* Sets this handle's page format to `format` (any text that names how the page's bytes are
+ * laid out, up to 4096 bytes; NULL or "" means none, the format of a fresh handle). Replaces
+ * the format a kvtier_register_layout() set; the layout itself stays for the slot calls.
+ * Not to be called while other threads use the handle. */
+KVTIER_API int kvtier_set_page_format(kvtier_store_t* store, const char* format);
+
 /* ---- Copying interface -------------------------------------------------------------------- */
 
 /* Stores values[i] (sizes[i] bytes, >= 1) under keys[i]. A key that exists already counts as
@@ -124,6 +145,12 @@ KVTIER_API int kvtier_batch_exists(kvtier_store_t* store, const char* const* key
 /* results[i] : 0 (removed from every tier) or KVTIER_ERR_NOT_FOUND. */
 KVTIER_API int kvtier_batch_remove(kvtier_store_t* store, const char* const* keys, size_t n,
                                    int* results);
+
+/* present[i] : 0 (keys[i] is in some tier), KVTIER_ERR_NOT_FOUND, or the key's own code
+ * (e.g. KVTIER_ERR_KEY_TOO_LONG). One call answers every key, where kvtier_batch_exists stops
+ * at the first miss (for per-pool hit policies that look at the last pages of a prefix). */
+KVTIER_API int kvtier_batch_exists_each(kvtier_store_t* store, const char* const* keys, size_t n,
+                                        int* present);
 
 /* Drops every key of this store's namespace from every tier. */
 KVTIER_API int kvtier_clear(kvtier_store_t* store);
@@ -186,10 +213,16 @@ typedef struct kvtier_pool_layout {
   uint32_t kv_cache_dim; /* C (MLA) */
   uint32_t dtype_size;   /* E: bytes per element */
   uint64_t pool_tokens;  /* S: pool size in tokens, a multiple of page_size */
+  /* Since 0.2 (callers of 0.1 pass the smaller struct_size and get NULL here): */
+  const char* dtype_name; /* the element type by name ("bfloat16", "float16", "float8_e4m3fn");
+                             NULL or "": by dtype_size only. Copied during the call. */
 } kvtier_pool_layout_t;
 
-/* Registers the engine's pool layout (one per store; a second call replaces it). The whole pool
- * must lie in a registered region. */
+/* Registers the engine's pool layout on this handle (one per handle; a second call replaces
+ * it). The whole pool must lie in a registered region. It also sets the handle's page format
+ * (see kvtier_set_page_format) to the layout's: pool kind, layout, dtype_name, dtype_size,
+ * page_size, layer_num and head_num/head_dim or kv_cache_dim; base and pool_tokens are not
+ * part of it (they move no byte of a page). */
 KVTIER_API int kvtier_register_layout(kvtier_store_t* store, const kvtier_pool_layout_t* layout);
 
 /* *per_page : fragments per page for the registered layout (MHA: 2 or 2L; MLA: 1 or L). */
