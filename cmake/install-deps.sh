@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liburing-dev libibverbs-dev librdmacm-dev libxxhash-dev
       libzstd-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev python3 python3-pytest
-      python3-numpy fio iperf3)
+      python3-numpy python3-torch fio iperf3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 # The ABI this package was written against (kvtier.h's KVTIER_VERSION_MAJOR).
 ABI_MAJOR = 0
-MIN_VERSION = 100  # 0.1.0
+MIN_VERSION = 200  # 0.2.0: views, page formats, exists_each
 
 c_char_pp = ctypes.POINTER(ctypes.c_char_p)
 c_size_p = ctypes.POINTER(ctypes.c_size_t)
@@ -30,6 +30,7 @@ class PoolLayout(ctypes.Structure):
         ("kv_cache_dim", ctypes.c_uint32),
         ("dtype_size", ctypes.c_uint32),
         ("pool_tokens", ctypes.c_uint64),
+        ("dtype_name", ctypes.c_char_p),
     ]
 
 
@@ -71,6 +72,8 @@ _SIGNATURES = {
     "kvtier_free": (None, [ctypes.c_void_p]),
     "kvtier_open": (ctypes.c_int, [ctypes.c_char_p, c_void_pp]),
     "kvtier_close": (None, [ctypes.c_void_p]),
+    "kvtier_open_view": (ctypes.c_int, [ctypes.c_void_p, c_void_pp]),
+    "kvtier_set_page_format": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
     "kvtier_batch_set": (
         ctypes.c_int,
         [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_void_pp, c_size_p, c_int_p],
@@ -80,6 +83,8 @@ _SIGNATURES = {
         [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_void_pp, c_size_p, c_int64_p],
     ),
     "kvtier_batch_exists": (ctypes.c_int, [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_size_p]),
+    "kvtier_batch_exists_each": (
+        ctypes.c_int, [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_int_p]),
     "kvtier_batch_remove": (ctypes.c_int, [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_int_p]),
     "kvtier_clear": (ctypes.c_int, [ctypes.c_void_p]),
     "kvtier_stats_json": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),
@@ -119,5 +124,5 @@ VERSION = lib.kvtier_version_string().decode()
 _number = lib.kvtier_version_number()
 if _number // 10000 != ABI_MAJOR or _number < MIN_VERSION:
     raise ImportError(
-        f"kvtier: libkvtier {VERSION} does not match this package (needs {ABI_MAJOR}.x >= 0.1.0)"
+        f"kvtier: libkvtier {VERSION} does not match this package (needs {ABI_MAJOR}.x >= 0.2.0)"
     )

@@ -91,10 +91,24 @@ def _config_string(config) -> Optional[bytes]:
 class Store:
     """A kvtier store. Thread-safe; use as a context manager or call close()."""
 
-    def __init__(self, config: Union[None, str, dict] = None):
+    def __init__(self, config: Union[None, str, dict] = None, *, _handle=None):
+        if _handle is not None:  # a view (see view())
+            self._h = _handle
+            return
         handle = ctypes.c_void_p()
         check(_lib.kvtier_open(_config_string(config), ctypes.byref(handle)))
         self._h = handle
+
+    def view(self) -> "Store":
+        """Another handle on the same tiers, namespace and registered buffers, with its own page
+        format and layout (one per pool). Close it like a store; the tiers close with the last."""
+        handle = ctypes.c_void_p()
+        check(_lib.kvtier_open_view(self.handle, ctypes.byref(handle)))
+        return Store(_handle=handle)
+
+    def set_page_format(self, fmt: Optional[str]) -> None:
+        """Names how this handle's pages are laid out; part of every key's identity."""
+        check(_lib.kvtier_set_page_format(self.handle, fmt.encode() if fmt else None))
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
@@ -110,6 +124,10 @@ class Store:
 
     def __del__(self):
         self.close()
+
+    @property
+    def closed(self) -> bool:
+        return not getattr(self, "_h", None)
 
     @property
     def handle(self):
@@ -149,6 +167,14 @@ class Store:
         hits = ctypes.c_size_t()
         check(_lib.kvtier_batch_exists(self.handle, _keys(keys), len(keys), ctypes.byref(hits)))
         return hits.value
+
+    def batch_exists_each(self, keys: Sequence[str]) -> List[int]:
+        """Per key: 0 (present), -1 (KVTIER_ERR_NOT_FOUND) or the key's own code."""
+        if not keys:
+            return []
+        res = (ctypes.c_int * len(keys))()
+        check(_lib.kvtier_batch_exists_each(self.handle, _keys(keys), len(keys), res))
+        return list(res)
 
     def remove(self, keys: Sequence[str]) -> List[int]:
         res = (ctypes.c_int * len(keys))()
@@ -212,13 +238,15 @@ class Store:
         head_num: int = 0,
         head_dim: int = 0,
         kv_cache_dim: int = 0,
+        dtype_name: Optional[str] = None,
     ) -> None:
+        """Registers the pool layout on this handle; its page format becomes the layout's."""
         if layout not in LAYOUTS:
             raise KvtierError(-2, f"layout {layout!r} is not one of {sorted(LAYOUTS)}")
         spec = _native.PoolLayout(
             ctypes.sizeof(_native.PoolLayout), base, POOL_MLA if mla else POOL_MHA,
             LAYOUTS[layout], page_size, layer_num, head_num, head_dim, kv_cache_dim,
-            dtype_size, pool_tokens,
+            dtype_size, pool_tokens, dtype_name.encode() if dtype_name else None,
         )
         check(_lib.kvtier_register_layout(self.handle, ctypes.byref(spec)))
         self._page_size = page_size

@@ -78,6 +78,28 @@ class HostPool:
         size = P * H * D * E if self.layout == "layer_first" else L * P * H * D * E
         return ptrs, [size] * len(ptrs)
 
+    # The engine's flat-page calls, as SGLang's host pools define them (index: a token slot).
+    def _page_view(self, index):
+        P, s, b = self.page_size, int(index), self.buffer
+        if self.mla:
+            if self.layout == "layer_first":
+                return b[:, s:s + P]
+            return b[s:s + P] if self.layout == "page_first" else b[s // P]
+        if self.layout == "layer_first":
+            return b[:, :, s:s + P]  # K of every layer, then V: not the v1 entry order
+        return b[:, s:s + P] if self.layout == "page_first" else b[:, s // P]
+
+    def get_data_page(self, index, flat=True):
+        page = np.ascontiguousarray(self._page_view(index))
+        return page.reshape(-1) if flat else page
+
+    def get_dummy_flat_data_page(self):
+        return np.zeros(self.get_data_page(0).size, dtype=self.buffer.dtype)
+
+    def set_from_flat_data_page(self, index, data_page):
+        view = self._page_view(index)
+        view[...] = np.asarray(data_page).view(self.buffer.dtype).reshape(view.shape)
+
     def page_bytes(self, slot):
         """The engine's flat page for the page starting at `slot`, from numpy indexing."""
         P, s = self.page_size, slot
