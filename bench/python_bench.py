@@ -1,6 +1,9 @@
 """The comparison SGLang's users run for HiCache storage backends, through kvtier's adapter:
 the generic path (flat page copies + batch_set / batch_get + copy back) against
-batch_set_v1 / batch_get_v1 on the host pool. Also the adapter's own per-call overhead.
+batch_set_v1 / batch_get_v1 on the host pool; batch_set_v2 / batch_get_v2 of the KV pool plus
+one extra (Mamba-like state) pool, as hybrid models call them; and draft pages (`<hash>.draft`
+flat pages of a one-layer pool through the generic path, as speculative decoding sends them).
+Also the adapter's own per-call overhead.
 
 usage: /usr/bin/python3 bench/python_bench.py [--tiers memory,file] [--batches 10,50,100]
        [--layouts layer_first,page_first] [--repeats 3] [--dir DIR] [--json FILE]
@@ -16,6 +19,7 @@ import tempfile
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -25,8 +29,10 @@ sys.path.insert(0, str(ROOT / "tests" / "python"))
 if "KVTIER_LIBRARY" not in os.environ and (ROOT / "build/capi/libkvtier.so").exists():
     os.environ["KVTIER_LIBRARY"] = str(ROOT / "build/capi/libkvtier.so")
 
-from hostpool import HostPool, slots_for  # noqa: E402  (the engine-shaped pool of the tests)
+from hostpool import HostPool, StatePool, slots_for  # noqa: E402  (the engine-shaped pool of the tests)
 from kvtier.sglang import KvtierStorage  # noqa: E402
+
+STATE_BYTES = 4096  # one extra-pool page (a Mamba state row) per KV page in the v2 rows
 
 SHAPES = {
     "MHA": dict(mla=False, page_size=64, layer_num=28, head_num=8, head_dim=128),
@@ -81,6 +87,10 @@ def bench_shape(args, tier, shape, layout, rows):
                              "file_capacity": room, "file_dir": args.dir})
     backend = KvtierStorage(cfg, {})
     backend.register_mem_pool_host(pool)
+    state = StatePool(2 * B, STATE_BYTES, seed=1)
+    backend.register_mem_host_pool_v2(state, "mamba")
+    draft = HostPool(size=2 * B * spec["page_size"], layout=layout, misalign=64,
+                     **dict(spec, layer_num=1), seed=2)
     P = pool.page_size
     page = len(pool.page_bytes(0))
     limit = memcpy_gbps(min(B, 64) * page)  # the C++ bench copies the same amount
@@ -123,27 +133,63 @@ def bench_shape(args, tier, shape, layout, rows):
         def new_read():
             assert all(backend.batch_get_v1(keys, dst))
 
+        def transfers(slots, rows):
+            return [SimpleNamespace(name="kv", keys=keys, host_indices=slots),
+                    SimpleNamespace(name="mamba", keys=keys, host_indices=rows)]
+
+        src_rows, dst_rows = np.arange(batch), np.arange(B, B + batch)
+
+        def v2_write():
+            assert all(all(v) for v in backend.batch_set_v2(transfers(src, src_rows)).values())
+
+        def v2_read():
+            assert all(all(v) for v in backend.batch_get_v2(transfers(dst, dst_rows)).values())
+
+        drafts = [f"{k}.draft" for k in keys]
+        draft_src = [draft.get_data_page(p * P) for p in range(batch)]
+        draft_dst = [draft.get_dummy_flat_data_page() for _ in keys]
+
+        def draft_write():
+            assert backend.batch_set(drafts, draft_src)
+
+        def draft_read():
+            assert all(g is not None for g in backend.batch_get(drafts, draft_dst))
+
         def scribble():
             for v in frag_views(dst_meta):
                 v.fill(0xA5)
+            state.kv_buffer[B:B + batch] = 0xA5
+            for d in draft_dst:
+                d.fill(0xA5)
             if tier == "file":
                 drop_page_cache()  # cold reads
 
-        def verify():
-            for a, b in zip(frag_views(src_meta), frag_views(dst_meta)):
-                if not np.array_equal(a, b):
-                    sys.exit(f"read-back differs ({shape} {layout} batch {batch})")
+        def verify(path):
+            same = all(np.array_equal(a, b) for a, b in zip(frag_views(src_meta),
+                                                            frag_views(dst_meta)))
+            if path == "v2":
+                same &= np.array_equal(state.kv_buffer[:batch], state.kv_buffer[B:B + batch])
+            if path == "draft":
+                same = all(np.array_equal(a, b) for a, b in zip(draft_src, draft_dst))
+            if not same:
+                sys.exit(f"read-back differs ({path} {shape} {layout} batch {batch})")
 
         def written():
             if backend.batch_exists(keys) != batch:
                 sys.exit("a write did not store every key")
 
         results = {}
-        for path, write, read in (("generic", old_write, old_read), ("v1", new_write, new_read)):
-            results[path, "write"] = measure(args.repeats, 1, nbytes, backend.clear, write, written)
+        paths = (("generic", old_write, old_read, nbytes),
+                 ("v1", new_write, new_read, nbytes),
+                 ("v2", v2_write, v2_read, nbytes + batch * STATE_BYTES),
+                 ("draft", draft_write, draft_read, batch * len(draft.page_bytes(0))))
+        for path, write, read, moved in paths:
+            check = {"draft": lambda: None, "generic": lambda: old_read()}.get(path, written)
+            results[path, "write"] = measure(args.repeats, 1, moved, backend.clear, write, check)
             backend.clear()
-            new_write()
-            results[path, "read"] = measure(args.repeats, 1, nbytes, scribble, read, verify)
+            write()  # each path reads what it wrote (generic and v1 pages may differ in order)
+            results[path, "read"] = measure(args.repeats, 1, moved, scribble, read,
+                                            lambda p=path: verify(p))
         for (path, op), fig in results.items():
             fig.update(tier=tier, pool=shape, layout=layout, batch=batch, path=path, op=op,
                        speedup=fig["gbps"] / results["generic", op]["gbps"], memcpy_gbps=limit)
@@ -197,7 +243,8 @@ def main():
     us = overhead(rows)
     print("\r\033[K", end="", file=sys.stderr)
     print("SGLang adapter: generic path (flat page copies + batch_set/batch_get) versus v1 "
-          "(zero-copy on the host pool); medians")
+          "(zero-copy on the host pool), v2 (KV + a 4 KiB state page per key) and draft pages "
+          "(generic, one layer); medians, every read verified byte for byte")
     hdr = ("tier", "pool", "layout", "batch", "path", "op", "ms", "GB/s", "CPUs/GB", "x generic",
            "memcpy", "ratio")
     print("%-7s %-4s %-12s %5s %-8s %-5s %8s %7s %8s %9s %7s %6s" % hdr)
@@ -217,6 +264,13 @@ def main():
             if pf:
                 print("  %-7s %s batch %3d %-5s %.2f" % (r["tier"], r["pool"], r["batch"],
                                                         r["op"], r["gbps"] / pf[0]["gbps"]))
+    print("\nv2 (KV + one state pool) / v1, same tier/pool/layout/batch/op (target >= 0.9):")
+    for r in rows:
+        if r.get("path") == "v2":
+            v1 = [x for x in rows if x.get("path") == "v1" and
+                  all(x[k] == r[k] for k in ("tier", "pool", "layout", "batch", "op"))]
+            print("  %-7s %s %-11s batch %3d %-5s %.2f" % (
+                r["tier"], r["pool"], r["layout"], r["batch"], r["op"], r["gbps"] / v1[0]["gbps"]))
     print(f"\nadapter overhead: 128-key batch_get_v1, layer_first MHA, all keys missing: "
           f"{us:.1f} us per call (median of 2000)")
     if args.json:

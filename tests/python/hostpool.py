@@ -128,6 +128,22 @@ class HostPool:
         )
 
 
+class StatePool:
+    """A Mamba-like state pool of a hybrid model: one state row per slot (page_size 1), a
+    layout kvtier does not know, so it is reached through its get_page_buffer_meta."""
+
+    def __init__(self, rows, state_bytes, seed=0):
+        self.page_size, self.layout = 1, "state"
+        self.kv_buffer = np.random.default_rng(seed).integers(0, 256, (rows, state_bytes),
+                                                              dtype=np.uint8)
+        self.dtype = self.kv_buffer.dtype
+
+    def get_page_buffer_meta(self, indices):
+        base, row = self.kv_buffer.ctypes.data, self.kv_buffer.shape[1]
+        ptrs = [base + int(i) * row for i in indices]
+        return ptrs, [row] * len(ptrs)
+
+
 def slots_for(pages, page_size):
     """host_indices for whole pages, as the engine passes them (int64, page_size per page)."""
     parts = [np.arange(p * page_size, (p + 1) * page_size, dtype=np.int64) for p in pages]

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hostpool import HostPool, slots_for
+from hostpool import HostPool, StatePool, slots_for
 from kvtier.sglang import KvtierStorage, namespace_for
 
 torch = pytest.importorskip("torch", reason="python3-torch is not installed (tests/run_all.sh "
@@ -258,19 +258,6 @@ def test_native_layout_that_disagrees_with_the_pool_is_not_used():
 
 # ---- v2: hybrid models -----------------------------------------------------------------------------
 
-class StatePool:
-    """A Mamba-like state pool: one state per page slot, no layout kvtier knows."""
-
-    def __init__(self, pages, state_bytes, seed):
-        g = torch.Generator().manual_seed(seed)
-        self.page_size, self.dtype = 1, torch.uint8
-        self.kv_buffer = torch.randint(0, 256, (pages, state_bytes), dtype=torch.uint8, generator=g)
-
-    def get_page_buffer_meta(self, indices):
-        rows = indices.tolist()
-        return [self.kv_buffer[r].data_ptr() for r in rows], [self.kv_buffer.shape[1]] * len(rows)
-
-
 def transfer(name, keys, host_indices, policy="all_pages"):
     return SimpleNamespace(name=name, keys=keys, host_indices=host_indices, hit_policy=policy)
 
@@ -306,12 +293,12 @@ def test_v2_hybrid_pools_with_both_hit_policies():
     r = b.batch_exists_v2(keys, [transfer("mamba", keys[:2], None, "trailing_pages")])
     assert r.kv_hit_pages == 0 and r.extra_pool_hit_pages == {"kv": 8}
     # Reads: the states land in other rows, byte for byte; a missing state is False.
-    want = mamba.kv_buffer[30].clone(), indexer.kv_buffer[:6].clone()
+    want = mamba.kv_buffer[30].copy(), indexer.kv_buffer[:6].copy()
     got = b.batch_get_v2([transfer("mamba", [keys[4], keys[5]], torch.tensor([40, 41])),
                           transfer("indexer", keys[:6], torch.arange(20, 26))])
     assert got == {"mamba": [True, False], "indexer": [True] * 6}
-    assert torch.equal(mamba.kv_buffer[40], want[0])
-    assert torch.equal(indexer.kv_buffer[20:26], want[1])
+    assert np.array_equal(mamba.kv_buffer[40], want[0])
+    assert np.array_equal(indexer.kv_buffer[20:26], want[1])
     # Pools never collide: the same key in two pools is two pages.
     assert b.batch_exists_v2(keys_of(1, "v2kv"), [transfer("indexer", None, None)]).kv_hit_pages == 0
     # Unknown pools and bad transfers are False, never an exception.
