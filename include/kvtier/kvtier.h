@@ -138,7 +138,8 @@ KVTIER_API int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, 
                                 void* const* buffers, const size_t* capacities, int64_t* results);
 
 /* *hits : how many keys, from keys[0] on, are present without a gap (the engine's prefix
- * semantics: it stops at the first miss). */
+ * semantics: it stops at the first miss). A bad key (empty, too long) ends the run like a miss;
+ * the call still returns 0 and kvtier_last_error() names the key. */
 KVTIER_API int kvtier_batch_exists(kvtier_store_t* store, const char* const* keys, size_t n,
                                    size_t* hits);
 
