@@ -70,8 +70,12 @@ Status Store::open(const Config& config, std::unique_ptr<Store>* out) {
     }
   }
   std::string chain;
-  for (const auto& t : store->tiers_)
-    chain += (chain.empty() ? "" : ",") + std::string(t->tier->name());
+  for (const auto& t : store->tiers_) {
+    // Appended piece by piece: `const char* + std::string&&` trips GCC 12's false -Wrestrict
+    // (GCC bug 105329) in Release builds.
+    if (!chain.empty()) chain += ',';
+    chain += t->tier->name();
+  }
   log().info("store open: tiers={} namespace='{}' write_policy={}", chain, config.ns,
              config.write_policy == WritePolicy::kWriteBack ? "write_back" : "write_through");
   *out = std::move(store);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds, and runs every test three ways: a normal
 # build (warnings are errors), AddressSanitizer + UBSan, and ThreadSanitizer on the concurrent
-# suites.
+# suites. It also builds the default Release configuration a user gets (warnings not errors).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash cmake/install-deps.sh
@@ -16,6 +16,10 @@ build() {  # build DIR [cmake args...]
 echo "== build and test (RelWithDebInfo)"
 build build
 (cd build && ctest -j"$jobs" --output-on-failure)
+
+echo "== the default Release build a user gets (no -Werror), build only"
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build-release -j"$jobs"
 
 echo "== AddressSanitizer + UBSan"
 build build-asan -DKVTIER_SANITIZE=address -DKVTIER_BUILD_BENCH=OFF
