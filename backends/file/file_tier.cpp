@@ -9,7 +9,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
+#include <unordered_set>
 
 #include <zstd.h>
 
@@ -187,13 +190,50 @@ class PageFiles {
     std::list<KeyId>::iterator lru;
   };
 
+  // One page a put() writes itself.
+  struct Writing {
+    size_t op;
+    uint64_t seq;
+    bool reserved = false;  // cls and slot hold a reservation
+    uint32_t cls = 0;
+    int fd = -1, idx_fd = -1;
+    uint64_t slot = 0, slot_size = 0;
+    std::byte* buf = nullptr;  // bounce buffer: a copy of the page, or its zstd frame
+    size_t buf_size = 0;
+    uint64_t stored = 0;  // bytes in the slot
+    bool compressed = false;
+    int result = KVTIER_ERR_IO;
+  };
+  // A page a get() found unreadable (I/O error, checksum): dropped unless rewritten meanwhile.
+  struct Unreadable {
+    KeyId id;
+    uint64_t seq;
+  };
+
   PageFiles() = default;
   Status open_class(uint64_t slot_size, uint32_t* cls);  // REQUIRES mu_
   int reserve(uint32_t cls, uint64_t* slot);             // REQUIRES mu_; 0 or a code
-  void release(uint32_t cls, uint64_t slot);             // REQUIRES mu_
-  void evict_one();                                      // REQUIRES mu_
-  bool evict_from_class(uint32_t cls);                   // REQUIRES mu_
+  // Frees a slot and zeroes its record, so no restart brings back what was there.
+  void release(uint32_t cls, uint64_t slot);  // REQUIRES mu_
+  void evict_one();                           // REQUIRES mu_
+  bool evict_from_class(uint32_t cls);        // REQUIRES mu_
+  void claim(std::span<PutOp> ops, std::vector<Writing>* mine, std::vector<size_t>* waiting);
+  void write_pages(std::span<PutOp> ops, std::vector<Writing>& mine);
+  void prepare_write(PutOp& op, Writing& w, Io& io);
+  void sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine);
+  void publish(std::span<PutOp> ops, std::vector<Writing>& mine);
+  void put_after_others(std::span<PutOp> ops, const std::vector<size_t>& waiting);
+  void drop(const std::vector<Unreadable>& pages);
+  int sync_fd(int fd);  // 0 or -errno
+  // A valid record found on open.
+  struct Found {
+    KeyId id;
+    uint32_t cls;
+    uint64_t slot, length, checksum, seq, stored;
+    bool compressed;
+  };
   Status rebuild();
+  Status scan_class(uint64_t size, std::vector<Found>* found, uint64_t* scanned);
   int open_file(const std::string& path);
   // Writes slot's record (all zero: free); false with errno set on failure.
   static bool write_record(int idx_fd, uint64_t slot, const Record& r);
@@ -207,17 +247,22 @@ class PageFiles {
   bool sync_ = true;
   int zstd_level_ = 0;  // 0: no compression
   int lock_fd_ = -1;
+  std::unique_ptr<Faults> faults_;  // test-only (KVTIER_TEST_FILE_FAULTS); before rings_
   RingPool rings_;
   BouncePool bounce_;
 
   mutable std::mutex mu_;
+  std::condition_variable cv_;  // a key's write ended, or a clear() began or ended
   std::vector<SizeClass> classes_;
   std::map<uint64_t, uint32_t> class_of_size_;
   std::unordered_map<KeyId, Entry, KeyIdHash> map_;
   std::list<KeyId> lru_;     // front = most recent
   uint64_t live_bytes_ = 0;  // slots held by pages, and reserved for writes in flight
   uint64_t seq_ = 1;
-  uint64_t generation_ = 0;  // bumped by clear(): writes begun before it are dropped
+  // Keys some put() is writing: one write per key at a time, so a key never has two records.
+  std::unordered_set<KeyId, KeyIdHash> writing_;
+  size_t active_puts_ = 0;  // puts past claim(); clear() waits for them to end
+  bool clearing_ = false;   // new puts wait until the clear() is done
   uint64_t evictions_ = 0;
   uint64_t errors_ = 0;
 };
@@ -279,7 +324,10 @@ Status PageFiles::open(const Config& config, const std::string& path,
     pf->mem_align_ = sx.stx_dio_mem_align;
     pf->io_align_ = sx.stx_dio_offset_align;
   }
-  Status s = pf->rings_.init(2, config.file_queue_depth);
+  Status s = Faults::parse(std::getenv("KVTIER_TEST_FILE_FAULTS"), &pf->faults_);
+  if (!s.is_ok()) return s;
+  if (pf->faults_) log().warn("file tier: injecting I/O faults (KVTIER_TEST_FILE_FAULTS)");
+  s = pf->rings_.init(2, config.file_queue_depth, pf->faults_.get());
   if (!s.is_ok()) return s;
   s = pf->rebuild();
   if (!s.is_ok()) return s;
@@ -314,6 +362,10 @@ Status PageFiles::open_class(uint64_t slot_size, uint32_t* cls) {
 }
 
 void PageFiles::release(uint32_t cls, uint64_t slot) {
+  // Under mu_, before the slot can be handed out again: a stale record left behind would bring
+  // back an evicted, removed or overwritten page after a restart.
+  if (!write_record(classes_[cls].idx_fd, slot, Record{}))
+    log().warn("file tier: cannot clear a record in {}: {}", dir_, std::strerror(errno));
   classes_[cls].free.push_back(slot);
   live_bytes_ -= classes_[cls].slot_size;
 }
@@ -399,169 +451,198 @@ bool PageFiles::write_record(int idx_fd, uint64_t slot, const Record& r) {
 }
 
 void PageFiles::put(std::span<PutOp> ops) {
-  struct Pending {
-    size_t op;
-    uint64_t seq;
-    bool reserved = false;  // cls and slot hold a reservation
-    uint32_t cls = 0;
-    int fd = -1, idx_fd = -1;
-    uint64_t slot = 0, slot_size = 0;
-    std::byte* buf = nullptr;  // bounce buffer: a copy of the page, or its zstd frame
-    size_t buf_size = 0;
-    int result = KVTIER_ERR_IO;
-  };
-  std::vector<Pending> pending;
-  uint64_t generation;
+  std::vector<Writing> mine;
+  std::vector<size_t> waiting;
+  claim(ops, &mine, &waiting);
+  if (!mine.empty()) {
+    write_pages(ops, mine);
+    sync_and_record(ops, mine);
+  }
+  publish(ops, mine);
+  if (!waiting.empty()) put_after_others(ops, waiting);
+}
+
+// A key already stored is done (it keeps its value); a key another write holds, this batch's
+// own or another thread's, waits for it; the rest this call writes. So a key never has two
+// records on disk, and a restart cannot pick a later value over the first.
+void PageFiles::claim(std::span<PutOp> ops, std::vector<Writing>* mine,
+                      std::vector<size_t>* waiting) {
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] { return !clearing_; });
+  ++active_puts_;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    auto it = map_.find(ops[i].id);
+    if (it != map_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second.lru);
+      ops[i].result = KVTIER_OK;
+    } else if (!writing_.insert(ops[i].id).second) {
+      waiting->push_back(i);
+    } else {
+      mine->push_back({i, seq_++});
+    }
+  }
+}
+
+// Ops whose key another write held: once that write is over, the key is stored (OK) or free
+// again (this call writes it).
+void PageFiles::put_after_others(std::span<PutOp> ops, const std::vector<size_t>& waiting) {
+  std::vector<PutOp> again;
+  for (size_t i : waiting) again.push_back(ops[i]);
+  {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] {
+      return std::none_of(again.begin(), again.end(),
+                          [&](const PutOp& op) { return writing_.count(op.id) != 0; });
+    });
+  }
+  put(again);
+  for (size_t k = 0; k < waiting.size(); ++k) ops[waiting[k]].result = again[k].result;
+}
+
+void PageFiles::prepare_write(PutOp& op, Writing& w, Io& io) {
+  io.error = -ECANCELED;  // io.fd stays -1 when a step fails; w.result says why
+  w.result = KVTIER_ERR_NO_MEMORY;
+  // Compress first (when asked): the slot is sized for what will be stored. The checksum is
+  // of the page itself, taken just before (the compressor then reads the page from cache).
+  if (zstd_level_) {
+    ensure_checksum(op);
+    w.buf_size = round_block(ZSTD_compressBound(op.size));
+    if (!(w.buf = bounce_.get(w.buf_size))) return;
+    const size_t n = compress_frags(op.frags, w.buf, w.buf_size, zstd_level_);
+    w.compressed = n > 0 && n <= op.size - op.size / kMinSavingDiv;
+    if (w.compressed) w.stored = n;
+  }
+  if (!w.compressed) w.stored = op.size;
+  // Straight from the engine's pool when O_DIRECT allows it, else a bounce copy.
+  const bool direct = !w.compressed && (!direct_ || aligned(op.frags, mem_align_, io_align_));
+  const size_t end = direct_ ? round_block(w.stored) : w.stored;
+  if (!direct && (!w.buf || w.buf_size < end)) {
+    bounce_.put(w.buf, w.buf_size);
+    w.buf_size = round_block(end);
+    if (!(w.buf = bounce_.get(w.buf_size))) return;
+  }
+  if (direct) {
+    ensure_checksum(op);  // the only pass over the bytes: the disk reads them itself
+  } else if (!w.compressed) {
+    // Copy into the bounce buffer (while the I/O already queued runs), then take the
+    // checksum of the copy while it is in cache.
+    gather(op.frags, w.buf);
+    if (!op.has_checksum) {
+      op.checksum = checksum(w.buf, w.stored);
+      op.has_checksum = true;
+    }
+  }
   {
     std::lock_guard lock(mu_);
-    generation = generation_;
-    for (size_t i = 0; i < ops.size(); ++i) {
-      auto it = map_.find(ops[i].id);
-      if (it != map_.end()) {
-        lru_.splice(lru_.begin(), lru_, it->second.lru);
-        ops[i].result = KVTIER_OK;
-        continue;
-      }
-      pending.push_back({i, seq_++});
+    Status s = open_class(slot_size_for(w.stored), &w.cls);
+    w.result = s.is_ok() ? reserve(w.cls, &w.slot) : s.code();
+    if (w.result != KVTIER_OK) return;
+    w.reserved = true;
+    w.fd = classes_[w.cls].fd;
+    w.idx_fd = classes_[w.cls].idx_fd;
+    w.slot_size = classes_[w.cls].slot_size;
+  }
+  io.fd = w.fd;
+  io.write = true;
+  io.offset = w.slot * w.slot_size;
+  if (direct) {
+    for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
+  } else {
+    std::memset(w.buf + w.stored, 0, end - w.stored);
+    io.iov.push_back({w.buf, end});
+  }
+}
+
+void PageFiles::write_pages(std::span<PutOp> ops, std::vector<Writing>& mine) {
+  rings_.with_ring([&](Ring& ring) {
+    ring.run(
+        mine.size(), [&](size_t i, Io& io) { prepare_write(ops[mine[i].op], mine[i], io); },
+        [&](size_t i, int res) {
+          Writing& w = mine[i];
+          if (w.reserved) {
+            w.result = res < 0 ? io_code(res) : KVTIER_OK;
+            if (res < 0)
+              log().warn("file tier: write of slot {} in {} failed: {}", w.slot, dir_,
+                         std::strerror(-res));
+          }
+          bounce_.put(w.buf, w.buf_size);
+          w.buf = nullptr;
+        });
+  });
+}
+
+int PageFiles::sync_fd(int fd) {
+  if (faults_)
+    if (const int injected = faults_->on_sync()) return injected;
+  return ::fdatasync(fd) == 0 ? 0 : -errno;
+}
+
+void PageFiles::sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine) {
+  // Durable before visible: one fdatasync per file the batch wrote.
+  if (sync_) {
+    std::vector<int> fds;
+    for (const Writing& w : mine)
+      if (w.result == KVTIER_OK && std::find(fds.begin(), fds.end(), w.fd) == fds.end())
+        fds.push_back(w.fd);
+    for (int fd : fds) {
+      const int rc = sync_fd(fd);
+      if (rc == 0) continue;
+      log().warn("file tier: fdatasync in {} failed: {}", dir_, std::strerror(-rc));
+      for (Writing& w : mine)
+        if (w.fd == fd && w.result == KVTIER_OK) w.result = io_code(rc);
     }
   }
-  std::vector<uint64_t> stored(pending.size());
-  std::vector<uint8_t> compressed(pending.size(), 0);
-  if (!pending.empty()) {
-    rings_.with_ring([&](Ring& ring) {
-      ring.run(
-          pending.size(),
-          [&](size_t i, Io& io) {
-            Pending& p = pending[i];
-            PutOp& op = ops[p.op];
-            io.error = -ENOMEM;
-            // Compress first (when asked): the slot is sized for what will be stored. The
-            // checksum is of the page itself, taken just before (the compressor then reads
-            // the page from cache).
-            if (zstd_level_) {
-              ensure_checksum(op);
-              p.buf_size = round_block(ZSTD_compressBound(op.size));
-              if (!(p.buf = bounce_.get(p.buf_size))) return;
-              size_t n = compress_frags(op.frags, p.buf, p.buf_size, zstd_level_);
-              compressed[i] = n > 0 && n <= op.size - op.size / kMinSavingDiv;
-              if (compressed[i]) stored[i] = n;
-            }
-            if (!compressed[i]) stored[i] = op.size;
-            // Straight from the engine's pool when O_DIRECT allows it, else a bounce copy.
-            const bool direct =
-                !compressed[i] && (!direct_ || aligned(op.frags, mem_align_, io_align_));
-            const size_t end = direct_ ? round_block(stored[i]) : stored[i];
-            if (!direct && (!p.buf || p.buf_size < end)) {
-              bounce_.put(p.buf, p.buf_size);
-              p.buf_size = round_block(end);
-              if (!(p.buf = bounce_.get(p.buf_size))) return;
-            }
-            if (direct) {
-              ensure_checksum(op);  // the only pass over the bytes: the disk reads them itself
-            } else if (!compressed[i]) {
-              // Copy into the bounce buffer (while the I/O already queued runs), then take the
-              // checksum of the copy while it is in cache.
-              gather(op.frags, p.buf);
-              if (!op.has_checksum) {
-                op.checksum = checksum(p.buf, stored[i]);
-                op.has_checksum = true;
-              }
-            }
-            {
-              std::lock_guard lock(mu_);
-              Status s = open_class(slot_size_for(stored[i]), &p.cls);
-              p.result = s.is_ok() ? reserve(p.cls, &p.slot) : s.code();
-              if (p.result != KVTIER_OK) return;  // done() sees io.fd < 0
-              p.reserved = true;
-              p.fd = classes_[p.cls].fd;
-              p.idx_fd = classes_[p.cls].idx_fd;
-              p.slot_size = classes_[p.cls].slot_size;
-            }
-            io.fd = p.fd;
-            io.write = true;
-            io.offset = p.slot * p.slot_size;
-            if (direct) {
-              for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
-            } else {
-              std::memset(p.buf + stored[i], 0, end - stored[i]);
-              io.iov.push_back({p.buf, end});
-            }
-          },
-          [&](size_t i, int res) {
-            Pending& p = pending[i];
-            if (p.reserved) {
-              p.result = res < 0 ? io_code(res) : KVTIER_OK;
-              if (res < 0)
-                log().warn("file tier: write of slot {} in {} failed: {}", p.slot, dir_,
-                           std::strerror(-res));
-            } else if (p.result == KVTIER_ERR_IO && res == -ENOMEM) {
-              p.result = KVTIER_ERR_NO_MEMORY;
-            }
-            bounce_.put(p.buf, p.buf_size);
-            p.buf = nullptr;
-          });
-    });
-    // Durable before visible: one fdatasync per file the batch wrote.
-    if (sync_) {
-      std::vector<int> fds;
-      for (const Pending& p : pending)
-        if (p.result == KVTIER_OK && std::find(fds.begin(), fds.end(), p.fd) == fds.end())
-          fds.push_back(p.fd);
-      for (int fd : fds) {
-        if (::fdatasync(fd) == 0) continue;
-        const int code = io_code(-errno);
-        log().warn("file tier: fdatasync in {} failed: {}", dir_, std::strerror(errno));
-        for (Pending& p : pending)
-          if (p.fd == fd) p.result = code;
-      }
-    }
-    // Then the records, through the page cache (see file_tier.h).
-    for (size_t i = 0; i < pending.size(); ++i) {
-      Pending& p = pending[i];
-      if (p.result != KVTIER_OK) continue;
-      const PutOp& op = ops[p.op];
-      Record r{kMagic,
-               kVersion,
-               compressed[i] ? kCompressed : uint16_t{0},
-               op.id.hi,
-               op.id.lo,
-               op.size,
-               op.checksum,
-               p.seq,
-               stored[i],
-               0};
-      r.self_checksum = record_sum(r);
-      if (!write_record(p.idx_fd, p.slot, r)) {
-        p.result = io_code(-errno);
-        log().warn("file tier: cannot write a record in {}: {}", dir_, std::strerror(errno));
-      }
+  // Then the records, through the page cache (see file_tier.h).
+  for (Writing& w : mine) {
+    if (w.result != KVTIER_OK) continue;
+    const PutOp& op = ops[w.op];
+    Record r{kMagic,
+             kVersion,
+             w.compressed ? kCompressed : uint16_t{0},
+             op.id.hi,
+             op.id.lo,
+             op.size,
+             op.checksum,
+             w.seq,
+             w.stored,
+             0};
+    r.self_checksum = record_sum(r);
+    if (!write_record(w.idx_fd, w.slot, r)) {
+      w.result = io_code(-errno);
+      log().warn("file tier: cannot write a record in {}: {}", dir_, std::strerror(errno));
     }
   }
+}
+
+void PageFiles::publish(std::span<PutOp> ops, std::vector<Writing>& mine) {
   std::lock_guard lock(mu_);
-  for (size_t i = 0; i < pending.size(); ++i) {
-    Pending& p = pending[i];
-    PutOp& op = ops[p.op];
-    op.result = p.result;
-    if (p.result != KVTIER_OK) ++errors_;
-    if (!p.reserved || generation != generation_) continue;  // cleared meanwhile: slot gone too
-    if (p.result != KVTIER_OK || map_.count(op.id)) {
-      release(p.cls, p.slot);
+  for (Writing& w : mine) {
+    PutOp& op = ops[w.op];
+    op.result = w.result;
+    writing_.erase(op.id);
+    if (w.result != KVTIER_OK) ++errors_;
+    if (!w.reserved) continue;
+    if (w.result != KVTIER_OK) {
+      release(w.cls, w.slot);
       continue;
     }
     lru_.push_front(op.id);
-    map_.emplace(op.id, Entry{p.cls, p.slot, op.size, op.checksum, p.seq, stored[i],
-                              compressed[i] != 0, lru_.begin()});
+    map_.emplace(op.id, Entry{w.cls, w.slot, op.size, op.checksum, w.seq, w.stored, w.compressed,
+                              lru_.begin()});
   }
+  --active_puts_;
+  cv_.notify_all();
 }
 
 void PageFiles::get(std::span<GetOp> ops) {
   struct Pending {
     size_t op;
     int fd;
-    uint64_t offset, length, checksum, stored;
+    uint64_t offset, length, checksum, stored, seq;
     bool compressed;
     std::byte* buf = nullptr;
     size_t buf_size = 0;
+    bool no_memory = false;  // no bounce buffer: the page is fine, this read is not
   };
   std::vector<Pending> pending;
   {
@@ -581,10 +662,11 @@ void PageFiles::get(std::span<GetOp> ops) {
       lru_.splice(lru_.begin(), lru_, e.lru);
       const SizeClass& c = classes_[e.cls];
       pending.push_back(
-          {i, c.fd, e.slot * c.slot_size, e.length, e.checksum, e.stored, e.compressed});
+          {i, c.fd, e.slot * c.slot_size, e.length, e.checksum, e.stored, e.seq, e.compressed});
     }
   }
   if (pending.empty()) return;
+  std::vector<Unreadable> unreadable;
   rings_.with_ring([&](Ring& ring) {
     ring.run(
         pending.size(),
@@ -604,6 +686,7 @@ void PageFiles::get(std::span<GetOp> ops) {
           if (!p.buf) {
             io.fd = -1;
             io.error = -ENOMEM;
+            p.no_memory = true;
             return;
           }
           io.iov.push_back({p.buf, direct_ ? p.buf_size : p.stored});
@@ -611,9 +694,12 @@ void PageFiles::get(std::span<GetOp> ops) {
         [&](size_t i, int res) {
           Pending& p = pending[i];
           GetOp& op = ops[p.op];
-          if (res < 0) {
+          if (p.no_memory) {
+            op.result = KVTIER_ERR_NO_MEMORY;
+          } else if (res < 0) {
             op.result = io_code(res);
-            log().warn("file tier: read in {} failed: {}", dir_, std::strerror(-res));
+            log().warn("file tier: read in {} failed: {}; the page is dropped", dir_,
+                       std::strerror(-res));
           } else if (p.compressed && !decompress_frags(p.buf, p.stored, op.frags, p.length)) {
             op.result = KVTIER_ERR_CORRUPT;  // a damaged frame: a miss, like a bad checksum
           } else {
@@ -624,10 +710,26 @@ void PageFiles::get(std::span<GetOp> ops) {
             op.checksum = p.checksum;
             verify(op);
           }
+          if (op.result == KVTIER_ERR_IO || op.result == KVTIER_ERR_CORRUPT)
+            unreadable.push_back({op.id, p.seq});
           bounce_.put(p.buf, p.buf_size);
           p.buf = nullptr;
         });
   });
+  if (!unreadable.empty()) drop(unreadable);
+}
+
+// A page that cannot be read goes, like one that fails its checksum: kept, it would count as
+// present and block the engine's next set of the key, which would store it again.
+void PageFiles::drop(const std::vector<Unreadable>& pages) {
+  std::lock_guard lock(mu_);
+  for (const Unreadable& u : pages) {
+    auto it = map_.find(u.id);
+    if (it == map_.end() || it->second.seq != u.seq) continue;  // removed or rewritten since
+    release(it->second.cls, it->second.slot);
+    lru_.erase(it->second.lru);
+    map_.erase(it);
+  }
 }
 
 void PageFiles::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
@@ -636,37 +738,27 @@ void PageFiles::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
 }
 
 void PageFiles::remove(std::span<const KeyId> ids, std::span<int> results) {
-  struct Gone {
-    uint32_t cls;
-    int idx_fd;
-    uint64_t slot;
-  };
-  std::vector<Gone> gone;
-  {
-    std::lock_guard lock(mu_);
-    for (size_t i = 0; i < ids.size(); ++i) {
-      auto it = map_.find(ids[i]);
-      if (it == map_.end()) {
-        results[i] = KVTIER_ERR_NOT_FOUND;
-        continue;
-      }
-      const SizeClass& c = classes_[it->second.cls];
-      gone.push_back({it->second.cls, c.idx_fd, it->second.slot});
-      lru_.erase(it->second.lru);
-      map_.erase(it);
-      results[i] = KVTIER_OK;
-    }
-  }
-  // Zero the records so a restart does not bring the pages back; the slots are reused after.
-  for (const Gone& g : gone)
-    if (!write_record(g.idx_fd, g.slot, Record{}))
-      log().warn("file tier: cannot clear a record in {}: {}", dir_, std::strerror(errno));
   std::lock_guard lock(mu_);
-  for (const Gone& g : gone) release(g.cls, g.slot);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto it = map_.find(ids[i]);
+    if (it == map_.end()) {
+      results[i] = KVTIER_ERR_NOT_FOUND;
+      continue;
+    }
+    release(it->second.cls, it->second.slot);  // zeroes the record: a restart keeps it gone
+    lru_.erase(it->second.lru);
+    map_.erase(it);
+    results[i] = KVTIER_OK;
+  }
 }
 
 void PageFiles::clear() {
-  std::lock_guard lock(mu_);
+  // Alone: writes in flight finish first and new ones wait, so nothing a put was writing
+  // while the files were cut can land in them (and come back after a restart).
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] { return !clearing_; });
+  clearing_ = true;
+  cv_.wait(lock, [&] { return active_puts_ == 0; });
   map_.clear();
   lru_.clear();
   for (SizeClass& c : classes_) {
@@ -676,7 +768,8 @@ void PageFiles::clear() {
     c.free.clear();
   }
   live_bytes_ = 0;
-  ++generation_;
+  clearing_ = false;
+  cv_.notify_all();
 }
 
 TierStats PageFiles::stats() const {
@@ -704,67 +797,23 @@ Status PageFiles::rebuild() {
     log().warn("file tier: {}/{} is in an older on-disk format; its pages are dropped", dir_, name);
     ::unlink((dir_ + "/" + name).c_str());
   }
-  struct Found {
-    KeyId id;
-    uint32_t cls;
-    uint64_t slot, length, checksum, seq, stored;
-    bool compressed;
-  };
   std::vector<Found> found;
-  std::vector<Record> recs(16384);  // read 1 MiB of records at a time
   uint64_t scanned = 0;
   for (uint64_t size : sizes) {
-    uint32_t cls;
-    Status status = open_class(size, &cls);
+    Status status = scan_class(size, &found, &scanned);
     if (!status.is_ok()) return status;
-    SizeClass& c = classes_[cls];
-    struct stat st {};
-    if (::fstat(c.fd, &st) != 0)
-      return {KVTIER_ERR_IO, std::string("fstat: ") + std::strerror(errno)};
-    const uint64_t slots = static_cast<uint64_t>(st.st_size) / size;
-    c.file_slots = c.used_slots = slots;
-    std::vector<uint8_t> valid(slots, 0);
-    for (uint64_t first = 0; first < slots; first += recs.size()) {
-      const uint64_t want = std::min<uint64_t>(recs.size(), slots - first);
-      const ssize_t got = ::pread(c.idx_fd, recs.data(), want * sizeof(Record),
-                                  static_cast<off_t>(first * sizeof(Record)));
-      if (got < 0)
-        return {KVTIER_ERR_IO,
-                "cannot read an index file in " + dir_ + ": " + std::strerror(errno)};
-      const uint64_t n = static_cast<uint64_t>(got) / sizeof(Record);  // short: the rest is free
-      for (uint64_t k = 0; k < n; ++k) {
-        const Record& r = recs[k];
-        if (r.magic != kMagic || r.version != kVersion || r.self_checksum != record_sum(r) ||
-            r.length == 0 || r.stored == 0 || r.stored > size || (r.flags & ~kCompressed) ||
-            (!(r.flags & kCompressed) && r.stored != r.length))
-          continue;
-        valid[first + k] = 1;
-        found.push_back({{r.key_hi, r.key_lo},
-                         cls,
-                         first + k,
-                         r.length,
-                         r.checksum,
-                         r.seq,
-                         r.stored,
-                         (r.flags & kCompressed) != 0});
-      }
-      scanned += want;
-      if (n < want) break;
-    }
-    for (uint64_t s = 0; s < slots; ++s)
-      if (!valid[s]) c.free.push_back(s);
   }
-  // Oldest first, so the newest copy of a key wins and ends at the LRU front.
+  // Oldest first: the newest pages end at the LRU front.
   std::sort(found.begin(), found.end(),
             [](const Found& a, const Found& b) { return a.seq < b.seq; });
   for (const Found& f : found) {
     seq_ = std::max(seq_, f.seq + 1);
-    auto it = map_.find(f.id);
-    if (it != map_.end()) {
-      classes_[it->second.cls].free.push_back(it->second.slot);
-      lru_.erase(it->second.lru);
-      live_bytes_ -= classes_[it->second.cls].slot_size;
-      map_.erase(it);
+    if (map_.count(f.id)) {
+      // A second copy of a key (earlier builds wrote them): the first one written is
+      // the one that was served, so it stays; this one's record is zeroed.
+      live_bytes_ += classes_[f.cls].slot_size;  // release() gives it back
+      release(f.cls, f.slot);
+      continue;
     }
     lru_.push_front(f.id);
     map_.emplace(f.id, Entry{f.cls, f.slot, f.length, f.checksum, f.seq, f.stored, f.compressed,
@@ -773,6 +822,63 @@ Status PageFiles::rebuild() {
   }
   while (live_bytes_ > capacity_ && !lru_.empty()) evict_one();
   log().info("file tier: {} opened with {} pages ({} slots scanned)", dir_, map_.size(), scanned);
+  return {};
+}
+
+// Reads one size class's records. Slots past what the capacity could ever use are cut off the
+// files, so a huge (or sparse) page file costs neither memory nor time on open.
+Status PageFiles::scan_class(uint64_t size, std::vector<Found>* found, uint64_t* scanned) {
+  uint32_t cls;
+  Status status = open_class(size, &cls);
+  if (!status.is_ok()) return status;
+  SizeClass& c = classes_[cls];
+  struct stat st {};
+  if (::fstat(c.fd, &st) != 0)
+    return {KVTIER_ERR_IO, std::string("fstat: ") + std::strerror(errno)};
+  uint64_t slots = static_cast<uint64_t>(st.st_size) / size;
+  // reserve() grows a file by at most kGrowBytes past the capacity.
+  const uint64_t max_slots = (capacity_ + kGrowBytes) / size;
+  if (slots > max_slots) {
+    log().warn(
+        "file tier: {}/pages-{}.dat holds {} slots, more than a capacity of {} bytes "
+        "uses; cut to {}",
+        dir_, size, slots, capacity_, max_slots);
+    slots = max_slots;
+    if (::ftruncate(c.fd, static_cast<off_t>(slots * size)) != 0 ||
+        ::ftruncate(c.idx_fd, static_cast<off_t>(slots * sizeof(Record))) != 0)
+      return {KVTIER_ERR_IO, "cannot shorten a page file in " + dir_ + ": " + std::strerror(errno)};
+  }
+  c.file_slots = c.used_slots = slots;
+  std::vector<uint8_t> valid(slots, 0);
+  std::vector<Record> recs(std::min<uint64_t>(16384, slots));  // 1 MiB of records at a time
+  for (uint64_t first = 0; first < slots; first += recs.size()) {
+    const uint64_t want = std::min<uint64_t>(recs.size(), slots - first);
+    const ssize_t got = ::pread(c.idx_fd, recs.data(), want * sizeof(Record),
+                                static_cast<off_t>(first * sizeof(Record)));
+    if (got < 0)
+      return {KVTIER_ERR_IO, "cannot read an index file in " + dir_ + ": " + std::strerror(errno)};
+    const uint64_t n = static_cast<uint64_t>(got) / sizeof(Record);  // short: the rest is free
+    for (uint64_t k = 0; k < n; ++k) {
+      const Record& r = recs[k];
+      if (r.magic != kMagic || r.version != kVersion || r.self_checksum != record_sum(r) ||
+          r.length == 0 || r.stored == 0 || r.stored > size || (r.flags & ~kCompressed) ||
+          (!(r.flags & kCompressed) && r.stored != r.length))
+        continue;
+      valid[first + k] = 1;
+      found->push_back({{r.key_hi, r.key_lo},
+                        cls,
+                        first + k,
+                        r.length,
+                        r.checksum,
+                        r.seq,
+                        r.stored,
+                        (r.flags & kCompressed) != 0});
+    }
+    *scanned += want;
+    if (n < want) break;
+  }
+  for (uint64_t slot = 0; slot < slots; ++slot)
+    if (!valid[slot]) c.free.push_back(slot);
   return {};
 }
 

@@ -1,13 +1,66 @@
 #include "uring.h"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
 namespace kvtier {
 
-Status Ring::create(unsigned depth, std::unique_ptr<Ring>* out) {
+Status Faults::parse(const char* text, std::unique_ptr<Faults>* out) {
+  out->reset();
+  if (!text || !*text) return {};
+  auto f = std::make_unique<Faults>();
+  std::string spec(text);
+  for (size_t at = 0; at <= spec.size();) {
+    size_t end = spec.find(',', at);
+    if (end == std::string::npos) end = spec.size();
+    const std::string rule = spec.substr(at, end - at);
+    at = end + 1;
+    char op[8] = {}, kind[8] = {};
+    unsigned long long every = 0;
+    int used = 0;
+    if (std::sscanf(rule.c_str(), "%7[a-z]:%llu:%7[a-z]%n", op, &every, kind, &used) != 3 ||
+        used != static_cast<int>(rule.size()) || every == 0)
+      return {KVTIER_ERR_CONFIG, "KVTIER_TEST_FILE_FAULTS: bad rule '" + rule +
+                                     "' (want op:N:kind, op read|write|sync, kind "
+                                     "eio|enospc|short)"};
+    const std::string o(op), k(kind);
+    const int which = o == "read" ? kRead : o == "write" ? kWrite : o == "sync" ? kSync : -1;
+    const int code = k == "eio" ? -EIO : k == "enospc" ? -ENOSPC : k == "short" ? 1 : 0;
+    if (which < 0 || code == 0 || (which == kSync && code == 1))
+      return {KVTIER_ERR_CONFIG, "KVTIER_TEST_FILE_FAULTS: bad rule '" + rule + "'"};
+    auto r = std::make_unique<Rule>();
+    r->every = every;
+    r->kind = code;
+    f->rules_[which].push_back(std::move(r));
+  }
+  *out = std::move(f);
+  return {};
+}
+
+int Faults::on_complete(Op op, int res) {
+  if (res <= 0) return res;
+  for (auto& r : rules_[op]) {
+    if (!r->fires()) continue;
+    if (r->kind < 0) return r->kind;
+    // Short: report only whole 4 KiB blocks of the first half (O_DIRECT must resume aligned);
+    // the ring moves the rest again, which rewrites or rereads the same bytes.
+    const int part = (res / 2) & ~4095;
+    if (part > 0) return part;
+  }
+  return res;
+}
+
+int Faults::on_sync() {
+  for (auto& r : rules_[kSync])
+    if (r->fires()) return r->kind;
+  return 0;
+}
+
+Status Ring::create(unsigned depth, Faults* faults, std::unique_ptr<Ring>* out) {
   std::unique_ptr<Ring> r(new Ring());
+  r->faults_ = faults;
   int rc = io_uring_queue_init(depth, &r->ring_, 0);
   if (rc < 0)
     return {KVTIER_ERR_IO,
@@ -90,8 +143,9 @@ void Ring::run(size_t count, const std::function<void(size_t, Io&)>& prepare,
     while ((got = io_uring_peek_batch_cqe(&ring_, cqes, 64)) > 0) {
       for (unsigned c = 0; c < got; ++c) {
         const unsigned s = static_cast<unsigned>(io_uring_cqe_get_data64(cqes[c]));
-        const int res = cqes[c]->res;
         Flight& f = flights[s];
+        int res = cqes[c]->res;
+        if (faults_) res = faults_->on_complete(f.io.write ? Faults::kWrite : Faults::kRead, res);
         if (res == -EAGAIN || res == -EINTR) {
           queue(s);
           continue;
@@ -126,10 +180,10 @@ void Ring::run(size_t count, const std::function<void(size_t, Io&)>& prepare,
   if (unsubmitted) io_uring_submit(&ring_);
 }
 
-Status RingPool::init(unsigned rings, unsigned depth) {
+Status RingPool::init(unsigned rings, unsigned depth, Faults* faults) {
   for (unsigned i = 0; i < rings; ++i) {
     auto slot = std::make_unique<Slot>();
-    Status s = Ring::create(depth, &slot->ring);
+    Status s = Ring::create(depth, faults, &slot->ring);
     if (!s.is_ok()) return s;
     rings_.push_back(std::move(slot));
   }

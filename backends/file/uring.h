@@ -6,6 +6,7 @@
 #include <liburing.h>
 #include <sys/uio.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -14,6 +15,30 @@
 #include "status.h"
 
 namespace kvtier {
+
+// Test-only fault injection (KVTIER_TEST_FILE_FAULTS, read by the file tier at open): rules
+// "op:N:kind" separated by ',', with op read, write or sync, kind eio, enospc or short: every
+// Nth I/O of that op fails with that errno, or (short, read/write) reports a short transfer,
+// so the rest is resubmitted. Lets tests drive every error path without a failing disk.
+class Faults {
+ public:
+  enum Op { kRead, kWrite, kSync, kOps };
+  // nullptr in *out when text is NULL or empty; KVTIER_ERR_CONFIG for a malformed rule.
+  static Status parse(const char* text, std::unique_ptr<Faults>* out);
+  // The completion result to report for an I/O of `op` that returned `res`.
+  int on_complete(Op op, int res);
+  // 0, or the -errno an fdatasync should fail with.
+  int on_sync();
+
+ private:
+  struct Rule {
+    uint64_t every = 0;
+    int kind = 0;  // -errno, or 1: short
+    std::atomic<uint64_t> count{0};
+    bool fires() { return (count.fetch_add(1) + 1) % every == 0; }
+  };
+  std::vector<std::unique_ptr<Rule>> rules_[kOps];
+};
 
 struct Io {
   int fd = -1;  // -1: nothing to do (prepare failed); done() gets `error`
@@ -25,7 +50,8 @@ struct Io {
 
 class Ring {
  public:
-  static Status create(unsigned depth, std::unique_ptr<Ring>* out);
+  // `faults` (test-only, may be NULL) outlives the ring.
+  static Status create(unsigned depth, Faults* faults, std::unique_ptr<Ring>* out);
   ~Ring();
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
@@ -39,12 +65,13 @@ class Ring {
   Ring() = default;
   io_uring ring_{};
   unsigned depth_ = 0;
+  Faults* faults_ = nullptr;
 };
 
 // A few rings shared by the threads that call a tier: a caller takes a free one for a batch.
 class RingPool {
  public:
-  Status init(unsigned rings, unsigned depth);
+  Status init(unsigned rings, unsigned depth, Faults* faults);
   template <class F>
   void with_ring(F&& f) {
     const size_t n = rings_.size();
