@@ -65,6 +65,9 @@ using kvtier::Status;
 
 // Batches above this are refused: they are a caller bug (the engine sends <= a few thousand).
 constexpr size_t kMaxBatch = size_t{1} << 24;
+// Fragments per call above this are refused before anything is allocated for them (an MHA
+// layer_first page has 2 per layer: 256 per key covers 128 layers at kMaxBatch keys).
+constexpr size_t kMaxFrags = kMaxBatch * 256;
 
 thread_local std::string t_last_error;
 
@@ -105,6 +108,15 @@ int refuse(T* results, size_t n, int code, const std::string& msg) {
   return fail(code, msg);
 }
 
+// guarded() for batch calls: a call that fails as a whole (also by an exception, such as
+// running out of memory) leaves its code in every result slot, as convention 2 promises.
+template <class T, class F>
+int guarded_batch(const char* fn, T* results, size_t n, F&& body) noexcept {
+  const int rc = guarded(fn, body);
+  if (rc < 0 && results && n <= kMaxBatch) std::fill(results, results + n, T(rc));
+  return rc;
+}
+
 // The checks every batch call starts with; an empty string means they passed.
 std::string check_batch(const kvtier_store_t* store, const char* const* keys, size_t n,
                         const void* results) {
@@ -141,6 +153,8 @@ int get_v1(kvtier_store_t* store, const char* const* keys, size_t n, std::span<c
 
 std::string check_v1(void* const* ptrs, const size_t* sizes, size_t n_frags, size_t n) {
   if (!ptrs || !sizes) return "fragment pointer or size array is NULL";
+  if (n_frags > kMaxFrags)
+    return std::to_string(n_frags) + " fragments is more than " + std::to_string(kMaxFrags);
   if (n_frags == 0 || n_frags % n)
     return std::to_string(n_frags) + " fragments do not split evenly over " + std::to_string(n) +
            " keys";
@@ -321,7 +335,7 @@ void kvtier_close(kvtier_store_t* store) {
 
 int kvtier_batch_set(kvtier_store_t* store, const char* const* keys, size_t n,
                      const void* const* values, const size_t* sizes, int* results) {
-  return guarded("kvtier_batch_set", [&] {
+  return guarded_batch("kvtier_batch_set", results, n, [&] {
     if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     if (!values || !sizes)
@@ -334,7 +348,7 @@ int kvtier_batch_set(kvtier_store_t* store, const char* const* keys, size_t n,
 
 int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n, void* const* buffers,
                      const size_t* capacities, int64_t* results) {
-  return guarded("kvtier_batch_get", [&] {
+  return guarded_batch("kvtier_batch_get", results, n, [&] {
     if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     if (!buffers || !capacities)
@@ -357,7 +371,7 @@ int kvtier_batch_exists(kvtier_store_t* store, const char* const* keys, size_t n
 
 int kvtier_batch_exists_each(kvtier_store_t* store, const char* const* keys, size_t n,
                              int* present) {
-  return guarded("kvtier_batch_exists_each", [&] {
+  return guarded_batch("kvtier_batch_exists_each", present, n, [&] {
     if (std::string bad = check_batch(store, keys, n, present); !bad.empty())
       return refuse(present, n, KVTIER_ERR_INVALID_ARG, bad);
     return note(store->rep->exists_each({keys, n}, {present, n}, store->page_format()));
@@ -365,7 +379,7 @@ int kvtier_batch_exists_each(kvtier_store_t* store, const char* const* keys, siz
 }
 
 int kvtier_batch_remove(kvtier_store_t* store, const char* const* keys, size_t n, int* results) {
-  return guarded("kvtier_batch_remove", [&] {
+  return guarded_batch("kvtier_batch_remove", results, n, [&] {
     if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     return note(store->rep->remove({keys, n}, {results, n}, store->page_format()));
@@ -412,7 +426,7 @@ int kvtier_unregister_buffer(kvtier_store_t* store, void* addr) {
 int kvtier_batch_set_v1(kvtier_store_t* store, const char* const* keys, size_t n,
                         void* const* frag_ptrs, const size_t* frag_sizes, size_t n_frags,
                         int* results) {
-  return guarded("kvtier_batch_set_v1", [&] {
+  return guarded_batch("kvtier_batch_set_v1", results, n, [&] {
     if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     if (std::string bad = check_v1(frag_ptrs, frag_sizes, n_frags, n); !bad.empty())
@@ -426,7 +440,7 @@ int kvtier_batch_set_v1(kvtier_store_t* store, const char* const* keys, size_t n
 int kvtier_batch_get_v1(kvtier_store_t* store, const char* const* keys, size_t n,
                         void* const* frag_ptrs, const size_t* frag_sizes, size_t n_frags,
                         int* results) {
-  return guarded("kvtier_batch_get_v1", [&] {
+  return guarded_batch("kvtier_batch_get_v1", results, n, [&] {
     if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     if (std::string bad = check_v1(frag_ptrs, frag_sizes, n_frags, n); !bad.empty())
@@ -595,7 +609,12 @@ int kvtier_get_page_buffer_meta(kvtier_store_t* store, const int64_t* slots, siz
                                               " token slots is not a whole number of pages of " +
                                               std::to_string(layout.page_size));
     const size_t pages = n_slots / layout.page_size;
-    const size_t count = pages * layout.frags_per_page();
+    size_t count = 0, bytes = 0;
+    // A count whose arrays cannot exist is bad input, not a wrapped multiplication.
+    if (__builtin_mul_overflow(pages, layout.frags_per_page(), &count) ||
+        __builtin_mul_overflow(count, sizeof(Frag), &bytes) || count > kMaxFrags)
+      return fail(KVTIER_ERR_INVALID_ARG, std::to_string(n_slots) + " token slots make more than " +
+                                              std::to_string(kMaxFrags) + " fragments");
     if (capacity < count)
       return fail(KVTIER_ERR_BUFFER_TOO_SMALL, "need room for " + std::to_string(count) +
                                                    " fragments, got " + std::to_string(capacity));
@@ -612,14 +631,14 @@ int kvtier_get_page_buffer_meta(kvtier_store_t* store, const int64_t* slots, siz
 
 int kvtier_batch_set_v1_slots(kvtier_store_t* store, const char* const* keys, size_t n,
                               const int64_t* slots, size_t n_slots, int* results) {
-  return guarded("kvtier_batch_set_v1_slots",
-                 [&] { return with_slots(store, keys, n, slots, n_slots, results, put_v1); });
+  return guarded_batch("kvtier_batch_set_v1_slots", results, n,
+                       [&] { return with_slots(store, keys, n, slots, n_slots, results, put_v1); });
 }
 
 int kvtier_batch_get_v1_slots(kvtier_store_t* store, const char* const* keys, size_t n,
                               const int64_t* slots, size_t n_slots, int* results) {
-  return guarded("kvtier_batch_get_v1_slots",
-                 [&] { return with_slots(store, keys, n, slots, n_slots, results, get_v1); });
+  return guarded_batch("kvtier_batch_get_v1_slots", results, n,
+                       [&] { return with_slots(store, keys, n, slots, n_slots, results, get_v1); });
 }
 
 }  // extern "C"
