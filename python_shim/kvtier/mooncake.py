@@ -2,9 +2,10 @@
 Return conventions follow Mooncake: put calls give 0 or a negative code per key, get calls the
 bytes read or a negative code, is_exist 1, 0 or a negative code."""
 
+import ctypes
 from typing import List, Optional, Sequence
 
-from .errors import KvtierError
+from .errors import SIZE_MISMATCH, KvtierError
 from .store import Store
 
 
@@ -76,7 +77,36 @@ class MooncakeStore:
             return [e.code] * n
         if not report_bytes:
             return res
-        return [sum(all_sizes[i]) if r == 0 else r for i, r in enumerate(res)]
+        out = [sum(all_sizes[i]) if r == 0 else r for i, r in enumerate(res)]
+        # Mooncake's rule: buffers at least as large as the object get it. The zero-copy read
+        # takes only exact sizes (and checked the buffers are registered before the size), so
+        # a smaller object is read again through the copying call and scattered.
+        smaller = [i for i, r in enumerate(res) if r == SIZE_MISMATCH]
+        if smaller:
+            got = self._get_scattered([keys[i] for i in smaller], [all_ptrs[i] for i in smaller],
+                                      [all_sizes[i] for i in smaller])
+            for i, r in zip(smaller, got):
+                out[i] = r
+        return out
+
+    def _get_scattered(self, keys, all_ptrs, all_sizes) -> List[int]:
+        bufs = [bytearray(sum(sizes)) for sizes in all_sizes]
+        try:
+            res = self.store.batch_get(list(keys), bufs)
+        except KvtierError as e:
+            return [e.code] * len(keys)
+        for buf, ptrs, sizes, r in zip(bufs, all_ptrs, all_sizes, res):
+            if r <= 0:
+                continue
+            src = (ctypes.c_char * len(buf)).from_buffer(buf)
+            done = 0
+            for p, sz in zip(ptrs, sizes):
+                take = min(sz, r - done)
+                if take <= 0:
+                    break
+                ctypes.memmove(p, ctypes.addressof(src) + done, take)
+                done += take
+        return res
 
     def put(self, key: str, value: bytes, config=None) -> int:
         return self.store.batch_set([key], [value])[0]

@@ -37,10 +37,13 @@ class _Keys:
                 self._as_parameter_ = ctypes.cast(ptrs.buffer_info()[0], _native.c_char_pp)
                 self._keep = (blob, ptrs)
                 return
-            if len(blob) == sum(map(len, keys)) + len(keys):  # ASCII, mixed lengths
-                self._point_into(blob, map(len, keys[:-1]))
+            if len(blob) == sum(map(len, keys)) + len(keys) and blob.count(0) == len(keys):
+                self._point_into(blob, map(len, keys[:-1]))  # ASCII, mixed lengths, no NUL
                 return
         enc = [k.encode() if isinstance(k, str) else k for k in keys]
+        # A key with a NUL in it would reach C cut short, as another key: it goes as NULL, which
+        # fails that key alone with KVTIER_ERR_INVALID_ARG.
+        enc = [None if isinstance(e, bytes) and b"\0" in e else e for e in enc]
         if any(not isinstance(e, bytes) for e in enc):  # None and odd types: per-key path
             arr = (ctypes.c_char_p * len(enc))()
             arr[:] = [e if e is None else bytes(e) for e in enc]
@@ -58,18 +61,33 @@ class _Keys:
 _keys = _Keys
 
 
-def _address(obj, writable: bool) -> Tuple[int, int, object]:
-    """(address, length, keep-alive) of a bytes-like, numpy array or torch tensor."""
+# What _address gives for a buffer that is not one block of memory: a NULL fragment of one
+# byte, which the C call fails alone with KVTIER_ERR_INVALID_ARG.
+_NOT_CONTIGUOUS = (None, 1, None)
+
+
+def _address(obj, writable: bool) -> Tuple[Optional[int], int, object]:
+    """(address, length, keep-alive) of a bytes-like, numpy array or torch tensor. A strided or
+    reversed view is not the block [address, address + length): it gets _NOT_CONTIGUOUS."""
     if hasattr(obj, "data_ptr") and hasattr(obj, "element_size"):  # torch.Tensor
+        if not obj.is_contiguous():
+            return _NOT_CONTIGUOUS
         return obj.data_ptr(), obj.numel() * obj.element_size(), obj
     if hasattr(obj, "__array_interface__") and hasattr(obj, "nbytes"):  # numpy
+        if not (obj.flags["C_CONTIGUOUS"] or obj.flags["F_CONTIGUOUS"]):
+            return _NOT_CONTIGUOUS
+        if writable and not obj.flags["WRITEABLE"]:
+            raise TypeError("array is read-only")
         return obj.__array_interface__["data"][0], obj.nbytes, obj
     if isinstance(obj, bytes):
         if writable:
             raise TypeError("bytes is read-only; pass a bytearray, numpy array or tensor")
         p = ctypes.c_char_p(obj)
         return ctypes.cast(p, ctypes.c_void_p).value or 0, len(obj), p
-    mv = memoryview(obj).cast("B")
+    mv = memoryview(obj)
+    if not mv.contiguous:
+        return _NOT_CONTIGUOUS
+    mv = mv.cast("B")
     if mv.readonly:
         if writable:
             raise TypeError("buffer is read-only")
@@ -80,11 +98,22 @@ def _address(obj, writable: bool) -> Tuple[int, int, object]:
     return ctypes.addressof(c), len(mv), c
 
 
+# Characters that separate settings in a config string: inside a dict's name or value they
+# would smuggle in other settings.
+_CONFIG_SEPARATORS = (";", "=", "\n", "\r", "\0")
+
+
 def _config_string(config) -> Optional[bytes]:
     if config is None:
         return None
     if isinstance(config, dict):
+        for k, v in config.items():
+            bad = [c for c in _CONFIG_SEPARATORS if c in str(k) or c in str(v)]
+            if bad:
+                raise KvtierError(-7, f"config {k!r}: {bad[0]!r} is not allowed in a name or value")
         config = ";".join(f"{k}={v}" for k, v in config.items())
+    if "\0" in config:
+        raise KvtierError(-7, "config string holds a NUL character")
     return config.encode()
 
 
