@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
 #include <netinet/in.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 
 #include <atomic>
@@ -146,6 +147,96 @@ TEST(Remote, HungServerTimesOut) {
   EXPECT_LE(took, std::chrono::milliseconds(700));
   EXPECT_GE(took, std::chrono::milliseconds(250));
   for (int r : b.get(s)) EXPECT_EQ(r, 1) << "served again once the server runs";
+  kvtier_close(s);
+}
+
+// A warm pool whose server was restarted: the first call on each dead connection is retried
+// once on a fresh one (it failed before any reply), so no call fails while the server is up.
+TEST(Remote, RestartedServerCostsNoFailedCall) {
+  ServerProcess srv;
+  kvtier_store_t* s =
+      open_store("tiers=remote;remote_timeout_ms=1000;remote_servers=" + srv.address());
+  Batch b("warm", 4, 8192);
+  for (int i = 0; i < 8; ++i)  // calls take the pool's connections in turn: all four are warm
+    for (int r : b.set(s)) ASSERT_EQ(r, KVTIER_OK);
+  for (int round = 0; round < 2; ++round) {
+    srv.kill_now(SIGKILL);
+    ASSERT_TRUE(srv.restart());
+    for (int i = 0; i < 8; ++i) {
+      for (int r : b.set(s)) EXPECT_EQ(r, KVTIER_OK) << "round " << round << " call " << i;
+      for (int r : b.get(s)) EXPECT_EQ(r, 1) << "round " << round << " call " << i;
+    }
+  }
+  kvtier_close(s);
+}
+
+// More callers than pooled connections against a hung server: each call fails within the
+// timeout, the wait for a connection included.
+TEST(Remote, HungServerFailsEveryCallWithinTheTimeout) {
+  ServerProcess srv;
+  constexpr int kTimeoutMs = 400;
+  kvtier_store_t* s = open_store("tiers=remote;remote_timeout_ms=" + std::to_string(kTimeoutMs) +
+                                 ";remote_servers=" + srv.address());
+  Batch b("hung-many", 2, 4096);
+  for (int r : b.set(s)) ASSERT_EQ(r, KVTIER_OK);
+  srv.kill_now(SIGSTOP);
+  for (int threads : {4, 16}) {
+    std::atomic<long long> worst_ms{0};
+    std::atomic<int> bad{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t)
+      ts.emplace_back([&] {
+        for (int call = 0; call < 3; ++call) {
+          auto t0 = Clock::now();
+          for (int r : b.get(s))
+            if (r != KVTIER_ERR_TIMEOUT && r != KVTIER_ERR_UNAVAILABLE) ++bad;
+          const long long ms =
+              std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+          long long w = worst_ms.load();
+          while (ms > w && !worst_ms.compare_exchange_weak(w, ms)) {
+          }
+        }
+      });
+    for (auto& t : ts) t.join();
+    EXPECT_EQ(bad.load(), 0);
+    EXPECT_LE(worst_ms.load(), kTimeoutMs + 250) << threads << " threads: a call took longer";
+  }
+  srv.kill_now(SIGCONT);
+  bool back = false;
+  for (int i = 0; i < 20 && !back; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto r = b.get(s);
+    back = r[0] == 1 && r[1] == 1;
+  }
+  EXPECT_TRUE(back) << "not served again once the server runs";
+  kvtier_close(s);
+}
+
+// A value larger than a server takes is refused by the client, at once, with its own code;
+// the connection and the other keys are unharmed.
+TEST(Remote, ValueLargerThanAServerTakesIsRefusedByTheClient) {
+  ServerProcess srv;
+  kvtier_store_t* s = open_store("tiers=remote;remote_servers=" + srv.address());
+  const size_t huge = size_t{3} << 29;  // 1.5 GiB, mapped but never touched past its ends
+  void* mem = mmap(nullptr, huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  kvtier_test::fill_random(mem, 4096);
+  kvtier_test::fill_random(static_cast<char*>(mem) + huge - 4096, 4096);
+  Batch b("beside-huge", 1, 10000);
+  const char* keys[] = {"huge", b.ck[0]};
+  const void* vals[] = {mem, b.ptrs[0]};
+  size_t sizes[] = {huge, b.sizes[0]};
+  int res[2] = {99, 99};
+  auto t0 = Clock::now();
+  ASSERT_EQ(kvtier_batch_set(s, keys, 2, vals, sizes, res), KVTIER_OK);
+  EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(500)) << "the value was sent";
+  EXPECT_EQ(res[0], KVTIER_ERR_NO_SPACE) << kvtier_error_name(res[0]);
+  EXPECT_EQ(res[1], KVTIER_OK) << kvtier_error_name(res[1]);
+  munmap(mem, huge);
+  for (int r : b.get(s)) EXPECT_EQ(r, 1);
+  size_t hits = 99;
+  ASSERT_EQ(kvtier_batch_exists(s, keys, 1, &hits), KVTIER_OK);
+  EXPECT_EQ(hits, 0u);
   kvtier_close(s);
 }
 

@@ -31,7 +31,7 @@ uint64_t mix(uint64_t x) {  // splitmix64
 }
 
 struct Conn {
-  std::mutex mu;
+  std::timed_mutex mu;  // taken with the call's deadline: a hung server holds it
   int fd = -1;
   void drop() {
     if (fd >= 0) ::close(fd);
@@ -54,6 +54,10 @@ struct ServerRef {
   int64_t rdma_backoff_s = 0;              // grows 5 s, 10 s, ... 5 min while RDMA keeps failing
   std::atomic<uint64_t> boot_id{0};        // the server start the channel was made with
 };
+
+// Reply frames this thread has begun to read: a call that saw none failed before any reply,
+// so it can run again on another connection without anything having happened twice.
+thread_local uint64_t t_replies = 0;
 
 // Appends iovecs for the first `len` bytes of the fragments.
 void add_iov(Frags frags, size_t len, std::vector<iovec>* iov) {
@@ -106,11 +110,24 @@ class RemoteTier final : public Tier {
   void put(std::span<PutOp> ops) override {
     std::vector<int> best(ops.size(), KVTIER_ERR_UNAVAILABLE);
     std::vector<uint8_t> stored(ops.size(), 0);
+    // A value no server takes is refused here, before it is sent: a server drops a
+    // connection that carries one.
+    std::vector<uint8_t> fits(ops.size(), 1);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (ops[i].size <= wire::kMaxValue) continue;
+      fits[i] = 0;
+      best[i] = KVTIER_ERR_NO_SPACE;
+      log().warn("remote tier: a value of {} bytes is larger than a server takes ({} bytes)",
+                 ops[i].size, wire::kMaxValue);
+    }
     for (unsigned r = 0; r < replicas_; ++r) {
       for (auto& grp : group(
                ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
         ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
-        auto& idx = grp.second;
+        std::vector<size_t> idx;
+        for (size_t i : grp.second)
+          if (fits[i]) idx.push_back(i);
+        if (idx.empty()) continue;
         Status path;
         if (use_rdma(*srv, &path)) {
           put_rdma(*srv, ops, idx, best, stored);
@@ -642,6 +659,7 @@ class RemoteTier final : public Tier {
     wire::Header h;
     Status s = net::read_all(fd, head, sizeof head, dl);
     if (!s.is_ok()) return s;
+    ++t_replies;
     s = wire::decode_header(head, &h);
     if (!s.is_ok()) return s;
     std::vector<uint8_t> reply(h.length);
@@ -667,33 +685,46 @@ class RemoteTier final : public Tier {
   }
 
   // Runs f(fd, deadline) on a connection of `s` (connecting it first); a failed connection is
-  // closed, since whatever the stream held is lost; the next call reconnects.
+  // closed, since whatever the stream held is lost; the next call reconnects. The deadline
+  // covers the wait for a connection too. A pooled connection that fails before any reply
+  // (the server restarted since it was made) is replaced once, within the same deadline.
   template <class F>
   Status with_conn(ServerRef& s, F&& f) {
-    const size_t n = s.conns.size();
-    const size_t start = s.next.fetch_add(1, std::memory_order_relaxed);
-    Conn* conn = nullptr;
-    std::unique_lock<std::mutex> lock;
-    for (size_t k = 0; k < n && !conn; ++k) {
-      std::unique_lock l(s.conns[(start + k) % n]->mu, std::try_to_lock);
-      if (l.owns_lock()) {
-        conn = s.conns[(start + k) % n].get();
-        lock = std::move(l);
-      }
-    }
-    if (!conn) {
-      conn = s.conns[start % n].get();
-      lock = std::unique_lock(conn->mu);
-    }
     const Deadline dl = deadline();
+    std::unique_lock<std::timed_mutex> lock;
+    Conn* conn = take_conn(s, dl, &lock);
+    if (!conn)
+      return {KVTIER_ERR_TIMEOUT, "server " + s.name + ": no connection free before the deadline"};
     Status st;
-    if (conn->fd < 0) st = connect(s, *conn, dl);
-    if (st.is_ok()) st = f(conn->fd, dl);
-    if (!st.is_ok()) {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      const bool pooled = conn->fd >= 0;
+      if (!pooled) st = connect(s, *conn, dl);
+      const uint64_t replies = t_replies;
+      if (st.is_ok()) st = f(conn->fd, dl);
+      if (st.is_ok()) break;
       conn->drop();
       log().debug("remote tier: {}: {}", s.name, st.message());
+      if (!pooled || st.code() != KVTIER_ERR_UNAVAILABLE || t_replies != replies) break;
     }
     return st;
+  }
+
+  // A free connection of `s` (held in *lock), waiting for one until the deadline; NULL if none.
+  static Conn* take_conn(ServerRef& s, Deadline dl, std::unique_lock<std::timed_mutex>* lock) {
+    const size_t n = s.conns.size();
+    const size_t start = s.next.fetch_add(1, std::memory_order_relaxed);
+    for (size_t k = 0; k < n; ++k) {
+      std::unique_lock l(s.conns[(start + k) % n]->mu, std::try_to_lock);
+      if (l.owns_lock()) {
+        *lock = std::move(l);
+        return s.conns[(start + k) % n].get();
+      }
+    }
+    Conn* conn = s.conns[start % n].get();
+    std::unique_lock l(conn->mu, dl);
+    if (!l.owns_lock()) return nullptr;
+    *lock = std::move(l);
+    return conn;
   }
 
   // One request and its reply on a connection of `s`.
