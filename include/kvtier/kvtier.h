@@ -8,9 +8,11 @@
  *     kvtier_last_error() the detail of the last failure on the calling thread.
  *  2. Batches. A batch call takes `n` keys (n >= 1) and fills one result per key. If the call
  *     returns 0 it ran, and each key's result tells how that key fared: bad input in one key
- *     fails that key alone. If it returns a negative code the call as a whole was refused
- *     (NULL arrays, n == 0, mismatched counts), nothing was read or written, and every
- *     result slot (when the results array is not NULL) holds that code.
+ *     (a NULL, empty or over-long key, a bad fragment) fails that key alone, and
+ *     kvtier_last_error() tells the first such failure. If it returns a negative code the call
+ *     as a whole was refused (NULL arrays, n == 0, mismatched or impossible counts) or could
+ *     not run (out of memory), nothing was read or written, and every result slot (when the
+ *     results array is not NULL) holds that code.
  *  3. Keys are NUL-terminated strings of 1..KVTIER_MAX_KEY_LEN bytes. The store hashes them on
  *     entry and keeps no pointer to them after the call returns.
  *  4. Ownership. The caller owns every buffer it passes; the library reads or writes it only
@@ -19,8 +21,25 @@
  *     memory and require it to lie in a region registered with kvtier_register_buffer().
  *  5. Threads. A store handle may be used from any number of threads at once. Registering or
  *     unregistering a buffer while a call that uses it is in flight is the caller's error.
+ *     kvtier_close() frees the handle: it must not overlap any other call on that handle (the
+ *     library does not wait for them; an engine detaching the store stops its threads' calls
+ *     first), and a call with a closed handle is a use after free, as with free(). Pass NULL
+ *     instead: every call refuses a NULL handle with KVTIER_ERR_INVALID_ARG.
  *  6. Nothing is ever written past a buffer's stated size, and no call aborts the process.
- *  7. ABI. Values of codes and enum constants never change once released; new behaviour gets
+ *  7. What a failed read leaves. A key whose get result is not a success was not read: the
+ *     caller must not use the bytes of its destination (its buffer's first `capacity` bytes;
+ *     for the _v1 calls its fragments). Keys refused by the input checks (INVALID_ARG,
+ *     KEY_TOO_LONG, NOT_REGISTERED) are not touched, and a stored size that does not fit
+ *     (BUFFER_TOO_SMALL, SIZE_MISMATCH) is found before any byte of that copy moves.
+ *     Otherwise a failed key's destination may hold any bytes: reads land in place before they
+ *     are checked, so a copy that fails its checksum (reported as KVTIER_ERR_NOT_FOUND when no
+ *     other tier has the key) or a transfer cut off midway (IO, UNAVAILABLE, TIMEOUT) leaves
+ *     what had arrived. Other keys' destinations, and any byte past a destination's size, are
+ *     never written.
+ *  8. Destinations of one get batch must not overlap each other. If they do, each key's result
+ *     still says truly whether that key was read, but the shared bytes hold an unspecified mix
+ *     of the keys' values. Sources of a set batch may overlap (they are only read).
+ *  9. ABI. Values of codes and enum constants never change once released; new behaviour gets
  *     new symbols (a _v2 call), never a changed signature. Option structs start with their
  *     own size so they can grow.
  */
@@ -99,7 +118,8 @@ typedef struct kvtier_store kvtier_store_t;
  * @return : 0 and *out set, or KVTIER_ERR_CONFIG (the detail names the setting and value), or
  *           another code; *out is NULL on failure. */
 KVTIER_API int kvtier_open(const char* config, kvtier_store_t** out);
-/* Closes a store; in-flight calls must have returned. NULL is fine. */
+/* Closes a store and frees the handle; every other call on it must have returned, and none may
+ * follow (convention 5). NULL is fine. */
 KVTIER_API void kvtier_close(kvtier_store_t* store);
 
 /* ---- Page identity ------------------------------------------------------------------------ */
@@ -133,7 +153,8 @@ KVTIER_API int kvtier_batch_set(kvtier_store_t* store, const char* const* keys, 
 
 /* Reads keys[i] into buffers[i], which holds capacities[i] bytes.
  * results[i] : the value's size in bytes, KVTIER_ERR_NOT_FOUND, KVTIER_ERR_BUFFER_TOO_SMALL
- *              (nothing written to that buffer), or another negative code. */
+ *              (nothing written to that buffer), or another negative code. A failed key's
+ *              buffer may hold bytes of a damaged copy (convention 7). */
 KVTIER_API int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n,
                                 void* const* buffers, const size_t* capacities, int64_t* results);
 
@@ -184,7 +205,9 @@ KVTIER_API int kvtier_batch_set_v1(kvtier_store_t* store, const char* const* key
 /* Reads each key into its fragments, in place; the bytes are there when the call returns.
  * results[i] : 0, KVTIER_ERR_NOT_FOUND, KVTIER_ERR_SIZE_MISMATCH (the stored value is not
  *              exactly the fragments' total; nothing written), KVTIER_ERR_NOT_REGISTERED
- *              (nothing written), or another negative code. */
+ *              (nothing written), or another negative code. The bytes land in the fragments
+ *              before their checksum is checked: a key that fails (also as NOT_FOUND) may
+ *              leave a damaged copy there (convention 7); use only the keys that succeeded. */
 KVTIER_API int kvtier_batch_get_v1(kvtier_store_t* store, const char* const* keys, size_t n,
                                    void* const* frag_ptrs, const size_t* frag_sizes, size_t n_frags,
                                    int* results);
@@ -232,7 +255,9 @@ KVTIER_API int kvtier_page_fragments(kvtier_store_t* store, size_t* per_page);
 /* The engine's get_page_buffer_meta, in C: for the pages that start at slots[0], slots[P],
  * slots[2P], ... (n_slots a multiple of P) writes n_slots/P * per_page pointers and sizes, in
  * the engine's order. `capacity` is the length of ptrs and sizes.
- * @return : 0, KVTIER_ERR_NO_LAYOUT, KVTIER_ERR_OUT_OF_RANGE, KVTIER_ERR_BUFFER_TOO_SMALL. */
+ * @return : 0, KVTIER_ERR_NO_LAYOUT, KVTIER_ERR_OUT_OF_RANGE, KVTIER_ERR_BUFFER_TOO_SMALL,
+ *           KVTIER_ERR_INVALID_ARG (n_slots not whole pages, or so many that the fragment
+ *           arrays could not exist). */
 KVTIER_API int kvtier_get_page_buffer_meta(kvtier_store_t* store, const int64_t* slots,
                                            size_t n_slots, void** ptrs, size_t* sizes,
                                            size_t capacity);
