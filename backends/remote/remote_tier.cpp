@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -31,8 +32,8 @@ uint64_t mix(uint64_t x) {  // splitmix64
 }
 
 struct Conn {
-  std::timed_mutex mu;  // taken with the call's deadline: a hung server holds it
-  int fd = -1;
+  bool busy = false;  // a call holds it; guarded by ServerRef::pool_mu
+  int fd = -1;        // used only by the call that holds it
   void drop() {
     if (fd >= 0) ::close(fd);
     fd = -1;
@@ -44,6 +45,10 @@ struct ServerRef {
   uint16_t port = 0;
   uint64_t seed = 0;  // for rendezvous hashing
   std::vector<std::unique_ptr<Conn>> conns;
+  // A call waits for a free connection with its deadline: a hung server holds them all.
+  // (A condition variable, not timed mutexes: ThreadSanitizer cannot see clock-locked mutexes.)
+  std::mutex pool_mu;
+  std::condition_variable pool_cv;
   std::atomic<size_t> next{0};
   std::atomic<int64_t> down_until{0};  // steady-clock ns: fail fast while a server is down
   // RDMA data plane, when the transport allows it.
@@ -691,10 +696,14 @@ class RemoteTier final : public Tier {
   template <class F>
   Status with_conn(ServerRef& s, F&& f) {
     const Deadline dl = deadline();
-    std::unique_lock<std::timed_mutex> lock;
-    Conn* conn = take_conn(s, dl, &lock);
+    Conn* conn = take_conn(s, dl);
     if (!conn)
       return {KVTIER_ERR_TIMEOUT, "server " + s.name + ": no connection free before the deadline"};
+    struct Held {  // given back however the call ends
+      ServerRef& s;
+      Conn* conn;
+      ~Held() { give_back(s, conn); }
+    } held{s, conn};
     Status st;
     for (int attempt = 0; attempt < 2; ++attempt) {
       const bool pooled = conn->fd >= 0;
@@ -709,22 +718,27 @@ class RemoteTier final : public Tier {
     return st;
   }
 
-  // A free connection of `s` (held in *lock), waiting for one until the deadline; NULL if none.
-  static Conn* take_conn(ServerRef& s, Deadline dl, std::unique_lock<std::timed_mutex>* lock) {
+  // A free connection of `s`, marked busy, waiting for one until the deadline; NULL if none.
+  static Conn* take_conn(ServerRef& s, Deadline dl) {
     const size_t n = s.conns.size();
     const size_t start = s.next.fetch_add(1, std::memory_order_relaxed);
-    for (size_t k = 0; k < n; ++k) {
-      std::unique_lock l(s.conns[(start + k) % n]->mu, std::try_to_lock);
-      if (l.owns_lock()) {
-        *lock = std::move(l);
-        return s.conns[(start + k) % n].get();
-      }
+    Conn* got = nullptr;
+    std::unique_lock lock(s.pool_mu);
+    s.pool_cv.wait_until(lock, dl, [&] {
+      for (size_t k = 0; k < n && !got; ++k)
+        if (!s.conns[(start + k) % n]->busy) got = s.conns[(start + k) % n].get();
+      return got != nullptr;
+    });
+    if (got) got->busy = true;
+    return got;
+  }
+
+  static void give_back(ServerRef& s, Conn* conn) {
+    {
+      std::lock_guard lock(s.pool_mu);
+      conn->busy = false;
     }
-    Conn* conn = s.conns[start % n].get();
-    std::unique_lock l(conn->mu, dl);
-    if (!l.owns_lock()) return nullptr;
-    *lock = std::move(l);
-    return conn;
+    s.pool_cv.notify_one();
   }
 
   // One request and its reply on a connection of `s`.
