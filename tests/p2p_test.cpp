@@ -23,6 +23,12 @@
 
 using kvtier_test::P2pShape;
 
+namespace kvtier_test {
+void PrintTo(const P2pShape& s, std::ostream* os) {
+  *os << "shape " << s.args();
+}
+}  // namespace kvtier_test
+
 namespace {
 
 using Ranges = std::vector<std::pair<size_t, size_t>>;  // (offset, length) in the pool
