@@ -385,7 +385,9 @@ class RemoteTier final : public Tier {
     if (!rdma_) return false;
     const int64_t now = Clock::now().time_since_epoch().count();
     {
-      std::lock_guard lock(s.rdma_mu);
+      // Held for a whole batch by the thread using the channel: wait no longer than a call may.
+      std::unique_lock lock(s.rdma_mu, std::defer_lock);
+      if (!lock.try_lock_until(deadline())) return true;  // in use, so up: rdma_run times out
       if (s.channel) return true;
       if (s.tcp_only) return false;
       if (now < s.rdma_retry_at) {

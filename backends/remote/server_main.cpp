@@ -34,7 +34,8 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
   --rdma-tos TOS      IP type of service (0..255) of the RDMA listener, for RoCE traffic
                       classes (default: the device's) env: KVTIER_SERVER_RDMA_TOS
   --lease-ms MS       a slot reserved for an RDMA put, or a page pinned for an RDMA read, is
-                      given back after this long without COMMIT or RELEASE (default 10000)
+                      given back after this long without COMMIT or RELEASE (default 10000);
+                      keep it above the clients' KVTIER_REMOTE_TIMEOUT_MS + 5000
                       env: KVTIER_SERVER_LEASE_MS
   --log-level LEVEL   trace, debug, info, warn, error, critical, off (default info)
                       env: KVTIER_LOG_LEVEL
