@@ -37,8 +37,9 @@ namespace {
 
 struct Options {
   std::string mode = "all";
-  std::vector<std::string> tiers{"memory"};                             // compare
-  std::vector<std::string> transfer_tiers{"memory", "file", "remote", "rdma"};  // transfer
+  std::vector<std::string> tiers{"memory"};  // compare
+  // transfer; p2p and p2p_rdma: endpoint to endpoint, no store (kvtier_peer_write_pages)
+  std::vector<std::string> transfer_tiers{"memory", "file", "remote", "rdma", "p2p", "p2p_rdma"};
   // page_first_direct places each page at the same offsets as page_first (only the order inside
   // a page differs), so the default run leaves it out; --layouts takes it.
   std::vector<std::string> layouts{"mha_layer_first", "mha_page_first", "mla_layer_first",
@@ -75,9 +76,11 @@ usage: kvtier-bench [all|compare|transfer|file|limits] [options]
 
 options:
   --tiers LIST        tiers for compare and transfer, each on its own (default: compare on
-                      memory, transfer on memory, file, remote and rdma; the bench starts
-                      a kvtier-server on loopback: "remote" is the remote tier over TCP,
-                      "rdma" over RDMA, skipped with a note on hosts without a device)
+                      memory, transfer on memory, file, remote, rdma, p2p and p2p_rdma; the
+                      bench starts a kvtier-server on loopback: "remote" is the remote tier
+                      over TCP, "rdma" over RDMA, skipped with a note on hosts without a
+                      device; "p2p" is endpoint to endpoint with no store, over TCP, and
+                      "p2p_rdma" over RDMA)
   --layouts LIST      mha_layer_first,mha_page_first,mha_page_first_direct,
                       mla_layer_first,mla_page_first (default: all but page_first_direct,
                       which places pages at the same offsets as page_first)
@@ -287,12 +290,12 @@ std::vector<const char*> c_keys(const std::vector<std::string>& keys) {
   return out;
 }
 
-std::string g_dir;                // the folder the file tier and fio work in
+std::string g_dir;                 // the folder the file tier and fio work in
 std::vector<std::string> g_notes;  // printed under the tables: what was skipped and why
 
 std::string tier_config(const std::string& tier, size_t bytes_needed) {
   // Room for everything a figure writes, so nothing is evicted while it is timed.
- size_t cap = std::max<size_t>(bytes_needed * 2, size_t{256} << 20);
+  size_t cap = std::max<size_t>(bytes_needed * 2, size_t{256} << 20);
   // "remote" and "rdma" are the remote tier with its two data planes.
   const std::string chain = tier == "remote" ? "remote;remote_transport=tcp"
                             : tier == "rdma" ? "remote;remote_transport=rdma"
@@ -630,8 +633,8 @@ double iperf3_gbps(const Options& o, size_t total) {
     _exit(127);
   }
   std::vector<double> runs;
-  const std::string cmd = "iperf3 -c 127.0.0.1 -p " + port + " -n " + std::to_string(total) +
-                          " -l 128K -J 2>/dev/null";
+  const std::string cmd =
+      "iperf3 -c 127.0.0.1 -p " + port + " -n " + std::to_string(total) + " -l 128K -J 2>/dev/null";
   for (int i = 0; i < o.warmup + o.repeats; ++i) {
     std::string out;
     for (int attempt = 0; attempt < 20 && out.find("sum_received") == std::string::npos;
@@ -829,6 +832,96 @@ void run_transfer(const Options& o, const std::string& tier) {
     }
   }
   kvtier_close(store);
+}
+
+// ---- prefill -> decode, endpoint to endpoint -----------------------------------------------
+
+// Two endpoints in this process, each with a pool of n pages of `block` bytes (MLA page_first,
+// one layer, one token per page), one peer connection between them over loopback: write_pages
+// moves the prefill pool's pages into the decode pool, read_pages pulls them back. The limit is
+// one loopback TCP stream carrying the same bytes, as for the remote tier.
+void run_p2p(const Options& o, const std::string& tier) {
+  const size_t max_block = *std::max_element(o.blocks.begin(), o.blocks.end());
+  const size_t n = o.transfer_batch;
+  Buffer prefill(n * max_block + 4096), decode(n * max_block + 4096);
+  progress("transfer " + tier + ": filling buffers");
+  prefill.randomize(7);
+  decode.randomize(8);
+  const std::string cfg =
+      std::string("p2p_token=bench;p2p_transport=") + (tier == "p2p_rdma" ? "rdma" : "tcp");
+  std::vector<int64_t> pages(n);
+  for (size_t i = 0; i < n; ++i) pages[i] = static_cast<int64_t>(i);
+  std::vector<int> res(n);
+  for (size_t block : o.blocks) {
+    progress("transfer " + tier + " block " + std::to_string(block));
+    std::byte* bases[2] = {prefill.base + (o.aligned ? 0 : 64), decode.base + (o.aligned ? 0 : 64)};
+    kvtier_endpoint_t* ep[2] = {nullptr, nullptr};
+    for (int side = 0; side < 2; ++side) {
+      kvtier_pool_layout_t l = {};
+      l.struct_size = sizeof l;
+      l.base = bases[side];
+      l.pool_kind = KVTIER_POOL_MLA;
+      l.layout = KVTIER_LAYOUT_PAGE_FIRST;
+      l.page_size = 1;
+      l.layer_num = 1;
+      l.kv_cache_dim = static_cast<uint32_t>(block / 2);
+      l.dtype_size = 2;
+      l.pool_tokens = n;
+      l.dtype_name = "bfloat16";
+      const int rc = kvtier_endpoint_open(cfg.c_str(), &l, &ep[side]);
+      if (rc == KVTIER_ERR_UNSUPPORTED) {
+        g_notes.push_back("transfer " + tier + ": skipped: " + kvtier_last_error());
+        kvtier_endpoint_close(ep[0]);
+        return;
+      }
+      check_rc(rc, "endpoint_open");
+    }
+    char addr[128];
+    check_rc(kvtier_endpoint_address(ep[1], addr, sizeof addr), "endpoint_address");
+    kvtier_peer_t* peer = nullptr;
+    check_rc(kvtier_endpoint_connect(ep[0], addr, &peer), "endpoint_connect");
+    auto all_ok = [&](const char* what) {
+      for (int r : res)
+        if (r != KVTIER_OK) die(std::string(what) + ": " + kvtier_error_name(r));
+    };
+    const size_t bytes = n * block;
+    Figure wr = measure(
+        o, bytes, [&] { std::memset(bases[1], 0x5A, bytes); },
+        [&] { kvtier_peer_write_pages(peer, pages.data(), pages.data(), n, -1, res.data()); },
+        [&] {
+          all_ok("write_pages");
+          if (std::memcmp(bases[0], bases[1], bytes) != 0) die("p2p write: bytes differ");
+        });
+    Figure rd = measure(
+        o, bytes, [&] { std::memset(bases[0], 0xA5, bytes); },
+        [&] { kvtier_peer_read_pages(peer, pages.data(), pages.data(), n, -1, res.data()); },
+        [&] {
+          all_ok("read_pages");
+          if (std::memcmp(bases[0], bases[1], bytes) != 0) die("p2p read: bytes differ");
+        });
+    kvtier_peer_close(peer);
+    kvtier_endpoint_close(ep[0]);
+    kvtier_endpoint_close(ep[1]);
+    double lim = iperf3_gbps(o, bytes);
+    std::string limit_name = "iperf3";
+    if (lim <= 0) {
+      lim = loopback_tcp_gbps(o, block, n);
+      limit_name = "tcp loopback";
+    }
+    for (auto [op, fig] : {std::pair{"write", wr}, std::pair{"read", rd}}) {
+      Row row;
+      row.kind = "transfer";
+      row.tier = tier;
+      row.path = "p2p";
+      row.op = op;
+      row.batch = n;
+      row.block = block;
+      row.fig = fig;
+      row.limit_gbps = lim;
+      row.limit_name = limit_name;
+      g_rows.push_back(row);
+    }
+  }
 }
 
 // ---- file tier ----------------------------------------------------------------------------
@@ -1340,7 +1433,8 @@ int main(int argc, char** argv) {
     for (const auto& tier : o.tiers)
       for (const auto& shape : o.layouts) run_compare(o, tier, shape);
   if (o.mode == "all" || o.mode == "transfer")
-    for (const auto& tier : o.transfer_tiers) run_transfer(o, tier);
+    for (const auto& tier : o.transfer_tiers)
+      tier.rfind("p2p", 0) == 0 ? run_p2p(o, tier) : run_transfer(o, tier);
   if (o.mode == "all" || o.mode == "file") {
     run_file(o, g_dir);
     run_compression(o, g_dir);

@@ -45,6 +45,35 @@ std::string parse_switch(const std::string& v, const char* yes, const char* no, 
   return {};
 }
 
+bool host_port(const std::string& item) {
+  const size_t colon = item.rfind(':');
+  return !item.empty() && colon != std::string::npos && colon != 0 && colon + 1 != item.size() &&
+         item.size() - colon <= 6 &&
+         item.find_first_not_of("0123456789", colon + 1) == std::string::npos &&
+         std::stoul(item.substr(colon + 1)) <= 65535;
+}
+
+std::string transport(const std::string& v, std::string* out) {
+  const std::string l = lower(v);
+  if (l != "auto" && l != "rdma" && l != "tcp") return "auto, rdma or tcp";
+  *out = l;
+  return {};
+}
+
+std::string millis(const std::string& v, unsigned* out) {
+  uint64_t n = 0;
+  if (!parse_size(v, &n).is_ok() || n < 1 || n > 3600000 || !std::isdigit(v.back()))
+    return "milliseconds from 1 to 3600000";
+  *out = static_cast<unsigned>(n);
+  return {};
+}
+
+std::string token(const std::string& v, std::string* out) {
+  if (v.size() > 256) return "at most 256 bytes";
+  *out = v;
+  return {};
+}
+
 // A setter returns an empty string on success, else what it expected.
 using Setter = std::function<std::string(Config&, const std::string&)>;
 
@@ -153,12 +182,7 @@ const std::vector<Option>& options() {
          std::stringstream ss(v);
          for (std::string item; std::getline(ss, item, ',');) {
            item = trim(item);
-           const size_t colon = item.rfind(':');
-           if (item.empty() || colon == std::string::npos || colon == 0 ||
-               colon + 1 == item.size() ||
-               item.find_first_not_of("0123456789", colon + 1) != std::string::npos ||
-               std::stoul(item.substr(colon + 1, 6)) > 65535)
-             return "a comma list of host:port";
+           if (!host_port(item)) return "a comma list of host:port";
            list.push_back(item);
          }
          if (list.empty()) return "a comma list of host:port";
@@ -166,26 +190,21 @@ const std::vector<Option>& options() {
          return {};
        }},
       {"REMOTE_TRANSPORT",
-       [](Config& c, const std::string& v) -> std::string {
-         const std::string l = lower(v);
-         if (l != "auto" && l != "rdma" && l != "tcp") return "auto, rdma or tcp";
-         c.remote_transport = l;
-         return {};
-       }},
+       [](Config& c, const std::string& v) { return transport(v, &c.remote_transport); }},
       {"REMOTE_TIMEOUT_MS",
+       [](Config& c, const std::string& v) { return millis(v, &c.remote_timeout_ms); }},
+      {"REMOTE_TOKEN", [](Config& c, const std::string& v) { return token(v, &c.remote_token); }},
+      {"P2P_LISTEN",
        [](Config& c, const std::string& v) -> std::string {
-         uint64_t n = 0;
-         if (!parse_size(v, &n).is_ok() || n < 1 || n > 3600000 || !std::isdigit(v.back()))
-           return "milliseconds from 1 to 3600000";
-         c.remote_timeout_ms = static_cast<unsigned>(n);
+         if (!host_port(v)) return "host:port";
+         c.p2p_listen = v;
          return {};
        }},
-      {"REMOTE_TOKEN",
-       [](Config& c, const std::string& v) -> std::string {
-         if (v.size() > 256) return "at most 256 bytes";
-         c.remote_token = v;
-         return {};
-       }},
+      {"P2P_TOKEN", [](Config& c, const std::string& v) { return token(v, &c.p2p_token); }},
+      {"P2P_TRANSPORT",
+       [](Config& c, const std::string& v) { return transport(v, &c.p2p_transport); }},
+      {"P2P_TIMEOUT_MS",
+       [](Config& c, const std::string& v) { return millis(v, &c.p2p_timeout_ms); }},
       {"REMOTE_REPLICAS",
        [](Config& c, const std::string& v) -> std::string {
          uint64_t n = 0;

@@ -49,6 +49,15 @@ struct Config {
   int remote_rdma_tos = -1;
   // KVTIER_FILE_SYNC: on (a page is visible only once fdatasync says it is durable) | off.
   bool file_sync = true;
+  // Transfer endpoints (kvtier_endpoint_open): prefill -> decode straight between host pools.
+  // KVTIER_P2P_LISTEN: host:port the endpoint listens on (port 0: a free one).
+  std::string p2p_listen = "127.0.0.1:0";
+  // KVTIER_P2P_TOKEN: peers present it to each other; both sides set the same.
+  std::string p2p_token;
+  // KVTIER_P2P_TRANSPORT: auto (RDMA when both hosts have a device) | rdma | tcp.
+  std::string p2p_transport = "auto";
+  // KVTIER_P2P_TIMEOUT_MS: a transfer to a dead or silent peer fails within this.
+  unsigned p2p_timeout_ms = 5000;
 };
 
 // Builds the config from the environment, then applies `overrides` ("NAME=value" pairs split by

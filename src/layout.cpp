@@ -100,6 +100,31 @@ Status PoolLayout::page_frags(int64_t slot, Frag* out) const {
   return {};
 }
 
+Status PoolLayout::layer_frags(int64_t slot, uint64_t layer, std::vector<Frag>* out) const {
+  if (layer >= layer_num)
+    return {KVTIER_ERR_OUT_OF_RANGE, "layer " + std::to_string(layer) + " of a pool of " +
+                                         std::to_string(layer_num) + " layers"};
+  Frag whole[2];
+  if (order == PoolOrder::kLayerFirst) {
+    std::vector<Frag> all(frags_per_page());
+    if (Status s = page_frags(slot, all.data()); !s.is_ok()) return s;
+    const size_t per_layer = kind == PoolKind::kMHA ? 2 : 1;
+    out->insert(out->end(), all.begin() + layer * per_layer, all.begin() + (layer + 1) * per_layer);
+    return {};
+  }
+  if (Status s = page_frags(slot, whole); !s.is_ok()) return s;
+  const uint64_t tb = token_bytes();
+  for (int kv = 0; kv < (kind == PoolKind::kMHA ? 2 : 1); ++kv) {
+    if (order == PoolOrder::kPageFirstDirect) {  // (L, P, ...) inside the page
+      out->push_back({whole[kv].ptr + layer * page_size * tb, page_size * tb});
+    } else {  // (P, L, ...) inside the page: one run per token
+      for (uint64_t t = 0; t < page_size; ++t)
+        out->push_back({whole[kv].ptr + (t * layer_num + layer) * tb, tb});
+    }
+  }
+  return {};
+}
+
 Status PoolLayout::pages_frags(const int64_t* slots, size_t pages, Frag* out, int* codes) const {
   const size_t per_page = frags_per_page();
   Status first;

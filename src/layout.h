@@ -48,6 +48,11 @@ struct PoolLayout {
   // Writes the frags_per_page() fragments of the page starting at token `slot`, in the engine's
   // order. KVTIER_ERR_OUT_OF_RANGE if the slot is off a page boundary or outside the pool.
   Status page_frags(int64_t slot, Frag* out) const;
+  // One layer of the page at token `slot`, in the page's own byte order, appended to `out`:
+  // layer_first and page_first_direct keep a layer's tokens together (1 fragment, 2 for MHA's
+  // K and V); page_first interleaves layers per token (P fragments, 2P for MHA).
+  // KVTIER_ERR_OUT_OF_RANGE for a bad slot or a layer >= L.
+  Status layer_frags(int64_t slot, uint64_t layer, std::vector<Frag>* out) const;
   // The fragments of `pages` pages that start at slots[0], slots[P], slots[2P], ... into
   // out[pages * frags_per_page()]. A bad page gets null fragments and, when `codes` is not
   // NULL, its code in codes[i]; the first failure is returned.

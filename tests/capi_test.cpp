@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
 
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -596,6 +598,184 @@ TEST_P(CApiLayout, SlotsMatchTheShapeAndRoundTrip) {
   EXPECT_EQ(kvtier_batch_get_v1_slots(s, ck.data(), 2, odd.data(), odd.size() - 1, res),
             KVTIER_ERR_INVALID_ARG);
   EXPECT_EQ(res[0], KVTIER_ERR_INVALID_ARG);
+}
+
+// ---- page identity: one format per handle ------------------------------------------------
+
+// An MHA page_first pool of S tokens with random bytes; `dtype` names its element type.
+struct FormatPool {
+  static constexpr uint32_t P = 4, L = 2, H = 2, D = 8, E = 2, S = 64;
+  std::vector<unsigned char> bytes = random_bytes(size_t{2} * S * L * H * D * E);
+  kvtier_pool_layout_t layout(const char* dtype, int order = KVTIER_LAYOUT_PAGE_FIRST) {
+    kvtier_pool_layout_t l = {};
+    l.struct_size = sizeof l;
+    l.base = bytes.data();
+    l.pool_kind = KVTIER_POOL_MHA;
+    l.layout = order;
+    l.page_size = P;
+    l.layer_num = L;
+    l.head_num = H;
+    l.head_dim = D;
+    l.dtype_size = E;
+    l.pool_tokens = S;
+    l.dtype_name = dtype;
+    return l;
+  }
+  std::vector<int64_t> slots(std::initializer_list<int> pages) const {
+    std::vector<int64_t> out;
+    for (int p : pages)
+      for (uint32_t t = 0; t < P; ++t) out.push_back(int64_t{p} * P + t);
+    return out;
+  }
+};
+
+int slots_call(decltype(&kvtier_batch_set_v1_slots) call, kvtier_store_t* s,
+               const std::vector<std::string>& keys, const std::vector<int64_t>& slots,
+               std::vector<int>* res) {
+  auto ck = c_keys(keys);
+  res->assign(keys.size(), 99);
+  return call(s, ck.data(), ck.size(), slots.data(), slots.size(), res->data());
+}
+
+TEST(CApiIdentity, ViewsWithOtherFormatsNeverReadEachOthersPages) {
+  Store s;
+  FormatPool pool;
+  ASSERT_EQ(kvtier_register_buffer(s, pool.bytes.data(), pool.bytes.size()), KVTIER_OK);
+  kvtier_store_t *bf16 = nullptr, *fp16 = nullptr, *layer = nullptr;
+  ASSERT_EQ(kvtier_open_view(s, &bf16), KVTIER_OK);
+  ASSERT_EQ(kvtier_open_view(s, &fp16), KVTIER_OK);
+  ASSERT_EQ(kvtier_open_view(s, &layer), KVTIER_OK);
+  auto l = pool.layout("bfloat16");
+  ASSERT_EQ(kvtier_register_layout(bf16, &l), KVTIER_OK) << kvtier_last_error();
+  l = pool.layout("float16");
+  ASSERT_EQ(kvtier_register_layout(fp16, &l), KVTIER_OK);
+  l = pool.layout("bfloat16", KVTIER_LAYOUT_LAYER_FIRST);
+  ASSERT_EQ(kvtier_register_layout(layer, &l), KVTIER_OK);
+  auto keys = keys_for("ident", 2);
+  std::vector<int> res;
+  ASSERT_EQ(slots_call(kvtier_batch_set_v1_slots, bf16, keys, pool.slots({1, 2}), &res), 0);
+  EXPECT_EQ(res, (std::vector<int>{KVTIER_OK, KVTIER_OK}));
+  EXPECT_EQ(exists(bf16, keys), 2u);
+  const auto before = pool.bytes;
+  EXPECT_EQ(exists(s, keys), 0u);  // no format is a format of its own too
+  for (kvtier_store_t* other : {fp16, layer}) {
+    EXPECT_EQ(exists(other, keys), 0u);
+    ASSERT_EQ(slots_call(kvtier_batch_get_v1_slots, other, keys, pool.slots({5, 6}), &res), 0);
+    EXPECT_EQ(res, (std::vector<int>{KVTIER_ERR_NOT_FOUND, KVTIER_ERR_NOT_FOUND}));
+  }
+  EXPECT_EQ(pool.bytes, before);  // no miss wrote a byte
+  // Each format keeps its own page under the same key.
+  ASSERT_EQ(slots_call(kvtier_batch_set_v1_slots, fp16, keys, pool.slots({3, 4}), &res), 0);
+  ASSERT_EQ(slots_call(kvtier_batch_get_v1_slots, bf16, keys, pool.slots({7, 8}), &res), 0);
+  EXPECT_EQ(res, (std::vector<int>{KVTIER_OK, KVTIER_OK}));
+  const size_t page = size_t{FormatPool::L} * FormatPool::P * FormatPool::H * FormatPool::D * 2;
+  EXPECT_EQ(0, memcmp(&pool.bytes[7 * page], &pool.bytes[1 * page], page));
+  // A handle's own format, by name: the same name reads the same pages.
+  kvtier_store_t* named = nullptr;
+  ASSERT_EQ(kvtier_open_view(s, &named), KVTIER_OK);
+  ASSERT_EQ(kvtier_set_page_format(named, "state/96"), KVTIER_OK);
+  set_all(named, keys, {random_bytes(96), random_bytes(96)});
+  EXPECT_EQ(exists(named, keys), 2u);
+  ASSERT_EQ(kvtier_set_page_format(named, "state/97"), KVTIER_OK);
+  EXPECT_EQ(exists(named, keys), 0u);
+  ASSERT_EQ(kvtier_set_page_format(named, nullptr), KVTIER_OK);  // no format: s's pages
+  EXPECT_EQ(exists(named, keys), 0u);
+  std::string huge(5000, 'f');
+  EXPECT_EQ(kvtier_set_page_format(named, huge.c_str()), KVTIER_ERR_INVALID_ARG);
+  kvtier_close(named);
+  kvtier_store_t* none = s;
+  EXPECT_EQ(kvtier_open_view(nullptr, &none), KVTIER_ERR_INVALID_ARG);
+  EXPECT_EQ(none, nullptr);
+  for (kvtier_store_t* v : {bf16, fp16, layer}) kvtier_close(v);
+}
+
+TEST(CApiIdentity, ViewsOutliveTheFirstHandleAndShareItsTiers) {
+  kvtier_store_t* s = nullptr;
+  ASSERT_EQ(kvtier_open("tiers=memory", &s), KVTIER_OK);
+  kvtier_store_t* v = nullptr;
+  ASSERT_EQ(kvtier_open_view(s, &v), KVTIER_OK);
+  auto keys = keys_for("outlive", 3);
+  auto values = std::vector<std::vector<unsigned char>>{random_bytes(100), random_bytes(200),
+                                                        random_bytes(300)};
+  set_all(s, keys, values);
+  EXPECT_EQ(exists(v, keys), 3u);  // no format on either: the same pages
+  kvtier_close(s);
+  EXPECT_EQ(exists(v, keys), 3u);
+  auto ck = c_keys(keys);
+  std::vector<std::vector<unsigned char>> out(3, std::vector<unsigned char>(300));
+  std::vector<void*> bufs{out[0].data(), out[1].data(), out[2].data()};
+  std::vector<size_t> caps(3, 300);
+  std::vector<int64_t> got(3);
+  ASSERT_EQ(kvtier_batch_get(v, ck.data(), 3, bufs.data(), caps.data(), got.data()), KVTIER_OK);
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_EQ(got[i], static_cast<int64_t>(values[i].size()));
+    EXPECT_TRUE(std::equal(values[i].begin(), values[i].end(), out[i].begin()));
+  }
+  kvtier_close(v);
+}
+
+TEST(CApiIdentity, AFileTierReopenedWithAnotherDtypeMisses) {
+  const std::string cfg = kvtier_test::with_test_dir("tiers=file;file_dir={dir}/ident");
+  FormatPool pool;
+  auto keys = keys_for("reopen", 2);
+  std::vector<int> res;
+  int reads = 0;
+  for (const char* dtype : {"bfloat16", "float16", "bfloat16"}) {
+    kvtier_store_t* s = nullptr;
+    ASSERT_EQ(kvtier_open(cfg.c_str(), &s), KVTIER_OK) << kvtier_last_error();
+    ASSERT_EQ(kvtier_register_buffer(s, pool.bytes.data(), pool.bytes.size()), KVTIER_OK);
+    auto l = pool.layout(dtype);
+    ASSERT_EQ(kvtier_register_layout(s, &l), KVTIER_OK);
+    if (std::string(dtype) == "float16") {  // the second run: another dtype, same shape
+      EXPECT_EQ(exists(s, keys), 0u);
+      ASSERT_EQ(slots_call(kvtier_batch_get_v1_slots, s, keys, pool.slots({9, 10}), &res), 0);
+      EXPECT_EQ(res, (std::vector<int>{KVTIER_ERR_NOT_FOUND, KVTIER_ERR_NOT_FOUND}));
+    } else if (exists(s, keys) == 0) {  // the first run writes
+      ASSERT_EQ(slots_call(kvtier_batch_set_v1_slots, s, keys, pool.slots({1, 2}), &res), 0);
+      EXPECT_EQ(res, (std::vector<int>{KVTIER_OK, KVTIER_OK}));
+    } else {
+      ++reads;  // the third run, bf16 again, reads what the first wrote
+      ASSERT_EQ(slots_call(kvtier_batch_get_v1_slots, s, keys, pool.slots({11, 12}), &res), 0);
+      EXPECT_EQ(res, (std::vector<int>{KVTIER_OK, KVTIER_OK}));
+      const size_t page = size_t{2} * FormatPool::P * FormatPool::H * FormatPool::D * 2;
+      EXPECT_EQ(0, memcmp(&pool.bytes[11 * page], &pool.bytes[1 * page], page));
+    }
+    kvtier_close(s);
+  }
+  EXPECT_EQ(reads, 1);
+}
+
+TEST(CApiIdentity, ALayoutStructOfRelease01IsAccepted) {
+  Store s;
+  FormatPool pool;
+  ASSERT_EQ(kvtier_register_buffer(s, pool.bytes.data(), pool.bytes.size()), KVTIER_OK);
+  auto l = pool.layout("ignored");
+  l.struct_size = offsetof(kvtier_pool_layout_t, dtype_name);  // 0.1's struct ends here
+  EXPECT_EQ(kvtier_register_layout(s, &l), KVTIER_OK) << kvtier_last_error();
+  l.struct_size = offsetof(kvtier_pool_layout_t, pool_tokens);
+  EXPECT_EQ(kvtier_register_layout(s, &l), KVTIER_ERR_INVALID_ARG);
+}
+
+TEST(CApiIdentity, ExistsEachAnswersEveryKey) {
+  Store s;
+  auto keys = keys_for("each", 3);
+  set_all(s, {keys[0], keys[2]}, {random_bytes(10), random_bytes(10)});
+  std::string long_key(KVTIER_MAX_KEY_LEN + 1, 'k');
+  std::vector<const char*> ck{keys[0].c_str(),  keys[1].c_str(), "",
+                              long_key.c_str(), keys[2].c_str(), nullptr};
+  std::vector<int> present(ck.size(), 99);
+  ASSERT_EQ(kvtier_batch_exists_each(s, ck.data(), ck.size(), present.data()), KVTIER_OK);
+  EXPECT_EQ(present,
+            (std::vector<int>{KVTIER_OK, KVTIER_ERR_NOT_FOUND, KVTIER_ERR_KEY_TOO_LONG,
+                              KVTIER_ERR_KEY_TOO_LONG, KVTIER_OK, KVTIER_ERR_INVALID_ARG}));
+  size_t hits = 99;  // the run stops at the miss; a bad key would stop it too
+  ASSERT_EQ(kvtier_batch_exists(s, ck.data(), ck.size(), &hits), KVTIER_OK);
+  EXPECT_EQ(hits, 1u);
+  std::vector<const char*> bad_second{keys[0].c_str(), ""};
+  ASSERT_EQ(kvtier_batch_exists(s, bad_second.data(), 2, &hits), KVTIER_OK);
+  EXPECT_EQ(hits, 1u);
+  EXPECT_NE(std::string(kvtier_last_error()).find("key 1"), std::string::npos);
+  EXPECT_EQ(kvtier_batch_exists_each(s, ck.data(), 0, present.data()), KVTIER_ERR_INVALID_ARG);
 }
 
 std::string shape_name(const ::testing::TestParamInfo<Shape>& info) {

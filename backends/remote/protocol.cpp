@@ -85,4 +85,36 @@ Status decode_hello(std::span<const uint8_t> payload, std::string* token, uint64
   return {};
 }
 
+Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
+                  std::span<const iovec> bulk, net::Deadline deadline) {
+  uint8_t head[kHeaderSize];
+  Header h;
+  h.type = type;
+  h.length = static_cast<uint32_t>(payload.size());
+  encode_header(h, head);
+  std::vector<iovec> iov{{head, sizeof head},
+                         {const_cast<uint8_t*>(payload.data()), payload.size()}};
+  iov.insert(iov.end(), bulk.begin(), bulk.end());
+  return net::writev_all(fd, iov.data(), iov.size(), deadline);
+}
+
+Status read_frame(int fd, uint16_t type, net::Deadline deadline, std::vector<uint8_t>* payload) {
+  uint8_t head[kHeaderSize];
+  Header h;
+  Status s = net::read_all(fd, head, sizeof head, deadline);
+  if (s.is_ok()) s = decode_header(head, &h);
+  if (!s.is_ok()) return s;
+  payload->resize(h.length);
+  s = net::read_all(fd, payload->data(), payload->size(), deadline);
+  if (!s.is_ok()) return s;
+  if (h.type == (kError | kReply)) {
+    Reader rd(*payload);
+    const int code = rd.i32();
+    return {code < 0 ? code : KVTIER_ERR_INTERNAL, "peer: " + rd.str(rd.left())};
+  }
+  if (h.type != type)
+    return {KVTIER_ERR_INVALID_ARG, "unexpected frame type " + std::to_string(h.type)};
+  return {};
+}
+
 }  // namespace kvtier::wire

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "keys.h"
+#include "net.h"
 #include "status.h"
 
 namespace kvtier::wire {
@@ -68,6 +69,9 @@ enum Type : uint16_t {
   kCommit = 10,
   kLookup = 11,
   kRelease = 12,
+  kP2pHello = 32,  // prefill -> decode transfer endpoints (p2p.h)
+  kP2pWrite = 33,
+  kP2pRead = 34,
   kError = 100,
   kReply = 0x80,  // ORed into the request's type
 };
@@ -175,5 +179,12 @@ struct CommitEntry {
 Status decode_commit(std::span<const uint8_t> payload, std::vector<CommitEntry>* out);
 Status decode_u64s(std::span<const uint8_t> payload, std::vector<uint64_t>* out);
 Status decode_hello(std::span<const uint8_t> payload, std::string* token, uint64_t* ns_seed);
+
+// One frame out: header, payload, then `bulk` (page bytes) straight from the caller's memory.
+Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
+                  std::span<const iovec> bulk, net::Deadline deadline);
+// One frame in, header and payload (the bulk that follows is the caller's to read). An ERROR
+// frame becomes its code; a frame of another type than `type` is INVALID_ARG.
+Status read_frame(int fd, uint16_t type, net::Deadline deadline, std::vector<uint8_t>* payload);
 
 }  // namespace kvtier::wire

@@ -569,7 +569,7 @@ class ListenerImpl final : public Listener {
     if (loopback_address(o.host))
       log().warn(
           "RDMA: listening on {}, a loopback address: rdma_cm serves no RDMA there; "
-          "listen on the NIC's address (kvtier-server --listen)",
+          "listen on the NIC's address (kvtier-server --listen, KVTIER_P2P_LISTEN)",
           o.host);
     fork_safety();  // before the arena is registered
     if (::pipe2(wake_, O_CLOEXEC) != 0) return sys_error("pipe");

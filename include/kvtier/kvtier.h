@@ -246,6 +246,82 @@ KVTIER_API int kvtier_batch_set_v1_slots(kvtier_store_t* store, const char* cons
 KVTIER_API int kvtier_batch_get_v1_slots(kvtier_store_t* store, const char* const* keys, size_t n,
                                          const int64_t* slots, size_t n_slots, int* results);
 
+/* ---- Prefill -> decode transfer, with no store in between --------------------------------- */
+
+/* An endpoint owns one engine host pool (described by a kvtier_pool_layout_t whose whole pool is
+ * the endpoint's to expose) and listens for peers; a peer connection writes pages straight into
+ * the other endpoint's pool or reads them from it, addressed by page (block) ids: page b is the
+ * page that starts at token slot b * page_size. Both pools must have the same page format (pool
+ * kind, layout, dtype_name, dims); they may differ in size. A peer can touch only the pool the
+ * other side opened its endpoint with, and only after presenting its token. Transports: RDMA
+ * one-sided WRITE/READ between the two pools where both hosts have a device, else TCP, where
+ * the receiving side reads the socket straight into its pool. */
+typedef struct kvtier_endpoint kvtier_endpoint_t;
+typedef struct kvtier_peer kvtier_peer_t;
+typedef struct kvtier_transfer kvtier_transfer_t;
+
+/* Opens an endpoint on `pool` (which must stay valid and in place until the endpoint is
+ * closed). Settings as for kvtier_open: KVTIER_P2P_LISTEN (host:port, port 0: a free one),
+ * KVTIER_P2P_TOKEN, KVTIER_P2P_TRANSPORT (auto|rdma|tcp), KVTIER_P2P_TIMEOUT_MS, from the
+ * environment, overridden by `config` ("p2p_listen=0.0.0.0:7600;p2p_token=..."); other kvtier
+ * settings in it are checked and ignored.
+ * @return : 0 and *out set, KVTIER_ERR_CONFIG, KVTIER_ERR_INVALID_ARG (a bad layout),
+ *           KVTIER_ERR_UNAVAILABLE (cannot listen), KVTIER_ERR_UNSUPPORTED (rdma required). */
+KVTIER_API int kvtier_endpoint_open(const char* config, const kvtier_pool_layout_t* pool,
+                                    kvtier_endpoint_t** out);
+/* Writes the "host:port" the endpoint listens on into buf (capacity bytes, NUL included).
+ * @return : 0, or KVTIER_ERR_BUFFER_TOO_SMALL. */
+KVTIER_API int kvtier_endpoint_address(const kvtier_endpoint_t* endpoint, char* buf,
+                                       size_t capacity);
+/* Stops listening and drops every connection peers made to it. Peers opened from it stay valid
+ * until closed. NULL is fine. */
+KVTIER_API void kvtier_endpoint_close(kvtier_endpoint_t* endpoint);
+
+/* Connects to the endpoint at `address` ("host:port"); token and page format are checked on
+ * both sides. @return : 0, KVTIER_ERR_DENIED (token or format), KVTIER_ERR_UNAVAILABLE,
+ * KVTIER_ERR_TIMEOUT. */
+KVTIER_API int kvtier_endpoint_connect(kvtier_endpoint_t* endpoint, const char* address,
+                                       kvtier_peer_t** out);
+/* Closes the connection; an async transfer on it must have been freed. NULL is fine. */
+KVTIER_API void kvtier_peer_close(kvtier_peer_t* peer);
+/* 1 if the peer's connection is up (a failed transfer drops it; the next call reconnects). */
+KVTIER_API int kvtier_peer_connected(kvtier_peer_t* peer);
+
+/* Moves n pages: local_pages[i] -> remote_pages[i] (write) or remote_pages[i] -> local_pages[i]
+ * (read). layer < 0: whole pages; else only that layer of each page (stream a layer while the
+ * next is computed). Thread-safe; transfers on one peer run one at a time.
+ * results[i] : 0, KVTIER_ERR_OUT_OF_RANGE (an id outside its pool, or a layer past the last:
+ *              nothing moved for that page), KVTIER_ERR_UNAVAILABLE / KVTIER_ERR_TIMEOUT (the
+ *              peer died or went silent; within KVTIER_P2P_TIMEOUT_MS). When the call returns
+ *              no byte of it is still in flight toward either pool. */
+KVTIER_API int kvtier_peer_write_pages(kvtier_peer_t* peer, const int64_t* local_pages,
+                                       const int64_t* remote_pages, size_t n, int32_t layer,
+                                       int* results);
+KVTIER_API int kvtier_peer_read_pages(kvtier_peer_t* peer, const int64_t* local_pages,
+                                      const int64_t* remote_pages, size_t n, int32_t layer,
+                                      int* results);
+
+/* The same, in the background: returns at once with a transfer handle. The id arrays are copied;
+ * `results` must stay valid until the transfer is freed and is filled when it completes.
+ * @return : 0 and *out set, or a code (nothing started). */
+KVTIER_API int kvtier_peer_write_pages_async(kvtier_peer_t* peer, const int64_t* local_pages,
+                                             const int64_t* remote_pages, size_t n,
+                                             int32_t layer, int* results,
+                                             kvtier_transfer_t** out);
+KVTIER_API int kvtier_peer_read_pages_async(kvtier_peer_t* peer, const int64_t* local_pages,
+                                            const int64_t* remote_pages, size_t n,
+                                            int32_t layer, int* results,
+                                            kvtier_transfer_t** out);
+/* A file descriptor that becomes readable (poll/epoll/select) when the transfer completes;
+ * owned by the transfer. */
+KVTIER_API int kvtier_transfer_fd(const kvtier_transfer_t* transfer);
+/* Waits up to timeout_ms (< 0: without limit) for the transfer to complete.
+ * @return : 0 when it has completed (*status, when not NULL, is what the blocking call would
+ *           have returned; results holds each page's code), KVTIER_ERR_TIMEOUT while it runs. */
+KVTIER_API int kvtier_transfer_wait(kvtier_transfer_t* transfer, int timeout_ms, int* status);
+/* Waits for completion, then frees the handle. NULL is fine. */
+KVTIER_API void kvtier_transfer_free(kvtier_transfer_t* transfer);
+
 #ifdef __cplusplus
 }
 #endif

@@ -113,6 +113,25 @@ _SIGNATURES = {
         ctypes.c_int,
         [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, c_int_p],
     ),
+    # prefill -> decode transfer endpoints; page id arrays as raw addresses (int64 tensors).
+    "kvtier_endpoint_open": (
+        ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(PoolLayout), c_void_pp]),
+    "kvtier_endpoint_address": (
+        ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]),
+    "kvtier_endpoint_close": (None, [ctypes.c_void_p]),
+    "kvtier_endpoint_connect": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, c_void_pp]),
+    "kvtier_peer_close": (None, [ctypes.c_void_p]),
+    "kvtier_peer_connected": (ctypes.c_int, [ctypes.c_void_p]),
+    "kvtier_peer_write_pages": (
+        ctypes.c_int,
+        [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int32,
+         c_int_p],
+    ),
+    "kvtier_peer_read_pages": (
+        ctypes.c_int,
+        [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int32,
+         c_int_p],
+    ),
 }
 
 for _name, (_restype, _argtypes) in _SIGNATURES.items():

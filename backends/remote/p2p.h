@@ -1,0 +1,82 @@
+// Prefill -> decode with no store in between: an endpoint owns one engine host pool and listens;
+// a peer connection writes pages straight into the other endpoint's pool, or reads them from it,
+// addressed by page (block) ids, whole or one layer at a time (layer-by-layer streaming while
+// prefill still runs). Both pools must have the same page format (kind, order, dtype, dims);
+// they may differ in size and address.
+//
+// Transports: RDMA one-sided WRITE/READ between the two registered pools where both hosts have a
+// device (the remote tier's Listener and Channel: memory registered once, chains of work
+// requests, several QPs); TCP otherwise, where the receiving side reads the socket straight into
+// its pool's fragments (no staging copy).
+//
+//   P2P_HELLO  token (u32 length + bytes), format hash u64  -> pages u64, rdma port u32, ticket
+//                                                             u64 (or ERROR: DENIED)
+//   P2P_WRITE  layer i32, n u32, n x page u64, then the pages' bytes -> n x code i32
+//   P2P_READ   layer i32, n u32, n x page u64  -> n x code i32, then the bytes of the pages
+//                                                 whose code is 0
+// The side that serves checks every page id against its pool and the layer against its layers;
+// a peer touches only the pool the endpoint registered, and only after the token check.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+
+#include "layout.h"
+#include "status.h"
+
+namespace kvtier::p2p {
+
+struct Options {
+  std::string listen = "127.0.0.1:0";  // host:port; port 0 picks a free one
+  std::string token;                   // peers must present the same
+  std::string transport = "auto";      // auto | rdma | tcp
+  unsigned timeout_ms = 5000;          // a call to a dead or silent peer fails within this
+};
+
+class Peer;
+struct Shared;
+
+class Endpoint {
+ public:
+  // `pool` must stay valid until the endpoint is closed. Starts listening at once.
+  static Status open(const Options& options, const PoolLayout& pool,
+                     std::unique_ptr<Endpoint>* out);
+  ~Endpoint();  // stops listening, closes every connection, joins its threads
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+
+  const std::string& address() const;  // host:port it listens on
+  // Connects to the endpoint at `address` (token and format checked on both sides).
+  Status connect(const std::string& address, std::unique_ptr<Peer>* out);
+
+ private:
+  explicit Endpoint(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {}
+  std::shared_ptr<Shared> shared_;
+};
+
+// One connection to a remote endpoint. Calls are thread-safe (one transfer at a time per peer);
+// a failed connection is dropped and the next call connects again.
+class Peer {
+ public:
+  ~Peer();
+  // local[i] -> remote[i] (write) or remote[i] -> local[i] (read): page ids in each pool.
+  // layer < 0: whole pages; else only that layer of each page. results[i]: 0 or a code
+  // (OUT_OF_RANGE: an id outside its pool or a layer past the last, nothing moved for it;
+  // UNAVAILABLE, TIMEOUT: the peer). When a call returns, nothing of it is still in flight:
+  // no byte lands in either pool afterwards.
+  Status write_pages(std::span<const int64_t> local, std::span<const int64_t> remote, int32_t layer,
+                     std::span<int> results);
+  Status read_pages(std::span<const int64_t> local, std::span<const int64_t> remote, int32_t layer,
+                    std::span<int> results);
+  bool connected() const;
+  const std::string& address() const;
+
+ private:
+  friend class Endpoint;
+  struct Impl;
+  explicit Peer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvtier::p2p
