@@ -847,8 +847,11 @@ void run_p2p(const Options& o, const std::string& tier) {
   progress("transfer " + tier + ": filling buffers");
   prefill.randomize(7);
   decode.randomize(8);
-  const std::string cfg =
+  std::string cfg =
       std::string("p2p_token=bench;p2p_transport=") + (tier == "p2p_rdma" ? "rdma" : "tcp");
+  // RDMA cannot be served on loopback: KVTIER_TEST_RDMA_ADDR names this host's NIC.
+  if (const char* host = std::getenv("KVTIER_TEST_RDMA_ADDR"); host && *host)
+    cfg += std::string(";p2p_listen=") + host + ":0";
   std::vector<int64_t> pages(n);
   for (size_t i = 0; i < n; ++i) pages[i] = static_cast<int64_t>(i);
   std::vector<int> res(n);
