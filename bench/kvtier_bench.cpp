@@ -614,11 +614,14 @@ struct ServerChild {
       dup2(fds[1], 1);
       ::close(fds[0]);
       std::string cap = std::to_string(capacity);
+      // RDMA cannot be served on loopback: KVTIER_TEST_RDMA_ADDR names this host's NIC.
+      const char* host = std::getenv("KVTIER_TEST_RDMA_ADDR");
+      const std::string listen = std::string(host && *host ? host : "127.0.0.1") + ":0";
       const char* built = KVTIER_SERVER_PATH;
-      execl(built, built, "--listen", "127.0.0.1:0", "--capacity", cap.c_str(), "--log-level",
+      execl(built, built, "--listen", listen.c_str(), "--capacity", cap.c_str(), "--log-level",
             "warn", (char*)nullptr);
-      execlp("kvtier-server", "kvtier-server", "--listen", "127.0.0.1:0", "--capacity", cap.c_str(),
-             "--log-level", "warn", (char*)nullptr);
+      execlp("kvtier-server", "kvtier-server", "--listen", listen.c_str(), "--capacity",
+             cap.c_str(), "--log-level", "warn", (char*)nullptr);
       _exit(127);
     }
     ::close(fds[1]);
@@ -875,8 +878,11 @@ void run_p2p(const Options& o, const std::string& tier) {
   progress("transfer " + tier + ": filling buffers");
   prefill.randomize(7);
   decode.randomize(8);
-  const std::string cfg =
+  std::string cfg =
       std::string("p2p_token=bench;p2p_transport=") + (tier == "p2p_rdma" ? "rdma" : "tcp");
+  // RDMA cannot be served on loopback: KVTIER_TEST_RDMA_ADDR names this host's NIC.
+  if (const char* host = std::getenv("KVTIER_TEST_RDMA_ADDR"); host && *host)
+    cfg += std::string(";p2p_listen=") + host + ":0";
   std::vector<int64_t> pages(n);
   for (size_t i = 0; i < n; ++i) pages[i] = static_cast<int64_t>(i);
   std::vector<int> res(n);

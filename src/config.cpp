@@ -213,6 +213,14 @@ const std::vector<Option>& options() {
          c.remote_replicas = static_cast<unsigned>(n);
          return {};
        }},
+      {"REMOTE_RDMA_TOS",
+       [](Config& c, const std::string& v) -> std::string {
+         uint64_t n = 0;
+         if (!parse_size(v, &n).is_ok() || n > 255 || !std::isdigit(v.back()))
+           return "an integer from 0 to 255";
+         c.remote_rdma_tos = static_cast<int>(n);
+         return {};
+       }},
       {"FILE_SYNC",
        [](Config& c, const std::string& v) -> std::string {
          return parse_switch(v, "on", "off", &c.file_sync);

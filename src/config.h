@@ -44,6 +44,9 @@ struct Config {
   std::string remote_token;
   // KVTIER_REMOTE_REPLICAS: servers each page is written to (reads take the first answer).
   unsigned remote_replicas = 1;
+  // KVTIER_REMOTE_RDMA_TOS: IP type of service (0..255) of RDMA connections (RoCE traffic
+  // class, e.g. a lossless one); -1 (unset): the device's default.
+  int remote_rdma_tos = -1;
   // KVTIER_FILE_SYNC: on (a page is visible only once fdatasync says it is durable) | off.
   bool file_sync = true;
   // Transfer endpoints (kvtier_endpoint_open): prefill -> decode straight between host pools.

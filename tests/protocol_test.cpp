@@ -104,7 +104,7 @@ TEST(RdmaPlan, RequestsCoverEveryByteInSignalledChains) {
         *k = 42;
         return p >= mem.data() && p + len <= mem.data() + mem.size();
       };
-      ASSERT_TRUE(rdma::make_plan(transfers, max_sge, 4, 32, lkey, &plan).is_ok());
+      ASSERT_TRUE(rdma::make_plan(transfers, {max_sge}, 4, 32, lkey, &plan).is_ok());
       // Requests, in order, tile each transfer's remote range and its local fragments.
       size_t w = 0, sge = 0;
       for (size_t t = 0; t < transfers.size(); ++t) {
@@ -157,7 +157,7 @@ TEST(RdmaPlan, UnregisteredFragmentIsRefused) {
     *k = 1;
     return p == a.data();
   };
-  EXPECT_EQ(rdma::make_plan({&t, 1}, 4, 2, 8, lkey, &plan).code(), KVTIER_ERR_NOT_REGISTERED);
+  EXPECT_EQ(rdma::make_plan({&t, 1}, {4}, 2, 8, lkey, &plan).code(), KVTIER_ERR_NOT_REGISTERED);
 }
 
 }  // namespace

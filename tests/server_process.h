@@ -12,6 +12,13 @@
 
 namespace kvtier_test {
 
+// The address test servers listen on: KVTIER_TEST_RDMA_ADDR (an address of this host's RDMA
+// NIC; rdma_cm serves no RDMA on loopback), else 127.0.0.1. The RDMA tests skip without it.
+inline std::string test_host() {
+  const char* a = getenv("KVTIER_TEST_RDMA_ADDR");
+  return a && *a ? a : "127.0.0.1";
+}
+
 class ServerProcess {
  public:
   // port 0: an ephemeral port, reported by the server's first line.
@@ -32,7 +39,7 @@ class ServerProcess {
       prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a test that crashed
       dup2(fds[1], 1);
       close(fds[0]);
-      std::string listen = "127.0.0.1:" + std::to_string(port);
+      std::string listen = test_host() + ":" + std::to_string(port);
       std::vector<std::string> args{KVTIER_SERVER_BIN, "--listen",    listen, "--capacity",
                                     capacity_,         "--log-level", "warn"};
       if (!token_.empty()) {
@@ -72,7 +79,7 @@ class ServerProcess {
   bool restart() { return start(port_); }
   int exit_status() const { return status_; }
   uint16_t port() const { return port_; }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string address() const { return test_host() + ":" + std::to_string(port_); }
 
  private:
   std::string capacity_, token_;

@@ -33,6 +33,7 @@ uint64_t mix(uint64_t x) {  // splitmix64
 struct Conn {
   std::mutex mu;
   int fd = -1;
+  uint64_t boot = 0;  // the server start it was made to
   void drop() {
     if (fd >= 0) ::close(fd);
     fd = -1;
@@ -47,7 +48,7 @@ struct ServerRef {
   std::atomic<size_t> next{0};
   std::atomic<int64_t> down_until{0};  // steady-clock ns: fail fast while a server is down
   // RDMA data plane, when the transport allows it.
-  std::mutex rdma_mu;
+  std::timed_mutex rdma_mu;  // timed: a batch waits for the channel only until its deadline
   std::unique_ptr<rdma::Channel> channel;  // guarded by rdma_mu
   bool tcp_only = false;                   // auto: the server has no RDMA
   int64_t rdma_retry_at = 0;               // steady-clock ns: no new channel before
@@ -71,6 +72,7 @@ class RemoteTier final : public Tier {
       : rdma_(rdma),
         rdma_required_(rdma_required),
         timeout_ms_(c.remote_timeout_ms),
+        rdma_tos_(c.remote_rdma_tos),
         replicas_(c.remote_replicas),
         token_(c.remote_token),
         ns_(namespace_seed(c.ns)) {}
@@ -111,13 +113,20 @@ class RemoteTier final : public Tier {
                ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
         ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
         auto& idx = grp.second;
-        Status path;
-        if (use_rdma(*srv, &path)) {
-          put_rdma(*srv, ops, idx, best, stored);
-        } else if (path.is_ok()) {
-          put_tcp(*srv, ops, idx, best, stored);
-        } else {
-          for (size_t i : idx) best[i] = path.code();
+        // A restart of the server seen during the call (a new boot id) left its channel and
+        // connections stale: the keys that failed get one more try on fresh ones.
+        for (int attempt = 0; attempt < 2 && !idx.empty(); ++attempt) {
+          const uint64_t boot = srv->boot_id.load();
+          Status path;
+          if (use_rdma(*srv, &path)) {
+            put_rdma(*srv, ops, idx, best, stored);
+          } else if (path.is_ok()) {
+            put_tcp(*srv, ops, idx, best, stored);
+          } else {
+            for (size_t i : idx) best[i] = path.code();
+          }
+          if (boot == 0 || srv->boot_id.load() == boot) break;
+          std::erase_if(idx, [&](size_t i) { return stored[i] != 0; });
         }
       }
     }
@@ -138,14 +147,18 @@ class RemoteTier final : public Tier {
         std::vector<size_t> idx;
         for (size_t i : all)
           if (!done[i]) idx.push_back(i);
-        if (idx.empty()) continue;
-        Status path;
-        if (use_rdma(*srv, &path)) {
-          get_rdma(*srv, ops, idx, done);
-        } else if (path.is_ok()) {
-          get_tcp(*srv, ops, idx, done);
-        } else {
-          for (size_t i : idx) ops[i].result = path.code();
+        for (int attempt = 0; attempt < 2 && !idx.empty(); ++attempt) {  // as in put
+          const uint64_t boot = srv->boot_id.load();
+          Status path;
+          if (use_rdma(*srv, &path)) {
+            get_rdma(*srv, ops, idx, done);
+          } else if (path.is_ok()) {
+            get_tcp(*srv, ops, idx, done);
+          } else {
+            for (size_t i : idx) ops[i].result = path.code();
+          }
+          if (boot == 0 || srv->boot_id.load() == boot) break;
+          std::erase_if(idx, [&](size_t i) { return done[i] != 0; });
         }
       }
     }
@@ -372,7 +385,9 @@ class RemoteTier final : public Tier {
     if (!rdma_) return false;
     const int64_t now = Clock::now().time_since_epoch().count();
     {
-      std::lock_guard lock(s.rdma_mu);
+      // Held for a whole batch by the thread using the channel: wait no longer than a call may.
+      std::unique_lock lock(s.rdma_mu, std::defer_lock);
+      if (!lock.try_lock_until(deadline())) return true;  // in use, so up: rdma_run times out
       if (s.channel) return true;
       if (s.tcp_only) return false;
       if (now < s.rdma_retry_at) {
@@ -397,7 +412,7 @@ class RemoteTier final : public Tier {
     } else if (st.is_ok() && (code != KVTIER_OK || port == 0 || port > 65535)) {
       st = {KVTIER_ERR_INVALID_ARG, "bad RDMA_INFO reply from " + s.name};
     } else if (st.is_ok()) {
-      st = rdma::Channel::connect(s.host, static_cast<uint16_t>(port), ticket, registry_,
+      st = rdma::Channel::connect(s.host, static_cast<uint16_t>(port), ticket, rdma_tos_, registry_,
                                   deadline(), &ch);
     }
     std::lock_guard lock(s.rdma_mu);
@@ -425,13 +440,9 @@ class RemoteTier final : public Tier {
   // The RDMA channel's run, or UNAVAILABLE; a channel that failed is dropped (the next call
   // makes a new one).
   Status rdma_run(ServerRef& s, bool write, std::span<const rdma::Transfer> t, Deadline dl) {
-    std::lock_guard lock(s.rdma_mu);
-    if (!s.channel) return {KVTIER_ERR_UNAVAILABLE, "RDMA to " + s.name + " is down"};
-    Status st = s.channel->run(write, t, dl);
-    if (s.channel->dead()) {
-      s.channel.reset();
-      log().warn("remote tier: {}: RDMA channel lost: {}", s.name, st.message());
-    }
+    bool lost = false;
+    Status st = rdma::run_locked(s.rdma_mu, s.channel, write, t, dl, &lost);
+    if (lost) log().warn("remote tier: {}: RDMA channel lost: {}", s.name, st.message());
     return st;
   }
 
@@ -603,7 +614,9 @@ class RemoteTier final : public Tier {
         if (rd.left() >= 8) boot = rd.u64();
         return Status{};
       });
-      // A server that started again has a new arena: an RDMA channel to the old one is stale.
+      c.boot = boot;
+      // A server that started again has a new arena: an RDMA channel to the old one is stale,
+      // and so are the other connections to it (with_conn drops them before use).
       if (st.is_ok() && s.boot_id.exchange(boot) != boot) {
         std::lock_guard lock(s.rdma_mu);
         s.channel.reset();
@@ -687,6 +700,7 @@ class RemoteTier final : public Tier {
     }
     const Deadline dl = deadline();
     Status st;
+    if (conn->fd >= 0 && conn->boot != s.boot_id.load()) conn->drop();  // to an earlier start
     if (conn->fd < 0) st = connect(s, *conn, dl);
     if (st.is_ok()) st = f(conn->fd, dl);
     if (!st.is_ok()) {
@@ -708,6 +722,7 @@ class RemoteTier final : public Tier {
   const bool rdma_required_;  // transport rdma: no TCP fallback
   std::shared_ptr<rdma::Registry> registry_ = rdma::Registry::create();
   const unsigned timeout_ms_;
+  const int rdma_tos_;
   unsigned replicas_;
   const std::string token_;
   const uint64_t ns_;

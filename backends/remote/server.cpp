@@ -40,6 +40,17 @@ uint64_t random_u64() {
   return gen();
 }
 
+// Who a control connection is, for fencing RDMA: its peer's address and its namespace (a
+// client's pooled connections share both, while its QPs came through one of them).
+uint64_t client_key(int fd, uint64_t ns) {
+  sockaddr_storage peer{};
+  socklen_t len = sizeof peer;
+  uint64_t h = ns ^ 0x9E3779B97F4A7C15ull;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == 0 && peer.ss_family == AF_INET)
+    h ^= uint64_t{reinterpret_cast<sockaddr_in*>(&peer)->sin_addr.s_addr} * 0xBF58476D1CE4E5B9ull;
+  return h;
+}
+
 Status send_error(int fd, const Status& s) {
   wire::Writer w;
   w.i32(s.code());
@@ -68,13 +79,7 @@ Status Server::start(uint16_t* port) {
   if (!s.is_ok()) return s;
   if (opt_.rdma && rdma::available()) {
     const uint16_t rport = opt_.rdma_port ? opt_.rdma_port : static_cast<uint16_t>(*port + 1);
-    s = rdma::Listener::start(
-        opt_.host, rport, arena_, opt_.capacity,
-        [this](uint64_t ticket) {
-          std::lock_guard lock(mu_);
-          return tickets_.count(ticket) > 0;
-        },
-        &rdma_);
+    s = rdma::Listener::start({opt_.host, rport, opt_.rdma_tos}, arena_, opt_.capacity, &rdma_);
     if (s.is_ok())
       log().info("server: RDMA data plane on port {}", rdma_->port());
     else
@@ -161,6 +166,7 @@ void Server::serve(int fd) {
       if (h.type != wire::kHello) {
         s = {KVTIER_ERR_DENIED, "the first frame must be HELLO"};
       } else if (s = wire::decode_hello(payload, &token, &ns); s.is_ok()) {
+        ss.client = client_key(fd, ns);
         if (token != opt_.token) {
           s = {KVTIER_ERR_DENIED, "wrong or missing token"};
         } else {
@@ -393,18 +399,15 @@ Status Server::handle_rdma(Session& ss, const Header& h, std::vector<uint8_t>& p
   switch (h.type) {
     case wire::kRdmaInfo: {
       if (!payload.empty()) return {KVTIER_ERR_INVALID_ARG, "RDMA_INFO takes no payload"};
-      if (!rdma_) {
+      if (!rdma_ || !rdma_->serving()) {  // no device (left): the client falls back to TCP
         out.i32(KVTIER_ERR_UNSUPPORTED);
         out.u32(0);
         out.u64(0);
         break;
       }
-      uint64_t ticket = 0;
-      while (ticket == 0 || tickets_.count(ticket)) ticket = random_u64();
-      tickets_[ticket] = ss.fd;
       out.i32(KVTIER_OK);
       out.u32(rdma_->port());
-      out.u64(ticket);
+      out.u64(rdma_->issue_ticket({ss.fd, ss.client}));
       break;
     }
     case wire::kAlloc: {
@@ -425,7 +428,8 @@ Status Server::handle_rdma(Session& ss, const Header& h, std::vector<uint8_t>& p
           out.u64(0);
         } else {
           const uint64_t id = next_lease_++;
-          pending_[id] = {{ns, e.id}, offset, slot, e.length, e.checksum, now + lease, ss.fd};
+          pending_[id] = {{ns, e.id}, offset,      slot,  e.length,
+                          e.checksum, now + lease, ss.fd, ss.client};
           out.i32(KVTIER_OK);
           out.u64(offset);
           out.u64(id);
@@ -524,6 +528,8 @@ uint64_t Server::end_leases(const std::function<bool(Clock::time_point, int)>& e
   uint64_t n = 0;
   n += std::erase_if(pending_, [&](const auto& p) {
     if (!ends(p.second.expiry, p.second.conn)) return false;
+    // The client may still be writing into the slot: fence its QPs before anyone can reuse it.
+    if (rdma_) rdma_->fence_client(p.second.client);
     free_slot(p.second.offset, p.second.slot_size);
     return true;
   });
@@ -540,8 +546,8 @@ void Server::reap(Clock::time_point now) {
 }
 
 void Server::end_session(const Session& ss) {
+  if (rdma_) rdma_->fence_session(ss.fd);  // its tickets and the QPs they admitted end with it
   end_leases([&](Clock::time_point, int conn) { return conn == ss.fd; });
-  std::erase_if(tickets_, [&](const auto& t) { return t.second == ss.fd; });
 }
 
 }  // namespace kvtier

@@ -32,6 +32,7 @@ struct ServerOptions {
   bool rdma = true;                // --rdma auto|off / KVTIER_SERVER_RDMA: serve RDMA if a device
   uint16_t rdma_port = 0;          // --rdma-port / KVTIER_SERVER_RDMA_PORT; 0: the TCP port + 1
   unsigned lease_ms = 10000;       // --lease-ms / KVTIER_SERVER_LEASE_MS: ALLOC and LOOKUP leases
+  int rdma_tos = -1;               // --rdma-tos / KVTIER_SERVER_RDMA_TOS: 0..255; -1 the default
 };
 
 class Server {
@@ -57,6 +58,7 @@ class Server {
   struct Session {  // one control connection
     int fd;
     uint64_t ns = 0;
+    uint64_t client = 0;  // its peer host and namespace: whose RDMA QPs to fence (rdma::Owner)
   };
   // A slot handed out by ALLOC, written by the client, not yet committed.
   struct Pending {
@@ -64,6 +66,7 @@ class Server {
     uint64_t offset, slot_size, length, checksum;
     Clock::time_point expiry;
     int conn;
+    uint64_t client;  // Session::client: fenced before the slot goes back
   };
   struct ReadLease {  // a page pinned by LOOKUP until RELEASE
     uint64_t offset;
@@ -110,7 +113,6 @@ class Server {
   std::unordered_map<uint64_t, uint64_t> dropped_;  // offset -> slot size, freed at unpin
   std::unordered_map<uint64_t, Pending> pending_;   // offset -> reserved by ALLOC
   std::unordered_map<uint64_t, ReadLease> leases_;  // lease id -> pinned by LOOKUP
-  std::unordered_map<uint64_t, int> tickets_;       // RDMA ticket -> control connection
   uint64_t next_lease_ = 1;
   Clock::time_point next_reap_{};
   std::unique_ptr<rdma::Listener> rdma_;

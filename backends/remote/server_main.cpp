@@ -17,9 +17,10 @@ namespace {
 const char* kHelp = R"(kvtier-server: the memory node of kvtier's remote tier.
 
 usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--rdma auto|off]
-                     [--rdma-port PORT] [--lease-ms MS] [--log-level LEVEL]
+                     [--rdma-port PORT] [--rdma-tos TOS] [--lease-ms MS] [--log-level LEVEL]
 
-  --listen HOST:PORT  address to serve on (default 127.0.0.1:7471; port 0 picks a free one)
+  --listen HOST:PORT  address to serve on (default 127.0.0.1:7471; port 0 picks a free one);
+                      RDMA needs the NIC's address (rdma_cm cannot serve on a loopback one)
                       env: KVTIER_SERVER_LISTEN
   --capacity SIZE     bytes of memory for pages, e.g. 64GiB (default 4GiB)
                       env: KVTIER_SERVER_CAPACITY
@@ -30,8 +31,11 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                       env: KVTIER_SERVER_RDMA
   --rdma-port PORT    rdma_cm port of the RDMA data plane (default: the TCP port + 1)
                       env: KVTIER_SERVER_RDMA_PORT
+  --rdma-tos TOS      IP type of service (0..255) of the RDMA listener, for RoCE traffic
+                      classes (default: the device's) env: KVTIER_SERVER_RDMA_TOS
   --lease-ms MS       a slot reserved for an RDMA put, or a page pinned for an RDMA read, is
-                      given back after this long without COMMIT or RELEASE (default 10000)
+                      given back after this long without COMMIT or RELEASE (default 10000);
+                      keep it above the clients' KVTIER_REMOTE_TIMEOUT_MS + 5000
                       env: KVTIER_SERVER_LEASE_MS
   --log-level LEVEL   trace, debug, info, warn, error, critical, off (default info)
                       env: KVTIER_LOG_LEVEL
@@ -58,11 +62,12 @@ bool parse_number(const std::string& text, unsigned long max, unsigned long* out
 int main(int argc, char** argv) {
   kvtier::ServerOptions opt;
   std::string listen = "127.0.0.1:7471", capacity = "4GiB", level = "info", rdma = "auto",
-              rdma_port = "0", lease = "10000";
+              rdma_port = "0", lease = "10000", tos;
   if (const char* v = std::getenv("KVTIER_SERVER_LISTEN")) listen = v;
   if (const char* v = std::getenv("KVTIER_SERVER_RDMA")) rdma = v;
   if (const char* v = std::getenv("KVTIER_SERVER_RDMA_PORT")) rdma_port = v;
   if (const char* v = std::getenv("KVTIER_SERVER_LEASE_MS")) lease = v;
+  if (const char* v = std::getenv("KVTIER_SERVER_RDMA_TOS")) tos = v;
   if (const char* v = std::getenv("KVTIER_SERVER_CAPACITY")) capacity = v;
   if (const char* v = std::getenv("KVTIER_REMOTE_TOKEN")) opt.token = v;
   if (const char* v = std::getenv("KVTIER_LOG_LEVEL")) level = v;
@@ -88,6 +93,8 @@ int main(int argc, char** argv) {
       rdma_port = v;
     else if (a == "--lease-ms")
       lease = v;
+    else if (a == "--rdma-tos")
+      tos = v;
     else
       return usage_error("unknown flag " + a);
   }
@@ -101,6 +108,8 @@ int main(int argc, char** argv) {
   unsigned long n = 0;
   if (!parse_number(rdma_port, 65535, &n)) return usage_error("--rdma-port '" + rdma_port + "'");
   opt.rdma_port = static_cast<uint16_t>(n);
+  if (!tos.empty() && !parse_number(tos, 255, &n)) return usage_error("--rdma-tos '" + tos + "'");
+  if (!tos.empty()) opt.rdma_tos = static_cast<int>(n);
   if (!parse_number(lease, 3600000, &n) || n < 10)
     return usage_error("--lease-ms '" + lease + "' is not 10..3600000");
   opt.lease_ms = static_cast<unsigned>(n);
