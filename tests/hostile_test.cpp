@@ -2,11 +2,16 @@
 // a real server on loopback: unauthenticated memory, connection floods, leases that never end,
 // slow clients, commits without writes, space that never comes back, colliding key ids.
 #include <dirent.h>
+#include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -428,6 +433,140 @@ TEST(Hostile, CollidingKeyIdsCostNoMoreThanRandomOnes) {
   const double t_colliding = put_and_time_exists(attacker, colliding);
   EXPECT_LT(t_colliding, 10 * t_random + 0.2)
       << "colliding ids took " << t_colliding << " s against " << t_random << " s";
+}
+
+// ---- 1. the file tier's folder, prepared by another local user ---------------------------
+
+namespace fs = std::filesystem;
+constexpr uid_t kNobody = 65534;
+
+// Runs f as uid/gid 65534 in a child process, like another local user would; its exit code.
+template <class F>
+int as_other_user(F&& f) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (setgroups(0, nullptr) != 0 || setgid(kNobody) != 0 || setuid(kNobody) != 0) _exit(99);
+    _exit(f() ? 0 : 1);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+class FileFolder : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to act as another user (uid 65534)";
+    base_ = kvtier_test::test_dir() + "/folder-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    fs::create_directories(base_);
+    chmod(kvtier_test::test_dir().c_str(), 0711);  // the other user may pass through, no more
+    // A root-owned file the attacker wants overwritten, and a shared sticky folder like /var/tmp.
+    precious_ = base_ + "/precious";
+    std::ofstream(precious_) << "root's own bytes\n";
+    fs::create_directory(base_ + "/tmp");
+    chmod((base_ + "/tmp").c_str(), 01777);
+    // The namespace folder's name, as the file tier makes it (default namespace).
+    kvtier_store_t* s = nullptr;
+    const std::string probe = base_ + "/probe";
+    if (kvtier_open(("tiers=file;file_dir=" + probe).c_str(), &s) != KVTIER_OK)
+      GTEST_SKIP() << "no file tier in this build: " << kvtier_last_error();
+    kvtier_close(s);
+    for (auto& e : fs::directory_iterator(probe)) ns_dir_ = e.path().filename();
+    ASSERT_FALSE(ns_dir_.empty());
+  }
+  // Opening the store on dir fails with `code`, names the folder, and leaves precious alone.
+  void expect_refused(const std::string& dir, int code) {
+    kvtier_store_t* s = nullptr;
+    EXPECT_EQ(kvtier_open(("tiers=file;file_dir=" + dir).c_str(), &s), code) << dir;
+    const std::string msg = kvtier_last_error();
+    EXPECT_NE(msg.find(base_), std::string::npos) << "the message must name the path: " << msg;
+    if (s) kvtier_close(s);
+    EXPECT_EQ(slurp(precious_), "root's own bytes\n") << "the planted link's target was written";
+  }
+  // Links named like the tier's files, pointing at precious, in folder.
+  bool plant_links(const std::string& folder) {
+    for (const char* name : {"LOCK", "pages-4096.dat", "pages-4096.idx"})
+      if (symlink(precious_.c_str(), (folder + "/" + name).c_str()) != 0) return false;
+    return true;
+  }
+  std::string base_, precious_, ns_dir_;
+};
+
+TEST_F(FileFolder, AFolderAnotherUserMadeIsRefused) {
+  const std::string dir = base_ + "/tmp/kvtier";
+  ASSERT_EQ(as_other_user([&] {
+              return mkdir(dir.c_str(), 0755) == 0 &&
+                     mkdir((dir + "/" + ns_dir_).c_str(), 0755) == 0 &&
+                     plant_links(dir + "/" + ns_dir_);
+            }),
+            0);
+  expect_refused(dir, KVTIER_ERR_DENIED);
+  // The same links one level down: our folder, the namespace folder theirs.
+  const std::string ours = base_ + "/ours";
+  ASSERT_EQ(mkdir(ours.c_str(), 0711), 0);  // ours, and others may pass through
+  ASSERT_EQ(mkdir((ours + "/" + ns_dir_).c_str(), 0755), 0);
+  ASSERT_EQ(chown((ours + "/" + ns_dir_).c_str(), kNobody, kNobody), 0);
+  ASSERT_EQ(as_other_user([&] { return plant_links(ours + "/" + ns_dir_); }), 0);
+  expect_refused(ours, KVTIER_ERR_DENIED);
+}
+
+TEST_F(FileFolder, AFolderOthersCanWriteIsRefused) {
+  const std::string dir = base_ + "/open";
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+  chmod(dir.c_str(), 0777);
+  expect_refused(dir, KVTIER_ERR_DENIED);
+  chmod(dir.c_str(), 0770);
+  expect_refused(dir, KVTIER_ERR_DENIED);
+}
+
+TEST_F(FileFolder, ALinkOnTheWayMadeByAnotherUserIsRefused) {
+  const std::string safe = base_ + "/safe";
+  ASSERT_EQ(mkdir(safe.c_str(), 0700), 0);
+  const std::string link = base_ + "/tmp/cache";
+  ASSERT_EQ(as_other_user([&] { return symlink(safe.c_str(), link.c_str()) == 0; }), 0);
+  expect_refused(link + "/kv", KVTIER_ERR_DENIED);
+  expect_refused(link, KVTIER_ERR_DENIED);
+}
+
+TEST_F(FileFolder, FilesAreNeverOpenedThroughALink) {
+  // Our own folder, with links left in it (by whatever means): opening refuses, no write.
+  const std::string dir = base_ + "/mine";
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+  ASSERT_EQ(mkdir((dir + "/" + ns_dir_).c_str(), 0700), 0);
+  ASSERT_TRUE(plant_links(dir + "/" + ns_dir_));
+  expect_refused(dir, KVTIER_ERR_IO);
+  // Only the page files linked: the LOCK opens, the page files found on open do not.
+  ASSERT_EQ(unlink((dir + "/" + ns_dir_ + "/LOCK").c_str()), 0);
+  expect_refused(dir, KVTIER_ERR_IO);
+}
+
+TEST_F(FileFolder, FoldersAreMadePrivateAndTheDefaultIsTheUsersOwn) {
+  const std::string cache = base_ + "/xdg";
+  setenv("XDG_CACHE_HOME", cache.c_str(), 1);
+  unsetenv("KVTIER_FILE_DIR");
+  kvtier_store_t* s = nullptr;
+  ASSERT_EQ(kvtier_open("tiers=file;file_capacity=64MiB", &s), KVTIER_OK) << kvtier_last_error();
+  const char* key = "k";
+  const auto page = kvtier_test::random_bytes(4096);
+  const void* ptr = page.data();
+  size_t size = page.size();
+  int r = -1;
+  ASSERT_EQ(kvtier_batch_set(s, &key, 1, &ptr, &size, &r), KVTIER_OK);
+  EXPECT_EQ(r, KVTIER_OK);
+  kvtier_close(s);
+  struct stat st {};
+  ASSERT_EQ(stat((cache + "/kvtier").c_str(), &st), 0) << "the default is $XDG_CACHE_HOME/kvtier";
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  for (auto& e : fs::recursive_directory_iterator(cache + "/kvtier")) {
+    ASSERT_EQ(lstat(e.path().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 077, 0u) << e.path() << " is open to others";
+  }
 }
 
 }  // namespace
