@@ -237,9 +237,11 @@ class Server::Loop {
   const char* read_bulk(Conn& c, bool* blocked) {
     iovec iov[64];
     size_t k = 0;
-    for (size_t i = c.bulk_at; i < c.bulk.size() && k < 64; ++i, ++k) {
-      iov[k] = c.bulk[i];
-      if (!iov[k].iov_base) iov[k] = {sink_.data(), std::min(iov[k].iov_len, sink_.size())};
+    for (size_t i = c.bulk_at; i < c.bulk.size() && k < 64; ++i) {
+      iov[k++] = c.bulk[i];
+      if (iov[k - 1].iov_base) continue;
+      iov[k - 1] = {sink_.data(), std::min(c.bulk[i].iov_len, sink_.size())};
+      if (c.bulk[i].iov_len > sink_.size()) break;  // the rest of it next time, not the next value
     }
     msghdr msg{};
     msg.msg_iov = iov;
