@@ -156,39 +156,48 @@ Status Server::handle(Conn& c, wire::Writer& out) {
   }
 }
 
-// Reserves slots, then the loop takes the bytes straight into them; on_put_bytes commits.
+// The loop takes a PUT's values straight into their slots, reserving each slot only when its
+// bytes are about to arrive (reserve_ahead), so a client that stops sending holds at most a
+// window of slots, not the whole batch; on_put_bytes publishes them.
 Status Server::begin_put(Conn& c) {
   uint64_t total = 0;
   Status s = wire::decode_put(c.payload, &c.put, &total);
   if (!s.is_ok()) return s;
   const size_t n = c.put.size();
-  c.codes.assign(n, KVTIER_OK);
+  c.codes.assign(n, kUndecided);
   c.offsets.assign(n, 0);
   c.slots.assign(n, 0);
   c.bulk.clear();
-  {
-    std::lock_guard lock(mu_);
-    for (size_t i = 0; i < n; ++i) {
-      if (map_.count({c.ns, c.put[i].id})) {
-        c.codes[i] = wire::kPresent;  // present: the bytes are drained, the answer is OK
-      } else if (!allocate(c.put[i].length, &c.offsets[i], &c.slots[i])) {
-        c.codes[i] = KVTIER_ERR_NO_SPACE;
-      }
-    }
-  }
-  // Bytes of keys that are present already or found no room are read and dropped.
-  for (size_t i = 0; i < n; ++i)
-    c.bulk.push_back({c.codes[i] == KVTIER_OK ? static_cast<void*>(arena_ + c.offsets[i]) : nullptr,
-                      c.put[i].length});
-  c.bulk_at = 0;
+  for (const wire::PutEntry& e : c.put) c.bulk.push_back({nullptr, e.length});
+  c.bulk_at = c.decided = 0;
   c.phase = Conn::Phase::kBulkIn;
   const auto now = Clock::now();
   c.moved = now;
   // However the bytes trickle in, at least 16 MiB/s once the first bulk timeout has passed.
   c.bulk_end = now + std::chrono::milliseconds(opt_.bulk_timeout_ms) +
                std::chrono::milliseconds(total >> 14);
-  if (total == 0) on_put_bytes(c);
+  if (n == 0) on_put_bytes(c);
   return {};
+}
+
+void Server::reserve_ahead(Conn& c) {
+  constexpr uint64_t kWindow = 1 << 20;  // bytes reserved ahead of what has arrived
+  uint64_t ahead = 0;
+  for (size_t i = c.bulk_at; i < c.decided; ++i) ahead += c.bulk[i].iov_len;
+  if (c.decided >= c.put.size() || (c.decided > c.bulk_at && ahead >= kWindow)) return;
+  std::lock_guard lock(mu_);
+  while (c.decided < c.put.size() && (c.decided == c.bulk_at || ahead < kWindow)) {
+    const size_t i = c.decided++;
+    ahead += c.put[i].length;
+    if (map_.count({c.ns, c.put[i].id})) {
+      c.codes[i] = wire::kPresent;  // present: the bytes are drained, the answer is OK
+    } else if (allocate(c.put[i].length, &c.offsets[i], &c.slots[i])) {
+      c.codes[i] = KVTIER_OK;
+      c.bulk[i].iov_base = arena_ + c.offsets[i];
+    } else {
+      c.codes[i] = KVTIER_ERR_NO_SPACE;  // drained
+    }
+  }
 }
 
 void Server::on_put_bytes(Conn& c) {
@@ -249,7 +258,7 @@ void Server::on_reply_sent(Conn& c) {
 void Server::on_close(Conn& c) {
   std::lock_guard lock(mu_);
   if (c.phase == Conn::Phase::kBulkIn)  // the client went away mid-put: nothing to show
-    for (size_t i = 0; i < c.put.size(); ++i)
+    for (size_t i = 0; i < c.decided; ++i)
       if (c.codes[i] == KVTIER_OK) free_slot(c.offsets[i], c.slots[i]);
   for (uint64_t offset : c.pinned) unpin(offset);
   c.pinned.clear();

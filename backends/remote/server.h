@@ -82,7 +82,8 @@ class Server {
     std::vector<int32_t> codes;
     std::vector<uint64_t> offsets, slots;
     std::vector<iovec> bulk;
-    size_t bulk_at = 0;
+    size_t bulk_at = 0;  // the value bytes arrive for now
+    size_t decided = 0;  // values whose slot is reserved (or refused) so far
     // The reply going out: header and payload, then (GET) the pages' bytes from the arena.
     std::vector<uint8_t> reply;
     std::vector<iovec> out;
@@ -99,7 +100,8 @@ class Server {
   class Loop;
   friend class Loop;
   using Clock = std::chrono::steady_clock;
-  using Key = std::pair<uint64_t, KeyId>;  // (namespace, id)
+  using Key = std::pair<uint64_t, KeyId>;   // (namespace, id)
+  static constexpr int32_t kUndecided = 2;  // a PUT value whose slot is not reserved yet
 
   struct Entry {
     uint64_t offset, slot_size, length, checksum, ns;
@@ -127,7 +129,8 @@ class Server {
   // ---- requests (server.cpp): called by the connection's loop ----
   // A whole frame is in: sets up the reply (phase kReply) or a PUT's bulk read (kBulkIn).
   void on_frame(Conn& c);
-  void on_put_bytes(Conn& c);  // a PUT's values are all in: publish and answer
+  void reserve_ahead(Conn& c);  // slots for the PUT's next values, before their bytes come
+  void on_put_bytes(Conn& c);   // a PUT's values are all in: publish and answer
   void on_reply_sent(Conn& c);
   void on_close(Conn& c);  // whatever way it ends: its slots, pins, leases and tickets go back
   Status handle_hello(Conn& c, wire::Writer& out);

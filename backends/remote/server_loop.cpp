@@ -235,9 +235,10 @@ class Server::Loop {
 
   // A PUT's values, straight into their slots; drained ones into the sink.
   const char* read_bulk(Conn& c, bool* blocked) {
+    s_->reserve_ahead(c);
     iovec iov[64];
     size_t k = 0;
-    for (size_t i = c.bulk_at; i < c.bulk.size() && k < 64; ++i) {
+    for (size_t i = c.bulk_at; i < c.decided && k < 64; ++i) {
       iov[k++] = c.bulk[i];
       if (iov[k - 1].iov_base) continue;
       iov[k - 1] = {sink_.data(), std::min(c.bulk[i].iov_len, sink_.size())};
