@@ -9,10 +9,13 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "raw_client.h"
@@ -568,6 +571,190 @@ TEST_F(FileFolder, FoldersAreMadePrivateAndTheDefaultIsTheUsersOwn) {
     ASSERT_EQ(lstat(e.path().c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 077, 0u) << e.path() << " is open to others";
   }
+}
+
+// ---- the soak: honest clients beside every attack at once --------------------------------
+
+// One honest client: its own store and namespace; each round writes 8 new pages of random bytes,
+// reads them back byte for byte and removes them. Every call's latency is recorded.
+struct Honest {
+  size_t verified = 0, failed = 0;
+  std::vector<double> ms;
+  void round(kvtier_store_t* s, const std::string& prefix) {
+    Pages p(prefix, 8, 32 << 10);
+    auto t0 = Clock::now();
+    failed += 8 - p.set(s);
+    auto t1 = Clock::now();
+    const size_t good = p.get(s);
+    auto t2 = Clock::now();
+    verified += good;
+    failed += 8 - good;
+    std::vector<int> r(8);
+    kvtier_batch_remove(s, p.ck.data(), 8, r.data());
+    ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+  }
+};
+
+double p99(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, v.size() * 99 / 100)];
+}
+
+// Runs 16 honest clients for `seconds`; returns them once done.
+std::vector<Honest> run_honest(const std::string& addr, double seconds, const std::string& tag) {
+  std::vector<Honest> honest(16);
+  std::vector<std::thread> threads;
+  const auto end = Clock::now() + std::chrono::duration<double>(seconds);
+  for (size_t i = 0; i < honest.size(); ++i)
+    threads.emplace_back([&, i] {
+      kvtier_store_t* s = open_store("tiers=remote;namespace=honest-" + std::to_string(i) +
+                                     ";remote_servers=" + addr);
+      for (size_t round = 0; Clock::now() < end; ++round)
+        honest[i].round(s, tag + std::to_string(i) + "-" + std::to_string(round));
+      kvtier_close(s);
+    });
+  for (auto& t : threads) t.join();
+  return honest;
+}
+
+// Every attack of the review, in turn, until stop: each one's connections are kept for a while
+// (up to a bound per kind), so they pile up as a hostile client would make them.
+void attack(uint16_t port, const std::atomic<bool>& stop) {
+  std::deque<int> idle;
+  std::deque<std::unique_ptr<Ctl>> held;
+  auto keep = [](auto& q, auto v, size_t max, auto drop) {
+    q.push_back(std::move(v));
+    if (q.size() > max) drop(q.front()), q.pop_front();
+  };
+  auto close_fd = [](int fd) { close(fd); };
+  auto drop_ctl = [](std::unique_ptr<Ctl>&) {};
+  Ctl owner(port, 0xBAD, "", 10);
+  const auto big = kvtier_test::random_bytes(8 << 20);
+  owner.put_page(1, std::vector<uint8_t>(big.begin(), big.end()));
+  std::vector<uint8_t> lookup;
+  Ctl::put(lookup, 65536, 4);
+  for (int i = 0; i < 65536; ++i) Ctl::put_id(lookup, 1);
+  std::vector<uint8_t> colliding, colliding_bulk(2000 * 16, 7);
+  Ctl::put(colliding, 2000, 4);
+  for (uint64_t i = 0; i < 2000; ++i) {
+    Ctl::put(colliding, i + (uint64_t{kvtier_test::rng()()} << 16), 8);
+    Ctl::put(colliding, 0, 8);
+    Ctl::put(colliding, 16, 8);
+    Ctl::put(colliding, 0, 8);
+  }
+  for (int step = 0; !stop; ++step) {
+    switch (step % 8) {
+      case 0: {  // a 4 MiB frame before HELLO, and bytes after it
+        int fd = raw_connect(port);
+        auto h = header(3, 4u << 20);
+        h.resize(h.size() + (64 << 10), 0x33);
+        send(fd, h.data(), h.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        keep(idle, fd, 400, close_fd);
+        break;
+      }
+      case 1:  // idle connections that never say HELLO
+        for (int i = 0; i < 40; ++i) keep(idle, raw_connect(port), 400, close_fd);
+        break;
+      case 2: {  // a PUT whose bytes stop
+        auto c = std::make_unique<Ctl>(port, 0xBAD, "", 10);
+        std::vector<uint8_t> p;
+        Ctl::put(p, 2, 4);
+        for (uint8_t tag : {2, 3}) {
+          Ctl::put_id(p, tag);
+          Ctl::put(p, 4 << 20, 8);
+          Ctl::put(p, 0, 8);
+        }
+        auto f = Ctl::frame(3, p);
+        f.resize(f.size() + 100, 1);
+        send(c->fd(), f.data(), f.size(), MSG_NOSIGNAL);
+        keep(held, std::move(c), 20, drop_ctl);
+        break;
+      }
+      case 3: {  // a GET whose reply is never read
+        auto c = std::make_unique<Ctl>(port, 0xBAD, "", 10);
+        int small = 4096;
+        setsockopt(c->fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+        std::vector<uint8_t> g;
+        Ctl::put(g, 1, 4);
+        Ctl::put_id(g, 1);
+        auto f = Ctl::frame(4, g);
+        send(c->fd(), f.data(), f.size(), MSG_NOSIGNAL);
+        keep(held, std::move(c), 20, drop_ctl);
+        break;
+      }
+      case 4: {  // 65,536 read leases on one page, never released
+        auto c = std::make_unique<Ctl>(port, 0xBAD, "", 10);
+        c->call(11, lookup);
+        keep(held, std::move(c), 20, drop_ctl);
+        break;
+      }
+      case 5:  // ids chosen to collide
+        owner.call(3, colliding, colliding_bulk);
+        break;
+      case 6: {  // a commit of bytes never written
+        auto [code, lease] = owner.alloc(4, 64 << 10, 0);
+        if (code == KVTIER_OK) owner.commit(lease, true);
+        break;
+      }
+      case 7: {  // garbage
+        int fd = raw_connect(port);
+        std::vector<uint8_t> junk(64, 0xAB);
+        send(fd, junk.data(), junk.size(), MSG_NOSIGNAL);
+        close(fd);
+        break;
+      }
+    }
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  for (int fd : idle) close(fd);
+}
+
+TEST(HostileSoak, HonestClientsKeepTheirBytesAndTheirLatency) {
+  const char* env = getenv("KVTIER_SOAK_SECONDS");
+  const double seconds = env ? std::atof(env) : 20;  // the review asks for 60: set it so
+  ServerProcess srv("512MiB", "", 0, {"--max-connections", "256"},
+                    kvtier_test::test_dir() + "/soak.log");
+  const auto quiet = run_honest(srv.address(), std::max(5.0, seconds / 4), "quiet");
+  std::vector<double> quiet_ms;
+  for (auto& h : quiet) quiet_ms.insert(quiet_ms.end(), h.ms.begin(), h.ms.end());
+  const uint64_t rss_quiet = proc_status(srv.pid(), "VmRSS");
+
+  std::atomic<bool> stop{false};
+  uint64_t rss_max = 0;
+  size_t fds_max = 0;
+  std::thread hostile([&] { attack(srv.port(), stop); });
+  std::thread sampler([&] {
+    while (!stop) {
+      rss_max = std::max(rss_max, proc_status(srv.pid(), "VmRSS"));
+      fds_max = std::max(fds_max, fd_count(srv.pid()));
+      std::this_thread::sleep_for(milliseconds(200));
+    }
+  });
+  const auto loaded = run_honest(srv.address(), seconds, "loaded");
+  stop = true;
+  hostile.join();
+  sampler.join();
+
+  std::vector<double> loaded_ms;
+  size_t verified = 0, failed = 0;
+  for (auto& h : loaded) {
+    loaded_ms.insert(loaded_ms.end(), h.ms.begin(), h.ms.end());
+    verified += h.verified;
+    failed += h.failed;
+  }
+  const double q99 = p99(quiet_ms), l99 = p99(loaded_ms);
+  std::printf(
+      "soak %.0f s: %zu pages verified, %zu failed; p99 quiet %.2f ms, under attack %.2f ms;"
+      " server RSS %llu -> max %llu KiB, fds max %zu\n",
+      seconds, verified, failed, q99, l99, static_cast<unsigned long long>(rss_quiet),
+      static_cast<unsigned long long>(rss_max), fds_max);
+  EXPECT_GT(verified, 16u * 8) << "the honest clients hardly ran";
+  EXPECT_EQ(failed, 0u) << "honest keys failed under attack";
+  EXPECT_LE(l99, 3 * q99) << "honest p99 latency more than 3x the quiet run";
+  EXPECT_LE(rss_max, (512u << 10) + (128u << 10)) << "server RSS beyond its arena";
+  EXPECT_LE(fds_max, 256u + 64u + 32u) << "server fds beyond its caps";
 }
 
 }  // namespace
