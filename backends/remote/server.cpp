@@ -262,18 +262,30 @@ void Server::on_close(Conn& c) {
       if (c.codes[i] == KVTIER_OK) free_slot(c.offsets[i], c.slots[i]);
   for (uint64_t offset : c.pinned) unpin(offset);
   c.pinned.clear();
-  end_leases([&](Clock::time_point, uint64_t conn) { return conn == c.id; });
-  held_.erase(c.id);
-  std::erase_if(tickets_, [&](const auto& t) { return t.second == c.id; });
+  if (auto h = held_.find(c.id); h != held_.end()) {
+    const std::unordered_set<uint64_t> ids = std::move(h->second);
+    held_.erase(h);
+    for (uint64_t id : ids) end_lease(id);
+  }
+  if (auto t = ticket_of_.find(c.id); t != ticket_of_.end()) {
+    tickets_.erase(t->second);
+    ticket_of_.erase(t);
+  }
 }
 
 // ---- the RDMA control plane: the bytes themselves never pass through here -----------------
 
-bool Server::take_lease(uint64_t conn) {
-  uint32_t& n = held_[conn];
-  if (n >= opt_.max_leases) return false;
-  ++n;
-  return true;
+uint64_t Server::grant_lease(uint64_t conn, Clock::time_point expiry) {
+  const uint64_t id = next_lease_++;
+  held_[conn].insert(id);
+  // Leases ended early stay queued until their time; drop them once they outnumber the live
+  // ones, so granting and giving back in a loop cannot grow the queue without bound.
+  if (expiries_.size() > 2 * (pending_.size() + leases_.size()) + 4096)
+    std::erase_if(expiries_, [&](const auto& e) {
+      return !pending_.count(e.second) && !leases_.count(e.second);
+    });
+  expiries_.push_back({expiry, id});
+  return id;
 }
 
 Status Server::handle_rdma(Conn& c, wire::Writer& out) {
@@ -292,7 +304,9 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       }
       uint64_t ticket = 0;
       while (ticket == 0 || tickets_.count(ticket)) ticket = random_u64();
-      tickets_[ticket] = c.id;
+      if (auto old = ticket_of_.find(c.id); old != ticket_of_.end()) tickets_.erase(old->second);
+      tickets_[ticket] = c.id;  // one per connection: asking again replaces it
+      ticket_of_[c.id] = ticket;
       out.i32(KVTIER_OK);
       out.u32(rdma_->port());
       out.u64(ticket);
@@ -305,20 +319,22 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       if (!s.is_ok()) return s;
       out.u32(static_cast<uint32_t>(entries.size()));
       std::lock_guard lock(mu_);
+      auto& held = held_[c.id];
       for (const wire::PutEntry& e : entries) {
-        uint64_t offset = 0, slot = 0;
+        uint64_t offset = 0, slot = 0, id = 0;
         int32_t code = KVTIER_OK;
         if (map_.count({ns, e.id}))
           code = wire::kPresent;
-        else if (!take_lease(c.id))
+        else if (held.size() >= opt_.max_leases)
           code = KVTIER_ERR_BUSY;  // this connection holds its cap of leases
         else if (!allocate(e.length, &offset, &slot))
-          code = KVTIER_ERR_NO_SPACE, --held_[c.id];
-        const uint64_t id = code == KVTIER_OK ? next_lease_++ : 0;
-        if (code == KVTIER_OK)
+          code = KVTIER_ERR_NO_SPACE;
+        if (code == KVTIER_OK) {
+          id = grant_lease(c.id, now + lease);
           pending_[id] = {{ns, e.id}, offset, slot, e.length, e.checksum, now + lease, c.id};
+        }
         out.i32(code);
-        out.u64(code == KVTIER_OK ? offset : 0);
+        out.u64(offset);
         out.u64(id);
       }
       return {};
@@ -329,16 +345,17 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       if (!s.is_ok()) return s;
       out.u32(static_cast<uint32_t>(ids.size()));
       std::lock_guard lock(mu_);
+      auto& held = held_[c.id];
       for (const KeyId& id : ids) {
         auto it = map_.find({ns, id});
         const bool found = it != map_.end();
-        if (!found || !take_lease(c.id)) {
+        if (!found || held.size() >= opt_.max_leases) {
           out.i32(found ? KVTIER_ERR_BUSY : KVTIER_ERR_NOT_FOUND);
           for (int k = 0; k < 4; ++k) out.u64(0);
           continue;
         }
         const Entry& e = pin(it->second);
-        const uint64_t id_ = next_lease_++;
+        const uint64_t id_ = grant_lease(c.id, now + lease);
         leases_[id_] = {e.offset, now + lease, c.id};
         out.i32(KVTIER_OK);
         out.u64(e.offset);
@@ -356,9 +373,7 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       for (uint64_t id : ids) {
         auto it = leases_.find(id);
         if (it == leases_.end() || it->second.conn != c.id) continue;  // ran out already
-        unpin(it->second.offset);
-        leases_.erase(it);
-        --held_[c.id];
+        end_lease(id);
       }
       return {};
     }
@@ -384,7 +399,7 @@ Status Server::commit(Conn& c, wire::Writer& out) {
       if (it == pending_.end() || it->second.conn != c.id) continue;
       taken.push_back(it->second);
       pending_.erase(it);
-      --held_[c.id];
+      held_[c.id].erase(entries[i].lease);
       codes[i] = static_cast<int32_t>(taken.size() - 1);  // index into taken, for now
     }
   }
@@ -472,25 +487,28 @@ void Server::unpin(uint64_t offset) {
   }
 }
 
-uint64_t Server::end_leases(const std::function<bool(Clock::time_point, uint64_t)>& ends) {
-  uint64_t n = 0;
-  n += std::erase_if(pending_, [&](const auto& p) {
-    if (!ends(p.second.expiry, p.second.conn)) return false;
-    free_slot(p.second.offset, p.second.slot_size);
-    if (auto h = held_.find(p.second.conn); h != held_.end()) --h->second;
-    return true;
-  });
-  n += std::erase_if(leases_, [&](const auto& l) {
-    if (!ends(l.second.expiry, l.second.conn)) return false;
-    unpin(l.second.offset);
-    if (auto h = held_.find(l.second.conn); h != held_.end()) --h->second;
-    return true;
-  });
-  return n;
+bool Server::end_lease(uint64_t id) {
+  uint64_t conn = 0;
+  if (auto p = pending_.find(id); p != pending_.end()) {
+    free_slot(p->second.offset, p->second.slot_size);
+    conn = p->second.conn;
+    pending_.erase(p);
+  } else if (auto l = leases_.find(id); l != leases_.end()) {
+    unpin(l->second.offset);
+    conn = l->second.conn;
+    leases_.erase(l);
+  } else {
+    return false;
+  }
+  if (auto h = held_.find(conn); h != held_.end()) h->second.erase(id);
+  return true;
 }
 
 void Server::reap(Clock::time_point now) {
-  expired_ += end_leases([&](Clock::time_point expiry, uint64_t) { return expiry <= now; });
+  while (!expiries_.empty() && expiries_.front().first <= now) {
+    expired_ += end_lease(expiries_.front().second);
+    expiries_.pop_front();
+  }
 }
 
 }  // namespace kvtier

@@ -15,13 +15,14 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
-#include <functional>
+#include <deque>
 #include <list>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "free_space.h"
@@ -141,7 +142,8 @@ class Server {
   Status commit(Conn& c, wire::Writer& out);
   void reply(Conn& c, uint16_t type, wire::Writer& out, const std::vector<iovec>& bulk = {});
   void reply_error(Conn& c, const Status& s);
-  bool take_lease(uint64_t conn);  // REQUIRES mu_: false at the per-connection cap
+  // REQUIRES mu_: a new lease of the connection's, ending at `expiry`.
+  uint64_t grant_lease(uint64_t conn, Clock::time_point expiry);
 
   // ---- the arena (server.cpp), REQUIRES mu_ ----
   // A written slot becomes the key's page (or goes back if the key has one).
@@ -149,9 +151,9 @@ class Server {
                uint64_t checksum);
   const Entry& pin(Entry& e);  // most recent, and not evicted until unpin
   void unpin(uint64_t offset);
-  void reap(Clock::time_point now);  // ends leases that ran out
-  // Ends the ALLOC and LOOKUP leases for which ends(expiry, conn); how many.
-  uint64_t end_leases(const std::function<bool(Clock::time_point, uint64_t)>& ends);
+  void reap(Clock::time_point now);  // ends leases that ran out, oldest first
+  // Ends an ALLOC lease (its slot goes back) or a LOOKUP lease (its pin goes); false if none.
+  bool end_lease(uint64_t id);
   // A slot of `bytes`, evicting least-recently-used unpinned pages if needed.
   bool allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size);
   void free_slot(uint64_t offset, uint64_t slot_size);
@@ -189,8 +191,13 @@ class Server {
   std::unordered_map<uint64_t, uint64_t> dropped_;  // offset -> slot size, freed at unpin
   std::unordered_map<uint64_t, Pending> pending_;   // lease id -> reserved by ALLOC
   std::unordered_map<uint64_t, ReadLease> leases_;  // lease id -> pinned by LOOKUP
-  std::unordered_map<uint64_t, uint32_t> held_;     // connection -> leases it holds
-  std::unordered_map<uint64_t, uint64_t> tickets_;  // RDMA ticket -> control connection
+  // connection -> its leases; so a connection's end, and the cap, cost its own leases only
+  std::unordered_map<uint64_t, std::unordered_set<uint64_t>> held_;
+  // (end, lease id) in the order granted, which is the order they end (one lease time for all):
+  // the timer pops what ran out instead of scanning every lease. Ended ones are skipped.
+  std::deque<std::pair<Clock::time_point, uint64_t>> expiries_;
+  std::unordered_map<uint64_t, uint64_t> tickets_;    // RDMA ticket -> control connection
+  std::unordered_map<uint64_t, uint64_t> ticket_of_;  // control connection -> its one ticket
   uint64_t next_lease_ = 1;
   Clock::time_point next_reap_{};
   std::unique_ptr<rdma::Listener> rdma_;
