@@ -132,9 +132,11 @@ Status Server::handle(Conn& c, wire::Writer& out) {
     case wire::kClear: {
       if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "CLEAR takes no payload"};
       std::lock_guard lock(mu_);
-      for (auto it = lru_list_.begin(); it != lru_list_.end();) {
-        auto e = map_.find(*(it++));
-        if (e->second.ns == ns) drop(e);
+      auto keys = ns_keys_.find(ns);
+      while (keys != ns_keys_.end() && !keys->second.empty()) {
+        const bool last = keys->second.size() == 1;  // dropping it erases the list itself
+        drop(map_.find(keys->second.front()));
+        if (last) break;
       }
       return {};
     }
@@ -454,6 +456,9 @@ void Server::drop(std::unordered_map<Key, Entry, Ids>::iterator it) {
     free_slot(it->second.offset, it->second.slot_size);
   }
   lru_list_.erase(it->second.lru);
+  auto keys = ns_keys_.find(it->second.ns);
+  keys->second.erase(it->second.in_ns);
+  if (keys->second.empty()) ns_keys_.erase(keys);
   map_.erase(it);
 }
 
@@ -469,7 +474,10 @@ void Server::publish(const Key& key, uint64_t offset, uint64_t slot_size, uint64
     return;
   }
   lru_list_.push_front(key);
-  map_.emplace(key, Entry{offset, slot_size, length, checksum, key.first, lru_list_.begin()});
+  auto& keys = ns_keys_[key.first];
+  keys.push_front(key);
+  map_.emplace(
+      key, Entry{offset, slot_size, length, checksum, key.first, lru_list_.begin(), keys.begin()});
 }
 
 const Server::Entry& Server::pin(Entry& e) {

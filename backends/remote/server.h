@@ -107,12 +107,14 @@ class Server {
   struct Entry {
     uint64_t offset, slot_size, length, checksum, ns;
     std::list<Key>::iterator lru;
+    std::list<Key>::iterator in_ns;  // in its namespace's list, so CLEAR visits only those
   };
   // Key ids come from clients, who can choose them: the table hashes them with a secret seed
   // drawn at start, so no client can make its keys (or another's) collide.
   struct Ids {
     uint64_t seed;
     size_t operator()(const Key& k) const;
+    size_t operator()(uint64_t ns) const { return (*this)({ns, KeyId{}}); }
   };
   // A slot handed out by ALLOC, written by the client, not yet committed.
   struct Pending {
@@ -185,7 +187,8 @@ class Server {
   std::mutex mu_;
   const uint64_t hash_seed_;
   std::unordered_map<Key, Entry, Ids> map_;
-  std::list<Key> lru_list_;  // front = most recent
+  std::list<Key> lru_list_;                                    // front = most recent
+  std::unordered_map<uint64_t, std::list<Key>, Ids> ns_keys_;  // namespace -> its keys
   FreeSpace free_;
   std::unordered_map<uint64_t, uint32_t> pins_;     // offset -> replies sending its bytes
   std::unordered_map<uint64_t, uint64_t> dropped_;  // offset -> slot size, freed at unpin
