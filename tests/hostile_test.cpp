@@ -208,6 +208,18 @@ TEST(Hostile, IdleConnectionFloodCostsNoThreadsAndLocksNobodyOut) {
   EXPECT_LE(lines, 30u) << "the log grew with the flood";
 }
 
+// The idle timeout closes an honest client's pooled connections too; its next calls reconnect
+// instead of failing.
+TEST(Hostile, HonestClientOutlivesTheIdleTimeout) {
+  ServerProcess srv("64MiB", "", 0, {"--idle-timeout-ms", "500"});
+  kvtier_store_t* s = open_store("tiers=remote;remote_servers=" + srv.address());
+  Pages p("idle", 4, 8192);
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(p.set(s), 4u);  // every pooled connection in use
+  std::this_thread::sleep_for(milliseconds(1500));
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(p.get(s), 4u) << "call " << i << " after the idle time";
+  kvtier_close(s);
+}
+
 // ---- 4. leases run out on their own; capped per connection ---------------------------------
 
 TEST(Hostile, LeasesRunOutWithNoOtherTraffic) {

@@ -171,6 +171,11 @@ Status readv_all(int fd, iovec* iov, size_t n, Deadline deadline) {
   return move_all(fd, iov, n, deadline, false);
 }
 
+bool peer_closed(int fd) {
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 Status write_all(int fd, const void* buf, size_t len, Deadline deadline) {
   iovec v{const_cast<void*>(buf), len};
   return writev_all(fd, &v, 1, deadline);
