@@ -764,7 +764,12 @@ TEST(HostileSoak, HonestClientsKeepTheirBytesAndTheirLatency) {
       static_cast<unsigned long long>(rss_max), fds_max);
   EXPECT_GT(verified, 16u * 8) << "the honest clients hardly ran";
   EXPECT_EQ(failed, 0u) << "honest keys failed under attack";
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  // A sanitizer makes the hostile client's own work (in this process) cost 5-20x: its latency
+  // figures are printed, not judged.
+#else
   EXPECT_LE(l99, 3 * q99) << "honest p99 latency more than 3x the quiet run";
+#endif
   EXPECT_LE(rss_max, (512u << 10) + (128u << 10)) << "server RSS beyond its arena";
   EXPECT_LE(fds_max, 256u + 64u + 32u) << "server fds beyond its caps";
 }

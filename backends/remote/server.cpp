@@ -31,6 +31,23 @@ bool same_token(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
+// Holds a lock over a loop of up to 65,536 keys, letting others in every 1024, so that one
+// client's big batch does not keep the table from everyone else for its whole length.
+class Yielding {
+ public:
+  explicit Yielding(std::mutex& mu) : lock_(mu) {}
+  void step() {
+    if (++n_ % 1024) return;
+    lock_.unlock();
+    std::this_thread::yield();
+    lock_.lock();
+  }
+
+ private:
+  std::unique_lock<std::mutex> lock_;
+  size_t n_ = 0;
+};
+
 }  // namespace
 
 size_t Server::Ids::operator()(const Key& k) const {
@@ -104,8 +121,11 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       Status s = wire::decode_ids(c.payload, &ids);
       if (!s.is_ok()) return s;
       out.u32(static_cast<uint32_t>(ids.size()));
-      std::lock_guard lock(mu_);
-      for (const KeyId& id : ids) out.u8(map_.count({ns, id}) ? 1 : 0);
+      Yielding lock(mu_);
+      for (const KeyId& id : ids) {
+        out.u8(map_.count({ns, id}) ? 1 : 0);
+        lock.step();
+      }
       return {};
     }
     case wire::kPut:
@@ -117,26 +137,21 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       Status s = wire::decode_ids(c.payload, &ids);
       if (!s.is_ok()) return s;
       out.u32(static_cast<uint32_t>(ids.size()));
-      std::lock_guard lock(mu_);
+      Yielding lock(mu_);
       for (const KeyId& id : ids) {
         auto it = map_.find({ns, id});
-        if (it == map_.end()) {
-          out.i32(KVTIER_ERR_NOT_FOUND);
-          continue;
-        }
-        drop(it);
-        out.i32(KVTIER_OK);
+        out.i32(it == map_.end() ? KVTIER_ERR_NOT_FOUND : KVTIER_OK);
+        if (it != map_.end()) drop(it);
+        lock.step();
       }
       return {};
     }
     case wire::kClear: {
       if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "CLEAR takes no payload"};
-      std::lock_guard lock(mu_);
-      auto keys = ns_keys_.find(ns);
-      while (keys != ns_keys_.end() && !keys->second.empty()) {
-        const bool last = keys->second.size() == 1;  // dropping it erases the list itself
-        drop(map_.find(keys->second.front()));
-        if (last) break;
+      Yielding lock(mu_);
+      for (auto keys = ns_keys_.find(ns); keys != ns_keys_.end(); keys = ns_keys_.find(ns)) {
+        drop(map_.find(keys->second.front()));  // the last one erases the list itself
+        lock.step();
       }
       return {};
     }
@@ -206,8 +221,9 @@ void Server::on_put_bytes(Conn& c) {
   wire::Writer out;
   out.u32(static_cast<uint32_t>(c.put.size()));
   {
-    std::lock_guard lock(mu_);
+    Yielding lock(mu_);
     for (size_t i = 0; i < c.put.size(); ++i) {
+      lock.step();
       if (c.codes[i] == KVTIER_OK)
         publish({c.ns, c.put[i].id}, c.offsets[i], c.slots[i], c.put[i].length, c.put[i].checksum);
     }
@@ -226,8 +242,9 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
   uint64_t total = 0;
   out.u32(static_cast<uint32_t>(ids.size()));
   {
-    std::lock_guard lock(mu_);
+    Yielding lock(mu_);
     for (const KeyId& id : ids) {
+      lock.step();
       auto it = map_.find({c.ns, id});
       if (it == map_.end()) {
         out.i32(KVTIER_ERR_NOT_FOUND);
@@ -320,9 +337,10 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       Status s = wire::decode_put(c.payload, &entries, &bulk);
       if (!s.is_ok()) return s;
       out.u32(static_cast<uint32_t>(entries.size()));
-      std::lock_guard lock(mu_);
+      Yielding lock(mu_);
       auto& held = held_[c.id];
       for (const wire::PutEntry& e : entries) {
+        lock.step();
         uint64_t offset = 0, slot = 0, id = 0;
         int32_t code = KVTIER_OK;
         if (map_.count({ns, e.id}))
@@ -346,9 +364,10 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       Status s = wire::decode_ids(c.payload, &ids);
       if (!s.is_ok()) return s;
       out.u32(static_cast<uint32_t>(ids.size()));
-      std::lock_guard lock(mu_);
+      Yielding lock(mu_);
       auto& held = held_[c.id];
       for (const KeyId& id : ids) {
+        lock.step();
         auto it = map_.find({ns, id});
         const bool found = it != map_.end();
         if (!found || held.size() >= opt_.max_leases) {
@@ -371,8 +390,9 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       std::vector<uint64_t> ids;
       Status s = wire::decode_u64s(c.payload, &ids);
       if (!s.is_ok()) return s;
-      std::lock_guard lock(mu_);
+      Yielding lock(mu_);
       for (uint64_t id : ids) {
+        lock.step();
         auto it = leases_.find(id);
         if (it == leases_.end() || it->second.conn != c.id) continue;  // ran out already
         end_lease(id);
