@@ -201,6 +201,14 @@ TEST(Hostile, IdleConnectionFloodCostsNoThreadsAndLocksNobodyOut) {
   EXPECT_EQ(p.get(s), 16u);
   kvtier_close(s);
   for (int fd : fds) close(fd);
+  // 500 connections that each send garbage: each is refused with a reason, not each logged.
+  for (int i = 0; i < 500; ++i) {
+    int fd = raw_connect(srv.port());
+    std::vector<uint8_t> junk(16, 0xAB);
+    send(fd, junk.data(), junk.size(), MSG_NOSIGNAL);
+    EXPECT_EQ(reply_type(fd), kError);
+    close(fd);
+  }
   // The flood was logged in a few lines, not one per connection.
   std::ifstream in(log);
   size_t lines = 0;
