@@ -309,6 +309,30 @@ TEST(Hostile, StalledPutIsCutAndItsSlotsFreed) {
   EXPECT_FALSE(watcher.exists(1));
 }
 
+// A PUT that keeps sending, a byte at a time, is cut too: past the bulk timeout its bytes must
+// average 16 MiB/s.
+TEST(Hostile, TricklingPutIsCut) {
+  ServerProcess srv("64MiB", "", 0, {"--bulk-timeout-ms", "1000"});
+  Ctl c(srv.port());
+  std::vector<uint8_t> p;
+  Ctl::put(p, 1, 4);
+  Ctl::put_id(p, 1);
+  Ctl::put(p, 1 << 20, 8);
+  Ctl::put(p, 0, 8);
+  auto f = Ctl::frame(3, p);
+  send(c.fd(), f.data(), f.size(), MSG_NOSIGNAL);
+  const auto t0 = Clock::now();
+  bool cut = false;
+  while (!cut && Clock::now() - t0 < std::chrono::seconds(6)) {
+    const uint8_t one = 1;
+    cut = send(c.fd(), &one, 1, MSG_NOSIGNAL) != 1 || closed_within(c.fd(), 200);
+  }
+  EXPECT_TRUE(cut) << "a trickling PUT held its slot for 6 s";
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(4));
+  Ctl watcher(srv.port());
+  EXPECT_EQ(watcher.stat(1), 0u);
+}
+
 TEST(Hostile, UnreadGetReplyIsCutAndItsPinsReleased) {
   ServerProcess srv("256MiB", "", 0, {"--bulk-timeout-ms", "1000"});
   Ctl writer(srv.port());
