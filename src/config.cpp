@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
@@ -12,6 +14,14 @@
 extern char** environ;
 
 namespace kvtier {
+
+std::string default_file_dir() {
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  if (xdg && xdg[0] == '/') return std::string(xdg) + "/kvtier";
+  const char* home = std::getenv("HOME");
+  if (home && home[0] == '/' && home[1]) return std::string(home) + "/.cache/kvtier";
+  return "/var/tmp/kvtier-" + std::to_string(::geteuid());
+}
 
 namespace {
 

@@ -158,7 +158,7 @@ Status Shared::hello(int fd) {
   w.u64(pool.pool_tokens / pool.page_size);
   w.u32(rdma_listener ? rdma_listener->port() : 0);
   // One-time RDMA admission for this peer's channel; it ends with this connection.
-  w.u64(rdma_listener ? rdma_listener->issue_ticket({fd, 0}) : 0);
+  w.u64(rdma_listener ? rdma_listener->issue_ticket({static_cast<uint64_t>(fd), 0}) : 0);
   return wire::send_frame(fd, wire::kP2pHello | wire::kReply, w.data(), {}, deadline());
 }
 

@@ -592,7 +592,7 @@ class ListenerImpl final : public Listener {
 
   uint64_t issue_ticket(Owner owner) override { return tickets_.issue(owner, Clock::now()); }
 
-  size_t fence_session(int session) override {
+  size_t fence_session(uint64_t session) override {
     tickets_.end_session(session);
     return fence([&](const Owner& o) { return o.session == session; });
   }

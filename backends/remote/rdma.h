@@ -93,7 +93,7 @@ std::string memlock_warning(uint64_t limit, uint64_t need);
 // ticket, and the client (its host and namespace), so the server can fence the QPs that could
 // still write into slots it is about to reuse.
 struct Owner {
-  int session = -1;
+  uint64_t session = 0;  // the control connection (its id, or its fd)
   uint64_t client = 0;
 };
 
@@ -107,7 +107,7 @@ class TicketBook {
   uint64_t issue(Owner owner, Clock::time_point now);  // never 0
   // True (and *owner) when `ticket` is live: counts one use.
   bool redeem(uint64_t ticket, Clock::time_point now, Owner* owner);
-  void end_session(int session);  // drops that control connection's tickets
+  void end_session(uint64_t session);  // drops that control connection's tickets
   size_t size() const;
 
  private:
@@ -199,7 +199,7 @@ class Listener {
   // Fences: moves the QPs admitted for that control connection (its unused tickets end too),
   // or for that client, to the error state before returning, so that none of their RDMA
   // WRITEs can land in the arena afterwards; the QPs are destroyed soon after. Thread-safe.
-  virtual size_t fence_session(int session) = 0;
+  virtual size_t fence_session(uint64_t session) = 0;
   virtual size_t fence_client(uint64_t client) = 0;
 };
 

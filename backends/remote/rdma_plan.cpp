@@ -100,7 +100,7 @@ bool TicketBook::redeem(uint64_t ticket, Clock::time_point now, Owner* owner) {
   return true;
 }
 
-void TicketBook::end_session(int session) {
+void TicketBook::end_session(uint64_t session) {
   std::lock_guard lock(mu_);
   std::erase_if(live_, [&](const auto& t) { return t.second.owner.session == session; });
 }

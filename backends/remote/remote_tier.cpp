@@ -701,6 +701,7 @@ class RemoteTier final : public Tier {
     const Deadline dl = deadline();
     Status st;
     if (conn->fd >= 0 && conn->boot != s.boot_id.load()) conn->drop();  // to an earlier start
+    if (conn->fd >= 0 && net::peer_closed(conn->fd)) conn->drop();  // the server's idle timeout
     if (conn->fd < 0) st = connect(s, *conn, dl);
     if (st.is_ok()) st = f(conn->fd, dl);
     if (!st.is_ok()) {
