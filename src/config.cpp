@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
@@ -12,6 +14,14 @@
 extern char** environ;
 
 namespace kvtier {
+
+std::string default_file_dir() {
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  if (xdg && xdg[0] == '/') return std::string(xdg) + "/kvtier";
+  const char* home = std::getenv("HOME");
+  if (home && home[0] == '/' && home[1]) return std::string(home) + "/.cache/kvtier";
+  return "/var/tmp/kvtier-" + std::to_string(::geteuid());
+}
 
 namespace {
 
@@ -211,6 +221,14 @@ const std::vector<Option>& options() {
          if (!parse_size(v, &n).is_ok() || n < 1 || n > 16 || !std::isdigit(v.back()))
            return "an integer from 1 to 16";
          c.remote_replicas = static_cast<unsigned>(n);
+         return {};
+       }},
+      {"REMOTE_RDMA_TOS",
+       [](Config& c, const std::string& v) -> std::string {
+         uint64_t n = 0;
+         if (!parse_size(v, &n).is_ok() || n > 255 || !std::isdigit(v.back()))
+           return "an integer from 0 to 255";
+         c.remote_rdma_tos = static_cast<int>(n);
          return {};
        }},
       {"FILE_SYNC",

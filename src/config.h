@@ -11,6 +11,11 @@ namespace kvtier {
 
 enum class WritePolicy { kWriteThrough, kWriteBack };
 
+// The file tier's folder when KVTIER_FILE_DIR is unset: one that is the user's own, not a
+// world-writable one another user could prepare: $XDG_CACHE_HOME/kvtier, else
+// $HOME/.cache/kvtier, else /var/tmp/kvtier-<uid> (refused if someone else made it).
+std::string default_file_dir();
+
 struct Config {
   // KVTIER_TIERS: the tier chain, top first, e.g. "memory" or "memory,file".
   std::vector<std::string> tiers{"memory"};
@@ -24,7 +29,7 @@ struct Config {
   // KVTIER_MEMORY_CAPACITY: bytes the memory tier may hold, e.g. 4GiB.
   uint64_t memory_capacity = 4ull << 30;
   // KVTIER_FILE_DIR: where the file tier keeps its page files (one folder per namespace).
-  std::string file_dir = "/var/tmp/kvtier";
+  std::string file_dir = default_file_dir();
   // KVTIER_FILE_CAPACITY: bytes of pages the file tier may hold before it evicts.
   uint64_t file_capacity = 16ull << 30;
   // KVTIER_FILE_QUEUE_DEPTH: I/Os in flight per io_uring (1..4096).
@@ -44,6 +49,9 @@ struct Config {
   std::string remote_token;
   // KVTIER_REMOTE_REPLICAS: servers each page is written to (reads take the first answer).
   unsigned remote_replicas = 1;
+  // KVTIER_REMOTE_RDMA_TOS: IP type of service (0..255) of RDMA connections (RoCE traffic
+  // class, e.g. a lossless one); -1 (unset): the device's default.
+  int remote_rdma_tos = -1;
   // KVTIER_FILE_SYNC: on (a page is visible only once fdatasync says it is durable) | off.
   bool file_sync = true;
   // Transfer endpoints (kvtier_endpoint_open): prefill -> decode straight between host pools.

@@ -8,6 +8,10 @@
 
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
 namespace kvtier {
 
 #if KVTIER_HAVE_AVX2_CHECKSUM
@@ -70,21 +74,74 @@ uint64_t checksum(Frags frags, size_t len) {
   return checksum(head);
 }
 
+namespace {
+#if defined(__x86_64__)
+// SSE2 (the x86-64 baseline): 64 bytes per round, loads unaligned, streaming stores aligned.
+void copy_stream(std::byte* dst, const std::byte* src, size_t n) {
+  const size_t head = (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16;
+  std::memcpy(dst, src, head);
+  dst += head, src += head, n -= head;
+  for (; n >= 64; n -= 64, dst += 64, src += 64) {
+    const auto* s = reinterpret_cast<const __m128i*>(src);
+    auto* d = reinterpret_cast<__m128i*>(dst);
+    const __m128i a = _mm_loadu_si128(s), b = _mm_loadu_si128(s + 1);
+    const __m128i c = _mm_loadu_si128(s + 2), e = _mm_loadu_si128(s + 3);
+    _mm_stream_si128(d, a);
+    _mm_stream_si128(d + 1, b);
+    _mm_stream_si128(d + 2, c);
+    _mm_stream_si128(d + 3, e);
+  }
+  std::memcpy(dst, src, n);
+}
+void fence_streams() {
+  _mm_sfence();  // streaming stores are weakly ordered: done before anyone else looks
+}
+#else
+void copy_stream(std::byte* dst, const std::byte* src, size_t n) {
+  std::memcpy(dst, src, n);
+}
+void fence_streams() {}
+#endif
+}  // namespace
+
+void copy_bytes(std::byte* dst, const std::byte* src, size_t n) {
+  if (n < kStreamMin) {
+    std::memcpy(dst, src, n);
+    return;
+  }
+  copy_stream(dst, src, n);
+  fence_streams();
+}
+
 void gather(Frags frags, std::byte* dst) {
+  bool streamed = false;
   for (const Frag& f : frags) {
-    std::memcpy(dst, f.ptr, f.len);
+    if (f.len >= kStreamMin) {
+      copy_stream(dst, f.ptr, f.len);
+      streamed = true;
+    } else {
+      std::memcpy(dst, f.ptr, f.len);
+    }
     dst += f.len;
   }
+  if (streamed) fence_streams();
 }
 
 void scatter(const std::byte* src, size_t len, Frags frags) {
+  bool streamed = false;
   for (const Frag& f : frags) {
     if (len == 0) break;
     size_t n = f.len < len ? f.len : len;
-    std::memcpy(f.ptr, src, n);
+    if (n >= kStreamMin) {
+      copy_stream(f.ptr, src, n);
+      streamed = true;
+    } else {
+      std::memcpy(f.ptr, src, n);
+    }
     src += n;
     len -= n;
   }
+  if (streamed) fence_streams();
 }
 
 }  // namespace kvtier

@@ -46,8 +46,15 @@ inline size_t total_len(Frags frags) {
 }
 
 // Copies between a value laid out flat and the fragments it is split over. scatter() fills the
-// fragments in order with `len` bytes (at most their total).
+// fragments in order with `len` bytes (at most their total). Runs of kStreamMin bytes and up
+// are copied with non-temporal stores: the destination (a tier's block, the engine's pool, a
+// bounce buffer for DMA) is not read again by this CPU soon, so pulling it through the cache
+// only evicts what is, and costs the read-for-ownership of every line.
+constexpr size_t kStreamMin = size_t{64} << 10;
 void gather(Frags frags, std::byte* dst);
 void scatter(const std::byte* src, size_t len, Frags frags);
+// memcpy, with non-temporal stores from kStreamMin bytes on; the stores are fenced before it
+// returns.
+void copy_bytes(std::byte* dst, const std::byte* src, size_t n);
 
 }  // namespace kvtier

@@ -1,4 +1,6 @@
-// The frame parser's fuzz entry: a header, then the payload decoded as each request kind.
+// The frame parser's fuzz entry: the bytes decoded as every request kind, and read as a stream of
+// frames the way kvtier-server reads a connection (the first one under the rules before HELLO,
+// each later one decoded by its own type).
 #pragma once
 
 #include <cstddef>
@@ -11,24 +13,56 @@
 
 namespace kvtier_test {
 
-inline void parse_frame(const uint8_t* data, size_t size) {
+// Decodes a payload as the request `type` says; false if the server would refuse it.
+inline bool decode_request(uint16_t type, std::span<const uint8_t> payload) {
   using namespace kvtier;
-  if (size >= wire::kHeaderSize) {
-    wire::Header h;
-    (void)wire::decode_header(data, &h);
-  }
-  std::span<const uint8_t> payload(data, size);
   std::vector<wire::PutEntry> entries;
   std::vector<KeyId> ids;
   std::vector<wire::CommitEntry> commits;
   std::vector<uint64_t> leases;
   std::string token;
   uint64_t bulk = 0, seed = 0;
-  (void)wire::decode_put(payload, &entries, &bulk);  // PUT and ALLOC
-  (void)wire::decode_ids(payload, &ids);             // EXISTS, GET, LOOKUP, REMOVE
-  (void)wire::decode_hello(payload, &token, &seed);
-  (void)wire::decode_commit(payload, &commits);
-  (void)wire::decode_u64s(payload, &leases);  // RELEASE
+  switch (type) {
+    case wire::kHello:
+      return wire::decode_hello(payload, &token, &seed).is_ok();
+    case wire::kPut:
+    case wire::kAlloc:
+      return wire::decode_put(payload, &entries, &bulk).is_ok();
+    case wire::kExists:
+    case wire::kGet:
+    case wire::kRemove:
+    case wire::kLookup:
+      return wire::decode_ids(payload, &ids).is_ok();
+    case wire::kCommit:
+      return wire::decode_commit(payload, &commits).is_ok();
+    case wire::kRelease:
+      return wire::decode_u64s(payload, &leases).is_ok();
+    case wire::kClear:
+    case wire::kStats:
+    case wire::kRdmaInfo:
+      return payload.empty();
+    default:
+      return false;
+  }
+}
+
+inline void parse_frame(const uint8_t* data, size_t size) {
+  using namespace kvtier;
+  std::span<const uint8_t> all(data, size);
+  for (uint16_t type = wire::kHello; type <= wire::kRelease; ++type)
+    (void)decode_request(type, all);
+  // As a connection: frames back to back until one is refused or the bytes run out.
+  bool hello = false;
+  for (size_t at = 0; at + wire::kHeaderSize <= size;) {
+    wire::Header h;
+    if (!wire::decode_header(data + at, &h).is_ok()) return;
+    if (!hello && !wire::check_first_frame(h).is_ok()) return;
+    at += wire::kHeaderSize;
+    if (h.length > size - at) return;  // the rest has not arrived
+    if (!decode_request(h.type, all.subspan(at, h.length))) return;
+    at += h.length;
+    hello = true;
+  }
 }
 
 }  // namespace kvtier_test

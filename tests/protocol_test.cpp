@@ -74,6 +74,40 @@ TEST(Protocol, RandomAndMutatedFramesNeverCrashTheParser) {
   }
 }
 
+// Streams of well-formed headers with random payloads: every frame type, before and after HELLO.
+TEST(Protocol, RandomFrameStreamsNeverCrashTheParser) {
+  std::mt19937_64 g(std::random_device{}());
+  std::vector<uint8_t> buf;
+  for (int i = 0; i < 50000; ++i) {
+    buf.clear();
+    for (int f = 0; f < 3; ++f) {
+      wire::Header h;
+      h.type = static_cast<uint16_t>(1 + g() % 13);
+      const size_t len = g() % 64;
+      h.length = static_cast<uint32_t>(g() % 16 ? len : g());  // sometimes a lie
+      uint8_t head[wire::kHeaderSize];
+      wire::encode_header(h, head);
+      buf.insert(buf.end(), head, head + sizeof head);
+      for (size_t k = 0; k < len; ++k) buf.push_back(static_cast<uint8_t>(g() % 4 ? g() % 3 : g()));
+    }
+    kvtier_test::parse_frame(buf.data(), buf.size());
+  }
+}
+
+TEST(Protocol, BeforeHelloOnlyASmallHelloPasses) {
+  wire::Header h;
+  h.type = wire::kHello;
+  h.length = wire::kMaxHelloPayload;
+  EXPECT_TRUE(wire::check_first_frame(h).is_ok());
+  h.length = wire::kMaxHelloPayload + 1;
+  EXPECT_EQ(wire::check_first_frame(h).code(), KVTIER_ERR_DENIED);
+  h.length = 0;
+  for (uint16_t t = wire::kExists; t <= wire::kRelease; ++t) {
+    h.type = t;
+    EXPECT_EQ(wire::check_first_frame(h).code(), KVTIER_ERR_DENIED) << "type " << t;
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -104,7 +138,7 @@ TEST(RdmaPlan, RequestsCoverEveryByteInSignalledChains) {
         *k = 42;
         return p >= mem.data() && p + len <= mem.data() + mem.size();
       };
-      ASSERT_TRUE(rdma::make_plan(transfers, max_sge, 4, 32, lkey, &plan).is_ok());
+      ASSERT_TRUE(rdma::make_plan(transfers, {max_sge}, 4, 32, lkey, &plan).is_ok());
       // Requests, in order, tile each transfer's remote range and its local fragments.
       size_t w = 0, sge = 0;
       for (size_t t = 0; t < transfers.size(); ++t) {
@@ -157,7 +191,7 @@ TEST(RdmaPlan, UnregisteredFragmentIsRefused) {
     *k = 1;
     return p == a.data();
   };
-  EXPECT_EQ(rdma::make_plan({&t, 1}, 4, 2, 8, lkey, &plan).code(), KVTIER_ERR_NOT_REGISTERED);
+  EXPECT_EQ(rdma::make_plan({&t, 1}, {4}, 2, 8, lkey, &plan).code(), KVTIER_ERR_NOT_REGISTERED);
 }
 
 }  // namespace

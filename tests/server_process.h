@@ -1,23 +1,36 @@
 // Starts and stops a real kvtier-server process for a test.
 #pragma once
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
 namespace kvtier_test {
 
+// The address test servers listen on: KVTIER_TEST_RDMA_ADDR (an address of this host's RDMA
+// NIC; rdma_cm serves no RDMA on loopback), else 127.0.0.1. The RDMA tests skip without it.
+inline std::string test_host() {
+  const char* a = getenv("KVTIER_TEST_RDMA_ADDR");
+  return a && *a ? a : "127.0.0.1";
+}
+
 class ServerProcess {
  public:
   // port 0: an ephemeral port, reported by the server's first line.
+  // log_path: the server's stderr (its log) goes there instead of the test's.
   explicit ServerProcess(std::string capacity = "256MiB", std::string token = "", uint16_t port = 0,
-                         std::vector<std::string> extra = {})
-      : capacity_(std::move(capacity)), token_(std::move(token)), extra_(std::move(extra)) {
+                         std::vector<std::string> extra = {}, std::string log_path = "")
+      : capacity_(std::move(capacity)),
+        token_(std::move(token)),
+        extra_(std::move(extra)),
+        log_path_(std::move(log_path)) {
     start(port);
   }
   ~ServerProcess() { kill_now(SIGKILL); }
@@ -32,7 +45,11 @@ class ServerProcess {
       prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a test that crashed
       dup2(fds[1], 1);
       close(fds[0]);
-      std::string listen = "127.0.0.1:" + std::to_string(port);
+      if (!log_path_.empty()) {
+        int log = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (log >= 0) dup2(log, 2);
+      }
+      std::string listen = test_host() + ":" + std::to_string(port);
       std::vector<std::string> args{KVTIER_SERVER_BIN, "--listen",    listen, "--capacity",
                                     capacity_,         "--log-level", "warn"};
       if (!token_.empty()) {
@@ -72,11 +89,13 @@ class ServerProcess {
   bool restart() { return start(port_); }
   int exit_status() const { return status_; }
   uint16_t port() const { return port_; }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  pid_t pid() const { return pid_; }
+  std::string address() const { return test_host() + ":" + std::to_string(port_); }
 
  private:
   std::string capacity_, token_;
   std::vector<std::string> extra_;
+  std::string log_path_;
   pid_t pid_ = -1;
   uint16_t port_ = 0;
   int status_ = 0;

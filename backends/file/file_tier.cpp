@@ -17,6 +17,7 @@
 #include <zstd.h>
 
 #include "log.h"
+#include "safe_dir.h"
 #include "size_class.h"
 
 namespace kvtier {
@@ -234,11 +235,12 @@ class PageFiles {
   };
   Status rebuild();
   Status scan_class(uint64_t size, std::vector<Found>* found, uint64_t* scanned);
-  int open_file(const std::string& path);
+  int open_file(const std::string& name);  // in the namespace folder, never through a link
   // Writes slot's record (all zero: free); false with errno set on failure.
   static bool write_record(int idx_fd, uint64_t slot, const Record& r);
 
   std::string dir_;
+  int dir_fd_ = -1;  // the namespace folder: every file is opened relative to it
   uint64_t capacity_ = 0;
   bool direct_ = true;
   // O_DIRECT's alignment of memory and of lengths (statx STATX_DIOALIGN): 4 bytes and 512 on
@@ -277,17 +279,17 @@ PageFiles::~PageFiles() {
     }
   }
   if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+  if (dir_fd_ >= 0) ::close(dir_fd_);
 }
 
-int PageFiles::open_file(const std::string& path) {
-  int flags = O_RDWR | O_CREAT | O_CLOEXEC;
+int PageFiles::open_file(const std::string& name) {
   if (direct_) {
-    int fd = ::open(path.c_str(), flags | O_DIRECT, 0644);
+    int fd = open_private_file(dir_fd_, name, O_RDWR | O_DIRECT);
     if (fd >= 0 || errno != EINVAL) return fd;
     log().info("file tier: {} refuses O_DIRECT; using the page cache", dir_);
     direct_ = false;
   }
-  return ::open(path.c_str(), flags, 0644);
+  return open_private_file(dir_fd_, name, O_RDWR);
 }
 
 Status PageFiles::open(const Config& config, const std::string& path,
@@ -298,13 +300,18 @@ Status PageFiles::open(const Config& config, const std::string& path,
   pf->direct_ = config.file_direct;
   pf->sync_ = config.file_sync;
   pf->zstd_level_ = config.file_zstd_level;
-  if (::mkdir(config.file_dir.c_str(), 0755) != 0 && errno != EEXIST)
-    return {KVTIER_ERR_IO,
-            "KVTIER_FILE_DIR: cannot create " + config.file_dir + ": " + std::strerror(errno)};
-  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST)
-    return {KVTIER_ERR_IO, "cannot create " + path + ": " + std::strerror(errno)};
+  // The folders are the caller's alone, or refused: another user must not be able to plant a
+  // link that makes this process write over someone else's file, or read its pages.
+  int root = -1;
+  Status safe = open_private_dir(config.file_dir, &root);
+  if (safe.is_ok()) {
+    safe = open_private_subdir(root, config.file_dir, path.substr(config.file_dir.size() + 1),
+                               &pf->dir_fd_);
+    ::close(root);
+  }
+  if (!safe.is_ok()) return {safe.code(), "KVTIER_FILE_DIR: " + safe.message()};
   // One process per namespace: a second one gets a clear error instead of a corrupt index.
-  pf->lock_fd_ = ::open((path + "/LOCK").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  pf->lock_fd_ = open_private_file(pf->dir_fd_, "LOCK", O_RDWR);
   if (pf->lock_fd_ < 0)
     return {KVTIER_ERR_IO, "cannot open " + path + "/LOCK: " + std::strerror(errno)};
   if (::flock(pf->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
@@ -341,11 +348,12 @@ Status PageFiles::open_class(uint64_t slot_size, uint32_t* cls) {
     *cls = it->second;
     return {};
   }
-  const std::string base = dir_ + "/pages-" + std::to_string(slot_size);
-  int fd = open_file(base + ".dat");
+  const std::string name = "pages-" + std::to_string(slot_size);
+  const std::string base = dir_ + "/" + name;
+  int fd = open_file(name + ".dat");
   if (fd < 0) return {KVTIER_ERR_IO, "cannot open " + base + ".dat: " + std::strerror(errno)};
   // Records go through the page cache: small writes, read back in one sequential pass.
-  int idx = ::open((base + ".idx").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  int idx = open_private_file(dir_fd_, name + ".idx", O_RDWR);
   if (idx < 0) {
     const int err = errno;
     ::close(fd);
@@ -778,7 +786,9 @@ TierStats PageFiles::stats() const {
 }
 
 Status PageFiles::rebuild() {
-  DIR* d = ::opendir(dir_.c_str());
+  const int list_fd = ::openat(dir_fd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR* d = list_fd >= 0 ? ::fdopendir(list_fd) : nullptr;
+  if (!d && list_fd >= 0) ::close(list_fd);
   if (!d) return {KVTIER_ERR_IO, "cannot list " + dir_ + ": " + std::strerror(errno)};
   std::vector<uint64_t> sizes;
   std::vector<std::string> stale;
@@ -795,7 +805,7 @@ Status PageFiles::rebuild() {
   ::closedir(d);
   for (const std::string& name : stale) {
     log().warn("file tier: {}/{} is in an older on-disk format; its pages are dropped", dir_, name);
-    ::unlink((dir_ + "/" + name).c_str());
+    ::unlinkat(dir_fd_, name.c_str(), 0);
   }
   std::vector<Found> found;
   uint64_t scanned = 0;

@@ -108,7 +108,8 @@ Status listen_on(const std::string& host, uint16_t port, int* out, uint16_t* bou
   if (fd < 0) return io_error("socket", errno);
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 128) != 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::listen(fd, SOMAXCONN) != 0) {
     int err = errno;
     ::close(fd);
     return io_error(("listen on " + host + ":" + std::to_string(port)).c_str(), err);
@@ -168,6 +169,11 @@ Status writev_all(int fd, iovec* iov, size_t n, Deadline deadline) {
 
 Status readv_all(int fd, iovec* iov, size_t n, Deadline deadline) {
   return move_all(fd, iov, n, deadline, false);
+}
+
+bool peer_closed(int fd) {
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
 Status write_all(int fd, const void* buf, size_t len, Deadline deadline) {

@@ -24,5 +24,8 @@ Status write_all(int fd, const void* buf, size_t len, Deadline deadline);
 Status read_all(int fd, void* buf, size_t len, Deadline deadline);
 Status writev_all(int fd, iovec* iov, size_t n, Deadline deadline);
 Status readv_all(int fd, iovec* iov, size_t n, Deadline deadline);
+// Whether the peer has closed an idle connection (its FIN or RST is waiting): a pooled connection
+// the server timed out is reconnected before use instead of failing the call.
+bool peer_closed(int fd);
 
 }  // namespace kvtier::net

@@ -5,10 +5,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <list>
 #include <mutex>
-#include <random>
-#include <set>
 #include <thread>
 #include <vector>
 
@@ -50,13 +49,6 @@ bool same_token(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
-uint64_t random_u64() {
-  static std::mutex mu;
-  static std::mt19937_64 gen{std::random_device{}()};
-  std::lock_guard lock(mu);
-  return gen();
-}
-
 Status send_error(int fd, const Status& s, Deadline dl) {
   wire::Writer w;
   w.i32(s.code());
@@ -91,14 +83,13 @@ struct Shared {
   std::string address;
   std::atomic<bool> stopping{false};
   std::thread acceptor;
-  std::mutex mu;  // guards conns and tickets
+  std::mutex mu;  // guards conns
   struct Conn {
     int fd;
     std::thread thread;
     std::atomic<bool> done{false};
   };
   std::list<Conn> conns;
-  std::set<uint64_t> tickets;  // one-time RDMA admissions handed out after HELLO
   std::unique_ptr<rdma::Listener> rdma_listener;
   std::shared_ptr<rdma::Registry> rdma_registry;
 
@@ -166,13 +157,8 @@ Status Shared::hello(int fd) {
   wire::Writer w;
   w.u64(pool.pool_tokens / pool.page_size);
   w.u32(rdma_listener ? rdma_listener->port() : 0);
-  uint64_t ticket = 0;
-  if (rdma_listener) {
-    ticket = random_u64();
-    std::lock_guard lock(mu);
-    tickets.insert(ticket);
-  }
-  w.u64(ticket);
+  // One-time RDMA admission for this peer's channel; it ends with this connection.
+  w.u64(rdma_listener ? rdma_listener->issue_ticket({static_cast<uint64_t>(fd), 0}) : 0);
   return wire::send_frame(fd, wire::kP2pHello | wire::kReply, w.data(), {}, deadline());
 }
 
@@ -223,6 +209,8 @@ void Shared::serve(int fd) {
   }
   if (!stopping && s.code() != KVTIER_ERR_UNAVAILABLE)
     log().warn("p2p endpoint {}: peer dropped: {}", address, s.message());
+  // The peer's RDMA QPs end with its connection: none of its writes lands in the pool after.
+  if (rdma_listener) rdma_listener->fence_session(fd);
 }
 
 Status Endpoint::open(const Options& options, const PoolLayout& pool,
@@ -239,16 +227,8 @@ Status Endpoint::open(const Options& options, const PoolLayout& pool,
   sh->address = host + ":" + std::to_string(port);
   if (options.transport != "tcp" && rdma::available()) {
     // The pool is the arena the peer reads and writes one-sided; admission by one-time ticket.
-    std::weak_ptr<Shared> weak = sh;
-    Status s = rdma::Listener::start(
-        host, static_cast<uint16_t>(port + 1), pool.base, pool.pool_bytes(),
-        [weak](uint64_t ticket) {
-          auto self = weak.lock();
-          if (!self) return false;
-          std::lock_guard lock(self->mu);
-          return self->tickets.erase(ticket) == 1;
-        },
-        &sh->rdma_listener);
+    Status s = rdma::Listener::start({host, static_cast<uint16_t>(port + 1), -1}, pool.base,
+                                     pool.pool_bytes(), &sh->rdma_listener);
     if (!s.is_ok() && options.transport == "rdma") {
       ::close(sh->listen_fd);
       return s;
@@ -288,8 +268,14 @@ struct Peer::Impl {
   std::shared_ptr<Shared> local;
   std::string address, host;
   uint16_t port = 0;
-  std::timed_mutex mu;  // one transfer at a time on the connection
+  // One transfer at a time on the connection; a waiter gives up at its deadline. (A flag under
+  // a condition variable rather than std::timed_mutex, whose clock-based lock ThreadSanitizer
+  // does not see.)
+  std::mutex mu;
+  std::condition_variable idle;
+  bool busy = false;
   int fd = -1;
+  std::atomic<bool> up{false};
   uint64_t remote_pages = 0;
   std::unique_ptr<rdma::Channel> channel;
 
@@ -297,6 +283,7 @@ struct Peer::Impl {
   void drop() {
     if (fd >= 0) ::close(fd);
     fd = -1;
+    up = false;
     channel.reset();
   }
   Status connect(Deadline dl);
@@ -325,13 +312,14 @@ Status Peer::Impl::connect(Deadline dl) {
   const uint64_t ticket = rd.u64();
   if (s.is_ok() && !rd.done()) s = {KVTIER_ERR_INVALID_ARG, "malformed HELLO reply"};
   if (s.is_ok() && rdma_port && local->rdma_registry && local->opt.transport != "tcp") {
-    Status r = rdma::Channel::connect(host, static_cast<uint16_t>(rdma_port), ticket,
+    Status r = rdma::Channel::connect(host, static_cast<uint16_t>(rdma_port), ticket, -1,
                                       local->rdma_registry, dl, &channel);
     if (!r.is_ok() && local->opt.transport == "rdma") s = r;
     if (!r.is_ok())
       log().warn("p2p peer {}: RDMA connect failed, TCP instead: {}", address, r.message());
   }
   if (!s.is_ok()) drop();
+  up = s.is_ok();
   return s;
 }
 
@@ -385,11 +373,24 @@ Status Peer::Impl::rdma_batch(bool write, const std::vector<size_t>& idx, const 
 Status Peer::Impl::run(bool write, std::span<const int64_t> local_pages,
                        std::span<const int64_t> remote, int32_t layer, std::span<int> results) {
   const Deadline dl = local->deadline();
-  std::unique_lock lock(mu, std::defer_lock);
-  if (!lock.try_lock_until(dl)) {
-    std::fill(results.begin(), results.end(), KVTIER_ERR_TIMEOUT);
-    return {KVTIER_ERR_TIMEOUT, "the peer connection stayed busy past the deadline"};
+  {
+    std::unique_lock lock(mu);
+    if (!idle.wait_until(lock, dl, [this] { return !busy; })) {
+      std::fill(results.begin(), results.end(), KVTIER_ERR_TIMEOUT);
+      return {KVTIER_ERR_TIMEOUT, "the peer connection stayed busy past the deadline"};
+    }
+    busy = true;
   }
+  struct Release {
+    Impl* self;
+    ~Release() {
+      {
+        std::lock_guard lock(self->mu);
+        self->busy = false;
+      }
+      self->idle.notify_one();
+    }
+  } release{this};
   if (fd < 0) {
     if (Status s = connect(dl); !s.is_ok()) {
       std::fill(results.begin(), results.end(), s.code());
@@ -449,8 +450,7 @@ Status Peer::read_pages(std::span<const int64_t> local, std::span<const int64_t>
 }
 
 bool Peer::connected() const {
-  std::lock_guard lock(impl_->mu);
-  return impl_->fd >= 0;
+  return impl_->up;
 }
 
 const std::string& Peer::address() const {

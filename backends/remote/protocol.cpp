@@ -26,6 +26,14 @@ Status decode_header(const uint8_t in[kHeaderSize], Header* h) {
   return {};
 }
 
+Status check_first_frame(const Header& h) {
+  if (h.type != kHello) return {KVTIER_ERR_DENIED, "the first frame must be HELLO"};
+  if (h.length > kMaxHelloPayload)
+    return {KVTIER_ERR_DENIED, "HELLO of " + std::to_string(h.length) +
+                                   " bytes is over the cap of " + std::to_string(kMaxHelloPayload)};
+  return {};
+}
+
 Status decode_put(std::span<const uint8_t> payload, std::vector<PutEntry>* out, uint64_t* bulk) {
   Reader r(payload);
   const uint32_t n = r.count(32);

@@ -18,6 +18,7 @@
 //                                                         errors, leases expired (u64 each)
 //   ERROR   code i32, message                          (a reply to anything; the server then
 //                                                         closes the connection)
+//   Before HELLO only a HELLO of at most kMaxHelloPayload bytes is read.
 //
 // The RDMA data plane moves the bytes one-sided; these frames are its control plane:
 //   RDMA_INFO (empty)                                  -> code i32, rdma_cm port u32, ticket u64
@@ -55,6 +56,9 @@ constexpr uint64_t kMaxValue = uint64_t{1} << 30;  // one page
 constexpr uint32_t kMaxKeys = 65536;               // per frame
 constexpr size_t kMaxToken = 256;
 constexpr int32_t kPresent = 1;  // ALLOC: the key is stored already, nothing to write
+// HELLO's largest payload (token length, token, namespace seed): before HELLO a server takes
+// no bigger frame, so an unauthenticated peer cannot make it hold more.
+constexpr uint32_t kMaxHelloPayload = 4 + kMaxToken + 8;
 
 enum Type : uint16_t {
   kHello = 1,
@@ -87,6 +91,8 @@ struct Header {
 void encode_header(const Header& h, uint8_t out[kHeaderSize]);
 // Checks magic, version and the payload cap.
 Status decode_header(const uint8_t in[kHeaderSize], Header* h);
+// A connection's first frame must be a HELLO of at most kMaxHelloPayload bytes.
+Status check_first_frame(const Header& h);
 
 // Appends little-endian values to a payload.
 class Writer {

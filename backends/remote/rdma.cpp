@@ -7,9 +7,11 @@
 #include <netdb.h>
 #include <poll.h>
 #include <rdma/rdma_cma.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -20,12 +22,20 @@
 
 #include "log.h"
 
+// Verbs attribute structs are filled with designated initialisers, the rest zero by the
+// language; GCC 12 still warns about every member left out, which is the point here.
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
 namespace kvtier::rdma {
 
 namespace {
 
 using net::Clock;
 using net::Deadline;
+
+Status sys_error(const std::string& what) {
+  return {KVTIER_ERR_UNAVAILABLE, "RDMA: " + what + ": " + std::strerror(errno)};
+}
 
 // Private data of the connection handshake.
 struct ConnectData {  // client -> server
@@ -35,17 +45,59 @@ struct AcceptData {  // server -> client
   uint64_t arena_addr;
   uint64_t arena_bytes;
   uint32_t rkey;
-  uint32_t reserved;
+  uint32_t max_msg_sz;  // of the server's port (0 from servers before it was sent)
 };
 
 // Access flags as a plain int: ibv_reg_mr is a macro that ANDs them with a flag of another enum
 // type, which clang rejects for enum operands.
-constexpr int kLocalAccess = IBV_ACCESS_LOCAL_WRITE;
 constexpr int kArenaAccess =
     IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+static_assert(IBV_ACCESS_LOCAL_WRITE == 1 && IBV_ACCESS_REMOTE_WRITE == 2,
+              "sink_access (rdma_plan.cpp) spells these values out");
 
-Status sys_error(const std::string& what) {
-  return {KVTIER_ERR_UNAVAILABLE, "RDMA: " + what + ": " + std::strerror(errno)};
+// What the device (and `port` of it, when non-zero) allows.
+Status query_caps(ibv_context* ctx, uint8_t port, DeviceCaps* caps) {
+  ibv_device_attr a{};
+  if (ibv_query_device(ctx, &a) != 0) return sys_error("ibv_query_device");
+  *caps = {.max_sge = a.max_sge,
+           .max_sge_rd = a.max_sge_rd,
+           .max_qp_rd_atom = a.max_qp_rd_atom,
+           .max_qp_init_rd_atom = a.max_qp_init_rd_atom,
+           .max_msg_sz = 0,
+           .iwarp = ctx->device->transport_type == IBV_TRANSPORT_IWARP};
+  ibv_port_attr pa{};
+  if (port && ibv_query_port(ctx, port, &pa) == 0) caps->max_msg_sz = pa.max_msg_sz;
+  return {};
+}
+
+// Fork after registration corrupts registered memory on kernels before 5.13 (copy-on-write
+// moves the parent's pages away from the NIC); ibv_fork_init marks registered memory
+// MADV_DONTFORK. It must come before the process's first registration: when something else
+// registered first it fails, and RDMAV_FORK_SAFE=1 in the environment is the way.
+void fork_safety() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (const int e = ibv_fork_init(); e != 0)
+      log().warn("RDMA: ibv_fork_init: {}; set RDMAV_FORK_SAFE=1 if this process forks",
+                 std::strerror(e));
+  });
+}
+
+// RDMA_OPTION_ID_TOS on an id (before it resolves a route, or before it listens).
+Status set_tos(rdma_cm_id* id, int tos) {
+  if (tos < 0) return {};
+  uint8_t t = static_cast<uint8_t>(tos);
+  if (rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_TOS, &t, sizeof t) != 0)
+    return sys_error("rdma_set_option(TOS " + std::to_string(tos) + ")");
+  return {};
+}
+
+// Moves a QP to the error state: what is queued is flushed and nothing more executes, in
+// either direction (a responder in error answers no incoming WRITE or READ).
+void to_error(ibv_qp* qp) {
+  ibv_qp_attr a{.qp_state = IBV_QPS_ERR};
+  if (ibv_modify_qp(qp, &a, IBV_QP_STATE) != 0)
+    log().error("RDMA: moving a QP to the error state failed: {}", std::strerror(errno));
 }
 
 int ms_left(Deadline dl) {
@@ -139,7 +191,8 @@ class RegistryImpl final : public Registry {
     std::unique_lock lock(mu_);
     auto it = devs_.find(ctx);
     if (it != devs_.end()) return it->second.pd;
-    Dev dev{ibv_alloc_pd(ctx), {}};
+    fork_safety();  // before this process's first registration
+    Dev dev{ibv_alloc_pd(ctx), sink_access(ctx->device->transport_type == IBV_TRANSPORT_IWARP), {}};
     if (!dev.pd) return nullptr;
     for (auto& [start, len] : regions_) reg(dev, reinterpret_cast<void*>(start), len);
     return devs_.emplace(ctx, std::move(dev)).first->second.pd;
@@ -161,13 +214,14 @@ class RegistryImpl final : public Registry {
  private:
   struct Dev {
     ibv_pd* pd;
+    int access;                        // sink_access for the device's transport
     std::map<uintptr_t, ibv_mr*> mrs;  // region start -> MR
   };
   static void reg(Dev& dev, const void* addr, size_t len) {
-    ibv_mr* mr = ibv_reg_mr(dev.pd, const_cast<void*>(addr), len, kLocalAccess);
+    ibv_mr* mr = ibv_reg_mr(dev.pd, const_cast<void*>(addr), len, dev.access);
     if (!mr) {  // its fragments take the staging path instead
-      log().warn("RDMA: cannot register {} bytes at {} ({}); they will be staged", len, addr,
-                 std::strerror(errno));
+      log().warn("RDMA: cannot register {} bytes at {} ({}; RLIMIT_MEMLOCK?); they will be staged",
+                 len, addr, std::strerror(errno));
       return;
     }
     dev.mrs[reinterpret_cast<uintptr_t>(addr)] = mr;
@@ -192,7 +246,7 @@ class ChannelImpl final : public Channel {
     if (ec_) rdma_destroy_event_channel(ec_);
   }
 
-  Status connect(const std::string& host, uint16_t port, uint64_t ticket, Deadline dl) {
+  Status connect(const std::string& host, uint16_t port, uint64_t ticket, int tos, Deadline dl) {
     sockaddr_in dst{};
     Status s = resolve(host, port, &dst);
     if (!s.is_ok()) return s;
@@ -202,43 +256,18 @@ class ChannelImpl final : public Channel {
       rdma_cm_id* id = nullptr;
       if (rdma_create_id(ec_, &id, nullptr, RDMA_PS_TCP) != 0) return sys_error("rdma_create_id");
       ids_.push_back(id);
+      if (s = set_tos(id, tos); !s.is_ok()) return s;  // before the route is resolved
       if (rdma_resolve_addr(id, nullptr, reinterpret_cast<sockaddr*>(&dst), ms) != 0)
         return sys_error("rdma_resolve_addr");
       if (s = wait_event(ec_, RDMA_CM_EVENT_ADDR_RESOLVED, dl); !s.is_ok()) return s;
       if (rdma_resolve_route(id, ms) != 0) return sys_error("rdma_resolve_route");
       if (s = wait_event(ec_, RDMA_CM_EVENT_ROUTE_RESOLVED, dl); !s.is_ok()) return s;
       if (q == 0) {
-        if (s = open_device(id->verbs); !s.is_ok()) return s;
+        if (s = open_device(id->verbs, id->port_num); !s.is_ok()) return s;
       } else if (id->verbs != ctx_) {
         return {KVTIER_ERR_UNAVAILABLE, "RDMA: the QPs to one server resolved to two devices"};
       }
-      ibv_qp_init_attr qa{};
-      qa.send_cq = qa.recv_cq = cq_;
-      qa.qp_type = IBV_QPT_RC;
-      qa.sq_sig_all = 0;  // selective signalling: only a chain's last request completes
-      qa.cap.max_send_wr = kDepth;
-      qa.cap.max_recv_wr = 1;
-      qa.cap.max_send_sge = max_sge_;
-      qa.cap.max_recv_sge = 1;
-      if (rdma_create_qp(id, pd_, &qa) != 0) return sys_error("rdma_create_qp");
-      ConnectData cd{ticket};
-      rdma_conn_param cp{};
-      cp.private_data = &cd;
-      cp.private_data_len = sizeof cd;
-      cp.initiator_depth = rd_atom_;  // RDMA READs in flight per QP
-      cp.responder_resources = rd_atom_;
-      cp.retry_count = 7;
-      cp.rnr_retry_count = 7;
-      if (rdma_connect(id, &cp) != 0) return sys_error("rdma_connect");
-      std::vector<uint8_t> priv;
-      if (s = wait_event(ec_, RDMA_CM_EVENT_ESTABLISHED, dl, &priv); !s.is_ok()) return s;
-      AcceptData ad{};
-      if (priv.size() < sizeof ad)
-        return {KVTIER_ERR_UNAVAILABLE, "RDMA: the server's accept carries no arena"};
-      std::memcpy(&ad, priv.data(), sizeof ad);
-      arena_addr_ = ad.arena_addr;
-      arena_bytes_ = ad.arena_bytes;
-      rkey_ = ad.rkey;
+      if (s = connect_qp(id, ticket, dl); !s.is_ok()) return s;
     }
     return {};
   }
@@ -255,7 +284,7 @@ class ChannelImpl final : public Channel {
     size_t used = 0;
     Status s;
     for (const Transfer& t : transfers) {
-      if (t.remote + t.len > arena_bytes_)
+      if (!in_arena(t.remote, t.len, arena_bytes_))
         return {KVTIER_ERR_INVALID_ARG, "RDMA: transfer beyond the server's arena"};
       if (registered(t)) {
         round_.push_back(t);
@@ -286,21 +315,55 @@ class ChannelImpl final : public Channel {
     std::byte* stage;
   };
 
-  Status open_device(ibv_context* ctx) {
+  Status open_device(ibv_context* ctx, uint8_t port) {
     ctx_ = ctx;
     if (!(pd_ = reg_->pd_for(ctx))) return sys_error("ibv_alloc_pd");
-    ibv_device_attr attr{};
-    if (ibv_query_device(ctx, &attr) != 0) return sys_error("ibv_query_device");
-    max_sge_ = static_cast<uint32_t>(std::clamp(attr.max_sge, 1, 16));
-    rd_atom_ = static_cast<uint8_t>(std::clamp(attr.max_qp_init_rd_atom, 1, 255));
+    if (Status s = query_caps(ctx, port, &caps_); !s.is_ok()) return s;
+    if (client_depths(caps_).initiator_depth == 0)
+      return {KVTIER_ERR_UNSUPPORTED, "RDMA: the device allows no RDMA READ in flight"};
     // Room for every request's completion: flushed requests may complete even unsignalled.
     if (!(cq_ = ibv_create_cq(ctx, kQps * kDepth + 16, nullptr, nullptr, 0)))
       return sys_error("ibv_create_cq");
     staging_ = static_cast<std::byte*>(std::aligned_alloc(4096, kStaging));
     if (!staging_) return {KVTIER_ERR_NO_MEMORY, "RDMA: no memory for the staging buffer"};
     std::memset(staging_, 0, kStaging);  // touched once, not on the data path
-    if (!(staging_mr_ = ibv_reg_mr(pd_, staging_, kStaging, kLocalAccess)))
+    if (!(staging_mr_ = ibv_reg_mr(pd_, staging_, kStaging, sink_access(caps_.iwarp))))
       return sys_error("ibv_reg_mr (staging)");
+    return {};
+  }
+
+  // One QP on a route-resolved id, connected with the ticket; learns the arena from the accept.
+  Status connect_qp(rdma_cm_id* id, uint64_t ticket, Deadline dl) {
+    ibv_qp_init_attr qa{.send_cq = cq_,
+                        .recv_cq = cq_,
+                        .cap = {.max_send_wr = kDepth,
+                                .max_recv_wr = 1,
+                                .max_send_sge = sge_limit(caps_, true),  // READs use no more
+                                .max_recv_sge = 1},
+                        .qp_type = IBV_QPT_RC,
+                        .sq_sig_all = 0};  // selective signalling: a chain's last request only
+    if (rdma_create_qp(id, pd_, &qa) != 0) return sys_error("rdma_create_qp");
+    ConnectData cd{ticket};
+    const Depths d = client_depths(caps_);
+    rdma_conn_param cp{.private_data = &cd,
+                       .private_data_len = sizeof cd,
+                       .responder_resources = d.responder_resources,
+                       .initiator_depth = d.initiator_depth,  // READs in flight per QP
+                       .retry_count = 7,
+                       .rnr_retry_count = 7};
+    if (rdma_connect(id, &cp) != 0) return sys_error("rdma_connect");
+    std::vector<uint8_t> priv;
+    if (Status s = wait_event(ec_, RDMA_CM_EVENT_ESTABLISHED, dl, &priv); !s.is_ok()) return s;
+    AcceptData ad{};
+    if (priv.size() < sizeof ad)
+      return {KVTIER_ERR_UNAVAILABLE, "RDMA: the server's accept carries no arena"};
+    std::memcpy(&ad, priv.data(), sizeof ad);
+    arena_addr_ = ad.arena_addr;
+    arena_bytes_ = ad.arena_bytes;
+    rkey_ = ad.rkey;
+    const uint32_t msg = msg_limit(caps_.max_msg_sz, ad.max_msg_sz);
+    write_limits_ = {sge_limit(caps_, true), msg};
+    read_limits_ = {sge_limit(caps_, false), msg};
     return {};
   }
 
@@ -356,8 +419,11 @@ class ChannelImpl final : public Channel {
   // Posts the round's plan, chains of requests per QP, and waits for every chain.
   Status execute(bool write, Deadline dl) {
     if (round_.empty()) return {};
+    // Nothing is in flight yet: a missed deadline fails the call, not the channel.
+    if (Clock::now() >= dl)
+      return {KVTIER_ERR_TIMEOUT, "RDMA: the deadline passed before the batch was posted"};
     Status s = make_plan(
-        round_, max_sge_, kQps, kSignalEvery,
+        round_, write ? write_limits_ : read_limits_, kQps, kSignalEvery,
         [this](const std::byte* p, size_t n, uint32_t* k) { return lkey_of(p, n, k); }, &plan_);
     if (!s.is_ok()) return s;
     sges_.resize(plan_.sges.size());
@@ -438,11 +504,7 @@ class ChannelImpl final : public Channel {
   // completions: after this no request can touch the caller's memory.
   void kill_and_drain(size_t outstanding) {
     dead_ = true;
-    for (rdma_cm_id* id : ids_) {
-      ibv_qp_attr a{};
-      a.qp_state = IBV_QPS_ERR;
-      ibv_modify_qp(id->qp, &a, IBV_QP_STATE);
-    }
+    for (rdma_cm_id* id : ids_) to_error(id->qp);
     ibv_wc wc[32];
     const auto until = Clock::now() + std::chrono::seconds(5);
     while (outstanding && Clock::now() < until) {
@@ -462,8 +524,8 @@ class ChannelImpl final : public Channel {
   ibv_context* ctx_ = nullptr;
   ibv_pd* pd_ = nullptr;
   ibv_cq* cq_ = nullptr;
-  uint32_t max_sge_ = 1;
-  uint8_t rd_atom_ = 1;
+  DeviceCaps caps_;
+  PlanLimits write_limits_, read_limits_;
   uint64_t arena_addr_ = 0, arena_bytes_ = 0;
   uint32_t rkey_ = 0;
   std::byte* staging_ = nullptr;
@@ -482,8 +544,7 @@ class ChannelImpl final : public Channel {
 
 class ListenerImpl final : public Listener {
  public:
-  ListenerImpl(std::byte* arena, size_t bytes, std::function<bool(uint64_t)> accept)
-      : arena_(arena), bytes_(bytes), accept_(std::move(accept)) {}
+  ListenerImpl(std::byte* arena, size_t bytes) : arena_(arena), bytes_(bytes) {}
 
   ~ListenerImpl() override {
     if (thread_.joinable()) {
@@ -491,140 +552,274 @@ class ListenerImpl final : public Listener {
       if (::write(wake_[1], &c, 1) < 0) log().warn("RDMA: cannot wake the listener");
       thread_.join();
     }
-    for (auto& [id, cq] : conns_) {
-      close_id(id);
-      ibv_destroy_cq(cq);
-    }
+    std::lock_guard lock(mu_);
+    for (auto& [id, conn] : conns_) destroy(id, conn);
     if (listen_id_) rdma_destroy_id(listen_id_);
-    for (auto& [ctx, dev] : devs_) {
-      ibv_dereg_mr(dev.mr);
-      ibv_dealloc_pd(dev.pd);
-    }
+    for (auto& [ctx, dev] : devs_) release(dev);
+    if (devices_) rdma_free_devices(devices_);
     if (ec_) rdma_destroy_event_channel(ec_);
     for (int fd : wake_)
       if (fd >= 0) ::close(fd);
   }
 
-  Status start(const std::string& host, uint16_t port) {
+  Status start(const ListenOptions& o) {
     sockaddr_in addr{};
-    Status s = resolve(host, port, &addr);
+    Status s = resolve(o.host, o.port, &addr);
     if (!s.is_ok()) return s;
+    if (loopback_address(o.host))
+      log().warn(
+          "RDMA: listening on {}, a loopback address: rdma_cm serves no RDMA there; "
+          "listen on the NIC's address (kvtier-server --listen, KVTIER_P2P_LISTEN)",
+          o.host);
+    fork_safety();  // before the arena is registered
     if (::pipe2(wake_, O_CLOEXEC) != 0) return sys_error("pipe");
     if (!(ec_ = make_event_channel())) return sys_error("rdma_create_event_channel");
     if (rdma_create_id(ec_, &listen_id_, nullptr, RDMA_PS_TCP) != 0)
       return sys_error("rdma_create_id");
+    if (s = set_tos(listen_id_, o.tos); !s.is_ok()) return s;
     if (rdma_bind_addr(listen_id_, reinterpret_cast<sockaddr*>(&addr)) != 0)
-      return sys_error("rdma_bind_addr " + host + ":" + std::to_string(port));
-    // Bound to one address, the device is known: register the arena now, not at the first
-    // client's connect (pinning a large arena takes a while).
-    if (listen_id_->verbs && !device(listen_id_->verbs))
-      return sys_error("registering the arena with the RDMA device");
+      return sys_error("rdma_bind_addr " + o.host + ":" + std::to_string(o.port));
+    if (s = register_arena(); !s.is_ok()) return s;
     if (rdma_listen(listen_id_, 64) != 0) return sys_error("rdma_listen");
     port_ = ntohs(rdma_get_src_port(listen_id_));
+    serving_ = true;
     thread_ = std::thread([this] { loop(); });
     return {};
   }
 
   uint16_t port() const override { return port_; }
+  bool serving() const override { return serving_; }
+
+  uint64_t issue_ticket(Owner owner) override { return tickets_.issue(owner, Clock::now()); }
+
+  size_t fence_session(uint64_t session) override {
+    tickets_.end_session(session);
+    return fence([&](const Owner& o) { return o.session == session; });
+  }
+  size_t fence_client(uint64_t client) override {
+    return fence([&](const Owner& o) { return o.client == client; });
+  }
 
  private:
   struct Dev {
-    ibv_pd* pd;
-    ibv_mr* mr;  // the whole arena
-    uint8_t rd_atom;
+    ibv_pd* pd = nullptr;
+    ibv_mr* mr = nullptr;  // the whole arena
+    DeviceCaps caps;
   };
+  struct Conn {
+    ibv_cq* cq;
+    Owner owner;
+    Clock::time_point fenced{};  // when it was moved to error; epoch: not fenced
+  };
+  static constexpr auto kFencedLinger = std::chrono::seconds(5);  // then destroyed regardless
 
-  Dev* device(ibv_context* ctx) {
-    auto it = devs_.find(ctx);
-    if (it != devs_.end()) return &it->second;
-    ibv_device_attr attr{};
-    if (ibv_query_device(ctx, &attr) != 0) return nullptr;
-    Dev d{ibv_alloc_pd(ctx), nullptr,
-          static_cast<uint8_t>(std::clamp(attr.max_qp_rd_atom, 1, 255))};
-    if (!d.pd) return nullptr;
-    d.mr = ibv_reg_mr(d.pd, arena_, bytes_, kArenaAccess);
-    if (!d.mr) {
-      ibv_dealloc_pd(d.pd);
-      return nullptr;
+  // Registers the arena with the device the listener is bound to, or with every device for a
+  // wildcard address: here at start, never in the event thread at a client's first connect
+  // (pinning a large arena takes minutes and would stall every connect meanwhile).
+  Status register_arena() {
+    std::vector<ibv_context*> ctxs;
+    if (listen_id_->verbs) {
+      ctxs.push_back(listen_id_->verbs);
+    } else {
+      int n = 0;
+      devices_ = rdma_get_devices(&n);
+      for (int i = 0; devices_ && i < n; ++i) ctxs.push_back(devices_[i]);
     }
-    return &devs_.emplace(ctx, d).first->second;
+    rlimit rl{};
+    if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0) {
+      const uint64_t limit = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : rl.rlim_cur;
+      if (std::string w = memlock_warning(limit, uint64_t{bytes_} * ctxs.size()); !w.empty())
+        log().warn("RDMA: {}", w);
+    }
+    std::lock_guard lock(mu_);
+    for (ibv_context* ctx : ctxs) {
+      Dev d;
+      Status s = query_caps(ctx, 0, &d.caps);
+      if (s.is_ok() && !(d.pd = ibv_alloc_pd(ctx))) s = sys_error("ibv_alloc_pd");
+      if (s.is_ok() && !(d.mr = ibv_reg_mr(d.pd, arena_, bytes_, kArenaAccess)))
+        s = sys_error("registering the arena (RLIMIT_MEMLOCK?)");
+      if (!s.is_ok()) {
+        release(d);
+        log().warn("{} on {}: no RDMA there", s.message(), ibv_get_device_name(ctx->device));
+        continue;
+      }
+      devs_.emplace(ctx, d);
+    }
+    if (devs_.empty())
+      return {KVTIER_ERR_UNAVAILABLE, "RDMA: the arena could not be registered with any device"};
+    return {};
   }
+
+  static void release(Dev& d) {
+    if (d.mr) ibv_dereg_mr(d.mr);
+    if (d.pd) ibv_dealloc_pd(d.pd);
+  }
+
+  static void destroy(rdma_cm_id* id, const Conn& c) {
+    close_id(id);
+    ibv_destroy_cq(c.cq);
+  }
+
+  template <class Match>
+  size_t fence(Match match) {
+    std::lock_guard lock(mu_);
+    size_t n = 0;
+    for (auto& [id, conn] : conns_) {
+      if (!match(conn.owner) || conn.fenced != Clock::time_point{}) continue;
+      to_error(id->qp);
+      rdma_disconnect(id);  // the CM then reports DISCONNECTED, which destroys it
+      conn.fenced = Clock::now();
+      ++n;
+    }
+    return n;
+  }
+
+  // A CM event's fields, copied out so the event can be acked first.
+  struct Event {
+    rdma_cm_id* id;
+    rdma_cm_event_type type;
+    bool has_ticket;
+    ConnectData cd;
+    Depths requested;  // as the CM delivers them: swapped to this side's point of view
+  };
 
   void loop() {
     for (;;) {
       pollfd p[2] = {{ec_->fd, POLLIN, 0}, {wake_[0], POLLIN, 0}};
-      if (::poll(p, 2, -1) < 0 && errno != EINTR) return;
+      const int r = ::poll(p, 2, 1000);  // wakes now and then to reap fenced connections
+      if (r < 0 && errno != EINTR) return;
       if (p[1].revents) return;
+      reap_fenced();
+      if (r <= 0 || !(p[0].revents & POLLIN)) continue;
       rdma_cm_event* ev = nullptr;
       if (rdma_get_cm_event(ec_, &ev) != 0) continue;
-      rdma_cm_id* id = ev->id;
-      const rdma_cm_event_type type = ev->event;
-      ConnectData cd{};
-      const bool has_ticket =
-          ev->param.conn.private_data && ev->param.conn.private_data_len >= sizeof cd;
-      if (has_ticket) std::memcpy(&cd, ev->param.conn.private_data, sizeof cd);
-      const uint8_t their_depth = ev->param.conn.initiator_depth;
+      Event e{ev->id, ev->event, false, {}, {}};
+      e.has_ticket = ev->param.conn.private_data && ev->param.conn.private_data_len >= sizeof e.cd;
+      if (e.has_ticket) std::memcpy(&e.cd, ev->param.conn.private_data, sizeof e.cd);
+      e.requested = {ev->param.conn.initiator_depth, ev->param.conn.responder_resources};
       rdma_ack_cm_event(ev);  // before the id may be destroyed below
-      if (type == RDMA_CM_EVENT_CONNECT_REQUEST) {
-        on_connect(id, has_ticket && accept_(cd.ticket), their_depth);
-      } else if (type == RDMA_CM_EVENT_DISCONNECTED || type == RDMA_CM_EVENT_TIMEWAIT_EXIT ||
-                 type == RDMA_CM_EVENT_CONNECT_ERROR || type == RDMA_CM_EVENT_UNREACHABLE ||
-                 type == RDMA_CM_EVENT_REJECTED) {
-        close_conn(id);  // accepted, then gone (or never established)
-      } else if (type == RDMA_CM_EVENT_DEVICE_REMOVAL) {
-        log().error("RDMA: device removed; RDMA clients fall back or fail");
-      }
+      handle(e);
     }
   }
 
-  void on_connect(rdma_cm_id* id, bool allowed, uint8_t their_depth) {
-    Dev* dev = allowed ? device(id->verbs) : nullptr;
-    ibv_cq* cq = dev ? ibv_create_cq(id->verbs, 4, nullptr, nullptr, 0) : nullptr;
-    if (cq) {
-      // One-sided traffic only: the server never posts; its QP just needs to exist.
-      ibv_qp_init_attr qa{};
-      qa.send_cq = qa.recv_cq = cq;
-      qa.qp_type = IBV_QPT_RC;
-      qa.cap.max_send_wr = qa.cap.max_recv_wr = 1;
-      qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
-      AcceptData ad{reinterpret_cast<uint64_t>(arena_), bytes_, dev->mr->rkey, 0};
-      rdma_conn_param cp{};
-      cp.private_data = &ad;
-      cp.private_data_len = sizeof ad;
-      cp.responder_resources = std::min(their_depth, dev->rd_atom);
-      cp.initiator_depth = 0;
-      if (rdma_create_qp(id, dev->pd, &qa) == 0 && rdma_accept(id, &cp) == 0) {
-        conns_[id] = cq;
+  void handle(const Event& e) {
+    switch (e.type) {
+      case RDMA_CM_EVENT_CONNECT_REQUEST: {
+        Owner owner;
+        const bool allowed = e.has_ticket && tickets_.redeem(e.cd.ticket, Clock::now(), &owner);
+        on_connect(e.id, allowed, owner, e.requested);
+        break;
+      }
+      case RDMA_CM_EVENT_DISCONNECTED:
+      case RDMA_CM_EVENT_TIMEWAIT_EXIT:
+      case RDMA_CM_EVENT_CONNECT_ERROR:
+      case RDMA_CM_EVENT_UNREACHABLE:
+      case RDMA_CM_EVENT_REJECTED:
+        close_conn(e.id);  // accepted, then gone (or never established)
+        break;
+      case RDMA_CM_EVENT_DEVICE_REMOVAL:
+        on_device_removal(e.id);
+        break;
+      default:
+        break;
+    }
+  }
+
+  void on_connect(rdma_cm_id* id, bool allowed, Owner owner, Depths requested) {
+    std::lock_guard lock(mu_);
+    auto dev = allowed ? devs_.find(id->verbs) : devs_.end();
+    if (!allowed) {
+      log().warn("RDMA: refused a connection without a valid ticket");
+    } else if (dev == devs_.end()) {
+      log().warn("RDMA: refused a connection on a device that had no arena at start");
+    } else if (ibv_cq* cq = ibv_create_cq(id->verbs, 4, nullptr, nullptr, 0)) {
+      if (accept(id, dev->second, cq, requested)) {
+        conns_[id] = {cq, owner};
         return;
       }
       log().warn("RDMA: accepting a connection failed: {}", std::strerror(errno));
       if (id->qp) rdma_destroy_qp(id);
       ibv_destroy_cq(cq);
-    } else if (!allowed) {
-      log().warn("RDMA: refused a connection without a valid ticket");
     }
     rdma_reject(id, nullptr, 0);
     rdma_destroy_id(id);
   }
 
+  bool accept(rdma_cm_id* id, const Dev& dev, ibv_cq* cq, Depths requested) {
+    // One-sided traffic only: the server never posts; its QP just needs to exist.
+    ibv_qp_init_attr qa{
+        .send_cq = cq,
+        .recv_cq = cq,
+        .cap = {.max_send_wr = 1, .max_recv_wr = 1, .max_send_sge = 1, .max_recv_sge = 1},
+        .qp_type = IBV_QPT_RC};
+    DeviceCaps port = dev.caps;
+    query_caps(id->verbs, id->port_num, &port);  // for the port's max_msg_sz
+    AcceptData ad{reinterpret_cast<uint64_t>(arena_), bytes_, dev.mr->rkey, port.max_msg_sz};
+    const Depths d = server_depths(requested, dev.caps);
+    rdma_conn_param cp{.private_data = &ad,
+                       .private_data_len = sizeof ad,
+                       .responder_resources = d.responder_resources,
+                       .initiator_depth = d.initiator_depth};
+    return rdma_create_qp(id, dev.pd, &qa) == 0 && rdma_accept(id, &cp) == 0;
+  }
+
   void close_conn(rdma_cm_id* id) {
+    std::lock_guard lock(mu_);
     auto it = conns_.find(id);
     if (it == conns_.end()) return;
-    close_id(id);
-    ibv_destroy_cq(it->second);
+    destroy(id, it->second);
     conns_.erase(it);
+  }
+
+  // Fenced connections whose DISCONNECTED never came (a dead client host): destroyed anyway.
+  void reap_fenced() {
+    std::lock_guard lock(mu_);
+    const auto now = Clock::now();
+    std::erase_if(conns_, [&](auto& c) {
+      if (c.second.fenced == Clock::time_point{} || now - c.second.fenced < kFencedLinger)
+        return false;
+      destroy(c.first, c.second);
+      return true;
+    });
+  }
+
+  // The device is going away: everything of it must be freed before the kernel can finish,
+  // and no ticket is issued while no device is left.
+  void on_device_removal(rdma_cm_id* id) {
+    std::lock_guard lock(mu_);
+    ibv_context* ctx = id->verbs;
+    log().error("RDMA: device {} removed; its connections close",
+                ctx ? ibv_get_device_name(ctx->device) : "?");
+    std::erase_if(conns_, [&](auto& c) {
+      if (c.first->verbs != ctx) return false;
+      destroy(c.first, c.second);
+      return true;
+    });
+    if (auto d = devs_.find(ctx); d != devs_.end()) {
+      release(d->second);
+      devs_.erase(d);
+    }
+    if (id == listen_id_) {  // bound to that device: the listener itself is gone
+      rdma_destroy_id(listen_id_);
+      listen_id_ = nullptr;
+    }
+    serving_ = listen_id_ && !devs_.empty();
+    if (!serving_) log().error("RDMA: no device left; clients move their bytes over TCP");
   }
 
   std::byte* arena_;
   size_t bytes_;
-  std::function<bool(uint64_t)> accept_;
+  TicketBook tickets_;
   int wake_[2] = {-1, -1};
   rdma_event_channel* ec_ = nullptr;
-  rdma_cm_id* listen_id_ = nullptr;
+  rdma_cm_id* listen_id_ = nullptr;  // listener thread only (after start)
+  ibv_context** devices_ = nullptr;  // rdma_get_devices, for a wildcard listen
   uint16_t port_ = 0;
+  std::atomic<bool> serving_{false};
   std::thread thread_;
-  std::map<ibv_context*, Dev> devs_;      // listener thread only (after start)
-  std::map<rdma_cm_id*, ibv_cq*> conns_;  // listener thread only
+  std::mutex mu_;                      // devs_ and conns_: the event thread and fences
+  std::map<ibv_context*, Dev> devs_;   // every device the arena is registered with
+  std::map<rdma_cm_id*, Conn> conns_;  // accepted connections
 };
 
 }  // namespace
@@ -640,20 +835,20 @@ std::shared_ptr<Registry> Registry::create() {
   return std::make_shared<RegistryImpl>();
 }
 
-Status Listener::start(const std::string& host, uint16_t port, std::byte* arena, size_t bytes,
-                       std::function<bool(uint64_t)> accept, std::unique_ptr<Listener>* out) {
-  auto l = std::make_unique<ListenerImpl>(arena, bytes, std::move(accept));
-  Status s = l->start(host, port);
+Status Listener::start(const ListenOptions& options, std::byte* arena, size_t bytes,
+                       std::unique_ptr<Listener>* out) {
+  auto l = std::make_unique<ListenerImpl>(arena, bytes);
+  Status s = l->start(options);
   if (!s.is_ok()) return s;
   *out = std::move(l);
   return {};
 }
 
-Status Channel::connect(const std::string& host, uint16_t port, uint64_t ticket,
+Status Channel::connect(const std::string& host, uint16_t port, uint64_t ticket, int tos,
                         std::shared_ptr<Registry> registry, Deadline deadline,
                         std::unique_ptr<Channel>* out) {
   auto c = std::make_unique<ChannelImpl>(std::static_pointer_cast<RegistryImpl>(registry));
-  Status s = c->connect(host, port, ticket, deadline);
+  Status s = c->connect(host, port, ticket, tos, deadline);
   if (!s.is_ok()) return s;
   *out = std::move(c);
   return {};

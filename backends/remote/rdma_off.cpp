@@ -18,11 +18,10 @@ bool available() {
 std::shared_ptr<Registry> Registry::create() {
   return std::make_shared<NoRegistry>();
 }
-Status Listener::start(const std::string&, uint16_t, std::byte*, size_t,
-                       std::function<bool(uint64_t)>, std::unique_ptr<Listener>*) {
+Status Listener::start(const ListenOptions&, std::byte*, size_t, std::unique_ptr<Listener>*) {
   return kOff;
 }
-Status Channel::connect(const std::string&, uint16_t, uint64_t, std::shared_ptr<Registry>,
+Status Channel::connect(const std::string&, uint16_t, uint64_t, int, std::shared_ptr<Registry>,
                         net::Deadline, std::unique_ptr<Channel>*) {
   return kOff;
 }

@@ -34,6 +34,7 @@ uint64_t mix(uint64_t x) {  // splitmix64
 struct Conn {
   bool busy = false;  // a call holds it; guarded by ServerRef::pool_mu
   int fd = -1;        // used only by the call that holds it
+  uint64_t boot = 0;  // the server start it was made to
   void drop() {
     if (fd >= 0) ::close(fd);
     fd = -1;
@@ -52,7 +53,7 @@ struct ServerRef {
   std::atomic<size_t> next{0};
   std::atomic<int64_t> down_until{0};  // steady-clock ns: fail fast while a server is down
   // RDMA data plane, when the transport allows it.
-  std::mutex rdma_mu;
+  std::timed_mutex rdma_mu;  // timed: a batch waits for the channel only until its deadline
   std::unique_ptr<rdma::Channel> channel;  // guarded by rdma_mu
   bool tcp_only = false;                   // auto: the server has no RDMA
   int64_t rdma_retry_at = 0;               // steady-clock ns: no new channel before
@@ -80,6 +81,7 @@ class RemoteTier final : public Tier {
       : rdma_(rdma),
         rdma_required_(rdma_required),
         timeout_ms_(c.remote_timeout_ms),
+        rdma_tos_(c.remote_rdma_tos),
         replicas_(c.remote_replicas),
         token_(c.remote_token),
         ns_(namespace_seed(c.ns)) {}
@@ -132,14 +134,20 @@ class RemoteTier final : public Tier {
         std::vector<size_t> idx;
         for (size_t i : grp.second)
           if (fits[i]) idx.push_back(i);
-        if (idx.empty()) continue;
-        Status path;
-        if (use_rdma(*srv, &path)) {
-          put_rdma(*srv, ops, idx, best, stored);
-        } else if (path.is_ok()) {
-          put_tcp(*srv, ops, idx, best, stored);
-        } else {
-          for (size_t i : idx) best[i] = path.code();
+        // A restart of the server seen during the call (a new boot id) left its channel and
+        // connections stale: the keys that failed get one more try on fresh ones.
+        for (int attempt = 0; attempt < 2 && !idx.empty(); ++attempt) {
+          const uint64_t boot = srv->boot_id.load();
+          Status path;
+          if (use_rdma(*srv, &path)) {
+            put_rdma(*srv, ops, idx, best, stored);
+          } else if (path.is_ok()) {
+            put_tcp(*srv, ops, idx, best, stored);
+          } else {
+            for (size_t i : idx) best[i] = path.code();
+          }
+          if (boot == 0 || srv->boot_id.load() == boot) break;
+          std::erase_if(idx, [&](size_t i) { return stored[i] != 0; });
         }
       }
     }
@@ -160,14 +168,18 @@ class RemoteTier final : public Tier {
         std::vector<size_t> idx;
         for (size_t i : all)
           if (!done[i]) idx.push_back(i);
-        if (idx.empty()) continue;
-        Status path;
-        if (use_rdma(*srv, &path)) {
-          get_rdma(*srv, ops, idx, done);
-        } else if (path.is_ok()) {
-          get_tcp(*srv, ops, idx, done);
-        } else {
-          for (size_t i : idx) ops[i].result = path.code();
+        for (int attempt = 0; attempt < 2 && !idx.empty(); ++attempt) {  // as in put
+          const uint64_t boot = srv->boot_id.load();
+          Status path;
+          if (use_rdma(*srv, &path)) {
+            get_rdma(*srv, ops, idx, done);
+          } else if (path.is_ok()) {
+            get_tcp(*srv, ops, idx, done);
+          } else {
+            for (size_t i : idx) ops[i].result = path.code();
+          }
+          if (boot == 0 || srv->boot_id.load() == boot) break;
+          std::erase_if(idx, [&](size_t i) { return done[i] != 0; });
         }
       }
     }
@@ -399,7 +411,9 @@ class RemoteTier final : public Tier {
     if (!rdma_) return false;
     const int64_t now = Clock::now().time_since_epoch().count();
     {
-      std::lock_guard lock(s.rdma_mu);
+      // Held for a whole batch by the thread using the channel: wait no longer than a call may.
+      std::unique_lock lock(s.rdma_mu, std::defer_lock);
+      if (!lock.try_lock_until(deadline())) return true;  // in use, so up: rdma_run times out
       if (s.channel) return true;
       if (s.tcp_only) return false;
       if (now < s.rdma_retry_at) {
@@ -424,7 +438,7 @@ class RemoteTier final : public Tier {
     } else if (st.is_ok() && (code != KVTIER_OK || port == 0 || port > 65535)) {
       st = {KVTIER_ERR_INVALID_ARG, "bad RDMA_INFO reply from " + s.name};
     } else if (st.is_ok()) {
-      st = rdma::Channel::connect(s.host, static_cast<uint16_t>(port), ticket, registry_,
+      st = rdma::Channel::connect(s.host, static_cast<uint16_t>(port), ticket, rdma_tos_, registry_,
                                   deadline(), &ch);
     }
     std::lock_guard lock(s.rdma_mu);
@@ -452,13 +466,9 @@ class RemoteTier final : public Tier {
   // The RDMA channel's run, or UNAVAILABLE; a channel that failed is dropped (the next call
   // makes a new one).
   Status rdma_run(ServerRef& s, bool write, std::span<const rdma::Transfer> t, Deadline dl) {
-    std::lock_guard lock(s.rdma_mu);
-    if (!s.channel) return {KVTIER_ERR_UNAVAILABLE, "RDMA to " + s.name + " is down"};
-    Status st = s.channel->run(write, t, dl);
-    if (s.channel->dead()) {
-      s.channel.reset();
-      log().warn("remote tier: {}: RDMA channel lost: {}", s.name, st.message());
-    }
+    bool lost = false;
+    Status st = rdma::run_locked(s.rdma_mu, s.channel, write, t, dl, &lost);
+    if (lost) log().warn("remote tier: {}: RDMA channel lost: {}", s.name, st.message());
     return st;
   }
 
@@ -630,7 +640,9 @@ class RemoteTier final : public Tier {
         if (rd.left() >= 8) boot = rd.u64();
         return Status{};
       });
-      // A server that started again has a new arena: an RDMA channel to the old one is stale.
+      c.boot = boot;
+      // A server that started again has a new arena: an RDMA channel to the old one is stale,
+      // and so are the other connections to it (with_conn drops them before use).
       if (st.is_ok() && s.boot_id.exchange(boot) != boot) {
         std::lock_guard lock(s.rdma_mu);
         s.channel.reset();
@@ -711,6 +723,8 @@ class RemoteTier final : public Tier {
     } held{s, conn};
     Status st;
     for (int attempt = 0; attempt < 2; ++attempt) {
+      if (conn->fd >= 0 && conn->boot != s.boot_id.load()) conn->drop();  // to an earlier start
+      if (conn->fd >= 0 && net::peer_closed(conn->fd)) conn->drop();  // the server's idle timeout
       const bool pooled = conn->fd >= 0;
       if (!pooled) st = connect(s, *conn, dl);
       const uint64_t replies = t_replies;
@@ -758,6 +772,7 @@ class RemoteTier final : public Tier {
   const bool rdma_required_;  // transport rdma: no TCP fallback
   std::shared_ptr<rdma::Registry> registry_ = rdma::Registry::create();
   const unsigned timeout_ms_;
+  const int rdma_tos_;
   unsigned replicas_;
   const std::string token_;
   const uint64_t ns_;

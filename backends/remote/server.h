@@ -3,20 +3,29 @@
 // half a page and a client that dies mid-put leaves nothing behind. Over RDMA the two steps are
 // ALLOC (a slot under a lease), the client's one-sided writes, then COMMIT; a lease that runs
 // out, or the end of the client's control connection, gives the slot back.
+//
+// Connections are served by event loops (epoll), not a thread each: a front loop accepts and
+// holds connections until their HELLO, a few worker loops serve the authenticated ones. Every
+// connection is under a deadline at every step (HELLO, the next request, each bulk transfer),
+// so neither a silent client nor a slow one holds a connection, a slot or a pin for long.
 #pragma once
+
+#include <sys/uio.h>
 
 #include <atomic>
 #include <chrono>
-#include <functional>
+#include <cstddef>
+#include <deque>
 #include <list>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
+#include "free_space.h"
 #include "keys.h"
 #include "protocol.h"
 #include "rdma.h"
@@ -32,90 +41,171 @@ struct ServerOptions {
   bool rdma = true;                // --rdma auto|off / KVTIER_SERVER_RDMA: serve RDMA if a device
   uint16_t rdma_port = 0;          // --rdma-port / KVTIER_SERVER_RDMA_PORT; 0: the TCP port + 1
   unsigned lease_ms = 10000;       // --lease-ms / KVTIER_SERVER_LEASE_MS: ALLOC and LOOKUP leases
+  // --idle-timeout-ms / KVTIER_SERVER_IDLE_TIMEOUT_MS: a connection that has not completed
+  // HELLO, or has sent no whole request, for this long is closed.
+  unsigned idle_timeout_ms = 10000;
+  // --bulk-timeout-ms / KVTIER_SERVER_BULK_TIMEOUT_MS: a PUT's bytes that stop arriving, or a
+  // reply the client stops reading, for this long cut the connection and free its slots.
+  unsigned bulk_timeout_ms = 10000;
+  // --max-connections / KVTIER_SERVER_MAX_CONNECTIONS: authenticated connections; connections
+  // still before HELLO are capped at a quarter of this (at least 16), the oldest closed first.
+  unsigned max_connections = 1024;
+  // --max-leases / KVTIER_SERVER_MAX_LEASES: ALLOC and LOOKUP leases one connection may hold.
+  unsigned max_leases = 8192;
+  unsigned threads = 0;  // --threads / KVTIER_SERVER_THREADS: worker loops; 0: min(4, cores)
+  int rdma_tos = -1;     // --rdma-tos / KVTIER_SERVER_RDMA_TOS: 0..255; -1 the device's
 };
 
 class Server {
  public:
   explicit Server(ServerOptions options);
   ~Server();
-  // Binds and starts accepting; *port is the bound port (useful with port 0).
+  // Binds and starts the loops; *port is the bound port (useful with port 0).
   Status start(uint16_t* port);
-  // Stops accepting, closes every connection and waits for their threads.
+  // Stops accepting, closes every connection and waits for the loops.
   void stop();
 
+  // One client connection, owned by one event loop at a time. A request is read whole (header,
+  // payload, then a PUT's bytes) and answered before the next one is read.
+  struct Conn {
+    enum class Phase { kHeader, kPayload, kBulkIn, kReply };
+    using Clock = std::chrono::steady_clock;
+    uint64_t id = 0;  // unique for the server's life: leases and tickets name their connection
+    int fd = -1;
+    bool hello = false;  // authenticated
+    uint64_t ns = 0;
+    uint64_t client = 0;  // its peer host and namespace: whose RDMA QPs to fence (rdma::Owner)
+    Phase phase = Phase::kHeader;
+    uint8_t head[wire::kHeaderSize];
+    size_t got = 0;  // bytes of the header, then of the payload, read so far
+    wire::Header h;
+    std::vector<uint8_t> payload;
+    // A PUT's values coming in, each straight into its slot (iov_base nullptr: drained).
+    std::vector<wire::PutEntry> put;
+    std::vector<int32_t> codes;
+    std::vector<uint64_t> offsets, slots;
+    std::vector<iovec> bulk;
+    size_t bulk_at = 0;  // the value bytes arrive for now
+    size_t decided = 0;  // values whose slot is reserved (or refused) so far
+    // The reply going out: header and payload, then (GET) the pages' bytes from the arena.
+    std::vector<uint8_t> reply;
+    std::vector<iovec> out;
+    size_t out_at = 0;
+    std::vector<uint64_t> pinned;  // offsets a GET reply is sending: unpinned once it is out
+    bool close_after = false;      // an ERROR reply: the connection ends once it is out
+    Clock::time_point deadline;    // of the next whole request (idle), or of HELLO
+    Clock::time_point moved;       // last progress of a bulk transfer or reply
+    Clock::time_point bulk_end;    // a bulk transfer ends by then, however it trickles
+    uint32_t events = 0;           // epoll interest
+  };
+
  private:
+  class Loop;
+  friend class Loop;
+  using Clock = std::chrono::steady_clock;
+  using Key = std::pair<uint64_t, KeyId>;   // (namespace, id)
+  static constexpr int32_t kUndecided = 2;  // a PUT value whose slot is not reserved yet
+
   struct Entry {
     uint64_t offset, slot_size, length, checksum, ns;
-    std::list<std::pair<uint64_t, KeyId>>::iterator lru;
+    std::list<Key>::iterator lru;
+    std::list<Key>::iterator in_ns;  // in its namespace's list, so CLEAR visits only those
   };
-  struct Ids {  // ids are per namespace: the client's namespace seed is part of the key
-    size_t operator()(const std::pair<uint64_t, KeyId>& k) const { return k.second.lo ^ k.first; }
-  };
-  using Key = std::pair<uint64_t, KeyId>;
-
-  using Clock = std::chrono::steady_clock;
-  struct Session {  // one control connection
-    int fd;
-    uint64_t ns = 0;
+  // Key ids come from clients, who can choose them: the table hashes them with a secret seed
+  // drawn at start, so no client can make its keys (or another's) collide.
+  struct Ids {
+    uint64_t seed;
+    size_t operator()(const Key& k) const;
+    size_t operator()(uint64_t ns) const { return (*this)({ns, KeyId{}}); }
   };
   // A slot handed out by ALLOC, written by the client, not yet committed.
   struct Pending {
     Key key;
     uint64_t offset, slot_size, length, checksum;
     Clock::time_point expiry;
-    int conn;
+    uint64_t conn;
+    uint64_t client;  // Conn::client: fenced before the slot goes back
   };
   struct ReadLease {  // a page pinned by LOOKUP until RELEASE
     uint64_t offset;
     Clock::time_point expiry;
-    int conn;
+    uint64_t conn;
   };
 
-  void accept_loop();
-  void serve(int fd);
-  Status handle(Session& ss, const wire::Header& h, std::vector<uint8_t>& payload);
-  Status handle_rdma(Session& ss, const wire::Header& h, std::vector<uint8_t>& payload,
-                     wire::Writer& out);
-  // REQUIRES mu_: a written slot becomes the key's page (or goes back if the key has one).
+  // ---- requests (server.cpp): called by the connection's loop ----
+  // A whole frame is in: sets up the reply (phase kReply) or a PUT's bulk read (kBulkIn).
+  void on_frame(Conn& c);
+  void reserve_ahead(Conn& c);  // slots for the PUT's next values, before their bytes come
+  void on_put_bytes(Conn& c);   // a PUT's values are all in: publish and answer
+  void on_reply_sent(Conn& c);
+  void on_close(Conn& c);  // whatever way it ends: its slots, pins, leases and tickets go back
+  Status handle_hello(Conn& c, wire::Writer& out);
+  Status handle(Conn& c, wire::Writer& out);
+  Status handle_rdma(Conn& c, wire::Writer& out);
+  Status begin_put(Conn& c);
+  Status begin_get(Conn& c, wire::Writer& out);
+  Status commit(Conn& c, wire::Writer& out);
+  void reply(Conn& c, uint16_t type, wire::Writer& out, const std::vector<iovec>& bulk = {});
+  void reply_error(Conn& c, const Status& s);
+  // REQUIRES mu_: a new lease of the connection's, ending at `expiry`.
+  uint64_t grant_lease(uint64_t conn, Clock::time_point expiry);
+
+  // ---- the arena (server.cpp), REQUIRES mu_ ----
+  // A written slot becomes the key's page (or goes back if the key has one).
   void publish(const Key& key, uint64_t offset, uint64_t slot_size, uint64_t length,
                uint64_t checksum);
-  const Entry& pin(Entry& e);           // REQUIRES mu_: most recent, and not evicted until unpin
-  void unpin(uint64_t offset);          // REQUIRES mu_
-  void reap(Clock::time_point now);     // REQUIRES mu_: ends leases that ran out
-  void end_session(const Session& ss);  // REQUIRES mu_: ends its leases and tickets
-  // REQUIRES mu_: ends the ALLOC and LOOKUP leases for which ends(expiry, conn); how many.
-  uint64_t end_leases(const std::function<bool(Clock::time_point, int)>& ends);
-  // REQUIRES mu_: a slot of `bytes`, evicting least-recently-used unpinned pages if needed.
+  const Entry& pin(Entry& e);  // most recent, and not evicted until unpin
+  void unpin(uint64_t offset);
+  void reap(Clock::time_point now);  // ends leases that ran out, oldest first
+  // Ends an ALLOC lease (its slot goes back) or a LOOKUP lease (its pin goes); false if none.
+  bool end_lease(uint64_t id);
+  // A slot of `bytes`, evicting least-recently-used unpinned pages if needed.
   bool allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size);
-  void free_slot(uint64_t offset, uint64_t slot_size);  // REQUIRES mu_
-  // REQUIRES mu_: drops a page from the index; its slot is freed now, or when the last reply
-  // still sending its bytes is done.
-  void drop(std::unordered_map<std::pair<uint64_t, KeyId>, Entry, Ids>::iterator it);
+  void free_slot(uint64_t offset, uint64_t slot_size);
+  // Drops a page from the index; its slot is freed now, or when the last reply still sending
+  // its bytes is done.
+  void drop(std::unordered_map<Key, Entry, Ids>::iterator it);
+
+  // ---- connections (server_loop.cpp) ----
+  void fit_fd_limit();  // raises the soft fd limit; lowers the caps where it cannot
+  void reap_leases();   // the front loop's timer
+  // Rate-limited warnings: a flood of bad clients must not fill the log.
+  void warn_limited(const std::string& msg);
 
   ServerOptions opt_;
   std::byte* arena_ = nullptr;
   int listen_fd_ = -1;
-  std::thread acceptor_;
+  std::vector<std::unique_ptr<Loop>> loops_;  // [0]: the front loop
+  std::vector<std::thread> threads_;
   std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> next_conn_{2};  // 0 and 1 tag the loops' own fds
+  std::atomic<unsigned> authed_{0};     // authenticated connections, over all loops
+  unsigned max_unauth_ = 16;
 
-  std::mutex conns_mu_;
-  std::map<int, std::thread> conns_;
-  std::vector<std::thread> finished_;
+  std::mutex log_mu_;
+  Clock::time_point log_window_{};
+  unsigned log_lines_ = 0;
+  uint64_t log_suppressed_ = 0;
 
   std::mutex mu_;
+  const uint64_t hash_seed_;
   std::unordered_map<Key, Entry, Ids> map_;
-  std::list<Key> lru_list_;                         // front = most recent
-  std::map<uint64_t, std::vector<uint64_t>> free_;  // slot size -> offsets
+  std::list<Key> lru_list_;                                    // front = most recent
+  std::unordered_map<uint64_t, std::list<Key>, Ids> ns_keys_;  // namespace -> its keys
+  FreeSpace free_;
   std::unordered_map<uint64_t, uint32_t> pins_;     // offset -> replies sending its bytes
   std::unordered_map<uint64_t, uint64_t> dropped_;  // offset -> slot size, freed at unpin
-  std::unordered_map<uint64_t, Pending> pending_;   // offset -> reserved by ALLOC
+  std::unordered_map<uint64_t, Pending> pending_;   // lease id -> reserved by ALLOC
   std::unordered_map<uint64_t, ReadLease> leases_;  // lease id -> pinned by LOOKUP
-  std::unordered_map<uint64_t, int> tickets_;       // RDMA ticket -> control connection
+  // connection -> its leases; so a connection's end, and the cap, cost its own leases only
+  std::unordered_map<uint64_t, std::unordered_set<uint64_t>> held_;
+  // (end, lease id) in the order granted, which is the order they end (one lease time for all):
+  // the timer pops what ran out instead of scanning every lease. Ended ones are skipped.
+  std::deque<std::pair<Clock::time_point, uint64_t>> expiries_;
   uint64_t next_lease_ = 1;
   Clock::time_point next_reap_{};
   std::unique_ptr<rdma::Listener> rdma_;
   const uint64_t boot_id_;  // tells clients that RDMA channels to an earlier start are stale
-  uint64_t bump_ = 0;
   uint64_t used_ = 0;
   uint64_t evictions_ = 0, errors_ = 0, expired_ = 0;
 };

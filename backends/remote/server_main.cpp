@@ -2,9 +2,11 @@
 //   kvtier-server --listen 127.0.0.1:7471 --capacity 4GiB [--token SECRET] [--log-level info]
 #include <signal.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <string>
 
 #include "config.h"
@@ -17,9 +19,12 @@ namespace {
 const char* kHelp = R"(kvtier-server: the memory node of kvtier's remote tier.
 
 usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--rdma auto|off]
-                     [--rdma-port PORT] [--lease-ms MS] [--log-level LEVEL]
+                     [--rdma-port PORT] [--rdma-tos TOS] [--lease-ms MS] [--idle-timeout-ms MS]
+                     [--bulk-timeout-ms MS] [--max-connections N] [--max-leases N]
+                     [--threads N] [--log-level LEVEL]
 
-  --listen HOST:PORT  address to serve on (default 127.0.0.1:7471; port 0 picks a free one)
+  --listen HOST:PORT  address to serve on (default 127.0.0.1:7471; port 0 picks a free one);
+                      RDMA needs the NIC's address (rdma_cm cannot serve on a loopback one)
                       env: KVTIER_SERVER_LISTEN
   --capacity SIZE     bytes of memory for pages, e.g. 64GiB (default 4GiB)
                       env: KVTIER_SERVER_CAPACITY
@@ -30,9 +35,29 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                       env: KVTIER_SERVER_RDMA
   --rdma-port PORT    rdma_cm port of the RDMA data plane (default: the TCP port + 1)
                       env: KVTIER_SERVER_RDMA_PORT
+  --rdma-tos TOS      IP type of service (0..255) of the RDMA listener, for RoCE traffic
+                      classes (default: the device's) env: KVTIER_SERVER_RDMA_TOS
   --lease-ms MS       a slot reserved for an RDMA put, or a page pinned for an RDMA read, is
                       given back after this long without COMMIT or RELEASE (default 10000)
                       env: KVTIER_SERVER_LEASE_MS
+  --idle-timeout-ms MS
+                      a connection that has not completed HELLO, or sends no whole request,
+                      for this long is closed (default 10000)
+                      env: KVTIER_SERVER_IDLE_TIMEOUT_MS
+  --bulk-timeout-ms MS
+                      a PUT whose bytes stop arriving, or a reply the client stops reading,
+                      for this long cuts the connection and frees its slots (default 10000)
+                      env: KVTIER_SERVER_BULK_TIMEOUT_MS
+  --max-connections N authenticated connections served at once; more are refused at HELLO
+                      (KVTIER_ERR_BUSY); connections before HELLO are capped at N/4 (at least
+                      16), the oldest closed first (default 1024)
+                      env: KVTIER_SERVER_MAX_CONNECTIONS
+  --max-leases N      ALLOC and LOOKUP leases one connection may hold; more keys get
+                      KVTIER_ERR_BUSY (default 8192)
+                      env: KVTIER_SERVER_MAX_LEASES
+  --threads N         worker event loops serving connections, besides the one that accepts
+                      (default: the number of cores, at most 4)
+                      env: KVTIER_SERVER_THREADS
   --log-level LEVEL   trace, debug, info, warn, error, critical, off (default info)
                       env: KVTIER_LOG_LEVEL
   --help              this text
@@ -58,10 +83,26 @@ bool parse_number(const std::string& text, unsigned long max, unsigned long* out
 int main(int argc, char** argv) {
   kvtier::ServerOptions opt;
   std::string listen = "127.0.0.1:7471", capacity = "4GiB", level = "info", rdma = "auto",
-              rdma_port = "0", lease = "10000";
+              rdma_port = "0", lease = "10000", tos;
+  // The numeric limits: flag, environment variable, range, field.
+  struct Limit {
+    const char *flag, *env;
+    unsigned long min, max;
+    unsigned* field;
+    std::string text;
+  } limits[] = {
+      {"--idle-timeout-ms", "KVTIER_SERVER_IDLE_TIMEOUT_MS", 10, 3600000, &opt.idle_timeout_ms, ""},
+      {"--bulk-timeout-ms", "KVTIER_SERVER_BULK_TIMEOUT_MS", 10, 3600000, &opt.bulk_timeout_ms, ""},
+      {"--max-connections", "KVTIER_SERVER_MAX_CONNECTIONS", 1, 1000000, &opt.max_connections, ""},
+      {"--max-leases", "KVTIER_SERVER_MAX_LEASES", 1, 1u << 24, &opt.max_leases, ""},
+      {"--threads", "KVTIER_SERVER_THREADS", 0, 256, &opt.threads, ""},
+  };
+  for (Limit& l : limits)
+    if (const char* v = std::getenv(l.env)) l.text = v;
   if (const char* v = std::getenv("KVTIER_SERVER_LISTEN")) listen = v;
   if (const char* v = std::getenv("KVTIER_SERVER_RDMA")) rdma = v;
   if (const char* v = std::getenv("KVTIER_SERVER_RDMA_PORT")) rdma_port = v;
+  if (const char* v = std::getenv("KVTIER_SERVER_RDMA_TOS")) tos = v;
   if (const char* v = std::getenv("KVTIER_SERVER_LEASE_MS")) lease = v;
   if (const char* v = std::getenv("KVTIER_SERVER_CAPACITY")) capacity = v;
   if (const char* v = std::getenv("KVTIER_REMOTE_TOKEN")) opt.token = v;
@@ -86,8 +127,14 @@ int main(int argc, char** argv) {
       rdma = v;
     else if (a == "--rdma-port")
       rdma_port = v;
+    else if (a == "--rdma-tos")
+      tos = v;
     else if (a == "--lease-ms")
       lease = v;
+    else if (auto l = std::find_if(std::begin(limits), std::end(limits),
+                                   [&](const Limit& x) { return a == x.flag; });
+             l != std::end(limits))
+      l->text = v;
     else
       return usage_error("unknown flag " + a);
   }
@@ -101,9 +148,18 @@ int main(int argc, char** argv) {
   unsigned long n = 0;
   if (!parse_number(rdma_port, 65535, &n)) return usage_error("--rdma-port '" + rdma_port + "'");
   opt.rdma_port = static_cast<uint16_t>(n);
+  if (!tos.empty() && !parse_number(tos, 255, &n)) return usage_error("--rdma-tos '" + tos + "'");
+  if (!tos.empty()) opt.rdma_tos = static_cast<int>(n);
   if (!parse_number(lease, 3600000, &n) || n < 10)
     return usage_error("--lease-ms '" + lease + "' is not 10..3600000");
   opt.lease_ms = static_cast<unsigned>(n);
+  for (const Limit& l : limits) {
+    if (l.text.empty()) continue;
+    if (!parse_number(l.text, l.max, &n) || n < l.min)
+      return usage_error(std::string(l.flag) + " '" + l.text + "' is not " + std::to_string(l.min) +
+                         ".." + std::to_string(l.max));
+    *l.field = static_cast<unsigned>(n);
+  }
   if (!kvtier::valid_log_level(level)) return usage_error("--log-level '" + level + "' is unknown");
   kvtier::set_log_level(level);
 
