@@ -48,7 +48,7 @@ struct ServerRef {
   std::atomic<size_t> next{0};
   std::atomic<int64_t> down_until{0};  // steady-clock ns: fail fast while a server is down
   // RDMA data plane, when the transport allows it.
-  std::timed_mutex rdma_mu;  // timed: a batch waits for the channel only until its deadline
+  kvtier::DeadlineLock rdma_mu;  // timed: a batch waits for the channel only until its deadline
   std::unique_ptr<rdma::Channel> channel;  // guarded by rdma_mu
   bool tcp_only = false;                   // auto: the server has no RDMA
   int64_t rdma_retry_at = 0;               // steady-clock ns: no new channel before
@@ -701,7 +701,7 @@ class RemoteTier final : public Tier {
     const Deadline dl = deadline();
     Status st;
     if (conn->fd >= 0 && conn->boot != s.boot_id.load()) conn->drop();  // to an earlier start
-    if (conn->fd >= 0 && net::peer_closed(conn->fd)) conn->drop();  // the server's idle timeout
+    if (conn->fd >= 0 && net::peer_closed(conn->fd)) conn->drop();      // the server's idle timeout
     if (conn->fd < 0) st = connect(s, *conn, dl);
     if (st.is_ok()) st = f(conn->fd, dl);
     if (!st.is_ok()) {
