@@ -737,6 +737,23 @@ double loopback_tcp_gbps(const Options& o, size_t block, size_t count) {
 
 // ---- transfer -----------------------------------------------------------------------------
 
+void push_transfer(const std::string& tier, const char* path, const char* op, size_t batch,
+                   size_t block, size_t threads, const Figure& fig, double limit,
+                   const std::string& limit_name) {
+  Row row;
+  row.kind = "transfer";
+  row.tier = tier;
+  row.path = path;
+  row.op = op;
+  row.batch = batch;
+  row.block = block;
+  row.threads = threads;
+  row.fig = fig;
+  row.limit_gbps = limit;
+  row.limit_name = limit_name;
+  g_rows.push_back(row);
+}
+
 void run_transfer(const Options& o, const std::string& tier) {
   const size_t max_threads = *std::max_element(o.threads.begin(), o.threads.end());
   const size_t max_block = *std::max_element(o.blocks.begin(), o.blocks.end());
@@ -846,20 +863,9 @@ void run_transfer(const Options& o, const std::string& tier) {
       } else {
         lim_w = lim_r = memcpy_gbps(o, block, n * threads, threads, &limit_name);
       }
-      for (auto [op, fig, lim] : {std::tuple{"write", wr, lim_w}, std::tuple{"read", rd, lim_r}}) {
-        Row row;
-        row.kind = "transfer";
-        row.tier = tier;
-        row.path = "v1";
-        row.op = op;
-        row.batch = n;
-        row.block = block;
-        row.threads = threads;
-        row.fig = fig;
-        row.limit_gbps = lim;
-        row.limit_name = file ? "raw io_uring" : limit_name;
-        g_rows.push_back(row);
-      }
+      for (auto [op, fig, lim] : {std::tuple{"write", wr, lim_w}, std::tuple{"read", rd, lim_r}})
+        push_transfer(tier, "v1", op, n, block, threads, fig, lim,
+                      file ? "raw io_uring" : limit_name);
     }
   }
   kvtier_close(store);
@@ -942,19 +948,8 @@ void run_p2p(const Options& o, const std::string& tier) {
       lim = loopback_tcp_gbps(o, block, n);
       limit_name = "tcp loopback";
     }
-    for (auto [op, fig] : {std::pair{"write", wr}, std::pair{"read", rd}}) {
-      Row row;
-      row.kind = "transfer";
-      row.tier = tier;
-      row.path = "p2p";
-      row.op = op;
-      row.batch = n;
-      row.block = block;
-      row.fig = fig;
-      row.limit_gbps = lim;
-      row.limit_name = limit_name;
-      g_rows.push_back(row);
-    }
+    for (auto [op, fig] : {std::pair{"write", wr}, std::pair{"read", rd}})
+      push_transfer(tier, "p2p", op, n, block, 1, fig, lim, limit_name);
   }
 }
 

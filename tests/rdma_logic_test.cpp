@@ -321,7 +321,7 @@ class FakeChannel final : public rdma::Channel {
 };
 
 TEST(RdmaChannelLock, BusyChannelTimesOutAtTheDeadlineWithoutPostingOrDying) {
-  std::timed_mutex mu;
+  kvtier::DeadlineLock mu;
   std::unique_ptr<rdma::Channel> ch = std::make_unique<FakeChannel>();
   auto* fake_ch = static_cast<FakeChannel*>(ch.get());
   std::atomic<bool> held{false}, release{false};
@@ -350,7 +350,7 @@ TEST(RdmaChannelLock, BusyChannelTimesOutAtTheDeadlineWithoutPostingOrDying) {
 }
 
 TEST(RdmaChannelLock, PassedDeadlineRefusesBeforePosting) {
-  std::timed_mutex mu;
+  kvtier::DeadlineLock mu;
   std::unique_ptr<rdma::Channel> ch = std::make_unique<FakeChannel>();
   bool lost = true;
   Status s = rdma::run_locked(mu, ch, true, {}, Clock::now() - std::chrono::milliseconds(1), &lost);
@@ -362,7 +362,7 @@ TEST(RdmaChannelLock, PassedDeadlineRefusesBeforePosting) {
 }
 
 TEST(RdmaChannelLock, DeadChannelIsDroppedAndMissingOneIsUnavailable) {
-  std::timed_mutex mu;
+  kvtier::DeadlineLock mu;
   auto fake_ch = std::make_unique<FakeChannel>();
   fake_ch->fail = true;
   std::unique_ptr<rdma::Channel> ch = std::move(fake_ch);

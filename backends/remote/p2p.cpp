@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <list>
 #include <mutex>
 #include <thread>
@@ -268,12 +267,7 @@ struct Peer::Impl {
   std::shared_ptr<Shared> local;
   std::string address, host;
   uint16_t port = 0;
-  // One transfer at a time on the connection; a waiter gives up at its deadline. (A flag under
-  // a condition variable rather than std::timed_mutex, whose clock-based lock ThreadSanitizer
-  // does not see.)
-  std::mutex mu;
-  std::condition_variable idle;
-  bool busy = false;
+  DeadlineLock mu;  // one transfer at a time on the connection; waiters give up at the deadline
   int fd = -1;
   std::atomic<bool> up{false};
   uint64_t remote_pages = 0;
@@ -373,24 +367,11 @@ Status Peer::Impl::rdma_batch(bool write, const std::vector<size_t>& idx, const 
 Status Peer::Impl::run(bool write, std::span<const int64_t> local_pages,
                        std::span<const int64_t> remote, int32_t layer, std::span<int> results) {
   const Deadline dl = local->deadline();
-  {
-    std::unique_lock lock(mu);
-    if (!idle.wait_until(lock, dl, [this] { return !busy; })) {
-      std::fill(results.begin(), results.end(), KVTIER_ERR_TIMEOUT);
-      return {KVTIER_ERR_TIMEOUT, "the peer connection stayed busy past the deadline"};
-    }
-    busy = true;
+  std::unique_lock lock(mu, std::defer_lock);
+  if (!lock.try_lock_until(dl)) {
+    std::fill(results.begin(), results.end(), KVTIER_ERR_TIMEOUT);
+    return {KVTIER_ERR_TIMEOUT, "the peer connection stayed busy past the deadline"};
   }
-  struct Release {
-    Impl* self;
-    ~Release() {
-      {
-        std::lock_guard lock(self->mu);
-        self->busy = false;
-      }
-      self->idle.notify_one();
-    }
-  } release{this};
   if (fd < 0) {
     if (Status s = connect(dl); !s.is_ok()) {
       std::fill(results.begin(), results.end(), s.code());

@@ -24,6 +24,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "deadline_lock.h"
 #include "keys.h"
 #include "net.h"
 #include "status.h"
@@ -225,7 +226,7 @@ class Channel {
 // (another batch holds the channel) or with the deadline already gone, the batch fails with
 // KVTIER_ERR_TIMEOUT before anything is posted and the channel stays up, busy is not broken.
 // A channel that died in the run is reset (and *lost set), so the next call makes a new one.
-Status run_locked(std::timed_mutex& mu, std::unique_ptr<Channel>& channel, bool write,
+Status run_locked(kvtier::DeadlineLock& mu, std::unique_ptr<Channel>& channel, bool write,
                   std::span<const Transfer> transfers, net::Deadline deadline, bool* lost);
 
 }  // namespace kvtier::rdma

@@ -112,7 +112,7 @@ size_t TicketBook::size() const {
 
 // ---- The channel lock ----
 
-Status run_locked(std::timed_mutex& mu, std::unique_ptr<Channel>& channel, bool write,
+Status run_locked(kvtier::DeadlineLock& mu, std::unique_ptr<Channel>& channel, bool write,
                   std::span<const Transfer> transfers, net::Deadline deadline, bool* lost) {
   *lost = false;
   std::unique_lock lock(mu, std::defer_lock);

@@ -53,7 +53,7 @@ struct ServerRef {
   std::atomic<size_t> next{0};
   std::atomic<int64_t> down_until{0};  // steady-clock ns: fail fast while a server is down
   // RDMA data plane, when the transport allows it.
-  std::timed_mutex rdma_mu;  // timed: a batch waits for the channel only until its deadline
+  kvtier::DeadlineLock rdma_mu;  // timed: a batch waits for the channel only until its deadline
   std::unique_ptr<rdma::Channel> channel;  // guarded by rdma_mu
   bool tcp_only = false;                   // auto: the server has no RDMA
   int64_t rdma_retry_at = 0;               // steady-clock ns: no new channel before

@@ -117,7 +117,23 @@ def _config_string(config) -> Optional[bytes]:
     return config.encode()
 
 
-class Store:
+class Closing:
+    """close() on leaving a with-block and when collected."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+class Store(Closing):
     """A kvtier store. Thread-safe; use as a context manager or call close()."""
 
     def __init__(self, config: Union[None, str, dict] = None, *, _handle=None):
@@ -144,15 +160,6 @@ class Store:
         h, self._h = getattr(self, "_h", None), None
         if h:
             _lib.kvtier_close(h)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
     @property
     def closed(self) -> bool:

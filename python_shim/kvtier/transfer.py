@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import _native
 from .errors import KvtierError, check
-from .store import LAYOUTS, POOL_MHA, POOL_MLA
+from .store import LAYOUTS, POOL_MHA, POOL_MLA, Closing
 
 _lib = _native.lib
 
@@ -47,7 +47,7 @@ def _ids(ids) -> Tuple[int, int, object]:
     return arr.__array_interface__["data"][0], arr.size, arr
 
 
-class Peer:
+class Peer(Closing):
     """A connection to another endpoint. Thread-safe; reconnects after a failure."""
 
     def __init__(self, handle, address: str):
@@ -88,11 +88,8 @@ class Peer:
         if h:
             _lib.kvtier_peer_close(h)
 
-    def __del__(self):
-        self.close()
 
-
-class Endpoint:
+class Endpoint(Closing):
     """One engine host pool behind a listening endpoint."""
 
     def __init__(self, pool, *, layout: str, page_size: int, layer_num: int, head_num: int = 0,
@@ -127,15 +124,6 @@ class Endpoint:
         h, self._h = getattr(self, "_h", None), None
         if h:
             _lib.kvtier_endpoint_close(h)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
 
 class RDMACommunicator:
