@@ -117,6 +117,10 @@ class PeerProcess {
   void kill_now(int sig) {
     if (pid_ <= 0) return;
     ::kill(pid_, sig);
+    if (sig == SIGSTOP) {  // stopped for sure before the test goes on
+      int st = 0;
+      waitpid(pid_, &st, WUNTRACED);
+    }
     if (sig == SIGKILL) {
       waitpid(pid_, nullptr, 0);
       pid_ = -1;

@@ -16,7 +16,7 @@ build() {  # build DIR [cmake args...]
 echo "== build and test (RelWithDebInfo)"
 build build
 # The hostile-client soak runs its full minute here; the sanitizer builds run it shorter.
-(cd build && KVTIER_SOAK_SECONDS=60 ctest -j"$jobs" --output-on-failure)
+(cd build && KVTIER_TEST_SOAK_SECONDS=60 ctest -j"$jobs" --output-on-failure)
 
 echo "== the default Release build a user gets (no -Werror), build only"
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null

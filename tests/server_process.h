@@ -84,6 +84,9 @@ class ServerProcess {
     if (sig == SIGKILL || sig == SIGTERM) {
       waitpid(pid_, &status_, 0);
       pid_ = -1;
+    } else if (sig == SIGSTOP) {  // stopped for sure before the test goes on: a loop that is
+      int st = 0;                 // mid-request would otherwise still answer it
+      waitpid(pid_, &st, WUNTRACED);
     }
   }
   bool restart() { return start(port_); }
