@@ -251,7 +251,9 @@ TEST(Hostile, LeasesRunOutWithNoOtherTraffic) {
 }
 
 TEST(Hostile, LeasesPerConnectionAreCapped) {
-  ServerProcess srv("64MiB", "", 0, {"--max-leases", "1000"});
+  // Leases long enough to outlast the test however slowly it runs (a sanitizer build on a busy
+  // machine): none may end and make room for more than the cap.
+  ServerProcess srv("64MiB", "", 0, {"--max-leases", "1000", "--lease-ms", "600000"});
   Ctl c(srv.port());
   auto [code, lease] = c.alloc(5, 4096);
   ASSERT_EQ(code, KVTIER_OK);

@@ -13,10 +13,18 @@ build() {  # build DIR [cmake args...]
   cmake --build "$dir" -j"$jobs"
 }
 
+# A stage whose tests fail does not stop the later ones (each says what it found); the command
+# fails at the end, naming them.
+failed=()
+run_tests() {  # run_tests NAME DIR [env and ctest args...]
+  local name=$1 dir=$2; shift 2
+  (cd "$dir" && env "$@" --output-on-failure) || failed+=("$name")
+}
+
 echo "== build and test (RelWithDebInfo)"
 build build
 # The hostile-client soak runs its full minute here; the sanitizer builds run it shorter.
-(cd build && KVTIER_TEST_SOAK_SECONDS=60 ctest -j"$jobs" --output-on-failure)
+run_tests normal build KVTIER_TEST_SOAK_SECONDS=60 ctest -j"$jobs"
 
 echo "== the default Release build a user gets (no -Werror), build only"
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -24,12 +32,16 @@ cmake --build build-release -j"$jobs"
 
 echo "== AddressSanitizer + UBSan"
 build build-asan -DKVTIER_SANITIZE=address -DKVTIER_BUILD_BENCH=OFF
-(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest -j"$jobs" --output-on-failure)
+run_tests asan build-asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest -j"$jobs"
 
 echo "== ThreadSanitizer (concurrency, core and remote suites)"
 build build-tsan -DKVTIER_SANITIZE=thread -DKVTIER_BUILD_BENCH=OFF
-(cd build-tsan && TSAN_OPTIONS=halt_on_error=1 setarch "$(uname -m)" -R \
-  ctest -j"$jobs" --output-on-failure -L "concurrency|core|remote")
+run_tests tsan build-tsan TSAN_OPTIONS=halt_on_error=1 setarch "$(uname -m)" -R \
+  ctest -j"$jobs" -L "concurrency|core|remote"
 
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "== tests failed in: ${failed[*]}"
+  exit 1
+fi
 echo "== all tests passed"
