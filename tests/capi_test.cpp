@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "p2p_pool.h"
 #include "test_util.h"
 
 using kvtier_test::c_keys;
@@ -607,19 +608,8 @@ struct FormatPool {
   static constexpr uint32_t P = 4, L = 2, H = 2, D = 8, E = 2, S = 64;
   std::vector<unsigned char> bytes = random_bytes(size_t{2} * S * L * H * D * E);
   kvtier_pool_layout_t layout(const char* dtype, int order = KVTIER_LAYOUT_PAGE_FIRST) {
-    kvtier_pool_layout_t l = {};
-    l.struct_size = sizeof l;
-    l.base = bytes.data();
-    l.pool_kind = KVTIER_POOL_MHA;
-    l.layout = order;
-    l.page_size = P;
-    l.layer_num = L;
-    l.head_num = H;
-    l.head_dim = D;
-    l.dtype_size = E;
-    l.pool_tokens = S;
-    l.dtype_name = dtype;
-    return l;
+    return kvtier_test::P2pShape{KVTIER_POOL_MHA, order, P, L, H, D, 0, E, S}.layout(bytes.data(),
+                                                                                     dtype);
   }
   std::vector<int64_t> slots(std::initializer_list<int> pages) const {
     std::vector<int64_t> out;
