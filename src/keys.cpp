@@ -102,26 +102,22 @@ void copy_stream(std::byte* dst, const std::byte* src, size_t n) {
 }
 void fence_streams() {}
 #endif
-}  // namespace
 
-void copy_bytes(std::byte* dst, const std::byte* src, size_t n) {
+// One run of a value: streamed when it is large; *streamed tells the caller to fence once.
+void copy_run(std::byte* dst, const std::byte* src, size_t n, bool* streamed) {
   if (n < kStreamMin) {
     std::memcpy(dst, src, n);
     return;
   }
   copy_stream(dst, src, n);
-  fence_streams();
+  *streamed = true;
 }
+}  // namespace
 
 void gather(Frags frags, std::byte* dst) {
   bool streamed = false;
   for (const Frag& f : frags) {
-    if (f.len >= kStreamMin) {
-      copy_stream(dst, f.ptr, f.len);
-      streamed = true;
-    } else {
-      std::memcpy(dst, f.ptr, f.len);
-    }
+    copy_run(dst, f.ptr, f.len, &streamed);
     dst += f.len;
   }
   if (streamed) fence_streams();
@@ -132,12 +128,7 @@ void scatter(const std::byte* src, size_t len, Frags frags) {
   for (const Frag& f : frags) {
     if (len == 0) break;
     size_t n = f.len < len ? f.len : len;
-    if (n >= kStreamMin) {
-      copy_stream(f.ptr, src, n);
-      streamed = true;
-    } else {
-      std::memcpy(f.ptr, src, n);
-    }
+    copy_run(f.ptr, src, n, &streamed);
     src += n;
     len -= n;
   }

@@ -53,8 +53,5 @@ inline size_t total_len(Frags frags) {
 constexpr size_t kStreamMin = size_t{64} << 10;
 void gather(Frags frags, std::byte* dst);
 void scatter(const std::byte* src, size_t len, Frags frags);
-// memcpy, with non-temporal stores from kStreamMin bytes on; the stores are fenced before it
-// returns.
-void copy_bytes(std::byte* dst, const std::byte* src, size_t n);
 
 }  // namespace kvtier
