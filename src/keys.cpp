@@ -63,15 +63,19 @@ uint64_t checksum(Frags frags) {
   return XXH3_64bits_digest(&state);
 }
 
-uint64_t checksum(Frags frags, size_t len) {
-  if (len == total_len(frags)) return checksum(frags);
+std::vector<Frag> leading(Frags frags, size_t len) {
   std::vector<Frag> head;
   for (const Frag& f : frags) {
     if (!len) break;
     head.push_back({f.ptr, std::min(len, f.len)});
     len -= head.back().len;
   }
-  return checksum(head);
+  return head;
+}
+
+uint64_t checksum(Frags frags, size_t len) {
+  if (len == total_len(frags)) return checksum(frags);
+  return checksum(leading(frags, len));
 }
 
 namespace {

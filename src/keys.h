@@ -6,6 +6,7 @@
 #include <functional>
 #include <span>
 #include <string_view>
+#include <vector>
 
 namespace kvtier {
 
@@ -38,6 +39,9 @@ uint64_t checksum(Frags frags);
 uint64_t checksum(const void* data, size_t len);
 // XXH3-64 of the first `len` bytes of the fragments (at most their total).
 uint64_t checksum(Frags frags, size_t len);
+
+// The first `len` bytes of the fragments (at most their total), as fragments.
+std::vector<Frag> leading(Frags frags, size_t len);
 
 inline size_t total_len(Frags frags) {
   size_t n = 0;

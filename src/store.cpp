@@ -111,6 +111,9 @@ std::vector<size_t> Store::valid_keys(std::span<const char* const> keys, Frags f
                                       Status* first) const {
   std::vector<size_t> valid;
   valid.reserve(keys.size());
+  // One registry lookup for the whole batch in the usual case that all of it is registered;
+  // key by key (for each key's own code) only when some fragment is not.
+  if (zero_copy && regions_.check(frags.first(keys.size() * per_key)).is_ok()) zero_copy = false;
   for (size_t i = 0; i < keys.size(); ++i) {
     if (results[i] != KVTIER_OK) continue;
     Status s = check_key(keys[i]);
@@ -185,6 +188,7 @@ Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key
   std::vector<size_t> pending(ops.size());  // indices into ops still looked for
   for (size_t j = 0; j < ops.size(); ++j) pending[j] = j;
   std::vector<GetOp> batch;
+  batch.reserve(ops.size());
   for (size_t t = 0; t < tiers_.size() && !pending.empty(); ++t) {
     TierSlot& slot = *tiers_[t];
     batch.clear();
@@ -196,23 +200,15 @@ Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key
     for (size_t b = 0; b < batch.size(); ++b) {
       const size_t j = pending[b];
       GetOp& r = batch[b];
-      std::vector<Frag> got;  // the bytes a hit filled
-      if (r.result >= 0) {
-        size_t left = static_cast<size_t>(r.result);
-        for (const Frag& f : r.frags) {
-          if (!left) break;
-          got.push_back({f.ptr, std::min(left, f.len)});
-          left -= got.back().len;
-        }
-        // A tier that can tear must hand back exactly what was written, or it is a miss.
-        if (slot.caps.can_tear && !slot.caps.checks_inline && checksum(got) != r.checksum)
-          r.result = KVTIER_ERR_CORRUPT;
-      }
+      // A tier that can tear must hand back exactly what was written, or it is a miss.
+      if (r.result >= 0 && slot.caps.can_tear && !slot.caps.checks_inline &&
+          checksum(r.frags, static_cast<size_t>(r.result)) != r.checksum)
+        r.result = KVTIER_ERR_CORRUPT;
       if (r.result >= 0) {
         slot.hits.fetch_add(1, std::memory_order_relaxed);
         final_result[j] = r.result;
         if (t > 0) {
-          promote_frags.push_back(std::move(got));
+          promote_frags.push_back(leading(r.frags, static_cast<size_t>(r.result)));
           // A checksum that came from a tier that can tear has just been verified.
           promote.push_back(
               {r.id, {}, static_cast<size_t>(r.result), r.checksum, 0, slot.caps.can_tear});

@@ -1,9 +1,6 @@
 #include "memory_tier.h"
 
 #include <cstdlib>
-#include <string>
-
-#include "log.h"
 
 namespace kvtier {
 
@@ -16,58 +13,163 @@ size_t align_for(size_t n) {
 size_t round_up(size_t n) {
   return (n + align_for(n) - 1) & ~(align_for(n) - 1);
 }
+size_t slot_of(const KeyId& id, size_t mask) {
+  return static_cast<size_t>(id.lo) & mask;  // ids are XXH3-128 output: uniform already
+}
+void free_all(const std::vector<std::byte*>& blocks) {
+  for (std::byte* b : blocks) std::free(b);
+}
 }  // namespace
-
-struct MemoryTier::Block {
-  Block(MemoryTier* o, std::byte* d, size_t s, size_t a) : owner(o), data(d), size(s), alloc(a) {}
-  Block(const Block&) = delete;
-  Block& operator=(const Block&) = delete;
-  ~Block() { owner->release(data, alloc); }
-
-  MemoryTier* owner;
-  std::byte* data;
-  size_t size;
-  size_t alloc;
-  uint64_t checksum = 0;
-  bool has_checksum = false;
-};
 
 MemoryTier::MemoryTier(uint64_t capacity) : capacity_(capacity) {}
 
 MemoryTier::~MemoryTier() {
-  clear();
-  for (auto& [size, blocks] : pool_)
-    for (std::byte* b : blocks) std::free(b);
+  for (Entry& e : entries_) std::free(e.data);  // no call is in flight: nothing is pinned
+  for (auto& [alloc, blocks] : pool_) free_all(blocks);
 }
 
-MemoryTier::BlockRef MemoryTier::new_block(size_t size) {
-  const size_t alloc = round_up(size);
-  std::byte* data = nullptr;
-  {
-    std::lock_guard lock(pool_mu_);
-    auto it = pool_.find(alloc);
-    if (it != pool_.end() && !it->second.empty()) {
-      data = it->second.back();
-      it->second.pop_back();
-      pooled_bytes_ -= alloc;
-    }
+// --- the index -------------------------------------------------------------------------------
+
+uint32_t MemoryTier::find(const KeyId& id) const {
+  if (table_.empty()) return kNone;
+  const size_t mask = table_.size() - 1;
+  for (size_t i = slot_of(id, mask);; i = (i + 1) & mask) {
+    const uint32_t e = table_[i];
+    if (e == kNone || entries_[e].id == id) return e;
   }
-  if (!data) data = static_cast<std::byte*>(std::aligned_alloc(align_for(alloc), alloc));
-  if (!data) return nullptr;
-  return std::make_shared<Block>(this, data, size, alloc);
 }
 
-void MemoryTier::release(std::byte* data, size_t alloc) {
-  {
-    std::lock_guard lock(pool_mu_);
-    const uint64_t live = bytes_.load(std::memory_order_relaxed);
-    if (pooled_bytes_ + alloc + live <= capacity_) {
-      pool_[alloc].push_back(data);
-      pooled_bytes_ += alloc;
-      return;
-    }
+void MemoryTier::index_grow() {
+  std::vector<uint32_t> old;
+  old.swap(table_);
+  table_.assign(std::max<size_t>(1024, old.size() * 2), kNone);
+  const size_t mask = table_.size() - 1;
+  for (uint32_t e : old) {
+    if (e == kNone) continue;
+    size_t i = slot_of(entries_[e].id, mask);
+    while (table_[i] != kNone) i = (i + 1) & mask;
+    table_[i] = e;
   }
-  std::free(data);
+}
+
+void MemoryTier::index_insert(uint32_t e) {
+  if ((live_ + 1) * 2 > table_.size()) index_grow();  // load factor at most 1/2
+  const size_t mask = table_.size() - 1;
+  size_t i = slot_of(entries_[e].id, mask);
+  while (table_[i] != kNone) i = (i + 1) & mask;
+  table_[i] = e;
+  ++live_;
+}
+
+void MemoryTier::index_erase(const KeyId& id) {
+  const size_t mask = table_.size() - 1;
+  size_t hole = slot_of(id, mask);
+  while (entries_[table_[hole]].id != id) hole = (hole + 1) & mask;
+  // Backward-shift deletion: later members of the probe run move up so no lookup stops early
+  // (no tombstones to clean up later).
+  for (size_t j = (hole + 1) & mask; table_[j] != kNone; j = (j + 1) & mask) {
+    const size_t home = slot_of(entries_[table_[j]].id, mask);
+    const bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+    if (stays) continue;
+    table_[hole] = table_[j];
+    hole = j;
+  }
+  table_[hole] = kNone;
+  --live_;
+}
+
+// --- the LRU list ----------------------------------------------------------------------------
+
+void MemoryTier::lru_push_front(uint32_t e) {
+  Entry& x = entries_[e];
+  x.prev = kNone;
+  x.next = head_;
+  if (head_ != kNone) entries_[head_].prev = e;
+  head_ = e;
+  if (tail_ == kNone) tail_ = e;
+}
+
+void MemoryTier::lru_unlink(uint32_t e) {
+  Entry& x = entries_[e];
+  (x.prev != kNone ? entries_[x.prev].next : head_) = x.next;
+  (x.next != kNone ? entries_[x.next].prev : tail_) = x.prev;
+  x.prev = x.next = kNone;
+}
+
+void MemoryTier::touch(uint32_t e) {
+  if (head_ == e) return;
+  lru_unlink(e);
+  lru_push_front(e);
+}
+
+// --- entries and blocks ----------------------------------------------------------------------
+
+uint32_t MemoryTier::new_entry() {
+  if (!free_entries_.empty()) {
+    const uint32_t e = free_entries_.back();
+    free_entries_.pop_back();
+    return e;
+  }
+  entries_.emplace_back();
+  return static_cast<uint32_t>(entries_.size() - 1);
+}
+
+std::byte* MemoryTier::take_block(size_t alloc) {
+  auto it = pool_.find(alloc);
+  if (it == pool_.end() || it->second.empty()) return nullptr;
+  std::byte* data = it->second.back();
+  it->second.pop_back();
+  held_bytes_ -= alloc;
+  return data;
+}
+
+void MemoryTier::give_block(std::byte* data, size_t alloc, std::vector<std::byte*>* to_free) {
+  if (bytes_ + held_bytes_ + alloc <= capacity_) {
+    pool_[alloc].push_back(data);
+    held_bytes_ += alloc;
+  } else {
+    to_free->push_back(data);
+  }
+}
+
+void MemoryTier::free_entry(uint32_t e) {
+  entries_[e] = Entry{};
+  free_entries_.push_back(e);
+}
+
+void MemoryTier::unlink(uint32_t e) {
+  Entry& x = entries_[e];
+  index_erase(x.id);
+  lru_unlink(e);
+  x.linked = false;
+  bytes_ -= x.size;
+}
+
+void MemoryTier::unpin(uint32_t e, std::vector<std::byte*>* to_free) {
+  Entry& x = entries_[e];
+  if (--x.pins > 0 || x.linked) return;
+  give_block(x.data, round_up(x.size), to_free);
+  free_entry(e);
+}
+
+void MemoryTier::drop(uint32_t e, std::vector<std::byte*>* to_free) {
+  ++entries_[e].pins;
+  unlink(e);
+  unpin(e, to_free);  // frees the block now unless a copy out of it is in flight
+}
+
+void MemoryTier::evict_locked(std::vector<uint32_t>* evicted, std::vector<std::byte*>* to_free) {
+  while (bytes_ > capacity_ && tail_ != kNone) {
+    const uint32_t e = tail_;
+    ++evictions_;
+    if (!sink_) {
+      drop(e, to_free);
+      continue;
+    }
+    ++entries_[e].pins;  // kept alive for the eviction sink; released by demote()
+    unlink(e);
+    evicted->push_back(e);
+  }
 }
 
 void MemoryTier::set_eviction_sink(EvictionSink sink) {
@@ -75,147 +177,169 @@ void MemoryTier::set_eviction_sink(EvictionSink sink) {
   sink_ = std::move(sink);
 }
 
-void MemoryTier::evict_locked(std::vector<std::pair<KeyId, BlockRef>>* evicted) {
-  while (bytes_.load(std::memory_order_relaxed) > capacity_ && !lru_.empty()) {
-    auto it = map_.find(lru_.back());
-    bytes_ -= it->second.block->size;
-    evicted->emplace_back(it->first, std::move(it->second.block));
-    map_.erase(it);
-    lru_.pop_back();
-    ++evictions_;
-  }
-}
-
-void MemoryTier::demote(std::vector<std::pair<KeyId, BlockRef>>& evicted) {
+void MemoryTier::demote(const std::vector<uint32_t>& evicted) {
+  if (evicted.empty()) return;
   EvictionSink sink;
+  std::vector<Frag> frags(evicted.size());
+  std::vector<PutOp> ops;
   {
     std::lock_guard lock(mu_);
     sink = sink_;
+    for (size_t i = 0; i < evicted.size(); ++i) {
+      const Entry& x = entries_[evicted[i]];
+      frags[i] = {x.data, x.size};
+      ops.push_back({x.id, Frags(&frags[i], 1), x.size, x.checksum, 0, x.has_checksum});
+    }
   }
-  if (!sink || evicted.empty()) return;
-  std::vector<Frag> frags;
-  std::vector<PutOp> ops;
-  frags.reserve(evicted.size());
-  ops.reserve(evicted.size());
-  for (auto& [id, block] : evicted) {
-    frags.push_back({block->data, block->size});
-    ops.push_back(
-        {id, Frags(&frags.back(), 1), block->size, block->checksum, 0, block->has_checksum});
+  if (sink) sink(ops);  // outside the lock: the sink writes to a slower tier
+  std::vector<std::byte*> to_free;
+  {
+    std::lock_guard lock(mu_);
+    for (uint32_t e : evicted) unpin(e, &to_free);
   }
-  sink(ops);
+  free_all(to_free);
 }
 
+// --- the tier --------------------------------------------------------------------------------
+
 void MemoryTier::put(std::span<PutOp> ops) {
-  // Three steps so the copies run outside the lock: find what is new, copy it, insert it.
+  // Three steps so the copies run outside the lock: find what is new and take blocks for it,
+  // copy, insert.
+  std::vector<std::byte*> blocks(ops.size(), nullptr);
   std::vector<uint8_t> is_new(ops.size(), 0);
   {
     std::lock_guard lock(mu_);
     for (size_t i = 0; i < ops.size(); ++i) {
-      auto it = map_.find(ops[i].id);
-      if (it != map_.end()) {
-        lru_.splice(lru_.begin(), lru_, it->second.lru);
+      if (const uint32_t e = find(ops[i].id); e != kNone) {
+        touch(e);
         ops[i].result = KVTIER_OK;
+      } else if (ops[i].size > capacity_) {
+        ops[i].result = KVTIER_ERR_NO_SPACE;
+        ++errors_;
       } else {
         is_new[i] = 1;
+        blocks[i] = take_block(round_up(ops[i].size));
       }
     }
   }
-  std::vector<BlockRef> blocks(ops.size());
   for (size_t i = 0; i < ops.size(); ++i) {
     if (!is_new[i]) continue;
-    if (ops[i].size > capacity_) {
-      ops[i].result = KVTIER_ERR_NO_SPACE;
-      continue;
-    }
-    blocks[i] = new_block(ops[i].size);
-    if (!blocks[i]) {
-      ops[i].result = KVTIER_ERR_NO_MEMORY;
-      continue;
-    }
-    gather(ops[i].frags, blocks[i]->data);
-    blocks[i]->checksum = ops[i].checksum;
-    blocks[i]->has_checksum = ops[i].has_checksum;
+    const size_t alloc = round_up(ops[i].size);
+    if (!blocks[i]) blocks[i] = static_cast<std::byte*>(std::aligned_alloc(align_for(alloc), alloc));
+    if (blocks[i]) gather(ops[i].frags, blocks[i]);
   }
-  std::vector<std::pair<KeyId, BlockRef>> evicted;
+  std::vector<uint32_t> evicted;
+  std::vector<std::byte*> to_free;
   {
     std::lock_guard lock(mu_);
     for (size_t i = 0; i < ops.size(); ++i) {
+      if (!is_new[i]) continue;
       if (!blocks[i]) {
-        if (is_new[i] && ops[i].result != KVTIER_OK) ++errors_;
+        ops[i].result = KVTIER_ERR_NO_MEMORY;
+        ++errors_;
         continue;
       }
       ops[i].result = KVTIER_OK;
-      if (map_.count(ops[i].id)) continue;  // another thread stored it meanwhile
-      lru_.push_front(ops[i].id);
-      map_.emplace(ops[i].id, Entry{std::move(blocks[i]), lru_.begin()});
-      bytes_ += ops[i].size;
-      evict_locked(&evicted);
+      if (find(ops[i].id) != kNone) {  // another thread (or an earlier op) stored it meanwhile
+        give_block(blocks[i], round_up(ops[i].size), &to_free);
+        continue;
+      }
+      const uint32_t e = new_entry();
+      Entry& x = entries_[e];
+      x.id = ops[i].id;
+      x.data = blocks[i];
+      x.size = ops[i].size;
+      x.checksum = ops[i].checksum;
+      x.has_checksum = ops[i].has_checksum;
+      x.linked = true;
+      index_insert(e);
+      lru_push_front(e);
+      bytes_ += x.size;
+      evict_locked(&evicted, &to_free);
     }
   }
+  free_all(to_free);
   demote(evicted);
 }
 
 void MemoryTier::get(std::span<GetOp> ops) {
-  std::vector<BlockRef> found(ops.size());
+  // Pin the hits, copy them out without the lock, unpin.
+  std::vector<uint32_t> pinned(ops.size(), kNone);
+  std::vector<const std::byte*> src(ops.size(), nullptr);
   {
     std::lock_guard lock(mu_);
     for (size_t i = 0; i < ops.size(); ++i) {
-      auto it = map_.find(ops[i].id);
-      if (it == map_.end()) continue;
-      lru_.splice(lru_.begin(), lru_, it->second.lru);
-      found[i] = it->second.block;
+      GetOp& op = ops[i];
+      const uint32_t e = find(op.id);
+      if (e == kNone) {
+        op.result = KVTIER_ERR_NOT_FOUND;
+        continue;
+      }
+      Entry& x = entries_[e];
+      touch(e);
+      if (op.exact && x.size != op.capacity) {
+        op.result = KVTIER_ERR_SIZE_MISMATCH;
+      } else if (x.size > op.capacity) {
+        op.result = KVTIER_ERR_BUFFER_TOO_SMALL;
+      } else {
+        ++x.pins;
+        pinned[i] = e;
+        src[i] = x.data;
+        op.result = static_cast<int64_t>(x.size);
+        op.checksum = x.checksum;
+      }
     }
   }
+  bool any = false;
   for (size_t i = 0; i < ops.size(); ++i) {
-    GetOp& op = ops[i];
-    const Block* b = found[i].get();
-    if (!b) {
-      op.result = KVTIER_ERR_NOT_FOUND;
-    } else if (op.exact && b->size != op.capacity) {
-      op.result = KVTIER_ERR_SIZE_MISMATCH;
-    } else if (b->size > op.capacity) {
-      op.result = KVTIER_ERR_BUFFER_TOO_SMALL;
-    } else {
-      scatter(b->data, b->size, op.frags);
-      op.checksum = b->checksum;
-      op.result = static_cast<int64_t>(b->size);
-    }
+    if (pinned[i] == kNone) continue;
+    scatter(src[i], static_cast<size_t>(ops[i].result), ops[i].frags);
+    any = true;
   }
+  if (!any) return;
+  std::vector<std::byte*> to_free;
+  {
+    std::lock_guard lock(mu_);
+    for (uint32_t e : pinned)
+      if (e != kNone) unpin(e, &to_free);
+  }
+  free_all(to_free);
 }
 
 void MemoryTier::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
   std::lock_guard lock(mu_);
-  for (size_t i = 0; i < ids.size(); ++i) present[i] = map_.count(ids[i]) ? 1 : 0;
+  for (size_t i = 0; i < ids.size(); ++i) present[i] = find(ids[i]) != kNone ? 1 : 0;
 }
 
 void MemoryTier::remove(std::span<const KeyId> ids, std::span<int> results) {
-  std::vector<BlockRef> dropped;  // released after the lock
-  std::lock_guard lock(mu_);
-  for (size_t i = 0; i < ids.size(); ++i) {
-    auto it = map_.find(ids[i]);
-    if (it == map_.end()) {
-      results[i] = KVTIER_ERR_NOT_FOUND;
-      continue;
+  std::vector<std::byte*> to_free;
+  {
+    std::lock_guard lock(mu_);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const uint32_t e = find(ids[i]);
+      if (e == kNone) {
+        results[i] = KVTIER_ERR_NOT_FOUND;
+        continue;
+      }
+      drop(e, &to_free);
+      results[i] = KVTIER_OK;
     }
-    bytes_ -= it->second.block->size;
-    lru_.erase(it->second.lru);
-    dropped.push_back(std::move(it->second.block));
-    map_.erase(it);
-    results[i] = KVTIER_OK;
   }
+  free_all(to_free);
 }
 
 void MemoryTier::clear() {
-  std::unordered_map<KeyId, Entry, KeyIdHash> dropped;
-  std::lock_guard lock(mu_);
-  dropped.swap(map_);
-  lru_.clear();
-  bytes_ = 0;
+  std::vector<std::byte*> to_free;
+  {
+    std::lock_guard lock(mu_);
+    while (head_ != kNone) drop(head_, &to_free);
+  }
+  free_all(to_free);
 }
 
 TierStats MemoryTier::stats() const {
   std::lock_guard lock(mu_);
-  return {map_.size(), bytes_.load(), capacity_, evictions_, errors_};
+  return {live_, bytes_, capacity_, evictions_, errors_};
 }
 
 namespace {
