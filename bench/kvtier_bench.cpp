@@ -316,14 +316,20 @@ struct Row {
   Figure fig;
   double limit_gbps = 0;
   std::string limit_name;
-  double limit2_gbps = 0;  // file: the raw io_uring loop beside fio
+  double limit_cpu_per_gb = 0;  // file: fio's own CPU seconds per GB
+  double limit2_gbps = 0;  // file: the raw io_uring loop beside fio; memory: same-block memcpy
   std::string limit2_name;
   double speedup = 0;  // compare: new / old for the same op
+  // What the row's timed runs were checked for: "bytes" (every byte read back was compared
+  // with what was written), "codes" (every key's result code; a write's bytes are compared by
+  // the read row that follows it), "" (a limit).
+  std::string verified;
 };
 
 std::vector<Row> g_rows;
 
 std::string human(size_t bytes);
+std::string fixed2(double v);
 
 // ---- limits -------------------------------------------------------------------------------
 
@@ -347,8 +353,9 @@ void stream_copy(std::byte* dst, const std::byte* src, size_t n) {
 
 // The best single-pass copy of `count` blocks of `block` bytes over `threads` threads: the
 // better of memcpy and the streaming copy (which one is named by *how).
+// *plain, when given, gets memcpy's own figure.
 double memcpy_gbps(const Options& o, size_t block, size_t count, size_t threads,
-                   std::string* how = nullptr) {
+                   std::string* how = nullptr, double* plain = nullptr) {
   Buffer src(block * count), dst(block * count);
   src.randomize(1);
   dst.randomize(2);
@@ -370,6 +377,7 @@ double memcpy_gbps(const Options& o, size_t block, size_t count, size_t threads,
                             o, per * threads * block, [] {}, body, [] {})
                             .gbps;
     if (gbps > best && how) *how = stream ? "stream copy" : "memcpy";
+    if (!stream && plain) *plain = gbps;
     best = std::max(best, gbps);
   }
   return best;
@@ -591,6 +599,7 @@ void run_compare(const Options& o, const std::string& tier, const std::string& s
         row.limit_gbps = limit;
         row.limit_name = "memcpy";
         row.speedup = fig.gbps / base_gbps;
+        row.verified = std::string(op) == "read" ? "bytes" : "codes";
         g_rows.push_back(row);
       }
     }
@@ -643,7 +652,7 @@ struct ServerChild {
 
 // iperf3's single stream over loopback carrying `total` bytes in 128 KiB writes (median of the
 // runs); 0 when iperf3 is not installed.
-double iperf3_gbps(const Options& o, size_t total) {
+double iperf3_gbps(const Options& o, size_t total, size_t write_size) {
   if (std::system("command -v iperf3 >/dev/null 2>&1") != 0) return 0;
   int probe = ::socket(AF_INET, SOCK_STREAM, 0);  // a free port for the iperf3 server
   sockaddr_in a{};
@@ -665,7 +674,8 @@ double iperf3_gbps(const Options& o, size_t total) {
   }
   std::vector<double> runs;
   const std::string cmd =
-      "iperf3 -c 127.0.0.1 -p " + port + " -n " + std::to_string(total) + " -l 128K -J 2>/dev/null";
+      "iperf3 -c 127.0.0.1 -p " + port +  " -n " + std::to_string(total) +
+                          " -l " + std::to_string(write_size) + " -J 2>/dev/null";
   for (int i = 0; i < o.warmup + o.repeats; ++i) {
     std::string out;
     for (int attempt = 0; attempt < 20 && out.find("sum_received") == std::string::npos;
@@ -689,11 +699,9 @@ double iperf3_gbps(const Options& o, size_t total) {
   return runs[runs.size() / 2];
 }
 
-// One TCP stream over loopback carrying the same bytes (block * count) in 128 KiB writes, as
-// iperf3 does: the remote tier's limit when iperf3 is not installed.
-double loopback_tcp_gbps(const Options& o, size_t block, size_t count) {
-  const size_t total = block * count;
-  block = std::min<size_t>(total, 128 << 10);
+// One TCP stream over loopback carrying `total` bytes in writes of `block` bytes.
+double loopback_tcp_gbps(const Options& o, size_t total, size_t block) {
+  block = std::min(total, block);
   int ls = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -735,11 +743,25 @@ double loopback_tcp_gbps(const Options& o, size_t block, size_t count) {
   return f.gbps;
 }
 
+// The best one loopback TCP stream does with `total` bytes: iperf3 with 128 KiB and 1 MiB
+// writes, and the bench's own send/recv loop with 1 MiB writes (which can beat iperf3 here);
+// *how names the winner.
+double best_stream_gbps(const Options& o, size_t total, std::string* how) {
+  double best = 0;
+  for (size_t w : {size_t{128} << 10, size_t{1} << 20}) {
+    const double g = iperf3_gbps(o, total, w);
+    if (g > best) best = g, *how = "iperf3 -l " + human(w);
+  }
+  const double own = loopback_tcp_gbps(o, total, size_t{1} << 20);
+  if (own > best) best = own, *how = "tcp loop 1M";
+  return best;
+}
+
 // ---- transfer -----------------------------------------------------------------------------
 
 void push_transfer(const std::string& tier, const char* path, const char* op, size_t batch,
                    size_t block, size_t threads, const Figure& fig, double limit,
-                   const std::string& limit_name) {
+                   const std::string& limit_name, const char* verified, double memcpy = 0) {
   Row row;
   row.kind = "transfer";
   row.tier = tier;
@@ -751,6 +773,9 @@ void push_transfer(const std::string& tier, const char* path, const char* op, si
   row.fig = fig;
   row.limit_gbps = limit;
   row.limit_name = limit_name;
+  row.limit2_gbps = memcpy;
+  row.limit2_name = memcpy > 0 ? "memcpy" : "";
+  row.verified = verified;
   g_rows.push_back(row);
 }
 
@@ -848,26 +873,19 @@ void run_transfer(const Options& o, const std::string& tier) {
       // For the remote tier, one loopback TCP stream of the same blocks.
       const bool file = tier == "file";
       std::string limit_name;
-      double lim_w = 0, lim_r = 0;
+      double lim_w = 0, lim_r = 0, plain = 0;
       if (file) {
         lim_w = raw_uring_gbps(o, g_dir, block, n * threads, true);
         lim_r = raw_uring_gbps(o, g_dir, block, n * threads, false);
       } else if (remote) {
-        lim_w = lim_r = iperf3_gbps(o, block * n * threads);
-        if (lim_w > 0) {
-          limit_name = "iperf3";
-        } else {
-          lim_w = lim_r = loopback_tcp_gbps(o, block, n * threads);
-          limit_name = "tcp loopback";
-          g_notes.push_back("transfer: iperf3 gave no figure for " + human(block * n) +
-                            ": the bench's own loopback loop is that row's limit");
-        }
+        lim_w = lim_r = best_stream_gbps(o, block * n * threads, &limit_name);
       } else {
-        lim_w = lim_r = memcpy_gbps(o, block, n * threads, threads, &limit_name);
+        lim_w = lim_r = memcpy_gbps(o, block, n * threads, threads, &limit_name, &plain);
       }
-      for (auto [op, fig, lim] : {std::tuple{"write", wr, lim_w}, std::tuple{"read", rd, lim_r}})
+      for (auto [op, fig, lim, checked] : {std::tuple{"write", wr, lim_w, "codes"},
+                                           std::tuple{"read", rd, lim_r, "bytes"}})
         push_transfer(tier, "v1", op, n, block, threads, fig, lim,
-                      file ? "raw io_uring" : limit_name);
+                      file ? "raw io_uring" : limit_name, checked, plain);
     }
   }
   kvtier_close(store);
@@ -944,16 +962,10 @@ void run_p2p(const Options& o, const std::string& tier) {
     kvtier_peer_close(peer);
     kvtier_endpoint_close(ep[0]);
     kvtier_endpoint_close(ep[1]);
-    double lim = iperf3_gbps(o, bytes);
-    std::string limit_name = "iperf3";
-    if (lim <= 0) {
-      lim = loopback_tcp_gbps(o, block, n);
-      limit_name = "tcp loopback";
-      g_notes.push_back("transfer: iperf3 gave no figure for " + human(block * n) +
-                        ": the bench's own loopback loop is that row's limit");
-    }
+    std::string limit_name;
+    const double lim = best_stream_gbps(o, bytes, &limit_name);
     for (auto [op, fig] : {std::pair{"write", wr}, std::pair{"read", rd}})
-      push_transfer(tier, "p2p", op, n, block, 1, fig, lim, limit_name);
+      push_transfer(tier, "p2p", op, n, block, 1, fig, lim, limit_name, "bytes");
   }
 }
 
@@ -1029,11 +1041,25 @@ double raw_uring_gbps(const Options& o, const std::string& dir, size_t block, si
 #endif
 }
 
+// What fio did: GB/s (0 when fio is missing or fails) and its own CPU seconds per GB moved.
+struct FioFigure {
+  double gbps = 0;
+  double cpu_per_gb = 0;
+};
+
+// The number after "key": in fio's JSON output, from position `from`; 0 if absent.
+double fio_number(const std::string& text, const char* key, size_t from) {
+  size_t at = text.find(std::string("\"") + key + "\"", from);
+  if (at == std::string::npos) return 0;
+  at = text.find(':', at);
+  return std::strtod(text.c_str() + at + 1, nullptr);
+}
+
 // fio with ioengine=io_uring, direct=1, the same block size and queue depth, on the same folder.
-// 0 when fio is missing or fails.
-double fio_gbps(const Options& o, const std::string& dir, size_t block, size_t bytes, bool write) {
+FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t bytes,
+                  bool write) {
   static const bool have_fio = std::system("fio --version >/dev/null 2>&1") == 0;
-  if (!have_fio) return 0;
+  if (!have_fio) return {};
   const std::string file = dir + "/fio.dat";
   const std::string out = dir + "/fio.json";
   const size_t size = std::max(bytes, block * o.queue_depth * 4);
@@ -1046,22 +1072,27 @@ double fio_gbps(const Options& o, const std::string& dir, size_t block, size_t b
                       " --output-format=json --output=" + out + " >/dev/null 2>&1";
     return std::system(cmd.c_str()) == 0;
   };
-  if (!job("write")) return 0;  // lays the file down
+  if (!job("write")) return {};  // lays the file down
   if (!write) drop_page_cache();
-  if (!job(write ? "write" : "read")) return 0;
+  if (!job(write ? "write" : "read")) return {};
   std::FILE* f = std::fopen(out.c_str(), "r");
-  if (!f) return 0;
+  if (!f) return {};
   std::string text;
   char chunk[4096];
   for (size_t n; (n = std::fread(chunk, 1, sizeof chunk, f)) > 0;) text.append(chunk, n);
   std::fclose(f);
   std::filesystem::remove(file);
   std::filesystem::remove(out);
-  size_t at = text.find(write ? "\"write\" : {" : "\"read\" : {");
-  at = text.find("\"bw_bytes\"", at);
-  if (at == std::string::npos) return 0;
-  at = text.find(':', at);
-  return std::strtod(text.c_str() + at + 1, nullptr) / 1e9;
+  const size_t dir_at = text.find(write ? "\"write\" : {" : "\"read\" : {");
+  if (dir_at == std::string::npos) return {};
+  FioFigure fig;
+  fig.gbps = fio_number(text, "bw_bytes", dir_at) / 1e9;
+  // usr_cpu and sys_cpu are percentages of the job's runtime (ms), over all its loops.
+  const double io_bytes = fio_number(text, "io_bytes", dir_at);
+  const double cpu_s = (fio_number(text, "usr_cpu", 0) + fio_number(text, "sys_cpu", 0)) / 100 *
+                       fio_number(text, "job_runtime", 0) / 1e3;
+  if (io_bytes > 0) fig.cpu_per_gb = cpu_s / (io_bytes / 1e9);
+  return fig;
 }
 
 void run_file(const Options& o, const std::string& dir) {
@@ -1075,8 +1106,8 @@ void run_file(const Options& o, const std::string& dir) {
     const size_t max_batch = fit.back();
     progress("file: limits for " + human(page) + " pages");
     const size_t limit_bytes = std::max(max_batch * page, size_t{64} << 20);
-    const double fio_w = fio_gbps(o, dir, page, limit_bytes, true);
-    const double fio_r = fio_gbps(o, dir, page, limit_bytes, false);
+    const FioFigure fio_w = fio_run(o, dir, page, limit_bytes, true);
+    const FioFigure fio_r = fio_run(o, dir, page, limit_bytes, false);
     const double raw_w = raw_uring_gbps(o, dir, page, limit_bytes / page, true);
     const double raw_r = raw_uring_gbps(o, dir, page, limit_bytes / page, false);
     for (bool aligned : {true, false}) {
@@ -1161,8 +1192,10 @@ void run_file(const Options& o, const std::string& dir) {
           row.batch = batch;
           row.block = page;
           row.fig = fig;
-          row.limit_gbps = fio;
+          row.limit_gbps = fio.gbps;
+          row.limit_cpu_per_gb = fio.cpu_per_gb;
           row.limit_name = "fio";
+          row.verified = std::string(op).rfind("read", 0) == 0 ? "bytes" : "codes";
           row.limit2_gbps = raw;
           row.limit2_name = "raw io_uring";
           g_rows.push_back(row);
@@ -1248,6 +1281,7 @@ void run_compression(const Options& o, const std::string& dir) {
       row.block = page;
       row.fig = fig;
       row.speedup = disk / (batch * page);  // disk bytes per page byte
+      row.verified = std::string(op) == "write" ? "codes" : "bytes";
       g_rows.push_back(row);
     }
   }
@@ -1321,6 +1355,12 @@ void run_limits(const Options& o) {
 
 // ---- output -------------------------------------------------------------------------------
 
+std::string fixed2(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f", v);
+  return b;
+}
+
 std::string human(size_t bytes) {
   char b[32];
   if (bytes >= (1u << 20) && bytes % (1u << 20) == 0)
@@ -1341,29 +1381,36 @@ void print_tables() {
       std::printf(
           "\ncompare: old interface (gather + batch_set / batch_get + scatter) versus "
           "zero-copy v1; page = one key; median of the timed runs\n");
-      std::printf("%-7s %-22s %5s %-22s %-5s %9s %7s %7s %8s %7s %7s %7s\n", "tier", "pool",
-                  "batch", "path", "op", "ms/batch", "GB/s", "min", "CPUs/GB", "x old", "memcpy",
-                  "ratio");
+      std::printf("%-7s %-22s %5s %-22s %-5s %9s %7s %7s %8s %7s %7s %7s %-5s\n", "tier",
+                  "pool", "batch", "path", "op", "ms/batch", "GB/s", "min", "CPUs/GB", "x old",
+                  "memcpy", "ratio", "check");
       header = true;
     }
-    std::printf("%-7s %-22s %5zu %-22s %-5s %9.2f %7.2f %7.2f %8.3f %7.2f %7.2f %7.2f\n",
+    std::printf("%-7s %-22s %5zu %-22s %-5s %9.2f %7.2f %7.2f %8.3f %7.2f %7.2f %7.2f %-5s\n",
                 r.tier.c_str(), r.shape.c_str(), r.batch, r.path.c_str(), r.op.c_str(),
                 r.fig.median_s * 1e3, r.fig.gbps, r.fig.gbps * r.fig.median_s / r.fig.max_s,
-                r.fig.cpu_per_gb, r.speedup, r.limit_gbps, r.fig.gbps / r.limit_gbps);
+                r.fig.cpu_per_gb, r.speedup, r.limit_gbps, r.fig.gbps / r.limit_gbps,
+                r.verified.c_str());
   }
   header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "transfer") continue;
     if (!header) {
-      std::printf("\ntransfer: v1 batches of %zu blocks, one key per block\n", r.batch);
-      std::printf("%-7s %6s %7s %-5s %9s %7s %8s %-12s %7s %7s\n", "tier", "block", "threads", "op",
-                  "ms/batch", "GB/s", "CPUs/GB", "limit", "GB/s", "ratio");
+      std::printf(
+          "\ntransfer: v1 batches of %zu blocks, one key per block; limit: the best the machine "
+          "does with the same bytes (memory: memcpy or a streaming copy; remote, p2p: one "
+          "loopback TCP stream); memcpy: the same blocks copied with memcpy\n",
+          r.batch);
+      std::printf("%-8s %6s %7s %-5s %9s %7s %8s %-15s %7s %7s %7s %-5s\n", "tier", "block",
+                  "threads", "op", "ms/batch", "GB/s", "CPUs/GB", "limit", "GB/s", "ratio",
+                  "memcpy", "check");
       header = true;
     }
-    std::printf("%-7s %6s %7zu %-5s %9.2f %7.2f %8.3f %-12s %7.2f %7.2f\n", r.tier.c_str(),
-                human(r.block).c_str(), r.threads, r.op.c_str(), r.fig.median_s * 1e3, r.fig.gbps,
-                r.fig.cpu_per_gb, r.limit_name.c_str(), r.limit_gbps,
-                r.limit_gbps > 0 ? r.fig.gbps / r.limit_gbps : 0.0);
+    std::printf("%-8s %6s %7zu %-5s %9.2f %7.2f %8.3f %-15s %7.2f %7.2f %7s %-5s\n",
+                r.tier.c_str(), human(r.block).c_str(), r.threads, r.op.c_str(),
+                r.fig.median_s * 1e3, r.fig.gbps, r.fig.cpu_per_gb, r.limit_name.c_str(),
+                r.limit_gbps, r.limit_gbps > 0 ? r.fig.gbps / r.limit_gbps : 0.0,
+                r.limit2_gbps > 0 ? fixed2(r.limit2_gbps).c_str() : "-", r.verified.c_str());
   }
   for (const std::string& note : g_notes) std::printf("%s\n", note.c_str());
   header = false;
@@ -1373,16 +1420,21 @@ void print_tables() {
       std::printf(
           "\nfile tier: v1, two fragments per page, O_DIRECT, writes durable "
           "(fdatasync) before they count; limits: fio (io_uring, direct=1, same block "
-          "size and queue depth) and a raw io_uring loop, same folder, same run\n");
-      std::printf("%5s %-9s %5s %-9s %9s %7s %8s %7s %6s %7s %6s\n", "page", "pool", "batch", "op",
-                  "ms/batch", "GB/s", "CPUs/GB", "fio", "ratio", "raw", "ratio");
+          "size and queue depth) and a raw io_uring loop, same folder, same run; fio CPU: "
+          "fio's own CPU seconds per GB, xCPU: kvtier's over it (kvtier's includes the "
+          "XXH3 checksum of every page)\n");
+      std::printf("%5s %-9s %5s %-9s %9s %7s %8s %7s %6s %8s %6s %7s %6s %-5s\n", "page", "pool",
+                  "batch", "op", "ms/batch", "GB/s", "CPUs/GB", "fio", "ratio", "fio CPU", "xCPU",
+                  "raw", "ratio", "check");
       header = true;
     }
     auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
-    std::printf("%5s %-9s %5zu %-9s %9.2f %7.2f %8.3f %7.2f %6.2f %7.2f %6.2f\n",
+    std::printf("%5s %-9s %5zu %-9s %9.2f %7.2f %8.3f %7.2f %6.2f %8.3f %6.2f %7.2f %6.2f %-5s\n",
                 human(r.block).c_str(), r.shape.c_str(), r.batch, r.op.c_str(),
                 r.fig.median_s * 1e3, r.fig.gbps, r.fig.cpu_per_gb, r.limit_gbps,
-                ratio(r.fig.gbps, r.limit_gbps), r.limit2_gbps, ratio(r.fig.gbps, r.limit2_gbps));
+                ratio(r.fig.gbps, r.limit_gbps), r.limit_cpu_per_gb,
+                ratio(r.fig.cpu_per_gb, r.limit_cpu_per_gb), r.limit2_gbps,
+                ratio(r.fig.gbps, r.limit2_gbps), r.verified.c_str());
   }
   header = false;
   for (const Row& r : g_rows) {
@@ -1408,7 +1460,8 @@ void print_tables() {
   for (const Row& r : g_rows) {
     if (r.kind != "limit") continue;
     if (!header) {
-      std::printf("\nlimits: memcpy of the same blocks, warm buffers\n");
+      std::printf("\nlimits: the better of memcpy and a streaming copy of the same blocks, "
+                  "warm buffers\n");
       std::printf("%6s %7s %7s\n", "block", "threads", "GB/s");
       header = true;
     }
@@ -1427,8 +1480,9 @@ void write_json(const std::string& path) {
       << ",\"median_ms\":" << r.fig.median_s * 1e3 << ",\"min_ms\":" << r.fig.min_s * 1e3
       << ",\"max_ms\":" << r.fig.max_s * 1e3 << ",\"gbps\":" << r.fig.gbps
       << ",\"cpu_s_per_gb\":" << r.fig.cpu_per_gb << ",\"speedup_vs_old\":" << r.speedup
-      << ",\"limit\":\"" << r.limit_name << "\",\"limit_gbps\":" << r.limit_gbps << ",\"limit2\":\""
-      << r.limit2_name << "\",\"limit2_gbps\":" << r.limit2_gbps << "}";
+      << ",\"limit\":\"" << r.limit_name << "\",\"limit_gbps\":" << r.limit_gbps
+      << ",\"limit_cpu_s_per_gb\":" << r.limit_cpu_per_gb << ",\"limit2\":\"" << r.limit2_name
+      << "\",\"limit2_gbps\":" << r.limit2_gbps << ",\"verified\":\"" << r.verified << "\"}";
   }
   o << "]}\n";
   if (path == "-") {
