@@ -41,7 +41,7 @@ class Store {
   void clear();
   std::string stats_json() const;
 
-  // Tiers that move bytes by DMA (RDMA, io_uring fixed buffers) register the memory too.
+  // Tiers that register memory with hardware (the remote tier's RDMA path) register it too.
   Status register_buffer(const void* addr, size_t len);
   Status unregister_buffer(const void* addr);
   bool is_registered(const void* addr, size_t len) const { return regions_.contains(addr, len); }

@@ -34,6 +34,15 @@ struct GetOp {
   uint64_t checksum = 0;  // out: the checksum stored with the value
 };
 
+// The one rule for reading a stored value of `size` bytes into op's fragments: KVTIER_OK, or
+// KVTIER_ERR_SIZE_MISMATCH (a v1 get: the value must be exactly their total) or
+// KVTIER_ERR_BUFFER_TOO_SMALL. A value that does not fit is not copied at all.
+inline int fits(const GetOp& op, uint64_t size) {
+  if (op.exact ? size != op.capacity : size > op.capacity)
+    return op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
+  return KVTIER_OK;
+}
+
 // Helpers for tiers that check inline (Caps::checks_inline).
 inline void ensure_checksum(PutOp& op) {
   if (op.has_checksum) return;

@@ -277,10 +277,8 @@ void MemoryTier::get(std::span<GetOp> ops) {
       }
       Entry& x = entries_[e];
       touch(e);
-      if (op.exact && x.size != op.capacity) {
-        op.result = KVTIER_ERR_SIZE_MISMATCH;
-      } else if (x.size > op.capacity) {
-        op.result = KVTIER_ERR_BUFFER_TOO_SMALL;
+      if (const int fit = fits(op, x.size); fit != KVTIER_OK) {
+        op.result = fit;
       } else {
         ++x.pins;
         pinned[i] = e;

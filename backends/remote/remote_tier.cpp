@@ -358,8 +358,8 @@ class RemoteTier final : public Tier {
   // A stored value of `len` bytes found for op: whether it fits its fragments (the result is
   // then its length, else the size error).
   static bool take_hit(GetOp& op, uint64_t len, uint64_t sum) {
-    if (op.exact ? len != op.capacity : len > op.capacity) {
-      op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
+    if (const int fit = fits(op, len); fit != KVTIER_OK) {
+      op.result = fit;
       return false;
     }
     op.result = static_cast<int64_t>(len);

@@ -1,4 +1,5 @@
-"""Codes (the values of kvtier.h, frozen) and the exception that carries one."""
+"""Codes (the values of kvtier.h, frozen; tests/python/test_codes.py ties them to the header)
+and the exception that carries one."""
 
 from . import _native
 
