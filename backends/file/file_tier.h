@@ -32,7 +32,7 @@ class FileTier final : public Tier {
  public:
   explicit FileTier(std::shared_ptr<PageFiles> files) : files_(std::move(files)) {}
   std::string_view name() const override { return "file"; }
-  Caps caps() const override { return {true, true, true}; }
+  Caps caps() const override { return {.can_tear = true}; }
   void put(std::span<PutOp> ops) override;
   void get(std::span<GetOp> ops) override;
   void exists(std::span<const KeyId> ids, std::span<uint8_t> present) override;

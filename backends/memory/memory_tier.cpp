@@ -188,7 +188,11 @@ void MemoryTier::demote(const std::vector<uint32_t>& evicted) {
     for (size_t i = 0; i < evicted.size(); ++i) {
       const Entry& x = entries_[evicted[i]];
       frags[i] = {x.data, x.size};
-      ops.push_back({x.id, Frags(&frags[i], 1), x.size, x.checksum, 0, x.has_checksum});
+      ops.push_back({.id = x.id,
+                     .frags = Frags(&frags[i], 1),
+                     .size = x.size,
+                     .checksum = x.checksum,
+                     .has_checksum = x.has_checksum});
     }
   }
   if (sink) sink(ops);  // outside the lock: the sink writes to a slower tier

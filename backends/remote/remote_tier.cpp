@@ -105,7 +105,7 @@ class RemoteTier final : public Tier {
   }
 
   std::string_view name() const override { return "remote"; }
-  Caps caps() const override { return {true, false, true}; }
+  Caps caps() const override { return {.can_tear = true}; }
 
   void register_memory(const void* addr, size_t len) override {
     if (rdma_) registry_->add(addr, len);
