@@ -191,9 +191,9 @@ TEST_P(Conformance, EvictionKeepsTheBudgetAndTheBytes) {
   }
 }
 
-// A tier that checks inline must itself refuse bytes that do not match the checksum they were
+// A tier that can tear must itself refuse bytes that do not match the checksum they were
 // stored with (the store does not check behind it): here the checksum given at put is wrong.
-TEST_P(Conformance, InlineCheckingTierRefusesBytesThatFailTheirChecksum) {
+TEST_P(Conformance, TierThatCanTearRefusesBytesThatFailTheirChecksum) {
   if (!tier_->caps().can_tear) GTEST_SKIP() << GetParam().name << " cannot tear";
   const size_t page = 70000;
   auto value = kvtier_test::random_bytes(page);
