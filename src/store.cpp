@@ -183,12 +183,15 @@ Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key
   std::vector<int64_t> final_result(ops.size(), KVTIER_ERR_NOT_FOUND);
   std::vector<size_t> pending(ops.size());  // indices into ops still looked for
   for (size_t j = 0; j < ops.size(); ++j) pending[j] = j;
-  std::vector<GetOp> batch;
-  batch.reserve(ops.size());
+  std::vector<GetOp> copies;  // the keys a lower tier is asked for
   for (size_t t = 0; t < tiers_.size() && !pending.empty(); ++t) {
     TierSlot& slot = *tiers_[t];
-    batch.clear();
-    for (size_t j : pending) batch.push_back(ops[j]);
+    std::span<GetOp> batch = ops;  // every key is still looked for: no copy
+    if (pending.size() < ops.size()) {
+      copies.clear();
+      for (size_t j : pending) copies.push_back(ops[j]);
+      batch = copies;
+    }
     slot.tier->get(batch);
     std::vector<size_t> still;
     std::vector<PutOp> promote;
