@@ -7,8 +7,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iterator>
+#include <memory>
 #include <string>
 
+#include "cluster.h"
 #include "config.h"
 #include "log.h"
 #include "net.h"
@@ -21,7 +23,8 @@ const char* kHelp = R"(kvtier-server: the memory node of kvtier's remote tier.
 usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--rdma auto|off]
                      [--rdma-port PORT] [--rdma-tos TOS] [--lease-ms MS] [--idle-timeout-ms MS]
                      [--bulk-timeout-ms MS] [--max-connections N] [--max-leases N]
-                     [--threads N] [--log-level LEVEL]
+                     [--threads N] [--etcd HOST:PORT,... [--cluster NAME]
+                     [--advertise HOST:PORT] [--etcd-ttl S]] [--log-level LEVEL]
 
   --listen HOST:PORT  address to serve on (default 127.0.0.1:7471; port 0 picks a free one);
                       RDMA needs the NIC's address (rdma_cm cannot serve on a loopback one)
@@ -58,6 +61,17 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
   --threads N         worker event loops serving connections, besides the one that accepts
                       (default: the number of cores, at most 4)
                       env: KVTIER_SERVER_THREADS
+  --etcd HOST:PORT,... etcd endpoints: the server registers itself in the cluster there under a
+                      lease it keeps alive, and revokes it when it stops (default: none)
+                      env: KVTIER_SERVER_ETCD
+  --cluster NAME      the cluster to join (default "default"; clients' KVTIER_REMOTE_CLUSTER)
+                      env: KVTIER_REMOTE_CLUSTER
+  --advertise HOST:PORT
+                      the address clients reach this server at (default: the listen address
+                      with the port it got; needed when listening on 0.0.0.0)
+                      env: KVTIER_SERVER_ADVERTISE
+  --etcd-ttl S        seconds the registration outlives a server that died without stopping
+                      (2..3600, default 5) env: KVTIER_SERVER_ETCD_TTL
   --log-level LEVEL   trace, debug, info, warn, error, critical, off (default info)
                       env: KVTIER_LOG_LEVEL
   --help              this text
@@ -82,8 +96,9 @@ bool parse_number(const std::string& text, unsigned long max, unsigned long* out
 
 int main(int argc, char** argv) {
   kvtier::ServerOptions opt;
+  unsigned etcd_ttl = 5;
   std::string listen = "127.0.0.1:7471", capacity = "4GiB", level = "info", rdma = "auto",
-              rdma_port = "0", lease = "10000", tos;
+              rdma_port = "0", lease = "10000", tos, etcd, cluster = "default", advertise;
   // The numeric limits: flag, environment variable, range, field.
   struct Limit {
     const char *flag, *env;
@@ -96,6 +111,7 @@ int main(int argc, char** argv) {
       {"--max-connections", "KVTIER_SERVER_MAX_CONNECTIONS", 1, 1000000, &opt.max_connections, ""},
       {"--max-leases", "KVTIER_SERVER_MAX_LEASES", 1, 1u << 24, &opt.max_leases, ""},
       {"--threads", "KVTIER_SERVER_THREADS", 0, 256, &opt.threads, ""},
+      {"--etcd-ttl", "KVTIER_SERVER_ETCD_TTL", 2, 3600, &etcd_ttl, ""},
   };
   for (Limit& l : limits)
     if (const char* v = std::getenv(l.env)) l.text = v;
@@ -107,6 +123,9 @@ int main(int argc, char** argv) {
   if (const char* v = std::getenv("KVTIER_SERVER_CAPACITY")) capacity = v;
   if (const char* v = std::getenv("KVTIER_REMOTE_TOKEN")) opt.token = v;
   if (const char* v = std::getenv("KVTIER_LOG_LEVEL")) level = v;
+  if (const char* v = std::getenv("KVTIER_SERVER_ETCD")) etcd = v;
+  if (const char* v = std::getenv("KVTIER_REMOTE_CLUSTER")) cluster = v;
+  if (const char* v = std::getenv("KVTIER_SERVER_ADVERTISE")) advertise = v;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -131,6 +150,12 @@ int main(int argc, char** argv) {
       tos = v;
     else if (a == "--lease-ms")
       lease = v;
+    else if (a == "--etcd")
+      etcd = v;
+    else if (a == "--cluster")
+      cluster = v;
+    else if (a == "--advertise")
+      advertise = v;
     else if (auto l = std::find_if(std::begin(limits), std::end(limits),
                                    [&](const Limit& x) { return a == x.flag; });
              l != std::end(limits))
@@ -160,6 +185,17 @@ int main(int argc, char** argv) {
                          ".." + std::to_string(l.max));
     *l.field = static_cast<unsigned>(n);
   }
+  std::vector<std::string> etcd_endpoints;
+  if (!etcd.empty() && !kvtier::parse_address_list(etcd, &etcd_endpoints))
+    return usage_error("--etcd '" + etcd + "' is not HOST:PORT,...");
+  if (!kvtier::valid_cluster_name(cluster))
+    return usage_error("--cluster '" + cluster + "' is not 1..64 of [A-Za-z0-9_.-]");
+  std::string adv_host;
+  uint16_t adv_port = 0;
+  if (!advertise.empty() && !kvtier::net::split_host_port(advertise, &adv_host, &adv_port).is_ok())
+    return usage_error("--advertise '" + advertise + "' is not HOST:PORT");
+  if (!etcd.empty() && advertise.empty() && (opt.host == "0.0.0.0" || opt.host.empty()))
+    return usage_error("--etcd with --listen on 0.0.0.0 needs --advertise");
   if (!kvtier::valid_log_level(level)) return usage_error("--log-level '" + level + "' is unknown");
   kvtier::set_log_level(level);
 
@@ -181,9 +217,18 @@ int main(int argc, char** argv) {
   std::printf("kvtier-server listening on %s:%u capacity %llu\n", opt.host.c_str(), port,
               static_cast<unsigned long long>(opt.capacity));
   std::fflush(stdout);
+  std::unique_ptr<kvtier::Registration> registration;
+  if (!etcd_endpoints.empty()) {
+    if (advertise.empty()) advertise = opt.host + ":" + std::to_string(port);
+    registration = std::make_unique<kvtier::Registration>(etcd_endpoints, cluster, advertise,
+                                                          etcd_ttl);
+    s = registration->start();
+    if (!s.is_ok()) kvtier::log().warn("server: etcd: {}; registration retried", s.message());
+  }
   int sig = 0;
   sigwait(&stop, &sig);
   kvtier::log().info("server: signal {}, stopping", sig);
+  registration.reset();  // clients stop sending here before the server stops answering
   server.stop();
   return 0;
 }
