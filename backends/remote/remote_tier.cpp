@@ -163,7 +163,7 @@ class RemoteTier final : public Tier {
     for (GetOp& op : ops) op.result = KVTIER_ERR_NOT_FOUND;
     std::vector<uint8_t> done(ops.size(), 0);
     const auto servers = live();
-    for (unsigned r = 0; r < replicas(*servers); ++r) {
+    for (unsigned r = 0; r < read_choices(*servers); ++r) {
       for (auto& grp : group(
                *servers, ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
         ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
@@ -191,7 +191,7 @@ class RemoteTier final : public Tier {
   void exists(std::span<const KeyId> ids, std::span<uint8_t> present) override {
     std::fill(present.begin(), present.end(), 0);
     const auto servers = live();
-    for (unsigned r = 0; r < replicas(*servers); ++r) {
+    for (unsigned r = 0; r < read_choices(*servers); ++r) {
       for (auto& grp : group(
                *servers, ids.size(), [&](size_t i) { return ids[i]; }, r)) {
         ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
@@ -610,6 +610,7 @@ class RemoteTier final : public Tier {
   Status set_servers(const std::vector<std::string>& addrs, const char* source) {
     auto next = std::make_shared<Servers>();
     const auto prev = live();
+    bool next_has_new = false;
     for (const std::string& addr : addrs) {
       auto same = std::find_if(prev->begin(), prev->end(), [&](auto& s) { return s->name == addr; });
       if (same != prev->end()) {
@@ -627,8 +628,11 @@ class RemoteTier final : public Tier {
       s->seed = mix(namespace_seed(addr));
       for (int i = 0; i < 4; ++i) s->conns.push_back(std::make_unique<Conn>());
       next->push_back(std::move(s));
+      next_has_new = true;
     }
     if (from_etcd_) log().info("remote tier: {} servers from {}", next->size(), source);
+    if (from_etcd_ && !first_set_ && next_has_new) joined_ = true;
+    first_set_ = false;
     std::lock_guard lock(live_mu_);
     live_ = std::move(next);
     return {};
@@ -641,6 +645,14 @@ class RemoteTier final : public Tier {
 
   unsigned replicas(const Servers& servers) const {
     return std::min<unsigned>(replicas_, static_cast<unsigned>(servers.size()));
+  }
+
+  // The choices a read asks, in rank order, until each key is found. A server that joins takes
+  // the first rank of the keys it wins, which puts their previous holder one rank down: once
+  // one has joined, reads ask that one more choice, so a join costs no pages.
+  unsigned read_choices(const Servers& servers) const {
+    const unsigned n = static_cast<unsigned>(servers.size());
+    return std::min(n, replicas(servers) + (joined_.load(std::memory_order_relaxed) ? 1u : 0u));
   }
 
   // The r-th choice of server for a key among `servers`: highest rendezvous score first.
@@ -825,6 +837,8 @@ class RemoteTier final : public Tier {
   const uint64_t ns_;
   mutable std::mutex live_mu_;  // held only to copy or swap the pointer: never across etcd
   std::shared_ptr<const Servers> live_ = std::make_shared<Servers>();
+  bool first_set_ = true;                   // set_servers has not run yet (its caller's only)
+  std::atomic<bool> joined_{false};          // a server joined after the first set
   std::unique_ptr<Membership> membership_;  // with KVTIER_REMOTE_ETCD
   mutable std::atomic<uint64_t> errors_{0};
 };
