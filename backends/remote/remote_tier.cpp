@@ -244,13 +244,21 @@ class RemoteTier final : public Tier {
 
   TierStats stats() const override {
     TierStats t;
-    for (auto& s : *live()) {
+    const auto servers = live();
+    t.servers = static_cast<int64_t>(servers->size());
+    for (auto& s : *servers) {
       const_cast<RemoteTier*>(this)->exchange(*s, wire::kStats, {}, {}, [&](int, wire::Reader& rd) {
         t.keys += rd.u64();
         t.bytes += rd.u64();
         t.capacity += rd.u64();
         t.evictions += rd.u64();
         t.errors += rd.u64();
+        rd.u64();                 // leases that expired
+        if (rd.left() < 32) return Status{};  // a server from before these
+        t.server_hits += rd.u64();
+        t.server_misses += rd.u64();
+        t.leases += rd.u64();
+        t.connections += rd.u64();
         return Status{};
       });
     }

@@ -174,6 +174,11 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       out.u64(evictions_);
       out.u64(errors_);
       out.u64(expired_);
+      // Since issue 15 (older clients stop reading before these).
+      out.u64(hits_);
+      out.u64(misses_);
+      out.u64(pending_.size() + leases_.size());
+      out.u64(authed_.load());
       return {};
     }
     case wire::kCommit:
@@ -257,11 +262,13 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
       lock.step();
       auto it = map_.find({c.ns, id});
       if (it == map_.end()) {
+        ++misses_;
         out.i32(KVTIER_ERR_NOT_FOUND);
         out.u64(0);
         out.u64(0);
         continue;
       }
+      ++hits_;
       const Entry& e = pin(it->second);  // the slot stays this page's until the reply is out
       c.pinned.push_back(e.offset);
       out.i32(KVTIER_OK);
@@ -278,6 +285,9 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
 }
 
 void Server::on_reply_sent(Conn& c) {
+  if (c.h.type < latency_.size())
+    latency_[c.h.type].observe(static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c.started).count()));
   if (c.pinned.empty()) return;
   std::lock_guard lock(mu_);
   for (uint64_t offset : c.pinned) unpin(offset);
@@ -373,6 +383,7 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
         lock.step();
         auto it = map_.find({ns, id});
         const bool found = it != map_.end();
+        ++(found ? hits_ : misses_);
         if (!found || held.size() >= opt_.max_leases) {
           out.i32(found ? KVTIER_ERR_BUSY : KVTIER_ERR_NOT_FOUND);
           for (int k = 0; k < 4; ++k) out.u64(0);
@@ -542,6 +553,26 @@ void Server::reap(Clock::time_point now) {
     expired_ += end_lease(expiries_.front().second);
     expiries_.pop_front();
   }
+}
+
+std::string Server::metrics_text() {
+  ServerCounters c;
+  {
+    std::lock_guard lock(mu_);
+    c = {map_.size(), used_, opt_.capacity, hits_, misses_, evictions_, errors_, expired_,
+         pending_.size() + leases_.size(), authed_.load()};
+  }
+  std::string out;
+  render_counters(c, &out);
+  out += "# HELP kvtier_server_request_seconds request latency, header in to reply out\n";
+  out += "# TYPE kvtier_server_request_seconds histogram\n";
+  static const char* const kOps[] = {"",     "hello",  "exists",    "put",   "get",
+                                      "remove", "clear", "stats", "rdma_info", "alloc",
+                                      "commit", "lookup", "release"};
+  static_assert(std::size(kOps) == wire::kRelease + 1);
+  for (size_t t = wire::kHello; t < latency_.size(); ++t)
+    latency_[t].render("kvtier_server_request_seconds", kOps[t], &out);
+  return out;
 }
 
 }  // namespace kvtier

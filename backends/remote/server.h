@@ -27,6 +27,7 @@
 
 #include "free_space.h"
 #include "keys.h"
+#include "metrics.h"
 #include "protocol.h"
 #include "rdma.h"
 #include "status.h"
@@ -64,6 +65,8 @@ class Server {
   Status start(uint16_t* port);
   // Stops accepting, closes every connection and waits for the loops.
   void stop();
+  // The server's metrics in Prometheus' text format. Thread-safe.
+  std::string metrics_text();
 
   // One client connection, owned by one event loop at a time. A request is read whole (header,
   // payload, then a PUT's bytes) and answered before the next one is read.
@@ -93,6 +96,7 @@ class Server {
     size_t out_at = 0;
     std::vector<uint64_t> pinned;  // offsets a GET reply is sending: unpinned once it is out
     bool close_after = false;      // an ERROR reply: the connection ends once it is out
+    Clock::time_point started;     // the request's header in: its latency runs from here
     Clock::time_point deadline;    // of the next whole request (idle), or of HELLO
     Clock::time_point moved;       // last progress of a bulk transfer or reply
     Clock::time_point bulk_end;    // a bulk transfer ends by then, however it trickles
@@ -207,7 +211,9 @@ class Server {
   std::unique_ptr<rdma::Listener> rdma_;
   const uint64_t boot_id_;  // tells clients that RDMA channels to an earlier start are stale
   uint64_t used_ = 0;
-  uint64_t evictions_ = 0, errors_ = 0, expired_ = 0;
+  uint64_t evictions_ = 0, errors_ = 0, expired_ = 0, hits_ = 0, misses_ = 0;
+  // Per request type (wire::Type, HELLO .. RELEASE): observed when the reply is out.
+  std::array<LatencyHistogram, wire::kRelease + 1> latency_;
 };
 
 }  // namespace kvtier

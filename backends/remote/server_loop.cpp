@@ -203,6 +203,7 @@ class Server::Loop {
     c.got += n;
     if (c.got < wire::kHeaderSize) return nullptr;
     c.got = 0;
+    c.started = Clock::now();
     Status st = wire::decode_header(c.head, &c.h);
     if (st.is_ok() && !c.hello) st = wire::check_first_frame(c.h);
     if (!st.is_ok()) {

@@ -13,6 +13,7 @@
 #include "cluster.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "net.h"
 #include "server.h"
 
@@ -24,7 +25,8 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                      [--rdma-port PORT] [--rdma-tos TOS] [--lease-ms MS] [--idle-timeout-ms MS]
                      [--bulk-timeout-ms MS] [--max-connections N] [--max-leases N]
                      [--threads N] [--etcd HOST:PORT,... [--cluster NAME]
-                     [--advertise HOST:PORT] [--etcd-ttl S]] [--log-level LEVEL]
+                     [--advertise HOST:PORT] [--etcd-ttl S]] [--metrics-port PORT]
+                     [--log-level LEVEL]
 
   --listen HOST:PORT  address to serve on (default 127.0.0.1:7471; port 0 picks a free one);
                       RDMA needs the NIC's address (rdma_cm cannot serve on a loopback one)
@@ -72,6 +74,9 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                       env: KVTIER_SERVER_ADVERTISE
   --etcd-ttl S        seconds the registration outlives a server that died without stopping
                       (2..3600, default 5) env: KVTIER_SERVER_ETCD_TTL
+  --metrics-port PORT serve Prometheus' text format at http://HOST:PORT/metrics, HOST the
+                      listen host (default: no metrics endpoint)
+                      env: KVTIER_SERVER_METRICS_PORT
   --log-level LEVEL   trace, debug, info, warn, error, critical, off (default info)
                       env: KVTIER_LOG_LEVEL
   --help              this text
@@ -98,7 +103,8 @@ int main(int argc, char** argv) {
   kvtier::ServerOptions opt;
   unsigned etcd_ttl = 5;
   std::string listen = "127.0.0.1:7471", capacity = "4GiB", level = "info", rdma = "auto",
-              rdma_port = "0", lease = "10000", tos, etcd, cluster = "default", advertise;
+              rdma_port = "0", lease = "10000", tos, etcd, cluster = "default", advertise,
+              metrics_port;
   // The numeric limits: flag, environment variable, range, field.
   struct Limit {
     const char *flag, *env;
@@ -126,6 +132,7 @@ int main(int argc, char** argv) {
   if (const char* v = std::getenv("KVTIER_SERVER_ETCD")) etcd = v;
   if (const char* v = std::getenv("KVTIER_REMOTE_CLUSTER")) cluster = v;
   if (const char* v = std::getenv("KVTIER_SERVER_ADVERTISE")) advertise = v;
+  if (const char* v = std::getenv("KVTIER_SERVER_METRICS_PORT")) metrics_port = v;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -156,6 +163,8 @@ int main(int argc, char** argv) {
       cluster = v;
     else if (a == "--advertise")
       advertise = v;
+    else if (a == "--metrics-port")
+      metrics_port = v;
     else if (auto l = std::find_if(std::begin(limits), std::end(limits),
                                    [&](const Limit& x) { return a == x.flag; });
              l != std::end(limits))
@@ -185,6 +194,9 @@ int main(int argc, char** argv) {
                          ".." + std::to_string(l.max));
     *l.field = static_cast<unsigned>(n);
   }
+  unsigned long metrics = 0;
+  if (!metrics_port.empty() && (!parse_number(metrics_port, 65535, &metrics) || metrics == 0))
+    return usage_error("--metrics-port '" + metrics_port + "' is not 1..65535");
   std::vector<std::string> etcd_endpoints;
   if (!etcd.empty() && !kvtier::parse_address_list(etcd, &etcd_endpoints))
     return usage_error("--etcd '" + etcd + "' is not HOST:PORT,...");
@@ -217,6 +229,16 @@ int main(int argc, char** argv) {
   std::printf("kvtier-server listening on %s:%u capacity %llu\n", opt.host.c_str(), port,
               static_cast<unsigned long long>(opt.capacity));
   std::fflush(stdout);
+  kvtier::MetricsEndpoint endpoint;
+  if (metrics) {
+    uint16_t bound = 0;
+    s = endpoint.start(opt.host, static_cast<uint16_t>(metrics),
+                       [&server] { return server.metrics_text(); }, &bound);
+    if (!s.is_ok()) {
+      std::fprintf(stderr, "kvtier-server: %s\n", s.message().c_str());
+      return 1;
+    }
+  }
   std::unique_ptr<kvtier::Registration> registration;
   if (!etcd_endpoints.empty()) {
     if (advertise.empty()) advertise = opt.host + ":" + std::to_string(port);
