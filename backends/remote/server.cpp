@@ -130,12 +130,14 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       std::vector<KeyId> ids;
       Status s = wire::decode_ids(c.payload, &ids);
       if (!s.is_ok()) return s;
-      out.u32(static_cast<uint32_t>(ids.size()));
-      Yielding lock(mu_);
-      for (const KeyId& id : ids) {
-        out.u8(map_.count({ns, id}) ? 1 : 0);
-        lock.step();
+      std::vector<uint8_t> present(ids.size());
+      {
+        Yielding lock(mu_);
+        for (size_t i = 0; i < ids.size(); ++i, lock.step()) present[i] = map_.count({ns, ids[i]});
       }
+      disk_exists(ns, ids, present);
+      out.u32(static_cast<uint32_t>(ids.size()));
+      for (uint8_t p : present) out.u8(p);
       return {};
     }
     case wire::kPut:
@@ -146,23 +148,31 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       std::vector<KeyId> ids;
       Status s = wire::decode_ids(c.payload, &ids);
       if (!s.is_ok()) return s;
-      out.u32(static_cast<uint32_t>(ids.size()));
-      Yielding lock(mu_);
-      for (const KeyId& id : ids) {
-        auto it = map_.find({ns, id});
-        out.i32(it == map_.end() ? KVTIER_ERR_NOT_FOUND : KVTIER_OK);
-        if (it != map_.end()) drop(it);
-        lock.step();
+      std::vector<int32_t> codes(ids.size(), KVTIER_ERR_NOT_FOUND);
+      {
+        Yielding lock(mu_);
+        for (size_t i = 0; i < ids.size(); ++i, lock.step()) {
+          auto it = map_.find({ns, ids[i]});
+          if (it == map_.end()) continue;
+          codes[i] = KVTIER_OK;
+          drop(it);
+        }
       }
+      disk_remove(ns, ids, codes);
+      out.u32(static_cast<uint32_t>(ids.size()));
+      for (int32_t code : codes) out.i32(code);
       return {};
     }
     case wire::kClear: {
       if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "CLEAR takes no payload"};
-      Yielding lock(mu_);
-      for (auto keys = ns_keys_.find(ns); keys != ns_keys_.end(); keys = ns_keys_.find(ns)) {
-        drop(map_.find(keys->second.front()));  // the last one erases the list itself
-        lock.step();
+      {
+        Yielding lock(mu_);
+        for (auto keys = ns_keys_.find(ns); keys != ns_keys_.end(); keys = ns_keys_.find(ns)) {
+          drop(map_.find(keys->second.front()));  // the last one erases the list itself
+          lock.step();
+        }
       }
+      disk_clear(ns);
       return {};
     }
     case wire::kStats: {
@@ -233,6 +243,13 @@ void Server::reserve_ahead(Conn& c) {
 }
 
 void Server::on_put_bytes(Conn& c) {
+  if (opt_.file) {  // to disk before the reply, from slots no one else can see yet
+    std::vector<DiskPage> pages;
+    for (size_t i = 0; i < c.put.size(); ++i)
+      if (c.codes[i] == KVTIER_OK)
+        pages.push_back({c.put[i].id, c.offsets[i], c.put[i].length, c.put[i].checksum});
+    write_through(c.ns, pages);
+  }
   wire::Writer out;
   out.u32(static_cast<uint32_t>(c.put.size()));
   {
@@ -253,6 +270,7 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
   std::vector<KeyId> ids;
   Status s = wire::decode_ids(c.payload, &ids);
   if (!s.is_ok()) return s;
+  promote(c.ns, ids);
   std::vector<iovec> bulk;
   uint64_t total = 0;
   out.u32(static_cast<uint32_t>(ids.size()));
@@ -376,6 +394,7 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       std::vector<KeyId> ids;
       Status s = wire::decode_ids(c.payload, &ids);
       if (!s.is_ok()) return s;
+      promote(ns, ids);
       out.u32(static_cast<uint32_t>(ids.size()));
       Yielding lock(mu_);
       auto& held = held_[c.id];
@@ -445,6 +464,13 @@ Status Server::commit(Conn& c, wire::Writer& out) {
       const Pending& p = taken[static_cast<size_t>(codes[i])];
       good[codes[i]] = checksum(arena_ + p.offset, p.length) == p.checksum;
     }
+  if (opt_.file) {  // the slots are this call's until published below
+    std::vector<DiskPage> pages;
+    for (size_t k = 0; k < taken.size(); ++k)
+      if (good[k])
+        pages.push_back({taken[k].key.second, taken[k].offset, taken[k].length, taken[k].checksum});
+    write_through(c.ns, pages);
+  }
   std::lock_guard lock(mu_);
   for (size_t i = 0; i < entries.size(); ++i) {
     if (codes[i] < 0) continue;
@@ -467,6 +493,7 @@ Status Server::commit(Conn& c, wire::Writer& out) {
 // ---- the arena -----------------------------------------------------------------------------
 
 bool Server::allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size) {
+  if (bytes > largest_page_.load(std::memory_order_relaxed)) largest_page_ = bytes;
   const uint64_t size = slot_size_for(bytes);
   if (size > opt_.capacity) return false;
   while (!free_.take(size, offset)) {

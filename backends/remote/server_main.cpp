@@ -26,6 +26,7 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                      [--bulk-timeout-ms MS] [--max-connections N] [--max-leases N]
                      [--threads N] [--etcd HOST:PORT,... [--cluster NAME]
                      [--advertise HOST:PORT] [--etcd-ttl S]] [--metrics-port PORT]
+                     [--tiers memory|memory,file --file-dir DIR [--file-capacity SIZE]]
                      [--log-level LEVEL]
 
   --listen HOST:PORT  address to serve on (default 127.0.0.1:7471; port 0 picks a free one);
@@ -74,6 +75,15 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                       env: KVTIER_SERVER_ADVERTISE
   --etcd-ttl S        seconds the registration outlives a server that died without stopping
                       (2..3600, default 5) env: KVTIER_SERVER_ETCD_TTL
+  --tiers memory,file pages are also written through to disk (the library's file tier), so
+                      they outlive evictions from memory and a restart; a page only on disk
+                      is read back into memory before it is served (default memory)
+                      env: KVTIER_SERVER_TIERS
+  --file-dir DIR      where, one folder per client namespace; the folder must be this user's
+                      alone env: KVTIER_SERVER_FILE_DIR
+  --file-capacity SIZE
+                      bytes of pages on disk per client namespace (default 16GiB)
+                      env: KVTIER_SERVER_FILE_CAPACITY
   --metrics-port PORT serve Prometheus' text format at http://HOST:PORT/metrics, HOST the
                       listen host (default: no metrics endpoint)
                       env: KVTIER_SERVER_METRICS_PORT
@@ -104,7 +114,7 @@ int main(int argc, char** argv) {
   unsigned etcd_ttl = 5;
   std::string listen = "127.0.0.1:7471", capacity = "4GiB", level = "info", rdma = "auto",
               rdma_port = "0", lease = "10000", tos, etcd, cluster = "default", advertise,
-              metrics_port;
+              metrics_port, tiers = "memory", file_capacity;
   // The numeric limits: flag, environment variable, range, field.
   struct Limit {
     const char *flag, *env;
@@ -133,6 +143,9 @@ int main(int argc, char** argv) {
   if (const char* v = std::getenv("KVTIER_REMOTE_CLUSTER")) cluster = v;
   if (const char* v = std::getenv("KVTIER_SERVER_ADVERTISE")) advertise = v;
   if (const char* v = std::getenv("KVTIER_SERVER_METRICS_PORT")) metrics_port = v;
+  if (const char* v = std::getenv("KVTIER_SERVER_TIERS")) tiers = v;
+  if (const char* v = std::getenv("KVTIER_SERVER_FILE_DIR")) opt.file_dir = v;
+  if (const char* v = std::getenv("KVTIER_SERVER_FILE_CAPACITY")) file_capacity = v;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -165,6 +178,12 @@ int main(int argc, char** argv) {
       advertise = v;
     else if (a == "--metrics-port")
       metrics_port = v;
+    else if (a == "--tiers")
+      tiers = v;
+    else if (a == "--file-dir")
+      opt.file_dir = v;
+    else if (a == "--file-capacity")
+      file_capacity = v;
     else if (auto l = std::find_if(std::begin(limits), std::end(limits),
                                    [&](const Limit& x) { return a == x.flag; });
              l != std::end(limits))
@@ -194,6 +213,14 @@ int main(int argc, char** argv) {
                          ".." + std::to_string(l.max));
     *l.field = static_cast<unsigned>(n);
   }
+  if (tiers != "memory" && tiers != "memory,file")
+    return usage_error("--tiers '" + tiers + "' is not memory or memory,file");
+  opt.file = tiers == "memory,file";
+  if (opt.file && opt.file_dir.empty()) return usage_error("--tiers memory,file needs --file-dir");
+  if (!file_capacity.empty() &&
+      (!kvtier::parse_size(file_capacity, &opt.file_capacity).is_ok() ||
+       opt.file_capacity < (1u << 20)))
+    return usage_error("--file-capacity '" + file_capacity + "' is not a size of 1MiB or more");
   unsigned long metrics = 0;
   if (!metrics_port.empty() && (!parse_number(metrics_port, 65535, &metrics) || metrics == 0))
     return usage_error("--metrics-port '" + metrics_port + "' is not 1..65535");
