@@ -131,4 +131,15 @@ TEST(ServerTiers, BadFlagsAreUsageErrors) {
   }
 }
 
+// The file tier's folder checks hold for the server too: a folder others can write is refused
+// at start, not at the first request.
+TEST(ServerTiers, UnsafeFolderFailsTheStart) {
+  const std::string dir = server_dir("unsafe");
+  chmod(dir.c_str(), 0777);
+  const std::string cmd = std::string(KVTIER_SERVER_BIN) +
+                          " --listen 127.0.0.1:0 --tiers memory,file --file-dir " + dir +
+                          " >/dev/null 2>&1";
+  EXPECT_EQ(WEXITSTATUS(system(cmd.c_str())), 1);
+}
+
 }  // namespace

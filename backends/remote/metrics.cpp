@@ -68,19 +68,16 @@ MetricsEndpoint::~MetricsEndpoint() {
 }
 
 Status MetricsEndpoint::start(const std::string& host, uint16_t port,
-                              std::function<std::string()> render, uint16_t* bound) {
+                              std::function<std::string()> render) {
   http_ = std::make_unique<httplib::Server>();
   http_->new_task_queue = [] { return new httplib::ThreadPool(1); };  // scrapes are rare
   http_->Get("/metrics", [render = std::move(render)](const httplib::Request&,
                                                        httplib::Response& res) {
     res.set_content(render(), "text/plain; version=0.0.4; charset=utf-8");
   });
-  const int got = port ? (http_->bind_to_port(host, port) ? port : -1)
-                       : http_->bind_to_any_port(host);
-  if (got <= 0)
+  if (!http_->bind_to_port(host, port))
     return {KVTIER_ERR_UNAVAILABLE,
             "metrics: cannot listen on " + host + ":" + std::to_string(port)};
-  *bound = static_cast<uint16_t>(got);
   thread_ = std::thread([this] { http_->listen_after_bind(); });
   return {};
 }

@@ -51,9 +51,8 @@ class MetricsEndpoint {
  public:
   MetricsEndpoint();
   ~MetricsEndpoint();
-  // Binds host:port (port 0: a free one, in *bound) and serves until the destructor.
-  Status start(const std::string& host, uint16_t port, std::function<std::string()> render,
-               uint16_t* bound);
+  // Binds host:port and serves until the destructor. UNAVAILABLE when it cannot bind.
+  Status start(const std::string& host, uint16_t port, std::function<std::string()> render);
 
  private:
   std::unique_ptr<httplib::Server> http_;

@@ -39,10 +39,12 @@ Tier* Server::disk(uint64_t ns) {
 
 Status Server::open_disk() {
   if (!opt_.file) return {};
-  Config c;  // the folder is checked (and made) now, so a bad --file-dir fails the start
+  // The file tier checks (and makes) the folder as it opens a namespace in it: opening one of
+  // the server's own now makes a bad --file-dir fail the start, not the first request.
+  Config c;
   c.file_dir = opt_.file_dir;
   c.file_capacity = opt_.file_capacity;
-  c.ns = "probe";
+  c.ns = "kvtier-server-start-check";
   std::unique_ptr<Tier> probe;
   return make_tier("file", c, &probe);
 }
