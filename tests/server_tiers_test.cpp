@@ -61,6 +61,13 @@ kvtier_store_t* open_store(const ServerProcess& srv) {
   return s;
 }
 
+// Stops the server with `sig`, starts it again on its port, and opens a new store on it.
+kvtier_store_t* restart(ServerProcess& srv, int sig) {
+  srv.kill_now(sig);
+  EXPECT_TRUE(srv.restart());
+  return open_store(srv);
+}
+
 std::string server_dir(const char* name) {
   const std::string dir = kvtier_test::test_dir() + "/" + name;
   mkdir(dir.c_str(), 0700);
@@ -77,9 +84,7 @@ TEST(ServerTiers, RestartedServerKeepsItsPages) {
   for (bool hit : pages.get(s)) EXPECT_TRUE(hit);
   kvtier_close(s);
 
-  srv.kill_now(SIGKILL);  // no clean stop: each page was on disk before its put was answered
-  ASSERT_TRUE(srv.restart());
-  s = open_store(srv);
+  s = restart(srv, SIGKILL);  // no clean stop: each page was on disk before its put was answered
   ASSERT_NE(s, nullptr);
   size_t hits = 0;
   ASSERT_EQ(kvtier_batch_exists(s, pages.ck.data(), kPages, &hits), KVTIER_OK);
@@ -91,17 +96,13 @@ TEST(ServerTiers, RestartedServerKeepsItsPages) {
   ASSERT_EQ(kvtier_batch_remove(s, pages.ck.data(), 8, removed.data()), KVTIER_OK);
   for (int r : removed) EXPECT_EQ(r, KVTIER_OK);
   kvtier_close(s);
-  srv.kill_now(SIGTERM);
-  ASSERT_TRUE(srv.restart());
-  s = open_store(srv);
+  s = restart(srv, SIGTERM);
   ASSERT_NE(s, nullptr);
   const std::vector<bool> after = pages.get(s);
   for (size_t i = 0; i < kPages; ++i) EXPECT_EQ(after[i], i >= 8) << "key " << i;
   ASSERT_EQ(kvtier_clear(s), KVTIER_OK);
   kvtier_close(s);
-  srv.kill_now(SIGTERM);
-  ASSERT_TRUE(srv.restart());
-  s = open_store(srv);
+  s = restart(srv, SIGTERM);
   ASSERT_NE(s, nullptr);
   for (bool hit : pages.get(s)) EXPECT_FALSE(hit);
   kvtier_close(s);
@@ -114,9 +115,7 @@ TEST(ServerTiers, MemoryOnlyServerComesBackEmpty) {  // the contrast: what the f
   ASSERT_NE(s, nullptr);
   pages.set(s);
   kvtier_close(s);
-  srv.kill_now(SIGTERM);
-  ASSERT_TRUE(srv.restart());
-  s = open_store(srv);
+  s = restart(srv, SIGTERM);
   ASSERT_NE(s, nullptr);
   for (bool hit : pages.get(s)) EXPECT_FALSE(hit);
   kvtier_close(s);

@@ -71,7 +71,7 @@ size_t append_reply(char* data, size_t size, size_t n, void* user) {
 }
 
 // Parses a reply; an {"error": ...} reply from etcd becomes INTERNAL with its message.
-Status parse(const std::string& text, json* out) {
+Status parse(const std::string& text, nlohmann::json* out) {
   *out = json::parse(text, nullptr, false);
   if (out->is_discarded() || !out->is_object())
     return {KVTIER_ERR_INTERNAL, "etcd: a reply that is not JSON"};
@@ -118,13 +118,17 @@ Status Client::post(const char* path, const std::string& body, std::string* repl
   return {KVTIER_ERR_UNAVAILABLE, "etcd: no endpoint answers (" + last + ")"};
 }
 
+Status Client::call(const char* path, const nlohmann::json& request, nlohmann::json* reply) {
+  std::string text;
+  Status s = post(path, request.dump(), &text);
+  return s.is_ok() ? parse(text, reply) : s;
+}
+
 Status Client::range_prefix(const std::string& prefix, std::vector<KeyValue>* out,
                             int64_t* revision) {
-  const json req = {{"key", b64_encode(prefix)}, {"range_end", b64_encode(prefix_end(prefix))}};
-  std::string text;
   json rep;
-  Status s = post("/v3/kv/range", req.dump(), &text);
-  if (s.is_ok()) s = parse(text, &rep);
+  Status s = call("/v3/kv/range",
+                  {{"key", b64_encode(prefix)}, {"range_end", b64_encode(prefix_end(prefix))}}, &rep);
   if (!s.is_ok()) return s;
   out->clear();
   *revision = int_field(rep.value("header", json::object()), "revision");
@@ -139,10 +143,8 @@ Status Client::range_prefix(const std::string& prefix, std::vector<KeyValue>* ou
 }
 
 Status Client::grant(int64_t ttl_s, int64_t* lease) {
-  std::string text;
   json rep;
-  Status s = post("/v3/lease/grant", json{{"TTL", std::to_string(ttl_s)}}.dump(), &text);
-  if (s.is_ok()) s = parse(text, &rep);
+  Status s = call("/v3/lease/grant", {{"TTL", std::to_string(ttl_s)}}, &rep);
   if (!s.is_ok()) return s;
   *lease = int_field(rep, "ID");
   return *lease ? Status{} : Status{KVTIER_ERR_INTERNAL, "etcd: lease grant without an ID"};
@@ -150,10 +152,8 @@ Status Client::grant(int64_t ttl_s, int64_t* lease) {
 
 Status Client::keep_alive(int64_t lease, int64_t* ttl_s) {
   // A streaming call in gRPC; through the gateway one request gets one {"result": ...}.
-  std::string text;
   json rep;
-  Status s = post("/v3/lease/keepalive", json{{"ID", std::to_string(lease)}}.dump(), &text);
-  if (s.is_ok()) s = parse(text, &rep);
+  Status s = call("/v3/lease/keepalive", {{"ID", std::to_string(lease)}}, &rep);
   if (!s.is_ok()) return s;
   *ttl_s = int_field(rep.value("result", json::object()), "TTL");
   return {};
@@ -162,17 +162,13 @@ Status Client::keep_alive(int64_t lease, int64_t* ttl_s) {
 Status Client::put(const std::string& key, const std::string& value, int64_t lease) {
   json req = {{"key", b64_encode(key)}, {"value", b64_encode(value)}};
   if (lease) req["lease"] = std::to_string(lease);
-  std::string text;
   json rep;
-  Status s = post("/v3/kv/put", req.dump(), &text);
-  return s.is_ok() ? parse(text, &rep) : s;
+  return call("/v3/kv/put", req, &rep);
 }
 
 Status Client::revoke(int64_t lease) {
-  std::string text;
   json rep;
-  Status s = post("/v3/lease/revoke", json{{"ID", std::to_string(lease)}}.dump(), &text);
-  return s.is_ok() ? parse(text, &rep) : s;
+  return call("/v3/lease/revoke", {{"ID", std::to_string(lease)}}, &rep);
 }
 
 }  // namespace kvtier::etcd

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,8 @@ class Client {
  private:
   // POSTs `body` to path on an endpoint; the reply's JSON text in *reply.
   Status post(const char* path, const std::string& body, std::string* reply);
+  // post() with JSON both ways; an error etcd answers becomes INTERNAL with its message.
+  Status call(const char* path, const nlohmann::json& request, nlohmann::json* reply);
 
   std::vector<std::string> endpoints_;
   unsigned timeout_ms_;
