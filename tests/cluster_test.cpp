@@ -99,8 +99,9 @@ class Workload {
       }
       std::vector<size_t> sizes(kBatch, kPage);
       std::vector<int> res(kBatch);
-      EXPECT_EQ(kvtier_batch_set(store_, keys.data(), kBatch, ptrs.data(), sizes.data(), res.data()),
-                KVTIER_OK);
+      EXPECT_EQ(
+          kvtier_batch_set(store_, keys.data(), kBatch, ptrs.data(), sizes.data(), res.data()),
+          KVTIER_OK);
       {
         std::lock_guard lock(mu_);
         for (size_t i = 0; i < kBatch; ++i) {
@@ -136,7 +137,8 @@ class Workload {
 
  public:
   // Reads pages back; fails the test on any wrong byte; returns the keys that missed.
-  static std::vector<std::string> read_and_check(kvtier_store_t* s, const std::vector<Page>& pages) {
+  static std::vector<std::string> read_and_check(kvtier_store_t* s,
+                                                 const std::vector<Page>& pages) {
     std::vector<std::string> misses;
     for (size_t b = 0; b < pages.size(); b += 64) {
       const size_t n = std::min<size_t>(64, pages.size() - b);

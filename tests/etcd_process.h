@@ -50,7 +50,8 @@ class EtcdProcess {
   // Starts etcd (on the same data folder and ports when started again) and waits until it
   // answers; false if it does not within 20 s.
   bool start() {
-    const std::string client = "http://" + endpoint(), peer = "http://127.0.0.1:" + std::to_string(peer_port_);
+    const std::string client = "http://" + endpoint(),
+                      peer = "http://127.0.0.1:" + std::to_string(peer_port_);
     pid_ = fork();
     if (pid_ == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -59,10 +60,20 @@ class EtcdProcess {
         dup2(log, 1);
         dup2(log, 2);
       }
-      std::vector<std::string> args{"/usr/bin/etcd", "--name", "kvtier-test", "--data-dir",
-                                    dir_ + "/etcd-data", "--listen-client-urls", client,
-                                    "--advertise-client-urls", client, "--listen-peer-urls", peer,
-                                    "--initial-advertise-peer-urls", peer, "--initial-cluster",
+      std::vector<std::string> args{"/usr/bin/etcd",
+                                    "--name",
+                                    "kvtier-test",
+                                    "--data-dir",
+                                    dir_ + "/etcd-data",
+                                    "--listen-client-urls",
+                                    client,
+                                    "--advertise-client-urls",
+                                    client,
+                                    "--listen-peer-urls",
+                                    peer,
+                                    "--initial-advertise-peer-urls",
+                                    peer,
+                                    "--initial-cluster",
                                     "kvtier-test=" + peer};
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());

@@ -123,7 +123,8 @@ TEST(ServerTiers, MemoryOnlyServerComesBackEmpty) {  // the contrast: what the f
 
 TEST(ServerTiers, BadFlagsAreUsageErrors) {
   const std::string bin = KVTIER_SERVER_BIN;
-  for (const std::string args : {"--tiers memory,file", "--tiers file", "--tiers memory,file "
+  for (const std::string args : {"--tiers memory,file", "--tiers file",
+                                 "--tiers memory,file "
                                  "--file-dir /tmp --file-capacity 1K"}) {
     const std::string cmd = bin + " --listen 127.0.0.1:0 " + args + " 2>/dev/null";
     EXPECT_EQ(WEXITSTATUS(system(cmd.c_str())), 2) << args;

@@ -43,7 +43,8 @@ Membership::Membership(std::vector<std::string> etcd, std::string cluster, unsig
 
 void Membership::start() {
   poll();
-  if (revision_ < 0) log().warn("remote tier: etcd unreachable at start: no servers until it answers");
+  if (revision_ < 0)
+    log().warn("remote tier: etcd unreachable at start: no servers until it answers");
   ticker_.start([this] { poll(); }, poll_ms_);
 }
 
@@ -78,7 +79,8 @@ Status Registration::start() {
   ticker_.start(
       [this] {
         Status st = renew();
-        if (!st.is_ok() && !down_) log().warn("server: etcd: {}; registration retried", st.message());
+        if (!st.is_ok() && !down_)
+          log().warn("server: etcd: {}; registration retried", st.message());
         if (st.is_ok() && down_) log().info("server: registered in etcd again as {}", key_);
         down_ = !st.is_ok();
       },

@@ -80,7 +80,7 @@ class Registration {
   const unsigned ttl_s_;
   int64_t lease_ = 0;  // 0: not registered
   bool down_ = false;
-  std::mutex mu_;      // renew against stop's revoke
+  std::mutex mu_;  // renew against stop's revoke
   Ticker ticker_;
 };
 

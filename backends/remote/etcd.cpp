@@ -127,8 +127,9 @@ Status Client::call(const char* path, const nlohmann::json& request, nlohmann::j
 Status Client::range_prefix(const std::string& prefix, std::vector<KeyValue>* out,
                             int64_t* revision) {
   json rep;
-  Status s = call("/v3/kv/range",
-                  {{"key", b64_encode(prefix)}, {"range_end", b64_encode(prefix_end(prefix))}}, &rep);
+  Status s =
+      call("/v3/kv/range",
+           {{"key", b64_encode(prefix)}, {"range_end", b64_encode(prefix_end(prefix))}}, &rep);
   if (!s.is_ok()) return s;
   out->clear();
   *revision = int_field(rep.value("header", json::object()), "revision");

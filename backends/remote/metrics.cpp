@@ -21,8 +21,8 @@ void LatencyHistogram::render(const std::string& name, const char* op, std::stri
   for (size_t b = 0; b <= kBounds.size(); ++b) {
     cumulative += buckets_[b].load(std::memory_order_relaxed);
     if (b < kBounds.size())
-      std::snprintf(line, sizeof line, "%s_bucket{op=\"%s\",le=\"%g\"} %" PRIu64 "\n",
-                    name.c_str(), op, kBounds[b], cumulative);
+      std::snprintf(line, sizeof line, "%s_bucket{op=\"%s\",le=\"%g\"} %" PRIu64 "\n", name.c_str(),
+                    op, kBounds[b], cumulative);
     else
       std::snprintf(line, sizeof line, "%s_bucket{op=\"%s\",le=\"+Inf\"} %" PRIu64 "\n",
                     name.c_str(), op, cumulative);
@@ -52,10 +52,10 @@ void render_counters(const ServerCounters& c, std::string* out) {
   };
   char line[256];
   for (const Metric& m : metrics) {
-    std::snprintf(line, sizeof line,
-                  "# HELP kvtier_server_%s %s\n# TYPE kvtier_server_%s %s\nkvtier_server_%s %" PRIu64
-                  "\n",
-                  m.name, m.help, m.name, m.type, m.name, m.value);
+    std::snprintf(
+        line, sizeof line,
+        "# HELP kvtier_server_%s %s\n# TYPE kvtier_server_%s %s\nkvtier_server_%s %" PRIu64 "\n",
+        m.name, m.help, m.name, m.type, m.name, m.value);
     *out += line;
   }
 }
@@ -71,10 +71,10 @@ Status MetricsEndpoint::start(const std::string& host, uint16_t port,
                               std::function<std::string()> render) {
   http_ = std::make_unique<httplib::Server>();
   http_->new_task_queue = [] { return new httplib::ThreadPool(1); };  // scrapes are rare
-  http_->Get("/metrics", [render = std::move(render)](const httplib::Request&,
-                                                       httplib::Response& res) {
-    res.set_content(render(), "text/plain; version=0.0.4; charset=utf-8");
-  });
+  http_->Get("/metrics",
+             [render = std::move(render)](const httplib::Request&, httplib::Response& res) {
+               res.set_content(render(), "text/plain; version=0.0.4; charset=utf-8");
+             });
   if (!http_->bind_to_port(host, port))
     return {KVTIER_ERR_UNAVAILABLE,
             "metrics: cannot listen on " + host + ":" + std::to_string(port)};

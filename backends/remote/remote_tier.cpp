@@ -217,7 +217,7 @@ class RemoteTier final : public Tier {
   void remove(std::span<const KeyId> ids, std::span<int> results) override {
     std::fill(results.begin(), results.end(), KVTIER_ERR_NOT_FOUND);
     const auto servers = live();
-    for (unsigned r = 0; r < replicas(*servers); ++r) {
+    for (unsigned r = 0; r < read_choices(*servers); ++r) {  // wherever a read would find it
       for (auto& grp : group(
                *servers, ids.size(), [&](size_t i) { return ids[i]; }, r)) {
         ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
