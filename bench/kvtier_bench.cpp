@@ -42,8 +42,8 @@ struct Options {
   std::string mode = "all";
   std::vector<std::string> tiers{"memory"};  // compare
   // transfer; p2p and p2p_rdma: endpoint to endpoint, no store (kvtier_peer_write_pages)
-  std::vector<std::string> transfer_tiers{"memory", "file",  "remote",  "remote3",
-                                          "rdma",   "p2p",   "p2p_rdma"};
+  std::vector<std::string> transfer_tiers{"memory", "file", "remote",  "remote3",
+                                          "rdma",   "p2p",  "p2p_rdma"};
   // page_first_direct places each page at the same offsets as page_first (only the order inside
   // a page differs), so the default run leaves it out; --layouts takes it.
   std::vector<std::string> layouts{"mha_layer_first", "mha_page_first", "mla_layer_first",
@@ -884,7 +884,8 @@ void run_transfer(const Options& o, const std::string& tier) {
 // ---- placement: the keys a join or a leave moves --------------------------------------------
 
 // Which of `servers` holds each key, asked of each server alone; -1 for none.
-std::vector<int> owners(const std::vector<std::string>& servers, const std::vector<const char*>& ck) {
+std::vector<int> owners(const std::vector<std::string>& servers,
+                        const std::vector<const char*>& ck) {
   std::vector<int> owner(ck.size(), -1);
   for (size_t s = 0; s < servers.size(); ++s) {
     kvtier_store_t* one = nullptr;
@@ -1454,9 +1455,10 @@ void print_tables() {
   for (const Row& r : g_rows) {
     if (r.kind != "placement") continue;
     if (!header) {
-      std::printf("\nplacement: %zu keys on real servers, rendezvous hashing; moved = keys whose "
-                  "server changed, needless = moved between servers that both stayed\n",
-                  r.batch);
+      std::printf(
+          "\nplacement: %zu keys on real servers, rendezvous hashing; moved = keys whose "
+          "server changed, needless = moved between servers that both stayed\n",
+          r.batch);
       std::printf("%-11s %7s %7s %8s\n", "change", "moved", "target", "needless");
       header = true;
     }

@@ -269,11 +269,9 @@ bool parse_address_list(const std::string& text, std::vector<std::string>* out) 
 }
 
 bool valid_cluster_name(const std::string& name) {
-  return !name.empty() && name.size() <= 64 &&
-         std::all_of(name.begin(), name.end(), [](char ch) {
-           return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' ||
-                  ch == '-';
-         });
+  return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' || ch == '-';
+  });
 }
 
 Status parse_size(const std::string& text, uint64_t* bytes) {

@@ -253,7 +253,7 @@ class RemoteTier final : public Tier {
         t.capacity += rd.u64();
         t.evictions += rd.u64();
         t.errors += rd.u64();
-        rd.u64();                 // leases that expired
+        rd.u64();                             // leases that expired
         if (rd.left() < 32) return Status{};  // a server from before these
         t.server_hits += rd.u64();
         t.server_misses += rd.u64();
@@ -620,7 +620,8 @@ class RemoteTier final : public Tier {
     const auto prev = live();
     bool next_has_new = false;
     for (const std::string& addr : addrs) {
-      auto same = std::find_if(prev->begin(), prev->end(), [&](auto& s) { return s->name == addr; });
+      auto same =
+          std::find_if(prev->begin(), prev->end(), [&](auto& s) { return s->name == addr; });
       if (same != prev->end()) {
         next->push_back(*same);
         continue;
@@ -840,13 +841,13 @@ class RemoteTier final : public Tier {
   const unsigned timeout_ms_;
   const int rdma_tos_;
   const unsigned replicas_;  // wanted; a call uses at most as many as there are servers
-  const bool from_etcd_;  // the live set follows etcd (else it is KVTIER_REMOTE_SERVERS)
+  const bool from_etcd_;     // the live set follows etcd (else it is KVTIER_REMOTE_SERVERS)
   const std::string token_;
   const uint64_t ns_;
   mutable std::mutex live_mu_;  // held only to copy or swap the pointer: never across etcd
   std::shared_ptr<const Servers> live_ = std::make_shared<Servers>();
   bool first_set_ = true;                   // set_servers has not run yet (its caller's only)
-  std::atomic<bool> joined_{false};          // a server joined after the first set
+  std::atomic<bool> joined_{false};         // a server joined after the first set
   std::unique_ptr<Membership> membership_;  // with KVTIER_REMOTE_ETCD
   mutable std::atomic<uint64_t> errors_{0};
 };

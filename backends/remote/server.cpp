@@ -586,16 +586,24 @@ std::string Server::metrics_text() {
   ServerCounters c;
   {
     std::lock_guard lock(mu_);
-    c = {map_.size(), used_, opt_.capacity, hits_, misses_, evictions_, errors_, expired_,
-         pending_.size() + leases_.size(), authed_.load()};
+    c = {.pages = map_.size(),
+         .bytes = used_,
+         .capacity = opt_.capacity,
+         .hits = hits_,
+         .misses = misses_,
+         .evictions = evictions_,
+         .errors = errors_,
+         .expired_leases = expired_,
+         .leases = pending_.size() + leases_.size(),
+         .connections = authed_.load()};
   }
   std::string out;
   render_counters(c, &out);
   out += "# HELP kvtier_server_request_seconds request latency, header in to reply out\n";
   out += "# TYPE kvtier_server_request_seconds histogram\n";
-  static const char* const kOps[] = {"",     "hello",  "exists",    "put",   "get",
-                                      "remove", "clear", "stats", "rdma_info", "alloc",
-                                      "commit", "lookup", "release"};
+  static const char* const kOps[] = {"",       "hello",  "exists", "put",       "get",
+                                     "remove", "clear",  "stats",  "rdma_info", "alloc",
+                                     "commit", "lookup", "release"};
   static_assert(std::size(kOps) == wire::kRelease + 1);
   for (size_t t = wire::kHello; t < latency_.size(); ++t)
     latency_[t].render("kvtier_server_request_seconds", kOps[t], &out);

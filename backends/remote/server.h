@@ -182,8 +182,8 @@ class Server {
     KeyId id;
     uint64_t offset, length, checksum;  // the page's bytes in the arena
   };
-  Status open_disk();         // checks --file-dir at start
-  Tier* disk(uint64_t ns);    // the namespace's file tier, opened on first use; NULL: none
+  Status open_disk();       // checks --file-dir at start
+  Tier* disk(uint64_t ns);  // the namespace's file tier, opened on first use; NULL: none
   void write_through(uint64_t ns, std::span<const DiskPage> pages);
   void promote(uint64_t ns, std::span<const KeyId> ids);  // disk -> arena, for what it lacks
   void disk_exists(uint64_t ns, std::span<const KeyId> ids, std::span<uint8_t> present);

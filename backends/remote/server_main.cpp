@@ -170,7 +170,8 @@ int parse(int argc, char** argv, Settings* out) {
     if (i + 1 >= argc) return usage_error(a + " needs a value");
     std::string v = argv[++i];
     auto t = std::find_if(std::begin(texts), std::end(texts), [&](auto& x) { return a == x.flag; });
-    auto l = std::find_if(std::begin(limits), std::end(limits), [&](auto& x) { return a == x.flag; });
+    auto l =
+        std::find_if(std::begin(limits), std::end(limits), [&](auto& x) { return a == x.flag; });
     if (t != std::end(texts))
       *t->value = v;
     else if (l != std::end(limits))
@@ -204,9 +205,8 @@ int parse(int argc, char** argv, Settings* out) {
     return usage_error("--tiers '" + tiers + "' is not memory or memory,file");
   opt.file = tiers == "memory,file";
   if (opt.file && opt.file_dir.empty()) return usage_error("--tiers memory,file needs --file-dir");
-  if (!file_capacity.empty() &&
-      (!kvtier::parse_size(file_capacity, &opt.file_capacity).is_ok() ||
-       opt.file_capacity < (1u << 20)))
+  if (!file_capacity.empty() && (!kvtier::parse_size(file_capacity, &opt.file_capacity).is_ok() ||
+                                 opt.file_capacity < (1u << 20)))
     return usage_error("--file-capacity '" + file_capacity + "' is not a size of 1MiB or more");
   if (!metrics_port.empty()) {
     if (!parse_number(metrics_port, 65535, &n) || n == 0)
@@ -219,7 +219,8 @@ int parse(int argc, char** argv, Settings* out) {
     return usage_error("--cluster '" + out->cluster + "' is not 1..64 of [A-Za-z0-9_.-]");
   std::string host;
   uint16_t port = 0;
-  if (!out->advertise.empty() && !kvtier::net::split_host_port(out->advertise, &host, &port).is_ok())
+  if (!out->advertise.empty() &&
+      !kvtier::net::split_host_port(out->advertise, &host, &port).is_ok())
     return usage_error("--advertise '" + out->advertise + "' is not HOST:PORT");
   if (!etcd.empty() && out->advertise.empty() && opt.host == "0.0.0.0")
     return usage_error("--etcd with --listen on 0.0.0.0 needs --advertise");
@@ -267,7 +268,8 @@ int main(int argc, char** argv) {
   if (!set.etcd.empty()) {
     const std::string self =
         set.advertise.empty() ? opt.host + ":" + std::to_string(port) : set.advertise;
-    registration = std::make_unique<kvtier::Registration>(set.etcd, set.cluster, self, set.etcd_ttl);
+    registration =
+        std::make_unique<kvtier::Registration>(set.etcd, set.cluster, self, set.etcd_ttl);
     s = registration->start();
     if (!s.is_ok()) kvtier::log().warn("server: etcd: {}; registration retried", s.message());
   }
