@@ -212,7 +212,7 @@ class Cluster : public ::testing::Test {
 
   std::string client_config() const {
     return "tiers=remote;remote_etcd=" + etcd_->endpoint() + ";remote_cluster=" + cluster_ +
-           ";remote_timeout_ms=1000;log_level=error";  // each miss of b's pages would log a line
+           ";remote_timeout_ms=5000;log_level=error";  // each miss of b's pages would log a line
   }
 
   std::unique_ptr<EtcdProcess> etcd_;
