@@ -14,6 +14,9 @@ namespace kvtier {
 
 namespace {
 constexpr uint64_t kScratch = 64ull << 20;  // bytes of pages read from disk at once
+// Namespaces with pages on disk: each costs a folder, its files and an index, and a client
+// chooses its namespace, so past this many new ones are served from memory only.
+constexpr size_t kMaxDiskNamespaces = 256;
 }  // namespace
 
 Tier* Server::disk(uint64_t ns) {
@@ -21,6 +24,11 @@ Tier* Server::disk(uint64_t ns) {
   std::lock_guard lock(disk_mu_);
   auto it = disks_.find(ns);
   if (it != disks_.end()) return it->second.get();
+  if (disks_.size() >= kMaxDiskNamespaces) {
+    warn_limited("server: " + std::to_string(kMaxDiskNamespaces) +
+                 " namespaces have pages on disk already; a new one is served from memory only");
+    return nullptr;
+  }
   Config c;
   c.file_dir = opt_.file_dir;
   c.file_capacity = opt_.file_capacity;
