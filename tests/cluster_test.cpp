@@ -243,7 +243,6 @@ TEST_F(Cluster, JoinLeaveAndEtcdRestartWhileWriting) {
 
   // etcd stops: the client keeps the servers it knows and keeps working.
   etcd_->stop(SIGTERM);
-  const uint64_t s2 = work.seq();
   std::this_thread::sleep_for(milliseconds(1500));
   ASSERT_TRUE(etcd_->start());
   EXPECT_TRUE(members_are({a.get(), c.get()}));
@@ -277,8 +276,9 @@ TEST_F(Cluster, JoinLeaveAndEtcdRestartWhileWriting) {
     EXPECT_TRUE(may_miss.count(k) || raced.count(k)) << "lost a page that was not on b: " << k;
   // And b's pages are gone for real: the test would not notice a lost page otherwise.
   EXPECT_GE(final_misses.size(), may_miss.size());
-  // Writes failed only while b was leaving, not while etcd was down nor when d joined.
-  for (uint64_t f : work.failed_batches()) EXPECT_LT(f, s2) << "a write failed in batch " << f;
+  // b answers for a second after it deregisters, while clients notice: no write fails, not
+  // while b leaves, nor while etcd is down, nor when d joins.
+  for (uint64_t f : work.failed_batches()) ADD_FAILURE() << "a write failed in batch " << f;
   EXPECT_GT(work.reads(), 100u);
   kvtier_close(s);
 }

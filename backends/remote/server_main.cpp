@@ -9,6 +9,7 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "cluster.h"
 #include "config.h"
@@ -65,7 +66,8 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                       (default: the number of cores, at most 4)
                       env: KVTIER_SERVER_THREADS
   --etcd HOST:PORT,... etcd endpoints: the server registers itself in the cluster there under a
-                      lease it keeps alive, and revokes it when it stops (default: none)
+                      lease it keeps alive; on SIGTERM it revokes it and answers one more
+                      second while clients notice (default: none)
                       env: KVTIER_SERVER_ETCD
   --cluster NAME      the cluster to join (default "default"; clients' KVTIER_REMOTE_CLUSTER)
                       env: KVTIER_REMOTE_CLUSTER
@@ -276,7 +278,12 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&stop, &sig);
   kvtier::log().info("server: signal {}, stopping", sig);
-  registration.reset();
+  if (registration) {
+    registration.reset();
+    // Clients read the cluster every 250 ms: answering a moment longer lets the calls they
+    // send before they notice succeed instead of failing on a closed port.
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
   server.stop();
   return 0;
 }
