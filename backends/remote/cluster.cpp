@@ -43,15 +43,13 @@ Membership::Membership(std::vector<std::string> etcd, std::string cluster, unsig
 
 void Membership::start() {
   poll();
-  if (revision_ < 0)
-    log().warn("remote tier: etcd unreachable at start: no servers until it answers");
+  if (!read_) log().warn("remote tier: etcd unreachable at start: no servers until it answers");
   ticker_.start([this] { poll(); }, poll_ms_);
 }
 
 void Membership::poll() {
   std::vector<etcd::KeyValue> kvs;
-  int64_t revision = 0;
-  Status s = client_.range_prefix(prefix_, &kvs, &revision);
+  Status s = client_.range_prefix(prefix_, &kvs);
   if (!s.is_ok()) {
     if (!down_) log().warn("remote tier: {}; keeping the last known servers", s.message());
     down_ = true;
@@ -59,11 +57,12 @@ void Membership::poll() {
   }
   if (down_) log().info("remote tier: etcd answers again");
   down_ = false;
-  if (revision == revision_) return;
-  revision_ = revision;
   std::vector<std::string> servers;
   for (const etcd::KeyValue& kv : kvs) servers.push_back(kv.key.substr(prefix_.size()));
   std::sort(servers.begin(), servers.end());
+  if (read_ && servers == servers_) return;
+  read_ = true;
+  servers_ = servers;
   on_change_(servers);
 }
 

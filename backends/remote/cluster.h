@@ -32,10 +32,10 @@ class Ticker {
   std::thread thread_;
 };
 
-// The client's side: polls the cluster's prefix every poll_ms (the store's revision tells a
-// change without comparing lists) and calls on_change with the sorted addresses when the set
-// changes. etcd unreachable: the last set stays, with one log line when that starts and one
-// when etcd answers again; on_change is never called with a set etcd did not give.
+// The client's side: reads the cluster's prefix every poll_ms and calls on_change with the
+// sorted addresses when the set changes. etcd unreachable: the last set stays, with one log line
+// when that starts and one when etcd answers again; on_change is never called with a set etcd did
+// not give.
 class Membership {
  public:
   using OnChange = std::function<void(const std::vector<std::string>& servers)>;
@@ -54,7 +54,8 @@ class Membership {
   const std::string prefix_;
   const unsigned poll_ms_;
   OnChange on_change_;
-  int64_t revision_ = -1;
+  bool read_ = false;                 // the set has been read once
+  std::vector<std::string> servers_;  // as last read
   bool down_ = false;
   Ticker ticker_;  // last: stopped before the members it uses go
 };

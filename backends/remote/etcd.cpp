@@ -124,15 +124,13 @@ Status Client::call(const char* path, const nlohmann::json& request, nlohmann::j
   return s.is_ok() ? parse(text, reply) : s;
 }
 
-Status Client::range_prefix(const std::string& prefix, std::vector<KeyValue>* out,
-                            int64_t* revision) {
+Status Client::range_prefix(const std::string& prefix, std::vector<KeyValue>* out) {
   json rep;
   Status s =
       call("/v3/kv/range",
            {{"key", b64_encode(prefix)}, {"range_end", b64_encode(prefix_end(prefix))}}, &rep);
   if (!s.is_ok()) return s;
   out->clear();
-  *revision = int_field(rep.value("header", json::object()), "revision");
   for (const json& kv : rep.value("kvs", json::array())) {
     KeyValue item;
     if (!b64_decode(kv.value("key", ""), &item.key) ||

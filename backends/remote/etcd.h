@@ -25,8 +25,8 @@ class Client {
   // endpoints: "host:port" of etcd's client URLs (http).
   Client(std::vector<std::string> endpoints, unsigned timeout_ms);
 
-  // Every key that starts with `prefix`, with the store's revision at the time of reading.
-  Status range_prefix(const std::string& prefix, std::vector<KeyValue>* out, int64_t* revision);
+  // Every key that starts with `prefix`.
+  Status range_prefix(const std::string& prefix, std::vector<KeyValue>* out);
   // A lease of `ttl_s` seconds (etcd may raise a short TTL to its minimum).
   Status grant(int64_t ttl_s, int64_t* lease);
   // Renews the lease; *ttl_s is what is left after renewal, 0 when the lease no longer exists.
