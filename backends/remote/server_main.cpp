@@ -65,8 +65,9 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
   --threads N         worker event loops serving connections, besides the one that accepts
                       (default: the number of cores, at most 4)
                       env: KVTIER_SERVER_THREADS
-  --etcd HOST:PORT,... etcd endpoints: the server registers itself in the cluster there under a
-                      lease it keeps alive; on SIGTERM it revokes it and answers one more
+  --etcd HOST:PORT,...
+                      etcd endpoints: the server registers itself in the cluster there under
+                      a lease it keeps alive; on SIGTERM it revokes it and answers one more
                       second while clients notice (default: none)
                       env: KVTIER_SERVER_ETCD
   --cluster NAME      the cluster to join (default "default"; clients' KVTIER_REMOTE_CLUSTER)
