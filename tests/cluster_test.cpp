@@ -3,11 +3,14 @@
 // again mid-run. Skips where etcd is not installed.
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <deque>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -314,12 +317,45 @@ TEST_F(Cluster, LeaseExpiryDropsAKilledServer) {
 
 // Where etcd cannot be reached at open, the store opens with no servers (writes fail with a
 // code, reads miss) and picks the servers up once etcd answers.
+// What the process writes to its standard error (the library's log) while this lives.
+class StderrCapture {
+ public:
+  explicit StderrCapture(std::string path) : path_(std::move(path)), saved_(dup(2)) {
+    std::fflush(stderr);
+    int fd = open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    dup2(fd, 2);
+    close(fd);
+  }
+  ~StderrCapture() {
+    std::fflush(stderr);
+    dup2(saved_, 2);
+    close(saved_);
+  }
+  // How many lines so far contain `what`.
+  size_t count(const std::string& what) {
+    std::fflush(stderr);
+    std::ifstream in(path_);
+    size_t n = 0;
+    for (std::string line; std::getline(in, line);) n += line.find(what) != std::string::npos;
+    return n;
+  }
+
+ private:
+  std::string path_;
+  int saved_;
+};
+
 TEST_F(Cluster, OpensWhileEtcdIsDown) {
   auto a = join();
   ASSERT_TRUE(members_are({a.get()}));
   etcd_->stop(SIGTERM);
-  kvtier_store_t* s = open_store(client_config());
+  StderrCapture log(kvtier_test::test_dir() + "/client.log");
+  kvtier_store_t* s = open_store(client_config() + ";log_level=warn");
   ASSERT_NE(s, nullptr);
+  std::this_thread::sleep_for(milliseconds(1000));  // four polls of etcd, all refused
+  // Said once, however many polls fail.
+  EXPECT_EQ(log.count("etcd unreachable at start"), 1u);
+  EXPECT_EQ(log.count("keeping the last known servers"), 1u);
   const std::string key = kvtier_test::make_key("down", 0);
   const auto value = kvtier_test::random_bytes(kPage);
   const char* k = key.c_str();
