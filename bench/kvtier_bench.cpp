@@ -42,7 +42,8 @@ struct Options {
   std::string mode = "all";
   std::vector<std::string> tiers{"memory"};  // compare
   // transfer; p2p and p2p_rdma: endpoint to endpoint, no store (kvtier_peer_write_pages)
-  std::vector<std::string> transfer_tiers{"memory", "file", "remote", "rdma", "p2p", "p2p_rdma"};
+  std::vector<std::string> transfer_tiers{"memory", "file", "remote",  "remote3",
+                                          "rdma",   "p2p",  "p2p_rdma"};
   // page_first_direct places each page at the same offsets as page_first (only the order inside
   // a page differs), so the default run leaves it out; --layouts takes it.
   std::vector<std::string> layouts{"mha_layer_first", "mha_page_first", "mla_layer_first",
@@ -79,11 +80,12 @@ usage: kvtier-bench [all|compare|transfer|file|limits] [options]
 
 options:
   --tiers LIST        tiers for compare and transfer, each on its own (default: compare on
-                      memory, transfer on memory, file, remote, rdma, p2p and p2p_rdma; the
-                      bench starts a kvtier-server on loopback: "remote" is the remote tier
-                      over TCP, "rdma" over RDMA, skipped with a note on hosts without a
-                      device; "p2p" is endpoint to endpoint with no store, over TCP, and
-                      "p2p_rdma" over RDMA)
+                      memory, transfer on memory, file, remote, remote3, rdma, p2p and
+                      p2p_rdma; the bench starts kvtier-servers on loopback: "remote" is the
+                      remote tier over TCP, "remote3" the same over three servers (with it,
+                      the placement table: keys moved by a join and a leave), "rdma" over
+                      RDMA, skipped with a note on hosts without a device; "p2p" is endpoint
+                      to endpoint with no store, over TCP, and "p2p_rdma" over RDMA)
   --layouts LIST      mha_layer_first,mha_page_first,mha_page_first_direct,
                       mla_layer_first,mla_page_first (default: all but page_first_direct,
                       which places pages at the same offsets as page_first)
@@ -299,8 +301,9 @@ std::vector<std::string> g_notes;  // printed under the tables: what was skipped
 std::string tier_config(const std::string& tier, size_t bytes_needed) {
   // Room for everything a figure writes, so nothing is evicted while it is timed.
   size_t cap = std::max<size_t>(bytes_needed * 2, size_t{256} << 20);
-  // "remote" and "rdma" are the remote tier with its two data planes.
-  const std::string chain = tier == "remote" ? "remote;remote_transport=tcp"
+  // "remote" and "rdma" are the remote tier with its two data planes; "remote3" is TCP over
+  // three servers.
+  const std::string chain = tier == "remote" || tier == "remote3" ? "remote;remote_transport=tcp"
                             : tier == "rdma" ? "remote;remote_transport=rdma;log_level=off"
                                              : tier;
   return "tiers=" + chain + ";memory_capacity=" + std::to_string(cap) +
@@ -788,12 +791,17 @@ void run_transfer(const Options& o, const std::string& tier) {
   mem.randomize(5);
   std::byte* base = mem.base + (o.aligned ? 0 : 64);
   const size_t region = 2 * max_threads * n * max_block;
-  std::unique_ptr<ServerChild> server;
+  std::vector<std::unique_ptr<ServerChild>> servers;
   std::string cfg = tier_config(tier, max_threads * n * max_block);
-  const bool remote = tier == "remote" || tier == "rdma";
+  const bool remote = tier == "remote" || tier == "rdma" || tier == "remote3";
   if (remote) {
-    server = std::make_unique<ServerChild>(4 * max_threads * n * max_block + (size_t{64} << 20));
-    cfg += ";remote_servers=" + server->address;
+    std::string list;
+    for (int i = 0; i < (tier == "remote3" ? 3 : 1); ++i) {
+      servers.push_back(
+          std::make_unique<ServerChild>(4 * max_threads * n * max_block + (size_t{64} << 20)));
+      list += (list.empty() ? "" : ",") + servers.back()->address;
+    }
+    cfg += ";remote_servers=" + list;
   }
   kvtier_store_t* store = nullptr;
   const int rc = kvtier_open(cfg.c_str(), &store);
@@ -889,6 +897,83 @@ void run_transfer(const Options& o, const std::string& tier) {
     }
   }
   kvtier_close(store);
+}
+
+// ---- placement: the keys a join or a leave moves --------------------------------------------
+
+// Which of `servers` holds each key, asked of each server alone; -1 for none.
+std::vector<int> owners(const std::vector<std::string>& servers,
+                        const std::vector<const char*>& ck) {
+  std::vector<int> owner(ck.size(), -1);
+  for (size_t s = 0; s < servers.size(); ++s) {
+    kvtier_store_t* one = nullptr;
+    check_rc(kvtier_open(("tiers=remote;remote_transport=tcp;remote_servers=" + servers[s]).c_str(),
+                         &one),
+             "open");
+    std::vector<int> present(ck.size());
+    check_rc(kvtier_batch_exists_each(one, ck.data(), ck.size(), present.data()), "exists");
+    for (size_t i = 0; i < ck.size(); ++i)
+      if (present[i] == KVTIER_OK) owner[i] = static_cast<int>(s);
+    kvtier_close(one);
+  }
+  return owner;
+}
+
+// Keys written over three servers, then over four (a join) and over two (a leave), each time
+// on real servers, and where each key landed: the fraction that moved, against rendezvous
+// hashing's 1/N (the keys the joining server takes, or the leaving one held).
+void run_placement() {
+  constexpr size_t kKeys = 20000, kValue = 256;
+  progress("placement: 20000 keys over 2, 3 and 4 servers");
+  std::vector<std::unique_ptr<ServerChild>> children;
+  std::vector<std::string> all;
+  for (int i = 0; i < 4; ++i) {
+    children.push_back(std::make_unique<ServerChild>(size_t{64} << 20));
+    all.push_back(children.back()->address);
+  }
+  const auto keys = make_keys("placement", kKeys);
+  const auto ck = c_keys(keys);
+  std::vector<unsigned char> value(kValue, 0x5A);
+  std::vector<const void*> ptrs(kKeys, value.data());
+  std::vector<size_t> sizes(kKeys, kValue);
+  std::vector<int> res(kKeys);
+  auto place = [&](size_t n) {  // written over the first n servers; where each key is
+    const std::vector<std::string> set(all.begin(), all.begin() + static_cast<ptrdiff_t>(n));
+    std::string list;
+    for (const auto& a : set) list += (list.empty() ? "" : ",") + a;
+    kvtier_store_t* s = nullptr;
+    check_rc(kvtier_open(("tiers=remote;remote_transport=tcp;remote_servers=" + list).c_str(), &s),
+             "open");
+    check_rc(kvtier_batch_set(s, ck.data(), kKeys, ptrs.data(), sizes.data(), res.data()), "set");
+    for (int r : res)
+      if (r != KVTIER_OK) die(std::string("placement set: ") + kvtier_error_name(r));
+    auto owner = owners(all, ck);
+    check_rc(kvtier_clear(s), "clear");
+    kvtier_close(s);
+    return owner;
+  };
+  const auto two = place(2), three = place(3), four = place(4);
+  auto push = [&](const char* op, const std::vector<int>& before, const std::vector<int>& after,
+                  int changed, double target) {
+    size_t moved = 0, needless = 0;  // needless: moved between two servers that both stayed
+    for (size_t i = 0; i < kKeys; ++i) {
+      if (before[i] < 0 || after[i] < 0) die("placement: a key on no server");
+      if (before[i] == after[i]) continue;
+      ++moved;
+      needless += before[i] != changed && after[i] != changed;
+    }
+    Row row;
+    row.kind = "placement";
+    row.op = op;
+    row.batch = kKeys;
+    row.fig.gbps = static_cast<double>(moved) / kKeys;
+    row.speedup = static_cast<double>(needless) / kKeys;
+    row.limit_gbps = target;
+    row.limit_name = "1/N";
+    g_rows.push_back(row);
+  };
+  push("join 3->4", three, four, 3, 1.0 / 4);
+  push("leave 3->2", three, two, 2, 1.0 / 3);
 }
 
 // ---- prefill -> decode, endpoint to endpoint -----------------------------------------------
@@ -1415,6 +1500,19 @@ void print_tables() {
   for (const std::string& note : g_notes) std::printf("%s\n", note.c_str());
   header = false;
   for (const Row& r : g_rows) {
+    if (r.kind != "placement") continue;
+    if (!header) {
+      std::printf(
+          "\nplacement: %zu keys on real servers, rendezvous hashing; moved = keys whose "
+          "server changed, needless = moved between servers that both stayed\n",
+          r.batch);
+      std::printf("%-11s %7s %7s %8s\n", "change", "moved", "target", "needless");
+      header = true;
+    }
+    std::printf("%-11s %7.4f %7.4f %8.4f\n", r.op.c_str(), r.fig.gbps, r.limit_gbps, r.speedup);
+  }
+  header = false;
+  for (const Row& r : g_rows) {
     if (r.kind != "file") continue;
     if (!header) {
       std::printf(
@@ -1522,6 +1620,9 @@ int main(int argc, char** argv) {
   if (o.mode == "all" || o.mode == "transfer")
     for (const auto& tier : o.transfer_tiers)
       tier.rfind("p2p", 0) == 0 ? run_p2p(o, tier) : run_transfer(o, tier);
+  if ((o.mode == "all" || o.mode == "transfer") &&
+      std::count(o.transfer_tiers.begin(), o.transfer_tiers.end(), "remote3"))
+    run_placement();
   if (o.mode == "all" || o.mode == "file") {
     run_file(o, g_dir);
     run_compression(o, g_dir);

@@ -188,15 +188,16 @@ const std::vector<Option>& options() {
        }},
       {"REMOTE_SERVERS",
        [](Config& c, const std::string& v) -> std::string {
-         std::vector<std::string> list;
-         std::stringstream ss(v);
-         for (std::string item; std::getline(ss, item, ',');) {
-           item = trim(item);
-           if (!host_port(item)) return "a comma list of host:port";
-           list.push_back(item);
-         }
-         if (list.empty()) return "a comma list of host:port";
-         c.remote_servers = std::move(list);
+         return parse_address_list(v, &c.remote_servers) ? "" : "a comma list of host:port";
+       }},
+      {"REMOTE_ETCD",
+       [](Config& c, const std::string& v) -> std::string {
+         return parse_address_list(v, &c.remote_etcd) ? "" : "a comma list of host:port";
+       }},
+      {"REMOTE_CLUSTER",
+       [](Config& c, const std::string& v) -> std::string {
+         if (!valid_cluster_name(v)) return "1..64 of [A-Za-z0-9_.-]";
+         c.remote_cluster = v;
          return {};
        }},
       {"REMOTE_TRANSPORT",
@@ -253,6 +254,25 @@ Status apply(Config& c, const Option& o, const std::string& value, const char* s
 }
 
 }  // namespace
+
+bool parse_address_list(const std::string& text, std::vector<std::string>* out) {
+  std::vector<std::string> list;
+  std::stringstream ss(text);
+  for (std::string item; std::getline(ss, item, ',');) {
+    item = trim(item);
+    if (!host_port(item)) return false;
+    list.push_back(item);
+  }
+  if (list.empty()) return false;
+  *out = std::move(list);
+  return true;
+}
+
+bool valid_cluster_name(const std::string& name) {
+  return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' || ch == '-';
+  });
+}
 
 Status parse_size(const std::string& text, uint64_t* bytes) {
   std::string t = trim(text);

@@ -41,6 +41,12 @@ struct Config {
   int file_zstd_level = 0;
   // KVTIER_REMOTE_SERVERS: kvtier-server addresses, host:port,... (keys spread by hashing).
   std::vector<std::string> remote_servers{"127.0.0.1:7471"};
+  // KVTIER_REMOTE_ETCD: etcd endpoints, host:port,... When set, the servers are the live members
+  // of KVTIER_REMOTE_CLUSTER registered there, followed as they join and leave, and
+  // KVTIER_REMOTE_SERVERS is not used.
+  std::vector<std::string> remote_etcd;
+  // KVTIER_REMOTE_CLUSTER: the cluster's name in etcd (1..64 of [A-Za-z0-9_.-]).
+  std::string remote_cluster = "default";
   // KVTIER_REMOTE_TRANSPORT: auto (RDMA when a device is present) | rdma | tcp.
   std::string remote_transport = "auto";
   // KVTIER_REMOTE_TIMEOUT_MS: a call to a dead or hung server fails within this.
@@ -69,6 +75,12 @@ struct Config {
 // ';' or newlines; NAME with or without KVTIER_, any case; NULL for none). A set but invalid
 // value fails with KVTIER_ERR_CONFIG naming the variable and the value.
 Status load_config(const char* overrides, Config* out);
+
+// "host:port,host:port" (spaces around items allowed) -> the list; false when an item is not
+// host:port or the list is empty (then *out is unchanged).
+bool parse_address_list(const std::string& text, std::vector<std::string>* out);
+// A cluster name: 1..64 of [A-Za-z0-9_.-] (it becomes part of etcd keys).
+bool valid_cluster_name(const std::string& name);
 
 // "4GiB", "512MiB", "64KiB", "1G", "1000000" (bytes); KB/MB/GB/TB are powers of 1000.
 Status parse_size(const std::string& text, uint64_t* bytes);

@@ -349,7 +349,12 @@ std::string Store::stats_json() const {
     o << (t ? "," : "") << "{\"name\":\"" << slot.tier->name() << "\",\"keys\":" << s.keys
       << ",\"bytes\":" << s.bytes << ",\"capacity\":" << s.capacity
       << ",\"hits\":" << slot.hits.load() << ",\"misses\":" << slot.misses.load()
-      << ",\"evictions\":" << s.evictions << ",\"errors\":" << s.errors + slot.errors.load() << "}";
+      << ",\"evictions\":" << s.evictions << ",\"errors\":" << s.errors + slot.errors.load();
+    if (s.servers >= 0)
+      o << ",\"servers\":" << s.servers << ",\"server_hits\":" << s.server_hits
+        << ",\"server_misses\":" << s.server_misses << ",\"leases\":" << s.leases
+        << ",\"connections\":" << s.connections;
+    o << "}";
   }
   o << "]}";
   return o.str();

@@ -63,6 +63,10 @@ struct TierStats {
   uint64_t capacity = 0;
   uint64_t evictions = 0;
   uint64_t errors = 0;
+  // Tiers on servers (remote) only, summed over the servers in use; servers < 0 elsewhere.
+  int64_t servers = -1;
+  uint64_t server_hits = 0, server_misses = 0;  // the servers' own, over all their clients
+  uint64_t leases = 0, connections = 0;         // held on the servers now
 };
 
 // Called with pages a tier evicts, before their bytes are released (write_back demotion).

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 
+#include "cluster.h"
 #include "log.h"
 #include "net.h"
 #include "protocol.h"
@@ -59,7 +60,14 @@ struct ServerRef {
   int64_t rdma_retry_at = 0;               // steady-clock ns: no new channel before
   int64_t rdma_backoff_s = 0;              // grows 5 s, 10 s, ... 5 min while RDMA keeps failing
   std::atomic<uint64_t> boot_id{0};        // the server start the channel was made with
+  ~ServerRef() {
+    for (auto& c : conns) c->drop();
+  }
 };
+
+// The live set of servers. A call takes a snapshot and keeps it to its end, so a server that
+// leaves meanwhile (and its connections) lives until the calls using it are done.
+using Servers = std::vector<std::shared_ptr<ServerRef>>;
 
 // Reply frames this thread has begun to read: a call that saw none failed before any reply,
 // so it can run again on another connection without anything having happened twice.
@@ -83,24 +91,17 @@ class RemoteTier final : public Tier {
         timeout_ms_(c.remote_timeout_ms),
         rdma_tos_(c.remote_rdma_tos),
         replicas_(c.remote_replicas),
+        from_etcd_(!c.remote_etcd.empty()),
         token_(c.remote_token),
         ns_(namespace_seed(c.ns)) {}
-  ~RemoteTier() override {
-    for (auto& s : servers_)
-      for (auto& c : s->conns) c->drop();
-  }
+  ~RemoteTier() override { membership_.reset(); }  // its thread calls set_servers
 
   Status init(const Config& c) {
-    for (const std::string& addr : c.remote_servers) {
-      auto s = std::make_unique<ServerRef>();
-      Status st = net::split_host_port(addr, &s->host, &s->port);
-      if (!st.is_ok()) return {KVTIER_ERR_CONFIG, "KVTIER_REMOTE_SERVERS: " + st.message()};
-      s->name = addr;
-      s->seed = mix(namespace_seed(addr));
-      for (int i = 0; i < 4; ++i) s->conns.push_back(std::make_unique<Conn>());
-      servers_.push_back(std::move(s));
-    }
-    replicas_ = std::min<unsigned>(replicas_, static_cast<unsigned>(servers_.size()));
+    if (c.remote_etcd.empty()) return set_servers(c.remote_servers, "KVTIER_REMOTE_SERVERS");
+    membership_ = std::make_unique<Membership>(
+        c.remote_etcd, c.remote_cluster, kMembershipPollMs,
+        [this](const std::vector<std::string>& addrs) { set_servers(addrs, "etcd"); });
+    membership_->start();
     return {};
   }
 
@@ -127,9 +128,10 @@ class RemoteTier final : public Tier {
       log().warn("remote tier: a value of {} bytes is larger than a server takes ({} bytes)",
                  ops[i].size, wire::kMaxValue);
     }
-    for (unsigned r = 0; r < replicas_; ++r) {
+    const auto servers = live();
+    for (unsigned r = 0; r < replicas(*servers); ++r) {
       for (auto& grp : group(
-               ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
+               *servers, ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
         ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
         std::vector<size_t> idx;
         for (size_t i : grp.second)
@@ -160,9 +162,10 @@ class RemoteTier final : public Tier {
   void get(std::span<GetOp> ops) override {
     for (GetOp& op : ops) op.result = KVTIER_ERR_NOT_FOUND;
     std::vector<uint8_t> done(ops.size(), 0);
-    for (unsigned r = 0; r < replicas_; ++r) {
+    const auto servers = live();
+    for (unsigned r = 0; r < read_choices(*servers); ++r) {
       for (auto& grp : group(
-               ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
+               *servers, ops.size(), [&](size_t i) { return ops[i].id; }, r)) {
         ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
         auto& all = grp.second;
         std::vector<size_t> idx;
@@ -187,9 +190,10 @@ class RemoteTier final : public Tier {
 
   void exists(std::span<const KeyId> ids, std::span<uint8_t> present) override {
     std::fill(present.begin(), present.end(), 0);
-    for (unsigned r = 0; r < replicas_; ++r) {
+    const auto servers = live();
+    for (unsigned r = 0; r < read_choices(*servers); ++r) {
       for (auto& grp : group(
-               ids.size(), [&](size_t i) { return ids[i]; }, r)) {
+               *servers, ids.size(), [&](size_t i) { return ids[i]; }, r)) {
         ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
         auto& all = grp.second;
         std::vector<size_t> idx;
@@ -212,9 +216,10 @@ class RemoteTier final : public Tier {
 
   void remove(std::span<const KeyId> ids, std::span<int> results) override {
     std::fill(results.begin(), results.end(), KVTIER_ERR_NOT_FOUND);
-    for (unsigned r = 0; r < replicas_; ++r) {
+    const auto servers = live();
+    for (unsigned r = 0; r < read_choices(*servers); ++r) {  // wherever a read would find it
       for (auto& grp : group(
-               ids.size(), [&](size_t i) { return ids[i]; }, r)) {
+               *servers, ids.size(), [&](size_t i) { return ids[i]; }, r)) {
         ServerRef* srv = grp.first;  // not a binding: lambdas below capture it
         auto& idx = grp.second;
         wire::Writer w;
@@ -233,19 +238,27 @@ class RemoteTier final : public Tier {
   }
 
   void clear() override {
-    for (auto& s : servers_)
+    for (auto& s : *live())
       exchange(*s, wire::kClear, {}, {}, [](int, wire::Reader&) { return Status{}; });
   }
 
   TierStats stats() const override {
     TierStats t;
-    for (auto& s : servers_) {
+    const auto servers = live();
+    t.servers = static_cast<int64_t>(servers->size());
+    for (auto& s : *servers) {
       const_cast<RemoteTier*>(this)->exchange(*s, wire::kStats, {}, {}, [&](int, wire::Reader& rd) {
         t.keys += rd.u64();
         t.bytes += rd.u64();
         t.capacity += rd.u64();
         t.evictions += rd.u64();
         t.errors += rd.u64();
+        rd.u64();                             // leases that expired
+        if (rd.left() < 32) return Status{};  // a server from before these
+        t.server_hits += rd.u64();
+        t.server_misses += rd.u64();
+        t.leases += rd.u64();
+        t.connections += rd.u64();
         return Status{};
       });
     }
@@ -259,6 +272,8 @@ class RemoteTier final : public Tier {
   // instead of in a separate pass over the whole batch.
   static constexpr size_t kChunk = 256u << 10;
   static constexpr size_t kChunkKeys = 1024;  // so a request frame stays small (16 KiB of ids)
+  // How often the live set is read from etcd: a change reaches the calls within this.
+  static constexpr unsigned kMembershipPollMs = 250;
 
   // [begin, end) ranges of idx, each up to kChunk bytes and kChunkKeys keys (at least one key).
   template <class SizeOf>
@@ -598,11 +613,62 @@ class RemoteTier final : public Tier {
 
   Deadline deadline() const { return Clock::now() + std::chrono::milliseconds(timeout_ms_); }
 
-  // The r-th choice of server for a key: highest rendezvous score first.
-  ServerRef* pick(const KeyId& id, unsigned r) const {
-    if (servers_.size() == 1) return servers_[0].get();
+  // Replaces the live set with `addrs`, keeping the servers (and their connections) that stay.
+  // source names where the list came from, for messages.
+  Status set_servers(const std::vector<std::string>& addrs, const char* source) {
+    auto next = std::make_shared<Servers>();
+    const auto prev = live();
+    bool next_has_new = false;
+    for (const std::string& addr : addrs) {
+      auto same =
+          std::find_if(prev->begin(), prev->end(), [&](auto& s) { return s->name == addr; });
+      if (same != prev->end()) {
+        next->push_back(*same);
+        continue;
+      }
+      auto s = std::make_shared<ServerRef>();
+      Status st = net::split_host_port(addr, &s->host, &s->port);
+      if (!st.is_ok()) {
+        log().warn("remote tier: {}: server {} left out: {}", source, addr, st.message());
+        if (from_etcd_) continue;  // one bad entry in etcd does not empty the set
+        return {KVTIER_ERR_CONFIG, std::string(source) + ": " + st.message()};
+      }
+      s->name = addr;
+      s->seed = mix(namespace_seed(addr));
+      for (int i = 0; i < 4; ++i) s->conns.push_back(std::make_unique<Conn>());
+      next->push_back(std::move(s));
+      next_has_new = true;
+    }
+    if (from_etcd_) log().info("remote tier: {} servers from {}", next->size(), source);
+    if (from_etcd_ && !first_set_ && next_has_new) joined_ = true;
+    first_set_ = false;
+    std::lock_guard lock(live_mu_);
+    live_ = std::move(next);
+    return {};
+  }
+
+  std::shared_ptr<const Servers> live() const {
+    std::lock_guard lock(live_mu_);
+    return live_;
+  }
+
+  unsigned replicas(const Servers& servers) const {
+    return std::min<unsigned>(replicas_, static_cast<unsigned>(servers.size()));
+  }
+
+  // The choices a read asks, in rank order, until each key is found. A server that joins takes
+  // the first rank of the keys it wins, which puts their previous holder one rank down: once
+  // one has joined, reads ask that one more choice, so a join costs no pages.
+  unsigned read_choices(const Servers& servers) const {
+    const unsigned n = static_cast<unsigned>(servers.size());
+    return std::min(n, replicas(servers) + (joined_.load(std::memory_order_relaxed) ? 1u : 0u));
+  }
+
+  // The r-th choice of server for a key among `servers`: highest rendezvous score first.
+  static ServerRef* pick(const Servers& servers, const KeyId& id, unsigned r) {
+    if (servers.size() == 1) return servers[0].get();
     std::vector<std::pair<uint64_t, ServerRef*>> scored;
-    for (auto& s : servers_) scored.push_back({mix(id.hi ^ mix(id.lo ^ s->seed)), s.get()});
+    for (auto& s : servers) scored.push_back({mix(id.hi ^ mix(id.lo ^ s->seed)), s.get()});
     std::nth_element(scored.begin(), scored.begin() + r, scored.end(),
                      [](auto& a, auto& b) { return a.first > b.first; });
     return scored[r].second;
@@ -610,11 +676,12 @@ class RemoteTier final : public Tier {
 
   // Indices 0..n-1 grouped by the r-th server of key_of(i).
   template <class KeyOf>
-  std::vector<std::pair<ServerRef*, std::vector<size_t>>> group(size_t n, KeyOf key_of,
-                                                                unsigned r) const {
+  static std::vector<std::pair<ServerRef*, std::vector<size_t>>> group(const Servers& servers,
+                                                                       size_t n, KeyOf key_of,
+                                                                       unsigned r) {
     std::vector<std::pair<ServerRef*, std::vector<size_t>>> out;
     for (size_t i = 0; i < n; ++i) {
-      ServerRef* s = pick(key_of(i), r);
+      ServerRef* s = pick(servers, key_of(i), r);
       auto it = std::find_if(out.begin(), out.end(), [s](auto& g) { return g.first == s; });
       if (it == out.end()) {
         out.push_back({s, {i}});
@@ -773,10 +840,15 @@ class RemoteTier final : public Tier {
   std::shared_ptr<rdma::Registry> registry_ = rdma::Registry::create();
   const unsigned timeout_ms_;
   const int rdma_tos_;
-  unsigned replicas_;
+  const unsigned replicas_;  // wanted; a call uses at most as many as there are servers
+  const bool from_etcd_;     // the live set follows etcd (else it is KVTIER_REMOTE_SERVERS)
   const std::string token_;
   const uint64_t ns_;
-  std::vector<std::unique_ptr<ServerRef>> servers_;
+  mutable std::mutex live_mu_;  // held only to copy or swap the pointer: never across etcd
+  std::shared_ptr<const Servers> live_ = std::make_shared<Servers>();
+  bool first_set_ = true;                   // set_servers has not run yet (its caller's only)
+  std::atomic<bool> joined_{false};         // a server joined after the first set
+  std::unique_ptr<Membership> membership_;  // with KVTIER_REMOTE_ETCD
   mutable std::atomic<uint64_t> errors_{0};
 };
 

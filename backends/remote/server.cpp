@@ -130,12 +130,14 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       std::vector<KeyId> ids;
       Status s = wire::decode_ids(c.payload, &ids);
       if (!s.is_ok()) return s;
-      out.u32(static_cast<uint32_t>(ids.size()));
-      Yielding lock(mu_);
-      for (const KeyId& id : ids) {
-        out.u8(map_.count({ns, id}) ? 1 : 0);
-        lock.step();
+      std::vector<uint8_t> present(ids.size());
+      {
+        Yielding lock(mu_);
+        for (size_t i = 0; i < ids.size(); ++i, lock.step()) present[i] = map_.count({ns, ids[i]});
       }
+      disk_exists(ns, ids, present);
+      out.u32(static_cast<uint32_t>(ids.size()));
+      for (uint8_t p : present) out.u8(p);
       return {};
     }
     case wire::kPut:
@@ -146,23 +148,31 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       std::vector<KeyId> ids;
       Status s = wire::decode_ids(c.payload, &ids);
       if (!s.is_ok()) return s;
-      out.u32(static_cast<uint32_t>(ids.size()));
-      Yielding lock(mu_);
-      for (const KeyId& id : ids) {
-        auto it = map_.find({ns, id});
-        out.i32(it == map_.end() ? KVTIER_ERR_NOT_FOUND : KVTIER_OK);
-        if (it != map_.end()) drop(it);
-        lock.step();
+      std::vector<int32_t> codes(ids.size(), KVTIER_ERR_NOT_FOUND);
+      {
+        Yielding lock(mu_);
+        for (size_t i = 0; i < ids.size(); ++i, lock.step()) {
+          auto it = map_.find({ns, ids[i]});
+          if (it == map_.end()) continue;
+          codes[i] = KVTIER_OK;
+          drop(it);
+        }
       }
+      disk_remove(ns, ids, codes);
+      out.u32(static_cast<uint32_t>(ids.size()));
+      for (int32_t code : codes) out.i32(code);
       return {};
     }
     case wire::kClear: {
       if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "CLEAR takes no payload"};
-      Yielding lock(mu_);
-      for (auto keys = ns_keys_.find(ns); keys != ns_keys_.end(); keys = ns_keys_.find(ns)) {
-        drop(map_.find(keys->second.front()));  // the last one erases the list itself
-        lock.step();
+      {
+        Yielding lock(mu_);
+        for (auto keys = ns_keys_.find(ns); keys != ns_keys_.end(); keys = ns_keys_.find(ns)) {
+          drop(map_.find(keys->second.front()));  // the last one erases the list itself
+          lock.step();
+        }
       }
+      disk_clear(ns);
       return {};
     }
     case wire::kStats: {
@@ -174,6 +184,11 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       out.u64(evictions_);
       out.u64(errors_);
       out.u64(expired_);
+      // Since issue 15 (older clients stop reading before these).
+      out.u64(hits_);
+      out.u64(misses_);
+      out.u64(pending_.size() + leases_.size());
+      out.u64(authed_.load());
       return {};
     }
     case wire::kCommit:
@@ -228,6 +243,13 @@ void Server::reserve_ahead(Conn& c) {
 }
 
 void Server::on_put_bytes(Conn& c) {
+  if (opt_.file) {  // to disk before the reply, from slots no one else can see yet
+    std::vector<DiskPage> pages;
+    for (size_t i = 0; i < c.put.size(); ++i)
+      if (c.codes[i] == KVTIER_OK)
+        pages.push_back({c.put[i].id, c.offsets[i], c.put[i].length, c.put[i].checksum});
+    write_through(c.ns, pages);
+  }
   wire::Writer out;
   out.u32(static_cast<uint32_t>(c.put.size()));
   {
@@ -248,6 +270,7 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
   std::vector<KeyId> ids;
   Status s = wire::decode_ids(c.payload, &ids);
   if (!s.is_ok()) return s;
+  promote(c.ns, ids);
   std::vector<iovec> bulk;
   uint64_t total = 0;
   out.u32(static_cast<uint32_t>(ids.size()));
@@ -257,11 +280,13 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
       lock.step();
       auto it = map_.find({c.ns, id});
       if (it == map_.end()) {
+        ++misses_;
         out.i32(KVTIER_ERR_NOT_FOUND);
         out.u64(0);
         out.u64(0);
         continue;
       }
+      ++hits_;
       const Entry& e = pin(it->second);  // the slot stays this page's until the reply is out
       c.pinned.push_back(e.offset);
       out.i32(KVTIER_OK);
@@ -278,6 +303,9 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
 }
 
 void Server::on_reply_sent(Conn& c) {
+  if (c.h.type < latency_.size())
+    latency_[c.h.type].observe(static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c.started).count()));
   if (c.pinned.empty()) return;
   std::lock_guard lock(mu_);
   for (uint64_t offset : c.pinned) unpin(offset);
@@ -366,6 +394,7 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       std::vector<KeyId> ids;
       Status s = wire::decode_ids(c.payload, &ids);
       if (!s.is_ok()) return s;
+      promote(ns, ids);
       out.u32(static_cast<uint32_t>(ids.size()));
       Yielding lock(mu_);
       auto& held = held_[c.id];
@@ -373,6 +402,7 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
         lock.step();
         auto it = map_.find({ns, id});
         const bool found = it != map_.end();
+        ++(found ? hits_ : misses_);
         if (!found || held.size() >= opt_.max_leases) {
           out.i32(found ? KVTIER_ERR_BUSY : KVTIER_ERR_NOT_FOUND);
           for (int k = 0; k < 4; ++k) out.u64(0);
@@ -434,6 +464,13 @@ Status Server::commit(Conn& c, wire::Writer& out) {
       const Pending& p = taken[static_cast<size_t>(codes[i])];
       good[codes[i]] = checksum(arena_ + p.offset, p.length) == p.checksum;
     }
+  if (opt_.file) {  // the slots are this call's until published below
+    std::vector<DiskPage> pages;
+    for (size_t k = 0; k < taken.size(); ++k)
+      if (good[k])
+        pages.push_back({taken[k].key.second, taken[k].offset, taken[k].length, taken[k].checksum});
+    write_through(c.ns, pages);
+  }
   std::lock_guard lock(mu_);
   for (size_t i = 0; i < entries.size(); ++i) {
     if (codes[i] < 0) continue;
@@ -456,6 +493,7 @@ Status Server::commit(Conn& c, wire::Writer& out) {
 // ---- the arena -----------------------------------------------------------------------------
 
 bool Server::allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size) {
+  if (bytes > largest_page_.load(std::memory_order_relaxed)) largest_page_ = bytes;
   const uint64_t size = slot_size_for(bytes);
   if (size > opt_.capacity) return false;
   while (!free_.take(size, offset)) {
@@ -542,6 +580,34 @@ void Server::reap(Clock::time_point now) {
     expired_ += end_lease(expiries_.front().second);
     expiries_.pop_front();
   }
+}
+
+std::string Server::metrics_text() {
+  ServerCounters c;
+  {
+    std::lock_guard lock(mu_);
+    c = {.pages = map_.size(),
+         .bytes = used_,
+         .capacity = opt_.capacity,
+         .hits = hits_,
+         .misses = misses_,
+         .evictions = evictions_,
+         .errors = errors_,
+         .expired_leases = expired_,
+         .leases = pending_.size() + leases_.size(),
+         .connections = authed_.load()};
+  }
+  std::string out;
+  render_counters(c, &out);
+  out += "# HELP kvtier_server_request_seconds request latency, header in to reply out\n";
+  out += "# TYPE kvtier_server_request_seconds histogram\n";
+  static const char* const kOps[] = {"",       "hello",  "exists", "put",       "get",
+                                     "remove", "clear",  "stats",  "rdma_info", "alloc",
+                                     "commit", "lookup", "release"};
+  static_assert(std::size(kOps) == wire::kRelease + 1);
+  for (size_t t = wire::kHello; t < latency_.size(); ++t)
+    latency_[t].render("kvtier_server_request_seconds", kOps[t], &out);
+  return out;
 }
 
 }  // namespace kvtier

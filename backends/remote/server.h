@@ -19,6 +19,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -27,9 +28,11 @@
 
 #include "free_space.h"
 #include "keys.h"
+#include "metrics.h"
 #include "protocol.h"
 #include "rdma.h"
 #include "status.h"
+#include "tier.h"
 
 namespace kvtier {
 
@@ -54,6 +57,11 @@ struct ServerOptions {
   unsigned max_leases = 8192;
   unsigned threads = 0;  // --threads / KVTIER_SERVER_THREADS: worker loops; 0: min(4, cores)
   int rdma_tos = -1;     // --rdma-tos / KVTIER_SERVER_RDMA_TOS: 0..255; -1 the device's
+  // --tiers memory,file / KVTIER_SERVER_TIERS: pages also on disk (server_disk.cpp), in the
+  // library's file tier under file_dir (--file-dir), file_capacity bytes per client namespace.
+  bool file = false;
+  std::string file_dir;
+  uint64_t file_capacity = 16ull << 30;  // --file-capacity / KVTIER_SERVER_FILE_CAPACITY
 };
 
 class Server {
@@ -64,6 +72,8 @@ class Server {
   Status start(uint16_t* port);
   // Stops accepting, closes every connection and waits for the loops.
   void stop();
+  // The server's metrics in Prometheus' text format. Thread-safe.
+  std::string metrics_text();
 
   // One client connection, owned by one event loop at a time. A request is read whole (header,
   // payload, then a PUT's bytes) and answered before the next one is read.
@@ -93,6 +103,7 @@ class Server {
     size_t out_at = 0;
     std::vector<uint64_t> pinned;  // offsets a GET reply is sending: unpinned once it is out
     bool close_after = false;      // an ERROR reply: the connection ends once it is out
+    Clock::time_point started;     // the request's header in: its latency runs from here
     Clock::time_point deadline;    // of the next whole request (idle), or of HELLO
     Clock::time_point moved;       // last progress of a bulk transfer or reply
     Clock::time_point bulk_end;    // a bulk transfer ends by then, however it trickles
@@ -166,6 +177,19 @@ class Server {
   // its bytes is done.
   void drop(std::unordered_map<Key, Entry, Ids>::iterator it);
 
+  // ---- the disk under the arena (server_disk.cpp); none of them needs mu_ held ----
+  struct DiskPage {
+    KeyId id;
+    uint64_t offset, length, checksum;  // the page's bytes in the arena
+  };
+  Status open_disk();       // checks --file-dir at start
+  Tier* disk(uint64_t ns);  // the namespace's file tier, opened on first use; NULL: none
+  void write_through(uint64_t ns, std::span<const DiskPage> pages);
+  void promote(uint64_t ns, std::span<const KeyId> ids);  // disk -> arena, for what it lacks
+  void disk_exists(uint64_t ns, std::span<const KeyId> ids, std::span<uint8_t> present);
+  void disk_remove(uint64_t ns, std::span<const KeyId> ids, std::span<int32_t> results);
+  void disk_clear(uint64_t ns);
+
   // ---- connections (server_loop.cpp) ----
   void fit_fd_limit();  // raises the soft fd limit; lowers the caps where it cannot
   void reap_leases();   // the front loop's timer
@@ -207,7 +231,12 @@ class Server {
   std::unique_ptr<rdma::Listener> rdma_;
   const uint64_t boot_id_;  // tells clients that RDMA channels to an earlier start are stale
   uint64_t used_ = 0;
-  uint64_t evictions_ = 0, errors_ = 0, expired_ = 0;
+  uint64_t evictions_ = 0, errors_ = 0, expired_ = 0, hits_ = 0, misses_ = 0;
+  // Per request type (wire::Type, HELLO .. RELEASE): observed when the reply is out.
+  std::array<LatencyHistogram, wire::kRelease + 1> latency_;
+  std::atomic<uint64_t> largest_page_{0};  // what promotion reads room for first
+  std::mutex disk_mu_;
+  std::unordered_map<uint64_t, std::unique_ptr<Tier>> disks_;  // namespace -> its file tier
 };
 
 }  // namespace kvtier

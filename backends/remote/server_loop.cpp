@@ -203,6 +203,7 @@ class Server::Loop {
     c.got += n;
     if (c.got < wire::kHeaderSize) return nullptr;
     c.got = 0;
+    c.started = Clock::now();
     Status st = wire::decode_header(c.head, &c.h);
     if (st.is_ok() && !c.hello) st = wire::check_first_frame(c.h);
     if (!st.is_ok()) {
@@ -379,6 +380,8 @@ Status Server::start(uint16_t* port) {
     return {KVTIER_ERR_NO_MEMORY, "cannot map an arena of " + std::to_string(opt_.capacity) +
                                       " bytes: " + std::strerror(errno)};
   arena_ = static_cast<std::byte*>(p);
+  Status disk = open_disk();
+  if (!disk.is_ok()) return disk;
   fit_fd_limit();
   Status s = net::listen_on(opt_.host, opt_.port, &listen_fd_, port);
   if (!s.is_ok()) return s;

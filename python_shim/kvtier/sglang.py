@@ -574,6 +574,9 @@ class KvtierStorage(_Base):
 
     @_never_raise(lambda self, *a, **k: {})
     def get_stats(self):
+        """kvtier_stats_json as a dict: per tier keys, bytes, capacity, hits, misses, evictions,
+        errors; a remote tier adds its servers' own counters (servers, server_hits,
+        server_misses, leases, connections)."""
         return self.store.stats()
 
     @_never_raise(lambda self, *a, **k: None)

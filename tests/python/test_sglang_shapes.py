@@ -402,3 +402,21 @@ def test_no_engine_call_raises_or_returns_none_where_indexed():
     b.close()
     assert b.batch_get_v1(keys, torch.arange(8)) == [False, False]
     assert b.get_stats() == {} and b.exists(keys[0]) is False
+
+
+def test_get_stats_carries_the_remote_servers_counters(server):
+    pool = HostPool(size=64, seed=3, **MHA)
+    b = adapter(config(False, {"tiers": "remote", "remote_servers": server}), pool)
+    P = MHA["page_size"]
+    keys = keys_of(3, "stats")
+    assert b.batch_set_v1(keys, slots_for([1, 2, 3], P)) == [True] * 3
+    got = b.batch_get_v1(keys + keys_of(1, "absent"), slots_for([5, 6, 7, 8], P))
+    assert got == [True, True, True, False]
+    for src, dst in zip([1, 2, 3], [5, 6, 7]):
+        assert pool.page_bytes(dst * P) == pool.page_bytes(src * P)
+    (remote,) = b.get_stats()["tiers"]
+    assert remote["name"] == "remote" and remote["keys"] == 3 and remote["servers"] == 1
+    assert remote["server_hits"] == 3 and remote["server_misses"] == 1
+    assert remote["connections"] >= 1 and remote["leases"] == 0
+    assert remote["capacity"] == 64 << 20 and remote["evictions"] == 0 and remote["errors"] == 0
+    b.close()

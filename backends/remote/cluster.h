@@ -1,0 +1,88 @@
+// Cluster membership through etcd. A kvtier-server registers its address under
+// /kvtier/<cluster>/servers/<host:port> with a lease it keeps alive (Registration); clients
+// read that prefix and follow its changes (Membership). A server that stops (SIGTERM revokes
+// the lease) or dies (the lease expires after its TTL) drops out of every client's set.
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "etcd.h"
+
+namespace kvtier {
+
+// The prefix a cluster's servers register under.
+std::string cluster_prefix(const std::string& cluster);
+
+// A thread that waits on a condition variable between rounds and stops promptly.
+class Ticker {
+ public:
+  ~Ticker() { stop(); }
+  void start(std::function<void()> round, unsigned interval_ms);
+  void stop();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+// The client's side: reads the cluster's prefix every poll_ms and calls on_change with the
+// sorted addresses when the set changes. etcd unreachable: the last set stays, with one log line
+// when that starts and one when etcd answers again; on_change is never called with a set etcd did
+// not give.
+class Membership {
+ public:
+  using OnChange = std::function<void(const std::vector<std::string>& servers)>;
+  Membership(std::vector<std::string> etcd, std::string cluster, unsigned poll_ms,
+             OnChange on_change);
+  ~Membership() { ticker_.stop(); }
+
+  // Reads the set once before it returns (so the first calls have servers), then follows it.
+  // Not reaching etcd here is not an error: the set starts empty and the log says so.
+  void start();
+
+ private:
+  void poll();
+
+  etcd::Client client_;  // used only by poll, from one thread at a time
+  const std::string prefix_;
+  const unsigned poll_ms_;
+  OnChange on_change_;
+  bool read_ = false;                 // the set has been read once
+  std::vector<std::string> servers_;  // as last read
+  bool down_ = false;
+  Ticker ticker_;  // last: stopped before the members it uses go
+};
+
+// The server's side: registers `address` under a lease of ttl_s seconds and renews it every
+// ttl_s/3. A lease that etcd lost (etcd down longer than the TTL, or its data wiped) is
+// replaced and the key put again. stop() revokes the lease, which removes the key.
+class Registration {
+ public:
+  Registration(std::vector<std::string> etcd, const std::string& cluster, std::string address,
+               unsigned ttl_s);
+  ~Registration() { stop(); }
+
+  // Registers once before it returns (an error is returned but the thread keeps trying).
+  Status start();
+  void stop();
+
+ private:
+  Status renew();
+
+  etcd::Client client_;
+  const std::string key_, address_;
+  const unsigned ttl_s_;
+  int64_t lease_ = 0;  // 0: not registered
+  bool down_ = false;
+  std::mutex mu_;  // renew against stop's revoke
+  Ticker ticker_;
+};
+
+}  // namespace kvtier

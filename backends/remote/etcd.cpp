@@ -1,0 +1,173 @@
+// etcd's v3 JSON gateway: every call is a POST of a JSON body to /v3/<service>/<method>; keys
+// and values travel base64-encoded and 64-bit integers as decimal strings.
+#include "etcd.h"
+
+#include <curl/curl.h>
+
+#include <mutex>
+#include <nlohmann/json.hpp>
+
+namespace kvtier::etcd {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+std::string b64_encode(const std::string& in) {
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  uint32_t acc = 0;
+  int bits = 0;
+  for (unsigned char c : in) {
+    acc = (acc << 8) | c;
+    bits += 8;
+    while (bits >= 6) out.push_back(kB64[(acc >> (bits -= 6)) & 63]);
+  }
+  if (bits) out.push_back(kB64[(acc << (6 - bits)) & 63]);
+  while (out.size() % 4) out.push_back('=');
+  return out;
+}
+
+bool b64_decode(const std::string& in, std::string* out) {
+  out->clear();
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : in) {
+    if (c == '=') break;
+    const char* p = std::char_traits<char>::find(kB64, 64, c);
+    if (!p) return false;
+    acc = (acc << 6) | static_cast<uint32_t>(p - kB64);
+    bits += 6;
+    if (bits >= 8) out->push_back(static_cast<char>((acc >> (bits -= 8)) & 0xFF));
+  }
+  return true;
+}
+
+// The gateway writes int64 fields as strings and leaves out fields that are zero.
+int64_t int_field(const json& j, const char* name) {
+  auto it = j.find(name);
+  if (it == j.end()) return 0;
+  if (it->is_string()) return std::stoll(it->get<std::string>());
+  return it->is_number() ? it->get<int64_t>() : 0;
+}
+
+// The first key after every key that starts with prefix (etcd's range_end for a prefix).
+std::string prefix_end(std::string prefix) {
+  while (!prefix.empty()) {
+    if (static_cast<unsigned char>(prefix.back()) != 0xFF) {
+      ++prefix.back();
+      return prefix;
+    }
+    prefix.pop_back();
+  }
+  return std::string(1, '\0');  // every key
+}
+
+size_t append_reply(char* data, size_t size, size_t n, void* user) {
+  static_cast<std::string*>(user)->append(data, size * n);
+  return size * n;
+}
+
+// Parses a reply; an {"error": ...} reply from etcd becomes INTERNAL with its message.
+Status parse(const std::string& text, nlohmann::json* out) {
+  *out = json::parse(text, nullptr, false);
+  if (out->is_discarded() || !out->is_object())
+    return {KVTIER_ERR_INTERNAL, "etcd: a reply that is not JSON"};
+  if (out->contains("error"))
+    return {KVTIER_ERR_INTERNAL, "etcd: " + out->value("message", out->value("error", ""))};
+  return {};
+}
+
+}  // namespace
+
+Client::Client(std::vector<std::string> endpoints, unsigned timeout_ms)
+    : endpoints_(std::move(endpoints)), timeout_ms_(timeout_ms) {
+  static std::once_flag once;  // curl's global state, before any thread makes a handle
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+Status Client::post(const char* path, const std::string& body, std::string* reply) {
+  if (endpoints_.empty()) return {KVTIER_ERR_CONFIG, "etcd: no endpoints"};
+  std::unique_ptr<CURL, void (*)(CURL*)> h(curl_easy_init(), curl_easy_cleanup);
+  if (!h) return {KVTIER_ERR_NO_MEMORY, "etcd: curl_easy_init failed"};
+  std::unique_ptr<curl_slist, void (*)(curl_slist*)> headers(
+      curl_slist_append(nullptr, "Content-Type: application/json"), curl_slist_free_all);
+  std::string last;
+  for (size_t k = 0; k < endpoints_.size(); ++k) {
+    const size_t e = (current_ + k) % endpoints_.size();
+    const std::string url = "http://" + endpoints_[e] + path;
+    reply->clear();
+    curl_easy_setopt(h.get(), CURLOPT_URL, url.c_str());
+    curl_easy_setopt(h.get(), CURLOPT_HTTPHEADER, headers.get());
+    curl_easy_setopt(h.get(), CURLOPT_POSTFIELDS, body.c_str());
+    curl_easy_setopt(h.get(), CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
+    curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, append_reply);
+    curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, reply);
+    curl_easy_setopt(h.get(), CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms_));
+    curl_easy_setopt(h.get(), CURLOPT_NOSIGNAL, 1L);  // threads: no SIGALRM for timeouts
+    curl_easy_setopt(h.get(), CURLOPT_PROTOCOLS_STR, "http");
+    const CURLcode rc = curl_easy_perform(h.get());
+    if (rc == CURLE_OK) {
+      current_ = e;
+      return {};
+    }
+    last = endpoints_[e] + ": " + curl_easy_strerror(rc);
+  }
+  return {KVTIER_ERR_UNAVAILABLE, "etcd: no endpoint answers (" + last + ")"};
+}
+
+Status Client::call(const char* path, const nlohmann::json& request, nlohmann::json* reply) {
+  std::string text;
+  Status s = post(path, request.dump(), &text);
+  return s.is_ok() ? parse(text, reply) : s;
+}
+
+Status Client::range_prefix(const std::string& prefix, std::vector<KeyValue>* out) {
+  json rep;
+  Status s =
+      call("/v3/kv/range",
+           {{"key", b64_encode(prefix)}, {"range_end", b64_encode(prefix_end(prefix))}}, &rep);
+  if (!s.is_ok()) return s;
+  out->clear();
+  for (const json& kv : rep.value("kvs", json::array())) {
+    KeyValue item;
+    if (!b64_decode(kv.value("key", ""), &item.key) ||
+        !b64_decode(kv.value("value", ""), &item.value))
+      return {KVTIER_ERR_INTERNAL, "etcd: a key or value that is not base64"};
+    out->push_back(std::move(item));
+  }
+  return {};
+}
+
+Status Client::grant(int64_t ttl_s, int64_t* lease) {
+  json rep;
+  Status s = call("/v3/lease/grant", {{"TTL", std::to_string(ttl_s)}}, &rep);
+  if (!s.is_ok()) return s;
+  *lease = int_field(rep, "ID");
+  return *lease ? Status{} : Status{KVTIER_ERR_INTERNAL, "etcd: lease grant without an ID"};
+}
+
+Status Client::keep_alive(int64_t lease, int64_t* ttl_s) {
+  // A streaming call in gRPC; through the gateway one request gets one {"result": ...}.
+  json rep;
+  Status s = call("/v3/lease/keepalive", {{"ID", std::to_string(lease)}}, &rep);
+  if (!s.is_ok()) return s;
+  *ttl_s = int_field(rep.value("result", json::object()), "TTL");
+  return {};
+}
+
+Status Client::put(const std::string& key, const std::string& value, int64_t lease) {
+  json req = {{"key", b64_encode(key)}, {"value", b64_encode(value)}};
+  if (lease) req["lease"] = std::to_string(lease);
+  json rep;
+  return call("/v3/kv/put", req, &rep);
+}
+
+Status Client::revoke(int64_t lease) {
+  json rep;
+  return call("/v3/lease/revoke", {{"ID", std::to_string(lease)}}, &rep);
+}
+
+}  // namespace kvtier::etcd

@@ -1,0 +1,130 @@
+// Starts and stops a real etcd (Debian's etcd-server) for a test: its own data folder, loopback
+// ports picked free. Tests skip where etcd is not installed; etcdctl answers their questions.
+#pragma once
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace kvtier_test {
+
+inline bool etcd_installed() {
+  return access("/usr/bin/etcd", X_OK) == 0 && access("/usr/bin/etcdctl", X_OK) == 0;
+}
+
+// A loopback port no one listens on right now.
+inline uint16_t free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  uint16_t port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+    port = ntohs(a.sin_port);
+  close(fd);
+  return port;
+}
+
+class EtcdProcess {
+ public:
+  // dir: a folder of the test's own; the data folder and the log go there.
+  explicit EtcdProcess(std::string dir)
+      : dir_(std::move(dir)), client_port_(free_port()), peer_port_(free_port()) {}
+  ~EtcdProcess() { stop(SIGKILL); }
+  EtcdProcess(const EtcdProcess&) = delete;
+  EtcdProcess& operator=(const EtcdProcess&) = delete;
+
+  // Starts etcd (on the same data folder and ports when started again) and waits until it
+  // answers; false if it does not within 20 s.
+  bool start() {
+    const std::string client = "http://" + endpoint(),
+                      peer = "http://127.0.0.1:" + std::to_string(peer_port_);
+    pid_ = fork();
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      int log = open((dir_ + "/etcd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+      if (log >= 0) {
+        dup2(log, 1);
+        dup2(log, 2);
+      }
+      std::vector<std::string> args{"/usr/bin/etcd",
+                                    "--name",
+                                    "kvtier-test",
+                                    "--data-dir",
+                                    dir_ + "/etcd-data",
+                                    "--listen-client-urls",
+                                    client,
+                                    "--advertise-client-urls",
+                                    client,
+                                    "--listen-peer-urls",
+                                    peer,
+                                    "--initial-advertise-peer-urls",
+                                    peer,
+                                    "--initial-cluster",
+                                    "kvtier-test=" + peer};
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    for (int i = 0; i < 200; ++i) {
+      if (ctl("endpoint health").find("is healthy") != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+  void stop(int sig = SIGTERM) {
+    if (pid_ <= 0) return;
+    kill(pid_, sig);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+  // "127.0.0.1:PORT": what KVTIER_REMOTE_ETCD and --etcd take.
+  std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
+
+  // Runs `etcdctl <args>` against this etcd; its standard output.
+  std::string ctl(const std::string& args) const {
+    const std::string cmd =
+        "ETCDCTL_API=3 /usr/bin/etcdctl --dial-timeout=1s --command-timeout=2s --endpoints=" +
+        endpoint() + " " + args + " 2>&1";
+    std::string out;
+    if (FILE* p = popen(cmd.c_str(), "r")) {
+      char buf[4096];
+      for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+      pclose(p);
+    }
+    return out;
+  }
+
+  // The keys under prefix, one per element.
+  std::vector<std::string> keys(const std::string& prefix) const {
+    std::vector<std::string> out;
+    const std::string text = ctl("get --prefix --keys-only " + prefix);
+    size_t b = 0;
+    for (size_t e; (e = text.find('\n', b)) != std::string::npos; b = e + 1)
+      if (text.compare(b, prefix.size(), prefix) == 0) out.push_back(text.substr(b, e - b));
+    return out;
+  }
+
+ private:
+  std::string dir_;
+  uint16_t client_port_, peer_port_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace kvtier_test
