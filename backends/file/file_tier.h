@@ -12,17 +12,9 @@
 // pages (misses), and a torn or rotted page fails its checksum and reads as a miss.
 #pragma once
 
-#include <atomic>
-#include <list>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <string>
-#include <unordered_map>
-#include <vector>
 
 #include "tier.h"
-#include "uring.h"
 
 namespace kvtier {
 
