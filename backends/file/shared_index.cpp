@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
@@ -51,7 +52,16 @@ Geometry geometry(uint64_t capacity, uint64_t max_nodes = 0, uint64_t table_size
 }  // namespace
 
 bool process_gone(int32_t pid) {
-  return pid <= 0 || (::kill(pid, 0) != 0 && errno == ESRCH);
+  if (pid <= 0 || (::kill(pid, 0) != 0 && errno == ESRCH)) return true;
+  // A zombie (dead, not yet reaped by its parent) holds nothing any more either.
+  char path[32], stat[128] = {};
+  std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const ssize_t n = ::read(fd, stat, sizeof stat - 1);
+  ::close(fd);
+  const char* end = n > 0 ? std::strrchr(stat, ')') : nullptr;  // "pid (comm) S ..."
+  return end && end[1] == ' ' && (end[2] == 'Z' || end[2] == 'X');
 }
 
 SharedIndex::~SharedIndex() {
