@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -234,6 +235,56 @@ TEST(FileShared, DeathHoldingTheLockIsRecoveredByTheNextLocker) {
   s = open_dir(dir);  // a fresh index from the records holds the same
   EXPECT_EQ(count_present(s, 0, 20), 20u);
   EXPECT_EQ(count_present(s, 40, 20), 20u);
+  kvtier_close(s);
+}
+
+// Threads of this process (put, get, exists, remove, now and then a clear) beside another
+// process writing the same keys: the in-process half of the sharing, for ThreadSanitizer.
+TEST(FileShared, ThreadsAndAnotherProcessMixOnOneNamespace) {
+  const std::string dir = fresh("threads");
+  kvtier_store_t* s = open_dir(dir);
+  Proc writer({"write", dir, "7"}, dir + "/writer.log");
+  std::atomic<size_t> hits{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      std::mt19937_64 g(t);
+      for (int round = 0; round < 150; ++round) {
+        const size_t k = g() % kvtier_test::kUniverse;
+        switch (g() % 6) {
+          case 0: {
+            const std::string key = page_key(k);
+            const char* ck = key.c_str();
+            int r = 0;
+            kvtier_batch_remove(s, &ck, 1, &r);
+            break;
+          }
+          case 1:
+            exists_run(s, k, 4);
+            break;
+          case 2:
+            if (t == 0 && round % 50 == 49) {
+              EXPECT_EQ(kvtier_clear(s), KVTIER_OK);
+            }
+            break;
+          case 3: {
+            const auto v = page_value(k);
+            const std::string key = page_key(k);
+            const char* ck = key.c_str();
+            const void* p = v.data();
+            size_t n = v.size();
+            int r = 0;
+            kvtier_batch_set(s, &ck, 1, &p, &n, &r);
+            break;
+          }
+          default:
+            hits += count_present(s, k, 3);
+        }
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_GT(hits.load(), 0u) << "no read hit: the test checked no bytes";
+  writer.kill_now();
   kvtier_close(s);
 }
 
