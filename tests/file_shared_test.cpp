@@ -104,15 +104,10 @@ kvtier_store_t* open_dir(const std::string& dir, const std::string& extra = "") 
 // How many of pages first..first+count-1 read back; every hit byte for byte.
 size_t count_present(kvtier_store_t* s, size_t first, size_t count) {
   size_t hits = 0;
+  std::vector<unsigned char> buf;
   for (size_t k = first; k < first + count; ++k) {
     const auto want = page_value(k);
-    std::vector<unsigned char> buf(want.size() + 4096, 0xCC);
-    const std::string key = page_key(k);
-    const char* ck = key.c_str();
-    void* b = buf.data();
-    size_t cap = buf.size();
-    int64_t r = 0;
-    EXPECT_EQ(kvtier_batch_get(s, &ck, 1, &b, &cap, &r), KVTIER_OK);
+    const int64_t r = kvtier_test::get_page(s, k, &buf);
     if (r == KVTIER_ERR_NOT_FOUND) continue;
     EXPECT_EQ(r, static_cast<int64_t>(want.size())) << kvtier_error_name(static_cast<int>(r));
     EXPECT_EQ(0, memcmp(buf.data(), want.data(), want.size())) << "WRONG BYTES for page " << k;
@@ -151,18 +146,7 @@ TEST(FileShared, PagesOneProcessWritesTheOthersReadAtOnce) {
   EXPECT_EQ(exists_run(s, 0, 40), 40);
   EXPECT_EQ(count_present(s, 0, 40), 40u);
   // And the other way, to a process that joins later.
-  std::vector<std::string> keys;
-  for (size_t k = 40; k < 60; ++k) keys.push_back(page_key(k));
-  for (size_t k = 40; k < 60; ++k) {
-    const auto v = page_value(k);
-    const std::string key = page_key(k);
-    const char* ck = key.c_str();
-    const void* p = v.data();
-    size_t n = v.size();
-    int r = 0;
-    ASSERT_EQ(kvtier_batch_set(s, &ck, 1, &p, &n, &r), KVTIER_OK);
-    ASSERT_EQ(r, KVTIER_OK);
-  }
+  for (size_t k = 40; k < 60; ++k) ASSERT_EQ(kvtier_test::put_page(s, k), KVTIER_OK);
   Proc reader({"count", dir, "0", "60"}, dir + "/reader.log");
   ASSERT_TRUE(exited_ok(reader.wait_for(60))) << slurp(dir + "/reader.log");
   EXPECT_EQ(last_count(dir + "/reader.log", "present"), 60u) << slurp(dir + "/reader.log");
@@ -267,16 +251,9 @@ TEST(FileShared, ThreadsAndAnotherProcessMixOnOneNamespace) {
               EXPECT_EQ(kvtier_clear(s), KVTIER_OK);
             }
             break;
-          case 3: {
-            const auto v = page_value(k);
-            const std::string key = page_key(k);
-            const char* ck = key.c_str();
-            const void* p = v.data();
-            size_t n = v.size();
-            int r = 0;
-            kvtier_batch_set(s, &ck, 1, &p, &n, &r);
+          case 3:
+            kvtier_test::put_page(s, k);
             break;
-          }
           default:
             hits += count_present(s, k, 3);
         }

@@ -67,13 +67,8 @@ void set_pages(kvtier_store_t* s, const std::vector<size_t>& ks, std::vector<int
 // Reads page k: 1 if it reads back exactly, 0 if it is a miss; fails the test on wrong bytes.
 int read_page(kvtier_store_t* s, size_t k) {
   const auto want = page_value(k);
-  std::vector<unsigned char> buf(want.size() + 4096, 0xCC);
-  const std::string key = page_key(k);
-  const char* ck = key.c_str();
-  void* b = buf.data();
-  size_t cap = buf.size();
-  int64_t r = 0;
-  EXPECT_EQ(kvtier_batch_get(s, &ck, 1, &b, &cap, &r), KVTIER_OK);
+  std::vector<unsigned char> buf;
+  const int64_t r = kvtier_test::get_page(s, k, &buf);
   if (r == KVTIER_ERR_NOT_FOUND) return 0;
   EXPECT_EQ(r, static_cast<int64_t>(want.size()))
       << "page " << k << ": " << kvtier_error_name(static_cast<int>(r));
