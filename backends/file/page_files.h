@@ -25,6 +25,10 @@ namespace kvtier {
 
 constexpr uint64_t kGrowBytes = 64ull << 20;  // page files grow by fallocate in steps of this
 
+int io_code(int neg_errno);  // KVTIER_ERR_NO_SPACE for a full disk or quota, else KVTIER_ERR_IO
+// A wait for another writer (of this or another process) to finish: short at first.
+void pause_for_others(unsigned round);
+
 class PageFiles {
  public:
   ~PageFiles();
@@ -62,7 +66,7 @@ class PageFiles {
   Status files_of(uint64_t slot_size, ClassFiles* out);
   ClassFiles files_of_class(uint32_t cls);  // REQUIRES Guard; fds of -1 if they cannot open
 
-  // put(), in its steps.
+  // put(), in its steps (put.cpp).
   void encode(std::span<PutOp> ops, std::vector<Writing>& todo);
   void plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vector<Writing>* mine,
             std::vector<Writing>* waiting);
@@ -85,6 +89,9 @@ class PageFiles {
   // With keep_writes, slots reserved by live writers stay theirs.
   Status rebuild(bool keep_writes);
   Status list_classes(std::vector<uint64_t>* sizes);
+  struct Found;  // a page or a write in flight the rebuild found
+  Status scan_class(uint32_t cls, bool cut, std::vector<Found>* found, std::vector<uint8_t>* used);
+  void place(std::vector<Found>& found, std::vector<std::vector<uint8_t>>& used);
 
   std::string dir_;
   int dir_fd_ = -1;  // the namespace folder: every file is opened relative to it

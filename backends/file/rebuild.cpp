@@ -16,11 +16,26 @@
 
 namespace kvtier {
 
-namespace {
-struct Found {
+struct PageFiles::Found {
   Node node;
   bool kept;  // a write in flight of a live process
 };
+
+namespace {
+Node live_node(const Record& r, uint64_t slot, uint32_t cls) {
+  Node x{};
+  x.key_hi = r.key_hi;
+  x.key_lo = r.key_lo;
+  x.length = r.length;
+  x.checksum = r.checksum;
+  x.seq = r.seq;
+  x.stored = r.stored;
+  x.slot = slot;
+  x.cls = cls;
+  x.state = kLive;
+  x.compressed = (r.flags & kCompressed) != 0;
+  return x;
+}
 }  // namespace
 
 Status PageFiles::list_classes(std::vector<uint64_t>* sizes) {
@@ -74,46 +89,55 @@ Status PageFiles::rebuild(bool keep_writes) {
   for (uint64_t size : sizes) {
     const uint32_t cls = ix.class_of(size);
     if (cls == kNil) break;
-    ClassFiles f;
-    if (!(s = files_of(size, &f)).is_ok()) return s;
-    struct stat st {};
-    if (::fstat(f.fd, &st) != 0)
-      return {KVTIER_ERR_IO, std::string("fstat: ") + std::strerror(errno)};
-    uint64_t slots = static_cast<uint64_t>(st.st_size) / size;
-    // Slots past what the capacity could ever use are cut off the files, so a huge (or sparse)
-    // page file costs neither memory nor time here. grow() goes at most kGrowBytes past it.
-    const uint64_t max_slots = (h.capacity + kGrowBytes) / size;
-    if (slots > max_slots && !keep_writes) {
-      log().warn("file tier: {}/pages-{}.dat holds {} slots, more than a capacity of {} bytes "
-                 "uses; cut to {}",
-                 dir_, size, slots, h.capacity, max_slots);
-      slots = max_slots;
-      if (::ftruncate(f.fd, static_cast<off_t>(slots * size)) != 0 ||
-          ::ftruncate(f.idx_fd, static_cast<off_t>(slots * sizeof(Record))) != 0)
-        return {KVTIER_ERR_IO, "cannot shorten a page file in " + dir_ + ": " + strerror(errno)};
-    }
-    h.classes[cls].file_slots = h.classes[cls].used_slots = slots;
-    used[cls].assign(slots, 0);
-    for (const Found& k : found)
-      if (k.kept && k.node.cls == cls && k.node.slot < slots) used[cls][k.node.slot] = 1;
-    s = read_records(f.idx_fd, slots, size, [&](uint64_t slot, const Record& r) {
-      if (used[cls][slot]) return;
-      Node x{};
-      x.key_hi = r.key_hi;
-      x.key_lo = r.key_lo;
-      x.length = r.length;
-      x.checksum = r.checksum;
-      x.seq = r.seq;
-      x.stored = r.stored;
-      x.slot = slot;
-      x.cls = cls;
-      x.state = kLive;
-      x.compressed = (r.flags & kCompressed) != 0;
-      found.push_back({x, false});
-    });
-    if (!s.is_ok()) return {s.code(), s.message() + " in " + dir_};
-    scanned += slots;
+    if (!(s = scan_class(cls, !keep_writes, &found, &used[cls])).is_ok()) return s;
+    scanned += used[cls].size();
   }
+  place(found, used);
+  while (h.live_bytes > h.capacity && h.lru_tail != kNil) evict_one();
+  log().info("file tier: {} indexed with {} pages ({} slots scanned)", dir_, h.keys, scanned);
+  return {};
+}
+
+// Reads one size class's records into *found, past the slots that writes in flight (already in
+// *found) hold; *used gets one entry per slot.
+Status PageFiles::scan_class(uint32_t cls, bool cut, std::vector<Found>* found,
+                             std::vector<uint8_t>* used) {
+  IndexHeader& h = index_->h();
+  const uint64_t size = h.classes[cls].slot_size;
+  ClassFiles f;
+  Status s = files_of(size, &f);
+  if (!s.is_ok()) return s;
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0)
+    return {KVTIER_ERR_IO, std::string("fstat: ") + std::strerror(errno)};
+  uint64_t slots = static_cast<uint64_t>(st.st_size) / size;
+  // Slots past what the capacity could ever use are cut off the files, so a huge (or sparse)
+  // page file costs neither memory nor time here. grow() goes at most kGrowBytes past it.
+  const uint64_t max_slots = (h.capacity + kGrowBytes) / size;
+  if (slots > max_slots && cut) {
+    log().warn("file tier: {}/pages-{}.dat holds {} slots, more than a capacity of {} bytes "
+               "uses; cut to {}",
+               dir_, size, slots, h.capacity, max_slots);
+    slots = max_slots;
+    if (::ftruncate(f.fd, static_cast<off_t>(slots * size)) != 0 ||
+        ::ftruncate(f.idx_fd, static_cast<off_t>(slots * sizeof(Record))) != 0)
+      return {KVTIER_ERR_IO, "cannot shorten a page file in " + dir_ + ": " + strerror(errno)};
+  }
+  h.classes[cls].file_slots = h.classes[cls].used_slots = slots;
+  used->assign(slots, 0);
+  for (const Found& k : *found)
+    if (k.kept && k.node.cls == cls && k.node.slot < slots) (*used)[k.node.slot] = 1;
+  s = read_records(f.idx_fd, slots, size, [&](uint64_t slot, const Record& r) {
+    if (!(*used)[slot]) found->push_back({live_node(r, slot, cls), false});
+  });
+  if (!s.is_ok()) return {s.code(), s.message() + " in " + dir_};
+  return {};
+}
+
+// Gives every write in flight and every page found a node, then the free slots.
+void PageFiles::place(std::vector<Found>& found, std::vector<std::vector<uint8_t>>& used) {
+  SharedIndex& ix = *index_;
+  IndexHeader& h = ix.h();
   // Writes in flight first, then the pages oldest first (the newest end at the LRU front).
   std::stable_sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
     return a.kept != b.kept ? a.kept : a.node.seq < b.node.seq;
@@ -144,14 +168,11 @@ Status PageFiles::rebuild(bool keep_writes) {
     for (uint64_t slot = 0; slot < used[cls].size(); ++slot) {
       if (used[cls][slot]) continue;
       const uint32_t n = ix.new_node();
-      if (n == kNil) break;  // the rest stay unused until a clear
+      if (n == kNil) return;  // the rest stay unused until a clear
       ix.node(n).cls = cls;
       ix.node(n).slot = slot;
       ix.push_free(n);
     }
-  while (h.live_bytes > h.capacity && h.lru_tail != kNil) evict_one();
-  log().info("file tier: {} indexed with {} pages ({} slots scanned)", dir_, h.keys, scanned);
-  return {};
 }
 
 }  // namespace kvtier
