@@ -262,8 +262,9 @@ void PageFiles::clear() {
     if (round) pause_for_others(round);
     Guard g(*index_);
     IndexHeader& h = index_->h();
-    if (h.clearing && h.clearing != pid_ && !process_gone(h.clearing)) continue;
+    if (h.clearing && h.clearing != pid_ && !process_gone(h.clearing, h.clearing_start)) continue;
     h.clearing = pid_;
+    h.clearing_start = start_;
     if (round > 100) reclaim_dead();
     if (h.reserved) continue;
     for (uint32_t cls = 0; cls < h.nclasses; ++cls) {

@@ -96,6 +96,7 @@ class PageFiles {
   std::string dir_;
   int dir_fd_ = -1;  // the namespace folder: every file is opened relative to it
   int32_t pid_ = ::getpid();
+  uint64_t start_ = process_start(pid_);  // with pid_: this process, never a later one
   bool direct_ = true;
   // O_DIRECT's alignment of memory and of lengths (statx STATX_DIOALIGN): 4 bytes and 512 on
   // NVMe, so an engine pool that is not 4 KiB-aligned still moves with no copy there.

@@ -72,7 +72,7 @@ void PageFiles::plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vect
                      std::vector<Writing>* waiting) {
   Guard g(*index_);
   IndexHeader& h = index_->h();
-  if (h.clearing && (h.clearing == pid_ || !process_gone(h.clearing))) {
+  if (h.clearing && (h.clearing == pid_ || !process_gone(h.clearing, h.clearing_start))) {
     *waiting = std::move(todo);  // a clear() waits for the writes in flight to end
     return;
   }
@@ -81,7 +81,7 @@ void PageFiles::plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vect
     PutOp& op = ops[w.op];
     uint32_t n = index_->find(op.id);
     if (n != kNil && index_->node(n).state == kReserved && index_->node(n).owner != pid_ &&
-        process_gone(index_->node(n).owner)) {
+        process_gone(index_->node(n).owner, index_->node(n).owner_start)) {
       release(n);
       n = kNil;
     }
@@ -100,6 +100,7 @@ void PageFiles::plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vect
       x.key_lo = op.id.lo;
       x.state = kReserved;
       x.owner = pid_;
+      x.owner_start = start_;
       x.seq = w.seq = h.seq++;
       index_->insert(n);
       ++h.reserved;

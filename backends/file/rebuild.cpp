@@ -71,7 +71,7 @@ Status PageFiles::rebuild(bool keep_writes) {
     for (uint64_t n = 0; n < std::min(h.nodes_used, h.max_nodes); ++n) {
       const Node& x = ix.node(static_cast<uint32_t>(n));
       if (x.state == kReserved && x.cls < std::min(h.nclasses, kMaxClasses) &&
-          !process_gone(x.owner))
+          !process_gone(x.owner, x.owner_start))
         found.push_back({x, true});
     }
   std::vector<uint64_t> sizes;

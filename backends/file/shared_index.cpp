@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -28,7 +29,7 @@ uint64_t round_page(uint64_t n) {
   return (n + kPage - 1) & ~(kPage - 1);
 }
 
-constexpr uint64_t kNodeChunk = 1024;  // nodes get their disk blocks 80 KiB at a time
+constexpr uint64_t kNodeChunk = 1024;  // nodes get their disk blocks 96 KiB at a time
 
 struct Geometry {
   uint64_t max_nodes, table_size;
@@ -51,17 +52,20 @@ Geometry geometry(uint64_t capacity, uint64_t max_nodes = 0, uint64_t table_size
 
 }  // namespace
 
-bool process_gone(int32_t pid) {
-  if (pid <= 0 || (::kill(pid, 0) != 0 && errno == ESRCH)) return true;
-  // A zombie (dead, not yet reaped by its parent) holds nothing any more either.
-  char path[32], stat[128] = {};
+uint64_t process_start(int32_t pid) {
+  if (pid <= 0 || (::kill(pid, 0) != 0 && errno == ESRCH)) return 0;
+  char path[32], stat[512] = {};
   std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
+  if (fd < 0) return 0;
   const ssize_t n = ::read(fd, stat, sizeof stat - 1);
   ::close(fd);
-  const char* end = n > 0 ? std::strrchr(stat, ')') : nullptr;  // "pid (comm) S ..."
-  return end && end[1] == ' ' && (end[2] == 'Z' || end[2] == 'X');
+  // "pid (comm) state ppid ...": the state is the first field after the name, the start time
+  // the 20th; a zombie (dead, not yet reaped by its parent) holds nothing any more.
+  const char* p = n > 0 ? std::strrchr(stat, ')') : nullptr;
+  if (!p || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X') return 0;
+  for (int field = 0; field < 20 && p; ++field) p = std::strchr(p + 1, ' ');
+  return p ? std::strtoull(p + 1, nullptr, 10) : 0;
 }
 
 SharedIndex::~SharedIndex() {
@@ -238,6 +242,7 @@ void SharedIndex::push_free(uint32_t n) {
   ClassInfo& c = header_->classes[x.cls];
   x.state = kFree;
   x.owner = 0;
+  x.owner_start = 0;
   x.prev = kNil;
   x.next = c.free_head;
   c.free_head = n;
@@ -283,6 +288,7 @@ void SharedIndex::reset(bool table_trusted) {
   }
   h.live_bytes = h.keys = h.reserved = h.nodes_used = 0;
   h.clearing = 0;
+  h.clearing_start = 0;
   h.lru_head = h.lru_tail = kNil;
   h.nclasses = 0;
 }

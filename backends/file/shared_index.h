@@ -34,14 +34,15 @@ struct Node {
   uint64_t slot;      // the slot's number in its class's files
   uint32_t cls;
   uint32_t prev, next;  // LRU list when live; `next` links the free list when free
-  int32_t owner;        // pid that reserved the slot for a write in flight
-  uint32_t hnext;       // the next node (+1) of its hash chain; 0: the last
-  uint8_t state;        // NodeState
+  int32_t owner;         // pid that reserved the slot for a write in flight
+  uint32_t hnext;        // the next node (+1) of its hash chain; 0: the last
+  uint64_t owner_start;  // the owner's start time (a pid can be reused; the pair cannot)
+  uint8_t state;         // NodeState
   uint8_t compressed;
-  uint8_t pad[2];
+  uint8_t pad[6];
   KeyId key() const { return {key_hi, key_lo}; }
 };
-static_assert(sizeof(Node) == 80);
+static_assert(sizeof(Node) == 96);
 
 struct ClassInfo {
   uint64_t slot_size;
@@ -61,7 +62,8 @@ struct IndexHeader {
   uint64_t nodes_used;                       // nodes handed out so far (a bump allocator)
   uint64_t nodes_room;                       // nodes the file has blocks for
   uint64_t evictions, errors, recoveries;
-  int32_t clearing;  // pid of a clear() waiting for writes in flight; 0: none
+  int32_t clearing;         // pid of a clear() waiting for writes in flight; 0: none
+  uint64_t clearing_start;  // and its start time
   uint32_t lru_head, lru_tail;
   uint32_t nclasses;
   ClassInfo classes[kMaxClasses];
@@ -135,7 +137,11 @@ class SharedIndex {
   std::function<void()> recover_;
 };
 
-// Whether process `pid` is gone (a reservation it holds can be taken back).
-bool process_gone(int32_t pid);
+// The start time of process `pid` (clock ticks after boot), 0 if it is gone or a zombie.
+uint64_t process_start(int32_t pid);
+// Whether process `pid`, started at `start`, is gone (what it reserved can be taken back).
+inline bool process_gone(int32_t pid, uint64_t start) {
+  return pid <= 0 || process_start(pid) != start;
+}
 
 }  // namespace kvtier
