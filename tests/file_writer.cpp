@@ -136,7 +136,11 @@ int main(int argc, char** argv) {
   if (mode == "hold") {
     for (;;) pause();
   }
-  if (mode == "clear") return kvtier_clear(s) == KVTIER_OK ? 0 : 5;
+  if (mode == "clear") {
+    rc = kvtier_clear(s);
+    kvtier_close(s);
+    return rc == KVTIER_OK ? 0 : 5;
+  }
   if (mode == "mixed" && argc > 4) {
     mixed(s, std::strtoull(argv[3], nullptr, 10), std::strtol(argv[4], nullptr, 10));
     kvtier_close(s);
