@@ -80,7 +80,8 @@ std::string slurp(const std::string& path) {
 size_t last_count(const std::string& path, const std::string& word) {
   const std::string text = slurp(path);
   const size_t at = text.rfind(word + " ");
-  return at == std::string::npos ? 0 : std::strtoull(text.c_str() + at + word.size() + 1, nullptr, 10);
+  return at == std::string::npos ? 0
+                                 : std::strtoull(text.c_str() + at + word.size() + 1, nullptr, 10);
 }
 
 bool exited_ok(int status) {
@@ -134,7 +135,8 @@ uint64_t file_stat(kvtier_store_t* s, const std::string& field) {
   const size_t tier = text.find("\"name\":\"file\"");
   const size_t at = text.find("\"" + field + "\":", tier);
   EXPECT_NE(at, std::string::npos) << text;
-  return at == std::string::npos ? 0 : std::strtoull(text.c_str() + at + field.size() + 3, nullptr, 10);
+  return at == std::string::npos ? 0
+                                 : std::strtoull(text.c_str() + at + field.size() + 3, nullptr, 10);
 }
 
 TEST(FileShared, PagesOneProcessWritesTheOthersReadAtOnce) {
@@ -300,8 +302,8 @@ TEST(FileShared, FourProcessesUnderSigkillNeverReadWrongBytes) {
       ++recoveries;
     const bool wrong = slurp(p.log).find("WRONG BYTES") != std::string::npos;
     EXPECT_FALSE(wrong) << slurp(p.log);
-    EXPECT_TRUE(status >= 0 && (WIFSIGNALED(status) ? WTERMSIG(status) == SIGKILL
-                                                    : WEXITSTATUS(status) == 0))
+    EXPECT_TRUE(status >= 0 &&
+                (WIFSIGNALED(status) ? WTERMSIG(status) == SIGKILL : WEXITSTATUS(status) == 0))
         << "status " << status << ": " << slurp(p.log);
   };
   for (int kill = 0; kill < kKills; ++kill) {

@@ -96,12 +96,10 @@ void mixed(kvtier_store_t* s, uint64_t seed, long until) {
         kvtier_batch_remove(s, b.ck.data(), ks.size(), res.data());
         break;
       case 1:
-      case 2:
-      {
+      case 2: {
         size_t run = 0;
         kvtier_batch_exists(s, b.ck.data(), ks.size(), &run);
-      }
-        break;
+      } break;
       case 3:
       case 4:
       case 5:
@@ -148,8 +146,8 @@ int main(int argc, char** argv) {
   }
   if ((mode == "put" || mode == "count") && argc > 4) {
     std::vector<size_t> ks;
-    for (size_t k = std::strtoull(argv[3], nullptr, 10), n = std::strtoull(argv[4], nullptr, 10);
-         n; --n, ++k)
+    for (size_t k = std::strtoull(argv[3], nullptr, 10), n = std::strtoull(argv[4], nullptr, 10); n;
+         --n, ++k)
       ks.push_back(k);
     std::vector<int> res;
     if (mode == "put") {
@@ -157,7 +155,8 @@ int main(int argc, char** argv) {
         const std::vector<size_t> part(ks.begin() + at, ks.begin() + std::min(at + 8, ks.size()));
         put(s, part, &res);
         for (size_t i = 0; i < part.size(); ++i)
-          if (res[i] != KVTIER_OK) std::printf("failed %zu %s\n", part[i], kvtier_error_name(res[i]));
+          if (res[i] != KVTIER_OK)
+            std::printf("failed %zu %s\n", part[i], kvtier_error_name(res[i]));
       }
     } else {
       std::printf("present %zu\n", read_checked(s, ks));

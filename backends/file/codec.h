@@ -38,7 +38,7 @@ class BouncePool {
   ~BouncePool();
   BouncePool(const BouncePool&) = delete;
   BouncePool& operator=(const BouncePool&) = delete;
-  std::byte* get(size_t size);       // nullptr when out of memory
+  std::byte* get(size_t size);          // nullptr when out of memory
   void put(std::byte* b, size_t size);  // b may be nullptr
 
  private:

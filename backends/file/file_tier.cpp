@@ -223,8 +223,7 @@ void PageFiles::get(std::span<GetOp> ops) {
   for (size_t k = 0; k < unreadable.size(); ++k) {
     GetOp& op = ops[unreadable[k]];
     const uint32_t n = index_->find(op.id);
-    if (n == kNil || index_->node(n).seq != unreadable_seq[k] ||
-        index_->node(n).state != kLive) {
+    if (n == kNil || index_->node(n).seq != unreadable_seq[k] || index_->node(n).state != kLive) {
       op.result = KVTIER_ERR_NOT_FOUND;
       continue;
     }

@@ -115,9 +115,10 @@ Status PageFiles::scan_class(uint32_t cls, bool cut, std::vector<Found>* found,
   // page file costs neither memory nor time here. grow() goes at most kGrowBytes past it.
   const uint64_t max_slots = (h.capacity + kGrowBytes) / size;
   if (slots > max_slots && cut) {
-    log().warn("file tier: {}/pages-{}.dat holds {} slots, more than a capacity of {} bytes "
-               "uses; cut to {}",
-               dir_, size, slots, h.capacity, max_slots);
+    log().warn(
+        "file tier: {}/pages-{}.dat holds {} slots, more than a capacity of {} bytes "
+        "uses; cut to {}",
+        dir_, size, slots, h.capacity, max_slots);
     slots = max_slots;
     if (::ftruncate(f.fd, static_cast<off_t>(slots * size)) != 0 ||
         ::ftruncate(f.idx_fd, static_cast<off_t>(slots * sizeof(Record))) != 0)

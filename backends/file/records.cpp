@@ -21,10 +21,9 @@ uint64_t record_sum(const Record& r) {
 
 Record make_record(KeyId id, uint64_t length, uint64_t checksum, uint64_t seq, uint64_t stored,
                    bool compressed) {
-  Record r{kMagic,   kVersion, compressed ? kCompressed : uint16_t{0},
-           id.hi,    id.lo,    length,
-           checksum, seq,      stored,
-           0};
+  Record r{
+      kMagic, kVersion, compressed ? kCompressed : uint16_t{0}, id.hi, id.lo, length, checksum, seq,
+      stored, 0};
   r.self_checksum = record_sum(r);
   return r;
 }

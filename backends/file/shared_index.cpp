@@ -7,9 +7,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -112,8 +112,8 @@ Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity, 
         (head.table_size & (head.table_size - 1)) || static_cast<uint64_t>(st.st_size) < g.bytes)
       return {KVTIER_ERR_IO, dir + "/INDEX is damaged or of another version while in use"};
     if (head.capacity != capacity)
-      log().info("file tier: {} is open elsewhere with a capacity of {} bytes; that one holds",
-                 dir, head.capacity);
+      log().info("file tier: {} is open elsewhere with a capacity of {} bytes; that one holds", dir,
+                 head.capacity);
   }
   ix->map_ = ::mmap(nullptr, g.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, ix->fd_, 0);
   if (ix->map_ == MAP_FAILED) {

@@ -33,7 +33,7 @@ struct Node {
   uint64_t stored;    // bytes in the slot (the zstd frame's size when compressed)
   uint64_t slot;      // the slot's number in its class's files
   uint32_t cls;
-  uint32_t prev, next;  // LRU list when live; `next` links the free list when free
+  uint32_t prev, next;   // LRU list when live; `next` links the free list when free
   int32_t owner;         // pid that reserved the slot for a write in flight
   uint32_t hnext;        // the next node (+1) of its hash chain; 0: the last
   uint64_t owner_start;  // the owner's start time (a pid can be reused; the pair cannot)

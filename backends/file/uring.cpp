@@ -36,7 +36,8 @@ Status Faults::parse(const char* text, std::unique_ptr<Faults>* out) {
                      : k == "short"  ? 1
                      : k == "kill"   ? 2
                                      : 0;
-    if (which < 0 || code == 0 || (which == kSync && code == 1) || ((which == kCommit) != (code == 2)))
+    if (which < 0 || code == 0 || (which == kSync && code == 1) ||
+        ((which == kCommit) != (code == 2)))
       return {KVTIER_ERR_CONFIG, "KVTIER_TEST_FILE_FAULTS: bad rule '" + rule + "'"};
     auto r = std::make_unique<Rule>();
     r->every = every;
