@@ -163,7 +163,11 @@ void SharedIndex::lock() {
     // leaves the lock owner-dead again, so the next one starts over.
     ++header_->recoveries;
     log().warn("file tier: a process died holding the namespace lock; rebuilding the index");
-    if (recover_) recover_();
+    try {
+      if (recover_) recover_();
+    } catch (const std::exception& e) {  // the lock must not stay owner-dead with us alive
+      log().error("file tier: rebuilding the index failed: {}", e.what());
+    }
     pthread_mutex_consistent(&header_->mu);
     return;
   }
