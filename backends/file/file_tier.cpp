@@ -174,6 +174,7 @@ void PageFiles::get(std::span<GetOp> ops) {
           const GetOp& op = ops[p.op];
           io.fd = p.fd;
           io.offset = p.offset;
+          io.error = -EIO;  // when this process cannot open the class's file (io.fd is -1)
           if (!p.compressed && p.length == op.capacity &&
               (!direct_ ||
                (aligned(op.frags, mem_align_, io_align_) && p.length % io_align_ == 0))) {
