@@ -133,44 +133,45 @@ Status PageFiles::open(const Config& config, const std::string& path,
 // ---- get, exists, remove, clear ------------------------------------------------------------
 
 void PageFiles::get(std::span<GetOp> ops) {
-  struct Pending {
-    size_t op;
-    int fd;
-    uint64_t offset, length, checksum, stored, seq;
-    bool compressed;
-    std::byte* buf = nullptr;
-    size_t buf_size = 0;
-    bool no_memory = false;  // no bounce buffer: the page is fine, this read is not
-  };
-  std::vector<Pending> pending;
-  {
-    Guard g(*index_);
-    for (size_t i = 0; i < ops.size(); ++i) {
-      GetOp& op = ops[i];
-      const uint32_t n = index_->find(op.id);
-      if (n == kNil || index_->node(n).state != kLive) {
-        op.result = KVTIER_ERR_NOT_FOUND;
-        continue;
-      }
-      const Node& x = index_->node(n);
-      if (op.exact ? x.length != op.capacity : x.length > op.capacity) {
-        op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
-        continue;
-      }
-      index_->touch(n);
-      const ClassFiles f = files_of_class(x.cls);
-      pending.push_back({i, f.fd, x.slot * index_->h().classes[x.cls].slot_size, x.length,
-                         x.checksum, x.stored, x.seq, x.compressed != 0});
-    }
-  }
+  std::vector<Reading> pending;
+  lookup(ops, &pending);
   if (pending.empty()) return;
-  std::vector<size_t> unreadable;  // ops whose page could not be read
-  std::vector<uint64_t> unreadable_seq;
+  std::vector<Reading> unreadable;
+  read_pages(ops, pending, &unreadable);
+  if (!unreadable.empty()) drop_unreadable(ops, unreadable);
+}
+
+// Under the lock: where each key's page is, as of now.
+void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
+  Guard g(*index_);
+  for (size_t i = 0; i < ops.size(); ++i) {
+    GetOp& op = ops[i];
+    const uint32_t n = index_->find(op.id);
+    if (n == kNil || index_->node(n).state != kLive) {
+      op.result = KVTIER_ERR_NOT_FOUND;
+      continue;
+    }
+    const Node& x = index_->node(n);
+    if (op.exact ? x.length != op.capacity : x.length > op.capacity) {
+      op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
+      continue;
+    }
+    index_->touch(n);
+    const ClassFiles f = files_of_class(x.cls);
+    pending->push_back({i, f.fd, x.slot * index_->h().classes[x.cls].slot_size, x.length,
+                        x.checksum, x.stored, x.seq, x.compressed != 0});
+  }
+}
+
+// Without the lock: the reads, straight into the engine's fragments when O_DIRECT allows it,
+// each checked against the checksum the index recorded.
+void PageFiles::read_pages(std::span<GetOp> ops, std::vector<Reading>& pending,
+                           std::vector<Reading>* unreadable) {
   rings_.with_ring([&](Ring& ring) {
     ring.run(
         pending.size(),
         [&](size_t i, Io& io) {
-          Pending& p = pending[i];
+          Reading& p = pending[i];
           const GetOp& op = ops[p.op];
           io.fd = p.fd;
           io.offset = p.offset;
@@ -192,7 +193,7 @@ void PageFiles::get(std::span<GetOp> ops) {
           io.iov.push_back({p.buf, direct_ ? p.buf_size : p.stored});
         },
         [&](size_t i, int res) {
-          Pending& p = pending[i];
+          Reading& p = pending[i];
           GetOp& op = ops[p.op];
           if (p.no_memory) {
             op.result = KVTIER_ERR_NO_MEMORY;
@@ -208,23 +209,23 @@ void PageFiles::get(std::span<GetOp> ops) {
             op.checksum = p.checksum;
             verify(op);
           }
-          if (op.result == KVTIER_ERR_IO || op.result == KVTIER_ERR_CORRUPT) {
-            unreadable.push_back(p.op);
-            unreadable_seq.push_back(p.seq);
-          }
           bounce_.put(p.buf, p.buf_size);
           p.buf = nullptr;
+          if (op.result == KVTIER_ERR_IO || op.result == KVTIER_ERR_CORRUPT)
+            unreadable->push_back(p);
         });
   });
-  if (unreadable.empty()) return;
-  // A page that cannot be read goes: kept, it would count as present and block the engine's
-  // next set of the key, which would store it again. But a slot that was evicted and rewritten
-  // meanwhile (by any process) was only read too late: that is a miss, and nothing to drop.
+}
+
+// A page that cannot be read goes: kept, it would count as present and block the engine's next
+// set of the key, which would store it again. But a slot that was evicted and rewritten
+// meanwhile (by any process) was only read too late: that is a miss, and nothing to drop.
+void PageFiles::drop_unreadable(std::span<GetOp> ops, const std::vector<Reading>& unreadable) {
   Guard g(*index_);
-  for (size_t k = 0; k < unreadable.size(); ++k) {
-    GetOp& op = ops[unreadable[k]];
+  for (const Reading& p : unreadable) {
+    GetOp& op = ops[p.op];
     const uint32_t n = index_->find(op.id);
-    if (n == kNil || index_->node(n).seq != unreadable_seq[k] || index_->node(n).state != kLive) {
+    if (n == kNil || index_->node(n).seq != p.seq || index_->node(n).state != kLive) {
       op.result = KVTIER_ERR_NOT_FOUND;
       continue;
     }

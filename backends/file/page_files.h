@@ -58,6 +58,16 @@ class PageFiles {
     bool compressed = false;
     int result = KVTIER_ERR_IO;
   };
+  // One page a get() reads.
+  struct Reading {
+    size_t op;
+    int fd;
+    uint64_t offset, length, checksum, stored, seq;
+    bool compressed;
+    std::byte* buf = nullptr;
+    size_t buf_size = 0;
+    bool no_memory = false;  // no bounce buffer: the page is fine, this read is not
+  };
   using Guard = SharedIndex::Guard;
 
   PageFiles() = default;
@@ -65,6 +75,12 @@ class PageFiles {
   // The files of a size class, opened on first use; thread-safe.
   Status files_of(uint64_t slot_size, ClassFiles* out);
   ClassFiles files_of_class(uint32_t cls);  // REQUIRES Guard; fds of -1 if they cannot open
+
+  // get(), in its steps.
+  void lookup(std::span<GetOp> ops, std::vector<Reading>* pending);
+  void read_pages(std::span<GetOp> ops, std::vector<Reading>& pending,
+                  std::vector<Reading>* unreadable);
+  void drop_unreadable(std::span<GetOp> ops, const std::vector<Reading>& unreadable);
 
   // put(), in its steps (put.cpp).
   void encode(std::span<PutOp> ops, std::vector<Writing>& todo);
