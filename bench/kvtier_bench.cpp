@@ -75,7 +75,8 @@ usage: kvtier-bench [all|compare|transfer|file|limits] [options]
              against batch_set_v1/batch_get_v1 (fragments and token slots)
   transfer   blocks of 1K..256K, batch of 1538 blocks, 1 and N threads, GB/s per tier
   file       the file tier: v1 write (until durable), cold read (page cache dropped) and
-             warm read, aligned and unaligned pools, next to fio and a raw io_uring loop
+             warm read, aligned and unaligned pools, next to fio and a raw io_uring loop;
+             and a second process reading the first one's pages and batch_exists of 128 keys
   limits     memcpy bandwidth of the same sizes (the memory tier's limit)
 
 options:
@@ -1419,6 +1420,132 @@ void run_reopen(const Options& o, const std::string& dir) {
   g_rows.push_back(row);
 }
 
+// ---- one namespace, two processes ----------------------------------------------------------
+// The same pages read cold by the process that wrote them and by a second process (this binary
+// again, "shared-reader"), and batch_exists of 128 keys the first process wrote, timed in both.
+
+constexpr size_t kSharedBatch = 16, kExistsKeys = 128, kExistsCalls = 20000;
+constexpr int kSharedRepeats = 9;  // at least: small cold reads on a virtual disk scatter widely
+
+std::string shared_config(const std::string& dir, const Options& o) {
+  return "tiers=file;file_dir=" + dir + "/shared;file_queue_depth=" +
+         std::to_string(o.queue_depth) + ";file_capacity=1GiB";
+}
+
+// Reads the batch cold and times batch_exists; the pool holds the bytes randomize(11) makes.
+std::pair<Figure, double> shared_reads(const Options& o, kvtier_store_t* store, size_t page) {
+  Buffer want(kSharedBatch * page), got(kSharedBatch * page + 4096);
+  want.randomize(11);
+  std::byte* base = got.base + 64;  // an engine pool's usual misalignment
+  check_rc(kvtier_register_buffer(store, base, kSharedBatch * page), "register_buffer");
+  const auto keys = make_keys("shared-" + std::to_string(page), kSharedBatch);
+  const auto ck = c_keys(keys);
+  std::vector<void*> dst;
+  for (size_t i = 0; i < kSharedBatch; ++i) dst.push_back(base + i * page);
+  std::vector<size_t> sizes(kSharedBatch, page);
+  std::vector<int> res(kSharedBatch);
+  Figure cold = measure(
+      o, kSharedBatch * page,
+      [&] {
+        std::memset(base, 0xA5, kSharedBatch * page);
+        drop_page_cache();
+      },
+      [&] {
+        check_rc(kvtier_batch_get_v1(store, ck.data(), kSharedBatch, dst.data(), sizes.data(),
+                                     dst.size(), res.data()),
+                 "batch_get_v1");
+      },
+      [&] {
+        for (int r : res)
+          if (r != KVTIER_OK) die(std::string("shared read: ") + kvtier_error_name(r));
+        if (std::memcmp(base, want.base, kSharedBatch * page) != 0) die("shared read differs");
+      });
+  const auto ekeys = make_keys("exists", kExistsKeys);
+  const auto eck = c_keys(ekeys);
+  size_t hits = 0;
+  const double t0 = now();
+  for (size_t i = 0; i < kExistsCalls; ++i)
+    check_rc(kvtier_batch_exists(store, eck.data(), kExistsKeys, &hits), "batch_exists");
+  const double us = (now() - t0) / kExistsCalls * 1e6;
+  if (hits != kExistsKeys) die("batch_exists found " + std::to_string(hits) + " of 128");
+  kvtier_unregister_buffer(store, base);
+  return {cold, us};
+}
+
+int shared_reader(int argc, char** argv) {  // kvtier-bench shared-reader DIR PAGE QD REP WARM
+  if (argc < 7) return 2;
+  Options o;  // the caller's repeats, already raised to kSharedRepeats
+  o.queue_depth = static_cast<unsigned>(std::atoi(argv[4]));
+  o.repeats = std::atoi(argv[5]);
+  o.warmup = std::atoi(argv[6]);
+  kvtier_store_t* store = nullptr;
+  check_rc(kvtier_open(shared_config(argv[2], o).c_str(), &store), "open (second process)");
+  auto [cold, us] = shared_reads(o, store, std::strtoull(argv[3], nullptr, 10));
+  std::printf("%.9f %.9f %.9f %.9f %.9f %.6f\n", cold.median_s, cold.min_s, cold.max_s,
+              cold.gbps, cold.cpu_per_gb, us);
+  kvtier_close(store);
+  return 0;
+}
+
+void run_shared(Options o, const std::string& dir) {
+  o.repeats = std::max(o.repeats, kSharedRepeats);
+  kvtier_store_t* store = nullptr;
+  check_rc(kvtier_open(shared_config(dir, o).c_str(), &store), "open");
+  for (size_t page : o.pages) {
+    if (kSharedBatch * page > o.file_max_bytes) continue;
+    progress("file: " + human(page) + " pages read by a second process");
+    Buffer src(kSharedBatch * page);
+    src.randomize(11);
+    const auto keys = make_keys("shared-" + std::to_string(page), kSharedBatch);
+    const auto ck = c_keys(keys);
+    std::vector<const void*> ptrs;
+    for (size_t i = 0; i < kSharedBatch; ++i) ptrs.push_back(src.base + i * page);
+    std::vector<size_t> sizes(kSharedBatch, page);
+    std::vector<int> res(kSharedBatch);
+    check_rc(kvtier_batch_set(store, ck.data(), kSharedBatch, ptrs.data(), sizes.data(),
+                              res.data()),
+             "batch_set");
+    const auto ekeys = make_keys("exists", kExistsKeys);
+    const auto eck = c_keys(ekeys);
+    std::vector<const void*> eptrs(kExistsKeys, src.base);
+    std::vector<size_t> esizes(kExistsKeys, 4096);
+    std::vector<int> eres(kExistsKeys);
+    check_rc(kvtier_batch_set(store, eck.data(), kExistsKeys, eptrs.data(), esizes.data(),
+                              eres.data()),
+             "batch_set");
+    auto [own, own_us] = shared_reads(o, store, page);
+    // The second process joins the namespace while this one holds it open.
+    const std::string cmd = "\"/proc/" + std::to_string(getpid()) + "/exe\" shared-reader \"" +
+                            dir + "\" " + std::to_string(page) + " " +
+                            std::to_string(o.queue_depth) + " " + std::to_string(o.repeats) +
+                            " " + std::to_string(o.warmup);
+    FILE* child = popen(cmd.c_str(), "r");
+    Figure other;
+    double other_us = 0;
+    if (!child || std::fscanf(child, "%lf %lf %lf %lf %lf %lf", &other.median_s, &other.min_s,
+                              &other.max_s, &other.gbps, &other.cpu_per_gb, &other_us) != 6)
+      die("the second process gave no figures");
+    if (pclose(child) != 0) die("the second process failed");
+    for (auto [who, fig, us] : {std::tuple{"this", own, own_us}, std::tuple{"other", other, other_us}}) {
+      Row row;
+      row.kind = "shared";
+      row.tier = "file";
+      row.shape = "unaligned";
+      row.path = who;
+      row.op = geteuid() == 0 ? "read cold" : "read (warm: not root)";
+      row.batch = kSharedBatch;
+      row.block = page;
+      row.fig = fig;
+      row.limit_gbps = own.gbps;  // the first process's own figure, same run
+      row.limit_name = "own read";
+      row.speedup = us;        // µs per batch_exists of 128 keys
+      row.threads = o.repeats;  // the timed runs the medians are of
+      g_rows.push_back(row);
+    }
+  }
+  kvtier_close(store);
+}
+
 void run_limits(const Options& o) {
   for (size_t block : o.blocks)
     for (size_t threads : o.threads) {
@@ -1548,6 +1675,23 @@ void print_tables() {
     std::printf("%-7s %-9s %9.2f %7.2f %8.3f %6.2f\n", r.path.c_str(), r.op.c_str(),
                 r.fig.median_s * 1e3, r.fig.gbps, r.fig.cpu_per_gb, r.speedup);
   }
+  header = false;
+  for (const Row& r : g_rows) {
+    if (r.kind != "shared") continue;
+    if (!header) {
+      std::printf(
+          "\nfile tier shared by two processes: v1, batch of %zu pages, pool 64 B past 4 KiB; "
+          "the same pages read by the process that wrote them and by a second one, same run, "
+          "median of %d; exists = batch_exists of %zu keys the first process wrote\n",
+          kSharedBatch, static_cast<int>(r.threads), kExistsKeys);
+      std::printf("%5s %-7s %-9s %9s %7s %8s %9s %6s %10s\n", "page", "reader", "op",
+                  "ms/batch", "GB/s", "CPUs/GB", "own GB/s", "ratio", "exists us");
+      header = true;
+    }
+    std::printf("%5s %-7s %-9s %9.2f %7.2f %8.3f %9.2f %6.2f %10.2f\n", human(r.block).c_str(),
+                r.path.c_str(), r.op.c_str(), r.fig.median_s * 1e3, r.fig.gbps,
+                r.fig.cpu_per_gb, r.limit_gbps, r.fig.gbps / r.limit_gbps, r.speedup);
+  }
   for (const Row& r : g_rows)
     if (r.kind == "reopen")
       std::printf(
@@ -1596,6 +1740,7 @@ void write_json(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "shared-reader") return shared_reader(argc, argv);
   Options o;
   try {
     o = parse(argc, argv);
@@ -1627,6 +1772,7 @@ int main(int argc, char** argv) {
     run_file(o, g_dir);
     run_compression(o, g_dir);
     run_reopen(o, g_dir);
+    run_shared(o, g_dir);
   }
   if (o.dir.empty()) std::filesystem::remove_all(g_dir);
   print_tables();

@@ -30,7 +30,7 @@ constexpr CodeInfo kCodes[] = {
     {KVTIER_ERR_OUT_OF_RANGE, "KVTIER_ERR_OUT_OF_RANGE",
      "token slot outside the pool or off a page boundary"},
     {KVTIER_ERR_BUSY, "KVTIER_ERR_BUSY",
-     "namespace held by another process, or a server at its connection or lease limit"},
+     "a server at its connection or lease limit"},
     {KVTIER_ERR_INTERNAL, "KVTIER_ERR_INTERNAL", "internal error"},
     {KVTIER_ERR_DENIED, "KVTIER_ERR_DENIED",
      "refused: by a remote server (token, protocol) or a folder another user could tamper with"},

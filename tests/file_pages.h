@@ -2,6 +2,8 @@
 // process can tell right bytes from wrong ones.
 #pragma once
 
+#include <kvtier/kvtier.h>
+
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -27,6 +29,30 @@ inline std::vector<unsigned char> page_value(size_t k) {
     std::memcpy(v.data() + i, &x, std::min<size_t>(8, size - i));
   }
   return v;
+}
+
+// Reads page k into *buf (its size plus 4 KiB, pre-filled with 0xCC); the per-key result.
+inline int64_t get_page(kvtier_store_t* s, size_t k, std::vector<unsigned char>* buf) {
+  buf->assign(page_value(k).size() + 4096, 0xCC);
+  const std::string key = page_key(k);
+  const char* ck = key.c_str();
+  void* b = buf->data();
+  size_t cap = buf->size();
+  int64_t r = 0;
+  const int rc = kvtier_batch_get(s, &ck, 1, &b, &cap, &r);
+  return rc != KVTIER_OK ? rc : r;
+}
+
+// Stores page k alone; the per-key result.
+inline int put_page(kvtier_store_t* s, size_t k) {
+  const auto v = page_value(k);
+  const std::string key = page_key(k);
+  const char* ck = key.c_str();
+  const void* p = v.data();
+  size_t n = v.size();
+  int r = 0;
+  const int rc = kvtier_batch_set(s, &ck, 1, &p, &n, &r);
+  return rc != KVTIER_OK ? rc : r;
 }
 
 }  // namespace kvtier_test

@@ -6,23 +6,16 @@
 // cut into fixed slots that hold the pages' bytes and nothing else (so an aligned page goes
 // to disk straight from the engine's pool), and "pages-<bytes>.idx", one 64-byte record per
 // slot (key id, length, checksum of the page, sequence number, the record's own checksum).
-// The index lives in memory and is rebuilt on open by reading the .idx files, a sequential
-// read of 64 bytes per slot. A page becomes visible only after its slot is written and
+// The index is shared by every process that has the namespace open (shared_index.h) and rebuilt
+// from the .idx files, a sequential read of 64 bytes per slot, by the first process to open
+// it. A page becomes visible (to every process at once) only after its slot is written and
 // fdatasync'ed; its record follows through the page cache, so a power loss can forget recent
 // pages (misses), and a torn or rotted page fails its checksum and reads as a miss.
 #pragma once
 
-#include <atomic>
-#include <list>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <string>
-#include <unordered_map>
-#include <vector>
 
 #include "tier.h"
-#include "uring.h"
 
 namespace kvtier {
 

@@ -24,11 +24,20 @@ Status Faults::parse(const char* text, std::unique_ptr<Faults>* out) {
         used != static_cast<int>(rule.size()) || every == 0)
       return {KVTIER_ERR_CONFIG, "KVTIER_TEST_FILE_FAULTS: bad rule '" + rule +
                                      "' (want op:N:kind, op read|write|sync, kind "
-                                     "eio|enospc|short)"};
+                                     "eio|enospc|short, or commit:N:kill)"};
     const std::string o(op), k(kind);
-    const int which = o == "read" ? kRead : o == "write" ? kWrite : o == "sync" ? kSync : -1;
-    const int code = k == "eio" ? -EIO : k == "enospc" ? -ENOSPC : k == "short" ? 1 : 0;
-    if (which < 0 || code == 0 || (which == kSync && code == 1))
+    const int which = o == "read"     ? kRead
+                      : o == "write"  ? kWrite
+                      : o == "sync"   ? kSync
+                      : o == "commit" ? kCommit
+                                      : -1;
+    const int code = k == "eio"      ? -EIO
+                     : k == "enospc" ? -ENOSPC
+                     : k == "short"  ? 1
+                     : k == "kill"   ? 2
+                                     : 0;
+    if (which < 0 || code == 0 || (which == kSync && code == 1) ||
+        ((which == kCommit) != (code == 2)))
       return {KVTIER_ERR_CONFIG, "KVTIER_TEST_FILE_FAULTS: bad rule '" + rule + "'"};
     auto r = std::make_unique<Rule>();
     r->every = every;
@@ -50,6 +59,12 @@ int Faults::on_complete(Op op, int res) {
     if (part > 0) return part;
   }
   return res;
+}
+
+bool Faults::on_commit() {
+  for (auto& r : rules_[kCommit])
+    if (r->fires()) return true;
+  return false;
 }
 
 int Faults::on_sync() {

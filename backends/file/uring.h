@@ -19,16 +19,20 @@ namespace kvtier {
 // Test-only fault injection (KVTIER_TEST_FILE_FAULTS, read by the file tier at open): rules
 // "op:N:kind" separated by ',', with op read, write or sync, kind eio, enospc or short: every
 // Nth I/O of that op fails with that errno, or (short, read/write) reports a short transfer,
-// so the rest is resubmitted. Lets tests drive every error path without a failing disk.
+// so the rest is resubmitted; and "commit:N:kill": the Nth put's commit SIGKILLs its own
+// process while it holds the namespace lock. Lets tests drive every error path without a
+// failing disk.
 class Faults {
  public:
-  enum Op { kRead, kWrite, kSync, kOps };
+  enum Op { kRead, kWrite, kSync, kCommit, kOps };
   // nullptr in *out when text is NULL or empty; KVTIER_ERR_CONFIG for a malformed rule.
   static Status parse(const char* text, std::unique_ptr<Faults>* out);
   // The completion result to report for an I/O of `op` that returned `res`.
   int on_complete(Op op, int res);
   // 0, or the -errno an fdatasync should fail with.
   int on_sync();
+  // Whether this commit kills the process.
+  bool on_commit();
 
  private:
   struct Rule {

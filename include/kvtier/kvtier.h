@@ -91,7 +91,7 @@ KVTIER_API const char* kvtier_version_string(void);
 #define KVTIER_ERR_UNSUPPORTED -14     /* not built in, or not possible with this tier */
 #define KVTIER_ERR_NO_LAYOUT -15       /* a slot call before kvtier_register_layout() */
 #define KVTIER_ERR_OUT_OF_RANGE -16    /* a token slot outside the pool or not page-aligned */
-#define KVTIER_ERR_BUSY -17            /* namespace held by another process; a server at a limit */
+#define KVTIER_ERR_BUSY -17            /* a server at a limit (connections, leases) */
 #define KVTIER_ERR_INTERNAL -18        /* a bug: please report it with kvtier_last_error() */
 #define KVTIER_ERR_DENIED -19          /* a server refused token or protocol; an unsafe folder */
 

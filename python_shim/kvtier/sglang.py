@@ -370,6 +370,11 @@ class KvtierStorage(_Base):
     def __init__(self, storage_config=None, kwargs: Optional[dict] = None):
         self.storage_config = storage_config
         self.is_mla = bool(_get(storage_config, "is_mla_model", False))
+        # MLA pages are the same on every TP rank: rank 0 writes them and every rank reads them
+        # from the one shared namespace. SGLang's cache controller already skips the backup on
+        # the other ranks (backup_skip) and acknowledges it; this does the same for a caller
+        # that does not, so a page is never written once per rank.
+        self.writes = not (self.is_mla and int(_get(storage_config, "tp_rank", 0) or 0) != 0)
         # The engine moves KV pages by v1 (interface_v1 set) or by the generic path.
         self._v1 = bool((_get(storage_config, "extra_config") or {}).get("interface_v1"))
         self.settings = store_settings(storage_config, kwargs)
@@ -426,6 +431,8 @@ class KvtierStorage(_Base):
 
     @_never_raise(lambda self, keys, *a, **k: _falses(keys))
     def batch_set_v1(self, keys: List[str], host_indices, extra_info=None) -> List[bool]:
+        if not self.writes:
+            return [True] * len(keys or [])  # rank 0 writes this page (see __init__)
         return self._io(KV, keys, host_indices, True)
 
     @_never_raise(lambda self, keys, *a, **k: _falses(keys))
@@ -487,6 +494,8 @@ class KvtierStorage(_Base):
     @_never_raise(lambda self, transfers, *a, **k: {_name(t.name): _falses(t.keys)
                                                     for t in transfers or []})
     def batch_set_v2(self, transfers, extra_info=None) -> Dict[str, List[bool]]:
+        if not self.writes:
+            return {_name(t.name): [True] * len(t.keys or []) for t in transfers or []}
         return self._v2(transfers, True)
 
     # -- generic path: flat page tensors (engines without v1; draft pages always) ---------
@@ -530,6 +539,8 @@ class KvtierStorage(_Base):
         values = values if values is not None else target_locations
         if not keys or values is None or len(values) != len(keys):
             return False
+        if not self.writes:
+            return True  # rank 0 writes this page (see __init__)
         return all(r == 0 for r in self._grouped(keys, values, Store.batch_set))
 
     @_never_raise(lambda self, *a, **k: False)

@@ -1,0 +1,235 @@
+// A put: plan (reserve a slot per new key under one lock) -> run (the ring writes the slots)
+// -> commit (fdatasync, the records, then the keys become live under one lock).
+#include <signal.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "log.h"
+#include "page_files.h"
+#include "records.h"
+#include "size_class.h"
+
+namespace kvtier {
+
+namespace {
+// A page is kept compressed only when that saves at least this fraction of it.
+constexpr uint64_t kMinSavingDiv = 8;  // 1/8 = 12.5%
+}  // namespace
+
+void PageFiles::put(std::span<PutOp> ops) {
+  std::vector<Writing> todo(ops.size());
+  for (size_t i = 0; i < ops.size(); ++i) todo[i].op = i;
+  encode(ops, todo);
+  for (unsigned round = 0; !todo.empty(); ++round) {
+    if (round) pause_for_others(round);
+    std::vector<Writing> mine, waiting;
+    plan(ops, todo, &mine, &waiting);
+    if (!mine.empty()) {
+      run(ops, mine);
+      sync_and_record(ops, mine);
+      commit(ops, mine);
+    }
+    todo = std::move(waiting);
+  }
+}
+
+// Sizes each page as it will be stored (compressed first, when asked and it pays) and opens its
+// class's files, outside the lock. The checksum is of the page itself, taken just before the
+// compressor reads the page from cache.
+void PageFiles::encode(std::span<PutOp> ops, std::vector<Writing>& todo) {
+  std::vector<Writing> ready;
+  for (Writing& w : todo) {
+    PutOp& op = ops[w.op];
+    w.stored = op.size;
+    if (zstd_level_) {
+      ensure_checksum(op);
+      w.buf_size = round_block(compress_bound(op.size));
+      if ((w.buf = bounce_.get(w.buf_size))) {
+        const size_t n = compress_frags(op.frags, w.buf, w.buf_size, zstd_level_);
+        w.compressed = n > 0 && n <= op.size - op.size / kMinSavingDiv;
+        if (w.compressed) w.stored = n;
+      }
+    }
+    w.slot_size = slot_size_for(w.stored);
+    Status s = files_of(w.slot_size, &w.files);
+    if (s.is_ok()) {
+      ready.push_back(w);
+      continue;
+    }
+    log().warn("file tier: {}", s.message());
+    op.result = s.code();
+    bounce_.put(w.buf, w.buf_size);
+  }
+  todo = std::move(ready);
+}
+
+// Under one lock: a key already stored is done (it keeps its value); a key another write holds
+// (this batch's, another thread's or another process's) waits for it, unless its writer died;
+// the rest get a slot each, reserved to this process. So a key never has two records on disk.
+void PageFiles::plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vector<Writing>* mine,
+                     std::vector<Writing>* waiting) {
+  Guard g(*index_);
+  IndexHeader& h = index_->h();
+  if (h.clearing && (h.clearing == pid_ || !process_gone(h.clearing, h.clearing_start))) {
+    *waiting = std::move(todo);  // a clear() waits for the writes in flight to end
+    return;
+  }
+  h.clearing = 0;
+  for (Writing& w : todo) {
+    PutOp& op = ops[w.op];
+    uint32_t n = index_->find(op.id);
+    if (n != kNil && index_->node(n).state == kReserved && index_->node(n).owner != pid_ &&
+        process_gone(index_->node(n).owner, index_->node(n).owner_start)) {
+      release(n);
+      n = kNil;
+    }
+    if (n != kNil && index_->node(n).state == kReserved) {
+      waiting->push_back(w);
+      continue;
+    }
+    if (n != kNil) {
+      index_->touch(n);
+      op.result = KVTIER_OK;
+    } else if (const uint32_t cls = index_->class_of(w.slot_size); cls == kNil) {
+      op.result = KVTIER_ERR_NO_SPACE;
+    } else if ((op.result = reserve(cls, &n)) == KVTIER_OK) {
+      Node& x = index_->node(n);
+      x.key_hi = op.id.hi;
+      x.key_lo = op.id.lo;
+      x.state = kReserved;
+      x.owner = pid_;
+      x.owner_start = start_;
+      x.seq = w.seq = h.seq++;
+      index_->insert(n);
+      ++h.reserved;
+      w.slot = x.slot;
+      mine->push_back(w);
+      continue;
+    }
+    if (op.result != KVTIER_OK) ++h.errors;
+    bounce_.put(w.buf, w.buf_size);
+  }
+}
+
+void PageFiles::run(std::span<PutOp> ops, std::vector<Writing>& mine) {
+  rings_.with_ring([&](Ring& ring) {
+    ring.run(
+        mine.size(), [&](size_t i, Io& io) { prepare_write(ops[mine[i].op], mine[i], io); },
+        [&](size_t i, int res) {
+          Writing& w = mine[i];
+          if (w.result != KVTIER_ERR_NO_MEMORY) {
+            w.result = res < 0 ? io_code(res) : KVTIER_OK;
+            if (res < 0)
+              log().warn("file tier: write of slot {} in {} failed: {}", w.slot, dir_,
+                         std::strerror(-res));
+          }
+          bounce_.put(w.buf, w.buf_size);
+          w.buf = nullptr;
+        });
+  });
+}
+
+void PageFiles::prepare_write(PutOp& op, Writing& w, Io& io) {
+  // Straight from the engine's pool when O_DIRECT allows it, else a bounce copy.
+  const bool direct = !w.compressed && (!direct_ || aligned(op.frags, mem_align_, io_align_));
+  const size_t end = direct_ ? round_block(w.stored) : w.stored;
+  if (!direct && (!w.buf || w.buf_size < end)) {
+    bounce_.put(w.buf, w.buf_size);
+    w.buf_size = round_block(end);
+    if (!(w.buf = bounce_.get(w.buf_size))) {
+      w.result = KVTIER_ERR_NO_MEMORY;
+      io.error = -ENOMEM;  // io.fd stays -1: nothing is queued
+      return;
+    }
+  }
+  if (direct) {
+    ensure_checksum(op);  // the only pass over the bytes: the disk reads them itself
+  } else if (!w.compressed) {
+    // Copy into the bounce buffer (while the I/O already queued runs), then take the
+    // checksum of the copy while it is in cache.
+    gather(op.frags, w.buf);
+    if (!op.has_checksum) {
+      op.checksum = checksum(w.buf, w.stored);
+      op.has_checksum = true;
+    }
+  }
+  io.fd = w.files.fd;
+  io.write = true;
+  io.offset = w.slot * w.slot_size;
+  if (direct) {
+    for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
+  } else {
+    std::memset(w.buf + w.stored, 0, end - w.stored);
+    io.iov.push_back({w.buf, end});
+  }
+}
+
+int PageFiles::sync_fd(int fd) {
+  if (faults_)
+    if (const int injected = faults_->on_sync()) return injected;
+  return ::fdatasync(fd) == 0 ? 0 : -errno;
+}
+
+void PageFiles::sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine) {
+  // Durable before visible: one fdatasync per file the batch wrote.
+  if (sync_) {
+    std::vector<int> fds;
+    for (const Writing& w : mine)
+      if (w.result == KVTIER_OK && std::find(fds.begin(), fds.end(), w.files.fd) == fds.end())
+        fds.push_back(w.files.fd);
+    for (int fd : fds) {
+      const int rc = sync_fd(fd);
+      if (rc == 0) continue;
+      log().warn("file tier: fdatasync in {} failed: {}", dir_, std::strerror(-rc));
+      for (Writing& w : mine)
+        if (w.files.fd == fd && w.result == KVTIER_OK) w.result = io_code(rc);
+    }
+  }
+  // Then the records, through the page cache (see file_tier.h).
+  for (Writing& w : mine) {
+    if (w.result != KVTIER_OK) continue;
+    const PutOp& op = ops[w.op];
+    const Record r = make_record(op.id, op.size, op.checksum, w.seq, w.stored, w.compressed);
+    if (!write_record(w.files.idx_fd, w.slot, r)) {
+      w.result = io_code(-errno);
+      log().warn("file tier: cannot write a record in {}: {}", dir_, std::strerror(errno));
+    }
+  }
+}
+
+// Under one lock: the pages written become live for every process; the slots of failed writes
+// go back (their records zeroed).
+void PageFiles::commit(std::span<PutOp> ops, std::vector<Writing>& mine) {
+  Guard g(*index_);
+  IndexHeader& h = index_->h();
+  for (Writing& w : mine) {
+    if (faults_ && faults_->on_commit()) ::kill(pid_, SIGKILL);  // test-only: die holding it
+    PutOp& op = ops[w.op];
+    const uint32_t n = index_->find(op.id);
+    if (n == kNil || index_->node(n).seq != w.seq) {
+      // An index rebuilt meanwhile (a process died holding the lock) that lost this write.
+      op.result = w.result == KVTIER_OK ? KVTIER_ERR_IO : w.result;
+      ++h.errors;
+      continue;
+    }
+    Node& x = index_->node(n);
+    op.result = w.result;
+    if (w.result != KVTIER_OK) {
+      ++h.errors;
+      release(n);
+    } else if (x.state == kReserved) {  // else a rebuild found its record: live already
+      x.length = op.size;
+      x.checksum = op.checksum;
+      x.stored = w.stored;
+      x.compressed = w.compressed;
+      x.state = kLive;
+      --h.reserved;
+      ++h.keys;
+      index_->lru_push_front(n);
+    }
+  }
+}
+
+}  // namespace kvtier

@@ -1,0 +1,59 @@
+#include "records.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <vector>
+
+namespace kvtier {
+
+namespace {
+constexpr uint32_t kMagic = 0x4958564b;  // "KVXI"
+constexpr uint16_t kVersion = 2;
+
+uint64_t record_sum(const Record& r) {
+  return checksum(&r, offsetof(Record, self_checksum));
+}
+}  // namespace
+
+Record make_record(KeyId id, uint64_t length, uint64_t checksum, uint64_t seq, uint64_t stored,
+                   bool compressed) {
+  Record r{
+      kMagic, kVersion, compressed ? kCompressed : uint16_t{0}, id.hi, id.lo, length, checksum, seq,
+      stored, 0};
+  r.self_checksum = record_sum(r);
+  return r;
+}
+
+bool valid_record(const Record& r, uint64_t slot_size) {
+  return r.magic == kMagic && r.version == kVersion && r.self_checksum == record_sum(r) &&
+         r.length != 0 && r.stored != 0 && r.stored <= slot_size && !(r.flags & ~kCompressed) &&
+         ((r.flags & kCompressed) || r.stored == r.length);
+}
+
+bool write_record(int idx_fd, uint64_t slot, const Record& r) {
+  const auto off = static_cast<off_t>(slot * sizeof r);
+  return ::pwrite(idx_fd, &r, sizeof r, off) == static_cast<ssize_t>(sizeof r);
+}
+
+Status read_records(int idx_fd, uint64_t slots, uint64_t slot_size,
+                    const std::function<void(uint64_t slot, const Record&)>& each) {
+  std::vector<Record> recs(std::min<uint64_t>(16384, slots));
+  for (uint64_t first = 0; first < slots; first += recs.size()) {
+    const uint64_t want = std::min<uint64_t>(recs.size(), slots - first);
+    const ssize_t got = ::pread(idx_fd, recs.data(), want * sizeof(Record),
+                                static_cast<off_t>(first * sizeof(Record)));
+    if (got < 0)
+      return {KVTIER_ERR_IO, std::string("cannot read an index file: ") + std::strerror(errno)};
+    const uint64_t n = static_cast<uint64_t>(got) / sizeof(Record);
+    for (uint64_t k = 0; k < n; ++k)
+      if (valid_record(recs[k], slot_size)) each(first + k, recs[k]);
+    if (n < want) break;
+  }
+  return {};
+}
+
+}  // namespace kvtier

@@ -1,0 +1,40 @@
+// The durable truth of the file tier: "pages-<bytes>.idx", one 64-byte record per slot of
+// "pages-<bytes>.dat" (key id, length, checksum of the page, sequence number, the record's own
+// checksum). All zero: the slot is free. Every index is rebuilt from these.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "keys.h"
+#include "status.h"
+
+namespace kvtier {
+
+struct Record {
+  uint32_t magic;
+  uint16_t version;
+  uint16_t flags;  // kCompressed
+  uint64_t key_hi, key_lo;
+  uint64_t length;         // the page's bytes
+  uint64_t checksum;       // XXH3-64 of the page bytes (before compression)
+  uint64_t seq;            // later writes of a key win
+  uint64_t stored;         // bytes in the slot: `length`, or the zstd frame's size
+  uint64_t self_checksum;  // XXH3-64 of the fields above
+};
+static_assert(sizeof(Record) == 64);
+constexpr uint16_t kCompressed = 1;
+
+Record make_record(KeyId id, uint64_t length, uint64_t checksum, uint64_t seq, uint64_t stored,
+                   bool compressed);
+// Whether r is a whole, undamaged record of a page that fits a slot of `slot_size` bytes.
+bool valid_record(const Record& r, uint64_t slot_size);
+// Writes slot's record (Record{}: free); false with errno set on failure.
+bool write_record(int idx_fd, uint64_t slot, const Record& r);
+// Reads the records of slots 0..slots-1 in one sequential pass, 1 MiB at a time, and calls
+// `each` for every valid one. A file shorter than that ends the pass (the rest is free).
+Status read_records(int idx_fd, uint64_t slots, uint64_t slot_size,
+                    const std::function<void(uint64_t slot, const Record&)>& each);
+
+}  // namespace kvtier

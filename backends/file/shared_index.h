@@ -1,0 +1,147 @@
+// The page index every process on a namespace shares: a memory-mapped file ("INDEX" in the
+// namespace folder) holding a header with the geometry and a process-shared robust mutex, one
+// node per slot of the page files (key, length, checksum, sequence number, state, owner), an
+// LRU list, per-class free lists and hash chains from key to node threaded through the nodes,
+// and the chains' heads. Everything in it is touched only under the mutex, held briefly and never
+// across page I/O. The on-disk records stay the durable truth: the index is rebuilt from them
+// by the first process to open the namespace, and by the next locker when a holder died.
+#pragma once
+
+#include <pthread.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "keys.h"
+#include "status.h"
+
+namespace kvtier {
+
+constexpr uint32_t kNil = UINT32_MAX;  // no node
+constexpr uint32_t kMaxClasses = 64;   // size classes one namespace can hold
+
+enum NodeState : uint8_t { kFree = 0, kReserved = 1, kLive = 2 };
+
+// One slot of one size class's page file.
+struct Node {
+  uint64_t key_hi, key_lo;
+  uint64_t length;    // the page's bytes
+  uint64_t checksum;  // XXH3-64 of the page bytes
+  uint64_t seq;       // later writes win; identifies this write of the key
+  uint64_t stored;    // bytes in the slot (the zstd frame's size when compressed)
+  uint64_t slot;      // the slot's number in its class's files
+  uint32_t cls;
+  uint32_t prev, next;   // LRU list when live; `next` links the free list when free
+  int32_t owner;         // pid that reserved the slot for a write in flight
+  uint32_t hnext;        // the next node (+1) of its hash chain; 0: the last
+  uint64_t owner_start;  // the owner's start time (a pid can be reused; the pair cannot)
+  uint8_t state;         // NodeState
+  uint8_t compressed;
+  uint8_t pad[6];
+  KeyId key() const { return {key_hi, key_lo}; }
+};
+static_assert(sizeof(Node) == 96);
+
+struct ClassInfo {
+  uint64_t slot_size;
+  uint64_t file_slots;  // slots the files have room for
+  uint64_t used_slots;  // slots that have a node (high-water mark)
+  uint32_t free_head;   // free nodes of this class
+  uint32_t pad;
+};
+
+struct IndexHeader {
+  uint32_t magic, version;
+  uint64_t capacity, max_nodes, table_size;  // geometry, fixed when the file is made
+  pthread_mutex_t mu;                        // process-shared, robust
+  uint64_t seq;                              // next sequence number
+  uint64_t live_bytes;                       // slots held by pages and by writes in flight
+  uint64_t keys, reserved;                   // live and reserved nodes
+  uint64_t nodes_used;                       // nodes handed out so far (a bump allocator)
+  uint64_t nodes_room;                       // nodes the file has blocks for
+  uint64_t evictions, errors, recoveries;
+  int32_t clearing;         // pid of a clear() waiting for writes in flight; 0: none
+  uint64_t clearing_start;  // and its start time
+  uint32_t lru_head, lru_tail;
+  uint32_t nclasses;
+  ClassInfo classes[kMaxClasses];
+};
+
+class SharedIndex {
+ public:
+  // Maps `name` in the folder `dir_fd`. Opens are serialised by a flock on the file; an open
+  // that finds no other process on the namespace (no shared flock on `LOCK`) makes the index
+  // anew (sized for `capacity`) and sets *fresh: the caller then fills it from the records.
+  // Later opens use the geometry the first one made (the namespace's capacity).
+  static Status open(int dir_fd, const std::string& dir, uint64_t capacity, bool* fresh,
+                     std::unique_ptr<SharedIndex>* out);
+  ~SharedIndex();
+  SharedIndex(const SharedIndex&) = delete;
+  SharedIndex& operator=(const SharedIndex&) = delete;
+
+  // Called under the lock when a locker finds its last holder died holding it (EOWNERDEAD):
+  // it must rebuild the index, which may be half-updated, from the records.
+  void set_recovery(std::function<void()> recover) { recover_ = std::move(recover); }
+  // Ends the initial open (releases the open flock); after the caller filled a fresh index.
+  void opened();
+  int fd() const { return fd_; }  // the INDEX file
+
+  class Guard {
+   public:
+    explicit Guard(SharedIndex& ix);
+    ~Guard();
+    Guard(const Guard&) = delete;
+    Guard& operator=(const Guard&) = delete;
+
+   private:
+    SharedIndex& ix_;
+  };
+
+  // All below: REQUIRES a Guard.
+  IndexHeader& h() { return *header_; }
+  Node& node(uint32_t n) { return nodes_[n]; }
+  uint32_t find(KeyId id) const;  // the node holding id (live or reserved), or kNil
+  void insert(uint32_t n);        // maps node n's key to n; the key is not mapped yet
+  void erase(uint32_t n);         // unmaps node n's key
+  void lru_push_front(uint32_t n);
+  void lru_unlink(uint32_t n);
+  void touch(uint32_t n);  // most recently used
+  void push_free(uint32_t n);
+  uint32_t pop_free(uint32_t cls);  // kNil when the class has no free node
+  // A node never used, or kNil when all are handed out or the disk has no room for more.
+  uint32_t new_node();
+  // The class of `slot_size`, added when new; kNil when kMaxClasses are in use.
+  uint32_t class_of(uint64_t slot_size);
+  // Empties the whole index: no nodes, keys or classes (the header's geometry stays). With
+  // !table_trusted (a holder died mid-update) the whole table is zeroed, else only the
+  // entries of nodes in use.
+  void reset(bool table_trusted);
+
+ private:
+  SharedIndex() = default;
+  void lock();
+  size_t home(KeyId id) const { return (id.lo ^ (id.hi >> 7)) & (h_table_size_ - 1); }
+  bool allocate(uint64_t off, uint64_t len);  // blocks for that range of the file
+
+  int fd_ = -1;
+  int users_fd_ = -1;  // LOCK: a shared flock held while open
+  void* map_ = nullptr;
+  size_t map_len_ = 0;
+  IndexHeader* header_ = nullptr;
+  Node* nodes_ = nullptr;
+  uint32_t* table_ = nullptr;  // the first node (+1) of each hash chain; 0: empty
+  uint64_t h_table_size_ = 0;
+  uint64_t nodes_off_ = 0;  // in the file
+  std::function<void()> recover_;
+};
+
+// The start time of process `pid` (clock ticks after boot), 0 if it is gone or a zombie.
+uint64_t process_start(int32_t pid);
+// Whether process `pid`, started at `start`, is gone (what it reserved can be taken back).
+inline bool process_gone(int32_t pid, uint64_t start) {
+  return pid <= 0 || process_start(pid) != start;
+}
+
+}  // namespace kvtier
