@@ -152,8 +152,8 @@ void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
       continue;
     }
     const Node& x = index_->node(n);
-    if (op.exact ? x.length != op.capacity : x.length > op.capacity) {
-      op.result = op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
+    if (const int fit = fits(op, x.length); fit != KVTIER_OK) {
+      op.result = fit;
       continue;
     }
     index_->touch(n);
