@@ -34,36 +34,67 @@ void Ticker::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-Membership::Membership(std::vector<std::string> etcd, std::string cluster, unsigned poll_ms,
+Membership::Membership(std::vector<std::string> etcd, std::string cluster, unsigned retry_ms,
                        OnChange on_change)
     : client_(std::move(etcd), kEtcdTimeoutMs),
       prefix_(cluster_prefix(cluster)),
-      poll_ms_(poll_ms),
+      retry_ms_(retry_ms),
       on_change_(std::move(on_change)) {}
 
 void Membership::start() {
-  poll();
-  if (!read_) log().warn("remote tier: etcd unreachable at start: no servers until it answers");
-  ticker_.start([this] { poll(); }, poll_ms_);
+  if (!read(&revision_))
+    log().warn("remote tier: etcd unreachable at start: no servers until it answers");
+  thread_ = std::thread([this] { follow(); });
 }
 
-void Membership::poll() {
+void Membership::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  client_.wake();
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Membership::follow() {
+  bool have = read_;
+  for (;;) {
+    Status watched;
+    if (have) {
+      // From the revision after the one read: a change made between the read and the watch's
+      // start is reported too, so none is missed.
+      watched = client_.watch_prefix(prefix_, revision_ + 1);
+      if (!watched.is_ok())
+        log().debug("remote tier: etcd watch: {}; reading again", watched.message());
+    }
+    std::unique_lock lock(mu_);
+    if (!have || !watched.is_ok())  // etcd down or the watch broken: not a busy loop
+      cv_.wait_for(lock, std::chrono::milliseconds(retry_ms_), [&] { return stopping_; });
+    if (stopping_) return;
+    lock.unlock();
+    have = read(&revision_);
+  }
+}
+
+bool Membership::read(int64_t* revision) {
   std::vector<etcd::KeyValue> kvs;
-  Status s = client_.range_prefix(prefix_, &kvs);
+  Status s = client_.range_prefix(prefix_, &kvs, revision);
   if (!s.is_ok()) {
     if (!down_) log().warn("remote tier: {}; keeping the last known servers", s.message());
     down_ = true;
-    return;
+    return false;
   }
   if (down_) log().info("remote tier: etcd answers again");
   down_ = false;
   std::vector<std::string> servers;
   for (const etcd::KeyValue& kv : kvs) servers.push_back(kv.key.substr(prefix_.size()));
   std::sort(servers.begin(), servers.end());
-  if (read_ && servers == servers_) return;
+  if (read_ && servers == servers_) return true;
   read_ = true;
   servers_ = servers;
   on_change_(servers);
+  return true;
 }
 
 Registration::Registration(std::vector<std::string> etcd, const std::string& cluster,

@@ -32,32 +32,41 @@ class Ticker {
   std::thread thread_;
 };
 
-// The client's side: reads the cluster's prefix every poll_ms and calls on_change with the
-// sorted addresses when the set changes. etcd unreachable: the last set stays, with one log line
-// when that starts and one when etcd answers again; on_change is never called with a set etcd did
-// not give.
+// The client's side: reads the cluster's prefix, then watches it (etcd's watch stream) and
+// reads it again after every change, calling on_change with the sorted addresses when the set
+// changed: a change reaches the calls as soon as etcd reports it. etcd unreachable (or the
+// watch broken): the set is read again every retry_ms and the last set stays meanwhile, with
+// one log line when that starts and one when etcd answers again; on_change is never called
+// with a set etcd did not give.
 class Membership {
  public:
   using OnChange = std::function<void(const std::vector<std::string>& servers)>;
-  Membership(std::vector<std::string> etcd, std::string cluster, unsigned poll_ms,
+  Membership(std::vector<std::string> etcd, std::string cluster, unsigned retry_ms,
              OnChange on_change);
-  ~Membership() { ticker_.stop(); }
+  ~Membership() { stop(); }
 
   // Reads the set once before it returns (so the first calls have servers), then follows it.
   // Not reaching etcd here is not an error: the set starts empty and the log says so.
   void start();
+  void stop();
 
  private:
-  void poll();
+  bool read(int64_t* revision);  // false: etcd did not answer
+  void follow();                 // the thread: watch, read again, ...
 
-  etcd::Client client_;  // used only by poll, from one thread at a time
+  etcd::Client client_;  // used by start, then only by the thread
   const std::string prefix_;
-  const unsigned poll_ms_;
+  const unsigned retry_ms_;
   OnChange on_change_;
   bool read_ = false;                 // the set has been read once
   std::vector<std::string> servers_;  // as last read
   bool down_ = false;
-  Ticker ticker_;  // last: stopped before the members it uses go
+  int64_t revision_ = 0;  // of the last read
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;
 };
 
 // The server's side: registers `address` under a lease of ttl_s seconds and renews it every

@@ -4,7 +4,6 @@
 
 #include <curl/curl.h>
 
-#include <mutex>
 #include <nlohmann/json.hpp>
 
 namespace kvtier::etcd {
@@ -124,12 +123,14 @@ Status Client::call(const char* path, const nlohmann::json& request, nlohmann::j
   return s.is_ok() ? parse(text, reply) : s;
 }
 
-Status Client::range_prefix(const std::string& prefix, std::vector<KeyValue>* out) {
+Status Client::range_prefix(const std::string& prefix, std::vector<KeyValue>* out,
+                            int64_t* revision) {
   json rep;
   Status s =
       call("/v3/kv/range",
            {{"key", b64_encode(prefix)}, {"range_end", b64_encode(prefix_end(prefix))}}, &rep);
   if (!s.is_ok()) return s;
+  if (revision) *revision = int_field(rep.value("header", json::object()), "revision");
   out->clear();
   for (const json& kv : rep.value("kvs", json::array())) {
     KeyValue item;
@@ -139,6 +140,102 @@ Status Client::range_prefix(const std::string& prefix, std::vector<KeyValue>* ou
     out->push_back(std::move(item));
   }
   return {};
+}
+
+namespace {
+
+// The watch stream: one JSON message per line, {"result": {...}} (or {"error": ...}).
+struct WatchStream {
+  std::string pending;  // bytes of a message not complete yet
+  bool changed = false;
+  Status failed;
+
+  // One message; false once the stream has said what the watch waits for.
+  bool take(const std::string& line) {
+    json m = json::parse(line, nullptr, false);
+    if (m.is_discarded() || !m.is_object()) {
+      failed = {KVTIER_ERR_INTERNAL, "etcd: a watch message that is not JSON"};
+      return false;
+    }
+    if (m.contains("error")) {
+      failed = {KVTIER_ERR_INTERNAL, "etcd: watch: " + m.value("message", std::string())};
+      return false;
+    }
+    const json result = m.value("result", json::object());
+    if (result.value("canceled", false)) {
+      failed = {KVTIER_ERR_INTERNAL,
+                "etcd: watch canceled: " + result.value("cancel_reason", std::string())};
+      return false;
+    }
+    changed = !result.value("events", json::array()).empty();
+    return !changed;
+  }
+};
+
+size_t watch_chunk(char* data, size_t size, size_t n, void* user) {
+  auto* w = static_cast<WatchStream*>(user);
+  w->pending.append(data, size * n);
+  for (size_t nl; (nl = w->pending.find('\n')) != std::string::npos;) {
+    const std::string line = w->pending.substr(0, nl);
+    w->pending.erase(0, nl + 1);
+    if (line.find_first_not_of(" \r\t") != std::string::npos && !w->take(line))
+      return 0;  // what was waited for came: end the transfer
+  }
+  return size * n;
+}
+
+}  // namespace
+
+Status Client::watch_prefix(const std::string& prefix, int64_t from) {
+  if (endpoints_.empty()) return {KVTIER_ERR_CONFIG, "etcd: no endpoints"};
+  const std::string body = json{{"create_request",
+                                 {{"key", b64_encode(prefix)},
+                                  {"range_end", b64_encode(prefix_end(prefix))},
+                                  {"start_revision", std::to_string(from)}}}}
+                               .dump();
+  return watch_at("http://" + endpoints_[current_] + "/v3/watch", body);
+}
+
+Status Client::watch_at(const std::string& url, const std::string& body) {
+  std::unique_ptr<CURL, void (*)(CURL*)> h(curl_easy_init(), curl_easy_cleanup);
+  std::unique_ptr<CURLM, CURLMcode (*)(CURLM*)> m(curl_multi_init(), curl_multi_cleanup);
+  if (!h || !m) return {KVTIER_ERR_NO_MEMORY, "etcd: curl init failed"};
+  std::unique_ptr<curl_slist, void (*)(curl_slist*)> headers(
+      curl_slist_append(nullptr, "Content-Type: application/json"), curl_slist_free_all);
+  WatchStream stream;
+  curl_easy_setopt(h.get(), CURLOPT_URL, url.c_str());
+  curl_easy_setopt(h.get(), CURLOPT_HTTPHEADER, headers.get());
+  curl_easy_setopt(h.get(), CURLOPT_POSTFIELDS, body.c_str());
+  curl_easy_setopt(h.get(), CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
+  curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, watch_chunk);
+  curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &stream);
+  curl_easy_setopt(h.get(), CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(timeout_ms_));
+  curl_easy_setopt(h.get(), CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h.get(), CURLOPT_PROTOCOLS_STR, "http");
+  curl_multi_add_handle(m.get(), h.get());
+  {
+    std::lock_guard lock(wake_mu_);
+    watching_ = m.get();
+  }
+  int running = 1;
+  while (running && !woken_.load() && !stream.changed && stream.failed.is_ok()) {
+    curl_multi_perform(m.get(), &running);
+    if (running) curl_multi_poll(m.get(), nullptr, 0, 1000, nullptr);  // wake() cuts it short
+  }
+  {
+    std::lock_guard lock(wake_mu_);
+    watching_ = nullptr;
+  }
+  curl_multi_remove_handle(m.get(), h.get());
+  if (stream.changed || woken_.load()) return {};
+  if (!stream.failed.is_ok()) return stream.failed;
+  return {KVTIER_ERR_UNAVAILABLE, "etcd: the watch stream ended"};
+}
+
+void Client::wake() {
+  woken_ = true;
+  std::lock_guard lock(wake_mu_);
+  if (watching_) curl_multi_wakeup(static_cast<CURLM*>(watching_));
 }
 
 Status Client::grant(int64_t ttl_s, int64_t* lease) {

@@ -1,9 +1,12 @@
 // The few etcd v3 calls cluster membership needs, through etcd's JSON gateway (libcurl +
-// nlohmann::json): range over a prefix, put under a lease, grant / keep alive / revoke a lease.
+// nlohmann::json): range over and watch a prefix, put under a lease, grant / keep alive /
+// revoke a lease.
 // Keys and values are plain strings here; the gateway's base64 stays inside.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
@@ -25,8 +28,15 @@ class Client {
   // endpoints: "host:port" of etcd's client URLs (http).
   Client(std::vector<std::string> endpoints, unsigned timeout_ms);
 
-  // Every key that starts with `prefix`.
-  Status range_prefix(const std::string& prefix, std::vector<KeyValue>* out);
+  // Every key that starts with `prefix`; *revision (when given): the store revision read.
+  Status range_prefix(const std::string& prefix, std::vector<KeyValue>* out,
+                      int64_t* revision = nullptr);
+  // Watches the keys under `prefix` from revision `from` on (etcd's watch stream) and returns
+  // once one of them changed: OK. UNAVAILABLE when no endpoint takes the watch or the stream
+  // breaks (etcd stopped), INTERNAL when etcd cancels it (e.g. `from` was compacted). No
+  // timeout: it also returns, OK, once wake() is called (from any thread).
+  Status watch_prefix(const std::string& prefix, int64_t from);
+  void wake();
   // A lease of `ttl_s` seconds (etcd may raise a short TTL to its minimum).
   Status grant(int64_t ttl_s, int64_t* lease);
   // Renews the lease; *ttl_s is what is left after renewal, 0 when the lease no longer exists.
@@ -42,9 +52,16 @@ class Client {
   // post() with JSON both ways; an error etcd answers becomes INTERNAL with its message.
   Status call(const char* path, const nlohmann::json& request, nlohmann::json* reply);
 
+  // One endpoint's watch stream until a change, a break or wake().
+  Status watch_at(const std::string& url, const std::string& body);
+
   std::vector<std::string> endpoints_;
   unsigned timeout_ms_;
   size_t current_ = 0;  // the endpoint that answered last
+
+  std::mutex wake_mu_;  // guards watching_ against wake()
+  void* watching_ = nullptr;  // the CURLM handle of the watch in progress
+  std::atomic<bool> woken_{false};
 };
 
 }  // namespace kvtier::etcd

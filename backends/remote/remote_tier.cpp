@@ -99,7 +99,7 @@ class RemoteTier final : public Tier {
   Status init(const Config& c) {
     if (c.remote_etcd.empty()) return set_servers(c.remote_servers, "KVTIER_REMOTE_SERVERS");
     membership_ = std::make_unique<Membership>(
-        c.remote_etcd, c.remote_cluster, kMembershipPollMs,
+        c.remote_etcd, c.remote_cluster, kMembershipRetryMs,
         [this](const std::vector<std::string>& addrs) { set_servers(addrs, "etcd"); });
     membership_->start();
     return {};
@@ -272,8 +272,8 @@ class RemoteTier final : public Tier {
   // instead of in a separate pass over the whole batch.
   static constexpr size_t kChunk = 256u << 10;
   static constexpr size_t kChunkKeys = 1024;  // so a request frame stays small (16 KiB of ids)
-  // How often the live set is read from etcd: a change reaches the calls within this.
-  static constexpr unsigned kMembershipPollMs = 250;
+  // How often the live set is read again while etcd does not answer (it is watched otherwise).
+  static constexpr unsigned kMembershipRetryMs = 250;
 
   // [begin, end) ranges of idx, each up to kChunk bytes and kChunkKeys keys (at least one key).
   template <class SizeOf>
