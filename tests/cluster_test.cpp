@@ -253,7 +253,7 @@ TEST_F(Cluster, JoinLeaveAndEtcdRestartWhileWriting) {
   // d joins after etcd's restart: the client sees it and gives it its share of new pages.
   auto d = join();
   ASSERT_TRUE(members_are({a.get(), c.get(), d.get()}));
-  std::this_thread::sleep_for(milliseconds(1000));  // the client polls etcd every 250 ms
+  std::this_thread::sleep_for(milliseconds(1000));  // the client's watch reports d
   const uint64_t s3 = work.seq();
   std::this_thread::sleep_for(milliseconds(1000));
   work.stop();
@@ -295,7 +295,7 @@ TEST_F(Cluster, LeaseExpiryDropsAKilledServer) {
   ASSERT_NE(s, nullptr);
   b->kill_now(SIGKILL);
   ASSERT_TRUE(members_are({a.get()})) << "b's lease did not expire";
-  std::this_thread::sleep_for(milliseconds(600));  // two of the client's polls
+  std::this_thread::sleep_for(milliseconds(600));  // the client's watch reports b's expiry
   std::vector<Page> pages;
   for (size_t i = 0; i < 64; ++i)
     pages.push_back({kvtier_test::make_key("k", i), kvtier_test::random_bytes(kPage), 0});
@@ -352,8 +352,8 @@ TEST_F(Cluster, OpensWhileEtcdIsDown) {
   StderrCapture log(kvtier_test::test_dir() + "/client.log");
   kvtier_store_t* s = open_store(client_config() + ";log_level=warn");
   ASSERT_NE(s, nullptr);
-  std::this_thread::sleep_for(milliseconds(1000));  // four polls of etcd, all refused
-  // Said once, however many polls fail.
+  std::this_thread::sleep_for(milliseconds(1000));  // four reads of etcd, all refused
+  // Said once, however many reads fail.
   EXPECT_EQ(log.count("etcd unreachable at start"), 1u);
   EXPECT_EQ(log.count("keeping the last known servers"), 1u);
   const std::string key = kvtier_test::make_key("down", 0);
