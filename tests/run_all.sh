@@ -38,7 +38,7 @@ run_tests asan build-asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stackt
 echo "== ThreadSanitizer (concurrency, core, remote and file suites)"
 build build-tsan -DKVTIER_SANITIZE=thread -DKVTIER_BUILD_BENCH=OFF
 run_tests tsan build-tsan TSAN_OPTIONS=halt_on_error=1 setarch "$(uname -m)" -R \
-  ctest -j"$jobs" -L "concurrency|core|remote|file"
+  ctest -j"$jobs" -L "concurrency|core|remote|file|cluster"
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "== tests failed in: ${failed[*]}"
