@@ -35,7 +35,7 @@ build build-asan -DKVTIER_SANITIZE=address -DKVTIER_BUILD_BENCH=OFF
 run_tests asan build-asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest -j"$jobs"
 
-echo "== ThreadSanitizer (concurrency, core, remote and file suites)"
+echo "== ThreadSanitizer (concurrency, core, remote, file and cluster suites)"
 build build-tsan -DKVTIER_SANITIZE=thread -DKVTIER_BUILD_BENCH=OFF
 run_tests tsan build-tsan TSAN_OPTIONS=halt_on_error=1 setarch "$(uname -m)" -R \
   ctest -j"$jobs" -L "concurrency|core|remote|file|cluster"
