@@ -1,5 +1,5 @@
 // kvtier-server's requests and arena: what each frame does. The connections themselves (event
-// loops, deadlines, caps) are in server_loop.cpp.
+// loops, deadlines, caps) are in loop.cpp.
 #include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
