@@ -176,7 +176,7 @@ TEST(RdmaLimits, MessageLimitIsTheSmallerPort) {
 }
 
 TEST(RdmaLimits, ReadSinkNeedsRemoteWriteOnIwarpOnly) {
-  constexpr int kLocalWrite = 1, kRemoteWrite = 2;  // IBV_ACCESS_* (checked in rdma.cpp)
+  constexpr int kLocalWrite = 1, kRemoteWrite = 2;  // IBV_ACCESS_* (checked in rdma/verbs.h)
   EXPECT_EQ(rdma::sink_access(true), kLocalWrite | kRemoteWrite);
   EXPECT_EQ(rdma::sink_access(false), kLocalWrite) << "no remote write into the engine's memory";
 }

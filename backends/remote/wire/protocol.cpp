@@ -106,10 +106,12 @@ Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
   return net::writev_all(fd, iov.data(), iov.size(), deadline);
 }
 
-Status read_frame(int fd, uint16_t type, net::Deadline deadline, std::vector<uint8_t>* payload) {
+Status read_frame(int fd, uint16_t type, net::Deadline deadline, std::vector<uint8_t>* payload,
+                  bool* begun) {
   uint8_t head[kHeaderSize];
   Header h;
   Status s = net::read_all(fd, head, sizeof head, deadline);
+  if (s.is_ok() && begun) *begun = true;
   if (s.is_ok()) s = decode_header(head, &h);
   if (!s.is_ok()) return s;
   payload->resize(h.length);

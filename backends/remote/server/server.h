@@ -57,7 +57,7 @@ struct ServerOptions {
   unsigned max_leases = 8192;
   unsigned threads = 0;  // --threads / KVTIER_SERVER_THREADS: worker loops; 0: min(4, cores)
   int rdma_tos = -1;     // --rdma-tos / KVTIER_SERVER_RDMA_TOS: 0..255; -1 the device's
-  // --tiers memory,file / KVTIER_SERVER_TIERS: pages also on disk (server_disk.cpp), in the
+  // --tiers memory,file / KVTIER_SERVER_TIERS: pages also on disk (disk.cpp), in the
   // library's file tier under file_dir (--file-dir), file_capacity bytes per client namespace.
   bool file = false;
   std::string file_dir;
@@ -177,7 +177,7 @@ class Server {
   // its bytes is done.
   void drop(std::unordered_map<Key, Entry, Ids>::iterator it);
 
-  // ---- the disk under the arena (server_disk.cpp); none of them needs mu_ held ----
+  // ---- the disk under the arena (disk.cpp); none of them needs mu_ held ----
   struct DiskPage {
     KeyId id;
     uint64_t offset, length, checksum;  // the page's bytes in the arena
@@ -190,7 +190,7 @@ class Server {
   void disk_remove(uint64_t ns, std::span<const KeyId> ids, std::span<int32_t> results);
   void disk_clear(uint64_t ns);
 
-  // ---- connections (server_loop.cpp) ----
+  // ---- connections (loop.cpp) ----
   void fit_fd_limit();  // raises the soft fd limit; lowers the caps where it cannot
   void reap_leases();   // the front loop's timer
   // Rate-limited warnings: a flood of bad clients must not fill the log.

@@ -167,7 +167,8 @@ struct PlanLimits {
 Status make_plan(std::span<const Transfer> transfers, PlanLimits limits, uint32_t qps,
                  uint32_t signal_every, const LkeyOf& lkey_of, Plan* plan);
 
-// ---- Verbs (rdma.cpp; stubs that say UNSUPPORTED when built without RDMA) ----
+// ---- Verbs: verbs.cpp (shared helpers), registry.cpp, channel.cpp (the client's),
+// listener.cpp (the server's); rdma_off.cpp: stubs that say UNSUPPORTED without RDMA ----
 
 // The caller's memory registered with every device a channel uses (engine host pools).
 class Registry {

@@ -190,7 +190,11 @@ Status decode_hello(std::span<const uint8_t> payload, std::string* token, uint64
 Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
                   std::span<const iovec> bulk, net::Deadline deadline);
 // One frame in, header and payload (the bulk that follows is the caller's to read). An ERROR
-// frame becomes its code; a frame of another type than `type` is INVALID_ARG.
-Status read_frame(int fd, uint16_t type, net::Deadline deadline, std::vector<uint8_t>* payload);
+// frame becomes its code; a frame of another type than `type` is INVALID_ARG. *begun (when
+// given) is set once a header has arrived: a call that failed before one can be run again.
+// The one reader and writer of blocking peers (the client tier, p2p); kvtier-server's event
+// loop decodes the same header with decode_header as its bytes arrive.
+Status read_frame(int fd, uint16_t type, net::Deadline deadline, std::vector<uint8_t>* payload,
+                  bool* begun = nullptr);
 
 }  // namespace kvtier::wire

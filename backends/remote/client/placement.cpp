@@ -1,0 +1,106 @@
+#include "placement.h"
+
+#include <algorithm>
+
+#include "log.h"
+
+namespace kvtier::remote {
+
+namespace {
+
+uint64_t mix(uint64_t x) {  // splitmix64
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// The r-th choice of server for a key among `servers`: highest rendezvous score first.
+ServerRef* pick(const Servers& servers, const KeyId& id, unsigned r) {
+  if (servers.size() == 1) return servers[0].get();
+  std::vector<std::pair<uint64_t, ServerRef*>> scored;
+  for (auto& s : servers) scored.push_back({mix(id.hi ^ mix(id.lo ^ s->seed)), s.get()});
+  std::nth_element(scored.begin(), scored.begin() + r, scored.end(),
+                   [](auto& a, auto& b) { return a.first > b.first; });
+  return scored[r].second;
+}
+
+}  // namespace
+
+Placement::Placement(const Config& c)
+    : replicas_(c.remote_replicas), from_etcd_(!c.remote_etcd.empty()) {}
+
+Placement::~Placement() {
+  membership_.reset();
+}
+
+Status Placement::init(const Config& c) {
+  if (c.remote_etcd.empty()) return set_servers(c.remote_servers, "KVTIER_REMOTE_SERVERS");
+  membership_ = std::make_unique<Membership>(
+      c.remote_etcd, c.remote_cluster, kMembershipRetryMs,
+      [this](const std::vector<std::string>& addrs) { set_servers(addrs, "etcd"); });
+  membership_->start();
+  return {};
+}
+
+std::shared_ptr<const Servers> Placement::live() const {
+  std::lock_guard lock(live_mu_);
+  return live_;
+}
+
+unsigned Placement::replicas(const Servers& servers) const {
+  return std::min<unsigned>(replicas_, static_cast<unsigned>(servers.size()));
+}
+
+unsigned Placement::read_choices(const Servers& servers) const {
+  const unsigned n = static_cast<unsigned>(servers.size());
+  return std::min(n, replicas(servers) + (joined_.load(std::memory_order_relaxed) ? 1u : 0u));
+}
+
+Groups Placement::group(const Servers& servers, size_t n,
+                        const std::function<KeyId(size_t)>& key_of, unsigned r) {
+  Groups out;
+  for (size_t i = 0; i < n; ++i) {
+    ServerRef* s = pick(servers, key_of(i), r);
+    auto it = std::find_if(out.begin(), out.end(), [s](auto& g) { return g.first == s; });
+    if (it == out.end()) {
+      out.push_back({s, {i}});
+    } else {
+      it->second.push_back(i);
+    }
+  }
+  return out;
+}
+
+Status Placement::set_servers(const std::vector<std::string>& addrs, const char* source) {
+  auto next = std::make_shared<Servers>();
+  const auto prev = live();
+  bool next_has_new = false;
+  for (const std::string& addr : addrs) {
+    auto same = std::find_if(prev->begin(), prev->end(), [&](auto& s) { return s->name == addr; });
+    if (same != prev->end()) {
+      next->push_back(*same);
+      continue;
+    }
+    auto s = std::make_shared<ServerRef>();
+    Status st = net::split_host_port(addr, &s->host, &s->port);
+    if (!st.is_ok()) {
+      log().warn("remote tier: {}: server {} left out: {}", source, addr, st.message());
+      if (from_etcd_) continue;  // one bad entry in etcd does not empty the set
+      return {KVTIER_ERR_CONFIG, std::string(source) + ": " + st.message()};
+    }
+    s->name = addr;
+    s->seed = mix(namespace_seed(addr));
+    for (int i = 0; i < Pool::kConnsPerServer; ++i) s->conns.push_back(std::make_unique<Conn>());
+    next->push_back(std::move(s));
+    next_has_new = true;
+  }
+  if (from_etcd_) log().info("remote tier: {} servers from {}", next->size(), source);
+  if (from_etcd_ && !first_set_ && next_has_new) joined_ = true;
+  first_set_ = false;
+  std::lock_guard lock(live_mu_);
+  live_ = std::move(next);
+  return {};
+}
+
+}  // namespace kvtier::remote

@@ -1,0 +1,233 @@
+// The remote tier: pages on kvtier-servers, spread by rendezvous hashing (placement.h),
+// optionally replicated. The control plane is TCP frames (protocol.h) on pooled connections
+// (pool.h); the bytes move by the transport chosen per server (transport.h): RDMA when both
+// ends have a device, else in the frames.
+#include <algorithm>
+#include <atomic>
+#include <memory>
+
+#include "log.h"
+#include "placement.h"
+#include "pool.h"
+#include "tier.h"
+#include "transport.h"
+
+namespace kvtier {
+
+namespace {
+
+using remote::Groups;
+using remote::Placement;
+using remote::ServerRef;
+using remote::Servers;
+using remote::Transport;
+
+class RemoteTier final : public Tier {
+ public:
+  RemoteTier(const Config& c, bool rdma, bool rdma_required)
+      : pool_(c.remote_timeout_ms, c.remote_token, namespace_seed(c.ns)), placement_(c) {
+    if (rdma) rdma_ = remote::make_rdma_transport(pool_, errors_, rdma_required, c.remote_rdma_tos);
+  }
+
+  Status init(const Config& c) { return placement_.init(c); }
+
+  std::string_view name() const override { return "remote"; }
+  Caps caps() const override { return {.can_tear = true}; }
+
+  void register_memory(const void* addr, size_t len) override {
+    if (rdma_) rdma_->register_memory(addr, len);
+  }
+  void unregister_memory(const void* addr) override {
+    if (rdma_) rdma_->unregister_memory(addr);
+  }
+
+  void put(std::span<PutOp> ops) override {
+    remote::PutOutcome out{std::vector<int>(ops.size(), KVTIER_ERR_UNAVAILABLE),
+                           std::vector<uint8_t>(ops.size(), 0)};
+    // A value no server takes is refused here, before it is sent: a server drops a
+    // connection that carries one.
+    std::vector<uint8_t> fits(ops.size(), 1);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (ops[i].size <= wire::kMaxValue) continue;
+      fits[i] = 0;
+      out.best[i] = KVTIER_ERR_NO_SPACE;
+      log().warn("remote tier: a value of {} bytes is larger than a server takes ({} bytes)",
+                 ops[i].size, wire::kMaxValue);
+    }
+    const auto servers = placement_.live();
+    for (unsigned r = 0; r < placement_.replicas(*servers); ++r) {
+      for (auto& [srv, all] : by_server(*servers, ops, r)) {
+        std::vector<size_t> idx;
+        for (size_t i : all)
+          if (fits[i]) idx.push_back(i);
+        on_server(
+            *srv, std::move(idx), [&](Transport& t, auto keys) { t.put(*srv, ops, keys, out); },
+            [&](size_t i, int code) { out.best[i] = code; },
+            [&](size_t i) { return out.stored[i] != 0; });
+      }
+    }
+    for (size_t i = 0; i < ops.size(); ++i) {
+      ops[i].result = out.stored[i] ? KVTIER_OK : out.best[i];
+      if (!out.stored[i]) errors_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  void get(std::span<GetOp> ops) override {
+    for (GetOp& op : ops) op.result = KVTIER_ERR_NOT_FOUND;
+    std::vector<uint8_t> done(ops.size(), 0);
+    const auto servers = placement_.live();
+    for (unsigned r = 0; r < placement_.read_choices(*servers); ++r) {
+      for (auto& [srv, all] : by_server(*servers, ops, r)) {
+        std::vector<size_t> idx;
+        for (size_t i : all)
+          if (!done[i]) idx.push_back(i);
+        on_server(
+            *srv, std::move(idx), [&](Transport& t, auto keys) { t.get(*srv, ops, keys, done); },
+            [&](size_t i, int code) { ops[i].result = code; },
+            [&](size_t i) { return done[i] != 0; });
+      }
+    }
+  }
+
+  void exists(std::span<const KeyId> ids, std::span<uint8_t> present) override {
+    std::fill(present.begin(), present.end(), 0);
+    const auto servers = placement_.live();
+    for (unsigned r = 0; r < placement_.read_choices(*servers); ++r) {
+      for (auto& [srv, all] : by_server(*servers, ids, r)) {
+        std::vector<size_t> idx;
+        for (size_t i : all)
+          if (!present[i]) idx.push_back(i);
+        if (idx.empty()) continue;
+        pool_.exchange(*srv, wire::kExists, id_list(ids, idx), [&](int, wire::Reader& rd) {
+          if (rd.count(1) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
+          for (size_t i : idx) present[i] = rd.u8() ? 1 : 0;
+          return Status{};
+        });
+      }
+    }
+  }
+
+  void remove(std::span<const KeyId> ids, std::span<int> results) override {
+    std::fill(results.begin(), results.end(), KVTIER_ERR_NOT_FOUND);
+    const auto servers = placement_.live();
+    // Wherever a read would find it.
+    for (unsigned r = 0; r < placement_.read_choices(*servers); ++r) {
+      for (auto& [srv, idx] : by_server(*servers, ids, r)) {
+        pool_.exchange(*srv, wire::kRemove, id_list(ids, idx), [&](int, wire::Reader& rd) {
+          if (rd.count(4) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
+          for (size_t i : idx)
+            if (rd.i32() == KVTIER_OK) results[i] = KVTIER_OK;
+          return Status{};
+        });
+      }
+    }
+  }
+
+  void clear() override {
+    for (auto& s : *placement_.live())
+      pool_.exchange(*s, wire::kClear, {}, [](int, wire::Reader&) { return Status{}; });
+  }
+
+  TierStats stats() const override {
+    TierStats t;
+    const auto servers = placement_.live();
+    t.servers = static_cast<int64_t>(servers->size());
+    for (auto& s : *servers)
+      pool_.exchange(*s, wire::kStats, {},
+                     [&](int, wire::Reader& rd) { return add_server_stats(rd, &t); });
+    t.errors += errors_.load();
+    return t;
+  }
+
+ private:
+  // Keys (by index) grouped by their r-th server; `items` are ops or ids.
+  template <class Items>
+  static Groups by_server(const Servers& servers, const Items& items, unsigned r) {
+    return Placement::group(
+        servers, items.size(),
+        [&](size_t i) {
+          if constexpr (std::is_same_v<typename Items::value_type, KeyId>)
+            return items[i];
+          else
+            return items[i].id;
+        },
+        r);
+  }
+
+  // The transport for `s`'s bytes, or NULL with *err when RDMA is required and down.
+  Transport* transport(ServerRef& s, Status* err) {
+    if (rdma_ && rdma_->ready(s, err)) return rdma_.get();
+    return err->is_ok() ? tcp_.get() : nullptr;
+  }
+
+  // Runs run(transport, keys) for the keys idx of one server. A restart of the server seen
+  // during the call (a new boot id) left its channel and connections stale: the keys not
+  // done(i) get one more try on fresh ones. fail(i, code): no transport for key i.
+  template <class Run, class Fail, class Done>
+  void on_server(ServerRef& s, std::vector<size_t> idx, Run run, Fail fail, Done done) {
+    for (int attempt = 0; attempt < 2 && !idx.empty(); ++attempt) {
+      const uint64_t boot = s.boot_id.load();
+      Status path;
+      if (Transport* t = transport(s, &path)) {
+        run(*t, std::span<const size_t>(idx));
+      } else {
+        for (size_t i : idx) fail(i, path.code());
+      }
+      if (boot == 0 || s.boot_id.load() == boot) break;
+      std::erase_if(idx, done);
+    }
+  }
+
+  // An EXISTS or REMOVE request: the ids of idx.
+  static std::vector<uint8_t> id_list(std::span<const KeyId> ids, const std::vector<size_t>& idx) {
+    wire::Writer w;
+    // One allocation up front (which also spares GCC 12 a false -Wnonnull in Release).
+    w.data().reserve(4 + 16 * idx.size());
+    w.u32(static_cast<uint32_t>(idx.size()));
+    for (size_t i : idx) w.id(ids[i]);
+    return std::move(w.data());
+  }
+
+  // A STATS reply added to *t.
+  static Status add_server_stats(wire::Reader& rd, TierStats* t) {
+    t->keys += rd.u64();
+    t->bytes += rd.u64();
+    t->capacity += rd.u64();
+    t->evictions += rd.u64();
+    t->errors += rd.u64();
+    rd.u64();                             // leases that expired
+    if (rd.left() < 32) return Status{};  // a server from before these
+    t->server_hits += rd.u64();
+    t->server_misses += rd.u64();
+    t->leases += rd.u64();
+    t->connections += rd.u64();
+    return Status{};
+  }
+
+  mutable std::atomic<uint64_t> errors_{0};
+  const remote::Pool pool_;
+  Placement placement_;  // its destructor stops the membership thread
+  std::unique_ptr<Transport> tcp_ = remote::make_tcp_transport(pool_, errors_);
+  std::unique_ptr<remote::RdmaTransport>
+      rdma_;  // RDMA wanted (transport rdma, or auto and a device)
+};
+
+Status make_remote_tier(const Config& config, std::unique_ptr<Tier>* out) {
+  const std::string& t = config.remote_transport;
+  const bool device = t != "tcp" && rdma::available();
+  if (t == "rdma" && !device)
+    return {KVTIER_ERR_UNSUPPORTED,
+            "KVTIER_REMOTE_TRANSPORT=rdma: no RDMA device on this host (or this build has no "
+            "RDMA); use tcp or auto"};
+  auto tier = std::make_unique<RemoteTier>(config, device, t == "rdma");
+  Status s = tier->init(config);
+  if (!s.is_ok()) return s;
+  *out = std::move(tier);
+  return {};
+}
+
+}  // namespace
+
+KVTIER_REGISTER_TIER("remote", make_remote_tier);
+
+}  // namespace kvtier

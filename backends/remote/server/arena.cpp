@@ -1,0 +1,132 @@
+// kvtier-server's arena: slots by size class, the pages' table, pins and leases, and the
+// counters /metrics renders.
+#include <algorithm>
+#include <iterator>
+
+#include "log.h"
+#include "server.h"
+#include "size_class.h"
+
+namespace kvtier {
+
+// ---- the arena -----------------------------------------------------------------------------
+
+bool Server::allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size) {
+  if (bytes > largest_page_.load(std::memory_order_relaxed)) largest_page_ = bytes;
+  const uint64_t size = slot_size_for(bytes);
+  if (size > opt_.capacity) return false;
+  while (!free_.take(size, offset)) {
+    // Full: evict the least recently used unpinned page, of any size; freed neighbours merge.
+    auto victim = std::find_if(lru_list_.rbegin(), lru_list_.rend(), [&](const Key& k) {
+      return !pins_.count(map_.find(k)->second.offset);
+    });
+    if (victim == lru_list_.rend()) return false;
+    drop(map_.find(*victim));
+    ++evictions_;
+  }
+  *slot_size = size;
+  used_ += size;
+  return true;
+}
+
+void Server::drop(std::unordered_map<Key, Entry, Ids>::iterator it) {
+  if (pins_.count(it->second.offset)) {
+    dropped_[it->second.offset] = it->second.slot_size;
+  } else {
+    free_slot(it->second.offset, it->second.slot_size);
+  }
+  lru_list_.erase(it->second.lru);
+  auto keys = ns_keys_.find(it->second.ns);
+  keys->second.erase(it->second.in_ns);
+  if (keys->second.empty()) ns_keys_.erase(keys);
+  map_.erase(it);
+}
+
+void Server::free_slot(uint64_t offset, uint64_t slot_size) {
+  free_.give(offset, slot_size);
+  used_ -= slot_size;
+}
+
+void Server::publish(const Key& key, uint64_t offset, uint64_t slot_size, uint64_t length,
+                     uint64_t checksum) {
+  if (map_.count(key)) {  // another put of the key won
+    free_slot(offset, slot_size);
+    return;
+  }
+  lru_list_.push_front(key);
+  auto& keys = ns_keys_[key.first];
+  keys.push_front(key);
+  map_.emplace(
+      key, Entry{offset, slot_size, length, checksum, key.first, lru_list_.begin(), keys.begin()});
+}
+
+const Server::Entry& Server::pin(Entry& e) {
+  ++pins_[e.offset];
+  lru_list_.splice(lru_list_.begin(), lru_list_, e.lru);
+  return e;
+}
+
+void Server::unpin(uint64_t offset) {
+  if (--pins_[offset]) return;
+  pins_.erase(offset);
+  if (auto d = dropped_.find(offset); d != dropped_.end()) {
+    free_slot(offset, d->second);
+    dropped_.erase(d);
+  }
+}
+
+bool Server::end_lease(uint64_t id) {
+  uint64_t conn = 0;
+  if (auto p = pending_.find(id); p != pending_.end()) {
+    // The client may still be writing into the slot: fence its QPs before anyone can reuse it.
+    if (rdma_) rdma_->fence_client(p->second.client);
+    free_slot(p->second.offset, p->second.slot_size);
+    conn = p->second.conn;
+    pending_.erase(p);
+  } else if (auto l = leases_.find(id); l != leases_.end()) {
+    unpin(l->second.offset);
+    conn = l->second.conn;
+    leases_.erase(l);
+  } else {
+    return false;
+  }
+  if (auto h = held_.find(conn); h != held_.end()) h->second.erase(id);
+  return true;
+}
+
+void Server::reap(Clock::time_point now) {
+  while (!expiries_.empty() && expiries_.front().first <= now) {
+    expired_ += end_lease(expiries_.front().second);
+    expiries_.pop_front();
+  }
+}
+
+std::string Server::metrics_text() {
+  ServerCounters c;
+  {
+    std::lock_guard lock(mu_);
+    c = {.pages = map_.size(),
+         .bytes = used_,
+         .capacity = opt_.capacity,
+         .hits = hits_,
+         .misses = misses_,
+         .evictions = evictions_,
+         .errors = errors_,
+         .expired_leases = expired_,
+         .leases = pending_.size() + leases_.size(),
+         .connections = authed_.load()};
+  }
+  std::string out;
+  render_counters(c, &out);
+  out += "# HELP kvtier_server_request_seconds request latency, header in to reply out\n";
+  out += "# TYPE kvtier_server_request_seconds histogram\n";
+  static const char* const kOps[] = {"",       "hello",  "exists", "put",       "get",
+                                     "remove", "clear",  "stats",  "rdma_info", "alloc",
+                                     "commit", "lookup", "release"};
+  static_assert(std::size(kOps) == wire::kRelease + 1);
+  for (size_t t = wire::kHello; t < latency_.size(); ++t)
+    latency_[t].render("kvtier_server_request_seconds", kOps[t], &out);
+  return out;
+}
+
+}  // namespace kvtier

@@ -1,0 +1,173 @@
+// kvtier-server's RDMA control plane: RDMA_INFO, ALLOC, COMMIT, LOOKUP and RELEASE. The bytes
+// themselves move one-sided between the client and the arena (rdma/listener.cpp).
+#include <algorithm>
+
+#include "log.h"
+#include "server.h"
+#include "yielding.h"
+
+namespace kvtier {
+
+// ---- the RDMA control plane: the bytes themselves never pass through here -----------------
+
+uint64_t Server::grant_lease(uint64_t conn, Clock::time_point expiry) {
+  const uint64_t id = next_lease_++;
+  held_[conn].insert(id);
+  // Leases ended early stay queued until their time; drop them once they outnumber the live
+  // ones, so granting and giving back in a loop cannot grow the queue without bound.
+  if (expiries_.size() > 2 * (pending_.size() + leases_.size()) + 4096)
+    std::erase_if(expiries_, [&](const auto& e) {
+      return !pending_.count(e.second) && !leases_.count(e.second);
+    });
+  expiries_.push_back({expiry, id});
+  return id;
+}
+
+Status Server::handle_rdma(Conn& c, wire::Writer& out) {
+  const uint64_t ns = c.ns;
+  const auto now = Clock::now();
+  const auto lease = std::chrono::milliseconds(opt_.lease_ms);
+  switch (c.h.type) {
+    case wire::kRdmaInfo: {
+      if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "RDMA_INFO takes no payload"};
+      if (!rdma_ || !rdma_->serving()) {  // no device (left): the client moves bytes over TCP
+        out.i32(KVTIER_ERR_UNSUPPORTED);
+        out.u32(0);
+        out.u64(0);
+        return {};
+      }
+      out.i32(KVTIER_OK);
+      out.u32(rdma_->port());
+      out.u64(rdma_->issue_ticket({c.id, c.client}));  // one channel; ends with this connection
+      return {};
+    }
+    case wire::kAlloc: {
+      std::vector<wire::PutEntry> entries;
+      uint64_t bulk = 0;
+      Status s = wire::decode_put(c.payload, &entries, &bulk);
+      if (!s.is_ok()) return s;
+      out.u32(static_cast<uint32_t>(entries.size()));
+      Yielding lock(mu_);
+      auto& held = held_[c.id];
+      for (const wire::PutEntry& e : entries) {
+        lock.step();
+        uint64_t offset = 0, slot = 0, id = 0;
+        int32_t code = KVTIER_OK;
+        if (map_.count({ns, e.id}))
+          code = wire::kPresent;
+        else if (held.size() >= opt_.max_leases)
+          code = KVTIER_ERR_BUSY;  // this connection holds its cap of leases
+        else if (!allocate(e.length, &offset, &slot))
+          code = KVTIER_ERR_NO_SPACE;
+        if (code == KVTIER_OK) {
+          id = grant_lease(c.id, now + lease);
+          pending_[id] = {{ns, e.id}, offset,      slot, e.length,
+                          e.checksum, now + lease, c.id, c.client};
+        }
+        out.i32(code);
+        out.u64(offset);
+        out.u64(id);
+      }
+      return {};
+    }
+    case wire::kLookup: {
+      std::vector<KeyId> ids;
+      Status s = wire::decode_ids(c.payload, &ids);
+      if (!s.is_ok()) return s;
+      promote(ns, ids);
+      out.u32(static_cast<uint32_t>(ids.size()));
+      Yielding lock(mu_);
+      auto& held = held_[c.id];
+      for (const KeyId& id : ids) {
+        lock.step();
+        auto it = map_.find({ns, id});
+        const bool found = it != map_.end();
+        ++(found ? hits_ : misses_);
+        if (!found || held.size() >= opt_.max_leases) {
+          out.i32(found ? KVTIER_ERR_BUSY : KVTIER_ERR_NOT_FOUND);
+          for (int k = 0; k < 4; ++k) out.u64(0);
+          continue;
+        }
+        const Entry& e = pin(it->second);
+        const uint64_t id_ = grant_lease(c.id, now + lease);
+        leases_[id_] = {e.offset, now + lease, c.id};
+        out.i32(KVTIER_OK);
+        out.u64(e.offset);
+        out.u64(e.length);
+        out.u64(e.checksum);
+        out.u64(id_);
+      }
+      return {};
+    }
+    case wire::kRelease: {
+      std::vector<uint64_t> ids;
+      Status s = wire::decode_u64s(c.payload, &ids);
+      if (!s.is_ok()) return s;
+      Yielding lock(mu_);
+      for (uint64_t id : ids) {
+        lock.step();
+        auto it = leases_.find(id);
+        if (it == leases_.end() || it->second.conn != c.id) continue;  // ran out already
+        end_lease(id);
+      }
+      return {};
+    }
+    default:
+      return {KVTIER_ERR_INVALID_ARG, "unknown frame type " + std::to_string(c.h.type)};
+  }
+}
+
+// A slot is published only with the bytes its owner wrote: the checksum the client gave at
+// ALLOC must match the slot's bytes, else the slot may hold another namespace's freed page (a
+// commit without a write) or a torn write. The slot is out of pending_ while it is hashed, so
+// no lease expiry can free it under us, and mu_ is not held for the hashing.
+Status Server::commit(Conn& c, wire::Writer& out) {
+  std::vector<wire::CommitEntry> entries;
+  Status s = wire::decode_commit(c.payload, &entries);
+  if (!s.is_ok()) return s;
+  std::vector<Pending> taken;
+  std::vector<int32_t> codes(entries.size(), KVTIER_ERR_TIMEOUT);  // lease ran out: slot gone
+  {
+    std::lock_guard lock(mu_);
+    for (size_t i = 0; i < entries.size(); ++i) {
+      auto it = pending_.find(entries[i].lease);
+      if (it == pending_.end() || it->second.conn != c.id) continue;
+      taken.push_back(it->second);
+      pending_.erase(it);
+      held_[c.id].erase(entries[i].lease);
+      codes[i] = static_cast<int32_t>(taken.size() - 1);  // index into taken, for now
+    }
+  }
+  std::vector<uint8_t> good(taken.size(), 0);
+  for (size_t i = 0; i < entries.size(); ++i)
+    if (codes[i] >= 0 && entries[i].commit) {
+      const Pending& p = taken[static_cast<size_t>(codes[i])];
+      good[codes[i]] = checksum(arena_ + p.offset, p.length) == p.checksum;
+    }
+  if (opt_.file) {  // the slots are this call's until published below
+    std::vector<DiskPage> pages;
+    for (size_t k = 0; k < taken.size(); ++k)
+      if (good[k])
+        pages.push_back({taken[k].key.second, taken[k].offset, taken[k].length, taken[k].checksum});
+    write_through(c.ns, pages);
+  }
+  std::lock_guard lock(mu_);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (codes[i] < 0) continue;
+    const size_t k = static_cast<size_t>(codes[i]);
+    const Pending& p = taken[k];
+    if (entries[i].commit && good[k]) {
+      publish(p.key, p.offset, p.slot_size, p.length, p.checksum);
+      codes[i] = KVTIER_OK;
+    } else {
+      free_slot(p.offset, p.slot_size);  // given back, or not the bytes promised
+      codes[i] = entries[i].commit ? KVTIER_ERR_CORRUPT : KVTIER_OK;
+      if (entries[i].commit) ++errors_;
+    }
+  }
+  out.u32(static_cast<uint32_t>(entries.size()));
+  for (int32_t code : codes) out.i32(code);
+  return {};
+}
+
+}  // namespace kvtier

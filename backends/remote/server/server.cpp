@@ -1,0 +1,311 @@
+// kvtier-server's requests: what each frame does. The RDMA control plane is in rdma_control.cpp,
+// the arena in arena.cpp, the connections themselves (event loops, deadlines, caps) in loop.cpp.
+#include <netinet/in.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+
+#include "log.h"
+#include "server.h"
+#include "yielding.h"
+
+namespace kvtier {
+
+namespace {
+
+using wire::Header;
+
+// Who a control connection is, for fencing RDMA: its peer's address and its namespace (a
+// client's pooled connections share both, while its QPs came through one of them).
+uint64_t client_key(int fd, uint64_t ns) {
+  sockaddr_storage peer{};
+  socklen_t len = sizeof peer;
+  uint64_t h = ns ^ 0x9E3779B97F4A7C15ull;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == 0 && peer.ss_family == AF_INET)
+    h ^= uint64_t{reinterpret_cast<sockaddr_in*>(&peer)->sin_addr.s_addr} * 0xBF58476D1CE4E5B9ull;
+  return h;
+}
+
+// Compares without an early exit, so the time taken does not tell how much of a guess is right.
+bool same_token(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() != b.size();
+  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % std::max<size_t>(b.size(), 1)];
+  return diff == 0;
+}
+
+}  // namespace
+
+size_t Server::Ids::operator()(const Key& k) const {
+  const uint64_t words[3] = {k.first, k.second.hi, k.second.lo};
+  return static_cast<size_t>(XXH3_64bits_withSeed(words, sizeof words, seed));
+}
+
+// ---- frames ------------------------------------------------------------------------------
+
+void Server::reply(Conn& c, uint16_t type, wire::Writer& out, const std::vector<iovec>& bulk) {
+  Header h;
+  h.type = type;
+  h.length = static_cast<uint32_t>(out.data().size());
+  c.reply.resize(wire::kHeaderSize);
+  wire::encode_header(h, c.reply.data());
+  c.reply.insert(c.reply.end(), out.data().begin(), out.data().end());
+  c.out.clear();
+  c.out.push_back({c.reply.data(), c.reply.size()});
+  c.out.insert(c.out.end(), bulk.begin(), bulk.end());
+  c.out_at = 0;
+  c.phase = Conn::Phase::kReply;
+  c.moved = Clock::now();
+  c.bulk_end = Clock::time_point::max();
+}
+
+void Server::reply_error(Conn& c, const Status& s) {
+  {
+    std::lock_guard lock(mu_);
+    ++errors_;
+  }
+  warn_limited("server: closing a connection: " + s.message());
+  wire::Writer w;
+  w.i32(s.code());
+  w.bytes(s.message().data(), std::min<size_t>(s.message().size(), 1024));
+  reply(c, wire::kError | wire::kReply, w);
+  c.close_after = true;
+}
+
+void Server::on_frame(Conn& c) {
+  wire::Writer out;
+  Status s = c.hello ? handle(c, out) : handle_hello(c, out);
+  if (!s.is_ok()) return reply_error(c, s);
+  if (c.phase == Conn::Phase::kPayload)  // not set up by a PUT or GET: a plain reply
+    reply(c, static_cast<uint16_t>(c.h.type | wire::kReply), out);
+}
+
+// Every connection starts with HELLO: protocol version, token and the client's namespace.
+Status Server::handle_hello(Conn& c, wire::Writer& out) {
+  std::string token;
+  uint64_t ns = 0;
+  Status s = wire::check_first_frame(c.h);
+  if (s.is_ok()) s = wire::decode_hello(c.payload, &token, &ns);
+  if (!s.is_ok()) return s;
+  if (!same_token(token, opt_.token)) return {KVTIER_ERR_DENIED, "wrong or missing token"};
+  if (authed_.fetch_add(1) >= opt_.max_connections) {
+    authed_.fetch_sub(1);
+    return {KVTIER_ERR_BUSY, "the server is at its limit of " +
+                                 std::to_string(opt_.max_connections) + " connections"};
+  }
+  c.hello = true;
+  c.ns = ns;
+  c.client = client_key(c.fd, ns);
+  out.u64(boot_id_);
+  return {};
+}
+
+Status Server::handle(Conn& c, wire::Writer& out) {
+  const uint64_t ns = c.ns;
+  switch (c.h.type) {
+    case wire::kExists: {
+      std::vector<KeyId> ids;
+      Status s = wire::decode_ids(c.payload, &ids);
+      if (!s.is_ok()) return s;
+      std::vector<uint8_t> present(ids.size());
+      {
+        Yielding lock(mu_);
+        for (size_t i = 0; i < ids.size(); ++i, lock.step()) present[i] = map_.count({ns, ids[i]});
+      }
+      disk_exists(ns, ids, present);
+      out.u32(static_cast<uint32_t>(ids.size()));
+      for (uint8_t p : present) out.u8(p);
+      return {};
+    }
+    case wire::kPut:
+      return begin_put(c);
+    case wire::kGet:
+      return begin_get(c, out);
+    case wire::kRemove: {
+      std::vector<KeyId> ids;
+      Status s = wire::decode_ids(c.payload, &ids);
+      if (!s.is_ok()) return s;
+      std::vector<int32_t> codes(ids.size(), KVTIER_ERR_NOT_FOUND);
+      {
+        Yielding lock(mu_);
+        for (size_t i = 0; i < ids.size(); ++i, lock.step()) {
+          auto it = map_.find({ns, ids[i]});
+          if (it == map_.end()) continue;
+          codes[i] = KVTIER_OK;
+          drop(it);
+        }
+      }
+      disk_remove(ns, ids, codes);
+      out.u32(static_cast<uint32_t>(ids.size()));
+      for (int32_t code : codes) out.i32(code);
+      return {};
+    }
+    case wire::kClear: {
+      if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "CLEAR takes no payload"};
+      {
+        Yielding lock(mu_);
+        for (auto keys = ns_keys_.find(ns); keys != ns_keys_.end(); keys = ns_keys_.find(ns)) {
+          drop(map_.find(keys->second.front()));  // the last one erases the list itself
+          lock.step();
+        }
+      }
+      disk_clear(ns);
+      return {};
+    }
+    case wire::kStats: {
+      if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "STATS takes no payload"};
+      std::lock_guard lock(mu_);
+      out.u64(map_.size());
+      out.u64(used_);
+      out.u64(opt_.capacity);
+      out.u64(evictions_);
+      out.u64(errors_);
+      out.u64(expired_);
+      // Since issue 15 (older clients stop reading before these).
+      out.u64(hits_);
+      out.u64(misses_);
+      out.u64(pending_.size() + leases_.size());
+      out.u64(authed_.load());
+      return {};
+    }
+    case wire::kCommit:
+      return commit(c, out);
+    default:
+      return handle_rdma(c, out);
+  }
+}
+
+// The loop takes a PUT's values straight into their slots, reserving each slot only when its
+// bytes are about to arrive (reserve_ahead), so a client that stops sending holds at most a
+// window of slots, not the whole batch; on_put_bytes publishes them.
+Status Server::begin_put(Conn& c) {
+  uint64_t total = 0;
+  Status s = wire::decode_put(c.payload, &c.put, &total);
+  if (!s.is_ok()) return s;
+  const size_t n = c.put.size();
+  c.codes.assign(n, kUndecided);
+  c.offsets.assign(n, 0);
+  c.slots.assign(n, 0);
+  c.bulk.clear();
+  for (const wire::PutEntry& e : c.put) c.bulk.push_back({nullptr, e.length});
+  c.bulk_at = c.decided = 0;
+  c.phase = Conn::Phase::kBulkIn;
+  const auto now = Clock::now();
+  c.moved = now;
+  // However the bytes trickle in, at least 16 MiB/s once the first bulk timeout has passed.
+  c.bulk_end = now + std::chrono::milliseconds(opt_.bulk_timeout_ms) +
+               std::chrono::milliseconds(total >> 14);
+  if (n == 0) on_put_bytes(c);
+  return {};
+}
+
+void Server::reserve_ahead(Conn& c) {
+  constexpr uint64_t kWindow = 1 << 20;  // bytes reserved ahead of what has arrived
+  uint64_t ahead = 0;
+  for (size_t i = c.bulk_at; i < c.decided; ++i) ahead += c.bulk[i].iov_len;
+  if (c.decided >= c.put.size() || (c.decided > c.bulk_at && ahead >= kWindow)) return;
+  std::lock_guard lock(mu_);
+  while (c.decided < c.put.size() && (c.decided == c.bulk_at || ahead < kWindow)) {
+    const size_t i = c.decided++;
+    ahead += c.put[i].length;
+    if (map_.count({c.ns, c.put[i].id})) {
+      c.codes[i] = wire::kPresent;  // present: the bytes are drained, the answer is OK
+    } else if (allocate(c.put[i].length, &c.offsets[i], &c.slots[i])) {
+      c.codes[i] = KVTIER_OK;
+      c.bulk[i].iov_base = arena_ + c.offsets[i];
+    } else {
+      c.codes[i] = KVTIER_ERR_NO_SPACE;  // drained
+    }
+  }
+}
+
+void Server::on_put_bytes(Conn& c) {
+  if (opt_.file) {  // to disk before the reply, from slots no one else can see yet
+    std::vector<DiskPage> pages;
+    for (size_t i = 0; i < c.put.size(); ++i)
+      if (c.codes[i] == KVTIER_OK)
+        pages.push_back({c.put[i].id, c.offsets[i], c.put[i].length, c.put[i].checksum});
+    write_through(c.ns, pages);
+  }
+  wire::Writer out;
+  out.u32(static_cast<uint32_t>(c.put.size()));
+  {
+    Yielding lock(mu_);
+    for (size_t i = 0; i < c.put.size(); ++i) {
+      lock.step();
+      if (c.codes[i] == KVTIER_OK)
+        publish({c.ns, c.put[i].id}, c.offsets[i], c.slots[i], c.put[i].length, c.put[i].checksum);
+    }
+  }
+  for (int32_t code : c.codes) out.i32(code == wire::kPresent ? KVTIER_OK : code);
+  c.put.clear();  // published: no longer the connection's to give back
+  c.bulk.clear();
+  reply(c, wire::kPut | wire::kReply, out);
+}
+
+Status Server::begin_get(Conn& c, wire::Writer& out) {
+  std::vector<KeyId> ids;
+  Status s = wire::decode_ids(c.payload, &ids);
+  if (!s.is_ok()) return s;
+  promote(c.ns, ids);
+  std::vector<iovec> bulk;
+  uint64_t total = 0;
+  out.u32(static_cast<uint32_t>(ids.size()));
+  {
+    Yielding lock(mu_);
+    for (const KeyId& id : ids) {
+      lock.step();
+      auto it = map_.find({c.ns, id});
+      if (it == map_.end()) {
+        ++misses_;
+        out.i32(KVTIER_ERR_NOT_FOUND);
+        out.u64(0);
+        out.u64(0);
+        continue;
+      }
+      ++hits_;
+      const Entry& e = pin(it->second);  // the slot stays this page's until the reply is out
+      c.pinned.push_back(e.offset);
+      out.i32(KVTIER_OK);
+      out.u64(e.length);
+      out.u64(e.checksum);
+      bulk.push_back({arena_ + e.offset, e.length});
+      total += e.length;
+    }
+  }
+  reply(c, wire::kGet | wire::kReply, out, bulk);
+  c.bulk_end = c.moved + std::chrono::milliseconds(opt_.bulk_timeout_ms) +
+               std::chrono::milliseconds(total >> 14);
+  return {};
+}
+
+void Server::on_reply_sent(Conn& c) {
+  if (c.h.type < latency_.size())
+    latency_[c.h.type].observe(static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c.started).count()));
+  if (c.pinned.empty()) return;
+  std::lock_guard lock(mu_);
+  for (uint64_t offset : c.pinned) unpin(offset);
+  c.pinned.clear();
+}
+
+void Server::on_close(Conn& c) {
+  // Its tickets, and the RDMA QPs they admitted, end with the control connection.
+  if (rdma_) rdma_->fence_session(c.id);
+  std::lock_guard lock(mu_);
+  if (c.phase == Conn::Phase::kBulkIn)  // the client went away mid-put: nothing to show
+    for (size_t i = 0; i < c.decided; ++i)
+      if (c.codes[i] == KVTIER_OK) free_slot(c.offsets[i], c.slots[i]);
+  for (uint64_t offset : c.pinned) unpin(offset);
+  c.pinned.clear();
+  if (auto h = held_.find(c.id); h != held_.end()) {
+    const std::unordered_set<uint64_t> ids = std::move(h->second);
+    held_.erase(h);
+    for (uint64_t id : ids) end_lease(id);
+  }
+}
+
+}  // namespace kvtier

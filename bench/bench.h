@@ -1,0 +1,177 @@
+// kvtier-bench's parts, one file per subcommand (compare, transfer, placement, p2p, file,
+// shared, limits) and the shared ones: options.cpp (the command line), measure.cpp (timed runs,
+// buffers, keys), output.cpp (tables, JSON), remote.cpp and file_limits.cpp (machine limits the
+// tables stand next to). Every figure a subcommand measures becomes a Row in g_rows.
+#pragma once
+
+#include <kvtier/kvtier.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace kvtier_bench {
+
+struct Options {
+  std::string mode = "all";
+  std::vector<std::string> tiers{"memory"};  // compare
+  // transfer; p2p and p2p_rdma: endpoint to endpoint, no store (kvtier_peer_write_pages)
+  std::vector<std::string> transfer_tiers{"memory", "file", "remote",  "remote3",
+                                          "rdma",   "p2p",  "p2p_rdma"};
+  // page_first_direct places each page at the same offsets as page_first (only the order inside
+  // a page differs), so the default run leaves it out; --layouts takes it.
+  std::vector<std::string> layouts{"mha_layer_first", "mha_page_first", "mla_layer_first",
+                                   "mla_page_first"};
+  std::vector<size_t> batches{10, 50, 100};
+  std::vector<size_t> blocks{1 << 10,  2 << 10,  4 << 10,   8 << 10,  16 << 10,
+                             32 << 10, 64 << 10, 128 << 10, 256 << 10};
+  size_t transfer_batch = 1538;
+  std::vector<size_t> threads{1};
+  int repeats = 3;
+  int warmup = 1;
+  bool aligned = false;
+  std::string json;
+  std::string plot;
+  // file tier table
+  std::vector<size_t> pages{64 << 10, 256 << 10, 1 << 20, 8 << 20};
+  std::vector<size_t> file_batches{1, 16, 64};
+  size_t file_max_bytes = size_t{256} << 20;  // per batch; bigger batches are skipped
+  unsigned queue_depth = 32;
+  std::string dir;  // where the file tier and fio work; default a fresh folder in /var/tmp
+};
+
+// The command line (throws std::runtime_error on a bad argument; --help prints and exits).
+Options parse(int argc, char** argv);
+// "4K,64K,1M" -> sizes in bytes.
+std::vector<size_t> sizes(const std::string& s);
+
+// ---- measuring (measure.cpp) ----
+
+struct Figure {
+  double median_s = 0, min_s = 0, max_s = 0;
+  double gbps = 0;        // bytes / median time
+  double cpu_per_gb = 0;  // process CPU seconds per GB moved (median run)
+};
+
+double now();  // steady clock, seconds
+// Runs prep (untimed), body (timed), check (untimed) warmup + repeats times.
+Figure measure(const Options& o, size_t bytes, const std::function<void()>& prep,
+               const std::function<void()>& body, const std::function<void()>& check);
+[[noreturn]] void die(const std::string& what);  // with kvtier's last error; exits 1
+void check_rc(int rc, const char* what);         // dies unless KVTIER_OK
+bool tty();                                      // stderr is a terminal
+void progress(const std::string& line);          // one line on a terminal's stderr
+
+// Memory that is mapped once, filled with random bytes (which touches every page) and reused.
+struct Buffer {
+  std::byte* base = nullptr;
+  size_t len = 0;
+  explicit Buffer(size_t n) : len(n) {
+    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) die("mmap of " + std::to_string(n) + " bytes failed");
+    base = static_cast<std::byte*>(p);
+  }
+  ~Buffer() { munmap(base, len); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  void randomize(uint64_t seed) {
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    auto* w = reinterpret_cast<uint64_t*>(base);
+    for (size_t i = 0; i < len / 8; ++i) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      w[i] = x;
+    }
+  }
+};
+
+std::vector<std::string> make_keys(const std::string& prefix, size_t n);
+std::vector<const char*> c_keys(const std::vector<std::string>& keys);
+extern std::string g_dir;                 // the folder the file tier and fio work in
+extern std::vector<std::string> g_notes;  // printed under the tables: what was skipped and why
+// A store config string for one tier ("remote", "remote3" and "rdma" are the remote tier)
+// with room for `bytes_needed`.
+std::string tier_config(const std::string& tier, size_t bytes_needed);
+
+// ---- results (output.cpp) ----
+
+struct Row {
+  std::string kind;  // limit | compare | transfer
+  std::string tier, shape, path, op;
+  size_t batch = 0, block = 0, threads = 1;
+  Figure fig;
+  double limit_gbps = 0;
+  std::string limit_name;
+  double limit_cpu_per_gb = 0;  // file: fio's own CPU seconds per GB
+  double limit2_gbps = 0;       // file: the raw io_uring loop beside fio; memory: same-block memcpy
+  std::string limit2_name;
+  double speedup = 0;  // compare: new / old for the same op
+  // What the row's timed runs were checked for: "bytes" (every byte read back was compared
+  // with what was written), "codes" (every key's result code; a write's bytes are compared by
+  // the read row that follows it), "" (a limit).
+  std::string verified;
+};
+
+extern std::vector<Row> g_rows;
+std::string human(size_t bytes);
+std::string fixed2(double v);
+void print_tables();
+void write_json(const std::string& path);  // '-': stdout
+
+// ---- machine limits ----
+
+// limits.cpp: the best single-pass copy of `count` blocks of `block` bytes over `threads`
+// threads (memcpy or a streaming copy, named by *how); *plain gets memcpy's own figure.
+double memcpy_gbps(const Options& o, size_t block, size_t count, size_t threads,
+                   std::string* how = nullptr, double* plain = nullptr);
+// file_limits.cpp: O_DIRECT blocks through io_uring at the queue depth, no kvtier.
+double raw_uring_gbps(const Options& o, const std::string& dir, size_t block, size_t count,
+                      bool write);
+bool drop_page_cache();
+// What fio did: GB/s (0 when fio is missing or fails) and its own CPU seconds per GB moved.
+struct FioFigure {
+  double gbps = 0;
+  double cpu_per_gb = 0;
+};
+// fio with ioengine=io_uring, direct=1, the same block size and queue depth, on `dir`.
+FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t bytes,
+                  bool write);
+// remote.cpp: the best single TCP stream over loopback carrying `total` bytes (named by *how).
+double best_stream_gbps(const Options& o, size_t total, std::string* how);
+
+// A kvtier-server started for the bench (on loopback, or KVTIER_TEST_RDMA_ADDR), stopped with it.
+struct ServerChild {
+  pid_t pid = -1;
+  std::string address;  // host:port, from the server's "listening on" line
+  explicit ServerChild(size_t capacity);
+  ~ServerChild();  // SIGTERM, then waits for it
+  ServerChild(const ServerChild&) = delete;
+  ServerChild& operator=(const ServerChild&) = delete;
+};
+
+// ---- subcommands ----
+
+void run_limits(const Options& o);
+void run_compare(const Options& o, const std::string& tier, const std::string& shape_name);
+void run_transfer(const Options& o, const std::string& tier);
+// A transfer row (also p2p's).
+void push_transfer(const std::string& tier, const char* path, const char* op, size_t batch,
+                   size_t block, size_t threads, const Figure& fig, double limit,
+                   const std::string& limit_name, const char* verified, double memcpy = 0);
+void run_placement();
+void run_p2p(const Options& o, const std::string& tier);
+void run_file(const Options& o, const std::string& dir);
+void run_compression(const Options& o, const std::string& dir);
+void run_reopen(const Options& o, const std::string& dir);
+// shared: the batch sizes its rows are of (output.cpp prints them).
+constexpr size_t kSharedBatch = 16, kExistsKeys = 128;
+void run_shared(Options o, const std::string& dir);
+int shared_reader(int argc, char** argv);  // kvtier-bench shared-reader DIR PAGE QD REP WARM
+
+}  // namespace kvtier_bench

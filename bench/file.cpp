@@ -1,0 +1,256 @@
+// file: the file tier's write, cold and warm read; compression; reopening a namespace.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bench.h"
+
+namespace kvtier_bench {
+
+void run_file(const Options& o, const std::string& dir) {
+  const bool root = geteuid() == 0;
+  std::vector<size_t> batches;
+  for (size_t page : o.pages) {
+    std::vector<size_t> fit;
+    for (size_t b : o.file_batches)
+      if (b * page <= o.file_max_bytes) fit.push_back(b);
+    if (fit.empty()) continue;
+    const size_t max_batch = fit.back();
+    progress("file: limits for " + human(page) + " pages");
+    const size_t limit_bytes = std::max(max_batch * page, size_t{64} << 20);
+    const FioFigure fio_w = fio_run(o, dir, page, limit_bytes, true);
+    const FioFigure fio_r = fio_run(o, dir, page, limit_bytes, false);
+    const double raw_w = raw_uring_gbps(o, dir, page, limit_bytes / page, true);
+    const double raw_r = raw_uring_gbps(o, dir, page, limit_bytes / page, false);
+    for (bool aligned : {true, false}) {
+      Buffer mem(2 * max_batch * page + 8192);
+      mem.randomize(11);
+      std::byte* base = mem.base + (aligned ? 0 : 64);
+      const std::string cfg =
+          "tiers=file;file_dir=" + dir +
+          "/store;file_queue_depth=" + std::to_string(o.queue_depth) +
+          ";file_capacity=" + std::to_string(4 * max_batch * page + (size_t{64} << 20));
+      kvtier_store_t* store = nullptr;
+      check_rc(kvtier_open(cfg.c_str(), &store), "open file tier");
+      check_rc(kvtier_register_buffer(store, base, 2 * max_batch * page), "register_buffer");
+      for (size_t batch : fit) {
+        progress("file: " + human(page) + " pages, batch " + std::to_string(batch) +
+                 (aligned ? ", aligned pool" : ", unaligned pool"));
+        const auto keys = make_keys("file-" + std::to_string(page), batch);
+        const auto ck = c_keys(keys);
+        // Two fragments per page, the K and V halves of a page_first pool.
+        std::vector<void*> src, dst;
+        std::vector<size_t> sizes(2 * batch, page / 2);
+        for (size_t i = 0; i < batch; ++i) {
+          src.push_back(base + i * page);
+          src.push_back(base + i * page + page / 2);
+          dst.push_back(base + (max_batch + i) * page);
+          dst.push_back(base + (max_batch + i) * page + page / 2);
+        }
+        std::vector<int> res(batch);
+        auto all_ok = [&](const char* what) {
+          for (int r : res)
+            if (r != KVTIER_OK) die(std::string(what) + ": " + kvtier_error_name(r));
+        };
+        auto write = [&] {
+          check_rc(kvtier_batch_set_v1(store, ck.data(), batch, src.data(), sizes.data(),
+                                       src.size(), res.data()),
+                   "batch_set_v1");
+        };
+        auto read = [&] {
+          check_rc(kvtier_batch_get_v1(store, ck.data(), batch, dst.data(), sizes.data(),
+                                       dst.size(), res.data()),
+                   "batch_get_v1");
+        };
+        auto scribble = [&] { std::memset(base + max_batch * page, 0xA5, batch * page); };
+        auto verify = [&] {
+          all_ok("batch_get_v1");
+          if (std::memcmp(base, base + max_batch * page, batch * page) != 0)
+            die("file read-back differs");
+        };
+        const size_t bytes = batch * page;
+        // Emptied by removing the batch's keys: their slots are then overwritten, the steady
+        // state of a full cache (and what fio and the raw loop do). "write new" starts from
+        // cleared, truncated files, so its blocks are fresh extents the filesystem must convert.
+        std::vector<int> rm(batch);
+        auto empty = [&] {
+          check_rc(kvtier_batch_remove(store, ck.data(), batch, rm.data()), "remove");
+          size_t hits = 1;
+          check_rc(kvtier_batch_exists(store, ck.data(), batch, &hits), "exists");
+          if (hits) die("the store was not empty before a timed write");
+        };
+        Figure wnew = measure(
+            o, bytes, [&] { check_rc(kvtier_clear(store), "clear"); }, write,
+            [&] { all_ok("batch_set_v1"); });
+        Figure w = measure(o, bytes, empty, write, [&] { all_ok("batch_set_v1"); });
+        Figure cold = measure(
+            o, bytes,
+            [&] {
+              scribble();
+              drop_page_cache();
+            },
+            read, verify);
+        Figure warm = measure(o, bytes, scribble, read, verify);
+        for (auto [op, fig, fio, raw] :
+             {std::tuple{"write", w, fio_w, raw_w}, std::tuple{"write new", wnew, fio_w, raw_w},
+              std::tuple{root ? "read cold" : "read (warm: not root)", cold, fio_r, raw_r},
+              std::tuple{"read warm", warm, fio_r, raw_r}}) {
+          Row row;
+          row.kind = "file";
+          row.tier = "file";
+          row.shape = aligned ? "aligned" : "unaligned";
+          row.path = "v1";
+          row.op = op;
+          row.batch = batch;
+          row.block = page;
+          row.fig = fig;
+          row.limit_gbps = fio.gbps;
+          row.limit_cpu_per_gb = fio.cpu_per_gb;
+          row.limit_name = "fio";
+          row.verified = std::string(op).rfind("read", 0) == 0 ? "bytes" : "codes";
+          row.limit2_gbps = raw;
+          row.limit2_name = "raw io_uring";
+          g_rows.push_back(row);
+        }
+      }
+      kvtier_close(store);
+    }
+  }
+}
+
+// zstd on KV-like bf16 pages (random mantissas, exponents in a narrow band): what it saves on
+// disk and what it costs, against the same pages stored plain.
+void run_compression(const Options& o, const std::string& dir) {
+  const size_t page = size_t{1} << 20, batch = 16;
+  Buffer mem(2 * batch * page + 4096);
+  std::mt19937_64 g(5);
+  auto* p = reinterpret_cast<unsigned char*>(mem.base);
+  for (size_t i = 0; i + 1 < mem.len; i += 2) {
+    const uint64_t r = g();
+    p[i] = static_cast<unsigned char>(r);
+    p[i + 1] = static_cast<unsigned char>(0x3C + (r >> 8) % 3) | ((r >> 16) & 0x80);
+  }
+  std::byte* base = mem.base;
+  const auto keys = make_keys("zstd", batch);
+  const auto ck = c_keys(keys);
+  std::vector<void*> src, dst;
+  std::vector<size_t> sizes(batch, page);
+  for (size_t i = 0; i < batch; ++i) {
+    src.push_back(base + i * page);
+    dst.push_back(base + (batch + i) * page);
+  }
+  std::vector<int> res(batch);
+  for (const char* mode : {"none", "zstd:1", "zstd:3"}) {
+    progress(std::string("file: compression ") + mode);
+    kvtier_store_t* store = nullptr;
+    const std::string cfg = "tiers=file;file_compression=" + std::string(mode) +
+                            ";file_dir=" + dir + "/zstd-" + mode +
+                            ";file_queue_depth=" + std::to_string(o.queue_depth);
+    check_rc(kvtier_open(cfg.c_str(), &store), "open");
+    check_rc(kvtier_register_buffer(store, base, 2 * batch * page), "register_buffer");
+    auto ok = [&] {
+      for (int r : res)
+        if (r != KVTIER_OK) die(std::string("compression run: ") + kvtier_error_name(r));
+    };
+    Figure w = measure(
+        o, batch * page,
+        [&] { check_rc(kvtier_batch_remove(store, ck.data(), batch, res.data()), "remove"); },
+        [&] {
+          check_rc(kvtier_batch_set_v1(store, ck.data(), batch, src.data(), sizes.data(), batch,
+                                       res.data()),
+                   "set");
+        },
+        ok);
+    char* js = nullptr;
+    check_rc(kvtier_stats_json(store, &js), "stats");
+    const std::string stats(js);
+    kvtier_free(js);
+    const size_t at = stats.find("\"bytes\":");
+    const double disk = std::strtod(stats.c_str() + at + 8, nullptr);
+    Figure r = measure(
+        o, batch * page,
+        [&] {
+          std::memset(dst[0], 0xA5, batch * page);
+          drop_page_cache();
+        },
+        [&] {
+          check_rc(kvtier_batch_get_v1(store, ck.data(), batch, dst.data(), sizes.data(), batch,
+                                       res.data()),
+                   "get");
+        },
+        [&] {
+          ok();
+          if (std::memcmp(src[0], dst[0], batch * page) != 0) die("zstd read-back differs");
+        });
+    kvtier_close(store);
+    for (auto [op, fig] : {std::pair{"write", w}, std::pair{"read cold", r}}) {
+      Row row;
+      row.kind = "compression";
+      row.tier = "file";
+      row.path = mode;
+      row.op = op;
+      row.batch = batch;
+      row.block = page;
+      row.fig = fig;
+      row.speedup = disk / (batch * page);  // disk bytes per page byte
+      row.verified = std::string(op) == "write" ? "codes" : "bytes";
+      g_rows.push_back(row);
+    }
+  }
+}
+
+// How fast the file tier's index comes back after a restart: the pages are written, the store
+// closed, the page cache dropped, and the open timed (it reads every slot header).
+void run_reopen(const Options& o, const std::string& dir) {
+  const size_t pages = 50000, batch = 512, page = 4096;
+  const std::string cfg =
+      "tiers=file;file_dir=" + dir + "/reopen;file_capacity=" + std::to_string(pages * 3 * page);
+  Buffer value(page);
+  value.randomize(12);
+  kvtier_store_t* store = nullptr;
+  check_rc(kvtier_open(cfg.c_str(), &store), "open");
+  progress("file: writing " + std::to_string(pages) + " pages for the reopen test");
+  std::vector<std::string> keys;
+  std::vector<const void*> ptrs(batch, value.base);
+  std::vector<size_t> sizes(batch, page);
+  std::vector<int> res(batch);
+  for (size_t first = 0; first < pages; first += batch) {
+    const size_t n = std::min(batch, pages - first);
+    keys = make_keys("reopen-" + std::to_string(first), n);
+    const auto ck = c_keys(keys);
+    check_rc(kvtier_batch_set(store, ck.data(), n, ptrs.data(), sizes.data(), res.data()), "set");
+  }
+  kvtier_close(store);
+  std::vector<double> secs;
+  for (int r = 0; r < std::max(1, o.repeats); ++r) {
+    drop_page_cache();
+    const double t0 = now();
+    check_rc(kvtier_open(cfg.c_str(), &store), "reopen");
+    secs.push_back(now() - t0);
+    char* js = nullptr;
+    check_rc(kvtier_stats_json(store, &js), "stats");
+    const bool all = std::string(js).find("\"keys\":" + std::to_string(pages)) != std::string::npos;
+    kvtier_free(js);
+    kvtier_close(store);
+    if (!all) die("the reopened index lost pages");
+  }
+  std::sort(secs.begin(), secs.end());
+  Row row;
+  row.kind = "reopen";
+  row.tier = "file";
+  row.op = "open";
+  row.batch = pages;
+  row.block = page;
+  row.fig.median_s = secs[secs.size() / 2];
+  row.fig.gbps = pages / row.fig.median_s;  // pages per second
+  g_rows.push_back(row);
+}
+
+}  // namespace kvtier_bench

@@ -1,0 +1,138 @@
+// The file tier's limits: the device through a raw io_uring loop, and fio.
+#include <fcntl.h>
+#include <unistd.h>
+#if KVTIER_BENCH_URING
+#include <liburing.h>
+#endif
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "bench.h"
+
+namespace kvtier_bench {
+
+// ---- file tier ----------------------------------------------------------------------------
+
+bool drop_page_cache() {
+  sync();
+  FILE* f = std::fopen("/proc/sys/vm/drop_caches", "w");
+  if (!f) return false;
+  bool ok = std::fputs("3\n", f) >= 0;
+  return std::fclose(f) == 0 && ok;
+}
+
+// The device's limit without kvtier: O_DIRECT blocks through io_uring at a fixed queue depth,
+// sequential offsets, one file; writes end with fdatasync (durable, as the tier's are).
+double raw_uring_gbps(const Options& o, const std::string& dir, size_t block, size_t count,
+                      bool write) {
+#if !KVTIER_BENCH_URING
+  (void)o, (void)dir, (void)block, (void)count, (void)write;
+  return 0;  // built without liburing
+#else
+  const std::string path = dir + "/raw-uring.dat";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_DIRECT, 0644);
+  if (fd < 0) return 0;
+  const unsigned depth = static_cast<unsigned>(std::min<size_t>(o.queue_depth, count));
+  if (fallocate(fd, 0, 0, static_cast<off_t>(block * count)) != 0) {
+    ::close(fd);
+    return 0;
+  }
+  Buffer buf(block * depth);
+  buf.randomize(9);
+  io_uring ring;
+  if (io_uring_queue_init(depth, &ring, 0) != 0) {
+    ::close(fd);
+    return 0;
+  }
+  auto pass = [&](bool w) {
+    size_t next = 0, done = 0, inflight = 0;
+    while (done < count) {
+      while (inflight < depth && next < count) {
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+        std::byte* b = buf.base + (next % depth) * block;
+        if (w)
+          io_uring_prep_write(sqe, fd, b, block, next * block);
+        else
+          io_uring_prep_read(sqe, fd, b, block, next * block);
+        ++next;
+        ++inflight;
+      }
+      io_uring_submit_and_wait(&ring, 1);
+      io_uring_cqe* cqe;
+      unsigned head, n = 0;
+      io_uring_for_each_cqe(&ring, head, cqe) {
+        ++n;
+      }
+      io_uring_cq_advance(&ring, n);
+      done += n;
+      inflight -= n;
+    }
+    if (w) fdatasync(fd);
+  };
+  pass(true);  // the file's blocks exist before anything is timed
+  Figure f = measure(
+      o, block * count,
+      [&] {
+        if (!write) drop_page_cache();
+      },
+      [&] { pass(write); }, [] {});
+  io_uring_queue_exit(&ring);
+  ::close(fd);
+  ::unlink(path.c_str());
+  return f.gbps;
+#endif
+}
+
+// The number after "key": in fio's JSON output, from position `from`; 0 if absent.
+double fio_number(const std::string& text, const char* key, size_t from) {
+  size_t at = text.find(std::string("\"") + key + "\"", from);
+  if (at == std::string::npos) return 0;
+  at = text.find(':', at);
+  return std::strtod(text.c_str() + at + 1, nullptr);
+}
+
+// fio with ioengine=io_uring, direct=1, the same block size and queue depth, on the same folder.
+FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t bytes,
+                  bool write) {
+  static const bool have_fio = std::system("fio --version >/dev/null 2>&1") == 0;
+  if (!have_fio) return {};
+  const std::string file = dir + "/fio.dat";
+  const std::string out = dir + "/fio.json";
+  const size_t size = std::max(bytes, block * o.queue_depth * 4);
+  auto job = [&](const char* rw) {
+    std::string cmd = "fio --name=kvtier --filename=" + file +
+                      " --ioengine=io_uring --direct=1 --bs=" + std::to_string(block) +
+                      " --iodepth=" + std::to_string(o.queue_depth) + " --rw=" + rw +
+                      " --size=" + std::to_string(size) +
+                      " --end_fsync=1 --loops=" + std::to_string(o.repeats) +
+                      " --output-format=json --output=" + out + " >/dev/null 2>&1";
+    return std::system(cmd.c_str()) == 0;
+  };
+  if (!job("write")) return {};  // lays the file down
+  if (!write) drop_page_cache();
+  if (!job(write ? "write" : "read")) return {};
+  std::FILE* f = std::fopen(out.c_str(), "r");
+  if (!f) return {};
+  std::string text;
+  char chunk[4096];
+  for (size_t n; (n = std::fread(chunk, 1, sizeof chunk, f)) > 0;) text.append(chunk, n);
+  std::fclose(f);
+  std::filesystem::remove(file);
+  std::filesystem::remove(out);
+  const size_t dir_at = text.find(write ? "\"write\" : {" : "\"read\" : {");
+  if (dir_at == std::string::npos) return {};
+  FioFigure fig;
+  fig.gbps = fio_number(text, "bw_bytes", dir_at) / 1e9;
+  // usr_cpu and sys_cpu are percentages of the job's runtime (ms), over all its loops.
+  const double io_bytes = fio_number(text, "io_bytes", dir_at);
+  const double cpu_s = (fio_number(text, "usr_cpu", 0) + fio_number(text, "sys_cpu", 0)) / 100 *
+                       fio_number(text, "job_runtime", 0) / 1e3;
+  if (io_bytes > 0) fig.cpu_per_gb = cpu_s / (io_bytes / 1e9);
+  return fig;
+}
+
+}  // namespace kvtier_bench

@@ -1,0 +1,101 @@
+// What every subcommand measures with: timed runs, random buffers, keys, the stores' configs.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bench.h"
+
+namespace kvtier_bench {
+
+// ---- measurement --------------------------------------------------------------------------
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+         1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+// Runs prep (untimed), body (timed), check (untimed) warmup + repeats times.
+Figure measure(const Options& o, size_t bytes, const std::function<void()>& prep,
+               const std::function<void()>& body, const std::function<void()>& check) {
+  std::vector<std::pair<double, double>> runs;  // (seconds, cpu seconds)
+  for (int r = 0; r < o.warmup + o.repeats; ++r) {
+    prep();
+    double c0 = cpu_seconds(), t0 = now();
+    body();
+    double t1 = now(), c1 = cpu_seconds();
+    check();
+    if (r >= o.warmup) runs.push_back({t1 - t0, c1 - c0});
+  }
+  std::sort(runs.begin(), runs.end());
+  Figure f;
+  f.median_s = runs[runs.size() / 2].first;
+  f.min_s = runs.front().first;
+  f.max_s = runs.back().first;
+  f.gbps = bytes / f.median_s / 1e9;
+  f.cpu_per_gb = runs[runs.size() / 2].second / (bytes / 1e9);
+  return f;
+}
+
+[[noreturn]] void die(const std::string& what) {
+  std::fprintf(stderr, "kvtier-bench: %s (%s)\n", what.c_str(), kvtier_last_error());
+  std::exit(1);
+}
+
+void check_rc(int rc, const char* what) {
+  if (rc != KVTIER_OK) die(std::string(what) + " failed: " + kvtier_error_name(rc));
+}
+
+bool tty() {
+  return isatty(STDERR_FILENO);
+}
+
+void progress(const std::string& line) {
+  if (tty()) std::fprintf(stderr, "\r\033[K%s", line.c_str());
+}
+
+std::vector<std::string> make_keys(const std::string& prefix, size_t n) {
+  std::vector<std::string> k;
+  char buf[32];
+  for (size_t i = 0; i < n; ++i) {
+    std::snprintf(buf, sizeof buf, "%016zx", i * 2654435761u);
+    k.push_back(prefix + "-" + buf);
+  }
+  return k;
+}
+
+std::vector<const char*> c_keys(const std::vector<std::string>& keys) {
+  std::vector<const char*> out;
+  for (const auto& k : keys) out.push_back(k.c_str());
+  return out;
+}
+
+std::string g_dir;                 // the folder the file tier and fio work in
+std::vector<std::string> g_notes;  // printed under the tables: what was skipped and why
+
+std::string tier_config(const std::string& tier, size_t bytes_needed) {
+  // Room for everything a figure writes, so nothing is evicted while it is timed.
+  size_t cap = std::max<size_t>(bytes_needed * 2, size_t{256} << 20);
+  // "remote" and "rdma" are the remote tier with its two data planes; "remote3" is TCP over
+  // three servers.
+  const std::string chain = tier == "remote" || tier == "remote3" ? "remote;remote_transport=tcp"
+                            : tier == "rdma" ? "remote;remote_transport=rdma;log_level=off"
+                                             : tier;
+  return "tiers=" + chain + ";memory_capacity=" + std::to_string(cap) +
+         ";file_capacity=" + std::to_string(cap) + ";file_dir=" + g_dir + "/" + tier;
+}
+
+}  // namespace kvtier_bench
