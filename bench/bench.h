@@ -102,7 +102,7 @@ std::string tier_config(const std::string& tier, size_t bytes_needed);
 // ---- results (output.cpp) ----
 
 struct Row {
-  std::string kind;  // limit | compare | transfer
+  std::string kind;  // limit | compare | transfer | file | checksum | ...
   std::string tier, shape, path, op;
   size_t batch = 0, block = 0, threads = 1;
   Figure fig;

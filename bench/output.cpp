@@ -112,6 +112,18 @@ void print_tables() {
   }
   header = false;
   for (const Row& r : g_rows) {
+    if (r.kind != "checksum") continue;
+    if (!header) {
+      std::printf(
+          "checksum: XXH3-64 of the same pages from warm memory, CPU seconds per GB (part of "
+          "kvtier's CPUs/GB above; libxxhash's build, kvtier's own uses AVX2 where present):");
+      header = true;
+    }
+    std::printf(" %s %.3f", human(r.block).c_str(), r.fig.cpu_per_gb);
+  }
+  if (header) std::printf("\n");
+  header = false;
+  for (const Row& r : g_rows) {
     if (r.kind != "compression") continue;
     if (!header) {
       std::printf(
