@@ -3,6 +3,8 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include <algorithm>
+
 #include "keys.h"
 
 namespace kvtier::detail {
@@ -17,6 +19,56 @@ uint64_t checksum_avx2(Frags frags) {
   XXH3_64bits_reset(&state);
   for (const Frag& f : frags) XXH3_64bits_update(&state, f.ptr, f.len);
   return XXH3_64bits_digest(&state);
+}
+
+namespace {
+// Hashed right after it is copied: small enough to still be in L1/L2 then.
+constexpr size_t kPiece = size_t{16} << 10;
+
+struct Hash {
+  XXH3_state_t state;
+  Hash() {
+    XXH3_INITSTATE(&state);
+    XXH3_64bits_reset(&state);
+  }
+  // Copies n bytes from src to dst piece by piece, hashing each source piece after its copy.
+  void copy(std::byte* dst, const std::byte* src, size_t n, bool stream) {
+    for (size_t at = 0; at < n; at += kPiece) {
+      const size_t len = std::min(kPiece, n - at);
+      copy_run(dst + at, src + at, len, stream);
+      XXH3_64bits_update(&state, src + at, len);
+    }
+  }
+};
+}  // namespace
+
+uint64_t gather_checksum_avx2(Frags frags, std::byte* dst) {
+  Hash h;
+  bool streamed = false;
+  for (const Frag& f : frags) {
+    const bool stream = f.len >= kStreamMin;
+    h.copy(dst, f.ptr, f.len, stream);
+    streamed |= stream;
+    dst += f.len;
+  }
+  if (streamed) fence_streams();
+  return XXH3_64bits_digest(&h.state);
+}
+
+uint64_t scatter_checksum_avx2(const std::byte* src, size_t len, Frags frags) {
+  Hash h;
+  bool streamed = false;
+  for (const Frag& f : frags) {
+    if (len == 0) break;
+    const size_t n = std::min(f.len, len);
+    const bool stream = n >= kStreamMin;
+    h.copy(f.ptr, src, n, stream);
+    streamed |= stream;
+    src += n;
+    len -= n;
+  }
+  if (streamed) fence_streams();
+  return XXH3_64bits_digest(&h.state);
 }
 
 }  // namespace kvtier::detail

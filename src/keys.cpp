@@ -18,6 +18,8 @@ namespace kvtier {
 namespace detail {
 uint64_t checksum_avx2(const void* data, size_t len);
 uint64_t checksum_avx2(Frags frags);
+uint64_t gather_checksum_avx2(Frags frags, std::byte* dst);
+uint64_t scatter_checksum_avx2(const std::byte* src, size_t len, Frags frags);
 }  // namespace detail
 static const bool kAvx2 = __builtin_cpu_supports("avx2");
 #else
@@ -27,6 +29,12 @@ inline uint64_t checksum_avx2(const void*, size_t) {
   return 0;
 }
 inline uint64_t checksum_avx2(Frags) {
+  return 0;
+}
+inline uint64_t gather_checksum_avx2(Frags, std::byte*) {
+  return 0;
+}
+inline uint64_t scatter_checksum_avx2(const std::byte*, size_t, Frags) {
   return 0;
 }
 }  // namespace detail
@@ -78,11 +86,12 @@ uint64_t checksum(Frags frags, size_t len) {
   return checksum(leading(frags, len));
 }
 
-namespace {
+namespace detail {
 #if defined(__x86_64__)
+namespace {
 // SSE2 (the x86-64 baseline): 64 bytes per round, loads unaligned, streaming stores aligned.
 void copy_stream(std::byte* dst, const std::byte* src, size_t n) {
-  const size_t head = (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16;
+  const size_t head = std::min(n, (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16);
   std::memcpy(dst, src, head);
   dst += head, src += head, n -= head;
   for (; n >= 64; n -= 64, dst += 64, src += 64) {
@@ -97,46 +106,64 @@ void copy_stream(std::byte* dst, const std::byte* src, size_t n) {
   }
   std::memcpy(dst, src, n);
 }
+}  // namespace
 void fence_streams() {
   _mm_sfence();  // streaming stores are weakly ordered: done before anyone else looks
 }
 #else
+namespace {
 void copy_stream(std::byte* dst, const std::byte* src, size_t n) {
   std::memcpy(dst, src, n);
 }
+}  // namespace
 void fence_streams() {}
 #endif
 
-// One run of a value: streamed when it is large; *streamed tells the caller to fence once.
-void copy_run(std::byte* dst, const std::byte* src, size_t n, bool* streamed) {
-  if (n < kStreamMin) {
+void copy_run(std::byte* dst, const std::byte* src, size_t n, bool stream) {
+  if (stream)
+    copy_stream(dst, src, n);
+  else
     std::memcpy(dst, src, n);
-    return;
-  }
-  copy_stream(dst, src, n);
-  *streamed = true;
 }
-}  // namespace
+}  // namespace detail
 
 void gather(Frags frags, std::byte* dst) {
   bool streamed = false;
   for (const Frag& f : frags) {
-    copy_run(dst, f.ptr, f.len, &streamed);
+    const bool stream = f.len >= kStreamMin;
+    detail::copy_run(dst, f.ptr, f.len, stream);
+    streamed |= stream;
     dst += f.len;
   }
-  if (streamed) fence_streams();
+  if (streamed) detail::fence_streams();
 }
 
 void scatter(const std::byte* src, size_t len, Frags frags) {
   bool streamed = false;
   for (const Frag& f : frags) {
     if (len == 0) break;
-    size_t n = f.len < len ? f.len : len;
-    copy_run(f.ptr, src, n, &streamed);
+    const size_t n = std::min(f.len, len);
+    const bool stream = n >= kStreamMin;
+    detail::copy_run(f.ptr, src, n, stream);
+    streamed |= stream;
     src += n;
     len -= n;
   }
-  if (streamed) fence_streams();
+  if (streamed) detail::fence_streams();
+}
+
+// Without AVX2 (rare where GPUs are): the copy, then the checksum in a second pass.
+uint64_t gather_checksum(Frags frags, std::byte* dst) {
+  if (kAvx2) return detail::gather_checksum_avx2(frags, dst);
+  gather(frags, dst);
+  return checksum(dst, total_len(frags));
+}
+
+uint64_t scatter_checksum(const std::byte* src, size_t len, Frags frags) {
+  len = std::min(len, total_len(frags));
+  if (kAvx2) return detail::scatter_checksum_avx2(src, len, frags);
+  scatter(src, len, frags);
+  return checksum(src, len);
 }
 
 }  // namespace kvtier

@@ -57,5 +57,17 @@ inline size_t total_len(Frags frags) {
 constexpr size_t kStreamMin = size_t{64} << 10;
 void gather(Frags frags, std::byte* dst);
 void scatter(const std::byte* src, size_t len, Frags frags);
+// The same copies that also return the XXH3-64 of the bytes copied, hashed piece by piece from
+// the source right after the piece is copied, while it is in cache: one pass over memory where
+// a copy and then a checksum of its streamed (uncached) destination would make two.
+uint64_t gather_checksum(Frags frags, std::byte* dst);
+uint64_t scatter_checksum(const std::byte* src, size_t len, Frags frags);
+
+namespace detail {
+// One run of bytes, with non-temporal stores when `stream`; after any streamed run the caller
+// calls fence_streams() once, before the bytes are handed on.
+void copy_run(std::byte* dst, const std::byte* src, size_t n, bool stream);
+void fence_streams();
+}  // namespace detail
 
 }  // namespace kvtier

@@ -202,12 +202,14 @@ void PageFiles::read_pages(std::span<GetOp> ops, std::vector<Reading>& pending,
           } else if (p.compressed && !decompress_frags(p.buf, p.stored, op.frags, p.length)) {
             op.result = KVTIER_ERR_CORRUPT;  // a damaged frame: a miss, like a bad checksum
           } else {
-            // Copies out of the bounce buffer overlap the reads still queued; the check runs
-            // on the copy while it is in cache.
-            if (p.buf && !p.compressed) scatter(p.buf, p.length, op.frags);
             op.result = static_cast<int64_t>(p.length);
             op.checksum = p.checksum;
-            verify(op);
+            // Copies out of the bounce buffer overlap the reads still queued, and check the
+            // bytes as they go (one pass); a page read in place is checked where it landed.
+            if (!p.buf || p.compressed)
+              verify(op);
+            else if (scatter_checksum(p.buf, p.length, op.frags) != p.checksum)
+              op.result = KVTIER_ERR_CORRUPT;
           }
           bounce_.put(p.buf, p.buf_size);
           p.buf = nullptr;

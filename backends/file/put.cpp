@@ -146,14 +146,11 @@ void PageFiles::prepare_write(PutOp& op, Writing& w, Io& io) {
   }
   if (direct) {
     ensure_checksum(op);  // the only pass over the bytes: the disk reads them itself
+  } else if (!w.compressed && op.has_checksum) {
+    gather(op.frags, w.buf);  // while the I/O already queued runs
   } else if (!w.compressed) {
-    // Copy into the bounce buffer (while the I/O already queued runs), then take the
-    // checksum of the copy while it is in cache.
-    gather(op.frags, w.buf);
-    if (!op.has_checksum) {
-      op.checksum = checksum(w.buf, w.stored);
-      op.has_checksum = true;
-    }
+    op.checksum = gather_checksum(op.frags, w.buf);  // one pass: copy and checksum
+    op.has_checksum = true;
   }
   io.fd = w.files.fd;
   io.write = true;
