@@ -44,8 +44,9 @@ void run_file(const Options& o, const std::string& dir) {
     const size_t max_batch = fit.back();
     progress("file: limits for " + human(page) + " pages");
     const size_t limit_bytes = std::max(max_batch * page, size_t{64} << 20);
-    const FioFigure fio_w = fio_run(o, dir, page, limit_bytes, true);
-    const FioFigure fio_r = fio_run(o, dir, page, limit_bytes, false);
+    const FioFigure fio_w = fio_run(o, dir, page, limit_bytes, FioMode::kWrite);
+    const FioFigure fio_new = fio_run(o, dir, page, limit_bytes, FioMode::kWriteFresh);
+    const FioFigure fio_r = fio_run(o, dir, page, limit_bytes, FioMode::kRead);
     const double raw_w = raw_uring_gbps(o, dir, page, limit_bytes / page, true);
     const double raw_r = raw_uring_gbps(o, dir, page, limit_bytes / page, false);
     Row sum;
@@ -103,8 +104,9 @@ void run_file(const Options& o, const std::string& dir) {
         };
         const size_t bytes = batch * page;
         // Emptied by removing the batch's keys: their slots are then overwritten, the steady
-        // state of a full cache (and what fio and the raw loop do). "write new" starts from
-        // cleared, truncated files, so its blocks are fresh extents the filesystem must convert.
+        // state of a full cache (what fio's `write` and the raw loop do). "write new" starts
+        // from cleared, truncated files, so its blocks are fresh extents the filesystem must
+        // allocate: its fio limit writes a new file each time.
         std::vector<int> rm(batch);
         auto empty = [&] {
           check_rc(kvtier_batch_remove(store, ck.data(), batch, rm.data()), "remove");
@@ -125,7 +127,7 @@ void run_file(const Options& o, const std::string& dir) {
             read, verify);
         Figure warm = measure(o, bytes, scribble, read, verify);
         for (auto [op, fig, fio, raw] :
-             {std::tuple{"write", w, fio_w, raw_w}, std::tuple{"write new", wnew, fio_w, raw_w},
+             {std::tuple{"write", w, fio_w, raw_w}, std::tuple{"write new", wnew, fio_new, raw_w},
               std::tuple{root ? "read cold" : "read (warm: not root)", cold, fio_r, raw_r},
               std::tuple{"read warm", warm, fio_r, raw_r}}) {
           Row row;

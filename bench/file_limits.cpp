@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "bench.h"
 
@@ -95,34 +96,27 @@ double fio_number(const std::string& text, const char* key, size_t from) {
   return std::strtod(text.c_str() + at + 1, nullptr);
 }
 
-// fio with ioengine=io_uring, direct=1, the same block size and queue depth, on the same folder.
-FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t bytes,
-                  bool write) {
-  static const bool have_fio = std::system("fio --version >/dev/null 2>&1") == 0;
-  if (!have_fio) return {};
-  const std::string file = dir + "/fio.dat";
-  const std::string out = dir + "/fio.json";
-  const size_t size = std::max(bytes, block * o.queue_depth * 4);
-  auto job = [&](const char* rw) {
-    std::string cmd = "fio --name=kvtier --filename=" + file +
-                      " --ioengine=io_uring --direct=1 --bs=" + std::to_string(block) +
-                      " --iodepth=" + std::to_string(o.queue_depth) + " --rw=" + rw +
-                      " --size=" + std::to_string(size) +
-                      " --end_fsync=1 --loops=" + std::to_string(o.repeats) +
-                      " --output-format=json --output=" + out + " >/dev/null 2>&1";
-    return std::system(cmd.c_str()) == 0;
-  };
-  if (!job("write")) return {};  // lays the file down
-  if (!write) drop_page_cache();
-  if (!job(write ? "write" : "read")) return {};
+namespace {
+
+// One fio job on `file` (`loops` passes over `size` bytes); its figure parsed from fio's JSON.
+FioFigure fio_job(const Options& o, const std::string& file, size_t block, size_t size,
+                  const char* rw, unsigned loops) {
+  const std::string out = file + ".json";
+  const std::string cmd = "fio --name=kvtier --filename=" + file +
+                          " --ioengine=io_uring --direct=1 --bs=" + std::to_string(block) +
+                          " --iodepth=" + std::to_string(o.queue_depth) + " --rw=" + rw +
+                          " --size=" + std::to_string(size) + " --end_fsync=1 --loops=" +
+                          std::to_string(loops) + " --output-format=json --output=" + out +
+                          " >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) return {};
   std::FILE* f = std::fopen(out.c_str(), "r");
   if (!f) return {};
   std::string text;
   char chunk[4096];
   for (size_t n; (n = std::fread(chunk, 1, sizeof chunk, f)) > 0;) text.append(chunk, n);
   std::fclose(f);
-  std::filesystem::remove(file);
   std::filesystem::remove(out);
+  const bool write = std::string(rw) == "write";
   const size_t dir_at = text.find(write ? "\"write\" : {" : "\"read\" : {");
   if (dir_at == std::string::npos) return {};
   FioFigure fig;
@@ -132,6 +126,34 @@ FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t
   const double cpu_s = (fio_number(text, "usr_cpu", 0) + fio_number(text, "sys_cpu", 0)) / 100 *
                        fio_number(text, "job_runtime", 0) / 1e3;
   if (io_bytes > 0) fig.cpu_per_gb = cpu_s / (io_bytes / 1e9);
+  return fig;
+}
+
+}  // namespace
+
+// fio with ioengine=io_uring, direct=1, the same block size and queue depth, on the same folder.
+FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t bytes,
+                  FioMode mode) {
+  static const bool have_fio = std::system("fio --version >/dev/null 2>&1") == 0;
+  if (!have_fio) return {};
+  const std::string file = dir + "/fio.dat";
+  const size_t size = std::max(bytes, block * o.queue_depth * 4);
+  FioFigure fig;
+  if (mode == FioMode::kWriteFresh) {
+    // A new file each time (blocks the filesystem allocates as they are written); the median.
+    std::vector<FioFigure> runs;
+    for (int r = 0; r < std::max(1, o.repeats); ++r) {
+      std::filesystem::remove(file);
+      runs.push_back(fio_job(o, file, block, size, "write", 1));
+    }
+    std::sort(runs.begin(), runs.end(),
+              [](const FioFigure& a, const FioFigure& b) { return a.gbps < b.gbps; });
+    fig = runs[runs.size() / 2];
+  } else if (fio_job(o, file, block, size, "write", 1).gbps > 0) {  // lays the file down
+    if (mode == FioMode::kRead) drop_page_cache();
+    fig = fio_job(o, file, block, size, mode == FioMode::kRead ? "read" : "write", o.repeats);
+  }
+  std::filesystem::remove(file);
   return fig;
 }
 
