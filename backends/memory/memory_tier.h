@@ -2,11 +2,10 @@
 // conformance suite checks every other tier against.
 //
 // Small pages are common (1-16 KiB per layer fragment), so the hot path does no allocation, no
-// hash-map node and no lock per key: entries live in one array, indexed by an open-addressing
-// table of their positions, linked into the LRU list by position; freed blocks are kept for
-// reuse; one lock is taken a few times per batch, never held while bytes are copied. A page
-// being copied out (or handed to the eviction sink) is pinned: removing or evicting it unlinks
-// it at once and frees its block when the last pin goes.
+// hash-map node and no lock per key: pages are found through the PageTable (page_table.h);
+// freed blocks are kept for reuse; one lock is taken a few times per batch, never held while
+// bytes are copied. A page being copied out (or handed to the eviction sink) is pinned: removing
+// or evicting it unlinks it at once and frees its block when the last pin goes.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "page_table.h"
 #include "tier.h"
 
 namespace kvtier {
@@ -34,36 +34,20 @@ class MemoryTier final : public Tier {
   void set_eviction_sink(EvictionSink sink) override;
 
  private:
-  static constexpr uint32_t kNone = UINT32_MAX;
-  struct Entry {
-    KeyId id;
+  struct Page {
     std::byte* data = nullptr;
     uint64_t size = 0;
     uint64_t checksum = 0;
-    uint32_t prev = kNone, next = kNone;  // LRU neighbours; head_ is the most recent
-    uint32_t pins = 0;                    // copies in flight out of this block
     bool has_checksum = false;
-    bool linked = false;  // in the index and the LRU list (false: free, or unlinked but pinned)
   };
+  using Table = PageTable<KeyId, Page, KeyIdHash>;  // ids are XXH3-128 output: uniform already
+  static constexpr uint32_t kNone = Table::kNone;
 
-  // The index: open addressing with linear probing over entry positions; REQUIRES mu_.
-  uint32_t find(const KeyId& id) const;
-  void index_insert(uint32_t e);
-  void index_erase(const KeyId& id);
-  void index_grow();
-
-  // LRU list; REQUIRES mu_.
-  void lru_push_front(uint32_t e);
-  void lru_unlink(uint32_t e);
-  void touch(uint32_t e);
-
-  // Entries and blocks; REQUIRES mu_.
-  uint32_t new_entry();
+  // Pages and blocks; REQUIRES mu_.
   // Blocks the budget has no room to keep go to *to_free, freed after the lock is released.
-  void unlink(uint32_t e);  // out of the index and the LRU list, and out of the budget
+  void unlink(uint32_t e);  // out of the table's index and LRU list, and out of the budget
   void unpin(uint32_t e, std::vector<std::byte*>* to_free);  // the last pin of an unlinked one frees it
   void drop(uint32_t e, std::vector<std::byte*>* to_free);   // unlink, freed now or at its last unpin
-  void free_entry(uint32_t e);
   std::byte* take_block(size_t alloc);
   void give_block(std::byte* data, size_t alloc, std::vector<std::byte*>* to_free);
   // Evicts from the LRU tail until the budget holds. With an eviction sink the evicted entries
@@ -74,11 +58,7 @@ class MemoryTier final : public Tier {
   const uint64_t capacity_;
 
   mutable std::mutex mu_;
-  std::vector<Entry> entries_;
-  std::vector<uint32_t> free_entries_;
-  std::vector<uint32_t> table_;  // entry positions, kNone = empty; size a power of two
-  uint64_t live_ = 0;            // linked entries
-  uint32_t head_ = kNone, tail_ = kNone;
+  Table table_;
   uint64_t bytes_ = 0;  // bytes of linked pages
   uint64_t evictions_ = 0;
   uint64_t errors_ = 0;
