@@ -17,11 +17,10 @@ bool Server::allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size) {
   if (size > opt_.capacity) return false;
   while (!free_.take(size, offset)) {
     // Full: evict the least recently used unpinned page, of any size; freed neighbours merge.
-    auto victim = std::find_if(lru_list_.rbegin(), lru_list_.rend(), [&](const Key& k) {
-      return !pins_.count(map_.find(k)->second.offset);
-    });
-    if (victim == lru_list_.rend()) return false;
-    drop(map_.find(*victim));
+    uint32_t victim = pages_.lru_tail();
+    while (victim != Pages::kNone && pages_.pinned(victim)) victim = pages_.more_recent(victim);
+    if (victim == Pages::kNone) return false;
+    drop(victim);
     ++evictions_;
   }
   *slot_size = size;
@@ -29,17 +28,13 @@ bool Server::allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size) {
   return true;
 }
 
-void Server::drop(std::unordered_map<Key, Entry, Ids>::iterator it) {
-  if (pins_.count(it->second.offset)) {
-    dropped_[it->second.offset] = it->second.slot_size;
-  } else {
-    free_slot(it->second.offset, it->second.slot_size);
-  }
-  lru_list_.erase(it->second.lru);
-  auto keys = ns_keys_.find(it->second.ns);
-  keys->second.erase(it->second.in_ns);
-  if (keys->second.empty()) ns_keys_.erase(keys);
-  map_.erase(it);
+void Server::drop(uint32_t page) {
+  auto list = ns_pages_.find(pages_.key(page).first);
+  list->second.erase(pages_.page(page).in_ns);
+  if (list->second.empty()) ns_pages_.erase(list);
+  pages_.pin(page);
+  pages_.unlink(page);
+  unpin(page);  // the slot is freed now, or when the last reply sending its bytes is out
 }
 
 void Server::free_slot(uint64_t offset, uint64_t slot_size) {
@@ -49,30 +44,26 @@ void Server::free_slot(uint64_t offset, uint64_t slot_size) {
 
 void Server::publish(const Key& key, uint64_t offset, uint64_t slot_size, uint64_t length,
                      uint64_t checksum) {
-  if (map_.count(key)) {  // another put of the key won
+  if (has_page(key)) {  // another put of the key won
     free_slot(offset, slot_size);
     return;
   }
-  lru_list_.push_front(key);
-  auto& keys = ns_keys_[key.first];
-  keys.push_front(key);
-  map_.emplace(
-      key, Entry{offset, slot_size, length, checksum, key.first, lru_list_.begin(), keys.begin()});
+  const uint32_t page = pages_.insert(key, {offset, slot_size, length, checksum, {}});
+  auto& list = ns_pages_[key.first];
+  list.push_front(page);
+  pages_.page(page).in_ns = list.begin();
 }
 
-const Server::Entry& Server::pin(Entry& e) {
-  ++pins_[e.offset];
-  lru_list_.splice(lru_list_.begin(), lru_list_, e.lru);
-  return e;
+const Server::Page& Server::pin(uint32_t page) {
+  pages_.pin(page);
+  pages_.touch(page);
+  return pages_.page(page);
 }
 
-void Server::unpin(uint64_t offset) {
-  if (--pins_[offset]) return;
-  pins_.erase(offset);
-  if (auto d = dropped_.find(offset); d != dropped_.end()) {
-    free_slot(offset, d->second);
-    dropped_.erase(d);
-  }
+void Server::unpin(uint32_t page) {
+  if (!pages_.unpin(page)) return;
+  free_slot(pages_.page(page).offset, pages_.page(page).slot_size);
+  pages_.release(page);
 }
 
 bool Server::end_lease(uint64_t id) {
@@ -84,7 +75,7 @@ bool Server::end_lease(uint64_t id) {
     conn = p->second.conn;
     pending_.erase(p);
   } else if (auto l = leases_.find(id); l != leases_.end()) {
-    unpin(l->second.offset);
+    unpin(l->second.page);
     conn = l->second.conn;
     leases_.erase(l);
   } else {
@@ -105,7 +96,7 @@ std::string Server::metrics_text() {
   ServerCounters c;
   {
     std::lock_guard lock(mu_);
-    c = {.pages = map_.size(),
+    c = {.pages = pages_.size(),
          .bytes = used_,
          .capacity = opt_.capacity,
          .hits = hits_,

@@ -90,7 +90,7 @@ void Server::promote(uint64_t ns, std::span<const KeyId> ids) {
   {
     std::lock_guard lock(mu_);
     for (const KeyId& id : ids)
-      if (!map_.count({ns, id})) missing.push_back(id);
+      if (!has_page({ns, id})) missing.push_back(id);
   }
   // Pages of unknown size: read with room for the largest seen, more if the disk says so.
   size_t room = std::max<size_t>(largest_page_.load(), 1 << 20);
@@ -111,7 +111,7 @@ void Server::promote(uint64_t ns, std::span<const KeyId> ids) {
     for (GetOp& op : ops) {
       if (op.result == KVTIER_ERR_BUFFER_TOO_SMALL) larger.push_back(op.id);
       uint64_t offset = 0, slot = 0;
-      if (op.result <= 0 || map_.count({ns, op.id})) continue;
+      if (op.result <= 0 || has_page({ns, op.id})) continue;
       const uint64_t len = static_cast<uint64_t>(op.result);
       if (!allocate(len, &offset, &slot)) continue;  // the arena is full of pinned pages
       std::memcpy(arena_ + offset, op.frags[0].ptr, len);

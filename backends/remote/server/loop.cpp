@@ -343,8 +343,8 @@ class Server::Loop {
 Server::Server(ServerOptions options)
     : opt_(std::move(options)),
       hash_seed_(random_seed()),
-      map_(16, Ids{hash_seed_}),
-      ns_keys_(16, Ids{hash_seed_}),
+      pages_(Ids{hash_seed_}),
+      ns_pages_(16, Ids{hash_seed_}),
       free_(opt_.capacity),
       boot_id_(random_seed()) {}
 

@@ -53,7 +53,7 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
         lock.step();
         uint64_t offset = 0, slot = 0, id = 0;
         int32_t code = KVTIER_OK;
-        if (map_.count({ns, e.id}))
+        if (has_page({ns, e.id}))
           code = wire::kPresent;
         else if (held.size() >= opt_.max_leases)
           code = KVTIER_ERR_BUSY;  // this connection holds its cap of leases
@@ -80,17 +80,17 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       auto& held = held_[c.id];
       for (const KeyId& id : ids) {
         lock.step();
-        auto it = map_.find({ns, id});
-        const bool found = it != map_.end();
+        const uint32_t page = pages_.find({ns, id});
+        const bool found = page != Pages::kNone;
         ++(found ? hits_ : misses_);
         if (!found || held.size() >= opt_.max_leases) {
           out.i32(found ? KVTIER_ERR_BUSY : KVTIER_ERR_NOT_FOUND);
           for (int k = 0; k < 4; ++k) out.u64(0);
           continue;
         }
-        const Entry& e = pin(it->second);
+        const Page& e = pin(page);
         const uint64_t id_ = grant_lease(c.id, now + lease);
-        leases_[id_] = {e.offset, now + lease, c.id};
+        leases_[id_] = {page, now + lease, c.id};
         out.i32(KVTIER_OK);
         out.u64(e.offset);
         out.u64(e.length);

@@ -113,7 +113,7 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       std::vector<uint8_t> present(ids.size());
       {
         Yielding lock(mu_);
-        for (size_t i = 0; i < ids.size(); ++i, lock.step()) present[i] = map_.count({ns, ids[i]});
+        for (size_t i = 0; i < ids.size(); ++i, lock.step()) present[i] = has_page({ns, ids[i]});
       }
       disk_exists(ns, ids, present);
       out.u32(static_cast<uint32_t>(ids.size()));
@@ -132,10 +132,10 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       {
         Yielding lock(mu_);
         for (size_t i = 0; i < ids.size(); ++i, lock.step()) {
-          auto it = map_.find({ns, ids[i]});
-          if (it == map_.end()) continue;
+          const uint32_t page = pages_.find({ns, ids[i]});
+          if (page == Pages::kNone) continue;
           codes[i] = KVTIER_OK;
-          drop(it);
+          drop(page);
         }
       }
       disk_remove(ns, ids, codes);
@@ -147,8 +147,8 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "CLEAR takes no payload"};
       {
         Yielding lock(mu_);
-        for (auto keys = ns_keys_.find(ns); keys != ns_keys_.end(); keys = ns_keys_.find(ns)) {
-          drop(map_.find(keys->second.front()));  // the last one erases the list itself
+        for (auto list = ns_pages_.find(ns); list != ns_pages_.end(); list = ns_pages_.find(ns)) {
+          drop(list->second.front());  // the last one erases the list itself
           lock.step();
         }
       }
@@ -158,7 +158,7 @@ Status Server::handle(Conn& c, wire::Writer& out) {
     case wire::kStats: {
       if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "STATS takes no payload"};
       std::lock_guard lock(mu_);
-      out.u64(map_.size());
+      out.u64(pages_.size());
       out.u64(used_);
       out.u64(opt_.capacity);
       out.u64(evictions_);
@@ -211,7 +211,7 @@ void Server::reserve_ahead(Conn& c) {
   while (c.decided < c.put.size() && (c.decided == c.bulk_at || ahead < kWindow)) {
     const size_t i = c.decided++;
     ahead += c.put[i].length;
-    if (map_.count({c.ns, c.put[i].id})) {
+    if (has_page({c.ns, c.put[i].id})) {
       c.codes[i] = wire::kPresent;  // present: the bytes are drained, the answer is OK
     } else if (allocate(c.put[i].length, &c.offsets[i], &c.slots[i])) {
       c.codes[i] = KVTIER_OK;
@@ -258,8 +258,8 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
     Yielding lock(mu_);
     for (const KeyId& id : ids) {
       lock.step();
-      auto it = map_.find({c.ns, id});
-      if (it == map_.end()) {
+      const uint32_t page = pages_.find({c.ns, id});
+      if (page == Pages::kNone) {
         ++misses_;
         out.i32(KVTIER_ERR_NOT_FOUND);
         out.u64(0);
@@ -267,8 +267,8 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
         continue;
       }
       ++hits_;
-      const Entry& e = pin(it->second);  // the slot stays this page's until the reply is out
-      c.pinned.push_back(e.offset);
+      const Page& e = pin(page);  // the slot stays this page's until the reply is out
+      c.pinned.push_back(page);
       out.i32(KVTIER_OK);
       out.u64(e.length);
       out.u64(e.checksum);
@@ -288,7 +288,7 @@ void Server::on_reply_sent(Conn& c) {
         std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c.started).count()));
   if (c.pinned.empty()) return;
   std::lock_guard lock(mu_);
-  for (uint64_t offset : c.pinned) unpin(offset);
+  for (uint32_t page : c.pinned) unpin(page);
   c.pinned.clear();
 }
 
@@ -299,7 +299,7 @@ void Server::on_close(Conn& c) {
   if (c.phase == Conn::Phase::kBulkIn)  // the client went away mid-put: nothing to show
     for (size_t i = 0; i < c.decided; ++i)
       if (c.codes[i] == KVTIER_OK) free_slot(c.offsets[i], c.slots[i]);
-  for (uint64_t offset : c.pinned) unpin(offset);
+  for (uint32_t page : c.pinned) unpin(page);
   c.pinned.clear();
   if (auto h = held_.find(c.id); h != held_.end()) {
     const std::unordered_set<uint64_t> ids = std::move(h->second);

@@ -29,6 +29,7 @@
 #include "free_space.h"
 #include "keys.h"
 #include "metrics.h"
+#include "page_table.h"
 #include "protocol.h"
 #include "rdma.h"
 #include "status.h"
@@ -101,7 +102,7 @@ class Server {
     std::vector<uint8_t> reply;
     std::vector<iovec> out;
     size_t out_at = 0;
-    std::vector<uint64_t> pinned;  // offsets a GET reply is sending: unpinned once it is out
+    std::vector<uint32_t> pinned;  // pages a GET reply is sending: unpinned once it is out
     bool close_after = false;      // an ERROR reply: the connection ends once it is out
     Clock::time_point started;     // the request's header in: its latency runs from here
     Clock::time_point deadline;    // of the next whole request (idle), or of HELLO
@@ -117,10 +118,9 @@ class Server {
   using Key = std::pair<uint64_t, KeyId>;   // (namespace, id)
   static constexpr int32_t kUndecided = 2;  // a PUT value whose slot is not reserved yet
 
-  struct Entry {
-    uint64_t offset, slot_size, length, checksum, ns;
-    std::list<Key>::iterator lru;
-    std::list<Key>::iterator in_ns;  // in its namespace's list, so CLEAR visits only those
+  struct Page {
+    uint64_t offset = 0, slot_size = 0, length = 0, checksum = 0;
+    std::list<uint32_t>::iterator in_ns;  // in its namespace's list, so CLEAR visits only those
   };
   // Key ids come from clients, who can choose them: the table hashes them with a secret seed
   // drawn at start, so no client can make its keys (or another's) collide.
@@ -138,7 +138,7 @@ class Server {
     uint64_t client;  // Conn::client: fenced before the slot goes back
   };
   struct ReadLease {  // a page pinned by LOOKUP until RELEASE
-    uint64_t offset;
+    uint32_t page;
     Clock::time_point expiry;
     uint64_t conn;
   };
@@ -165,8 +165,8 @@ class Server {
   // A written slot becomes the key's page (or goes back if the key has one).
   void publish(const Key& key, uint64_t offset, uint64_t slot_size, uint64_t length,
                uint64_t checksum);
-  const Entry& pin(Entry& e);  // most recent, and not evicted until unpin
-  void unpin(uint64_t offset);
+  const Page& pin(uint32_t page);  // most recent, and not evicted until unpin
+  void unpin(uint32_t page);
   void reap(Clock::time_point now);  // ends leases that ran out, oldest first
   // Ends an ALLOC lease (its slot goes back) or a LOOKUP lease (its pin goes); false if none.
   bool end_lease(uint64_t id);
@@ -175,7 +175,8 @@ class Server {
   void free_slot(uint64_t offset, uint64_t slot_size);
   // Drops a page from the index; its slot is freed now, or when the last reply still sending
   // its bytes is done.
-  void drop(std::unordered_map<Key, Entry, Ids>::iterator it);
+  void drop(uint32_t page);
+  bool has_page(const Key& key) const { return pages_.find(key) != Pages::kNone; }
 
   // ---- the disk under the arena (disk.cpp); none of them needs mu_ held ----
   struct DiskPage {
@@ -213,12 +214,10 @@ class Server {
 
   std::mutex mu_;
   const uint64_t hash_seed_;
-  std::unordered_map<Key, Entry, Ids> map_;
-  std::list<Key> lru_list_;                                    // front = most recent
-  std::unordered_map<uint64_t, std::list<Key>, Ids> ns_keys_;  // namespace -> its keys
+  using Pages = PageTable<Key, Page, Ids>;
+  Pages pages_;  // pinned by GET replies being sent and by LOOKUP leases
+  std::unordered_map<uint64_t, std::list<uint32_t>, Ids> ns_pages_;  // namespace -> its pages
   FreeSpace free_;
-  std::unordered_map<uint64_t, uint32_t> pins_;     // offset -> replies sending its bytes
-  std::unordered_map<uint64_t, uint64_t> dropped_;  // offset -> slot size, freed at unpin
   std::unordered_map<uint64_t, Pending> pending_;   // lease id -> reserved by ALLOC
   std::unordered_map<uint64_t, ReadLease> leases_;  // lease id -> pinned by LOOKUP
   // connection -> its leases; so a connection's end, and the cap, cost its own leases only
