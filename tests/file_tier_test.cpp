@@ -708,6 +708,61 @@ TEST(FileTier, InjectedFaultsGiveCodesNeverWrongBytes) {
   kvtier_close(s);
 }
 
+// Group commit under failing syncs: threads put at once, so they share fdatasyncs, and a sync
+// that fails fails every put it covered. With every sync failing no put may succeed (a put that
+// waited for another's sync included); with every 5th failing, every page reported stored reads
+// back byte for byte, every page that failed is absent, and a restart finds exactly the same.
+TEST(FileTier, PutsThatShareAFailedSyncAllFailAndNoneShows) {
+  for (const char* faults : {"sync:1:eio", "sync:5:eio"}) {
+    const std::string dir = fresh_dir("group-sync");
+    const std::string cfg = "tiers=file;file_dir=" + dir;
+    setenv("KVTIER_TEST_FILE_FAULTS", faults, 1);
+    kvtier_store_t* s = open_store(cfg);
+    unsetenv("KVTIER_TEST_FILE_FAULTS");
+    ASSERT_NE(s, nullptr);
+    constexpr size_t kThreads = 4, kRounds = 60, kBatch = 3;
+    std::vector<std::vector<std::pair<size_t, int>>> done(kThreads);
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < kThreads; ++t)
+      threads.emplace_back([&, t] {
+        for (size_t r = 0; r < kRounds; ++r) {
+          std::vector<size_t> ks;
+          for (size_t j = 0; j < kBatch; ++j) ks.push_back(1000000 * (t + 1) + r * kBatch + j);
+          std::vector<int> res;
+          set_pages(s, ks, &res);
+          for (size_t j = 0; j < kBatch; ++j) done[t].push_back({ks[j], res[j]});
+        }
+      });
+    for (auto& t : threads) t.join();
+    size_t ok = 0, failed = 0;
+    auto check = [&](kvtier_store_t* st) {
+      ok = failed = 0;
+      for (const auto& keys : done)
+        for (auto [k, r] : keys) {
+          ASSERT_TRUE(r == KVTIER_OK || r == KVTIER_ERR_IO) << kvtier_error_name(r);
+          if (r == KVTIER_OK) {
+            ++ok;
+            EXPECT_EQ(read_page(st, k), 1) << "page " << k << " was reported stored";
+          } else {
+            ++failed;
+            EXPECT_EQ(present(st, page_key(k)), 0u) << "page " << k << " failed but shows";
+          }
+        }
+    };
+    check(s);
+    if (std::string(faults) == "sync:1:eio") {
+      EXPECT_EQ(ok, 0u) << "a put succeeded although every fdatasync failed";
+    } else {
+      EXPECT_GT(ok, 0u);
+      EXPECT_GT(failed, 0u) << "no injected sync fault was seen";
+    }
+    kvtier_close(s);
+    s = open_store(cfg);
+    check(s);
+    kvtier_close(s);
+  }
+}
+
 TEST(FileTier, CrashLoopUnderInjectedFaultsReopensClean) {
   const std::string dir = fresh_dir("fault-crash");
   const std::string cfg = "tiers=file;file_dir=" + dir;

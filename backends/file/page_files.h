@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "codec.h"
+#include "group_sync.h"
 #include "shared_index.h"
 #include "tier.h"
 #include "uring.h"
@@ -123,6 +124,7 @@ class PageFiles {
   std::unique_ptr<Faults> faults_;  // test-only (KVTIER_TEST_FILE_FAULTS); before rings_
   RingPool rings_;
   BouncePool bounce_;
+  GroupSync syncs_;  // one fdatasync for the puts that finish at once
   std::mutex files_mu_;
   std::map<uint64_t, ClassFiles> files_;  // by slot size
 };

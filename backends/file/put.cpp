@@ -164,20 +164,22 @@ void PageFiles::prepare_write(PutOp& op, Writing& w, Io& io) {
 }
 
 int PageFiles::sync_fd(int fd) {
-  if (faults_)
+  const int rc = ::fdatasync(fd) == 0 ? 0 : -errno;
+  if (faults_)  // after the real one, so an injected failure takes as long as a sync does
     if (const int injected = faults_->on_sync()) return injected;
-  return ::fdatasync(fd) == 0 ? 0 : -errno;
+  return rc;
 }
 
 void PageFiles::sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine) {
-  // Durable before visible: one fdatasync per file the batch wrote.
+  // Durable before visible: an fdatasync per file the batch wrote, shared with the puts of
+  // other threads that finish at the same time.
   if (sync_) {
     std::vector<int> fds;
     for (const Writing& w : mine)
       if (w.result == KVTIER_OK && std::find(fds.begin(), fds.end(), w.files.fd) == fds.end())
         fds.push_back(w.files.fd);
     for (int fd : fds) {
-      const int rc = sync_fd(fd);
+      const int rc = syncs_.sync(fd, [this](int f) { return sync_fd(f); });
       if (rc == 0) continue;
       log().warn("file tier: fdatasync in {} failed: {}", dir_, std::strerror(-rc));
       for (Writing& w : mine)
