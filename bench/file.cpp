@@ -33,29 +33,132 @@ double checksum_cpu_per_gb(const Options& o, size_t page) {
   return f.cpu_per_gb;
 }
 
+namespace {
+
+// The limits of one page size, from the same folder: fio overwriting, fio writing a new file,
+// fio reading cold, and the raw io_uring loop.
+struct FileLimits {
+  FioFigure write, write_new, read;
+  double raw_write = 0, raw_read = 0;
+};
+
+FileLimits file_limits(const Options& o, const std::string& dir, size_t page, size_t bytes) {
+  progress("file: limits for " + human(page) + " pages");
+  FileLimits l;
+  l.write = fio_run(o, dir, page, bytes, FioMode::kWrite);
+  l.write_new = fio_run(o, dir, page, bytes, FioMode::kWriteFresh);
+  l.read = fio_run(o, dir, page, bytes, FioMode::kRead);
+  l.raw_write = raw_uring_gbps(o, dir, page, bytes / page, true);
+  l.raw_read = raw_uring_gbps(o, dir, page, bytes / page, false);
+  Row sum;
+  sum.kind = "checksum";
+  sum.tier = "file";
+  sum.op = "xxh3";
+  sum.block = page;
+  sum.fig.cpu_per_gb = checksum_cpu_per_gb(o, page);
+  g_rows.push_back(sum);
+  return l;
+}
+
+Row file_row(const std::string& pool, size_t batch, size_t page, const char* op, const Figure& fig,
+             const FioFigure& fio, double raw) {
+  Row row;
+  row.kind = "file";
+  row.tier = "file";
+  row.shape = pool;
+  row.path = "v1";
+  row.op = op;
+  row.batch = batch;
+  row.block = page;
+  row.fig = fig;
+  row.limit_gbps = fio.gbps;
+  row.limit_cpu_per_gb = fio.cpu_per_gb;
+  row.limit_name = "fio";
+  row.verified = std::string(op).rfind("read", 0) == 0 ? "bytes" : "codes";
+  row.limit2_gbps = raw;
+  row.limit2_name = "raw io_uring";
+  return row;
+}
+
+// One batch size on an open store: write (overwrite), write new, cold and warm read, each
+// read checked byte for byte. The pool's first half holds the pages, the second the reads.
+void file_batch(const Options& o, kvtier_store_t* store, std::byte* base, const std::string& pool,
+                size_t page, size_t batch, size_t max_batch, const FileLimits& lim) {
+  progress("file: " + human(page) + " pages, batch " + std::to_string(batch) + ", " + pool +
+           " pool");
+  const auto keys = make_keys("file-" + std::to_string(page), batch);
+  const auto ck = c_keys(keys);
+  // Two fragments per page, the K and V halves of a page_first pool.
+  std::vector<void*> src, dst;
+  std::vector<size_t> sizes(2 * batch, page / 2);
+  for (size_t i = 0; i < batch; ++i) {
+    src.push_back(base + i * page);
+    src.push_back(base + i * page + page / 2);
+    dst.push_back(base + (max_batch + i) * page);
+    dst.push_back(base + (max_batch + i) * page + page / 2);
+  }
+  std::vector<int> res(batch);
+  auto all_ok = [&](const char* what) {
+    for (int r : res)
+      if (r != KVTIER_OK) die(std::string(what) + ": " + kvtier_error_name(r));
+  };
+  auto write = [&] {
+    check_rc(kvtier_batch_set_v1(store, ck.data(), batch, src.data(), sizes.data(), src.size(),
+                                 res.data()),
+             "batch_set_v1");
+  };
+  auto read = [&] {
+    check_rc(kvtier_batch_get_v1(store, ck.data(), batch, dst.data(), sizes.data(), dst.size(),
+                                 res.data()),
+             "batch_get_v1");
+  };
+  auto scribble = [&] { std::memset(base + max_batch * page, 0xA5, batch * page); };
+  auto verify = [&] {
+    all_ok("batch_get_v1");
+    if (std::memcmp(base, base + max_batch * page, batch * page) != 0)
+      die("file read-back differs");
+  };
+  const size_t bytes = batch * page;
+  // Emptied by removing the batch's keys: their slots are then overwritten, the steady
+  // state of a full cache (what fio's `write` and the raw loop do). "write new" starts
+  // from cleared, truncated files, so its blocks are fresh extents the filesystem must
+  // allocate: its fio limit writes a new file each time.
+  std::vector<int> rm(batch);
+  auto empty = [&] {
+    check_rc(kvtier_batch_remove(store, ck.data(), batch, rm.data()), "remove");
+    size_t hits = 1;
+    check_rc(kvtier_batch_exists(store, ck.data(), batch, &hits), "exists");
+    if (hits) die("the store was not empty before a timed write");
+  };
+  Figure wnew = measure(
+      o, bytes, [&] { check_rc(kvtier_clear(store), "clear"); }, write,
+      [&] { all_ok("batch_set_v1"); });
+  Figure w = measure(o, bytes, empty, write, [&] { all_ok("batch_set_v1"); });
+  Figure cold = measure(
+      o, bytes,
+      [&] {
+        scribble();
+        drop_page_cache();
+      },
+      read, verify);
+  Figure warm = measure(o, bytes, scribble, read, verify);
+  const char* cold_op = geteuid() == 0 ? "read cold" : "read (warm: not root)";
+  g_rows.push_back(file_row(pool, batch, page, "write", w, lim.write, lim.raw_write));
+  g_rows.push_back(file_row(pool, batch, page, "write new", wnew, lim.write_new, lim.raw_write));
+  g_rows.push_back(file_row(pool, batch, page, cold_op, cold, lim.read, lim.raw_read));
+  g_rows.push_back(file_row(pool, batch, page, "read warm", warm, lim.read, lim.raw_read));
+}
+
+}  // namespace
+
 void run_file(const Options& o, const std::string& dir) {
-  const bool root = geteuid() == 0;
-  std::vector<size_t> batches;
   for (size_t page : o.pages) {
     std::vector<size_t> fit;
     for (size_t b : o.file_batches)
       if (b * page <= o.file_max_bytes) fit.push_back(b);
     if (fit.empty()) continue;
     const size_t max_batch = fit.back();
-    progress("file: limits for " + human(page) + " pages");
-    const size_t limit_bytes = std::max(max_batch * page, size_t{64} << 20);
-    const FioFigure fio_w = fio_run(o, dir, page, limit_bytes, FioMode::kWrite);
-    const FioFigure fio_new = fio_run(o, dir, page, limit_bytes, FioMode::kWriteFresh);
-    const FioFigure fio_r = fio_run(o, dir, page, limit_bytes, FioMode::kRead);
-    const double raw_w = raw_uring_gbps(o, dir, page, limit_bytes / page, true);
-    const double raw_r = raw_uring_gbps(o, dir, page, limit_bytes / page, false);
-    Row sum;
-    sum.kind = "checksum";
-    sum.tier = "file";
-    sum.op = "xxh3";
-    sum.block = page;
-    sum.fig.cpu_per_gb = checksum_cpu_per_gb(o, page);
-    g_rows.push_back(sum);
+    const FileLimits lim = file_limits(o, dir, page, std::max(max_batch * page, size_t{64} << 20));
     for (bool aligned : {true, false}) {
       Buffer mem(2 * max_batch * page + 8192);
       mem.randomize(11);
@@ -67,87 +170,8 @@ void run_file(const Options& o, const std::string& dir) {
       kvtier_store_t* store = nullptr;
       check_rc(kvtier_open(cfg.c_str(), &store), "open file tier");
       check_rc(kvtier_register_buffer(store, base, 2 * max_batch * page), "register_buffer");
-      for (size_t batch : fit) {
-        progress("file: " + human(page) + " pages, batch " + std::to_string(batch) +
-                 (aligned ? ", aligned pool" : ", unaligned pool"));
-        const auto keys = make_keys("file-" + std::to_string(page), batch);
-        const auto ck = c_keys(keys);
-        // Two fragments per page, the K and V halves of a page_first pool.
-        std::vector<void*> src, dst;
-        std::vector<size_t> sizes(2 * batch, page / 2);
-        for (size_t i = 0; i < batch; ++i) {
-          src.push_back(base + i * page);
-          src.push_back(base + i * page + page / 2);
-          dst.push_back(base + (max_batch + i) * page);
-          dst.push_back(base + (max_batch + i) * page + page / 2);
-        }
-        std::vector<int> res(batch);
-        auto all_ok = [&](const char* what) {
-          for (int r : res)
-            if (r != KVTIER_OK) die(std::string(what) + ": " + kvtier_error_name(r));
-        };
-        auto write = [&] {
-          check_rc(kvtier_batch_set_v1(store, ck.data(), batch, src.data(), sizes.data(),
-                                       src.size(), res.data()),
-                   "batch_set_v1");
-        };
-        auto read = [&] {
-          check_rc(kvtier_batch_get_v1(store, ck.data(), batch, dst.data(), sizes.data(),
-                                       dst.size(), res.data()),
-                   "batch_get_v1");
-        };
-        auto scribble = [&] { std::memset(base + max_batch * page, 0xA5, batch * page); };
-        auto verify = [&] {
-          all_ok("batch_get_v1");
-          if (std::memcmp(base, base + max_batch * page, batch * page) != 0)
-            die("file read-back differs");
-        };
-        const size_t bytes = batch * page;
-        // Emptied by removing the batch's keys: their slots are then overwritten, the steady
-        // state of a full cache (what fio's `write` and the raw loop do). "write new" starts
-        // from cleared, truncated files, so its blocks are fresh extents the filesystem must
-        // allocate: its fio limit writes a new file each time.
-        std::vector<int> rm(batch);
-        auto empty = [&] {
-          check_rc(kvtier_batch_remove(store, ck.data(), batch, rm.data()), "remove");
-          size_t hits = 1;
-          check_rc(kvtier_batch_exists(store, ck.data(), batch, &hits), "exists");
-          if (hits) die("the store was not empty before a timed write");
-        };
-        Figure wnew = measure(
-            o, bytes, [&] { check_rc(kvtier_clear(store), "clear"); }, write,
-            [&] { all_ok("batch_set_v1"); });
-        Figure w = measure(o, bytes, empty, write, [&] { all_ok("batch_set_v1"); });
-        Figure cold = measure(
-            o, bytes,
-            [&] {
-              scribble();
-              drop_page_cache();
-            },
-            read, verify);
-        Figure warm = measure(o, bytes, scribble, read, verify);
-        for (auto [op, fig, fio, raw] :
-             {std::tuple{"write", w, fio_w, raw_w}, std::tuple{"write new", wnew, fio_new, raw_w},
-              std::tuple{root ? "read cold" : "read (warm: not root)", cold, fio_r, raw_r},
-              std::tuple{"read warm", warm, fio_r, raw_r}}) {
-          Row row;
-          row.kind = "file";
-          row.tier = "file";
-          row.shape = aligned ? "aligned" : "unaligned";
-          row.path = "v1";
-          row.op = op;
-          row.batch = batch;
-          row.block = page;
-          row.fig = fig;
-          row.limit_gbps = fio.gbps;
-          row.limit_cpu_per_gb = fio.cpu_per_gb;
-          row.limit_name = "fio";
-          row.verified = std::string(op).rfind("read", 0) == 0 ? "bytes" : "codes";
-          row.limit2_gbps = raw;
-          row.limit2_name = "raw io_uring";
-          g_rows.push_back(row);
-        }
-      }
+      for (size_t batch : fit)
+        file_batch(o, store, base, aligned ? "aligned" : "unaligned", page, batch, max_batch, lim);
       kvtier_close(store);
     }
   }

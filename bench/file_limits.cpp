@@ -105,9 +105,9 @@ FioFigure fio_job(const Options& o, const std::string& file, size_t block, size_
   const std::string cmd = "fio --name=kvtier --filename=" + file +
                           " --ioengine=io_uring --direct=1 --bs=" + std::to_string(block) +
                           " --iodepth=" + std::to_string(o.queue_depth) + " --rw=" + rw +
-                          " --size=" + std::to_string(size) + " --end_fsync=1 --loops=" +
-                          std::to_string(loops) + " --output-format=json --output=" + out +
-                          " >/dev/null 2>&1";
+                          " --size=" + std::to_string(size) +
+                          " --end_fsync=1 --loops=" + std::to_string(loops) +
+                          " --output-format=json --output=" + out + " >/dev/null 2>&1";
   if (std::system(cmd.c_str()) != 0) return {};
   std::FILE* f = std::fopen(out.c_str(), "r");
   if (!f) return {};

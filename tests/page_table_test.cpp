@@ -59,8 +59,8 @@ TEST(PageTable, MatchesAModelThroughCollisionsPinsAndReuse) {
       default: {  // unpin something pinned
         auto p = std::find_if(pins.begin(), pins.end(), [](auto& x) { return x.second > 0; });
         if (p == pins.end()) break;
-        const bool linked = std::any_of(live.begin(), live.end(),
-                                        [&](auto& x) { return x.second == p->first; });
+        const bool linked =
+            std::any_of(live.begin(), live.end(), [&](auto& x) { return x.second == p->first; });
         --p->second;
         const bool freed = t.unpin(p->first);
         ASSERT_EQ(freed, p->second == 0 && !linked);
@@ -71,7 +71,8 @@ TEST(PageTable, MatchesAModelThroughCollisionsPinsAndReuse) {
   }
   // The LRU order, least recent first.
   std::vector<uint64_t> order;
-  for (uint32_t e = t.lru_tail(); e != Table::kNone; e = t.more_recent(e)) order.push_back(t.key(e));
+  for (uint32_t e = t.lru_tail(); e != Table::kNone; e = t.more_recent(e))
+    order.push_back(t.key(e));
   EXPECT_EQ(order, std::vector<uint64_t>(lru.rbegin(), lru.rend()));
   EXPECT_GT(live.size(), 500u) << "too few pages to have exercised long probe runs";
 }

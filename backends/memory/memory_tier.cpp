@@ -135,7 +135,8 @@ void MemoryTier::put(std::span<PutOp> ops) {
   for (size_t i = 0; i < ops.size(); ++i) {
     if (!is_new[i]) continue;
     const size_t alloc = round_up(ops[i].size);
-    if (!blocks[i]) blocks[i] = static_cast<std::byte*>(std::aligned_alloc(align_for(alloc), alloc));
+    if (!blocks[i])
+      blocks[i] = static_cast<std::byte*>(std::aligned_alloc(align_for(alloc), alloc));
     if (blocks[i]) gather(ops[i].frags, blocks[i]);
   }
   std::vector<uint32_t> evicted;
@@ -150,7 +151,8 @@ void MemoryTier::put(std::span<PutOp> ops) {
         continue;
       }
       ops[i].result = KVTIER_OK;
-      if (table_.find(ops[i].id) != kNone) {  // another thread (or an earlier op) stored it meanwhile
+      if (table_.find(ops[i].id) !=
+          kNone) {  // another thread (or an earlier op) stored it meanwhile
         give_block(blocks[i], round_up(ops[i].size), &to_free);
         continue;
       }
