@@ -4,8 +4,10 @@
 #include <httplib.h>
 #include <kvtier/kvtier.h>
 
+#include <chrono>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "etcd_process.h"
 #include "server_process.h"
@@ -62,12 +64,28 @@ TEST(ServerMetrics, ScrapedCountersMatchTheWorkload) {
   }
   for (size_t i = kN; i < kN + 5; ++i) EXPECT_EQ(got[i], KVTIER_ERR_NOT_FOUND);
 
+  // A request's latency is recorded once its reply is out, which can be a moment after the
+  // client has read it (and the PUT and GET may have gone over connections that other event
+  // loops serve): scrape until both show there (at most 10 s), then check it all.
   httplib::Client http(kvtier_test::test_host(), port);
-  auto reply = http.Get("/metrics");
+  std::map<std::string, double> m;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto seen = [&](const char* op) {
+    return m[std::string("kvtier_server_request_seconds_count{op=\"") + op + "\"}"] >= 1;
+  };
+  auto scrape = [&] {
+    auto r = http.Get("/metrics");
+    m = r ? parse_samples(r->body) : std::map<std::string, double>{};
+    return r;
+  };
+  auto reply = scrape();
+  while (!(seen("put") && seen("get")) && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    reply = scrape();
+  }
   ASSERT_TRUE(reply) << "no answer from the metrics endpoint";
   EXPECT_EQ(reply->status, 200);
   EXPECT_EQ(reply->get_header_value("Content-Type").rfind("text/plain; version=0.0.4", 0), 0u);
-  auto m = parse_samples(reply->body);
   EXPECT_EQ(m["kvtier_server_pages"], kN);
   EXPECT_GE(m["kvtier_server_bytes"], kN * kSize);
   EXPECT_EQ(m["kvtier_server_capacity_bytes"], 64 << 20);
