@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <new>
 #include <optional>
 #include <shared_mutex>
@@ -181,7 +182,8 @@ int pages_v1(BatchCall call, kvtier_store_t* store, const char* const* keys, siz
   std::vector<Frag> frags = frags_of(ptrs, sizes, n_frags);
   const uint64_t format = store->page_format();
   return narrowed(results, n, [&](std::span<int64_t> r) {
-    return note((*store->rep.*call)(pages(keys, n, frags, kvtier::Memory::kRegistered, format, r)));
+    return note(std::invoke(call, *store->rep,
+                            pages(keys, n, frags, kvtier::Memory::kRegistered, format, r)));
   });
 }
 
@@ -206,8 +208,8 @@ int slots_v1(BatchCall call, kvtier_store_t* store, const char* const* keys, siz
   std::vector<Frag> frags(n * per_page);
   return narrowed(results, n, [&](std::span<int64_t> r) {
     Status page_failure = layout.pages_frags(slots, n, frags.data(), r.data());
-    const int rc =
-        note((*store->rep.*call)(pages(keys, n, frags, kvtier::Memory::kPool, format, r)));
+    const int rc = note(
+        std::invoke(call, *store->rep, pages(keys, n, frags, kvtier::Memory::kPool, format, r)));
     note(page_failure);
     return rc;
   });
