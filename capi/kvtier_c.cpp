@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <new>
 #include <optional>
 #include <shared_mutex>
@@ -62,6 +63,8 @@ namespace {
 
 using kvtier::Frag;
 using kvtier::Status;
+// Store::put or Store::get: the calls that move a batch's bytes.
+using BatchCall = Status (kvtier::Store::*)(const kvtier::Batch&);
 
 // Batches above this are refused: they are a caller bug (the engine sends <= a few thousand).
 constexpr size_t kMaxBatch = size_t{1} << 24;
@@ -135,20 +138,15 @@ std::vector<Frag> frags_of(const void* const* ptrs, const size_t* sizes, size_t 
   return frags;
 }
 
-// Shared by the fragment and the token-slot calls. `check_regions` is false when the fragments
-// were computed from a layout whose whole pool was just checked to be registered.
-int put_v1(kvtier_store_t* store, const char* const* keys, size_t n, std::span<const Frag> frags,
-           size_t per_key, int* results, bool check_regions, uint64_t format) {
-  return note(store->rep->put({keys, n}, frags, per_key, check_regions, {results, n}, format));
-}
-
-int get_v1(kvtier_store_t* store, const char* const* keys, size_t n, std::span<const Frag> frags,
-           size_t per_key, int* results, bool check_regions, uint64_t format) {
-  std::vector<int64_t> got(n);
-  for (size_t i = 0; i < n; ++i) got[i] = results[i];
-  Status s = store->rep->get({keys, n}, frags, per_key, true, check_regions, got, format);
-  for (size_t i = 0; i < n; ++i) results[i] = got[i] >= 0 ? KVTIER_OK : static_cast<int>(got[i]);
-  return note(s);
+// Runs `call`, which fills one int64 result per key, for a C call whose results are int32 (all
+// but kvtier_batch_get): they land in the caller's array once, at the end, as 0 for a success
+// (a _v1 get's byte count too) or the key's code.
+template <class F>
+int narrowed(int* results, size_t n, F&& call) {
+  std::vector<int64_t> wide(n, KVTIER_OK);
+  const int rc = call(std::span<int64_t>(wide));
+  for (size_t i = 0; i < n; ++i) results[i] = wide[i] >= 0 ? KVTIER_OK : static_cast<int>(wide[i]);
+  return rc;
 }
 
 std::string check_v1(void* const* ptrs, const size_t* sizes, size_t n_frags, size_t n) {
@@ -161,9 +159,36 @@ std::string check_v1(void* const* ptrs, const size_t* sizes, size_t n_frags, siz
   return {};
 }
 
-template <class Op>
-int with_slots(kvtier_store_t* store, const char* const* keys, size_t n, const int64_t* slots,
-               size_t n_slots, int* results, Op op) {
+// The batch of a _v1 call: n pages of the engine's pool, frags.size() / n fragments each, that
+// a stored value fills exactly.
+kvtier::Batch pages(const char* const* keys, size_t n, std::span<const Frag> frags,
+                    kvtier::Memory memory, uint64_t format, std::span<int64_t> results) {
+  return {.keys = {keys, n},
+          .frags = frags,
+          .per_key = frags.size() / n,
+          .memory = memory,
+          .fit = kvtier::Fit::kExact,
+          .format = format,
+          .results = results};
+}
+
+// kvtier_batch_set_v1 / _get_v1, on fragments the caller passes or on token slots.
+int pages_v1(BatchCall call, kvtier_store_t* store, const char* const* keys, size_t n,
+             void* const* ptrs, const size_t* sizes, size_t n_frags, int* results) {
+  if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+    return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
+  if (std::string bad = check_v1(ptrs, sizes, n_frags, n); !bad.empty())
+    return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
+  std::vector<Frag> frags = frags_of(ptrs, sizes, n_frags);
+  const uint64_t format = store->page_format();
+  return narrowed(results, n, [&](std::span<int64_t> r) {
+    return note(std::invoke(call, *store->rep,
+                            pages(keys, n, frags, kvtier::Memory::kRegistered, format, r)));
+  });
+}
+
+int slots_v1(BatchCall call, kvtier_store_t* store, const char* const* keys, size_t n,
+             const int64_t* slots, size_t n_slots, int* results) {
   if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
     return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
   if (!slots) return refuse(results, n, KVTIER_ERR_INVALID_ARG, "slots is NULL");
@@ -179,13 +204,15 @@ int with_slots(kvtier_store_t* store, const char* const* keys, size_t n, const i
   if (!store->rep->is_registered(layout.base, layout.pool_bytes()))
     return refuse(results, n, KVTIER_ERR_NOT_REGISTERED,
                   "the pool's buffer is no longer registered (kvtier_unregister_buffer)");
-  std::fill(results, results + n, KVTIER_OK);
   const size_t per_page = layout.frags_per_page();
   std::vector<Frag> frags(n * per_page);
-  Status page_failure = layout.pages_frags(slots, n, frags.data(), results);
-  int rc = op(store, keys, n, frags, per_page, results, false, format);
-  note(page_failure);
-  return rc;
+  return narrowed(results, n, [&](std::span<int64_t> r) {
+    Status page_failure = layout.pages_frags(slots, n, frags.data(), r.data());
+    const int rc = note(
+        std::invoke(call, *store->rep, pages(keys, n, frags, kvtier::Memory::kPool, format, r)));
+    note(page_failure);
+    return rc;
+  });
 }
 
 // The caller's layout struct (any release's size) as the core's.
@@ -340,9 +367,12 @@ int kvtier_batch_set(kvtier_store_t* store, const char* const* keys, size_t n,
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     if (!values || !sizes)
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, "values or sizes is NULL");
-    std::fill(results, results + n, KVTIER_OK);
     std::vector<Frag> frags = frags_of(values, sizes, n);
-    return note(store->rep->put({keys, n}, frags, 1, false, {results, n}, store->page_format()));
+    const uint64_t format = store->page_format();
+    return narrowed(results, n, [&](std::span<int64_t> r) {
+      return note(store->rep->put(
+          {.keys = {keys, n}, .frags = frags, .per_key = 1, .format = format, .results = r}));
+    });
   });
 }
 
@@ -355,8 +385,11 @@ int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n, v
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, "buffers or capacities is NULL");
     std::fill(results, results + n, KVTIER_OK);
     std::vector<Frag> frags = frags_of(buffers, capacities, n);
-    return note(
-        store->rep->get({keys, n}, frags, 1, false, false, {results, n}, store->page_format()));
+    return note(store->rep->get({.keys = {keys, n},
+                                 .frags = frags,
+                                 .per_key = 1,
+                                 .format = store->page_format(),
+                                 .results = {results, n}}));
   });
 }
 
@@ -374,7 +407,10 @@ int kvtier_batch_exists_each(kvtier_store_t* store, const char* const* keys, siz
   return guarded_batch("kvtier_batch_exists_each", present, n, [&] {
     if (std::string bad = check_batch(store, keys, n, present); !bad.empty())
       return refuse(present, n, KVTIER_ERR_INVALID_ARG, bad);
-    return note(store->rep->exists_each({keys, n}, {present, n}, store->page_format()));
+    const uint64_t format = store->page_format();
+    return narrowed(present, n, [&](std::span<int64_t> r) {
+      return note(store->rep->exists_each({.keys = {keys, n}, .format = format, .results = r}));
+    });
   });
 }
 
@@ -382,7 +418,10 @@ int kvtier_batch_remove(kvtier_store_t* store, const char* const* keys, size_t n
   return guarded_batch("kvtier_batch_remove", results, n, [&] {
     if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
-    return note(store->rep->remove({keys, n}, {results, n}, store->page_format()));
+    const uint64_t format = store->page_format();
+    return narrowed(results, n, [&](std::span<int64_t> r) {
+      return note(store->rep->remove({.keys = {keys, n}, .format = format, .results = r}));
+    });
   });
 }
 
@@ -427,13 +466,7 @@ int kvtier_batch_set_v1(kvtier_store_t* store, const char* const* keys, size_t n
                         void* const* frag_ptrs, const size_t* frag_sizes, size_t n_frags,
                         int* results) {
   return guarded_batch("kvtier_batch_set_v1", results, n, [&] {
-    if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
-      return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
-    if (std::string bad = check_v1(frag_ptrs, frag_sizes, n_frags, n); !bad.empty())
-      return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
-    std::fill(results, results + n, KVTIER_OK);
-    std::vector<Frag> frags = frags_of(frag_ptrs, frag_sizes, n_frags);
-    return put_v1(store, keys, n, frags, n_frags / n, results, true, store->page_format());
+    return pages_v1(&kvtier::Store::put, store, keys, n, frag_ptrs, frag_sizes, n_frags, results);
   });
 }
 
@@ -441,13 +474,7 @@ int kvtier_batch_get_v1(kvtier_store_t* store, const char* const* keys, size_t n
                         void* const* frag_ptrs, const size_t* frag_sizes, size_t n_frags,
                         int* results) {
   return guarded_batch("kvtier_batch_get_v1", results, n, [&] {
-    if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
-      return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
-    if (std::string bad = check_v1(frag_ptrs, frag_sizes, n_frags, n); !bad.empty())
-      return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
-    std::fill(results, results + n, KVTIER_OK);
-    std::vector<Frag> frags = frags_of(frag_ptrs, frag_sizes, n_frags);
-    return get_v1(store, keys, n, frags, n_frags / n, results, true, store->page_format());
+    return pages_v1(&kvtier::Store::get, store, keys, n, frag_ptrs, frag_sizes, n_frags, results);
   });
 }
 
@@ -631,14 +658,16 @@ int kvtier_get_page_buffer_meta(kvtier_store_t* store, const int64_t* slots, siz
 
 int kvtier_batch_set_v1_slots(kvtier_store_t* store, const char* const* keys, size_t n,
                               const int64_t* slots, size_t n_slots, int* results) {
-  return guarded_batch("kvtier_batch_set_v1_slots", results, n,
-                       [&] { return with_slots(store, keys, n, slots, n_slots, results, put_v1); });
+  return guarded_batch("kvtier_batch_set_v1_slots", results, n, [&] {
+    return slots_v1(&kvtier::Store::put, store, keys, n, slots, n_slots, results);
+  });
 }
 
 int kvtier_batch_get_v1_slots(kvtier_store_t* store, const char* const* keys, size_t n,
                               const int64_t* slots, size_t n_slots, int* results) {
-  return guarded_batch("kvtier_batch_get_v1_slots", results, n,
-                       [&] { return with_slots(store, keys, n, slots, n_slots, results, get_v1); });
+  return guarded_batch("kvtier_batch_get_v1_slots", results, n, [&] {
+    return slots_v1(&kvtier::Store::get, store, keys, n, slots, n_slots, results);
+  });
 }
 
 }  // extern "C"

@@ -125,7 +125,8 @@ Status PoolLayout::layer_frags(int64_t slot, uint64_t layer, std::vector<Frag>* 
   return {};
 }
 
-Status PoolLayout::pages_frags(const int64_t* slots, size_t pages, Frag* out, int* codes) const {
+Status PoolLayout::pages_frags(const int64_t* slots, size_t pages, Frag* out,
+                               int64_t* codes) const {
   const size_t per_page = frags_per_page();
   Status first;
   for (size_t i = 0; i < pages; ++i) {

@@ -56,7 +56,7 @@ struct PoolLayout {
   // The fragments of `pages` pages that start at slots[0], slots[P], slots[2P], ... into
   // out[pages * frags_per_page()]. A bad page gets null fragments and, when `codes` is not
   // NULL, its code in codes[i]; the first failure is returned.
-  Status pages_frags(const int64_t* slots, size_t pages, Frag* out, int* codes) const;
+  Status pages_frags(const int64_t* slots, size_t pages, Frag* out, int64_t* codes) const;
 };
 
 }  // namespace kvtier

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <mutex>
+#include <numeric>
 #include <sstream>
 
 #include "log.h"
@@ -20,6 +21,13 @@ namespace {
 
 Status key_error(size_t i, const Status& s) {
   return {s.code(), "key " + std::to_string(i) + ": " + s.message()};
+}
+
+// A batch whose arrays do not match is the caller's bug, not a key's: no key runs, and every
+// result slot says so.
+Status refuse_batch(const Batch& b, const std::string& why) {
+  for (int64_t& r : b.results) r = KVTIER_ERR_INVALID_ARG;
+  return {KVTIER_ERR_INVALID_ARG, "batch: " + why};
 }
 
 std::string json_escape(const std::string& s) {
@@ -91,7 +99,7 @@ Status Store::check_key(const char* key) const {
   return {};
 }
 
-Status Store::check_value(Frags frags, bool zero_copy) const {
+Status Store::check_value(Frags frags, Memory memory) const {
   size_t total = 0;
   for (size_t f = 0; f < frags.size(); ++f) {
     if (!frags[f].ptr && frags[f].len)
@@ -100,45 +108,48 @@ Status Store::check_value(Frags frags, bool zero_copy) const {
       return {KVTIER_ERR_INVALID_ARG, "fragment sizes overflow"};
   }
   if (total == 0) return {KVTIER_ERR_INVALID_ARG, "the fragments total 0 bytes"};
-  if (zero_copy) return regions_.check(frags);
+  if (memory == Memory::kRegistered) return regions_.check(frags);
   return {};
 }
 
-template <class Result>
-std::vector<size_t> Store::valid_keys(std::span<const char* const> keys, Frags frags,
-                                      size_t per_key, bool zero_copy, std::span<Result> results,
-                                      Status* first) const {
+std::vector<size_t> Store::valid_keys(const Batch& b, Status* first) const {
   std::vector<size_t> valid;
-  valid.reserve(keys.size());
+  if (b.results.size() != b.keys.size() || b.frags.size() != b.keys.size() * b.per_key) {
+    *first = refuse_batch(b, std::to_string(b.keys.size()) + " keys, " +
+                                 std::to_string(b.results.size()) + " results, " +
+                                 std::to_string(b.frags.size()) + " fragments");
+    return valid;
+  }
+  valid.reserve(b.keys.size());
   // One registry lookup for the whole batch in the usual case that all of it is registered;
   // key by key (for each key's own code) only when some fragment is not.
-  if (zero_copy && regions_.check(frags.first(keys.size() * per_key)).is_ok()) zero_copy = false;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    if (results[i] != KVTIER_OK) continue;
-    Status s = check_key(keys[i]);
-    if (s.is_ok()) s = check_value(frags.subspan(i * per_key, per_key), zero_copy);
+  Memory memory = b.memory;
+  if (memory == Memory::kRegistered && regions_.check(b.frags).is_ok()) memory = Memory::kPool;
+  for (size_t i = 0; i < b.keys.size(); ++i) {
+    if (b.results[i] != KVTIER_OK) continue;
+    Status s = check_key(b.keys[i]);
+    if (s.is_ok() && b.per_key) s = check_value(b.value(i), memory);
     if (s.is_ok()) {
       valid.push_back(i);
     } else {
-      results[i] = s.code();
+      b.results[i] = s.code();
       if (first->is_ok()) *first = key_error(i, s);
     }
   }
   return valid;
 }
 
-Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key, bool zero_copy,
-                  std::span<int> results, uint64_t format) {
-  const uint64_t seed = seed_of(format);
+Status Store::put(const Batch& b) {
+  const uint64_t seed = seed_of(b.format);
+  if (b.per_key == 0) return refuse_batch(b, "put without fragments");
   Status first;
-  std::vector<size_t> index = valid_keys(keys, frags, per_key, zero_copy, results, &first);
+  std::vector<size_t> index = valid_keys(b, &first);
   std::vector<PutOp> ops;  // ops[j] is key index[j]
   ops.reserve(index.size());
   for (size_t i : index) {
-    Frags kf = frags.subspan(i * per_key, per_key);
-    ops.push_back({.id = key_id(seed, keys[i]),
-                   .frags = kf,
-                   .size = total_len(kf),
+    ops.push_back({.id = key_id(seed, b.keys[i]),
+                   .frags = b.value(i),
+                   .size = total_len(b.value(i)),
                    .result = KVTIER_ERR_NO_SPACE});
   }
   // Write-through: every tier; write-back: the top tier, the rest by demotion. A key counts
@@ -160,7 +171,7 @@ Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key
     }
   }
   for (size_t j = 0; j < ops.size(); ++j) {
-    results[index[j]] = stored[j] ? KVTIER_OK : error[j];
+    b.results[index[j]] = stored[j] ? KVTIER_OK : error[j];
     if (!stored[j] && first.is_ok())
       first = {error[j], "key " + std::to_string(index[j]) + ": no tier could store it (" +
                              code_text(error[j]) + ")"};
@@ -169,76 +180,45 @@ Status Store::put(std::span<const char* const> keys, Frags frags, size_t per_key
   return first;
 }
 
-Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key, bool exact,
-                  bool zero_copy, std::span<int64_t> results, uint64_t format) {
-  const uint64_t seed = seed_of(format);
+Status Store::get(const Batch& b) {
+  const uint64_t seed = seed_of(b.format);
+  if (b.per_key == 0) return refuse_batch(b, "get without fragments");
   Status first;
-  std::vector<size_t> index = valid_keys(keys, frags, per_key, zero_copy, results, &first);
+  const std::vector<size_t> index = valid_keys(b, &first);
   std::vector<GetOp> ops;  // ops[j] is key index[j]
   ops.reserve(index.size());
   for (size_t i : index) {
-    Frags kf = frags.subspan(i * per_key, per_key);
-    ops.push_back({key_id(seed, keys[i]), kf, total_len(kf), exact});
+    ops.push_back({.id = key_id(seed, b.keys[i]),
+                   .frags = b.value(i),
+                   .capacity = total_len(b.value(i)),
+                   .fit = b.fit});
   }
   std::vector<int64_t> final_result(ops.size(), KVTIER_ERR_NOT_FOUND);
   std::vector<size_t> pending(ops.size());  // indices into ops still looked for
-  for (size_t j = 0; j < ops.size(); ++j) pending[j] = j;
+  std::iota(pending.begin(), pending.end(), size_t{0});
   std::vector<GetOp> copies;  // the keys a lower tier is asked for
   for (size_t t = 0; t < tiers_.size() && !pending.empty(); ++t) {
-    TierSlot& slot = *tiers_[t];
     std::span<GetOp> batch = ops;  // every key is still looked for: no copy
     if (pending.size() < ops.size()) {
       copies.clear();
       for (size_t j : pending) copies.push_back(ops[j]);
       batch = copies;
     }
-    slot.tier->get(batch);
+    tiers_[t]->tier->get(batch);
     std::vector<size_t> still;
-    std::vector<PutOp> promote;
-    std::vector<std::vector<Frag>> promote_frags;
-    for (size_t b = 0; b < batch.size(); ++b) {
-      const size_t j = pending[b];
-      GetOp& r = batch[b];
-      if (r.result >= 0) {
-        slot.hits.fetch_add(1, std::memory_order_relaxed);
-        final_result[j] = r.result;
-        if (t > 0) {
-          promote_frags.push_back(leading(r.frags, static_cast<size_t>(r.result)));
-          // A checksum that came from a tier that can tear has just been verified by it.
-          promote.push_back({.id = r.id,
-                             .frags = {},  // set below, once promote_frags stops growing
-                             .size = static_cast<size_t>(r.result),
-                             .checksum = r.checksum,
-                             .has_checksum = slot.caps.can_tear});
-        }
-      } else if (r.result == KVTIER_ERR_CORRUPT) {
-        slot.errors.fetch_add(1, std::memory_order_relaxed);
-        log().error("tier '{}': key {} failed its checksum; dropped and treated as a miss",
-                    slot.tier->name(), index[j]);
-        int rm = 0;
-        slot.tier->remove(std::span<const KeyId>(&r.id, 1), std::span<int>(&rm, 1));
+    std::vector<const GetOp*> hits;
+    for (size_t k = 0; k < batch.size(); ++k) {
+      const size_t j = pending[k];
+      if (take_answer(*tiers_[t], batch[k], index[j], &final_result[j]))
         still.push_back(j);
-      } else if (r.result == KVTIER_ERR_NOT_FOUND) {
-        slot.misses.fetch_add(1, std::memory_order_relaxed);
-        still.push_back(j);
-      } else if (r.result == KVTIER_ERR_BUFFER_TOO_SMALL || r.result == KVTIER_ERR_SIZE_MISMATCH) {
-        final_result[j] = r.result;  // the value exists; looking lower would not help
-      } else {
-        slot.errors.fetch_add(1, std::memory_order_relaxed);
-        log().warn("tier '{}' failed to read key {}: {}", slot.tier->name(), index[j],
-                   code_name(static_cast<int>(r.result)));
-        final_result[j] = r.result;
-        still.push_back(j);
-      }
+      else if (batch[k].result >= 0)
+        hits.push_back(&batch[k]);
     }
-    if (!promote.empty()) {
-      for (size_t p = 0; p < promote.size(); ++p) promote[p].frags = promote_frags[p];
-      for (size_t up = 0; up < t; ++up) tiers_[up]->tier->put(promote);
-    }
+    promote(t, hits);
     pending.swap(still);
   }
   for (size_t j = 0; j < ops.size(); ++j) {
-    results[index[j]] = final_result[j];
+    b.results[index[j]] = final_result[j];
     if (final_result[j] < 0 && final_result[j] != KVTIER_ERR_NOT_FOUND && first.is_ok())
       first = {static_cast<int>(final_result[j]), "key " + std::to_string(index[j]) + ": " +
                                                       code_text(static_cast<int>(final_result[j]))};
@@ -247,22 +227,62 @@ Status Store::get(std::span<const char* const> keys, Frags frags, size_t per_key
   return first;
 }
 
-Status Store::exists_each(std::span<const char* const> keys, std::span<int> present,
-                          uint64_t format) {
-  const uint64_t seed = seed_of(format);
+bool Store::take_answer(TierSlot& slot, GetOp& op, size_t key, int64_t* result) {
+  if (op.result >= 0) {
+    slot.hits.fetch_add(1, std::memory_order_relaxed);
+    *result = op.result;
+    return false;
+  }
+  if (op.result == KVTIER_ERR_CORRUPT) {
+    slot.errors.fetch_add(1, std::memory_order_relaxed);
+    log().error("tier '{}': key {} failed its checksum; dropped and treated as a miss",
+                slot.tier->name(), key);
+    int rm = 0;
+    slot.tier->remove(std::span<const KeyId>(&op.id, 1), std::span<int>(&rm, 1));
+    return true;
+  }
+  if (op.result == KVTIER_ERR_NOT_FOUND) {
+    slot.misses.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  *result = op.result;
+  // The value exists but does not fit: looking lower would not help.
+  if (op.result == KVTIER_ERR_BUFFER_TOO_SMALL || op.result == KVTIER_ERR_SIZE_MISMATCH)
+    return false;
+  slot.errors.fetch_add(1, std::memory_order_relaxed);
+  log().warn("tier '{}' failed to read key {}: {}", slot.tier->name(), key,
+             code_name(static_cast<int>(op.result)));
+  return true;
+}
+
+void Store::promote(size_t t, std::span<const GetOp* const> hits) {
+  if (t == 0 || hits.empty()) return;
+  std::vector<std::vector<Frag>> frags;  // reserved: each PutOp points into its own entry
+  frags.reserve(hits.size());
+  std::vector<PutOp> ops;
+  ops.reserve(hits.size());
+  for (const GetOp* hit : hits) {
+    const size_t size = static_cast<size_t>(hit->result);
+    frags.push_back(leading(hit->frags, size));
+    // A checksum that came from a tier that can tear has just been verified by it.
+    ops.push_back({.id = hit->id,
+                   .frags = frags.back(),
+                   .size = size,
+                   .checksum = hit->checksum,
+                   .has_checksum = tiers_[t]->caps.can_tear});
+  }
+  for (size_t up = 0; up < t; ++up) tiers_[up]->tier->put(ops);
+}
+
+Status Store::exists_each(const Batch& b) {
+  const uint64_t seed = seed_of(b.format);
   Status first;
-  std::vector<KeyId> ask;  // ask[a] is key where[a], not found in the tiers above
-  std::vector<size_t> where;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    Status s = check_key(keys[i]);
-    if (!s.is_ok()) {
-      present[i] = s.code();
-      if (first.is_ok()) first = key_error(i, s);
-      continue;
-    }
-    present[i] = KVTIER_ERR_NOT_FOUND;
-    ask.push_back(key_id(seed, keys[i]));
-    where.push_back(i);
+  std::vector<size_t> where = valid_keys(b, &first);  // where[a] is the key of ask[a]
+  std::vector<KeyId> ask;                             // the keys not found in the tiers above
+  ask.reserve(where.size());
+  for (size_t i : where) {
+    b.results[i] = KVTIER_ERR_NOT_FOUND;
+    ask.push_back(key_id(seed, b.keys[i]));
   }
   std::vector<uint8_t> answer;
   for (const auto& slot : tiers_) {
@@ -272,7 +292,7 @@ Status Store::exists_each(std::span<const char* const> keys, std::span<int> pres
     size_t kept = 0;
     for (size_t a = 0; a < ask.size(); ++a) {
       if (answer[a]) {
-        present[where[a]] = KVTIER_OK;
+        b.results[where[a]] = KVTIER_OK;
       } else {
         ask[kept] = ask[a];
         where[kept++] = where[a];
@@ -285,35 +305,29 @@ Status Store::exists_each(std::span<const char* const> keys, std::span<int> pres
 }
 
 Status Store::exists(std::span<const char* const> keys, size_t* hits, uint64_t format) {
-  std::vector<int> present(keys.size());
-  Status s = exists_each(keys, present, format);
+  std::vector<int64_t> present(keys.size(), KVTIER_OK);
+  Status s = exists_each({.keys = keys, .format = format, .results = present});
   size_t n = 0;
   while (n < present.size() && present[n] == KVTIER_OK) ++n;
   *hits = n;
   return s;  // a bad key ends the run like a miss; its code is the caller's detail
 }
 
-Status Store::remove(std::span<const char* const> keys, std::span<int> results, uint64_t format) {
-  const uint64_t seed = seed_of(format);
+Status Store::remove(const Batch& b) {
+  const uint64_t seed = seed_of(b.format);
   Status first;
+  const std::vector<size_t> index = valid_keys(b, &first);  // ids[j] is key index[j]
   std::vector<KeyId> ids;
-  std::vector<size_t> index;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    Status s = check_key(keys[i]);
-    if (!s.is_ok()) {
-      results[i] = s.code();
-      if (first.is_ok()) first = key_error(i, s);
-      continue;
-    }
-    ids.push_back(key_id(seed, keys[i]));
-    index.push_back(i);
-    results[i] = KVTIER_ERR_NOT_FOUND;
+  ids.reserve(index.size());
+  for (size_t i : index) {
+    ids.push_back(key_id(seed, b.keys[i]));
+    b.results[i] = KVTIER_ERR_NOT_FOUND;
   }
   std::vector<int> r(ids.size());
   for (const auto& slot : tiers_) {
     slot->tier->remove(ids, r);
     for (size_t j = 0; j < ids.size(); ++j)
-      if (r[j] == KVTIER_OK) results[index[j]] = KVTIER_OK;
+      if (r[j] == KVTIER_OK) b.results[index[j]] = KVTIER_OK;
   }
   return first;
 }

@@ -15,29 +15,53 @@
 
 namespace kvtier {
 
+// Where a batch's fragments lie, and so what the store checks of them before a tier sees them.
+enum class Memory {
+  kAny,         // the caller's buffers, which the tiers copy (kvtier_batch_set / _get)
+  kRegistered,  // zero-copy: every fragment must lie in a registered region, else its key fails
+                // with KVTIER_ERR_NOT_REGISTERED and none of its bytes is touched
+  kPool,        // zero-copy, computed from a layout whose whole pool the caller found registered
+};
+
+// One batch call: every Store batch call takes one. n = keys.size() = results.size().
+struct Batch {
+  std::span<const char* const> keys;  // NUL-terminated, 1..KVTIER_MAX_KEY_LEN bytes each
+  // Key i's value is frags[i*per_key, (i+1)*per_key) (value(i)): put reads it, get writes it.
+  // Empty, with per_key 0, for the calls that move no bytes (exists_each, remove).
+  Frags frags = {};
+  size_t per_key = 0;
+  Memory memory = Memory::kAny;
+  Fit fit = Fit::kAtMost;  // get only: how a stored value must fit its key's fragments
+  uint64_t format = 0;     // the caller's page format hash (format_hash(); 0 for none)
+  // Per key, in and out. In: 0, or a negative code for a key that failed upstream (the call
+  // skips it and leaves the code). Out: what each call's comment says.
+  std::span<int64_t> results;
+
+  Frags value(size_t i) const { return frags.subspan(i * per_key, per_key); }
+};
+
 class Store {
  public:
   static Status open(const Config& config, std::unique_ptr<Store>* out);
   ~Store();
 
-  // Batch calls over n = keys.size() keys; key i's value is frags[i*per_key, (i+1)*per_key).
-  // results[i] must be 0 on entry, or a negative code for a key that failed upstream (that key
-  // is skipped). `zero_copy` requires the fragments to lie in registered memory. `format` is
-  // the caller's page format hash (format_hash(); 0 for none), part of every key's id. Each
-  // call returns the first per-key failure (for the caller's detail message), OK if none.
-  Status put(std::span<const char* const> keys, Frags frags, size_t per_key, bool zero_copy,
-             std::span<int> results, uint64_t format = 0);
-  // Get results: bytes read, KVTIER_ERR_NOT_FOUND or a code. `exact` (v1): the value must be
-  // exactly its fragments' total.
-  Status get(std::span<const char* const> keys, Frags frags, size_t per_key, bool exact,
-             bool zero_copy, std::span<int64_t> results, uint64_t format = 0);
+  // The batch calls. `format` is part of every key's id: pages of one format never read as
+  // another's. A key whose name or fragments fail the checks gets its code (INVALID_ARG,
+  // KEY_TOO_LONG, NOT_REGISTERED) and is not touched. Each call returns the first per-key
+  // failure (for the caller's detail message), OK if none; a miss is not a failure.
+  //
+  // put results: 0 (stored, or present already) or a code.
+  Status put(const Batch& batch);
+  // get results: bytes read, KVTIER_ERR_NOT_FOUND, KVTIER_ERR_SIZE_MISMATCH (Fit::kExact) or
+  // KVTIER_ERR_BUFFER_TOO_SMALL (Fit::kAtMost) with nothing written, or another code.
+  Status get(const Batch& batch);
+  // exists_each results: 0 (in some tier), KVTIER_ERR_NOT_FOUND or the key's code.
+  Status exists_each(const Batch& batch);
+  // remove results: 0 (removed from every tier that had it) or KVTIER_ERR_NOT_FOUND.
+  Status remove(const Batch& batch);
   // *hits: the leading run of present keys; a bad key ends it like a miss (and its code is
   // returned for the caller's detail).
   Status exists(std::span<const char* const> keys, size_t* hits, uint64_t format = 0);
-  // present[i]: 0, KVTIER_ERR_NOT_FOUND or the key's own code; returns the first bad key's.
-  Status exists_each(std::span<const char* const> keys, std::span<int> present,
-                     uint64_t format = 0);
-  Status remove(std::span<const char* const> keys, std::span<int> results, uint64_t format = 0);
   void clear();
   std::string stats_json() const;
 
@@ -55,13 +79,17 @@ class Store {
 
   // Caller input checks: OK, or the key's code and a message.
   Status check_key(const char* key) const;
-  Status check_value(Frags frags, bool zero_copy) const;
+  Status check_value(Frags frags, Memory memory) const;
   uint64_t seed_of(uint64_t format) const { return format_seed(ns_seed_, format); }
-  // The keys whose name and fragments pass the checks; the others get their code in results
+  // The keys of `batch` to run: those whose result is 0 on entry and whose name and (when the
+  // batch has fragments) value pass the checks. The others that fail get their code in results
   // and the first failure in *first.
-  template <class Result>
-  std::vector<size_t> valid_keys(std::span<const char* const> keys, Frags frags, size_t per_key,
-                                 bool zero_copy, std::span<Result> results, Status* first) const;
+  std::vector<size_t> valid_keys(const Batch& batch, Status* first) const;
+  // Takes tier `slot`'s answer for op, the batch's key `key`, into *result (what the caller
+  // gets unless a lower tier answers). Returns true if a lower tier is asked next.
+  bool take_answer(TierSlot& slot, GetOp& op, size_t key, int64_t* result);
+  // Writes tier t's hits into every tier above it.
+  void promote(size_t t, std::span<const GetOp* const> hits);
 
   Config config_;
   uint64_t ns_seed_;

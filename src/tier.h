@@ -24,23 +24,28 @@ struct PutOp {
   bool has_checksum = false;  // false: a tier that can tear computes it (ensure_checksum)
 };
 
+// How a stored value must fit the fragments it is read into.
+enum class Fit {
+  kAtMost,  // at most their total (kvtier_batch_get: a buffer with room to spare)
+  kExact,   // exactly their total (the _v1 gets: a page of the engine's pool)
+};
+
 // One key to read into `frags`.
 struct GetOp {
   KeyId id;
   Frags frags;
-  size_t capacity = 0;    // total_len(frags)
-  bool exact = false;     // the value must be exactly `capacity` bytes (a v1 page)
+  size_t capacity = 0;  // total_len(frags)
+  Fit fit = Fit::kAtMost;
   int64_t result = 0;     // out: bytes copied or a negative code (NOT_FOUND on a miss)
   uint64_t checksum = 0;  // out: the checksum stored with the value
 };
 
 // The one rule for reading a stored value of `size` bytes into op's fragments: KVTIER_OK, or
-// KVTIER_ERR_SIZE_MISMATCH (a v1 get: the value must be exactly their total) or
-// KVTIER_ERR_BUFFER_TOO_SMALL. A value that does not fit is not copied at all.
+// KVTIER_ERR_SIZE_MISMATCH (Fit::kExact) or KVTIER_ERR_BUFFER_TOO_SMALL (Fit::kAtMost). A value
+// that does not fit is not copied at all.
 inline int fits(const GetOp& op, uint64_t size) {
-  if (op.exact ? size != op.capacity : size > op.capacity)
-    return op.exact ? KVTIER_ERR_SIZE_MISMATCH : KVTIER_ERR_BUFFER_TOO_SMALL;
-  return KVTIER_OK;
+  if (op.fit == Fit::kExact) return size == op.capacity ? KVTIER_OK : KVTIER_ERR_SIZE_MISMATCH;
+  return size <= op.capacity ? KVTIER_OK : KVTIER_ERR_BUFFER_TOO_SMALL;
 }
 
 // Helpers for tiers that can tear (Caps::can_tear): they check key by key while the bytes are in

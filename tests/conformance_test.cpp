@@ -116,9 +116,11 @@ TEST_P(Conformance, RandomOperationsMatchTheMemoryOracle) {
       }
       for (size_t i = 0; i < ks.size(); ++i) {
         const size_t cap = bufs_a[i].size() - 1;
-        const bool exact = cap == values[ks[i]].size() || cap == values[ks[i]].size() + 4096;
-        a.push_back({ids[ks[i]], fa[i], cap, exact});
-        b.push_back({ids[ks[i]], fb[i], cap, exact});
+        const Fit fit = cap == values[ks[i]].size() || cap == values[ks[i]].size() + 4096
+                            ? Fit::kExact
+                            : Fit::kAtMost;
+        a.push_back({ids[ks[i]], fa[i], cap, fit});
+        b.push_back({ids[ks[i]], fb[i], cap, fit});
       }
       tier_->get(a);
       oracle.get(b);
@@ -184,7 +186,7 @@ TEST_P(Conformance, EvictionKeepsTheBudgetAndTheBytes) {
   for (size_t i = 0; i < n; ++i) {
     if (!present[i]) continue;
     Frag f{reinterpret_cast<std::byte*>(buf.data()), page};
-    GetOp op{ids[i], Frags(&f, 1), page, true};
+    GetOp op{ids[i], Frags(&f, 1), page, Fit::kExact};
     tier_->get(std::span<GetOp>(&op, 1));
     ASSERT_EQ(op.result, static_cast<int64_t>(page));
     ASSERT_EQ(buf, values[i]);
@@ -205,7 +207,7 @@ TEST_P(Conformance, TierThatCanTearRefusesBytesThatFailTheirChecksum) {
   ASSERT_EQ(op.result, KVTIER_OK);
   std::vector<unsigned char> buf(page);
   Frag g{reinterpret_cast<std::byte*>(buf.data()), page};
-  GetOp get{id, Frags(&g, 1), page, true};
+  GetOp get{id, Frags(&g, 1), page, Fit::kExact};
   tier_->get(std::span<GetOp>(&get, 1));
   EXPECT_EQ(get.result, KVTIER_ERR_CORRUPT);
   // With no checksum given, the tier computes the right one and the bytes come back.
@@ -213,7 +215,7 @@ TEST_P(Conformance, TierThatCanTearRefusesBytesThatFailTheirChecksum) {
   PutOp op2{id2, Frags(&f, 1), page, 0};
   tier_->put(std::span<PutOp>(&op2, 1));
   ASSERT_EQ(op2.result, KVTIER_OK);
-  GetOp get2{id2, Frags(&g, 1), page, true};
+  GetOp get2{id2, Frags(&g, 1), page, Fit::kExact};
   tier_->get(std::span<GetOp>(&get2, 1));
   EXPECT_EQ(get2.result, static_cast<int64_t>(page));
   EXPECT_EQ(buf, value);

@@ -209,9 +209,9 @@ struct Pages {
 };
 
 void put_all(Store& s, Pages& p) {
-  std::vector<int> r(p.keys.size(), 0);
-  ASSERT_TRUE(s.put(p.ck, p.frags, 1, false, r).is_ok());
-  for (int x : r) ASSERT_EQ(x, KVTIER_OK);
+  std::vector<int64_t> r(p.keys.size(), 0);
+  ASSERT_TRUE(s.put({.keys = p.ck, .frags = p.frags, .per_key = 1, .results = r}).is_ok());
+  for (int64_t x : r) ASSERT_EQ(x, KVTIER_OK);
 }
 
 // Reads every page into a scratch buffer; returns per-key results and checks bytes of hits.
@@ -222,7 +222,7 @@ std::vector<int64_t> get_all(Store& s, Pages& p) {
   for (size_t i = 0; i < p.keys.size(); ++i)
     dst.push_back({reinterpret_cast<std::byte*>(buf.data() + i * size), size});
   std::vector<int64_t> r(p.keys.size(), 0);
-  s.get(p.ck, dst, 1, true, false, r);
+  s.get({.keys = p.ck, .frags = dst, .per_key = 1, .fit = Fit::kExact, .results = r});
   for (size_t i = 0; i < p.keys.size(); ++i)
     if (r[i] >= 0) {
       EXPECT_EQ(0, memcmp(buf.data() + i * size, p.values[i].data(), size)) << i;

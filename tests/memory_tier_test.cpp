@@ -95,7 +95,7 @@ TEST(MemoryTier, MatchesAnLruModelThroughGrowthEvictionAndRemoval) {
         std::vector<unsigned char> buf(cap_i);
         kvtier_test::fill_random(buf.data(), cap_i);
         Frag f{reinterpret_cast<std::byte*>(buf.data()), cap_i};
-        GetOp get{ids[i], Frags(&f, 1), cap_i, exact};
+        GetOp get{ids[i], Frags(&f, 1), cap_i, exact ? Fit::kExact : Fit::kAtMost};
         tier.get(std::span<GetOp>(&get, 1));
         if (!model.has(keys[i])) {
           ASSERT_EQ(get.result, KVTIER_ERR_NOT_FOUND) << step;
@@ -166,7 +166,7 @@ TEST(MemoryTier, PagesBeingReadOutliveRemovalEvictionAndClear) {
     while (!stop) {
       const size_t k = g() % domain;
       Frag f{reinterpret_cast<std::byte*>(buf.data()), page};
-      GetOp op{id_of(k), Frags(&f, 1), page, true};
+      GetOp op{id_of(k), Frags(&f, 1), page, Fit::kExact};
       tier.get(std::span<GetOp>(&op, 1));
       if (op.result == KVTIER_ERR_NOT_FOUND) continue;
       if (op.result != static_cast<int64_t>(page) || buf != values[k]) ++bad;

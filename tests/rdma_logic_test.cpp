@@ -452,7 +452,7 @@ TEST(RemoteBootId, ConnectionsToAnEarlierServerStartAreNotUsedAfterARestart) {
   for (size_t i = 1; i < pages.size(); ++i) {
     std::vector<unsigned char> back(pages[i].bytes.size());
     Frag f{reinterpret_cast<std::byte*>(back.data()), back.size()};
-    GetOp op{pages[i].id, Frags(&f, 1), back.size(), true};
+    GetOp op{pages[i].id, Frags(&f, 1), back.size(), Fit::kExact};
     tier->get(std::span<GetOp>(&op, 1));
     EXPECT_EQ(op.result, static_cast<int64_t>(back.size())) << "page " << i;
     EXPECT_EQ(back, pages[i].bytes);
