@@ -49,7 +49,7 @@ bool parse_address_list(const std::string& text, std::vector<std::string>* out);
 bool valid_cluster_name(const std::string& name);
 
 constexpr uint64_t kMaxMillis = 3600000;  // an hour: any timeout past it is a typo
-constexpr size_t kMaxTokenBytes = 256;    // the wire's limit on a HELLO token
+constexpr size_t kMaxTokenBytes = 256;    // the wire's limit on a HELLO token (protocol.h)
 
 // "KVTIER_NAME='v' (environment) is invalid: expected ..." (or "(config string)"), or
 // "--flag 'v' is invalid: expected ..." for a flag: KVTIER_ERR_CONFIG.
