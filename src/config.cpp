@@ -45,42 +45,41 @@ std::string upper(std::string s) {
   return s;
 }
 
-Option<Config> tiers_option() {
-  return {"TIERS", "", "a comma list of tier names, each at most once, e.g. memory,file",
-          [](Config& c, const std::string& v) {
-            std::vector<std::string> tiers;
-            size_t start = 0;
-            while (start <= v.size()) {
-              size_t comma = v.find(',', start);
-              if (comma == std::string::npos) comma = v.size();
-              std::string name = lower(trim(std::string_view(v).substr(start, comma - start)));
-              if (name.empty() || std::find(tiers.begin(), tiers.end(), name) != tiers.end())
-                return false;
-              tiers.push_back(name);
-              start = comma + 1;
-            }
-            c.tiers = std::move(tiers);
-            return true;
-          }};
+// The core's own settings; the tiers' are beside their factories.
+std::vector<Option<Config>> core_options() {
+  Option<Config> tiers{
+      "TIERS", "", "a comma list of tier names, each at most once, e.g. memory,file",
+      [](Config& c, const std::string& v) {
+        std::vector<std::string> names;
+        size_t start = 0;
+        while (start <= v.size()) {
+          size_t comma = v.find(',', start);
+          if (comma == std::string::npos) comma = v.size();
+          std::string name = lower(trim(std::string_view(v).substr(start, comma - start)));
+          if (name.empty() || std::find(names.begin(), names.end(), name) != names.end())
+            return false;
+          names.push_back(name);
+          start = comma + 1;
+        }
+        c.tiers = std::move(names);
+        return true;
+      }};
+  Option<Config> policy{
+      "WRITE_POLICY", "", "write_through or write_back", [](Config& c, const std::string& v) {
+        const std::string p = lower(v);
+        if (p != "write_through" && p != "write_back") return false;
+        c.write_policy = p == "write_back" ? WritePolicy::kWriteBack : WritePolicy::kWriteThrough;
+        return true;
+      }};
+  Option<Config> ns{"NAMESPACE", "", "at most 255 bytes", [](Config& c, const std::string& v) {
+                      if (v.size() > 255) return false;
+                      c.ns = v;
+                      return true;
+                    }};
+  return {tiers, policy, ns, log_level_option<Config>("LOG_LEVEL", "", &Config::log_level)};
 }
 
-// The core's own settings; the tiers' are beside their factories.
-KVTIER_REGISTER_OPTIONS(core, {tiers_option(),
-                               {"WRITE_POLICY", "", "write_through or write_back",
-                                [](Config& c, const std::string& v) {
-                                  const std::string p = lower(v);
-                                  if (p != "write_through" && p != "write_back") return false;
-                                  c.write_policy = p == "write_back" ? WritePolicy::kWriteBack
-                                                                     : WritePolicy::kWriteThrough;
-                                  return true;
-                                }},
-                               {"NAMESPACE", "", "at most 255 bytes",
-                                [](Config& c, const std::string& v) {
-                                  if (v.size() > 255) return false;
-                                  c.ns = v;
-                                  return true;
-                                }},
-                               log_level_option<Config>("LOG_LEVEL", "", &Config::log_level)});
+KVTIER_REGISTER_OPTIONS(core, core_options());
 
 // The variables read elsewhere by design: the library path (Python shim), kvtier-server's own,
 // the tests'.
