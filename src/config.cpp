@@ -71,11 +71,8 @@ std::vector<Option<Config>> core_options() {
         c.write_policy = p == "write_back" ? WritePolicy::kWriteBack : WritePolicy::kWriteThrough;
         return true;
       }};
-  Option<Config> ns{"NAMESPACE", "", "at most 255 bytes", [](Config& c, const std::string& v) {
-                      if (v.size() > 255) return false;
-                      c.ns = v;
-                      return true;
-                    }};
+  auto ns = text_option<Config>("NAMESPACE", "", &Config::ns, "at most 255 bytes",
+                                [](const std::string& v) { return v.size() <= 255; });
   return {tiers, policy, ns, log_level_option<Config>("LOG_LEVEL", "", &Config::log_level)};
 }
 

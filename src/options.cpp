@@ -110,6 +110,10 @@ bool valid_cluster_name(const std::string& name) {
   });
 }
 
+bool valid_token(const std::string& token) {
+  return token.size() <= kMaxTokenBytes;
+}
+
 Status invalid_value(const std::string& name, const std::string& flag, Source source,
                      const std::string& value, const std::string& expects) {
   std::string what;

@@ -47,9 +47,10 @@ bool valid_host_port(const std::string& text);
 bool parse_address_list(const std::string& text, std::vector<std::string>* out);
 // A cluster name: 1..64 of [A-Za-z0-9_.-] (it becomes part of etcd keys).
 bool valid_cluster_name(const std::string& name);
+constexpr size_t kMaxTokenBytes = 256;       // the wire's limit on a HELLO token (protocol.h)
+bool valid_token(const std::string& token);  // at most kMaxTokenBytes
 
 constexpr uint64_t kMaxMillis = 3600000;  // an hour: any timeout past it is a typo
-constexpr size_t kMaxTokenBytes = 256;    // the wire's limit on a HELLO token (protocol.h)
 
 // "KVTIER_NAME='v' (environment) is invalid: expected ..." (or "(config string)"), or
 // "--flag 'v' is invalid: expected ..." for a flag: KVTIER_ERR_CONFIG.
@@ -145,25 +146,34 @@ Option<T> log_level_option(std::string name, std::string flag, std::string C::*f
           [field](T& t, const std::string& v) { return parse_log_level(v, &(t.*field)); }};
 }
 
+// Text that `valid` accepts, stored as it is (trimmed).
 template <class T, class C>
-Option<T> token_option(std::string name, std::string flag, std::string C::*field) {
+Option<T> text_option(std::string name, std::string flag, std::string C::*field,
+                      std::string expects, bool (*valid)(const std::string&)) {
   static_assert(std::is_base_of_v<C, T>);
-  return {std::move(name), std::move(flag), "at most " + std::to_string(kMaxTokenBytes) + " bytes",
-          [field](T& t, const std::string& v) {
-            if (v.size() > kMaxTokenBytes) return false;
+  return {std::move(name), std::move(flag), std::move(expects),
+          [field, valid](T& t, const std::string& v) {
+            if (!valid(v)) return false;
             t.*field = v;
             return true;
           }};
 }
 
 template <class T, class C>
+Option<T> token_option(std::string name, std::string flag, std::string C::*field) {
+  return text_option<T>(std::move(name), std::move(flag), field,
+                        "at most " + std::to_string(kMaxTokenBytes) + " bytes", valid_token);
+}
+
+template <class T, class C>
 Option<T> host_port_option(std::string name, std::string flag, std::string C::*field) {
-  static_assert(std::is_base_of_v<C, T>);
-  return {std::move(name), std::move(flag), "host:port", [field](T& t, const std::string& v) {
-            if (!valid_host_port(v)) return false;
-            t.*field = v;
-            return true;
-          }};
+  return text_option<T>(std::move(name), std::move(flag), field, "host:port", valid_host_port);
+}
+
+template <class T, class C>
+Option<T> cluster_option(std::string name, std::string flag, std::string C::*field) {
+  return text_option<T>(std::move(name), std::move(flag), field, "1..64 of [A-Za-z0-9_.-]",
+                        valid_cluster_name);
 }
 
 template <class T, class C>
@@ -172,17 +182,6 @@ Option<T> address_list_option(std::string name, std::string flag,
   static_assert(std::is_base_of_v<C, T>);
   return {std::move(name), std::move(flag), "a comma list of host:port",
           [field](T& t, const std::string& v) { return parse_address_list(v, &(t.*field)); }};
-}
-
-template <class T, class C>
-Option<T> cluster_option(std::string name, std::string flag, std::string C::*field) {
-  static_assert(std::is_base_of_v<C, T>);
-  return {std::move(name), std::move(flag), "1..64 of [A-Za-z0-9_.-]",
-          [field](T& t, const std::string& v) {
-            if (!valid_cluster_name(v)) return false;
-            t.*field = v;
-            return true;
-          }};
 }
 
 }  // namespace kvtier

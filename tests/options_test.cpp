@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "config.h"
+#include "server_process.h"
 #include "test_util.h"
 
 namespace {
@@ -130,12 +131,7 @@ ServerRun run_server(const std::vector<std::pair<std::string, std::string>>& env
     dup2(fds[1], 2);
     close(fds[0]);
     for (const auto& [name, value] : env) setenv(name.c_str(), value.c_str(), 1);
-    args.insert(args.begin(), KVTIER_SERVER_BIN);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(KVTIER_SERVER_BIN, argv.data());
-    _exit(127);
+    kvtier_test::exec_server(std::move(args));
   }
   close(fds[1]);
   // The first line of its own (log lines, which start with '[', are skipped).

@@ -30,12 +30,8 @@ Option<Config> compression_option() {
 }  // namespace
 
 KVTIER_REGISTER_OPTIONS(
-    file, {{"FILE_DIR", "", "an absolute path",
-            [](Config& c, const std::string& v) {
-              if (v.empty() || v[0] != '/') return false;
-              c.file_dir = v;
-              return true;
-            }},
+    file, {text_option<Config>("FILE_DIR", "", &Config::file_dir, "an absolute path",
+                               [](const std::string& v) { return !v.empty() && v[0] == '/'; }),
            size_option<Config>("FILE_CAPACITY", "", &Config::file_capacity, 1ull << 20),
            integer_option<Config>("FILE_QUEUE_DEPTH", "", &Config::file_queue_depth, 1, 4096),
            switch_option<Config>("FILE_DIRECT", "", &Config::file_direct, "auto", "off"),

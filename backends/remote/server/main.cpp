@@ -158,11 +158,8 @@ const std::vector<ServerOption>& server_options() {
          s.file = v == "memory,file";
          return true;
        }},
-      {"SERVER_FILE_DIR", "--file-dir", "a folder",
-       [](S& s, const std::string& v) {
-         s.file_dir = v;
-         return true;
-       }},
+      text_option<S>("SERVER_FILE_DIR", "--file-dir", &S::file_dir, "a folder",
+                     [](const std::string&) { return true; }),
       or_empty(
           size_option<S>("SERVER_FILE_CAPACITY", "--file-capacity", &S::file_capacity, 1ull << 20)),
   };
