@@ -1,10 +1,14 @@
-// Every KVTIER_* setting, in one struct, read by one parser (config.cpp).
+// Every KVTIER_* setting, in one struct, read by one parser (config.cpp). Each setting is
+// declared (name, what it expects, setter: options.h) by its owner: the core's own in
+// config.cpp, a backend's beside its factory (backends/memory, file, remote/client, remote/p2p).
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "options.h"
 #include "status.h"
 
 namespace kvtier {
@@ -17,6 +21,7 @@ enum class WritePolicy { kWriteThrough, kWriteBack };
 std::string default_file_dir();
 
 struct Config {
+  // The core's (config.cpp).
   // KVTIER_TIERS: the tier chain, top first, e.g. "memory" or "memory,file".
   std::vector<std::string> tiers{"memory"};
   // KVTIER_WRITE_POLICY: write_through (every tier on write) | write_back (top tier; lower
@@ -26,8 +31,10 @@ struct Config {
   std::string ns;
   // KVTIER_LOG_LEVEL: trace | debug | info | warn | error | critical | off.
   std::string log_level = "warn";
+  // The memory tier's (backends/memory/memory_tier.cpp).
   // KVTIER_MEMORY_CAPACITY: bytes the memory tier may hold, e.g. 4GiB.
   uint64_t memory_capacity = 4ull << 30;
+  // The file tier's (backends/file/options.cpp).
   // KVTIER_FILE_DIR: where the file tier keeps its page files (one folder per namespace).
   std::string file_dir = default_file_dir();
   // KVTIER_FILE_CAPACITY: bytes of pages the file tier may hold before it evicts.
@@ -39,6 +46,9 @@ struct Config {
   // KVTIER_FILE_COMPRESSION: none | zstd[:level] (level -7..19, default 1). A page is stored
   // compressed only when that saves at least 1/8 of it. 0 here means none.
   int file_zstd_level = 0;
+  // KVTIER_FILE_SYNC: on (a page is visible only once fdatasync says it is durable) | off.
+  bool file_sync = true;
+  // The remote tier's (backends/remote/client/remote_tier.cpp).
   // KVTIER_REMOTE_SERVERS: kvtier-server addresses, host:port,... (keys spread by hashing).
   std::vector<std::string> remote_servers{"127.0.0.1:7471"};
   // KVTIER_REMOTE_ETCD: etcd endpoints, host:port,... When set, the servers are the live members
@@ -58,9 +68,8 @@ struct Config {
   // KVTIER_REMOTE_RDMA_TOS: IP type of service (0..255) of RDMA connections (RoCE traffic
   // class, e.g. a lossless one); -1 (unset): the device's default.
   int remote_rdma_tos = -1;
-  // KVTIER_FILE_SYNC: on (a page is visible only once fdatasync says it is durable) | off.
-  bool file_sync = true;
-  // Transfer endpoints (kvtier_endpoint_open): prefill -> decode straight between host pools.
+  // The transfer endpoints' (backends/remote/p2p/p2p_options.cpp; kvtier_endpoint_open):
+  // prefill -> decode straight between host pools.
   // KVTIER_P2P_LISTEN: host:port the endpoint listens on (port 0: a free one).
   std::string p2p_listen = "127.0.0.1:0";
   // KVTIER_P2P_TOKEN: peers present it to each other; both sides set the same.
@@ -73,16 +82,18 @@ struct Config {
 
 // Builds the config from the environment, then applies `overrides` ("NAME=value" pairs split by
 // ';' or newlines; NAME with or without KVTIER_, any case; NULL for none). A set but invalid
-// value fails with KVTIER_ERR_CONFIG naming the variable and the value.
+// value fails with KVTIER_ERR_CONFIG naming the variable and the value. An unknown KVTIER_
+// variable is a warning; an unknown name in `overrides` fails.
 Status load_config(const char* overrides, Config* out);
 
-// "host:port,host:port" (spaces around items allowed) -> the list; false when an item is not
-// host:port or the list is empty (then *out is unchanged).
-bool parse_address_list(const std::string& text, std::vector<std::string>* out);
-// A cluster name: 1..64 of [A-Za-z0-9_.-] (it becomes part of etcd keys).
-bool valid_cluster_name(const std::string& name);
+// The library's options, registered once per owner at static initialisation (before any
+// load_config): KVTIER_REGISTER_OPTIONS(memory, {...}) beside a tier's KVTIER_REGISTER_TIER.
+bool register_options(const char* owner, std::vector<Option<Config>> options);
+// Every registered option's name (without KVTIER_) and owner ("core", "memory", "file",
+// "remote", "p2p"), in registration order.
+std::vector<std::pair<std::string, std::string>> registered_options();
 
-// "4GiB", "512MiB", "64KiB", "1G", "1000000" (bytes); KB/MB/GB/TB are powers of 1000.
-Status parse_size(const std::string& text, uint64_t* bytes);
+#define KVTIER_REGISTER_OPTIONS(owner, ...) \
+  static const bool kvtier_options_##owner = ::kvtier::register_options(#owner, __VA_ARGS__)
 
 }  // namespace kvtier

@@ -21,6 +21,16 @@ inline std::string test_host() {
   return a && *a ? a : "127.0.0.1";
 }
 
+// In a forked child: becomes kvtier-server with `args` (exit status 127 if it cannot).
+[[noreturn]] inline void exec_server(std::vector<std::string> args) {
+  args.insert(args.begin(), KVTIER_SERVER_BIN);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  execv(KVTIER_SERVER_BIN, argv.data());
+  _exit(127);
+}
+
 class ServerProcess {
  public:
   // port 0: an ephemeral port, reported by the server's first line.
@@ -50,18 +60,14 @@ class ServerProcess {
         if (log >= 0) dup2(log, 2);
       }
       std::string listen = test_host() + ":" + std::to_string(port);
-      std::vector<std::string> args{KVTIER_SERVER_BIN, "--listen",    listen, "--capacity",
-                                    capacity_,         "--log-level", "warn"};
+      std::vector<std::string> args{"--listen", listen,        "--capacity",
+                                    capacity_,  "--log-level", "warn"};
       if (!token_.empty()) {
         args.push_back("--token");
         args.push_back(token_);
       }
       args.insert(args.end(), extra_.begin(), extra_.end());
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(KVTIER_SERVER_BIN, argv.data());
-      _exit(127);
+      exec_server(std::move(args));
     }
     close(fds[1]);
     char line[256] = {};

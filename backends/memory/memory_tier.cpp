@@ -254,5 +254,7 @@ Status make_memory_tier(const Config& config, std::unique_ptr<Tier>* out) {
 }  // namespace
 
 KVTIER_REGISTER_TIER("memory", make_memory_tier);
+KVTIER_REGISTER_OPTIONS(memory,
+                        {size_option<Config>("MEMORY_CAPACITY", "", &Config::memory_capacity, 1)});
 
 }  // namespace kvtier

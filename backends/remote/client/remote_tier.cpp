@@ -229,5 +229,14 @@ Status make_remote_tier(const Config& config, std::unique_ptr<Tier>* out) {
 }  // namespace
 
 KVTIER_REGISTER_TIER("remote", make_remote_tier);
+KVTIER_REGISTER_OPTIONS(
+    remote, {address_list_option<Config>("REMOTE_SERVERS", "", &Config::remote_servers),
+             address_list_option<Config>("REMOTE_ETCD", "", &Config::remote_etcd),
+             cluster_option<Config>("REMOTE_CLUSTER", "", &Config::remote_cluster),
+             transport_option<Config>("REMOTE_TRANSPORT", "", &Config::remote_transport),
+             millis_option<Config>("REMOTE_TIMEOUT_MS", "", &Config::remote_timeout_ms),
+             token_option<Config>("REMOTE_TOKEN", "", &Config::remote_token),
+             integer_option<Config>("REMOTE_REPLICAS", "", &Config::remote_replicas, 1, 16),
+             integer_option<Config>("REMOTE_RDMA_TOS", "", &Config::remote_rdma_tos, 0, 255)});
 
 }  // namespace kvtier

@@ -3,19 +3,17 @@
 #include <signal.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
-#include <cstdlib>
-#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "cluster.h"
-#include "config.h"
 #include "log.h"
 #include "metrics.h"
 #include "net.h"
+#include "options.h"
 #include "server.h"
 
 namespace {
@@ -103,16 +101,9 @@ int usage_error(const std::string& msg) {
   return 2;
 }
 
-bool parse_number(const std::string& text, unsigned long max, unsigned long* out) {
-  char* end = nullptr;
-  errno = 0;
-  *out = std::strtoul(text.c_str(), &end, 10);
-  return !text.empty() && text[0] != '-' && *end == 0 && errno == 0 && *out <= max;
-}
-
-// Everything the flags and the environment set, checked.
-struct Settings {
-  kvtier::ServerOptions opt;
+// Everything the flags and the environment set, checked: the server's own options, and what
+// main does with the rest (log level, cluster registration, metrics endpoint).
+struct Settings : kvtier::ServerOptions {
   std::string level = "info";
   std::vector<std::string> etcd;  // empty: no cluster
   std::string cluster = "default", advertise;
@@ -120,115 +111,89 @@ struct Settings {
   uint16_t metrics_port = 0;  // 0: no metrics endpoint
 };
 
-// Reads the environment, then the flags, into *out; returns -1 to go on, else the exit code.
+using ServerOption = kvtier::Option<Settings>;
+
+// An empty value leaves the default, as an unset one does.
+ServerOption or_empty(ServerOption o) {
+  o.set = [set = std::move(o.set)](Settings& s, const std::string& v) {
+    return v.empty() || set(s, v);
+  };
+  return o;
+}
+
+// Every flag with its variable: KVTIER_SERVER_*, or the library's KVTIER_* where clients set
+// the same (token, cluster, log level). Parsed by the library's option parser (options.h).
+const std::vector<ServerOption>& server_options() {
+  using namespace kvtier;
+  using S = Settings;
+  static const std::vector<ServerOption> kOptions = {
+      {"SERVER_LISTEN", "--listen", "HOST:PORT",
+       [](S& s, const std::string& v) {
+         return valid_host_port(v) && net::split_host_port(v, &s.host, &s.port).is_ok();
+       }},
+      size_option<S>("SERVER_CAPACITY", "--capacity", &S::capacity, 1ull << 20),
+      token_option<S>("REMOTE_TOKEN", "--token", &S::token),
+      log_level_option<S>("LOG_LEVEL", "--log-level", &S::level),
+      switch_option<S>("SERVER_RDMA", "--rdma", &S::rdma, "auto", "off"),
+      integer_option<S>("SERVER_RDMA_PORT", "--rdma-port", &S::rdma_port, 0, 65535),
+      or_empty(integer_option<S>("SERVER_RDMA_TOS", "--rdma-tos", &S::rdma_tos, 0, 255)),
+      millis_option<S>("SERVER_LEASE_MS", "--lease-ms", &S::lease_ms, 10),
+      or_empty(
+          millis_option<S>("SERVER_IDLE_TIMEOUT_MS", "--idle-timeout-ms", &S::idle_timeout_ms, 10)),
+      or_empty(
+          millis_option<S>("SERVER_BULK_TIMEOUT_MS", "--bulk-timeout-ms", &S::bulk_timeout_ms, 10)),
+      or_empty(integer_option<S>("SERVER_MAX_CONNECTIONS", "--max-connections", &S::max_connections,
+                                 1, 1000000)),
+      or_empty(integer_option<S>("SERVER_MAX_LEASES", "--max-leases", &S::max_leases, 1, 1u << 24)),
+      or_empty(integer_option<S>("SERVER_THREADS", "--threads", &S::threads, 0, 256)),
+      or_empty(address_list_option<S>("SERVER_ETCD", "--etcd", &S::etcd)),
+      cluster_option<S>("REMOTE_CLUSTER", "--cluster", &S::cluster),
+      or_empty(host_port_option<S>("SERVER_ADVERTISE", "--advertise", &S::advertise)),
+      or_empty(integer_option<S>("SERVER_ETCD_TTL", "--etcd-ttl", &S::etcd_ttl, 2, 3600)),
+      or_empty(
+          integer_option<S>("SERVER_METRICS_PORT", "--metrics-port", &S::metrics_port, 1, 65535)),
+      {"SERVER_TIERS", "--tiers", "memory or memory,file",
+       [](S& s, const std::string& v) {
+         if (v != "memory" && v != "memory,file") return false;
+         s.file = v == "memory,file";
+         return true;
+       }},
+      text_option<S>("SERVER_FILE_DIR", "--file-dir", &S::file_dir, "a folder",
+                     [](const std::string&) { return true; }),
+      or_empty(
+          size_option<S>("SERVER_FILE_CAPACITY", "--file-capacity", &S::file_capacity, 1ull << 20)),
+  };
+  return kOptions;
+}
+
+// Reads the flags, and for those not given their variables, into *out; returns -1 to go on,
+// else the exit code.
 int parse(int argc, char** argv, Settings* out) {
-  kvtier::ServerOptions& opt = out->opt;
-  std::string listen = "127.0.0.1:7471", capacity = "4GiB", rdma = "auto", rdma_port = "0",
-              lease = "10000", tos, etcd, metrics_port, tiers = "memory", file_capacity;
-  // The flags that take text: flag, environment variable, where it goes.
-  struct Text {
-    const char *flag, *env;
-    std::string* value;
-  } const texts[] = {
-      {"--listen", "KVTIER_SERVER_LISTEN", &listen},
-      {"--capacity", "KVTIER_SERVER_CAPACITY", &capacity},
-      {"--token", "KVTIER_REMOTE_TOKEN", &opt.token},
-      {"--log-level", "KVTIER_LOG_LEVEL", &out->level},
-      {"--rdma", "KVTIER_SERVER_RDMA", &rdma},
-      {"--rdma-port", "KVTIER_SERVER_RDMA_PORT", &rdma_port},
-      {"--rdma-tos", "KVTIER_SERVER_RDMA_TOS", &tos},
-      {"--lease-ms", "KVTIER_SERVER_LEASE_MS", &lease},
-      {"--etcd", "KVTIER_SERVER_ETCD", &etcd},
-      {"--cluster", "KVTIER_REMOTE_CLUSTER", &out->cluster},
-      {"--advertise", "KVTIER_SERVER_ADVERTISE", &out->advertise},
-      {"--metrics-port", "KVTIER_SERVER_METRICS_PORT", &metrics_port},
-      {"--tiers", "KVTIER_SERVER_TIERS", &tiers},
-      {"--file-dir", "KVTIER_SERVER_FILE_DIR", &opt.file_dir},
-      {"--file-capacity", "KVTIER_SERVER_FILE_CAPACITY", &file_capacity},
-  };
-  // The numeric limits: flag, environment variable, range, field.
-  struct Limit {
-    const char *flag, *env;
-    unsigned long min, max;
-    unsigned* field;
-    std::string text;
-  } limits[] = {
-      {"--idle-timeout-ms", "KVTIER_SERVER_IDLE_TIMEOUT_MS", 10, 3600000, &opt.idle_timeout_ms, ""},
-      {"--bulk-timeout-ms", "KVTIER_SERVER_BULK_TIMEOUT_MS", 10, 3600000, &opt.bulk_timeout_ms, ""},
-      {"--max-connections", "KVTIER_SERVER_MAX_CONNECTIONS", 1, 1000000, &opt.max_connections, ""},
-      {"--max-leases", "KVTIER_SERVER_MAX_LEASES", 1, 1u << 24, &opt.max_leases, ""},
-      {"--threads", "KVTIER_SERVER_THREADS", 0, 256, &opt.threads, ""},
-      {"--etcd-ttl", "KVTIER_SERVER_ETCD_TTL", 2, 3600, &out->etcd_ttl, ""},
-  };
-  for (const Text& t : texts)
-    if (const char* v = std::getenv(t.env)) *t.value = v;
-  for (Limit& l : limits)
-    if (const char* v = std::getenv(l.env)) l.text = v;
+  const std::vector<ServerOption>& options = server_options();
+  std::vector<const char*> flags(options.size(), nullptr);  // the value each flag was given
   for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
+    const std::string a = argv[i];
     if (a == "--help" || a == "-h") {
       std::fputs(kHelp, stdout);
       return 0;
     }
     if (i + 1 >= argc) return usage_error(a + " needs a value");
-    std::string v = argv[++i];
-    auto t = std::find_if(std::begin(texts), std::end(texts), [&](auto& x) { return a == x.flag; });
-    auto l =
-        std::find_if(std::begin(limits), std::end(limits), [&](auto& x) { return a == x.flag; });
-    if (t != std::end(texts))
-      *t->value = v;
-    else if (l != std::end(limits))
-      l->text = v;
-    else
-      return usage_error("unknown flag " + a);
+    auto o = std::find_if(options.begin(), options.end(), [&](auto& x) { return a == x.flag; });
+    if (o == options.end()) return usage_error("unknown flag " + a);
+    flags[o - options.begin()] = argv[++i];
   }
-  if (!kvtier::net::split_host_port(listen, &opt.host, &opt.port).is_ok())
-    return usage_error("--listen '" + listen + "' is not HOST:PORT");
-  if (!kvtier::parse_size(capacity, &opt.capacity).is_ok() || opt.capacity < (1u << 20))
-    return usage_error("--capacity '" + capacity + "' is not a size of 1MiB or more");
-  if (rdma != "auto" && rdma != "off")
-    return usage_error("--rdma '" + rdma + "' is not auto or off");
-  opt.rdma = rdma == "auto";
-  unsigned long n = 0;
-  if (!parse_number(rdma_port, 65535, &n)) return usage_error("--rdma-port '" + rdma_port + "'");
-  opt.rdma_port = static_cast<uint16_t>(n);
-  if (!tos.empty() && !parse_number(tos, 255, &n)) return usage_error("--rdma-tos '" + tos + "'");
-  if (!tos.empty()) opt.rdma_tos = static_cast<int>(n);
-  if (!parse_number(lease, 3600000, &n) || n < 10)
-    return usage_error("--lease-ms '" + lease + "' is not 10..3600000");
-  opt.lease_ms = static_cast<unsigned>(n);
-  for (const Limit& l : limits) {
-    if (l.text.empty()) continue;
-    if (!parse_number(l.text, l.max, &n) || n < l.min)
-      return usage_error(std::string(l.flag) + " '" + l.text + "' is not " + std::to_string(l.min) +
-                         ".." + std::to_string(l.max));
-    *l.field = static_cast<unsigned>(n);
+  for (size_t k = 0; k < options.size(); ++k) {
+    const char* flag = flags[k];
+    const char* env = flag ? nullptr : kvtier::environment_value(options[k].name);
+    if (!flag && !env) continue;
+    kvtier::Status s = kvtier::apply(options[k], *out, flag ? flag : env,
+                                     flag ? kvtier::Source::kFlag : kvtier::Source::kEnvironment);
+    if (!s.is_ok()) return usage_error(s.message());
   }
-  if (tiers != "memory" && tiers != "memory,file")
-    return usage_error("--tiers '" + tiers + "' is not memory or memory,file");
-  opt.file = tiers == "memory,file";
-  if (opt.file && opt.file_dir.empty()) return usage_error("--tiers memory,file needs --file-dir");
-  if (!file_capacity.empty() && (!kvtier::parse_size(file_capacity, &opt.file_capacity).is_ok() ||
-                                 opt.file_capacity < (1u << 20)))
-    return usage_error("--file-capacity '" + file_capacity + "' is not a size of 1MiB or more");
-  if (!metrics_port.empty()) {
-    if (!parse_number(metrics_port, 65535, &n) || n == 0)
-      return usage_error("--metrics-port '" + metrics_port + "' is not 1..65535");
-    out->metrics_port = static_cast<uint16_t>(n);
-  }
-  if (!etcd.empty() && !kvtier::parse_address_list(etcd, &out->etcd))
-    return usage_error("--etcd '" + etcd + "' is not HOST:PORT,...");
-  if (!kvtier::valid_cluster_name(out->cluster))
-    return usage_error("--cluster '" + out->cluster + "' is not 1..64 of [A-Za-z0-9_.-]");
-  std::string host;
-  uint16_t port = 0;
-  if (!out->advertise.empty() &&
-      !kvtier::net::split_host_port(out->advertise, &host, &port).is_ok())
-    return usage_error("--advertise '" + out->advertise + "' is not HOST:PORT");
-  if (!etcd.empty() && out->advertise.empty() && opt.host == "0.0.0.0")
+  if (out->file && out->file_dir.empty())
+    return usage_error("--tiers memory,file needs --file-dir");
+  if (!out->etcd.empty() && out->advertise.empty() && out->host == "0.0.0.0")
     return usage_error("--etcd with --listen on 0.0.0.0 needs --advertise");
-  if (!kvtier::valid_log_level(out->level))
-    return usage_error("--log-level '" + out->level + "' is unknown");
   return -1;
 }
 
@@ -242,7 +207,7 @@ int fail(const kvtier::Status& s) {
 int main(int argc, char** argv) {
   Settings set;
   if (int code = parse(argc, argv, &set); code >= 0) return code;
-  const kvtier::ServerOptions& opt = set.opt;
+  const kvtier::ServerOptions& opt = set;
   kvtier::set_log_level(set.level);
 
   // Signals go to sigwait below, not to whichever thread happens to run.

@@ -1,0 +1,13 @@
+// The transfer endpoints' settings (KVTIER_P2P_*), read by kvtier_endpoint_open into
+// p2p::Options.
+#include "config.h"
+
+namespace kvtier {
+
+KVTIER_REGISTER_OPTIONS(p2p,
+                        {host_port_option<Config>("P2P_LISTEN", "", &Config::p2p_listen),
+                         token_option<Config>("P2P_TOKEN", "", &Config::p2p_token),
+                         transport_option<Config>("P2P_TRANSPORT", "", &Config::p2p_transport),
+                         millis_option<Config>("P2P_TIMEOUT_MS", "", &Config::p2p_timeout_ms)});
+
+}  // namespace kvtier
