@@ -89,6 +89,10 @@ Ring::~Ring() {
   if (depth_) io_uring_queue_exit(&ring_);
 }
 
+namespace {
+constexpr size_t kSubmitBytes = size_t{1} << 20;  // a large page goes to the device at once
+}  // namespace
+
 void Ring::run(size_t count, const std::function<void(size_t, Io&)>& prepare,
                const std::function<void(size_t, int)>& done) {
   struct Flight {
@@ -102,6 +106,7 @@ void Ring::run(size_t count, const std::function<void(size_t, Io&)>& prepare,
   for (unsigned i = 0; i < depth_; ++i) free_slots.push_back(depth_ - 1 - i);
   size_t next = 0, inflight = 0;
   unsigned unsubmitted = 0;
+  size_t unsubmitted_bytes = 0;
 
   auto queue = [&](unsigned s) {
     Flight& f = flights[s];
@@ -115,6 +120,7 @@ void Ring::run(size_t count, const std::function<void(size_t, Io&)>& prepare,
     }
     io_uring_sqe_set_data64(sqe, s);
     ++unsubmitted;
+    for (unsigned i = 0; i < n; ++i) unsubmitted_bytes += iov[i].iov_len;
   };
   auto finish = [&](unsigned s, int res) {
     done(flights[s].index, res);
@@ -138,15 +144,18 @@ void Ring::run(size_t count, const std::function<void(size_t, Io&)>& prepare,
         continue;
       }
       queue(s);
-      // Submit in small groups so the device starts while later pages are still being copied.
-      if (unsubmitted >= 4) {
+      // Submit in small groups so the device starts while later pages are still being copied
+      // (or checksummed): four pages, or fewer once they add up to kSubmitBytes.
+      if (unsubmitted >= 4 || unsubmitted_bytes >= kSubmitBytes) {
         io_uring_submit(&ring_);
         unsubmitted = 0;
+        unsubmitted_bytes = 0;
       }
     }
     if (inflight == 0) break;
     int rc = io_uring_submit_and_wait(&ring_, 1);
     unsubmitted = 0;
+    unsubmitted_bytes = 0;
     if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
       // The ring itself failed: fail whatever is still in flight rather than hang.
       for (unsigned s = 0; s < depth_; ++s)
