@@ -41,6 +41,7 @@ struct Options {
   std::vector<size_t> pages{64 << 10, 256 << 10, 1 << 20, 8 << 20};
   std::vector<size_t> file_batches{1, 16, 64};
   size_t file_max_bytes = size_t{256} << 20;  // per batch; bigger batches are skipped
+  bool huge_pages = false;                    // the file table's pool: MADV_HUGEPAGE
   unsigned queue_depth = 32;
   std::string dir;  // where the file tier and fio work; default a fresh folder in /var/tmp
 };

@@ -1,4 +1,5 @@
 // file: the file tier's write, cold and warm read; compression; reopening a namespace.
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -161,6 +162,8 @@ void run_file(const Options& o, const std::string& dir) {
     const FileLimits lim = file_limits(o, dir, page, std::max(max_batch * page, size_t{64} << 20));
     for (bool aligned : {true, false}) {
       Buffer mem(2 * max_batch * page + 8192);
+      if (o.huge_pages && madvise(mem.base, mem.len, MADV_HUGEPAGE) != 0)
+        die("madvise(MADV_HUGEPAGE) failed: transparent huge pages are off");
       mem.randomize(11);
       std::byte* base = mem.base + (aligned ? 0 : 64);
       const std::string cfg =

@@ -50,6 +50,9 @@ options:
   --dir DIR           folder for the file tier and fio (default: a new one in /var/tmp)
   --aligned           put the host pool on a 4 KiB boundary (default: 64 bytes past one,
                       as engines' pinned pools often are)
+  --huge-pages        back the file table's host pool with transparent huge pages
+                      (madvise): pages that are contiguous in physical memory reach the
+                      disk in larger requests (a request holds a bounded number of segments)
   --json FILE         also write every figure as JSON ('-' for stdout)
   --plot FILE.png     draw GB/s against block size (needs python3-matplotlib)
   --quick             small sizes, for a smoke run
@@ -126,6 +129,8 @@ Options parse(int argc, char** argv) {
       o.dir = next();
     } else if (a == "--aligned") {
       o.aligned = true;
+    } else if (a == "--huge-pages") {
+      o.huge_pages = true;
     } else if (a == "--json") {
       o.json = next();
     } else if (a == "--plot") {
