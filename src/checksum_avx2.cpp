@@ -1,5 +1,7 @@
 // XXH3 built for AVX2 (Debian's libxxhash is built for the SSE2 baseline): keys.cpp calls these
 // only when the CPU has AVX2. The digests are the same either way; only the speed differs.
+// Templates from headers are instantiated here only with this file's own lambdas, so no AVX2
+// copy of an instantiation another file shares can be picked by the linker.
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
@@ -44,30 +46,17 @@ struct Hash {
 
 uint64_t gather_checksum_avx2(Frags frags, std::byte* dst) {
   Hash h;
-  bool streamed = false;
-  for (const Frag& f : frags) {
-    const bool stream = f.len >= kStreamMin;
-    h.copy(dst, f.ptr, f.len, stream);
-    streamed |= stream;
-    dst += f.len;
-  }
-  if (streamed) fence_streams();
+  gather_runs(frags, dst, [&](std::byte* d, const std::byte* s, size_t n, bool stream) {
+    h.copy(d, s, n, stream);
+  });
   return XXH3_64bits_digest(&h.state);
 }
 
 uint64_t scatter_checksum_avx2(const std::byte* src, size_t len, Frags frags) {
   Hash h;
-  bool streamed = false;
-  for (const Frag& f : frags) {
-    if (len == 0) break;
-    const size_t n = std::min(f.len, len);
-    const bool stream = n >= kStreamMin;
-    h.copy(f.ptr, src, n, stream);
-    streamed |= stream;
-    src += n;
-    len -= n;
-  }
-  if (streamed) fence_streams();
+  scatter_runs(src, len, frags, [&](std::byte* d, const std::byte* s, size_t n, bool stream) {
+    h.copy(d, s, n, stream);
+  });
   return XXH3_64bits_digest(&h.state);
 }
 

@@ -128,28 +128,11 @@ void copy_run(std::byte* dst, const std::byte* src, size_t n, bool stream) {
 }  // namespace detail
 
 void gather(Frags frags, std::byte* dst) {
-  bool streamed = false;
-  for (const Frag& f : frags) {
-    const bool stream = f.len >= kStreamMin;
-    detail::copy_run(dst, f.ptr, f.len, stream);
-    streamed |= stream;
-    dst += f.len;
-  }
-  if (streamed) detail::fence_streams();
+  detail::gather_runs(frags, dst, detail::copy_run);
 }
 
 void scatter(const std::byte* src, size_t len, Frags frags) {
-  bool streamed = false;
-  for (const Frag& f : frags) {
-    if (len == 0) break;
-    const size_t n = std::min(f.len, len);
-    const bool stream = n >= kStreamMin;
-    detail::copy_run(f.ptr, src, n, stream);
-    streamed |= stream;
-    src += n;
-    len -= n;
-  }
-  if (streamed) detail::fence_streams();
+  detail::scatter_runs(src, len, frags, detail::copy_run);
 }
 
 // Without AVX2 (rare where GPUs are): the copy, then the checksum in a second pass.

@@ -68,6 +68,34 @@ namespace detail {
 // calls fence_streams() once, before the bytes are handed on.
 void copy_run(std::byte* dst, const std::byte* src, size_t n, bool stream);
 void fence_streams();
+
+// The walks of gather() and scatter(): run(dst, src, n, stream) per fragment, streamed when the
+// run is kStreamMin or more, fenced once at the end.
+template <class Run>
+void gather_runs(Frags frags, std::byte* dst, Run run) {
+  bool streamed = false;
+  for (const Frag& f : frags) {
+    const bool stream = f.len >= kStreamMin;
+    run(dst, f.ptr, f.len, stream);
+    streamed |= stream;
+    dst += f.len;
+  }
+  if (streamed) fence_streams();
+}
+template <class Run>
+void scatter_runs(const std::byte* src, size_t len, Frags frags, Run run) {
+  bool streamed = false;
+  for (const Frag& f : frags) {
+    if (len == 0) break;
+    const size_t n = f.len < len ? f.len : len;
+    const bool stream = n >= kStreamMin;
+    run(f.ptr, src, n, stream);
+    streamed |= stream;
+    src += n;
+    len -= n;
+  }
+  if (streamed) fence_streams();
+}
 }  // namespace detail
 
 }  // namespace kvtier

@@ -46,10 +46,10 @@ class MemoryTier final : public Tier {
   // Pages and blocks; REQUIRES mu_.
   // Blocks the budget has no room to keep go to *to_free, freed after the lock is released.
   void unlink(uint32_t e);  // out of the table's index and LRU list, and out of the budget
-  void unpin(uint32_t e,
-             std::vector<std::byte*>* to_free);  // the last pin of an unlinked one frees it
-  void drop(uint32_t e,
-            std::vector<std::byte*>* to_free);  // unlink, freed now or at its last unpin
+  // The last pin of an unlinked page frees its block.
+  void unpin(uint32_t e, std::vector<std::byte*>* to_free);
+  // Unlinks a page; its block is freed now, or at its last unpin.
+  void drop(uint32_t e, std::vector<std::byte*>* to_free);
   std::byte* take_block(size_t alloc);
   void give_block(std::byte* data, size_t alloc, std::vector<std::byte*>* to_free);
   // Evicts from the LRU tail until the budget holds. With an eviction sink the evicted entries
