@@ -10,8 +10,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -60,9 +63,30 @@ struct Figure {
 };
 
 double now();  // steady clock, seconds
-// Runs prep (untimed), body (timed), check (untimed) warmup + repeats times.
+// Runs prep (untimed), body (timed), check (untimed): a warm-up of at least o.warmup runs and
+// 0.2 s, then o.repeats timed runs.
 Figure measure(const Options& o, size_t bytes, const std::function<void()>& prep,
                const std::function<void()>& body, const std::function<void()>& check);
+// Runs fn(0) .. fn(n - 1) at once, fn(0) on the caller and the others on threads that live as
+// long as the Crew: a thread created per batch would be timed with the batch (tens of
+// microseconds here, a sixth of a batch of 1 KiB blocks), which an engine's threads never pay.
+class Crew {
+ public:
+  explicit Crew(size_t n);
+  ~Crew();
+  void run(const std::function<void(size_t)>& fn);
+
+ private:
+  void work(size_t t);
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const std::function<void(size_t)>* fn_ = nullptr;
+  uint64_t round_ = 0;  // fn_'s round; threads run each round once
+  size_t busy_ = 0;     // threads still running this round
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
 [[noreturn]] void die(const std::string& what);  // with kvtier's last error; exits 1
 void check_rc(int rc, const char* what);         // dies unless KVTIER_OK
 bool tty();                                      // stderr is a terminal

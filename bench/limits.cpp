@@ -43,17 +43,15 @@ double memcpy_gbps(const Options& o, size_t block, size_t count, size_t threads,
   dst.randomize(2);
   const size_t per = count / threads;
   double best = 0;
+  Crew crew(threads);
   for (bool stream : {false, true}) {
     auto body = [&] {
-      std::vector<std::thread> ts;
-      for (size_t t = 0; t < threads; ++t)
-        ts.emplace_back([&, t] {
-          for (size_t i = t * per; i < (t + 1) * per; ++i)
-            (stream ? stream_copy : [](std::byte* d, const std::byte* s, size_t n) {
-              std::memcpy(d, s, n);
-            })(dst.base + i * block, src.base + i * block, block);
-        });
-      for (auto& th : ts) th.join();
+      crew.run([&](size_t t) {
+        for (size_t i = t * per; i < (t + 1) * per; ++i)
+          (stream ? stream_copy : [](std::byte* d, const std::byte* s, size_t n) {
+            std::memcpy(d, s, n);
+          })(dst.base + i * block, src.base + i * block, block);
+      });
     };
     const double gbps = measure(
                             o, per * threads * block, [] {}, body, [] {})

@@ -42,7 +42,8 @@ options:
   --transfer-batch N  blocks per batch for transfer (default 1538)
   --threads LIST      thread counts for transfer (default 1; e.g. 1,2)
   --repeats N         timed runs per figure; the median is reported (default 3)
-  --warmup N          untimed runs first (default 1)
+  --warmup N          untimed runs first (default 1), and more until 0.2 s have passed
+                      (none with 0)
   --pages LIST        page sizes for the file table (default 64K,256K,1M,8M)
   --file-batches LIST keys per batch for the file table (default 1,16,64)
   --file-max-bytes N  skip file-table batches larger than this (default 256M)

@@ -79,16 +79,15 @@ void run_transfer(const Options& o, const std::string& tier) {
         w.ck = c_keys(w.keys);
         w.sizes.assign(n, block);
         w.res.resize(n);
+        // Blocks side by side, as in an engine's pool of pages this size (and as the limit
+        // copies them): blocks a large stride apart would all fall in the same cache sets.
         for (size_t i = 0; i < n; ++i) {
-          w.src.push_back(base + (t * n + i) * max_block);
-          w.dst.push_back(base + ((max_threads + t) * n + i) * max_block);
+          w.src.push_back(base + (t * n + i) * block);
+          w.dst.push_back(base + max_threads * n * max_block + (t * n + i) * block);
         }
       }
-      auto parallel = [&](auto fn) {
-        std::vector<std::thread> ts;
-        for (size_t t = 0; t < threads; ++t) ts.emplace_back([&, t] { fn(ws[t]); });
-        for (auto& th : ts) th.join();
-      };
+      Crew crew(threads);
+      auto parallel = [&](auto fn) { crew.run([&](size_t t) { fn(ws[t]); }); };
       auto check_all = [&](const char* what) {
         for (auto& w : ws)
           for (int r : w.res)
