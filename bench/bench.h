@@ -164,11 +164,14 @@ struct FioFigure {
   double gbps = 0;
   double cpu_per_gb = 0;
 };
-// fio with ioengine=io_uring, direct=1, the same block size and queue depth, on `dir`:
-// overwriting a file it laid down first (kWrite), writing a new file whose blocks the
-// filesystem allocates as they come (kWriteFresh), or reading after drop_caches (kRead).
+// fio with ioengine=io_uring, direct=1, the same block size and queue depth, on `dir`, in
+// batches of `batch` blocks as kvtier's (each written batch ended by an fdatasync that waits
+// for it), one process right before kvtier's own runs of that batch (this disk's speed drifts by a
+// third from one minute to the next, so a limit taken minutes apart says little): overwriting
+// a file it laid down first (kWrite), writing a new file whose blocks the filesystem
+// allocates as they come (kWriteFresh), or reading after drop_caches (kRead).
 enum class FioMode { kWrite, kWriteFresh, kRead };
-FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t bytes,
+FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t batch,
                   FioMode mode);
 // remote.cpp: the best single TCP stream over loopback carrying `total` bytes (named by *how).
 double best_stream_gbps(const Options& o, size_t total, std::string* how);

@@ -98,15 +98,16 @@ double fio_number(const std::string& text, const char* key, size_t from) {
 
 namespace {
 
-// One fio job on `file` (`loops` passes over `size` bytes); its figure parsed from fio's JSON.
-FioFigure fio_job(const Options& o, const std::string& file, size_t block, size_t size,
-                  const char* rw, unsigned loops) {
+// One fio job on `file`: `batches` batches of `batch` blocks, each written batch ended by an
+// fdatasync that waits for its writes (as a put's does); its figure from fio's JSON.
+FioFigure fio_job(const Options& o, const std::string& file, size_t block, size_t batch,
+                  const char* rw, size_t batches) {
   const std::string out = file + ".json";
   const std::string cmd = "fio --name=kvtier --filename=" + file +
                           " --ioengine=io_uring --direct=1 --bs=" + std::to_string(block) +
                           " --iodepth=" + std::to_string(o.queue_depth) + " --rw=" + rw +
-                          " --size=" + std::to_string(size) +
-                          " --end_fsync=1 --loops=" + std::to_string(loops) +
+                          " --size=" + std::to_string(block * batch * batches) +
+                          " --fdatasync=" + std::to_string(batch) + " --end_fsync=1" +
                           " --output-format=json --output=" + out + " >/dev/null 2>&1";
   if (std::system(cmd.c_str()) != 0) return {};
   std::FILE* f = std::fopen(out.c_str(), "r");
@@ -121,7 +122,7 @@ FioFigure fio_job(const Options& o, const std::string& file, size_t block, size_
   if (dir_at == std::string::npos) return {};
   FioFigure fig;
   fig.gbps = fio_number(text, "bw_bytes", dir_at) / 1e9;
-  // usr_cpu and sys_cpu are percentages of the job's runtime (ms), over all its loops.
+  // usr_cpu and sys_cpu are percentages of the job's runtime (ms).
   const double io_bytes = fio_number(text, "io_bytes", dir_at);
   const double cpu_s = (fio_number(text, "usr_cpu", 0) + fio_number(text, "sys_cpu", 0)) / 100 *
                        fio_number(text, "job_runtime", 0) / 1e3;
@@ -131,27 +132,21 @@ FioFigure fio_job(const Options& o, const std::string& file, size_t block, size_
 
 }  // namespace
 
-// fio with ioengine=io_uring, direct=1, the same block size and queue depth, on the same folder.
-FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t bytes,
+// fio with ioengine=io_uring, direct=1, the same block size, queue depth and batches, on the
+// same folder.
+FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t batch,
                   FioMode mode) {
   static const bool have_fio = std::system("fio --version >/dev/null 2>&1") == 0;
   if (!have_fio) return {};
   const std::string file = dir + "/fio.dat";
-  const size_t size = std::max(bytes, block * o.queue_depth * 4);
+  const size_t batches = std::max(4, o.repeats);  // enough for a steady figure
+  std::filesystem::remove(file);
   FioFigure fig;
-  if (mode == FioMode::kWriteFresh) {
-    // A new file each time (blocks the filesystem allocates as they are written); the median.
-    std::vector<FioFigure> runs;
-    for (int r = 0; r < std::max(1, o.repeats); ++r) {
-      std::filesystem::remove(file);
-      runs.push_back(fio_job(o, file, block, size, "write", 1));
-    }
-    std::sort(runs.begin(), runs.end(),
-              [](const FioFigure& a, const FioFigure& b) { return a.gbps < b.gbps; });
-    fig = runs[runs.size() / 2];
-  } else if (fio_job(o, file, block, size, "write", 1).gbps > 0) {  // lays the file down
+  if (mode == FioMode::kWriteFresh) {  // blocks the filesystem allocates as they are written
+    fig = fio_job(o, file, block, batch, "write", batches);
+  } else if (fio_job(o, file, block, batch, "write", batches).gbps > 0) {  // lays it down
     if (mode == FioMode::kRead) drop_page_cache();
-    fig = fio_job(o, file, block, size, mode == FioMode::kRead ? "read" : "write", o.repeats);
+    fig = fio_job(o, file, block, batch, mode == FioMode::kRead ? "read" : "write", batches);
   }
   std::filesystem::remove(file);
   return fig;

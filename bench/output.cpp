@@ -94,7 +94,8 @@ void print_tables() {
       std::printf(
           "\nfile tier: v1, two fragments per page, O_DIRECT, writes durable "
           "(fdatasync) before they count; limits: fio (io_uring, direct=1, same block "
-          "size and queue depth) and a raw io_uring loop, same folder, same run; fio CPU: "
+          "size, queue depth and batches, each written batch fdatasynced, run just before kvtier's "
+          "runs of it) and a raw io_uring loop, same folder, same run; fio CPU: "
           "fio's own CPU seconds per GB, xCPU: kvtier's over it (kvtier's includes the "
           "XXH3 checksum of every page)\n");
       std::printf("%5s %-9s %5s %-9s %9s %7s %8s %7s %6s %8s %6s %7s %6s %-5s\n", "page", "pool",
