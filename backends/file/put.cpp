@@ -186,15 +186,30 @@ void PageFiles::sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine
         if (w.files.fd == fd && w.result == KVTIER_OK) w.result = io_code(rc);
     }
   }
-  // Then the records, through the page cache (see file_tier.h).
-  for (Writing& w : mine) {
-    if (w.result != KVTIER_OK) continue;
-    const PutOp& op = ops[w.op];
-    const Record r = make_record(op.id, op.size, op.checksum, w.seq, w.stored, w.compressed);
-    if (!write_record(w.files.idx_fd, w.slot, r)) {
-      w.result = io_code(-errno);
-      log().warn("file tier: cannot write a record in {}: {}", dir_, std::strerror(errno));
+  // Then the records, through the page cache (see file_tier.h), a size class at a time.
+  std::vector<int> idx_fds;
+  for (const Writing& w : mine)
+    if (w.result == KVTIER_OK &&
+        std::find(idx_fds.begin(), idx_fds.end(), w.files.idx_fd) == idx_fds.end())
+      idx_fds.push_back(w.files.idx_fd);
+  std::vector<Writing*> of_fd;
+  std::vector<uint64_t> slots;
+  std::vector<Record> recs;
+  std::vector<uint8_t> ok;
+  for (int fd : idx_fds) {
+    of_fd.clear(), slots.clear(), recs.clear();
+    for (Writing& w : mine) {
+      if (w.result != KVTIER_OK || w.files.idx_fd != fd) continue;
+      const PutOp& op = ops[w.op];
+      of_fd.push_back(&w);
+      slots.push_back(w.slot);
+      recs.push_back(make_record(op.id, op.size, op.checksum, w.seq, w.stored, w.compressed));
     }
+    ok.assign(of_fd.size(), 0);
+    const int err = write_records(fd, slots, recs, ok);
+    if (err) log().warn("file tier: cannot write records in {}: {}", dir_, std::strerror(err));
+    for (size_t k = 0; k < of_fd.size(); ++k)
+      if (!ok[k]) of_fd[k]->result = io_code(-err);
   }
 }
 

@@ -39,6 +39,29 @@ bool write_record(int idx_fd, uint64_t slot, const Record& r) {
   return ::pwrite(idx_fd, &r, sizeof r, off) == static_cast<ssize_t>(sizeof r);
 }
 
+int write_records(int idx_fd, std::span<const uint64_t> slots, std::span<const Record> recs,
+                  std::span<uint8_t> ok) {
+  int err = 0;
+  std::vector<size_t> order(slots.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return slots[a] < slots[b]; });
+  std::vector<Record> run;
+  for (size_t b = 0; b < order.size();) {
+    size_t e = b + 1;
+    while (e < order.size() && slots[order[e]] == slots[order[e - 1]] + 1) ++e;
+    run.clear();
+    for (size_t k = b; k < e; ++k) run.push_back(recs[order[k]]);
+    const size_t bytes = run.size() * sizeof(Record);
+    const bool written = ::pwrite(idx_fd, run.data(), bytes,
+                                  static_cast<off_t>(slots[order[b]] * sizeof(Record))) ==
+                         static_cast<ssize_t>(bytes);
+    if (!written) err = errno ? errno : EIO;  // a short write sets none
+    for (size_t k = b; k < e; ++k) ok[order[k]] = written ? 1 : 0;
+    b = e;
+  }
+  return err;
+}
+
 Status read_records(int idx_fd, uint64_t slots, uint64_t slot_size,
                     const std::function<void(uint64_t slot, const Record&)>& each) {
   std::vector<Record> recs(std::min<uint64_t>(16384, slots));
