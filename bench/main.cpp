@@ -26,10 +26,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvtier-bench: %s\n", e.what());
     return 2;
   }
-  std::printf("kvtier-bench %s: %d timed runs (medians) after a warm-up of %d+ runs and 0.2 s, host "
-              "pool %s\n",
-              kvtier_version_string(), o.repeats, o.warmup,
-              o.aligned ? "4 KiB-aligned" : "64 B past a 4 KiB boundary");
+  std::printf(
+      "kvtier-bench %s: %d timed runs (medians) after a warm-up of %d+ runs and 0.2 s, host "
+      "pool %s\n",
+      kvtier_version_string(), o.repeats, o.warmup,
+      o.aligned ? "4 KiB-aligned" : "64 B past a 4 KiB boundary");
   std::fflush(stdout);
   g_dir = o.dir;
   if (g_dir.empty()) {

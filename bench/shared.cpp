@@ -132,7 +132,7 @@ void run_shared(Options o, const std::string& dir) {
       row.fig = fig;
       row.limit_gbps = own.gbps;  // the first process's own figure, same run
       row.limit_name = "own read";
-      row.verified = "bytes";  // both processes compare every byte they read (above)
+      row.verified = "bytes";   // both processes compare every byte they read (above)
       row.speedup = us;         // µs per batch_exists of 128 keys
       row.threads = o.repeats;  // the timed runs the medians are of
       g_rows.push_back(row);

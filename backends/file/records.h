@@ -38,7 +38,7 @@ bool write_record(int idx_fd, uint64_t slot, const Record& r);
 // 256 KiB a fifth of its time). ok[i] = 0 where a write failed; returns that failure's errno
 // (0 if none failed).
 int write_records(int idx_fd, std::span<const uint64_t> slots, std::span<const Record> recs,
-                   std::span<uint8_t> ok);
+                  std::span<uint8_t> ok);
 // Reads the records of slots 0..slots-1 in one sequential pass, 1 MiB at a time, and calls
 // `each` for every valid one. A file shorter than that ends the pass (the rest is free).
 Status read_records(int idx_fd, uint64_t slots, uint64_t slot_size,
