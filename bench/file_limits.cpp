@@ -139,7 +139,9 @@ FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t
   static const bool have_fio = std::system("fio --version >/dev/null 2>&1") == 0;
   if (!have_fio) return {};
   const std::string file = dir + "/fio.dat";
-  const size_t batches = std::max(4, o.repeats);  // enough for a steady figure
+  // At least 64 MiB (fio times its job in milliseconds), at most 1024 batches.
+  const size_t batches =
+      std::clamp<size_t>((size_t{64} << 20) / (block * batch), std::max(4, o.repeats), 1024);
   std::filesystem::remove(file);
   FioFigure fig;
   if (mode == FioMode::kWriteFresh) {  // blocks the filesystem allocates as they are written

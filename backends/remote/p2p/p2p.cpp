@@ -123,6 +123,7 @@ void Shared::accept_loop() {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
       continue;
     }
+    net::no_delay(fd);
     reap();
     std::lock_guard lock(mu);
     Conn& c = conns.emplace_back();

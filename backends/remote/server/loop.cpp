@@ -5,7 +5,6 @@
 // progress (and a floor on its rate), so that neither silent nor slow clients keep anything.
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -136,8 +135,7 @@ class Server::Loop {
         listen(false);
         return;
       }
-      int one = 1;  // replies are small frames: never hold one back waiting for an ACK
-      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      net::no_delay(fd);
       // Full of connections that have not said HELLO: the oldest goes (it had the most time).
       if (conns_.size() >= s_->max_unauth_) close_conn(*conns_.begin()->second, "no HELLO in time");
       auto c = std::make_unique<Conn>();

@@ -94,10 +94,14 @@ Status connect_to(const std::string& host, uint16_t port, Deadline deadline, int
       return s;
     }
   }
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  no_delay(fd);
   *out = fd;
   return {};
+}
+
+void no_delay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 Status listen_on(const std::string& host, uint16_t port, int* out, uint16_t* bound_port) {

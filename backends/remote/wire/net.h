@@ -17,6 +17,10 @@ using Deadline = Clock::time_point;  // Deadline::max(): wait forever
 Status split_host_port(const std::string& text, std::string* host, uint16_t* port);
 Status connect_to(const std::string& host, uint16_t port, Deadline deadline, int* fd);
 Status listen_on(const std::string& host, uint16_t port, int* fd, uint16_t* bound_port);
+// TCP_NODELAY, on both ends of every connection (connect_to sets it; an acceptor calls it):
+// requests and replies are frames that must go at once, not wait behind Nagle for an ACK the
+// peer delays (a stall of 40 ms, seen on p2p reads when the accepting end lacked it).
+void no_delay(int fd);
 
 // Move exactly `len` bytes (or the iovecs' total), or fail: UNAVAILABLE when the peer is gone,
 // TIMEOUT at the deadline. writev_all/readv_all modify the iovec array.
