@@ -151,6 +151,10 @@ void write_json(const std::string& path);  // '-': stdout
 
 // ---- machine limits ----
 
+// limits.cpp: fills with non-temporal stores, which leave no dirty line of dst in the cache (a
+// memset before a timed read would: the read's own streaming stores then pay for writing the
+// memset's lines back, which an engine's pool, last written by a DMA, never holds).
+void stream_fill(std::byte* dst, std::byte value, size_t n);
 // limits.cpp: the best single-pass copy of `count` blocks of `block` bytes over `threads`
 // threads (memcpy or a streaming copy, named by *how); *plain gets memcpy's own figure.
 double memcpy_gbps(const Options& o, size_t block, size_t count, size_t threads,

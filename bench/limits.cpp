@@ -33,6 +33,18 @@ void stream_copy(std::byte* dst, const std::byte* src, size_t n) {
   std::memcpy(dst, src, n);
 }
 
+void stream_fill(std::byte* dst, std::byte value, size_t n) {
+#if defined(__x86_64__)
+  const size_t head = std::min(n, (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16);
+  std::memset(dst, static_cast<int>(value), head);
+  dst += head, n -= head;
+  const __m128i v = _mm_set1_epi8(static_cast<char>(value));
+  for (; n >= 16; n -= 16, dst += 16) _mm_stream_si128(reinterpret_cast<__m128i*>(dst), v);
+  _mm_sfence();
+#endif
+  std::memset(dst, static_cast<int>(value), n);
+}
+
 // The best single-pass copy of `count` blocks of `block` bytes over `threads` threads: the
 // better of memcpy and the streaming copy (which one is named by *how).
 // *plain, when given, gets memcpy's own figure.

@@ -111,7 +111,7 @@ void run_transfer(const Options& o, const std::string& tier) {
           o, bytes,
           [&] {
             for (auto& w : ws)
-              for (void* d : w.dst) std::memset(d, 0x5A, block);
+              for (void* d : w.dst) stream_fill(static_cast<std::byte*>(d), std::byte{0x5A}, block);
           },
           [&] {
             parallel([&](Worker& w) {
