@@ -151,9 +151,10 @@ void write_json(const std::string& path);  // '-': stdout
 
 // ---- machine limits ----
 
-// limits.cpp: fills with non-temporal stores, which leave no dirty line of dst in the cache (a
-// memset before a timed read would: the read's own streaming stores then pay for writing the
-// memset's lines back, which an engine's pool, last written by a DMA, never holds).
+// limits.cpp: fills with non-temporal stores, which leave no dirty line of dst in the cache: a
+// read's destination is scribbled with it (a memset would leave dirty lines, and the timed
+// read's own streaming stores would pay for writing them back; an engine's pool, last written
+// by a DMA, holds none).
 void stream_fill(std::byte* dst, std::byte value, size_t n);
 // limits.cpp: the best single-pass copy of `count` blocks of `block` bytes over `threads`
 // threads (memcpy or a streaming copy, named by *how); *plain gets memcpy's own figure.

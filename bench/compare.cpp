@@ -123,7 +123,8 @@ void run_compare(const Options& o, const std::string& tier, const std::string& s
     auto clear = [&] { check_rc(kvtier_clear(store), "clear"); };
     // Target pages get a fresh pattern before each read so a read that does nothing fails.
     auto scribble = [&] {
-      for (size_t i = 0; i < dst_ptrs.size(); ++i) std::memset(dst_ptrs[i], 0xA5, dst_sizes[i]);
+      for (size_t i = 0; i < dst_ptrs.size(); ++i)
+        stream_fill(static_cast<std::byte*>(dst_ptrs[i]), std::byte{0xA5}, dst_sizes[i]);
     };
     auto verify = [&] {
       for (size_t i = 0; i < src_ptrs.size(); ++i)

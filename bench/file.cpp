@@ -110,7 +110,7 @@ void file_batch(const Options& o, const std::string& dir, kvtier_store_t* store,
                                  res.data()),
              "batch_get_v1");
   };
-  auto scribble = [&] { std::memset(base + max_batch * page, 0xA5, batch * page); };
+  auto scribble = [&] { stream_fill(base + max_batch * page, std::byte{0xA5}, batch * page); };
   auto verify = [&] {
     all_ok("batch_get_v1");
     if (std::memcmp(base, base + max_batch * page, batch * page) != 0)
@@ -234,7 +234,7 @@ void run_compression(const Options& o, const std::string& dir) {
     Figure r = measure(
         o, batch * page,
         [&] {
-          std::memset(dst[0], 0xA5, batch * page);
+          stream_fill(static_cast<std::byte*>(dst[0]), std::byte{0xA5}, batch * page);
           drop_page_cache();
         },
         [&] {

@@ -65,14 +65,14 @@ void run_p2p(const Options& o, const std::string& tier) {
     };
     const size_t bytes = n * block;
     Figure wr = measure(
-        o, bytes, [&] { std::memset(bases[1], 0x5A, bytes); },
+        o, bytes, [&] { stream_fill(bases[1], std::byte{0x5A}, bytes); },
         [&] { kvtier_peer_write_pages(peer, pages.data(), pages.data(), n, -1, res.data()); },
         [&] {
           all_ok("write_pages");
           if (std::memcmp(bases[0], bases[1], bytes) != 0) die("p2p write: bytes differ");
         });
     Figure rd = measure(
-        o, bytes, [&] { std::memset(bases[0], 0xA5, bytes); },
+        o, bytes, [&] { stream_fill(bases[0], std::byte{0xA5}, bytes); },
         [&] { kvtier_peer_read_pages(peer, pages.data(), pages.data(), n, -1, res.data()); },
         [&] {
           all_ok("read_pages");

@@ -40,7 +40,7 @@ std::pair<Figure, double> shared_reads(const Options& o, kvtier_store_t* store, 
   Figure cold = measure(
       o, kSharedBatch * page,
       [&] {
-        std::memset(base, 0xA5, kSharedBatch * page);
+        stream_fill(base, std::byte{0xA5}, kSharedBatch * page);
         drop_page_cache();
       },
       [&] {
