@@ -5,14 +5,18 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 #include <utility>
@@ -261,6 +265,37 @@ TEST(P2pCheck, WrongTokenOrAnotherFormatIsDenied) {
   std::vector<unsigned char> want(kMha.pool_bytes());
   kvtier_test::fill_pattern(want.data(), want.size(), kPeerSeed);
   EXPECT_TRUE(peer_proc.dump() == want);
+}
+
+// Both ends of a connection send at once: a frame held back by Nagle until the peer's delayed
+// ACK stalled small p2p reads by 40 ms when the accepting end lacked TCP_NODELAY.
+TEST(P2pCheck, BothEndsOfAConnectionSendWithoutNagle) {
+  Local a(kMha, kLocalSeed, kConfig), b(kMha, kPeerSeed, kConfig);
+  char addr[256];
+  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
+  kvtier_peer_t* peer = nullptr;
+  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
+  EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK});
+  // Both ends live in this process: every connected TCP socket in it must have TCP_NODELAY.
+  int connected = 0;
+  for (const auto& fd_link : std::filesystem::directory_iterator("/proc/self/fd")) {
+    const int fd = std::atoi(fd_link.path().filename().c_str());
+    sockaddr_storage peer_addr{};
+    socklen_t len = sizeof peer_addr;
+    int type = 0;
+    socklen_t tlen = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0 || type != SOCK_STREAM ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer_addr), &len) != 0 ||
+        peer_addr.ss_family != AF_INET)
+      continue;
+    int nodelay = 0;
+    socklen_t nlen = sizeof nodelay;
+    ASSERT_EQ(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &nlen), 0);
+    EXPECT_NE(nodelay, 0) << "socket " << fd;
+    ++connected;
+  }
+  EXPECT_GE(connected, 2);  // the connecting end and the accepted one
+  kvtier_peer_close(peer);
 }
 
 TEST(P2pCheck, IdsOutOfRangeFailTheirPageAloneAndWriteNothing) {
