@@ -37,7 +37,7 @@ Figure measure(const Options& o, size_t bytes, const std::function<void()>& prep
   constexpr double kWarmup = 0.2;
   std::vector<std::pair<double, double>> runs;  // (seconds, cpu seconds)
   const double start = now();
-  for (int r = 0, warm = 0; runs.size() < static_cast<size_t>(o.repeats); ++r) {
+  for (int warm = 0; runs.size() < static_cast<size_t>(o.repeats);) {
     prep();
     double c0 = cpu_seconds(), t0 = now();
     body();
