@@ -2,6 +2,7 @@
 // every layout, whole pages and single layers, both directions, blocking and async; the token
 // and format checks; ids out of range; a peer that goes silent, dies mid-transfer, comes back.
 // The expected bytes come from a restatement of the pool layouts, not from the library.
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -295,6 +297,36 @@ TEST(P2pCheck, BothEndsOfAConnectionSendWithoutNagle) {
     ++connected;
   }
   EXPECT_GE(connected, 2);  // the connecting end and the accepted one
+  kvtier_peer_close(peer);
+}
+
+// A peer that connects and then sends half a HELLO, or nothing, is dropped once the endpoint's
+// timeout (2 s here) has passed, and the endpoint keeps serving others.
+TEST(P2pCheck, APeerThatStopsMidFrameIsDroppedAfterTheTimeout) {
+  Local a(kMha, kLocalSeed, kConfig), b(kMha, kPeerSeed, kConfig);
+  char addr[256];
+  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
+  const std::string text(addr);
+  const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
+  for (const size_t sent : {size_t{0}, size_t{7}}) {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(port);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+    const unsigned char head[7] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 32};  // a header's first bytes
+    ASSERT_EQ(send(fd, head, sent, MSG_NOSIGNAL), static_cast<ssize_t>(sent));
+    // Within 3x the timeout, the endpoint closes it (EOF), never answering anything.
+    pollfd p{fd, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 6000), 1) << "still open after 6 s, with " << sent << " bytes sent";
+    char byte;
+    EXPECT_EQ(recv(fd, &byte, 1, 0), 0);
+    close(fd);
+  }
+  kvtier_peer_t* peer = nullptr;  // and it still serves a real peer
+  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
+  EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK});
   kvtier_peer_close(peer);
 }
 

@@ -115,7 +115,9 @@ void Shared::reap() {
 
 void Shared::accept_loop() {
   while (!stopping) {
-    const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    // Non-blocking, so every read and write waits in poll up to its deadline: a peer that stops
+    // mid-frame is dropped after the timeout instead of holding its serving thread for good.
+    const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
       if (stopping) return;
       if (errno == EINTR || errno == ECONNABORTED) continue;
