@@ -300,14 +300,29 @@ TEST(P2pCheck, BothEndsOfAConnectionSendWithoutNagle) {
   kvtier_peer_close(peer);
 }
 
-// A peer that connects and then sends half a HELLO, or nothing, is dropped once the endpoint's
-// timeout (2 s here) has passed, and the endpoint keeps serving others.
+// Whether the other end closes `fd` within `ms` (whatever it sends first, an error frame say).
+bool closed_within(int fd, int ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  for (char buf[256];;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        end - std::chrono::steady_clock::now());
+    pollfd p{fd, POLLIN, 0};
+    if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) != 1) return false;
+    const ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return n == 0;
+  }
+}
+
+// A peer that connects and then sends half a HELLO, or nothing, or half a request's header
+// after its HELLO, is dropped once the endpoint's timeout (2 s here) has passed, and the
+// endpoint keeps serving others.
 TEST(P2pCheck, APeerThatStopsMidFrameIsDroppedAfterTheTimeout) {
   Local a(kMha, kLocalSeed, kConfig), b(kMha, kPeerSeed, kConfig);
   char addr[256];
   ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
   const std::string text(addr);
   const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
+  const unsigned char head[7] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 32};  // a header's first bytes
   for (const size_t sent : {size_t{0}, size_t{7}}) {
     const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in to{};
@@ -315,15 +330,50 @@ TEST(P2pCheck, APeerThatStopsMidFrameIsDroppedAfterTheTimeout) {
     to.sin_port = htons(port);
     to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
-    const unsigned char head[7] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 32};  // a header's first bytes
     ASSERT_EQ(send(fd, head, sent, MSG_NOSIGNAL), static_cast<ssize_t>(sent));
-    // Within 3x the timeout, the endpoint closes it (EOF), never answering anything.
-    pollfd p{fd, POLLIN, 0};
-    ASSERT_EQ(poll(&p, 1, 6000), 1) << "still open after 6 s, with " << sent << " bytes sent";
-    char byte;
-    EXPECT_EQ(recv(fd, &byte, 1, 0), 0);
+    EXPECT_TRUE(closed_within(fd, 6000)) << "still open after 6 s, " << sent << " bytes sent";
     close(fd);
   }
+  // After a real HELLO (relayed from b), half a request header.
+  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in relay{};
+  relay.sin_family = AF_INET;
+  relay.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof relay;
+  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&relay), sizeof relay), 0);
+  ASSERT_EQ(listen(ls, 1), 0);
+  ASSERT_EQ(getsockname(ls, reinterpret_cast<sockaddr*>(&relay), &len), 0);
+  kvtier_peer_t* relayed = nullptr;
+  std::thread connecting([&] {
+    const std::string to = "127.0.0.1:" + std::to_string(ntohs(relay.sin_port));
+    EXPECT_EQ(kvtier_endpoint_connect(b.ep, to.c_str(), &relayed), KVTIER_OK);
+  });
+  const int from_b = accept(ls, nullptr, nullptr);
+  const int to_a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in at{};
+  at.sin_family = AF_INET;
+  at.sin_port = htons(port);
+  at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(to_a, reinterpret_cast<sockaddr*>(&at), sizeof at), 0);
+  // Relay both ways until b's HELLO has its reply.
+  for (bool replied = false; !replied;) {
+    pollfd p[2] = {{from_b, POLLIN, 0}, {to_a, POLLIN, 0}};
+    ASSERT_GT(poll(p, 2, 5000), 0);
+    char buf[4096];
+    for (int k = 0; k < 2; ++k) {
+      if (!(p[k].revents & POLLIN)) continue;
+      const ssize_t n = recv(p[k].fd, buf, sizeof buf, 0);
+      ASSERT_GT(n, 0);
+      ASSERT_EQ(send(p[1 - k].fd, buf, static_cast<size_t>(n), MSG_NOSIGNAL), n);
+      replied = replied || k == 1;
+    }
+  }
+  connecting.join();
+  ASSERT_NE(relayed, nullptr);
+  ASSERT_EQ(send(to_a, head, sizeof head, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof head));
+  EXPECT_TRUE(closed_within(to_a, 6000)) << "still open after 6 s with half a request header";
+  for (int fd : {to_a, from_b, ls}) close(fd);
+  kvtier_peer_close(relayed);
   kvtier_peer_t* peer = nullptr;  // and it still serves a real peer
   ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
   EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK});

@@ -196,7 +196,9 @@ void Shared::serve(int fd) {
   while (s.is_ok() && !stopping) {
     uint8_t head[wire::kHeaderSize];
     wire::Header h;
-    s = net::read_all(fd, head, sizeof head, Deadline::max());  // idle peers may wait
+    // An idle peer may wait for good; a frame, once begun, arrives within the timeout.
+    s = net::read_all(fd, head, 1, Deadline::max());
+    if (s.is_ok()) s = net::read_all(fd, head + 1, sizeof head - 1, deadline());
     if (s.is_ok()) s = wire::decode_header(head, &h);
     if (s.is_ok() && h.type != wire::kP2pWrite && h.type != wire::kP2pRead)
       s = {KVTIER_ERR_INVALID_ARG, "unexpected frame type " + std::to_string(h.type)};
