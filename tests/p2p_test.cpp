@@ -313,6 +313,50 @@ bool closed_within(int fd, int ms) {
   }
 }
 
+int loopback_connect(uint16_t port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(port);
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+  return fd;
+}
+
+// `from` connects to endpoint `to_port` through a relay in this test that passes the HELLO and
+// its reply along, then stops relaying; the relay's socket to `to_port` (the peer as the
+// endpoint sees it) is returned in *to, and every socket to close in *fds.
+void hello_through_relay(kvtier_endpoint_t* from, uint16_t to_port, kvtier_peer_t** peer, int* to,
+                         std::vector<int>* fds) {
+  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in relay{};
+  relay.sin_family = AF_INET;
+  relay.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof relay;
+  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&relay), sizeof relay), 0);
+  ASSERT_EQ(listen(ls, 1), 0);
+  ASSERT_EQ(getsockname(ls, reinterpret_cast<sockaddr*>(&relay), &len), 0);
+  std::thread connecting([&] {
+    const std::string at = "127.0.0.1:" + std::to_string(ntohs(relay.sin_port));
+    EXPECT_EQ(kvtier_endpoint_connect(from, at.c_str(), peer), KVTIER_OK);
+  });
+  const int from_fd = accept(ls, nullptr, nullptr);
+  *to = loopback_connect(to_port);
+  *fds = {ls, from_fd, *to};
+  for (bool replied = false; !replied;) {  // both ways, until the HELLO has its reply
+    pollfd p[2] = {{from_fd, POLLIN, 0}, {*to, POLLIN, 0}};
+    if (poll(p, 2, 5000) <= 0) break;
+    char buf[4096];
+    for (int k = 0; k < 2; ++k) {
+      if (!(p[k].revents & POLLIN)) continue;
+      const ssize_t n = recv(p[k].fd, buf, sizeof buf, 0);
+      if (n <= 0 || send(p[1 - k].fd, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) break;
+      replied = replied || k == 1;
+    }
+  }
+  connecting.join();
+}
+
 // A peer that connects and then sends half a HELLO, or nothing, or half a request's header
 // after its HELLO, is dropped once the endpoint's timeout (2 s here) has passed, and the
 // endpoint keeps serving others.
@@ -324,55 +368,19 @@ TEST(P2pCheck, APeerThatStopsMidFrameIsDroppedAfterTheTimeout) {
   const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
   const unsigned char head[7] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 32};  // a header's first bytes
   for (const size_t sent : {size_t{0}, size_t{7}}) {
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_port = htons(port);
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+    const int fd = loopback_connect(port);
     ASSERT_EQ(send(fd, head, sent, MSG_NOSIGNAL), static_cast<ssize_t>(sent));
     EXPECT_TRUE(closed_within(fd, 6000)) << "still open after 6 s, " << sent << " bytes sent";
     close(fd);
   }
-  // After a real HELLO (relayed from b), half a request header.
-  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in relay{};
-  relay.sin_family = AF_INET;
-  relay.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof relay;
-  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&relay), sizeof relay), 0);
-  ASSERT_EQ(listen(ls, 1), 0);
-  ASSERT_EQ(getsockname(ls, reinterpret_cast<sockaddr*>(&relay), &len), 0);
   kvtier_peer_t* relayed = nullptr;
-  std::thread connecting([&] {
-    const std::string to = "127.0.0.1:" + std::to_string(ntohs(relay.sin_port));
-    EXPECT_EQ(kvtier_endpoint_connect(b.ep, to.c_str(), &relayed), KVTIER_OK);
-  });
-  const int from_b = accept(ls, nullptr, nullptr);
-  const int to_a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in at{};
-  at.sin_family = AF_INET;
-  at.sin_port = htons(port);
-  at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(connect(to_a, reinterpret_cast<sockaddr*>(&at), sizeof at), 0);
-  // Relay both ways until b's HELLO has its reply.
-  for (bool replied = false; !replied;) {
-    pollfd p[2] = {{from_b, POLLIN, 0}, {to_a, POLLIN, 0}};
-    ASSERT_GT(poll(p, 2, 5000), 0);
-    char buf[4096];
-    for (int k = 0; k < 2; ++k) {
-      if (!(p[k].revents & POLLIN)) continue;
-      const ssize_t n = recv(p[k].fd, buf, sizeof buf, 0);
-      ASSERT_GT(n, 0);
-      ASSERT_EQ(send(p[1 - k].fd, buf, static_cast<size_t>(n), MSG_NOSIGNAL), n);
-      replied = replied || k == 1;
-    }
-  }
-  connecting.join();
+  int to_a = -1;
+  std::vector<int> fds;
+  hello_through_relay(b.ep, port, &relayed, &to_a, &fds);
   ASSERT_NE(relayed, nullptr);
   ASSERT_EQ(send(to_a, head, sizeof head, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof head));
   EXPECT_TRUE(closed_within(to_a, 6000)) << "still open after 6 s with half a request header";
-  for (int fd : {to_a, from_b, ls}) close(fd);
+  for (int fd : fds) close(fd);
   kvtier_peer_close(relayed);
   kvtier_peer_t* peer = nullptr;  // and it still serves a real peer
   ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
