@@ -2,31 +2,33 @@
 // every layout, whole pages and single layers, both directions, blocking and async; the token
 // and format checks; ids out of range; a peer that goes silent, dies mid-transfer, comes back.
 // The expected bytes come from a restatement of the pool layouts, not from the library.
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "p2p_local.h"
 #include "p2p_pool.h"
 #include "test_util.h"
 
+using kvtier_test::kConfig;
+using kvtier_test::kLocalSeed;
+using kvtier_test::kMha;
+using kvtier_test::kPeerSeed;
+using kvtier_test::Local;
+using kvtier_test::move;
 using kvtier_test::P2pShape;
 
 namespace kvtier_test {
@@ -144,31 +146,6 @@ class PeerProcess {
   FILE *to_ = nullptr, *from_ = nullptr;
 };
 
-// This side: a pool filled from `seed` behind its own endpoint.
-struct Local {
-  P2pShape shape;
-  std::vector<unsigned char> pool;
-  kvtier_endpoint_t* ep = nullptr;
-  Local(const P2pShape& s, uint64_t seed, const char* config, const char* dtype = "bfloat16")
-      : shape(s), pool(s.pool_bytes()) {
-    kvtier_test::fill_pattern(pool.data(), pool.size(), seed);
-    kvtier_pool_layout_t l = s.layout(pool.data(), dtype);
-    EXPECT_EQ(kvtier_endpoint_open(config, &l, &ep), KVTIER_OK) << kvtier_last_error();
-  }
-  ~Local() { kvtier_endpoint_close(ep); }
-};
-
-std::vector<int> move(kvtier_peer_t* peer, bool write, std::vector<int64_t> local,
-                      std::vector<int64_t> remote, int layer) {
-  std::vector<int> res(local.size(), 99);
-  auto call = write ? kvtier_peer_write_pages : kvtier_peer_read_pages;
-  call(peer, local.data(), remote.data(), local.size(), layer, res.data());
-  return res;
-}
-
-constexpr uint64_t kPeerSeed = 0xdec0de, kLocalSeed = 0x9ef111;
-constexpr const char* kConfig = "p2p_token=secret;p2p_timeout_ms=2000;p2p_transport=tcp";
-
 class P2p : public ::testing::TestWithParam<P2pShape> {};
 
 TEST_P(P2p, WholePagesAndLayersBothWaysByteForByte) {
@@ -230,8 +207,6 @@ std::string shape_name(const ::testing::TestParamInfo<P2pShape>& info) {
          orders[info.param.order];
 }
 
-const P2pShape kMha{KVTIER_POOL_MHA, KVTIER_LAYOUT_PAGE_FIRST, 4, 3, 2, 8, 0, 2, 64};
-
 INSTANTIATE_TEST_SUITE_P(
     AllLayouts, P2p,
     ::testing::Values(
@@ -267,125 +242,6 @@ TEST(P2pCheck, WrongTokenOrAnotherFormatIsDenied) {
   std::vector<unsigned char> want(kMha.pool_bytes());
   kvtier_test::fill_pattern(want.data(), want.size(), kPeerSeed);
   EXPECT_TRUE(peer_proc.dump() == want);
-}
-
-// Both ends of a connection send at once: a frame held back by Nagle until the peer's delayed
-// ACK stalled small p2p reads by 40 ms when the accepting end lacked TCP_NODELAY.
-TEST(P2pCheck, BothEndsOfAConnectionSendWithoutNagle) {
-  Local a(kMha, kLocalSeed, kConfig), b(kMha, kPeerSeed, kConfig);
-  char addr[256];
-  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
-  kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
-  EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK});
-  // Both ends live in this process: every connected TCP socket in it must have TCP_NODELAY.
-  int connected = 0;
-  for (const auto& fd_link : std::filesystem::directory_iterator("/proc/self/fd")) {
-    const int fd = std::atoi(fd_link.path().filename().c_str());
-    sockaddr_storage peer_addr{};
-    socklen_t len = sizeof peer_addr;
-    int type = 0;
-    socklen_t tlen = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0 || type != SOCK_STREAM ||
-        getpeername(fd, reinterpret_cast<sockaddr*>(&peer_addr), &len) != 0 ||
-        peer_addr.ss_family != AF_INET)
-      continue;
-    int nodelay = 0;
-    socklen_t nlen = sizeof nodelay;
-    ASSERT_EQ(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &nlen), 0);
-    EXPECT_NE(nodelay, 0) << "socket " << fd;
-    ++connected;
-  }
-  EXPECT_GE(connected, 2);  // the connecting end and the accepted one
-  kvtier_peer_close(peer);
-}
-
-// Whether the other end closes `fd` within `ms` (whatever it sends first, an error frame say).
-bool closed_within(int fd, int ms) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-  for (char buf[256];;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        end - std::chrono::steady_clock::now());
-    pollfd p{fd, POLLIN, 0};
-    if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) != 1) return false;
-    const ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) return n == 0;
-  }
-}
-
-int loopback_connect(uint16_t port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_port = htons(port);
-  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
-  return fd;
-}
-
-// `from` connects to endpoint `to_port` through a relay in this test that passes the HELLO and
-// its reply along, then stops relaying; the relay's socket to `to_port` (the peer as the
-// endpoint sees it) is returned in *to, and every socket to close in *fds.
-void hello_through_relay(kvtier_endpoint_t* from, uint16_t to_port, kvtier_peer_t** peer, int* to,
-                         std::vector<int>* fds) {
-  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in relay{};
-  relay.sin_family = AF_INET;
-  relay.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof relay;
-  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&relay), sizeof relay), 0);
-  ASSERT_EQ(listen(ls, 1), 0);
-  ASSERT_EQ(getsockname(ls, reinterpret_cast<sockaddr*>(&relay), &len), 0);
-  std::thread connecting([&] {
-    const std::string at = "127.0.0.1:" + std::to_string(ntohs(relay.sin_port));
-    EXPECT_EQ(kvtier_endpoint_connect(from, at.c_str(), peer), KVTIER_OK);
-  });
-  const int from_fd = accept(ls, nullptr, nullptr);
-  *to = loopback_connect(to_port);
-  *fds = {ls, from_fd, *to};
-  for (bool replied = false; !replied;) {  // both ways, until the HELLO has its reply
-    pollfd p[2] = {{from_fd, POLLIN, 0}, {*to, POLLIN, 0}};
-    if (poll(p, 2, 5000) <= 0) break;
-    char buf[4096];
-    for (int k = 0; k < 2; ++k) {
-      if (!(p[k].revents & POLLIN)) continue;
-      const ssize_t n = recv(p[k].fd, buf, sizeof buf, 0);
-      if (n <= 0 || send(p[1 - k].fd, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) break;
-      replied = replied || k == 1;
-    }
-  }
-  connecting.join();
-}
-
-// A peer that connects and then sends half a HELLO, or nothing, or half a request's header
-// after its HELLO, is dropped once the endpoint's timeout (2 s here) has passed, and the
-// endpoint keeps serving others.
-TEST(P2pCheck, APeerThatStopsMidFrameIsDroppedAfterTheTimeout) {
-  Local a(kMha, kLocalSeed, kConfig), b(kMha, kPeerSeed, kConfig);
-  char addr[256];
-  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
-  const std::string text(addr);
-  const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
-  const unsigned char head[7] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 32};  // a header's first bytes
-  for (const size_t sent : {size_t{0}, size_t{7}}) {
-    const int fd = loopback_connect(port);
-    ASSERT_EQ(send(fd, head, sent, MSG_NOSIGNAL), static_cast<ssize_t>(sent));
-    EXPECT_TRUE(closed_within(fd, 6000)) << "still open after 6 s, " << sent << " bytes sent";
-    close(fd);
-  }
-  kvtier_peer_t* relayed = nullptr;
-  int to_a = -1;
-  std::vector<int> fds;
-  hello_through_relay(b.ep, port, &relayed, &to_a, &fds);
-  ASSERT_NE(relayed, nullptr);
-  ASSERT_EQ(send(to_a, head, sizeof head, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof head));
-  EXPECT_TRUE(closed_within(to_a, 6000)) << "still open after 6 s with half a request header";
-  for (int fd : fds) close(fd);
-  kvtier_peer_close(relayed);
-  kvtier_peer_t* peer = nullptr;  // and it still serves a real peer
-  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
-  EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK});
-  kvtier_peer_close(peer);
 }
 
 TEST(P2pCheck, IdsOutOfRangeFailTheirPageAloneAndWriteNothing) {
