@@ -52,10 +52,10 @@ int write_records(int idx_fd, std::span<const uint64_t> slots, std::span<const R
     run.clear();
     for (size_t k = b; k < e; ++k) run.push_back(recs[order[k]]);
     const size_t bytes = run.size() * sizeof(Record);
-    const bool written =
-        ::pwrite(idx_fd, run.data(), bytes, static_cast<off_t>(slots[order[b]] * sizeof(Record))) ==
-        static_cast<ssize_t>(bytes);
-    if (!written) err = errno ? errno : EIO;  // a short write sets none
+    const ssize_t got =
+        ::pwrite(idx_fd, run.data(), bytes, static_cast<off_t>(slots[order[b]] * sizeof(Record)));
+    const bool written = got == static_cast<ssize_t>(bytes);
+    if (!written) err = got < 0 ? errno : EIO;  // a short write sets no errno
     for (size_t k = b; k < e; ++k) ok[order[k]] = written ? 1 : 0;
     b = e;
   }
