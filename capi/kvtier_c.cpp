@@ -504,7 +504,8 @@ int kvtier_endpoint_open(const char* config, const kvtier_pool_layout_t* pool,
     kvtier::p2p::Options opt{.listen = cfg.p2p_listen,
                              .token = cfg.p2p_token,
                              .transport = cfg.p2p_transport,
-                             .timeout_ms = cfg.p2p_timeout_ms};
+                             .timeout_ms = cfg.p2p_timeout_ms,
+                             .max_peers = cfg.p2p_max_peers};
     auto ep = std::make_unique<kvtier_endpoint>();
     if (Status s = kvtier::p2p::Endpoint::open(opt, l, &ep->rep); !s.is_ok()) return fail(s);
     *out = ep.release();

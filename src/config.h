@@ -78,6 +78,9 @@ struct Config {
   std::string p2p_transport = "auto";
   // KVTIER_P2P_TIMEOUT_MS: a transfer to a dead or silent peer fails within this.
   unsigned p2p_timeout_ms = 5000;
+  // KVTIER_P2P_MAX_PEERS: connections an endpoint serves at once (a thread each); past it the
+  // oldest that has not said HELLO goes, and when all have, the new one is refused.
+  unsigned p2p_max_peers = 1024;
 };
 
 // Builds the config from the environment, then applies `overrides` ("NAME=value" pairs split by

@@ -48,6 +48,7 @@ TEST(Options, EachOwnerRegistersItsOwn) {
       {"P2P_TOKEN", "p2p"},
       {"P2P_TRANSPORT", "p2p"},
       {"P2P_TIMEOUT_MS", "p2p"},
+      {"P2P_MAX_PEERS", "p2p"},
   };
   std::map<std::string, std::string> got;
   for (const auto& [name, owner] : registered_options())
@@ -60,7 +61,8 @@ TEST(Options, EachOwnerRegistersItsOwn) {
 TEST(Options, BackendOwnedNamesParse) {
   const uint64_t mem_mib = random_in(1, 1 << 20), file_mib = random_in(1, 1 << 20);
   const unsigned depth = random_in(1, 4096), level = random_in(1, 19), timeout = random_in(1, 9999),
-                 replicas = random_in(1, 16), tos = random_in(0, 255), p2p_ms = random_in(1, 9999);
+                 replicas = random_in(1, 16), tos = random_in(0, 255), p2p_ms = random_in(1, 9999),
+                 peers = random_in(1, 65536);
   const std::string token = std::to_string(kvtier_test::rng()());
   const std::string text =
       "memory_capacity=" + std::to_string(mem_mib) + "MiB;file_dir=/tmp/kvtier-options;" +
@@ -71,7 +73,8 @@ TEST(Options, BackendOwnedNamesParse) {
       "remote_transport=TCP;remote_timeout_ms=" + std::to_string(timeout) +
       ";remote_token=" + token + ";remote_replicas=" + std::to_string(replicas) +
       ";remote_rdma_tos=" + std::to_string(tos) + ";p2p_listen=127.0.0.1:5;p2p_token=" + token +
-      "x;p2p_transport=rdma;p2p_timeout_ms=" + std::to_string(p2p_ms);
+      "x;p2p_transport=rdma;p2p_timeout_ms=" + std::to_string(p2p_ms) +
+      ";p2p_max_peers=" + std::to_string(peers);
   Config c;
   Status s = load_config(text.c_str(), &c);
   ASSERT_TRUE(s.is_ok()) << s.message();
@@ -94,6 +97,7 @@ TEST(Options, BackendOwnedNamesParse) {
   EXPECT_EQ(c.p2p_token, token + "x");
   EXPECT_EQ(c.p2p_transport, "rdma");
   EXPECT_EQ(c.p2p_timeout_ms, p2p_ms);
+  EXPECT_EQ(c.p2p_max_peers, peers);
 
   setenv("KVTIER_FILE_QUEUE_DEPTH", std::to_string(depth).c_str(), 1);
   setenv("KVTIER_REMOTE_REPLICAS", std::to_string(replicas).c_str(), 1);

@@ -147,4 +147,29 @@ TEST(P2pCheck, APeerThatStopsMidFrameIsDroppedAfterTheTimeout) {
   kvtier_peer_close(peer);
 }
 
+// A flood of connections that never say HELLO: past KVTIER_P2P_MAX_PEERS the oldest of them
+// are dropped at once (long before the timeout), and a real peer still gets through.
+TEST(P2pCheck, AFloodOfSilentConnectionsMakesRoomForRealPeers) {
+  const std::string config = std::string(kConfig) + ";p2p_timeout_ms=30000;p2p_max_peers=8";
+  Local a(kMha, kLocalSeed, config.c_str()), b(kMha, kPeerSeed, config.c_str());
+  char addr[256];
+  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
+  const std::string text(addr);
+  const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
+  std::vector<int> flood;
+  for (int i = 0; i < 20; ++i) flood.push_back(loopback_connect(port));
+  std::vector<bool> gone(flood.size(), false);
+  int closed = 0;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (closed < 20 - 8 && std::chrono::steady_clock::now() < end)
+    for (size_t i = 0; i < flood.size(); ++i)
+      if (!gone[i] && closed_within(flood[i], 10)) gone[i] = true, ++closed;
+  EXPECT_EQ(closed, 20 - 8) << "8 silent connections are served, the older ones dropped";
+  kvtier_peer_t* peer = nullptr;
+  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
+  EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK});
+  kvtier_peer_close(peer);
+  for (int fd : flood) close(fd);
+}
+
 }  // namespace

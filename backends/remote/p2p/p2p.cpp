@@ -87,14 +87,18 @@ struct Shared {
     int fd;
     std::thread thread;
     std::atomic<bool> done{false};
+    std::atomic<bool> said_hello{false};
+    bool dropped = false;  // shut down to make room (guarded by mu)
   };
   std::list<Conn> conns;
+  Clock::time_point last_refusal{};  // guarded by mu
   std::unique_ptr<rdma::Listener> rdma_listener;
   std::shared_ptr<rdma::Registry> rdma_registry;
 
   Deadline deadline() const { return Clock::now() + std::chrono::milliseconds(opt.timeout_ms); }
   void accept_loop();
-  void serve(int fd);
+  void serve(Conn& c);
+  bool make_room();  // REQUIRES mu
   Status hello(int fd);
   Status serve_write(int fd, const Request& r);
   Status serve_read(int fd, const Request& r);
@@ -109,6 +113,7 @@ void Shared::reap() {
       continue;
     }
     it->thread.join();
+    ::close(it->fd);
     it = conns.erase(it);
   }
 }
@@ -128,14 +133,40 @@ void Shared::accept_loop() {
     net::no_delay(fd);
     reap();
     std::lock_guard lock(mu);
+    if (!make_room()) {
+      ::close(fd);
+      continue;
+    }
     Conn& c = conns.emplace_back();
     c.fd = fd;
+    // The fd is closed only once the thread is joined (reap, ~Endpoint): a number closed here
+    // could be reused by anything in the engine's process before a late shutdown() hits it.
     c.thread = std::thread([this, &c] {
-      serve(c.fd);
-      ::close(c.fd);
+      serve(c);
+      ::shutdown(c.fd, SHUT_RDWR);  // the peer sees the end now
       c.done = true;
     });
   }
+}
+
+// A flood of connections must not start a thread each: at opt.max_peers, the oldest connection
+// that has not said HELLO is shut down (its thread ends at once); when every one has, the new
+// connection is refused.
+bool Shared::make_room() {
+  size_t serving = 0;
+  for (const Conn& c : conns) serving += !c.done && !c.dropped;
+  if (serving < opt.max_peers) return true;
+  for (Conn& c : conns) {
+    if (c.done || c.dropped || c.said_hello) continue;
+    c.dropped = true;
+    ::shutdown(c.fd, SHUT_RDWR);
+    return true;
+  }
+  if (Clock::now() - last_refusal > std::chrono::seconds(1))  // a flood logs once a second
+    log().warn("p2p endpoint {}: {} peers connected already, a new one is refused", address,
+               serving);
+  last_refusal = Clock::now();
+  return false;
 }
 
 Status Shared::hello(int fd) {
@@ -190,8 +221,10 @@ Status Shared::serve_read(int fd, const Request& r) {
   return wire::send_frame(fd, wire::kP2pRead | wire::kReply, w.data(), iov, deadline());
 }
 
-void Shared::serve(int fd) {
+void Shared::serve(Conn& c) {
+  const int fd = c.fd;
   Status s = hello(fd);
+  c.said_hello = s.is_ok();
   std::vector<uint8_t> payload;
   while (s.is_ok() && !stopping) {
     uint8_t head[wire::kHeaderSize];
@@ -257,7 +290,10 @@ Endpoint::~Endpoint() {
   if (sh.acceptor.joinable()) sh.acceptor.join();
   std::lock_guard lock(sh.mu);
   for (auto& c : sh.conns) ::shutdown(c.fd, SHUT_RDWR);  // wakes the serving threads
-  for (auto& c : sh.conns) c.thread.join();
+  for (auto& c : sh.conns) {
+    c.thread.join();
+    ::close(c.fd);
+  }
   sh.conns.clear();
   sh.rdma_listener.reset();
 }

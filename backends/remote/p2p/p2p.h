@@ -32,6 +32,7 @@ struct Options {
   std::string token;                   // peers must present the same
   std::string transport = "auto";      // auto | rdma | tcp
   unsigned timeout_ms = 5000;          // a call to a dead or silent peer fails within this
+  unsigned max_peers = 1024;           // connections served at once (see accept_loop)
 };
 
 class Peer;

@@ -4,10 +4,11 @@
 
 namespace kvtier {
 
-KVTIER_REGISTER_OPTIONS(p2p,
-                        {host_port_option<Config>("P2P_LISTEN", "", &Config::p2p_listen),
-                         token_option<Config>("P2P_TOKEN", "", &Config::p2p_token),
-                         transport_option<Config>("P2P_TRANSPORT", "", &Config::p2p_transport),
-                         millis_option<Config>("P2P_TIMEOUT_MS", "", &Config::p2p_timeout_ms)});
+KVTIER_REGISTER_OPTIONS(p2p, {host_port_option<Config>("P2P_LISTEN", "", &Config::p2p_listen),
+                              token_option<Config>("P2P_TOKEN", "", &Config::p2p_token),
+                              transport_option<Config>("P2P_TRANSPORT", "", &Config::p2p_transport),
+                              millis_option<Config>("P2P_TIMEOUT_MS", "", &Config::p2p_timeout_ms),
+                              integer_option<Config>("P2P_MAX_PEERS", "", &Config::p2p_max_peers, 1,
+                                                     65536)});
 
 }  // namespace kvtier
