@@ -287,8 +287,8 @@ typedef struct kvtier_transfer kvtier_transfer_t;
 
 /* Opens an endpoint on `pool` (which must stay valid and in place until the endpoint is
  * closed). Settings as for kvtier_open: KVTIER_P2P_LISTEN (host:port, port 0: a free one),
- * KVTIER_P2P_TOKEN, KVTIER_P2P_TRANSPORT (auto|rdma|tcp), KVTIER_P2P_TIMEOUT_MS, from the
- * environment, overridden by `config` ("p2p_listen=0.0.0.0:7600;p2p_token=..."); other kvtier
+ * KVTIER_P2P_TOKEN, KVTIER_P2P_TRANSPORT (auto|rdma|tcp), KVTIER_P2P_TIMEOUT_MS,
+ * KVTIER_P2P_MAX_PEERS (connections served at once), from the environment, overridden by `config` ("p2p_listen=0.0.0.0:7600;p2p_token=..."); other kvtier
  * settings in it are checked and ignored.
  * @return : 0 and *out set, KVTIER_ERR_CONFIG, KVTIER_ERR_INVALID_ARG (a bad layout),
  *           KVTIER_ERR_UNAVAILABLE (cannot listen), KVTIER_ERR_UNSUPPORTED (rdma required). */
