@@ -218,8 +218,8 @@ void write_json(const std::string& path) {
       << ",\"cpu_s_per_gb\":" << r.fig.cpu_per_gb << ",\"speedup_vs_old\":" << r.speedup
       << ",\"limit\":\"" << r.limit_name << "\",\"limit_gbps\":" << json_or_null(r.limit_gbps)
       << ",\"limit_cpu_s_per_gb\":" << json_or_null(r.limit_cpu_per_gb) << ",\"limit2\":\""
-      << r.limit2_name << "\",\"limit2_gbps\":" << json_or_null(r.limit2_gbps)
-      << ",\"verified\":\"" << r.verified << "\"}";
+      << r.limit2_name << "\",\"limit2_gbps\":" << json_or_null(r.limit2_gbps) << ",\"verified\":\""
+      << r.verified << "\"}";
   }
   o << "],\"notes\":[";
   for (size_t i = 0; i < g_notes.size(); ++i) o << (i ? "," : "") << json_string(g_notes[i]);

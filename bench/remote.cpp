@@ -64,8 +64,9 @@ double iperf3_gbps(const Options& o, size_t total, size_t write_size) {
   static const bool have_iperf3 = [] {
     const bool found = std::system("command -v iperf3 >/dev/null 2>&1") == 0;
     if (!found)
-      g_notes.push_back("transfer: iperf3 is not on PATH: the loopback limit is the bench's own "
-                        "TCP loop alone");
+      g_notes.push_back(
+          "transfer: iperf3 is not on PATH: the loopback limit is the bench's own "
+          "TCP loop alone");
     return found;
   }();
   if (!have_iperf3) return 0;
