@@ -145,7 +145,6 @@ struct Row {
 
 extern std::vector<Row> g_rows;
 std::string human(size_t bytes);
-std::string fixed2(double v);
 void print_tables();
 void write_json(const std::string& path);  // '-': stdout
 
@@ -202,6 +201,8 @@ void push_transfer(const std::string& tier, const char* path, const char* op, si
                    const std::string& limit_name, const char* verified, double memcpy = 0);
 void run_placement();
 void run_p2p(const Options& o, const std::string& tier);
+// Why this build has no file tier ("" when it has one): file mode then skips with a note.
+std::string file_tier_missing(const std::string& dir);
 void run_file(const Options& o, const std::string& dir);
 void run_compression(const Options& o, const std::string& dir);
 void run_reopen(const Options& o, const std::string& dir);

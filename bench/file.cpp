@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <utility>
@@ -32,6 +33,17 @@ double checksum_cpu_per_gb(const Options& o, size_t page) {
       },
       [] {});
   return f.cpu_per_gb;
+}
+
+// Why this build of the library cannot open the file tier ("" when it can).
+std::string file_tier_missing(const std::string& dir) {
+  kvtier_store_t* store = nullptr;
+  const std::string probe = dir + "/probe";
+  const int rc = kvtier_open(("tiers=file;file_dir=" + probe).c_str(), &store);
+  const std::string why = rc == KVTIER_ERR_UNSUPPORTED ? kvtier_last_error() : "";
+  kvtier_close(store);
+  std::filesystem::remove_all(probe);
+  return why;
 }
 
 namespace {

@@ -136,7 +136,11 @@ FioFigure fio_job(const Options& o, const std::string& file, size_t block, size_
 // same folder.
 FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t batch,
                   FioMode mode) {
-  static const bool have_fio = std::system("fio --version >/dev/null 2>&1") == 0;
+  static const bool have_fio = [] {
+    const bool found = std::system("fio --version >/dev/null 2>&1") == 0;
+    if (!found) g_notes.push_back("file: fio is not on PATH: no fio limit (its columns show '-')");
+    return found;
+  }();
   if (!have_fio) return {};
   const std::string file = dir + "/fio.dat";
   // At least 64 MiB (fio times its job in milliseconds), at most 1024 batches.

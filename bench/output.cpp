@@ -16,11 +16,41 @@ std::vector<Row> g_rows;
 
 // ---- output -------------------------------------------------------------------------------
 
-std::string fixed2(double v) {
+namespace {
+
+// A limit's figure, or "-" where the limit was not measured (its tool missing or failed).
+std::string or_dash(double v, const char* format = "%.2f") {
+  if (v <= 0) return "-";
   char b[32];
-  std::snprintf(b, sizeof b, "%.2f", v);
+  std::snprintf(b, sizeof b, format, v);
   return b;
 }
+
+// a / b, or 0 (printed "-") where the limit b is missing.
+double ratio(double a, double b) {
+  return b > 0 ? a / b : 0.0;
+}
+
+// A figure in JSON: null where it was not measured.
+std::string json_or_null(double v) {
+  if (v <= 0) return "null";
+  std::ostringstream o;
+  o << v;
+  return o.str();
+}
+
+// A note as a JSON string (notes quote kvtier's messages).
+std::string json_string(const std::string& text) {
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+    out += c;
+  }
+  return out + "\"";
+}
+
+}  // namespace
 
 std::string human(size_t bytes) {
   char b[32];
@@ -67,11 +97,11 @@ void print_tables() {
                   "memcpy", "check");
       header = true;
     }
-    std::printf("%-8s %6s %7zu %-5s %9.2f %7.2f %8.3f %-15s %7.2f %7.2f %7s %-5s\n", r.tier.c_str(),
+    std::printf("%-8s %6s %7zu %-5s %9.2f %7.2f %8.3f %-15s %7s %7s %7s %-5s\n", r.tier.c_str(),
                 human(r.block).c_str(), r.threads, r.op.c_str(), r.fig.median_s * 1e3, r.fig.gbps,
-                r.fig.cpu_per_gb, r.limit_name.c_str(), r.limit_gbps,
-                r.limit_gbps > 0 ? r.fig.gbps / r.limit_gbps : 0.0,
-                r.limit2_gbps > 0 ? fixed2(r.limit2_gbps).c_str() : "-", r.verified.c_str());
+                r.fig.cpu_per_gb, r.limit_name.c_str(), or_dash(r.limit_gbps).c_str(),
+                or_dash(ratio(r.fig.gbps, r.limit_gbps)).c_str(), or_dash(r.limit2_gbps).c_str(),
+                r.verified.c_str());
   }
   for (const std::string& note : g_notes) std::printf("%s\n", note.c_str());
   header = false;
@@ -103,13 +133,14 @@ void print_tables() {
                   "raw", "ratio", "check");
       header = true;
     }
-    auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
-    std::printf("%5s %-9s %5zu %-9s %9.2f %7.2f %8.3f %7.2f %6.2f %8.3f %6.2f %7.2f %6.2f %-5s\n",
+    std::printf("%5s %-9s %5zu %-9s %9.2f %7.2f %8.3f %7s %6s %8s %6s %7s %6s %-5s\n",
                 human(r.block).c_str(), r.shape.c_str(), r.batch, r.op.c_str(),
-                r.fig.median_s * 1e3, r.fig.gbps, r.fig.cpu_per_gb, r.limit_gbps,
-                ratio(r.fig.gbps, r.limit_gbps), r.limit_cpu_per_gb,
-                ratio(r.fig.cpu_per_gb, r.limit_cpu_per_gb), r.limit2_gbps,
-                ratio(r.fig.gbps, r.limit2_gbps), r.verified.c_str());
+                r.fig.median_s * 1e3, r.fig.gbps, r.fig.cpu_per_gb, or_dash(r.limit_gbps).c_str(),
+                or_dash(ratio(r.fig.gbps, r.limit_gbps)).c_str(),
+                or_dash(r.limit_cpu_per_gb, "%.3f").c_str(),
+                or_dash(ratio(r.fig.cpu_per_gb, r.limit_cpu_per_gb)).c_str(),
+                or_dash(r.limit2_gbps).c_str(), or_dash(ratio(r.fig.gbps, r.limit2_gbps)).c_str(),
+                r.verified.c_str());
   }
   header = false;
   for (const Row& r : g_rows) {
@@ -185,10 +216,13 @@ void write_json(const std::string& path) {
       << ",\"median_ms\":" << r.fig.median_s * 1e3 << ",\"min_ms\":" << r.fig.min_s * 1e3
       << ",\"max_ms\":" << r.fig.max_s * 1e3 << ",\"gbps\":" << r.fig.gbps
       << ",\"cpu_s_per_gb\":" << r.fig.cpu_per_gb << ",\"speedup_vs_old\":" << r.speedup
-      << ",\"limit\":\"" << r.limit_name << "\",\"limit_gbps\":" << r.limit_gbps
-      << ",\"limit_cpu_s_per_gb\":" << r.limit_cpu_per_gb << ",\"limit2\":\"" << r.limit2_name
-      << "\",\"limit2_gbps\":" << r.limit2_gbps << ",\"verified\":\"" << r.verified << "\"}";
+      << ",\"limit\":\"" << r.limit_name << "\",\"limit_gbps\":" << json_or_null(r.limit_gbps)
+      << ",\"limit_cpu_s_per_gb\":" << json_or_null(r.limit_cpu_per_gb) << ",\"limit2\":\""
+      << r.limit2_name << "\",\"limit2_gbps\":" << json_or_null(r.limit2_gbps) << ",\"verified\":\""
+      << r.verified << "\"}";
   }
+  o << "],\"notes\":[";
+  for (size_t i = 0; i < g_notes.size(); ++i) o << (i ? "," : "") << json_string(g_notes[i]);
   o << "]}\n";
   if (path == "-") {
     std::fputs(o.str().c_str(), stdout);

@@ -26,7 +26,9 @@ def main(src, out):
                 label=f"{tier} {op} ({threads} thr)")
     for tier, threads in sorted({(r["tier"], r["threads"]) for r in rows}):
         mine = [r for r in rows if (r["tier"], r["threads"]) == (tier, threads)]
-        lim = sorted({(r["block"], r["limit_gbps"]) for r in mine})
+        lim = sorted({(r["block"], r["limit_gbps"]) for r in mine if r["limit_gbps"]})
+        if not lim:  # the limit was not measured (its tool missing): no line
+            continue
         ax.plot([p[0] for p in lim], [p[1] for p in lim], linestyle="--",
                 label=f"{tier}: {mine[0]['limit']} limit ({threads} thr)")
     ax.set_xscale("log", base=2)

@@ -109,4 +109,22 @@ TEST(CApiInput, PageMetaCountThatOverflowsIsRefused) {
   EXPECT_EQ(sizes[0], C * E);
 }
 
+// A tier this build was made without is "not built in" (UNSUPPORTED, saying what is missing),
+// so callers and tests can tell it from a misspelt name (CONFIG).
+TEST(CApiInput, ATierNotBuiltInIsUnsupportedAndSaysWhy) {
+  kvtier_store_t* s = nullptr;
+  EXPECT_EQ(kvtier_open("tiers=fiel", &s), KVTIER_ERR_CONFIG);
+  const std::string cfg = kvtier_test::with_test_dir("tiers=file;file_dir={dir}/built-in");
+  const int rc = kvtier_open(cfg.c_str(), &s);
+  const std::string why = kvtier_last_error();
+  kvtier_close(s);
+#if KVTIER_TEST_FILE_TIER
+  EXPECT_EQ(rc, KVTIER_OK) << why;
+#else
+  EXPECT_EQ(rc, KVTIER_ERR_UNSUPPORTED);
+  EXPECT_NE(why.find("no file tier (built without liburing)"), std::string::npos) << why;
+  EXPECT_EQ(s, nullptr);
+#endif
+}
+
 }  // namespace

@@ -712,7 +712,9 @@ TEST(CApiIdentity, AFileTierReopenedWithAnotherDtypeMisses) {
   int reads = 0;
   for (const char* dtype : {"bfloat16", "float16", "bfloat16"}) {
     kvtier_store_t* s = nullptr;
-    ASSERT_EQ(kvtier_open(cfg.c_str(), &s), KVTIER_OK) << kvtier_last_error();
+    const int rc = kvtier_open(cfg.c_str(), &s);
+    if (rc == KVTIER_ERR_UNSUPPORTED) GTEST_SKIP() << kvtier_last_error();  // no file tier built
+    ASSERT_EQ(rc, KVTIER_OK) << kvtier_last_error();
     ASSERT_EQ(kvtier_register_buffer(s, pool.bytes.data(), pool.bytes.size()), KVTIER_OK);
     auto l = pool.layout(dtype);
     ASSERT_EQ(kvtier_register_layout(s, &l), KVTIER_OK);

@@ -337,7 +337,9 @@ TEST(P2pRdma, PagesMoveOneSidedBetweenTwoPools) {
   kvtier_endpoint_t* probe = nullptr;
   const int rc = kvtier_endpoint_open(cfg.c_str(), &l, &probe);
   kvtier_endpoint_close(probe);
-  if (rc == KVTIER_ERR_UNSUPPORTED) GTEST_SKIP() << "no RDMA device on this host";
+  if (rc == KVTIER_ERR_UNSUPPORTED)
+    GTEST_SKIP() << (KVTIER_TEST_RDMA ? "no RDMA device on this host"
+                                      : "this build of kvtier has no RDMA transport");
   if (!addr) GTEST_SKIP() << "set KVTIER_TEST_RDMA_ADDR to an RDMA-capable address";
   PeerProcess peer_proc(kMha, kPeerSeed, cfg);
   Local local(kMha, kLocalSeed, cfg.c_str());

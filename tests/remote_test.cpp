@@ -450,6 +450,8 @@ bool rdma_device() {
 // The RDMA tests need a device and an address of its NIC to listen on (rdma_cm serves no
 // RDMA on 127.0.0.1): they skip, saying which is missing.
 #define REQUIRE_RDMA()                                                                         \
+  if (!KVTIER_TEST_RDMA)                                                                       \
+    GTEST_SKIP() << "this build of kvtier has no RDMA transport (KVTIER_WITH_RDMA off)";       \
   if (!rdma_device())                                                                          \
     GTEST_SKIP() << "no RDMA device under /dev/infiniband: the RDMA data plane is built but "  \
                     "not exercised on this host";                                              \
@@ -508,7 +510,8 @@ TEST(RemoteRdma, RoundTripsOverRdma) {
 }
 
 TEST(Remote, RdmaTransportIsRefusedClearly) {
-  if (rdma_device()) GTEST_SKIP() << "this host has an RDMA device: RemoteRdma covers it";
+  if (KVTIER_TEST_RDMA && rdma_device())
+    GTEST_SKIP() << "this host has an RDMA device: RemoteRdma covers it";
   kvtier_store_t* s = nullptr;
   EXPECT_EQ(kvtier_open("tiers=remote;remote_transport=rdma", &s), KVTIER_ERR_UNSUPPORTED);
   EXPECT_NE(std::string(kvtier_last_error()).find("KVTIER_REMOTE_TRANSPORT"), std::string::npos);

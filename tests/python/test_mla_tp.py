@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from builds import needs_file_tier
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -30,6 +32,7 @@ def file_tier(stats):
     return next(t for t in stats["stats"]["tiers"] if t["name"] == "file")
 
 
+@needs_file_tier
 def test_mla_tp4_rank0_writes_every_rank_reads_byte_exact(tmp_path):
     ranks = [Rank(r, 4, str(tmp_path)) for r in range(4)]
     try:

@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 
+from builds import needs_file_tier
 from hostpool import ALL_POOLS, HostPool, pool_id, slots_for
 from kvtier.sglang import KvtierStorage, store_settings
 
@@ -178,6 +179,7 @@ def test_unknown_extra_config_key_is_an_error():
     assert "KVTIER_MEMORY_CAPACITY" in str(e.value)
 
 
+@needs_file_tier
 def test_file_tier_through_the_adapter_survives_a_restart(tmp_path):
     spec = ALL_POOLS[0]
     pool = HostPool(size=256, **spec)

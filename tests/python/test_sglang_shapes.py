@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from builds import needs_file_tier
 from hostpool import HostPool, StatePool, slots_for
 from kvtier.sglang import KvtierStorage, namespace_for
 
@@ -115,6 +116,7 @@ def page(pool, slot):
     return part.contiguous().view(torch.uint8).numpy().tobytes()
 
 
+@needs_file_tier
 @pytest.mark.parametrize("change", ["dtype", "layout"])
 def test_file_tier_reopened_with_another_format_misses(tmp_path, change):
     cfg = config(extra={"tiers": "file", "file_dir": str(tmp_path)})
@@ -199,6 +201,7 @@ class MockHostKVCache:
         return ptrs, sizes
 
 
+@needs_file_tier
 @pytest.mark.parametrize("num_keys", [10, 50, 100])
 def test_sglang_backend_comparison_flow_with_its_mock(tmp_path, num_keys):
     pool = MockHostKVCache()
@@ -339,6 +342,7 @@ def _process_counts():
     return fds, threads, rss
 
 
+@needs_file_tier
 def test_attach_and_close_a_hundred_times_leaks_nothing(tmp_path):
     kv = HostPool(size=256, seed=8, **MHA)
     cfg = config(extra={"tiers": "memory,file", "file_dir": str(tmp_path),
@@ -369,6 +373,7 @@ def test_attach_and_close_a_hundred_times_leaks_nothing(tmp_path):
 
 # ---- settings and never raising ---------------------------------------------------------------------
 
+@needs_file_tier
 def test_engine_keys_and_storage_dir_are_accepted(tmp_path):
     extra = {"backend_name": "kvtier", "module_path": "kvtier.sglang",
              "class_name": "KvtierStorage", "interface_v1": 1, "prefetch_threshold": 256,
