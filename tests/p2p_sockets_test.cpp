@@ -19,13 +19,7 @@
 
 #include "p2p_local.h"
 
-using kvtier_test::kConfig;
-using kvtier_test::kLocalSeed;
-using kvtier_test::kMha;
-using kvtier_test::kPeerSeed;
-using kvtier_test::Local;
-using kvtier_test::move;
-
+namespace kvtier_test {
 namespace {
 
 // Both ends of a connection send at once: a frame held back by Nagle until the peer's delayed
@@ -173,3 +167,4 @@ TEST(P2pCheck, AFloodOfSilentConnectionsMakesRoomForRealPeers) {
 }
 
 }  // namespace
+}  // namespace kvtier_test
