@@ -47,7 +47,7 @@ bool valid_host_port(const std::string& text);
 bool parse_address_list(const std::string& text, std::vector<std::string>* out);
 // A cluster name: 1..64 of [A-Za-z0-9_.-] (it becomes part of etcd keys).
 bool valid_cluster_name(const std::string& name);
-constexpr size_t kMaxTokenBytes = 256;       // the wire's limit on a HELLO token (protocol.h)
+constexpr size_t kMaxTokenBytes = 256;       // a HELLO token's limit (protocol.h's kMaxToken)
 bool valid_token(const std::string& token);  // at most kMaxTokenBytes
 
 constexpr uint64_t kMaxMillis = 3600000;  // an hour: any timeout past it is a typo

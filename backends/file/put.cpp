@@ -171,14 +171,18 @@ int PageFiles::sync_fd(int fd) {
 }
 
 void PageFiles::sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine) {
+  // The files (the slots' or the records') that the batch's writes still standing went to.
+  auto written = [&](int ClassFiles::*file) {
+    std::vector<int> fds;
+    for (const Writing& w : mine)
+      if (w.result == KVTIER_OK && std::find(fds.begin(), fds.end(), w.files.*file) == fds.end())
+        fds.push_back(w.files.*file);
+    return fds;
+  };
   // Durable before visible: an fdatasync per file the batch wrote, shared with the puts of
   // other threads that finish at the same time.
   if (sync_) {
-    std::vector<int> fds;
-    for (const Writing& w : mine)
-      if (w.result == KVTIER_OK && std::find(fds.begin(), fds.end(), w.files.fd) == fds.end())
-        fds.push_back(w.files.fd);
-    for (int fd : fds) {
+    for (int fd : written(&ClassFiles::fd)) {
       const int rc = syncs_.sync(fd, [this](int f) { return sync_fd(f); });
       if (rc == 0) continue;
       log().warn("file tier: fdatasync in {} failed: {}", dir_, std::strerror(-rc));
@@ -187,16 +191,11 @@ void PageFiles::sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine
     }
   }
   // Then the records, through the page cache (see file_tier.h), a size class at a time.
-  std::vector<int> idx_fds;
-  for (const Writing& w : mine)
-    if (w.result == KVTIER_OK &&
-        std::find(idx_fds.begin(), idx_fds.end(), w.files.idx_fd) == idx_fds.end())
-      idx_fds.push_back(w.files.idx_fd);
   std::vector<Writing*> of_fd;
   std::vector<uint64_t> slots;
   std::vector<Record> recs;
   std::vector<uint8_t> ok;
-  for (int fd : idx_fds) {
+  for (int fd : written(&ClassFiles::idx_fd)) {
     of_fd.clear(), slots.clear(), recs.clear();
     for (Writing& w : mine) {
       if (w.result != KVTIER_OK || w.files.idx_fd != fd) continue;

@@ -44,6 +44,7 @@
 
 #include "keys.h"
 #include "net.h"
+#include "options.h"
 #include "status.h"
 
 namespace kvtier::wire {
@@ -54,7 +55,7 @@ constexpr size_t kHeaderSize = 16;
 constexpr uint32_t kMaxPayload = 4u << 20;         // control part of a frame
 constexpr uint64_t kMaxValue = uint64_t{1} << 30;  // one page
 constexpr uint32_t kMaxKeys = 65536;               // per frame
-constexpr size_t kMaxToken = 256;
+constexpr size_t kMaxToken = kMaxTokenBytes;       // options.h: the settings check it too
 constexpr int32_t kPresent = 1;  // ALLOC: the key is stored already, nothing to write
 // HELLO's largest payload (token length, token, namespace seed): before HELLO a server takes
 // no bigger frame, so an unauthenticated peer cannot make it hold more.
