@@ -63,8 +63,15 @@ struct Figure {
 };
 
 double now();  // steady clock, seconds
-// Runs prep (untimed), body (timed), check (untimed): a warm-up of at least o.warmup runs and
-// 0.2 s, then o.repeats timed runs.
+// One thing to time: prep (untimed), body (timed), check (untimed).
+struct Timed {
+  std::function<void()> prep, body, check;
+};
+// Runs each of `runs` in turns, a run of each per round: a warm-up of at least o.warmup rounds
+// and 0.2 s, then o.repeats timed rounds; a Figure per entry. Figures taken in turns come from
+// the same seconds: this VM's memory copies drift by 10-20% from one second to the next, so a
+// limit timed before or after a figure moves the ratio by as much.
+std::vector<Figure> measure_turns(const Options& o, size_t bytes, const std::vector<Timed>& runs);
 Figure measure(const Options& o, size_t bytes, const std::function<void()>& prep,
                const std::function<void()>& body, const std::function<void()>& check);
 // Runs fn(0) .. fn(n - 1) at once, fn(0) on the caller and the others on threads that live as
@@ -155,6 +162,20 @@ void write_json(const std::string& path);  // '-': stdout
 // read's own streaming stores would pay for writing them back; an engine's pool, last written
 // by a DMA, holds none).
 void stream_fill(std::byte* dst, std::byte value, size_t n);
+// limits.cpp: single-pass copies of `count` blocks of `block` bytes, side by side, over
+// `threads` threads, between two buffers of its own: with memcpy, or with streaming stores.
+class CopyLimit {
+ public:
+  CopyLimit(size_t block, size_t count, size_t threads);
+  Timed timed(bool stream);
+  // The better of the two figures, named in *how; *plain (if given) gets memcpy's.
+  static double best(const Figure& memcpy, const Figure& stream, std::string* how, double* plain);
+
+ private:
+  size_t block_, per_;
+  Buffer src_, dst_;
+  Crew crew_;
+};
 // limits.cpp: the best single-pass copy of `count` blocks of `block` bytes over `threads`
 // threads (memcpy or a streaming copy, named by *how); *plain gets memcpy's own figure.
 double memcpy_gbps(const Options& o, size_t block, size_t count, size_t threads,

@@ -28,34 +28,42 @@ double cpu_seconds() {
          1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
-// Runs prep (untimed), body (timed), check (untimed): the warm-up, then repeats times.
+std::vector<Figure> measure_turns(const Options& o, size_t bytes, const std::vector<Timed>& runs) {
+  // A warm-up is at least o.warmup rounds and at least kWarmup seconds: one run of a fraction
+  // of a millisecond leaves caches, branch predictors and this VM's idle vCPU cold, and the
+  // first timed runs of a 1 KiB batch then took 1.5-2x the steady state's time per key.
+  constexpr double kWarmup = 0.2;
+  std::vector<std::vector<std::pair<double, double>>> took(runs.size());  // (s, cpu s) per run
+  const double start = now();
+  for (int warm = 0; took[0].size() < static_cast<size_t>(o.repeats);) {
+    const bool warming = warm < o.warmup || (o.warmup > 0 && now() - start < kWarmup);
+    for (size_t k = 0; k < runs.size(); ++k) {
+      runs[k].prep();
+      const double c0 = cpu_seconds(), t0 = now();
+      runs[k].body();
+      const double t1 = now(), c1 = cpu_seconds();
+      runs[k].check();
+      if (!warming) took[k].push_back({t1 - t0, c1 - c0});
+    }
+    warm += warming;
+  }
+  std::vector<Figure> figs;
+  for (auto& t : took) {
+    std::sort(t.begin(), t.end());
+    Figure f;
+    f.median_s = t[t.size() / 2].first;
+    f.min_s = t.front().first;
+    f.max_s = t.back().first;
+    f.gbps = bytes / f.median_s / 1e9;
+    f.cpu_per_gb = t[t.size() / 2].second / (bytes / 1e9);
+    figs.push_back(f);
+  }
+  return figs;
+}
+
 Figure measure(const Options& o, size_t bytes, const std::function<void()>& prep,
                const std::function<void()>& body, const std::function<void()>& check) {
-  // A warm-up is at least o.warmup runs and at least kWarmup seconds: one run of a fraction of
-  // a millisecond leaves caches, branch predictors and this VM's idle vCPU cold, and the first
-  // timed runs of a 1 KiB batch then took 1.5-2x the steady state's time per key.
-  constexpr double kWarmup = 0.2;
-  std::vector<std::pair<double, double>> runs;  // (seconds, cpu seconds)
-  const double start = now();
-  for (int warm = 0; runs.size() < static_cast<size_t>(o.repeats);) {
-    prep();
-    double c0 = cpu_seconds(), t0 = now();
-    body();
-    double t1 = now(), c1 = cpu_seconds();
-    check();
-    if (warm < o.warmup || (o.warmup > 0 && t1 - start < kWarmup))
-      ++warm;
-    else
-      runs.push_back({t1 - t0, c1 - c0});
-  }
-  std::sort(runs.begin(), runs.end());
-  Figure f;
-  f.median_s = runs[runs.size() / 2].first;
-  f.min_s = runs.front().first;
-  f.max_s = runs.back().first;
-  f.gbps = bytes / f.median_s / 1e9;
-  f.cpu_per_gb = runs[runs.size() / 2].second / (bytes / 1e9);
-  return f;
+  return measure_turns(o, bytes, {{prep, body, check}})[0];
 }
 
 Crew::Crew(size_t n) {
