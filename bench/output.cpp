@@ -63,8 +63,9 @@ std::string human(size_t bytes) {
   return b;
 }
 
-void print_tables() {
-  if (tty()) std::fprintf(stderr, "\r\033[K");
+namespace {
+
+void print_compare_table() {
   bool header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "compare") continue;
@@ -83,7 +84,10 @@ void print_tables() {
                 r.fig.cpu_per_gb, r.speedup, r.limit_gbps, r.fig.gbps / r.limit_gbps,
                 r.verified.c_str());
   }
-  header = false;
+}
+
+void print_transfer_table() {
+  bool header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "transfer") continue;
     if (!header) {
@@ -103,8 +107,10 @@ void print_tables() {
                 or_dash(ratio(r.fig.gbps, r.limit_gbps)).c_str(), or_dash(r.limit2_gbps).c_str(),
                 r.verified.c_str());
   }
-  for (const std::string& note : g_notes) std::printf("%s\n", note.c_str());
-  header = false;
+}
+
+void print_placement_table() {
+  bool header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "placement") continue;
     if (!header) {
@@ -117,7 +123,10 @@ void print_tables() {
     }
     std::printf("%-11s %7.4f %7.4f %8.4f\n", r.op.c_str(), r.fig.gbps, r.limit_gbps, r.speedup);
   }
-  header = false;
+}
+
+void print_file_table() {
+  bool header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "file") continue;
     if (!header) {
@@ -142,7 +151,11 @@ void print_tables() {
                 or_dash(r.limit2_gbps).c_str(), or_dash(ratio(r.fig.gbps, r.limit2_gbps)).c_str(),
                 r.verified.c_str());
   }
-  header = false;
+}
+
+// One line under the file table, ended only if it was started.
+void print_checksum_line() {
+  bool header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "checksum") continue;
     if (!header) {
@@ -154,7 +167,10 @@ void print_tables() {
     std::printf(" %s %.3f", human(r.block).c_str(), r.fig.cpu_per_gb);
   }
   if (header) std::printf("\n");
-  header = false;
+}
+
+void print_compression_table() {
+  bool header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "compression") continue;
     if (!header) {
@@ -168,7 +184,10 @@ void print_tables() {
     std::printf("%-7s %-9s %9.2f %7.2f %8.3f %6.2f\n", r.path.c_str(), r.op.c_str(),
                 r.fig.median_s * 1e3, r.fig.gbps, r.fig.cpu_per_gb, r.speedup);
   }
-  header = false;
+}
+
+void print_shared_table() {
+  bool header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "shared") continue;
     if (!header) {
@@ -185,13 +204,19 @@ void print_tables() {
                 r.path.c_str(), r.op.c_str(), r.fig.median_s * 1e3, r.fig.gbps, r.fig.cpu_per_gb,
                 r.limit_gbps, r.fig.gbps / r.limit_gbps, r.speedup);
   }
+}
+
+void print_reopen_lines() {
   for (const Row& r : g_rows)
     if (r.kind == "reopen")
       std::printf(
           "\nfile tier reopen: %zu pages of %s, page cache dropped: index rebuilt in "
           "%.3f s = %.0f pages/s (median)\n",
           r.batch, human(r.block).c_str(), r.fig.median_s, r.fig.gbps);
-  header = false;
+}
+
+void print_limit_table() {
+  bool header = false;
   for (const Row& r : g_rows) {
     if (r.kind != "limit") continue;
     if (!header) {
@@ -203,6 +228,23 @@ void print_tables() {
     }
     std::printf("%6s %7zu %7.2f\n", human(r.block).c_str(), r.threads, r.limit_gbps);
   }
+}
+
+}  // namespace
+
+// The notes (what was skipped and why) print under the transfer table.
+void print_tables() {
+  if (tty()) std::fprintf(stderr, "\r\033[K");
+  print_compare_table();
+  print_transfer_table();
+  for (const std::string& note : g_notes) std::printf("%s\n", note.c_str());
+  print_placement_table();
+  print_file_table();
+  print_checksum_line();
+  print_compression_table();
+  print_shared_table();
+  print_reopen_lines();
+  print_limit_table();
 }
 
 void write_json(const std::string& path) {
