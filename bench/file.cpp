@@ -194,11 +194,10 @@ void run_file(const Options& o, const std::string& dir) {
   }
 }
 
-// zstd on KV-like bf16 pages (random mantissas, exponents in a narrow band): what it saves on
-// disk and what it costs, against the same pages stored plain.
-void run_compression(const Options& o, const std::string& dir) {
-  const size_t page = size_t{1} << 20, batch = 16;
-  Buffer mem(2 * batch * page + 4096);
+namespace {
+
+// KV-like bf16 values: random mantissas, exponents in a narrow band.
+void fill_kv_like(Buffer& mem) {
   std::mt19937_64 g(5);
   auto* p = reinterpret_cast<unsigned char*>(mem.base);
   for (size_t i = 0; i + 1 < mem.len; i += 2) {
@@ -206,73 +205,107 @@ void run_compression(const Options& o, const std::string& dir) {
     p[i] = static_cast<unsigned char>(r);
     p[i + 1] = static_cast<unsigned char>(0x3C + (r >> 8) % 3) | ((r >> 16) & 0x80);
   }
-  std::byte* base = mem.base;
-  const auto keys = make_keys("zstd", batch);
-  const auto ck = c_keys(keys);
+}
+
+// The bytes the store holds on disk, as its stats report them.
+double disk_bytes(kvtier_store_t* store) {
+  char* js = nullptr;
+  check_rc(kvtier_stats_json(store, &js), "stats");
+  const std::string stats(js);
+  kvtier_free(js);
+  const size_t at = stats.find("\"bytes\":");
+  return std::strtod(stats.c_str() + at + 8, nullptr);
+}
+
+// The compression runs' batch: sources in the pool's first half, reads into its second.
+struct ZstdBatch {
+  size_t page = 0, batch = 0;
+  std::byte* base = nullptr;
+  std::vector<const char*> ck;
   std::vector<void*> src, dst;
-  std::vector<size_t> sizes(batch, page);
-  for (size_t i = 0; i < batch; ++i) {
-    src.push_back(base + i * page);
-    dst.push_back(base + (batch + i) * page);
+  std::vector<size_t> sizes;
+  std::vector<int> res;
+
+  void all_ok() const {
+    for (int r : res)
+      if (r != KVTIER_OK) die(std::string("compression run: ") + kvtier_error_name(r));
   }
-  std::vector<int> res(batch);
-  for (const char* mode : {"none", "zstd:1", "zstd:3"}) {
-    progress(std::string("file: compression ") + mode);
-    kvtier_store_t* store = nullptr;
-    const std::string cfg = "tiers=file;file_compression=" + std::string(mode) +
-                            ";file_dir=" + dir + "/zstd-" + mode +
-                            ";file_queue_depth=" + std::to_string(o.queue_depth);
-    check_rc(kvtier_open(cfg.c_str(), &store), "open");
-    check_rc(kvtier_register_buffer(store, base, 2 * batch * page), "register_buffer");
-    auto ok = [&] {
-      for (int r : res)
-        if (r != KVTIER_OK) die(std::string("compression run: ") + kvtier_error_name(r));
-    };
-    Figure w = measure(
-        o, batch * page,
-        [&] { check_rc(kvtier_batch_remove(store, ck.data(), batch, res.data()), "remove"); },
-        [&] {
-          check_rc(kvtier_batch_set_v1(store, ck.data(), batch, src.data(), sizes.data(), batch,
-                                       res.data()),
-                   "set");
-        },
-        ok);
-    char* js = nullptr;
-    check_rc(kvtier_stats_json(store, &js), "stats");
-    const std::string stats(js);
-    kvtier_free(js);
-    const size_t at = stats.find("\"bytes\":");
-    const double disk = std::strtod(stats.c_str() + at + 8, nullptr);
-    Figure r = measure(
-        o, batch * page,
-        [&] {
-          stream_fill(static_cast<std::byte*>(dst[0]), std::byte{0xA5}, batch * page);
-          drop_page_cache();
-        },
-        [&] {
-          check_rc(kvtier_batch_get_v1(store, ck.data(), batch, dst.data(), sizes.data(), batch,
-                                       res.data()),
-                   "get");
-        },
-        [&] {
-          ok();
-          if (std::memcmp(src[0], dst[0], batch * page) != 0) die("zstd read-back differs");
-        });
-    kvtier_close(store);
-    for (auto [op, fig] : {std::pair{"write", w}, std::pair{"read cold", r}}) {
-      Row row;
-      row.kind = "compression";
-      row.tier = "file";
-      row.path = mode;
-      row.op = op;
-      row.batch = batch;
-      row.block = page;
-      row.fig = fig;
-      row.speedup = disk / (batch * page);  // disk bytes per page byte
-      row.verified = std::string(op) == "write" ? "codes" : "bytes";
-      g_rows.push_back(row);
-    }
+};
+
+void push_compression(const char* mode, const ZstdBatch& b, const Figure& w, const Figure& r,
+                      double disk) {
+  for (auto [op, fig] : {std::pair{"write", w}, std::pair{"read cold", r}}) {
+    Row row;
+    row.kind = "compression";
+    row.tier = "file";
+    row.path = mode;
+    row.op = op;
+    row.batch = b.batch;
+    row.block = b.page;
+    row.fig = fig;
+    row.speedup = disk / (b.batch * b.page);  // disk bytes per page byte
+    row.verified = std::string(op) == "write" ? "codes" : "bytes";
+    g_rows.push_back(row);
   }
+}
+
+// One mode on a store of its own: the write, the bytes it left on disk, the cold read.
+void compression_mode(const Options& o, const std::string& dir, const char* mode, ZstdBatch& b) {
+  progress(std::string("file: compression ") + mode);
+  kvtier_store_t* store = nullptr;
+  const std::string cfg = "tiers=file;file_compression=" + std::string(mode) + ";file_dir=" + dir +
+                          "/zstd-" + mode + ";file_queue_depth=" + std::to_string(o.queue_depth);
+  check_rc(kvtier_open(cfg.c_str(), &store), "open");
+  check_rc(kvtier_register_buffer(store, b.base, 2 * b.batch * b.page), "register_buffer");
+  Figure w = measure(
+      o, b.batch * b.page,
+      [&] { check_rc(kvtier_batch_remove(store, b.ck.data(), b.batch, b.res.data()), "remove"); },
+      [&] {
+        check_rc(kvtier_batch_set_v1(store, b.ck.data(), b.batch, b.src.data(), b.sizes.data(),
+                                     b.batch, b.res.data()),
+                 "set");
+      },
+      [&] { b.all_ok(); });
+  const double disk = disk_bytes(store);
+  Figure r = measure(
+      o, b.batch * b.page,
+      [&] {
+        stream_fill(static_cast<std::byte*>(b.dst[0]), std::byte{0xA5}, b.batch * b.page);
+        drop_page_cache();
+      },
+      [&] {
+        check_rc(kvtier_batch_get_v1(store, b.ck.data(), b.batch, b.dst.data(), b.sizes.data(),
+                                     b.batch, b.res.data()),
+                 "get");
+      },
+      [&] {
+        b.all_ok();
+        if (std::memcmp(b.src[0], b.dst[0], b.batch * b.page) != 0) die("zstd read-back differs");
+      });
+  kvtier_close(store);
+  push_compression(mode, b, w, r, disk);
+}
+
+}  // namespace
+
+// zstd on KV-like bf16 pages (random mantissas, exponents in a narrow band): what it saves on
+// disk and what it costs, against the same pages stored plain.
+void run_compression(const Options& o, const std::string& dir) {
+  ZstdBatch b;
+  b.page = size_t{1} << 20;
+  b.batch = 16;
+  Buffer mem(2 * b.batch * b.page + 4096);
+  fill_kv_like(mem);
+  b.base = mem.base;
+  const auto keys = make_keys("zstd", b.batch);
+  b.ck = c_keys(keys);
+  b.sizes.assign(b.batch, b.page);
+  for (size_t i = 0; i < b.batch; ++i) {
+    b.src.push_back(b.base + i * b.page);
+    b.dst.push_back(b.base + (b.batch + i) * b.page);
+  }
+  b.res.resize(b.batch);
+  for (const char* mode : {"none", "zstd:1", "zstd:3"}) compression_mode(o, dir, mode, b);
 }
 
 // How fast the file tier's index comes back after a restart: the pages are written, the store
