@@ -1,0 +1,244 @@
+// The p2p endpoint's serving side: it listens, admits peers (token and page format), serves
+// their writes into its pool and reads from it, and ends their connections.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "log.h"
+#include "net.h"
+#include "p2p_internal.h"
+#include "protocol.h"
+#include "rdma.h"
+
+namespace kvtier::p2p {
+
+namespace {
+
+bool same_token(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() != b.size();
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) diff |= a[i] ^ b[i];
+  return diff == 0;
+}
+
+Status send_error(int fd, const Status& s, Deadline dl) {
+  wire::Writer w;
+  w.i32(s.code());
+  w.bytes(s.message().data(), std::min<size_t>(s.message().size(), 1024));
+  return wire::send_frame(fd, wire::kError | wire::kReply, w.data(), {}, dl);
+}
+
+Status decode_request(const std::vector<uint8_t>& payload, Request* r) {
+  wire::Reader rd(payload);
+  r->layer = rd.i32();
+  const uint32_t n = rd.count(8);
+  r->pages.resize(n);
+  for (auto& p : r->pages) p = rd.u64();
+  if (!rd.done() || n == 0 || n > kChunk) return {KVTIER_ERR_INVALID_ARG, "malformed request"};
+  return {};
+}
+
+}  // namespace
+
+void Shared::reap() {
+  std::lock_guard lock(mu);
+  for (auto it = conns.begin(); it != conns.end();) {
+    if (!it->done) {
+      ++it;
+      continue;
+    }
+    it->thread.join();
+    ::close(it->fd);
+    it = conns.erase(it);
+  }
+}
+
+void Shared::accept_loop() {
+  while (!stopping) {
+    // Non-blocking, so every read and write waits in poll up to its deadline: a peer that stops
+    // mid-frame is dropped after the timeout instead of holding its serving thread for good.
+    const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (stopping) return;
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      log().warn("p2p endpoint {}: accept: {}", address, std::strerror(errno));
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
+    }
+    net::no_delay(fd);
+    reap();
+    std::lock_guard lock(mu);
+    if (!make_room()) {
+      ::close(fd);
+      continue;
+    }
+    Conn& c = conns.emplace_back();
+    c.fd = fd;
+    // The fd is closed only once the thread is joined (reap, ~Endpoint): a number closed here
+    // could be reused by anything in the engine's process before a late shutdown() hits it.
+    c.thread = std::thread([this, &c] {
+      serve(c);
+      ::shutdown(c.fd, SHUT_RDWR);  // the peer sees the end now
+      c.done = true;
+    });
+  }
+}
+
+// A flood of connections must not start a thread each: at opt.max_peers, the oldest connection
+// that has not said HELLO is shut down (its thread ends at once); when every one has, the new
+// connection is refused.
+bool Shared::make_room() {
+  size_t serving = 0;
+  for (const Conn& c : conns) serving += !c.done && !c.dropped;
+  if (serving < opt.max_peers) return true;
+  for (Conn& c : conns) {
+    if (c.done || c.dropped || c.said_hello) continue;
+    c.dropped = true;
+    ::shutdown(c.fd, SHUT_RDWR);
+    return true;
+  }
+  if (Clock::now() - last_refusal > std::chrono::seconds(1))  // a flood logs once a second
+    log().warn("p2p endpoint {}: {} peers connected already, a new one is refused", address,
+               serving);
+  last_refusal = Clock::now();
+  return false;
+}
+
+Status Shared::hello(int fd) {
+  std::vector<uint8_t> payload;
+  // A peer that does not say HELLO within the timeout is dropped.
+  Status s = wire::read_frame(fd, wire::kP2pHello, deadline(), &payload);
+  if (!s.is_ok()) return s;
+  wire::Reader rd(payload);
+  const uint32_t len = rd.u32();
+  std::string token = len <= wire::kMaxToken ? rd.str(len) : std::string();
+  const uint64_t format_of_peer = rd.u64();
+  if (!rd.done() || len > wire::kMaxToken) s = {KVTIER_ERR_INVALID_ARG, "malformed HELLO"};
+  if (s.is_ok() && !same_token(token, opt.token)) s = {KVTIER_ERR_DENIED, "wrong token"};
+  if (s.is_ok() && format_of_peer != format)
+    s = {KVTIER_ERR_DENIED,
+         "the two pools have different page formats (this one: " + pool.describe() + ")"};
+  if (!s.is_ok()) {
+    send_error(fd, s, deadline());
+    return s;
+  }
+  wire::Writer w;
+  w.u64(pool.pool_tokens / pool.page_size);
+  w.u32(rdma_listener ? rdma_listener->port() : 0);
+  // One-time RDMA admission for this peer's channel; it ends with this connection.
+  w.u64(rdma_listener ? rdma_listener->issue_ticket({static_cast<uint64_t>(fd), 0}) : 0);
+  return wire::send_frame(fd, wire::kP2pHello | wire::kReply, w.data(), {}, deadline());
+}
+
+Status Shared::serve_write(int fd, const Request& r) {
+  // The sender checked every id against this pool; one that is not valid here is a hostile
+  // or broken peer, and its bytes are not read.
+  std::vector<Frag> frags;
+  for (uint64_t page : r.pages)
+    if (Status s = frags_of(pool, static_cast<int64_t>(page), r.layer, &frags); !s.is_ok())
+      return s;
+  std::vector<iovec> iov;
+  append_iov(frags, &iov);
+  // The bytes land in the pool straight from the socket.
+  if (Status s = net::readv_all(fd, iov.data(), iov.size(), deadline()); !s.is_ok()) return s;
+  wire::Writer w;
+  for (size_t i = 0; i < r.pages.size(); ++i) w.i32(KVTIER_OK);
+  return wire::send_frame(fd, wire::kP2pWrite | wire::kReply, w.data(), {}, deadline());
+}
+
+Status Shared::serve_read(int fd, const Request& r) {
+  wire::Writer w;
+  std::vector<Frag> frags;
+  for (uint64_t page : r.pages)
+    w.i32(frags_of(pool, static_cast<int64_t>(page), r.layer, &frags).code());
+  std::vector<iovec> iov;
+  append_iov(frags, &iov);
+  return wire::send_frame(fd, wire::kP2pRead | wire::kReply, w.data(), iov, deadline());
+}
+
+void Shared::serve(Conn& c) {
+  const int fd = c.fd;
+  Status s = hello(fd);
+  c.said_hello = s.is_ok();
+  std::vector<uint8_t> payload;
+  while (s.is_ok() && !stopping) {
+    uint8_t head[wire::kHeaderSize];
+    wire::Header h;
+    // An idle peer may wait for good; a frame, once begun, arrives within the timeout.
+    s = net::read_all(fd, head, 1, Deadline::max());
+    if (s.is_ok()) s = net::read_all(fd, head + 1, sizeof head - 1, deadline());
+    if (s.is_ok()) s = wire::decode_header(head, &h);
+    if (s.is_ok() && h.type != wire::kP2pWrite && h.type != wire::kP2pRead)
+      s = {KVTIER_ERR_INVALID_ARG, "unexpected frame type " + std::to_string(h.type)};
+    if (s.is_ok()) {
+      payload.resize(h.length);
+      s = net::read_all(fd, payload.data(), payload.size(), deadline());
+    }
+    Request r;
+    if (s.is_ok()) s = decode_request(payload, &r);
+    if (s.is_ok()) s = h.type == wire::kP2pWrite ? serve_write(fd, r) : serve_read(fd, r);
+    if (!s.is_ok() && s.code() != KVTIER_ERR_UNAVAILABLE) send_error(fd, s, deadline());
+  }
+  if (!stopping && s.code() != KVTIER_ERR_UNAVAILABLE)
+    log().warn("p2p endpoint {}: peer dropped: {}", address, s.message());
+  // The peer's RDMA QPs end with its connection: none of its writes lands in the pool after.
+  if (rdma_listener) rdma_listener->fence_session(fd);
+}
+
+Status Endpoint::open(const Options& options, const PoolLayout& pool,
+                      std::unique_ptr<Endpoint>* out) {
+  if (Status s = pool.validate(); !s.is_ok()) return s;
+  auto sh = std::make_shared<Shared>();
+  sh->opt = options;
+  sh->pool = pool;
+  sh->format = format_hash(pool.describe());
+  std::string host;
+  uint16_t port = 0;
+  if (Status s = net::split_host_port(options.listen, &host, &port); !s.is_ok()) return s;
+  if (Status s = net::listen_on(host, port, &sh->listen_fd, &port); !s.is_ok()) return s;
+  sh->address = host + ":" + std::to_string(port);
+  if (options.transport != "tcp" && rdma::available()) {
+    // The pool is the arena the peer reads and writes one-sided; admission by one-time ticket.
+    Status s = rdma::Listener::start({host, static_cast<uint16_t>(port + 1), -1}, pool.base,
+                                     pool.pool_bytes(), &sh->rdma_listener);
+    if (!s.is_ok() && options.transport == "rdma") {
+      ::close(sh->listen_fd);
+      return s;
+    }
+    if (!s.is_ok()) log().warn("p2p endpoint {}: RDMA off: {}", sh->address, s.message());
+    sh->rdma_registry = rdma::Registry::create();
+    sh->rdma_registry->add(pool.base, pool.pool_bytes());
+  } else if (options.transport == "rdma") {
+    ::close(sh->listen_fd);
+    return {KVTIER_ERR_UNSUPPORTED, "transport=rdma but this host has no RDMA device"};
+  }
+  sh->acceptor = std::thread([raw = sh.get()] { raw->accept_loop(); });
+  out->reset(new Endpoint(std::move(sh)));
+  return {};
+}
+
+Endpoint::~Endpoint() {
+  Shared& sh = *shared_;
+  sh.stopping = true;
+  ::shutdown(sh.listen_fd, SHUT_RDWR);
+  ::close(sh.listen_fd);
+  if (sh.acceptor.joinable()) sh.acceptor.join();
+  std::lock_guard lock(sh.mu);
+  for (auto& c : sh.conns) ::shutdown(c.fd, SHUT_RDWR);  // wakes the serving threads
+  for (auto& c : sh.conns) {
+    c.thread.join();
+    ::close(c.fd);
+  }
+  sh.conns.clear();
+  sh.rdma_listener.reset();
+}
+
+const std::string& Endpoint::address() const {
+  return shared_->address;
+}
+
+}  // namespace kvtier::p2p

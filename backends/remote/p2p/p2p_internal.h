@@ -1,0 +1,83 @@
+// The p2p endpoint's state (Shared), its request and the page-fragment helpers that both the
+// serving side (p2p_endpoint.cpp) and the calling side (p2p_peer.cpp) use.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "net.h"
+#include "p2p.h"
+#include "rdma.h"
+
+namespace kvtier::p2p {
+
+using net::Clock;
+using net::Deadline;
+
+constexpr size_t kChunk = 1024;  // pages per frame
+
+// The fragments of page `page` (a page id, not a token slot) of `pool`: the whole page, or one
+// layer of it. OUT_OF_RANGE for an id outside the pool or a layer past the last.
+inline Status frags_of(const PoolLayout& pool, int64_t page, int32_t layer,
+                       std::vector<Frag>* out) {
+  const uint64_t pages = pool.pool_tokens / pool.page_size;
+  if (page < 0 || static_cast<uint64_t>(page) >= pages)
+    return {KVTIER_ERR_OUT_OF_RANGE,
+            "page " + std::to_string(page) + " of a pool of " + std::to_string(pages) + " pages"};
+  const int64_t slot = page * static_cast<int64_t>(pool.page_size);
+  if (layer >= 0) return pool.layer_frags(slot, static_cast<uint64_t>(layer), out);
+  const size_t at = out->size();
+  out->resize(at + pool.frags_per_page());
+  return pool.page_frags(slot, out->data() + at);
+}
+
+inline void append_iov(const std::vector<Frag>& frags, std::vector<iovec>* iov) {
+  for (const Frag& f : frags) iov->push_back({f.ptr, f.len});
+}
+
+// A request's layer and page ids.
+struct Request {
+  int32_t layer = -1;
+  std::vector<uint64_t> pages;
+};
+
+// The endpoint's state, shared with its connection threads.
+struct Shared {
+  Options opt;
+  PoolLayout pool;
+  uint64_t format = 0;
+  int listen_fd = -1;
+  std::string address;
+  std::atomic<bool> stopping{false};
+  std::thread acceptor;
+  std::mutex mu;  // guards conns
+  struct Conn {
+    int fd;
+    std::thread thread;
+    std::atomic<bool> done{false};
+    std::atomic<bool> said_hello{false};
+    bool dropped = false;  // shut down to make room (guarded by mu)
+  };
+  std::list<Conn> conns;
+  Clock::time_point last_refusal{};  // guarded by mu
+  std::unique_ptr<rdma::Listener> rdma_listener;
+  std::shared_ptr<rdma::Registry> rdma_registry;
+
+  Deadline deadline() const { return Clock::now() + std::chrono::milliseconds(opt.timeout_ms); }
+  void accept_loop();
+  void serve(Conn& c);
+  bool make_room();  // REQUIRES mu
+  Status hello(int fd);
+  Status serve_write(int fd, const Request& r);
+  Status serve_read(int fd, const Request& r);
+  void reap();
+};
+
+}  // namespace kvtier::p2p
