@@ -24,7 +24,6 @@ uint64_t Server::grant_lease(uint64_t conn, Clock::time_point expiry) {
 }
 
 Status Server::handle_rdma(Conn& c, wire::Writer& out) {
-  const uint64_t ns = c.ns;
   const auto now = Clock::now();
   const auto lease = std::chrono::milliseconds(opt_.lease_ms);
   switch (c.h.type) {
@@ -41,64 +40,10 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       out.u64(rdma_->issue_ticket({c.id, c.client}));  // one channel; ends with this connection
       return {};
     }
-    case wire::kAlloc: {
-      std::vector<wire::PutEntry> entries;
-      uint64_t bulk = 0;
-      Status s = wire::decode_put(c.payload, &entries, &bulk);
-      if (!s.is_ok()) return s;
-      out.u32(static_cast<uint32_t>(entries.size()));
-      Yielding lock(mu_);
-      auto& held = held_[c.id];
-      for (const wire::PutEntry& e : entries) {
-        lock.step();
-        uint64_t offset = 0, slot = 0, id = 0;
-        int32_t code = KVTIER_OK;
-        if (has_page({ns, e.id}))
-          code = wire::kPresent;
-        else if (held.size() >= opt_.max_leases)
-          code = KVTIER_ERR_BUSY;  // this connection holds its cap of leases
-        else if (!allocate(e.length, &offset, &slot))
-          code = KVTIER_ERR_NO_SPACE;
-        if (code == KVTIER_OK) {
-          id = grant_lease(c.id, now + lease);
-          pending_[id] = {{ns, e.id}, offset,      slot, e.length,
-                          e.checksum, now + lease, c.id, c.client};
-        }
-        out.i32(code);
-        out.u64(offset);
-        out.u64(id);
-      }
-      return {};
-    }
-    case wire::kLookup: {
-      std::vector<KeyId> ids;
-      Status s = wire::decode_ids(c.payload, &ids);
-      if (!s.is_ok()) return s;
-      promote(ns, ids);
-      out.u32(static_cast<uint32_t>(ids.size()));
-      Yielding lock(mu_);
-      auto& held = held_[c.id];
-      for (const KeyId& id : ids) {
-        lock.step();
-        const uint32_t page = pages_.find({ns, id});
-        const bool found = page != Pages::kNone;
-        ++(found ? hits_ : misses_);
-        if (!found || held.size() >= opt_.max_leases) {
-          out.i32(found ? KVTIER_ERR_BUSY : KVTIER_ERR_NOT_FOUND);
-          for (int k = 0; k < 4; ++k) out.u64(0);
-          continue;
-        }
-        const Page& e = pin(page);
-        const uint64_t id_ = grant_lease(c.id, now + lease);
-        leases_[id_] = {page, now + lease, c.id};
-        out.i32(KVTIER_OK);
-        out.u64(e.offset);
-        out.u64(e.length);
-        out.u64(e.checksum);
-        out.u64(id_);
-      }
-      return {};
-    }
+    case wire::kAlloc:
+      return handle_alloc(c, out, now + lease);
+    case wire::kLookup:
+      return handle_lookup(c, out, now + lease);
     case wire::kRelease: {
       std::vector<uint64_t> ids;
       Status s = wire::decode_u64s(c.payload, &ids);
@@ -115,6 +60,69 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
     default:
       return {KVTIER_ERR_INVALID_ARG, "unknown frame type " + std::to_string(c.h.type)};
   }
+}
+
+// ALLOC: a slot per page under a lease until `expiry`, or the code saying why not.
+Status Server::handle_alloc(Conn& c, wire::Writer& out, Clock::time_point expiry) {
+  const uint64_t ns = c.ns;
+  std::vector<wire::PutEntry> entries;
+  uint64_t bulk = 0;
+  Status s = wire::decode_put(c.payload, &entries, &bulk);
+  if (!s.is_ok()) return s;
+  out.u32(static_cast<uint32_t>(entries.size()));
+  Yielding lock(mu_);
+  auto& held = held_[c.id];
+  for (const wire::PutEntry& e : entries) {
+    lock.step();
+    uint64_t offset = 0, slot = 0, id = 0;
+    int32_t code = KVTIER_OK;
+    if (has_page({ns, e.id}))
+      code = wire::kPresent;
+    else if (held.size() >= opt_.max_leases)
+      code = KVTIER_ERR_BUSY;  // this connection holds its cap of leases
+    else if (!allocate(e.length, &offset, &slot))
+      code = KVTIER_ERR_NO_SPACE;
+    if (code == KVTIER_OK) {
+      id = grant_lease(c.id, expiry);
+      pending_[id] = {{ns, e.id}, offset, slot, e.length, e.checksum, expiry, c.id, c.client};
+    }
+    out.i32(code);
+    out.u64(offset);
+    out.u64(id);
+  }
+  return {};
+}
+
+// LOOKUP: each page found is pinned under a lease until `expiry` for the client's RDMA reads.
+Status Server::handle_lookup(Conn& c, wire::Writer& out, Clock::time_point expiry) {
+  const uint64_t ns = c.ns;
+  std::vector<KeyId> ids;
+  Status s = wire::decode_ids(c.payload, &ids);
+  if (!s.is_ok()) return s;
+  promote(ns, ids);
+  out.u32(static_cast<uint32_t>(ids.size()));
+  Yielding lock(mu_);
+  auto& held = held_[c.id];
+  for (const KeyId& id : ids) {
+    lock.step();
+    const uint32_t page = pages_.find({ns, id});
+    const bool found = page != Pages::kNone;
+    ++(found ? hits_ : misses_);
+    if (!found || held.size() >= opt_.max_leases) {
+      out.i32(found ? KVTIER_ERR_BUSY : KVTIER_ERR_NOT_FOUND);
+      for (int k = 0; k < 4; ++k) out.u64(0);
+      continue;
+    }
+    const Page& e = pin(page);
+    const uint64_t id_ = grant_lease(c.id, expiry);
+    leases_[id_] = {page, expiry, c.id};
+    out.i32(KVTIER_OK);
+    out.u64(e.offset);
+    out.u64(e.length);
+    out.u64(e.checksum);
+    out.u64(id_);
+  }
+  return {};
 }
 
 // A slot is published only with the bytes its owner wrote: the checksum the client gave at

@@ -103,46 +103,54 @@ Status Server::handle_hello(Conn& c, wire::Writer& out) {
   return {};
 }
 
+Status Server::handle_exists(Conn& c, wire::Writer& out) {
+  const uint64_t ns = c.ns;
+  std::vector<KeyId> ids;
+  Status s = wire::decode_ids(c.payload, &ids);
+  if (!s.is_ok()) return s;
+  std::vector<uint8_t> present(ids.size());
+  {
+    Yielding lock(mu_);
+    for (size_t i = 0; i < ids.size(); ++i, lock.step()) present[i] = has_page({ns, ids[i]});
+  }
+  disk_exists(ns, ids, present);
+  out.u32(static_cast<uint32_t>(ids.size()));
+  for (uint8_t p : present) out.u8(p);
+  return {};
+}
+
+Status Server::handle_remove(Conn& c, wire::Writer& out) {
+  const uint64_t ns = c.ns;
+  std::vector<KeyId> ids;
+  Status s = wire::decode_ids(c.payload, &ids);
+  if (!s.is_ok()) return s;
+  std::vector<int32_t> codes(ids.size(), KVTIER_ERR_NOT_FOUND);
+  {
+    Yielding lock(mu_);
+    for (size_t i = 0; i < ids.size(); ++i, lock.step()) {
+      const uint32_t page = pages_.find({ns, ids[i]});
+      if (page == Pages::kNone) continue;
+      codes[i] = KVTIER_OK;
+      drop(page);
+    }
+  }
+  disk_remove(ns, ids, codes);
+  out.u32(static_cast<uint32_t>(ids.size()));
+  for (int32_t code : codes) out.i32(code);
+  return {};
+}
+
 Status Server::handle(Conn& c, wire::Writer& out) {
   const uint64_t ns = c.ns;
   switch (c.h.type) {
-    case wire::kExists: {
-      std::vector<KeyId> ids;
-      Status s = wire::decode_ids(c.payload, &ids);
-      if (!s.is_ok()) return s;
-      std::vector<uint8_t> present(ids.size());
-      {
-        Yielding lock(mu_);
-        for (size_t i = 0; i < ids.size(); ++i, lock.step()) present[i] = has_page({ns, ids[i]});
-      }
-      disk_exists(ns, ids, present);
-      out.u32(static_cast<uint32_t>(ids.size()));
-      for (uint8_t p : present) out.u8(p);
-      return {};
-    }
+    case wire::kExists:
+      return handle_exists(c, out);
     case wire::kPut:
       return begin_put(c);
     case wire::kGet:
       return begin_get(c, out);
-    case wire::kRemove: {
-      std::vector<KeyId> ids;
-      Status s = wire::decode_ids(c.payload, &ids);
-      if (!s.is_ok()) return s;
-      std::vector<int32_t> codes(ids.size(), KVTIER_ERR_NOT_FOUND);
-      {
-        Yielding lock(mu_);
-        for (size_t i = 0; i < ids.size(); ++i, lock.step()) {
-          const uint32_t page = pages_.find({ns, ids[i]});
-          if (page == Pages::kNone) continue;
-          codes[i] = KVTIER_OK;
-          drop(page);
-        }
-      }
-      disk_remove(ns, ids, codes);
-      out.u32(static_cast<uint32_t>(ids.size()));
-      for (int32_t code : codes) out.i32(code);
-      return {};
-    }
+    case wire::kRemove:
+      return handle_remove(c, out);
     case wire::kClear: {
       if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "CLEAR takes no payload"};
       {

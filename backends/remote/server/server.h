@@ -152,7 +152,12 @@ class Server {
   void on_close(Conn& c);  // whatever way it ends: its slots, pins, leases and tickets go back
   Status handle_hello(Conn& c, wire::Writer& out);
   Status handle(Conn& c, wire::Writer& out);
+  Status handle_exists(Conn& c, wire::Writer& out);
+  Status handle_remove(Conn& c, wire::Writer& out);
   Status handle_rdma(Conn& c, wire::Writer& out);
+  // ALLOC and LOOKUP: the leases they grant end at `expiry`.
+  Status handle_alloc(Conn& c, wire::Writer& out, Clock::time_point expiry);
+  Status handle_lookup(Conn& c, wire::Writer& out, Clock::time_point expiry);
   Status begin_put(Conn& c);
   Status begin_get(Conn& c, wire::Writer& out);
   Status commit(Conn& c, wire::Writer& out);
