@@ -89,6 +89,34 @@ Row file_row(const std::string& pool, size_t batch, size_t page, const char* op,
   return row;
 }
 
+// Two fragments per page, the K and V halves of a page_first pool: the batch's pages from the
+// pool's start (src), the pages they are read back into from page max_batch on (dst).
+struct KvHalves {
+  std::vector<void*> src, dst;
+  std::vector<size_t> sizes;
+};
+
+KvHalves kv_halves(std::byte* base, size_t page, size_t batch, size_t max_batch) {
+  KvHalves h;
+  h.sizes.assign(2 * batch, page / 2);
+  for (size_t i = 0; i < batch; ++i) {
+    h.src.push_back(base + i * page);
+    h.src.push_back(base + i * page + page / 2);
+    h.dst.push_back(base + (max_batch + i) * page);
+    h.dst.push_back(base + (max_batch + i) * page + page / 2);
+  }
+  return h;
+}
+
+// Removes the batch's keys (`rm` takes the codes) and checks that none is left.
+void remove_batch(kvtier_store_t* store, const std::vector<const char*>& ck, std::vector<int>& rm) {
+  const size_t batch = ck.size();
+  check_rc(kvtier_batch_remove(store, ck.data(), batch, rm.data()), "remove");
+  size_t hits = 1;
+  check_rc(kvtier_batch_exists(store, ck.data(), batch, &hits), "exists");
+  if (hits) die("the store was not empty before a timed write");
+}
+
 // One batch size on an open store: write (overwrite), write new, cold and warm read, each
 // read checked byte for byte. The pool's first half holds the pages, the second the reads.
 void file_batch(const Options& o, const std::string& dir, kvtier_store_t* store, std::byte* base,
@@ -98,28 +126,20 @@ void file_batch(const Options& o, const std::string& dir, kvtier_store_t* store,
            " pool");
   const auto keys = make_keys("file-" + std::to_string(page), batch);
   const auto ck = c_keys(keys);
-  // Two fragments per page, the K and V halves of a page_first pool.
-  std::vector<void*> src, dst;
-  std::vector<size_t> sizes(2 * batch, page / 2);
-  for (size_t i = 0; i < batch; ++i) {
-    src.push_back(base + i * page);
-    src.push_back(base + i * page + page / 2);
-    dst.push_back(base + (max_batch + i) * page);
-    dst.push_back(base + (max_batch + i) * page + page / 2);
-  }
+  const KvHalves f = kv_halves(base, page, batch, max_batch);
   std::vector<int> res(batch);
   auto all_ok = [&](const char* what) {
     for (int r : res)
       if (r != KVTIER_OK) die(std::string(what) + ": " + kvtier_error_name(r));
   };
   auto write = [&] {
-    check_rc(kvtier_batch_set_v1(store, ck.data(), batch, src.data(), sizes.data(), src.size(),
-                                 res.data()),
+    check_rc(kvtier_batch_set_v1(store, ck.data(), batch, f.src.data(), f.sizes.data(),
+                                 f.src.size(), res.data()),
              "batch_set_v1");
   };
   auto read = [&] {
-    check_rc(kvtier_batch_get_v1(store, ck.data(), batch, dst.data(), sizes.data(), dst.size(),
-                                 res.data()),
+    check_rc(kvtier_batch_get_v1(store, ck.data(), batch, f.dst.data(), f.sizes.data(),
+                                 f.dst.size(), res.data()),
              "batch_get_v1");
   };
   auto scribble = [&] { stream_fill(base + max_batch * page, std::byte{0xA5}, batch * page); };
@@ -134,12 +154,7 @@ void file_batch(const Options& o, const std::string& dir, kvtier_store_t* store,
   // from cleared, truncated files, so its blocks are fresh extents the filesystem must
   // allocate: its fio limit writes a new file each time.
   std::vector<int> rm(batch);
-  auto empty = [&] {
-    check_rc(kvtier_batch_remove(store, ck.data(), batch, rm.data()), "remove");
-    size_t hits = 1;
-    check_rc(kvtier_batch_exists(store, ck.data(), batch, &hits), "exists");
-    if (hits) die("the store was not empty before a timed write");
-  };
+  auto empty = [&] { remove_batch(store, ck, rm); };
   // fio in the same batches, right before kvtier's runs of them.
   const FioFigure fio_new = fio_run(o, dir, page, batch, FioMode::kWriteFresh);
   const FioFigure fio_write = fio_run(o, dir, page, batch, FioMode::kWrite);
