@@ -140,9 +140,14 @@ void wake_at(int fd, size_t bytes, int* now) {
   *now = want;
 }
 
-// move_all()'s loop; a receive keeps *left_to_read, the bytes still to come.
-Status move_loop(int fd, iovec* iov, size_t n, Deadline deadline, bool send, size_t* left_to_read,
-                 int* wake) {
+size_t bytes_in(const iovec* iov, size_t n) {
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; ++i) bytes += iov[i].iov_len;
+  return bytes;
+}
+
+// move_all()'s loop; *wake is the receive's low-water mark (wake_at).
+Status move_loop(int fd, iovec* iov, size_t n, Deadline deadline, bool send, int* wake) {
   while (n > 0) {
     if (iov->iov_len == 0) {
       ++iov;
@@ -158,7 +163,10 @@ Status move_loop(int fd, iovec* iov, size_t n, Deadline deadline, bool send, siz
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
         // Under 64 KiB still to come, waking at the first byte costs little.
-        if (!send) wake_at(fd, *left_to_read >= (size_t{64} << 10) ? *left_to_read : 1, wake);
+        if (!send) {
+          const size_t left = bytes_in(iov, n);
+          wake_at(fd, left >= (size_t{64} << 10) ? left : 1, wake);
+        }
         Status s = wait_for(fd, send ? POLLOUT : POLLIN, deadline);
         if (!s.is_ok()) return s;
         continue;
@@ -166,7 +174,6 @@ Status move_loop(int fd, iovec* iov, size_t n, Deadline deadline, bool send, siz
       return io_error(send ? "send" : "receive", errno);
     }
     size_t left = static_cast<size_t>(got);
-    if (!send) *left_to_read -= left;
     while (n > 0 && left >= iov->iov_len) {
       left -= iov->iov_len;
       ++iov;
@@ -184,11 +191,8 @@ Status move_loop(int fd, iovec* iov, size_t n, Deadline deadline, bool send, siz
 // not ready. Sending uses MSG_NOSIGNAL: a dead peer must be an error code, never a SIGPIPE that
 // takes the engine's process down.
 Status move_all(int fd, iovec* iov, size_t n, Deadline deadline, bool send) {
-  size_t left_to_read = 0;
-  if (!send)
-    for (size_t i = 0; i < n; ++i) left_to_read += iov[i].iov_len;
   int wake = 1;
-  Status s = move_loop(fd, iov, n, deadline, send, &left_to_read, &wake);
+  Status s = move_loop(fd, iov, n, deadline, send, &wake);
   wake_at(fd, 1, &wake);
   return s;
 }
