@@ -2,10 +2,13 @@
 #include <kvtier/kvtier.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <shared_mutex>
 #include <span>
@@ -15,11 +18,19 @@
 #include "config.h"
 #include "kvtier_c.h"
 #include "layout.h"
+#include "process.h"
 #include "store.h"
 
-// A handle: the store (shared by the views opened from it) and this handle's page format.
+// A handle: the store (shared by the views opened from it), this handle's page format, and the
+// calls in flight on it. kvtier_close() marks it closed, waits for those calls, releases the
+// store and keeps the handle itself as a tombstone (retire()), so that a call after close reads
+// "closed" rather than freed memory.
 struct kvtier_store {
   std::shared_ptr<kvtier::Store> rep;
+  std::atomic<uint64_t> calls{0};  // calls in flight, plus kClosed once closed
+  // A handle opened before a fork() is the parent's: its rings, sockets, locks and threads are
+  // not the child's to use or to tear down.
+  const uint64_t generation = kvtier::fork_generation();
   mutable std::shared_mutex mu;  // guards layout and format against register/set calls
   std::optional<kvtier::PoolLayout> layout;
   uint64_t format = 0;  // format_hash() of the page format, mixed into every key id
@@ -43,13 +54,73 @@ using kvtier::Frag;
 using kvtier::Status;
 using namespace kvtier::capi;
 
+constexpr uint64_t kClosed = uint64_t{1} << 63;
+
+// One call's use of a handle, from its first look at the handle to its return: kvtier_close()
+// waits for every use that began before it, and a use that begins after is refused.
+class Use {
+ public:
+  explicit Use(kvtier_store_t* store) : store_(store) {
+    if (!store_) {
+      refusal_ = {KVTIER_ERR_INVALID_ARG, "store is NULL"};
+    } else if (store_->generation != kvtier::fork_generation()) {
+      store_ = nullptr;
+      refusal_ = {KVTIER_ERR_CLOSED, "this handle was opened in the parent process before "
+                                     "fork(); open a new store in the child"};
+    } else if (store_->calls.fetch_add(1, std::memory_order_acq_rel) & kClosed) {
+      leave();
+      refusal_ = {KVTIER_ERR_CLOSED, "the handle is closed (kvtier_close)"};
+    }
+  }
+  ~Use() {
+    if (store_) leave();
+  }
+  Use(const Use&) = delete;
+  Use& operator=(const Use&) = delete;
+
+  explicit operator bool() const { return refusal_.is_ok(); }
+  const Status& refusal() const { return refusal_; }
+
+ private:
+  void leave() {
+    if (store_->calls.fetch_sub(1, std::memory_order_acq_rel) - 1 == kClosed)
+      store_->calls.notify_all();  // the last call kvtier_close waits for
+    store_ = nullptr;
+  }
+
+  kvtier_store_t* store_;
+  Status refusal_;
+};
+
+// Tombstones: closed handles are kept, so a late call finds "closed", not freed memory; only the
+// oldest of very many are freed (an engine opens a handful). The stores of handles a forked
+// child inherited are kept too: tearing them down would touch the parent's rings, locks and
+// (absent) threads.
+void retire(kvtier_store_t* handle) {
+  constexpr size_t kTombstones = 4096;
+  static std::mutex mu;
+  static auto* tombstones = new std::deque<kvtier_store_t*>;
+  static auto* inherited = new std::vector<std::shared_ptr<kvtier::Store>>;
+  std::shared_ptr<kvtier::Store> rep = std::move(handle->rep);
+  kvtier_store_t* freed = nullptr;
+  {
+    std::lock_guard lock(mu);
+    if (handle->generation != kvtier::fork_generation()) inherited->push_back(std::move(rep));
+    tombstones->push_back(handle);
+    if (tombstones->size() > kTombstones) {
+      freed = tombstones->front();
+      tombstones->pop_front();
+    }
+  }
+  rep.reset();  // the tiers close here if this was the last handle on them
+  delete freed;
+}
+
 // Store::put or Store::get: the calls that move a batch's bytes.
 using BatchCall = Status (kvtier::Store::*)(const kvtier::Batch&);
 
 // The checks every batch call starts with; an empty string means they passed.
-std::string check_batch(const kvtier_store_t* store, const char* const* keys, size_t n,
-                        const void* results) {
-  if (!store) return "store is NULL";
+std::string check_batch(const char* const* keys, size_t n, const void* results) {
   if (!keys) return "keys is NULL";
   if (!results) return "results is NULL";
   if (n == 0) return "n is 0";
@@ -101,7 +172,9 @@ kvtier::Batch pages(const char* const* keys, size_t n, std::span<const Frag> fra
 // kvtier_batch_set_v1 / _get_v1, on fragments the caller passes or on token slots.
 int pages_v1(BatchCall call, kvtier_store_t* store, const char* const* keys, size_t n,
              void* const* ptrs, const size_t* sizes, size_t n_frags, int* results) {
-  if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+  Use use(store);
+  if (!use) return refuse(results, n, use.refusal().code(), use.refusal().message());
+  if (std::string bad = check_batch(keys, n, results); !bad.empty())
     return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
   if (std::string bad = check_v1(ptrs, sizes, n_frags, n); !bad.empty())
     return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
@@ -115,7 +188,9 @@ int pages_v1(BatchCall call, kvtier_store_t* store, const char* const* keys, siz
 
 int slots_v1(BatchCall call, kvtier_store_t* store, const char* const* keys, size_t n,
              const int64_t* slots, size_t n_slots, int* results) {
-  if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+  Use use(store);
+  if (!use) return refuse(results, n, use.refusal().code(), use.refusal().message());
+  if (std::string bad = check_batch(keys, n, results); !bad.empty())
     return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
   if (!slots) return refuse(results, n, KVTIER_ERR_INVALID_ARG, "slots is NULL");
   kvtier::PoolLayout layout;
@@ -126,7 +201,9 @@ int slots_v1(BatchCall call, kvtier_store_t* store, const char* const* keys, siz
     return refuse(results, n, KVTIER_ERR_INVALID_ARG,
                   std::to_string(n_slots) + " token slots for " + std::to_string(n) +
                       " keys; expected keys * page_size = " + std::to_string(n * layout.page_size));
-  // One check of the whole pool stands for every fragment computed inside it.
+  // One check of the whole pool stands for every fragment computed inside it, held until the
+  // call ends (kvtier_unregister_buffer waits for it).
+  kvtier::Regions::Hold hold = store->rep->hold_memory();
   if (!store->rep->is_registered(layout.base, layout.pool_bytes()))
     return refuse(results, n, KVTIER_ERR_NOT_REGISTERED,
                   "the pool's buffer is no longer registered (kvtier_unregister_buffer)");
@@ -172,7 +249,8 @@ int kvtier_open_view(kvtier_store_t* store, kvtier_store_t** out) {
   return guarded("kvtier_open_view", [&] {
     if (!out) return fail(KVTIER_ERR_INVALID_ARG, "out is NULL");
     *out = nullptr;
-    if (!store) return fail(KVTIER_ERR_INVALID_ARG, "store is NULL");
+    Use use(store);
+    if (!use) return fail(use.refusal());
     auto view = std::make_unique<kvtier_store>();
     view->rep = store->rep;
     *out = view.release();
@@ -182,7 +260,8 @@ int kvtier_open_view(kvtier_store_t* store, kvtier_store_t** out) {
 
 int kvtier_set_page_format(kvtier_store_t* store, const char* format) {
   return guarded("kvtier_set_page_format", [&] {
-    if (!store) return fail(KVTIER_ERR_INVALID_ARG, "store is NULL");
+    Use use(store);
+    if (!use) return fail(use.refusal());
     const std::string_view text = format ? std::string_view(format, strnlen(format, 4097)) : "";
     if (text.size() > 4096) return fail(KVTIER_ERR_INVALID_ARG, "format is over 4096 bytes");
     std::unique_lock lock(store->mu);
@@ -193,7 +272,15 @@ int kvtier_set_page_format(kvtier_store_t* store, const char* format) {
 
 void kvtier_close(kvtier_store_t* store) {
   guarded("kvtier_close", [&] {
-    delete store;
+    if (!store) return KVTIER_OK;
+    uint64_t calls = store->calls.fetch_or(kClosed, std::memory_order_acq_rel);
+    if (calls & kClosed) return KVTIER_OK;  // closed already
+    // Wait for the calls in flight (each bounded by its tiers' timeouts). A forked child has
+    // none: it is refused its inherited handles, and its count is the parent's at the fork.
+    if (store->generation == kvtier::fork_generation())
+      while ((calls = store->calls.load(std::memory_order_acquire)) != kClosed)
+        store->calls.wait(calls, std::memory_order_acquire);
+    retire(store);
     return KVTIER_OK;
   });
 }
@@ -201,7 +288,9 @@ void kvtier_close(kvtier_store_t* store) {
 int kvtier_batch_set(kvtier_store_t* store, const char* const* keys, size_t n,
                      const void* const* values, const size_t* sizes, int* results) {
   return guarded_batch("kvtier_batch_set", results, n, [&] {
-    if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+    Use use(store);
+    if (!use) return refuse(results, n, use.refusal().code(), use.refusal().message());
+    if (std::string bad = check_batch(keys, n, results); !bad.empty())
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     if (!values || !sizes)
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, "values or sizes is NULL");
@@ -217,7 +306,9 @@ int kvtier_batch_set(kvtier_store_t* store, const char* const* keys, size_t n,
 int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n, void* const* buffers,
                      const size_t* capacities, int64_t* results) {
   return guarded_batch("kvtier_batch_get", results, n, [&] {
-    if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+    Use use(store);
+    if (!use) return refuse(results, n, use.refusal().code(), use.refusal().message());
+    if (std::string bad = check_batch(keys, n, results); !bad.empty())
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     if (!buffers || !capacities)
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, "buffers or capacities is NULL");
@@ -233,7 +324,9 @@ int kvtier_batch_get(kvtier_store_t* store, const char* const* keys, size_t n, v
 
 int kvtier_batch_exists(kvtier_store_t* store, const char* const* keys, size_t n, size_t* hits) {
   return guarded("kvtier_batch_exists", [&] {
-    if (std::string bad = check_batch(store, keys, n, hits); !bad.empty())
+    Use use(store);
+    if (!use) return fail(use.refusal());
+    if (std::string bad = check_batch(keys, n, hits); !bad.empty())
       return fail(KVTIER_ERR_INVALID_ARG, bad);
     *hits = 0;
     return note(store->rep->exists({keys, n}, hits, store->page_format()));
@@ -243,7 +336,9 @@ int kvtier_batch_exists(kvtier_store_t* store, const char* const* keys, size_t n
 int kvtier_batch_exists_each(kvtier_store_t* store, const char* const* keys, size_t n,
                              int* present) {
   return guarded_batch("kvtier_batch_exists_each", present, n, [&] {
-    if (std::string bad = check_batch(store, keys, n, present); !bad.empty())
+    Use use(store);
+    if (!use) return refuse(present, n, use.refusal().code(), use.refusal().message());
+    if (std::string bad = check_batch(keys, n, present); !bad.empty())
       return refuse(present, n, KVTIER_ERR_INVALID_ARG, bad);
     const uint64_t format = store->page_format();
     return narrowed(present, n, [&](std::span<int64_t> r) {
@@ -254,7 +349,9 @@ int kvtier_batch_exists_each(kvtier_store_t* store, const char* const* keys, siz
 
 int kvtier_batch_remove(kvtier_store_t* store, const char* const* keys, size_t n, int* results) {
   return guarded_batch("kvtier_batch_remove", results, n, [&] {
-    if (std::string bad = check_batch(store, keys, n, results); !bad.empty())
+    Use use(store);
+    if (!use) return refuse(results, n, use.refusal().code(), use.refusal().message());
+    if (std::string bad = check_batch(keys, n, results); !bad.empty())
       return refuse(results, n, KVTIER_ERR_INVALID_ARG, bad);
     const uint64_t format = store->page_format();
     return narrowed(results, n, [&](std::span<int64_t> r) {
@@ -265,7 +362,8 @@ int kvtier_batch_remove(kvtier_store_t* store, const char* const* keys, size_t n
 
 int kvtier_clear(kvtier_store_t* store) {
   return guarded("kvtier_clear", [&] {
-    if (!store) return fail(KVTIER_ERR_INVALID_ARG, "store is NULL");
+    Use use(store);
+    if (!use) return fail(use.refusal());
     store->rep->clear();
     return KVTIER_OK;
   });
@@ -273,7 +371,9 @@ int kvtier_clear(kvtier_store_t* store) {
 
 int kvtier_stats_json(kvtier_store_t* store, char** json) {
   return guarded("kvtier_stats_json", [&] {
-    if (!store || !json) return fail(KVTIER_ERR_INVALID_ARG, "store or json is NULL");
+    if (!json) return fail(KVTIER_ERR_INVALID_ARG, "json is NULL");
+    Use use(store);
+    if (!use) return fail(use.refusal());
     *json = nullptr;
     std::string s = store->rep->stats_json();
     char* copy = static_cast<char*>(std::malloc(s.size() + 1));
@@ -286,7 +386,8 @@ int kvtier_stats_json(kvtier_store_t* store, char** json) {
 
 int kvtier_register_buffer(kvtier_store_t* store, void* addr, size_t len) {
   return guarded("kvtier_register_buffer", [&] {
-    if (!store) return fail(KVTIER_ERR_INVALID_ARG, "store is NULL");
+    Use use(store);
+    if (!use) return fail(use.refusal());
     Status s = store->rep->register_buffer(addr, len);
     return s.is_ok() ? KVTIER_OK : fail(s);
   });
@@ -294,7 +395,8 @@ int kvtier_register_buffer(kvtier_store_t* store, void* addr, size_t len) {
 
 int kvtier_unregister_buffer(kvtier_store_t* store, void* addr) {
   return guarded("kvtier_unregister_buffer", [&] {
-    if (!store) return fail(KVTIER_ERR_INVALID_ARG, "store is NULL");
+    Use use(store);
+    if (!use) return fail(use.refusal());
     Status s = store->rep->unregister_buffer(addr);
     return s.is_ok() ? KVTIER_OK : fail(s);
   });
@@ -318,7 +420,9 @@ int kvtier_batch_get_v1(kvtier_store_t* store, const char* const* keys, size_t n
 
 int kvtier_register_layout(kvtier_store_t* store, const kvtier_pool_layout_t* layout) {
   return guarded("kvtier_register_layout", [&] {
-    if (!store || !layout) return fail(KVTIER_ERR_INVALID_ARG, "store or layout is NULL");
+    if (!layout) return fail(KVTIER_ERR_INVALID_ARG, "layout is NULL");
+    Use use(store);
+    if (!use) return fail(use.refusal());
     kvtier::PoolLayout l;
     if (Status s = to_layout(layout, &l); !s.is_ok()) return fail(s);
     if (Status s = store->rep->check_layout(l); !s.is_ok()) return fail(s);
@@ -331,7 +435,9 @@ int kvtier_register_layout(kvtier_store_t* store, const kvtier_pool_layout_t* la
 
 int kvtier_page_fragments(kvtier_store_t* store, size_t* per_page) {
   return guarded("kvtier_page_fragments", [&] {
-    if (!store || !per_page) return fail(KVTIER_ERR_INVALID_ARG, "store or per_page is NULL");
+    if (!per_page) return fail(KVTIER_ERR_INVALID_ARG, "per_page is NULL");
+    Use use(store);
+    if (!use) return fail(use.refusal());
     kvtier::PoolLayout layout;
     uint64_t format = 0;
     if (Status s = store->get_layout(&layout, &format); !s.is_ok()) return fail(s);
@@ -343,8 +449,10 @@ int kvtier_page_fragments(kvtier_store_t* store, size_t* per_page) {
 int kvtier_get_page_buffer_meta(kvtier_store_t* store, const int64_t* slots, size_t n_slots,
                                 void** ptrs, size_t* sizes, size_t capacity) {
   return guarded("kvtier_get_page_buffer_meta", [&] {
-    if (!store || !slots || !ptrs || !sizes)
-      return fail(KVTIER_ERR_INVALID_ARG, "store, slots, ptrs or sizes is NULL");
+    if (!slots || !ptrs || !sizes)
+      return fail(KVTIER_ERR_INVALID_ARG, "slots, ptrs or sizes is NULL");
+    Use use(store);
+    if (!use) return fail(use.refusal());
     kvtier::PoolLayout layout;
     uint64_t format = 0;
     if (Status s = store->get_layout(&layout, &format); !s.is_ok()) return fail(s);

@@ -23,13 +23,32 @@ Status Regions::add(const void* addr, size_t len) {
   return {};
 }
 
+Regions::Hold::Hold(Regions& r) : r_(r) {
+  std::lock_guard lock(r_.holds_mu_);
+  ticket_ = r_.next_ticket_++;
+  r_.holds_.insert(ticket_);
+}
+
+Regions::Hold::~Hold() {
+  std::lock_guard lock(r_.holds_mu_);
+  r_.holds_.erase(ticket_);
+  r_.released_.notify_all();
+}
+
 Status Regions::remove(const void* addr) {
-  std::unique_lock lock(mu_);
-  if (ranges_.erase(reinterpret_cast<uintptr_t>(addr)) == 0) {
-    std::ostringstream msg;
-    msg << "no registered region starts at " << addr;
-    return {KVTIER_ERR_NOT_FOUND, msg.str()};
+  {
+    std::unique_lock lock(mu_);
+    if (ranges_.erase(reinterpret_cast<uintptr_t>(addr)) == 0) {
+      std::ostringstream msg;
+      msg << "no registered region starts at " << addr;
+      return {KVTIER_ERR_NOT_FOUND, msg.str()};
+    }
   }
+  // Calls from now on fail the region's check; wait for those that may have passed it. Each is
+  // bounded by its own tiers' timeouts.
+  std::unique_lock lock(holds_mu_);
+  const uint64_t last = next_ticket_;
+  released_.wait(lock, [&] { return holds_.empty() || *holds_.begin() >= last; });
   return {};
 }
 

@@ -140,6 +140,7 @@ std::vector<size_t> Store::valid_keys(const Batch& b, Status* first) const {
 }
 
 Status Store::put(const Batch& b) {
+  Regions::Hold hold(regions_);  // before valid_keys checks the fragments' memory
   const uint64_t seed = seed_of(b.format);
   if (b.per_key == 0) return refuse_batch(b, "put without fragments");
   Status first;
@@ -181,6 +182,7 @@ Status Store::put(const Batch& b) {
 }
 
 Status Store::get(const Batch& b) {
+  Regions::Hold hold(regions_);  // before valid_keys checks the fragments' memory
   const uint64_t seed = seed_of(b.format);
   if (b.per_key == 0) return refuse_batch(b, "get without fragments");
   Status first;

@@ -69,6 +69,9 @@ class Store {
   Status register_buffer(const void* addr, size_t len);
   Status unregister_buffer(const void* addr);
   bool is_registered(const void* addr, size_t len) const { return regions_.contains(addr, len); }
+  // Held by a call that moves bytes in registered memory, from before its check of that memory
+  // to its end (put and get take one; a caller that checks memory itself takes it first).
+  Regions::Hold hold_memory() { return Regions::Hold(regions_); }
 
   // OK if the layout is valid and its whole pool lies in one registered buffer.
   Status check_layout(const PoolLayout& layout) const;

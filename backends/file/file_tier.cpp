@@ -13,6 +13,7 @@
 
 #include "log.h"
 #include "page_files.h"
+#include "process.h"
 #include "safe_dir.h"
 
 namespace kvtier {
@@ -308,17 +309,19 @@ TierStats FileTier::stats() const {
 }
 
 Status open_page_files(const Config& config, std::shared_ptr<PageFiles>* out) {
-  // Stores of one process on the same namespace share one PageFiles (one shared flock).
+  // Stores of one process on the same namespace share one PageFiles (one shared flock). A forked
+  // child opens its own: the parent's (rings, flock, pid) are not the child's.
   static std::mutex mu;
-  static std::map<std::string, std::weak_ptr<PageFiles>> open;
+  static std::map<std::pair<std::string, uint64_t>, std::weak_ptr<PageFiles>> open;
   const std::string path = config.file_dir + "/" + dir_name(config.ns);
+  const auto key = std::make_pair(path, fork_generation());
   std::lock_guard lock(mu);
-  if (auto existing = open[path].lock()) {
+  if (auto existing = open[key].lock()) {
     *out = std::move(existing);
     return {};
   }
   Status s = PageFiles::open(config, path, out);
-  if (s.is_ok()) open[path] = *out;
+  if (s.is_ok()) open[key] = *out;
   return s;
 }
 

@@ -19,12 +19,17 @@
  *     during the call. What the library allocates and hands out (the stats JSON) is released
  *     with kvtier_free(). Zero-copy calls (the _v1 family) read and write the caller's own
  *     memory and require it to lie in a region registered with kvtier_register_buffer().
- *  5. Threads. A store handle may be used from any number of threads at once. Registering or
- *     unregistering a buffer while a call that uses it is in flight is the caller's error.
- *     kvtier_close() frees the handle: it must not overlap any other call on that handle (the
- *     library does not wait for them; an engine detaching the store stops its threads' calls
- *     first), and a call with a closed handle is a use after free, as with free(). Pass NULL
- *     instead: every call refuses a NULL handle with KVTIER_ERR_INVALID_ARG.
+ *  5. Threads and lifetimes. A store handle may be used from any number of threads at once.
+ *     kvtier_close() may come while other threads are inside calls on the handle (an engine
+ *     detaching its backend): it waits for them to return, then releases the store; calls that
+ *     begin after it fail with KVTIER_ERR_CLOSED, as does a second kvtier_close() (a no-op). The
+ *     closed handle's few bytes are kept so a late call reads "closed", not freed memory.
+ *     kvtier_unregister_buffer() likewise waits for the calls that may be moving bytes in that
+ *     region; calls that begin after it fail the region's keys with KVTIER_ERR_NOT_REGISTERED.
+ *     After fork(), a handle opened before it belongs to the parent: in the child every call on
+ *     it fails with KVTIER_ERR_CLOSED (kvtier_close() there only forgets it), and the parent is
+ *     unaffected; the child opens stores of its own. Every call refuses a NULL handle with
+ *     KVTIER_ERR_INVALID_ARG.
  *  6. Nothing is ever written past a buffer's stated size, and no call aborts the process.
  *  7. What a failed read leaves. A key whose get result is not a success was not read: the
  *     caller must not use the bytes of its destination (its buffer's first `capacity` bytes;
@@ -94,6 +99,7 @@ KVTIER_API const char* kvtier_version_string(void);
 #define KVTIER_ERR_BUSY -17            /* a server at a limit (connections, leases) */
 #define KVTIER_ERR_INTERNAL -18        /* a bug: please report it with kvtier_last_error() */
 #define KVTIER_ERR_DENIED -19          /* a server refused token or protocol; an unsafe folder */
+#define KVTIER_ERR_CLOSED -20          /* the handle is closed, or was opened before fork() */
 
 #define KVTIER_MAX_KEY_LEN 1024
 
@@ -118,8 +124,9 @@ typedef struct kvtier_store kvtier_store_t;
  * @return : 0 and *out set, or KVTIER_ERR_CONFIG (the detail names the setting and value), or
  *           another code; *out is NULL on failure. */
 KVTIER_API int kvtier_open(const char* config, kvtier_store_t** out);
-/* Closes a store and frees the handle; every other call on it must have returned, and none may
- * follow (convention 5). NULL is fine. */
+/* Closes a store: waits for the calls in flight on the handle, then releases what the handle
+ * holds (the tiers close with the last handle on them); later calls on it fail with
+ * KVTIER_ERR_CLOSED (convention 5). NULL, and a second close, are fine. */
 KVTIER_API void kvtier_close(kvtier_store_t* store);
 
 /* ---- Page identity ------------------------------------------------------------------------ */
@@ -188,7 +195,8 @@ KVTIER_API int kvtier_stats_json(kvtier_store_t* store, char** json);
  * tiers skip their bounce buffers). Regions may not overlap. The memory must stay valid until
  * kvtier_unregister_buffer() or kvtier_close(). */
 KVTIER_API int kvtier_register_buffer(kvtier_store_t* store, void* addr, size_t len);
-/* Removes the region that starts at addr; KVTIER_ERR_NOT_FOUND if there is none. */
+/* Removes the region that starts at addr; KVTIER_ERR_NOT_FOUND if there is none. Returns once
+ * no call is moving bytes in it (convention 5): the memory may be freed then. */
 KVTIER_API int kvtier_unregister_buffer(kvtier_store_t* store, void* addr);
 
 /* Stores each key from its fragments, in place. The fragments are exactly what the engine's
