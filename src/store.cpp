@@ -50,7 +50,14 @@ std::string json_escape(const std::string& s) {
 
 Store::Store(const Config& config) : config_(config), ns_seed_(namespace_seed(config.ns)) {}
 
-Store::~Store() = default;
+Store::~Store() {
+  // A clean close under write_back writes down what only the top tier holds, for as long as a
+  // close may reasonably take; what is left is said.
+  if (config_.write_policy != WritePolicy::kWriteBack || tiers_.size() < 2) return;
+  constexpr auto kFlushBudget = std::chrono::seconds(30);
+  const size_t left = tiers_[0]->tier->flush(std::chrono::steady_clock::now() + kFlushBudget);
+  if (left) log().warn("close: {} write_back pages not written down within 30 s: lost", left);
+}
 
 Status Store::open(const Config& config, std::unique_ptr<Store>* out) {
   set_log_level(config.log_level);

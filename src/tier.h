@@ -1,6 +1,7 @@
 // The interface every tier implements, and the registry that names them.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -107,8 +108,16 @@ class Tier {
   virtual void clear() = 0;
   virtual TierStats stats() const = 0;
 
-  // Optional: offer evicted pages to `sink` (the store sets it under write_back).
+  // Optional: offer evicted pages to `sink` (the store sets it under write_back). A page stays
+  // findable here (get, exists) until the sink has returned, so it is in some tier throughout.
   virtual void set_eviction_sink(EvictionSink sink) { (void)sink; }
+  // Optional: hand every page to the eviction sink, as many as fit before `deadline` (the
+  // store's clean close under write_back, so pages only this tier holds are not lost).
+  // Returns the pages left.
+  virtual size_t flush(std::chrono::steady_clock::time_point deadline) {
+    (void)deadline;
+    return 0;
+  }
 
   // Optional: caller memory registered for zero-copy calls (kvtier_register_buffer), for tiers
   // that register it with hardware once instead of per transfer. Best effort: a tier that

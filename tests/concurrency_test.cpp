@@ -256,6 +256,101 @@ TEST_P(Concurrency, UnregisterWaitsForTheGetsThatWriteIntoTheRegion) {
   kvtier_close(s);
 }
 
+// write_back moves pages from the memory tier down to the file tier as it evicts them: a page
+// acknowledged by a put must be found, with its bytes, at every instant of that move.
+TEST(WriteBack, APageMovingDownIsFoundThroughout) {
+  const std::string config = kvtier_test::with_test_dir(
+      "tiers=memory,file;write_policy=write_back;memory_capacity=256KiB;"
+      "file_dir={dir}/moving;file_capacity=256MiB");
+  kvtier_store_t* s = nullptr;
+  const int rc = kvtier_open(config.c_str(), &s);
+  if (rc == KVTIER_ERR_UNSUPPORTED) GTEST_SKIP() << kvtier_last_error();
+  ASSERT_EQ(rc, KVTIER_OK) << kvtier_last_error();
+  constexpr size_t kKeys = 1500;
+  std::vector<std::string> keys;
+  for (size_t k = 0; k < kKeys; ++k) keys.push_back(kvtier_test::make_key("moving", k));
+  std::atomic<size_t> acked{0};
+  std::atomic<size_t> checked{0}, missed{0}, wrong{0};
+  std::thread writer([&] {
+    std::vector<unsigned char> val(kPage);
+    for (size_t k = 0; k < kKeys; ++k) {
+      value_of(k, val.data());
+      const char* key = keys[k].c_str();
+      const void* v = val.data();
+      size_t sz = kPage;
+      int r = 1;
+      if (kvtier_batch_set(s, &key, 1, &v, &sz, &r) != KVTIER_OK || r != KVTIER_OK) ++wrong;
+      acked = k + 1;
+    }
+  });
+  auto reader = [&](int seed) {
+    std::mt19937_64 g(seed);
+    std::vector<unsigned char> got(kPage), want(kPage);
+    while (acked < kKeys) {
+      const size_t n = acked;
+      if (n == 0) continue;
+      const size_t k = n - 1 - g() % std::min<size_t>(n, 64);  // the pages being demoted now
+      const char* key = keys[k].c_str();
+      int present = 1;
+      if (kvtier_batch_exists_each(s, &key, 1, &present) != KVTIER_OK || present != KVTIER_OK)
+        ++missed;
+      void* b = got.data();
+      size_t cap = kPage;
+      int64_t r = 0;
+      kvtier_batch_get(s, &key, 1, &b, &cap, &r);
+      value_of(k, want.data());
+      if (r != static_cast<int64_t>(kPage)) ++missed;
+      else if (got != want) ++wrong;
+      ++checked;
+    }
+  };
+  std::thread r1(reader, 1), r2(reader, 2);
+  writer.join();
+  r1.join();
+  r2.join();
+  EXPECT_GT(checked.load(), 100u);
+  EXPECT_EQ(missed.load(), 0u) << "of " << checked.load() << " lookups of acknowledged pages";
+  EXPECT_EQ(wrong.load(), 0u);
+  kvtier_close(s);
+}
+
+// A clean close under write_back writes down the pages only the memory tier holds: a store
+// opened on the file tier alone then reads every one.
+TEST(WriteBack, ACleanCloseWritesDownWhatOnlyMemoryHeld) {
+  const std::string dir = kvtier_test::with_test_dir("{dir}/closing");
+  kvtier_store_t* s = nullptr;
+  const int rc = kvtier_open(("tiers=memory,file;write_policy=write_back;memory_capacity=64MiB;"
+                              "file_capacity=64MiB;file_dir=" + dir).c_str(), &s);
+  if (rc == KVTIER_ERR_UNSUPPORTED) GTEST_SKIP() << kvtier_last_error();
+  ASSERT_EQ(rc, KVTIER_OK) << kvtier_last_error();
+  constexpr size_t kKeys = 40;
+  std::vector<std::string> keys;
+  std::vector<std::vector<unsigned char>> vals;
+  for (size_t k = 0; k < kKeys; ++k) {
+    keys.push_back(kvtier_test::make_key("closing", k));
+    vals.push_back(kvtier_test::random_bytes(kPage));
+    const char* key = keys[k].c_str();
+    const void* v = vals[k].data();
+    size_t sz = kPage;
+    int r = 1;
+    ASSERT_EQ(kvtier_batch_set(s, &key, 1, &v, &sz, &r), KVTIER_OK);
+    ASSERT_EQ(r, KVTIER_OK);
+  }
+  kvtier_close(s);
+  ASSERT_EQ(kvtier_open(("tiers=file;file_capacity=64MiB;file_dir=" + dir).c_str(), &s), KVTIER_OK);
+  std::vector<unsigned char> got(kPage);
+  for (size_t k = 0; k < kKeys; ++k) {
+    const char* key = keys[k].c_str();
+    void* b = got.data();
+    size_t cap = kPage;
+    int64_t r = 0;
+    ASSERT_EQ(kvtier_batch_get(s, &key, 1, &b, &cap, &r), KVTIER_OK);
+    ASSERT_EQ(r, static_cast<int64_t>(kPage)) << k;
+    EXPECT_EQ(got, vals[k]) << k;
+  }
+  kvtier_close(s);
+}
+
 // Small budgets, so eviction (and, under write_back, demotion) runs concurrently with the rest.
 INSTANTIATE_TEST_SUITE_P(
     Chains, Concurrency,

@@ -72,9 +72,35 @@ void MemoryTier::evict_locked(std::vector<uint32_t>* evicted, std::vector<std::b
       drop(e, to_free);
       continue;
     }
-    table_.pin(e);  // kept alive for the eviction sink; released by demote()
-    unlink(e);
-    evicted->push_back(e);
+    leave(e, evicted);
+  }
+}
+
+void MemoryTier::leave(uint32_t e, std::vector<uint32_t>* evicted) {
+  table_.pin(e);  // kept alive for the eviction sink and readers; released by demote()
+  unlink(e);
+  leaving_.emplace(table_.key(e), e);
+  evicted->push_back(e);
+}
+
+uint32_t MemoryTier::find_any(const KeyId& id) const {
+  if (const uint32_t e = table_.find(id); e != kNone) return e;
+  const auto it = leaving_.find(id);
+  return it != leaving_.end() ? it->second : kNone;
+}
+
+size_t MemoryTier::flush(std::chrono::steady_clock::time_point deadline) {
+  constexpr size_t kBatch = 64;
+  for (;;) {
+    std::vector<uint32_t> batch;
+    {
+      std::lock_guard lock(mu_);
+      if (!sink_) return 0;
+      if (std::chrono::steady_clock::now() >= deadline) return table_.size();
+      while (batch.size() < kBatch && table_.lru_tail() != kNone) leave(table_.lru_tail(), &batch);
+    }
+    if (batch.empty()) return 0;
+    demote(batch);
   }
 }
 
@@ -105,7 +131,12 @@ void MemoryTier::demote(const std::vector<uint32_t>& evicted) {
   std::vector<std::byte*> to_free;
   {
     std::lock_guard lock(mu_);
-    for (uint32_t e : evicted) unpin(e, &to_free);
+    for (uint32_t e : evicted) {
+      // Written down (or failed there): no longer this tier's, unless a remove took it already.
+      if (auto it = leaving_.find(table_.key(e)); it != leaving_.end() && it->second == e)
+        leaving_.erase(it);
+      unpin(e, &to_free);
+    }
   }
   free_all(to_free);
 }
@@ -123,6 +154,8 @@ void MemoryTier::put(std::span<PutOp> ops) {
       if (const uint32_t e = table_.find(ops[i].id); e != kNone) {
         table_.touch(e);
         ops[i].result = KVTIER_OK;
+      } else if (leaving_.count(ops[i].id)) {
+        ops[i].result = KVTIER_OK;  // on its way down: the lower tier will hold it
       } else if (ops[i].size > capacity_) {
         ops[i].result = KVTIER_ERR_NO_SPACE;
         ++errors_;
@@ -151,8 +184,7 @@ void MemoryTier::put(std::span<PutOp> ops) {
         continue;
       }
       ops[i].result = KVTIER_OK;
-      if (table_.find(ops[i].id) !=
-          kNone) {  // another thread (or an earlier op) stored it meanwhile
+      if (find_any(ops[i].id) != kNone) {  // another thread (or an earlier op) stored it meanwhile
         give_block(blocks[i], round_up(ops[i].size), &to_free);
         continue;
       }
@@ -176,13 +208,13 @@ void MemoryTier::get(std::span<GetOp> ops) {
     std::lock_guard lock(mu_);
     for (size_t i = 0; i < ops.size(); ++i) {
       GetOp& op = ops[i];
-      const uint32_t e = table_.find(op.id);
+      const uint32_t e = find_any(op.id);
       if (e == kNone) {
         op.result = KVTIER_ERR_NOT_FOUND;
         continue;
       }
       const Page& x = table_.page(e);
-      table_.touch(e);
+      if (table_.find(op.id) == e) table_.touch(e);  // a leaving page has no LRU place
       if (const int fit = fits(op, x.size); fit != KVTIER_OK) {
         op.result = fit;
       } else {
@@ -212,7 +244,7 @@ void MemoryTier::get(std::span<GetOp> ops) {
 
 void MemoryTier::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
   std::lock_guard lock(mu_);
-  for (size_t i = 0; i < ids.size(); ++i) present[i] = table_.find(ids[i]) != kNone ? 1 : 0;
+  for (size_t i = 0; i < ids.size(); ++i) present[i] = find_any(ids[i]) != kNone ? 1 : 0;
 }
 
 void MemoryTier::remove(std::span<const KeyId> ids, std::span<int> results) {
@@ -221,12 +253,12 @@ void MemoryTier::remove(std::span<const KeyId> ids, std::span<int> results) {
     std::lock_guard lock(mu_);
     for (size_t i = 0; i < ids.size(); ++i) {
       const uint32_t e = table_.find(ids[i]);
-      if (e == kNone) {
-        results[i] = KVTIER_ERR_NOT_FOUND;
-        continue;
+      if (e != kNone) {
+        drop(e, &to_free);
+        results[i] = KVTIER_OK;
+      } else {
+        results[i] = leaving_.erase(ids[i]) ? KVTIER_OK : KVTIER_ERR_NOT_FOUND;
       }
-      drop(e, &to_free);
-      results[i] = KVTIER_OK;
     }
   }
   free_all(to_free);
@@ -237,6 +269,7 @@ void MemoryTier::clear() {
   {
     std::lock_guard lock(mu_);
     while (table_.lru_head() != kNone) drop(table_.lru_head(), &to_free);
+    leaving_.clear();  // demote() still holds their pins
   }
   free_all(to_free);
 }

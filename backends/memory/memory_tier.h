@@ -32,6 +32,7 @@ class MemoryTier final : public Tier {
   void clear() override;
   TierStats stats() const override;
   void set_eviction_sink(EvictionSink sink) override;
+  size_t flush(std::chrono::steady_clock::time_point deadline) override;
 
  private:
   struct Page {
@@ -55,7 +56,11 @@ class MemoryTier final : public Tier {
   // Evicts from the LRU tail until the budget holds. With an eviction sink the evicted entries
   // go to *evicted, pinned for demote(); without one they are dropped.
   void evict_locked(std::vector<uint32_t>* evicted, std::vector<std::byte*>* to_free);
+  // Out of the LRU and the budget, into leaving_, pinned; demote() writes it down.
+  void leave(uint32_t e, std::vector<uint32_t>* evicted);
   void demote(const std::vector<uint32_t>& evicted);
+  // The entry that holds `id` for a reader: linked, or leaving; kNone.
+  uint32_t find_any(const KeyId& id) const;
 
   const uint64_t capacity_;
 
@@ -65,6 +70,10 @@ class MemoryTier final : public Tier {
   uint64_t evictions_ = 0;
   uint64_t errors_ = 0;
   EvictionSink sink_;
+  // Pages handed to the sink and not yet written down there. They are still found by get and
+  // exists (a page moving down is in some tier at every instant) and a put of one counts as
+  // written; out of the LRU list and the budget, pinned until demote() is done with them.
+  std::unordered_map<KeyId, uint32_t, KeyIdHash> leaving_;
 
   // Freed blocks by allocation size, kept for reuse while the budget allows (pages of a model
   // share a few sizes): fresh memory costs a page fault per 4 KiB on first touch, several times
