@@ -5,8 +5,12 @@
 #include <kvtier/kvtier.h>
 #include <netinet/in.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <sys/mount.h>
+#include <sched.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -149,7 +153,141 @@ TEST(Remote, HungServerTimesOut) {
   srv.kill_now(SIGCONT);
   EXPECT_LE(took, std::chrono::milliseconds(700));
   EXPECT_GE(took, std::chrono::milliseconds(250));
-  for (int r : b.get(s)) EXPECT_EQ(r, 1) << "served again once the server runs";
+  // Down now: served again once it answers a probe (the first after 250 ms).
+  bool back = false;
+  for (int i = 0; i < 40 && !back; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    auto r = b.get(s);
+    back = std::all_of(r.begin(), r.end(), [](int x) { return x == 1; });
+  }
+  EXPECT_TRUE(back) << "not served again once the server runs";
+  kvtier_close(s);
+}
+
+// One of three servers stopped (SIGSTOP): the first call that touches it pays one timeout; from
+// then on its keys fail at once with UNAVAILABLE (no call waits for it again until it answers a
+// probe), keys on the others keep their quiet latency, and mixed batches are not held up.
+TEST(Remote, AStoppedMemberCostsOneTimeoutThenFailsFast) {
+  ServerProcess a, b, c;
+  constexpr int kTimeoutMs = 600;
+  kvtier_store_t* s = open_store("tiers=remote;remote_timeout_ms=" + std::to_string(kTimeoutMs) +
+                                 ";remote_servers=" + a.address() + "," + b.address() + "," +
+                                 c.address());
+  Batch batch("breaker", 48, 4096);  // spread over the three by hashing
+  for (int r : batch.set(s)) ASSERT_EQ(r, KVTIER_OK);
+  b.kill_now(SIGSTOP);
+  auto t0 = Clock::now();
+  auto first = batch.get(s);
+  const auto first_took = Clock::now() - t0;
+  EXPECT_LE(first_took, std::chrono::milliseconds(kTimeoutMs + 300));
+  size_t down = 0, served = 0;
+  for (int r : first) {
+    if (r == 1) ++served;
+    else if (r == KVTIER_ERR_TIMEOUT || r == KVTIER_ERR_UNAVAILABLE) ++down;
+    else ADD_FAILURE() << "code " << r;
+  }
+  ASSERT_GT(down, 0u) << "no key was on the stopped server: the test checked nothing";
+  ASSERT_GT(served, 0u);
+  std::vector<long long> ms;
+  for (int call = 0; call < 20; ++call) {  // 20 more mixed batches
+    auto t1 = Clock::now();
+    auto again = batch.get(s);
+    ms.push_back(
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t1).count());
+    for (size_t i = 0; i < again.size(); ++i) {
+      if (first[i] == 1) EXPECT_EQ(again[i], 1) << "a key on a healthy server, call " << call;
+      else EXPECT_TRUE(again[i] == KVTIER_ERR_UNAVAILABLE || again[i] == KVTIER_ERR_TIMEOUT);
+    }
+  }
+  // Only the calls that probe the stopped server (one per breaker wait: 250 ms, 500 ms, ...)
+  // may wait; the median mixed batch is as quick as one without it.
+  std::sort(ms.begin(), ms.end());
+  EXPECT_LT(ms[ms.size() / 2], 60) << "the median mixed batch waited for the stopped server";
+  EXPECT_LT(ms.back(), kTimeoutMs + 300);
+  b.kill_now(SIGCONT);
+  bool back = false;
+  for (int i = 0; i < 100 && !back; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    auto r = batch.get(s);
+    back = std::all_of(r.begin(), r.end(), [](int x) { return x == 1; });
+  }
+  EXPECT_TRUE(back) << "the resumed server was not probed back into use";
+  kvtier_close(s);
+}
+
+// A member named by host name whose resolver never answers: name resolution is bounded by the
+// call's deadline like the rest of it (getaddrinfo alone would wait its own retries, 10 s), and
+// the next calls fail fast. The child process gets a resolv.conf of its own (a mount namespace)
+// that points at a UDP socket that reads nothing.
+TEST(Remote, ASilentResolverCostsOneDeadlineNotItsOwnRetries) {
+  const std::string dir = kvtier_test::test_dir() + "/resolver";
+  std::filesystem::create_directories(dir);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (unshare(CLONE_NEWNS) != 0 || mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr))
+      _exit(77);  // no mount namespace here (not root): skipped below
+    const int dns = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(53);
+    a.sin_addr.s_addr = htonl(0x7f000035);  // 127.0.0.53
+    if (dns < 0 || bind(dns, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) _exit(78);
+    const std::string conf = dir + "/resolv.conf";
+    FILE* f = fopen(conf.c_str(), "w");
+    if (!f) _exit(79);
+    fputs("nameserver 127.0.0.53\noptions timeout:5 attempts:2\n", f);
+    fclose(f);
+    if (mount(conf.c_str(), "/etc/resolv.conf", nullptr, MS_BIND, nullptr) != 0) _exit(77);
+    kvtier_store_t* s = nullptr;
+    if (kvtier_open("tiers=remote;remote_timeout_ms=500;remote_servers=kv-member.example:7471",
+                    &s) != KVTIER_OK)
+      _exit(80);
+    const char* key = "a-key-on-an-unresolvable-member";
+    std::vector<unsigned char> buf(64);
+    void* b = buf.data();
+    size_t cap = buf.size();
+    for (int call = 0; call < 4; ++call) {
+      int64_t r = 0;
+      const auto t0 = Clock::now();
+      kvtier_batch_get(s, &key, 1, &b, &cap, &r);
+      const auto ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+      if (r != KVTIER_ERR_TIMEOUT && r != KVTIER_ERR_UNAVAILABLE) _exit(81);
+      if (ms > (call == 0 ? 1200 : 100)) _exit(90 + call);  // one deadline, then fast
+    }
+    kvtier_close(s);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "no mount namespace for a resolv.conf of its own";
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "80: open failed; 81: wrong code; 90: the first call took over one deadline; 91-93: a "
+         "later call waited again";
+}
+
+// Calls that are not held by a probe: with the server stopped, the median call of a batch that
+// touches it is fast once the breaker is open.
+TEST(Remote, CallsToADownServerDoNotEachWaitTheTimeout) {
+  ServerProcess srv;
+  constexpr int kTimeoutMs = 500;
+  kvtier_store_t* s = open_store("tiers=remote;remote_timeout_ms=" + std::to_string(kTimeoutMs) +
+                                 ";remote_servers=" + srv.address());
+  Batch b("fast-fail", 2, 4096);
+  for (int r : b.set(s)) ASSERT_EQ(r, KVTIER_OK);
+  srv.kill_now(SIGSTOP);
+  std::vector<long long> ms;
+  for (int call = 0; call < 12; ++call) {
+    auto t0 = Clock::now();
+    for (int r : b.get(s)) EXPECT_TRUE(r == KVTIER_ERR_TIMEOUT || r == KVTIER_ERR_UNAVAILABLE);
+    ms.push_back(
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count());
+  }
+  srv.kill_now(SIGCONT);
+  std::sort(ms.begin(), ms.end());
+  EXPECT_LT(ms[ms.size() / 2], 50) << "the median call to a stopped server waited";
   kvtier_close(s);
 }
 

@@ -43,10 +43,42 @@ Status roundtrip(int fd, uint16_t type, const std::vector<uint8_t>& payload, Dea
   return s.is_ok() ? read_reply(fd, type, dl, on_reply) : s;
 }
 
+namespace {
+
+constexpr int64_t kFirstDownMs = 250, kMaxDownMs = 5000;
+
+int64_t now_ns() {
+  return Clock::now().time_since_epoch().count();
+}
+
+}  // namespace
+
+Status Pool::admit(ServerRef& s, bool* probe) {
+  *probe = false;
+  if (s.failures.load() == 0) return {};
+  if (now_ns() >= s.down_until.load() && !s.probing.exchange(true)) {
+    *probe = true;
+    return {};
+  }
+  return {KVTIER_ERR_UNAVAILABLE,
+          "server " + s.name + " is down (it timed out or could not be reached); its keys fail "
+          "at once until it answers a probe"};
+}
+
+void Pool::record(ServerRef& s, bool probe, const Status& st) const {
+  const int c = st.code();
+  if (c == KVTIER_ERR_TIMEOUT || c == KVTIER_ERR_UNAVAILABLE) {
+    const uint32_t n = s.failures.fetch_add(1) + 1;
+    const int64_t ms = std::min<int64_t>(kMaxDownMs, kFirstDownMs << std::min<uint32_t>(n - 1, 8));
+    s.down_until = now_ns() + ms * 1'000'000;
+    if (n == 1) log().warn("remote tier: server {} is down: {}", s.name, st.message());
+  } else if (st.is_ok() && s.failures.exchange(0) != 0) {
+    log().warn("remote tier: server {} answers again", s.name);
+  }
+  if (probe) s.probing = false;
+}
+
 Status Pool::handshake(ServerRef& s, Conn& c, Deadline dl) const {
-  const int64_t now = Clock::now().time_since_epoch().count();
-  if (now < s.down_until.load())
-    return {KVTIER_ERR_UNAVAILABLE, "server " + s.name + " was unreachable moments ago"};
   Status st = net::connect_to(s.host, s.port, dl, &c.fd);
   if (st.is_ok()) {
     wire::Writer w;
@@ -70,16 +102,21 @@ Status Pool::handshake(ServerRef& s, Conn& c, Deadline dl) const {
   }
   if (!st.is_ok()) {
     c.drop();
-    // Fail fast for a short while instead of paying a connect per call to a dead server.
-    s.down_until = now + std::chrono::nanoseconds(
-                             std::chrono::milliseconds(std::min<unsigned>(timeout_ms_, 250)))
-                             .count();
-    log().warn("remote tier: server {}: {}", s.name, st.message());
+    log().debug("remote tier: server {}: {}", s.name, st.message());
   }
   return st;
 }
 
 Status Pool::with_conn(ServerRef& s, const Call& f) const {
+  bool probe = false;
+  if (Status st = admit(s, &probe); !st.is_ok()) return st;
+  struct Probe {  // a probe that ends without an answer either way lets the next call probe
+    ServerRef& s;
+    bool armed;
+    ~Probe() {
+      if (armed) s.probing = false;
+    }
+  } probe_guard{s, probe};
   const Deadline dl = deadline();
   Conn* conn = take_conn(s, dl);
   if (!conn)
@@ -89,6 +126,9 @@ Status Pool::with_conn(ServerRef& s, const Call& f) const {
     Conn* conn;
     ~Held() { give_back(s, conn); }
   } held{s, conn};
+  // The server may have gone down while this call waited for a connection.
+  if (!probe && s.failures.load() != 0)
+    return {KVTIER_ERR_UNAVAILABLE, "server " + s.name + " went down while this call waited"};
   Status st;
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (conn->fd >= 0 && conn->boot != s.boot_id.load()) conn->drop();  // to an earlier start
@@ -102,6 +142,8 @@ Status Pool::with_conn(ServerRef& s, const Call& f) const {
     log().debug("remote tier: {}: {}", s.name, st.message());
     if (!pooled || st.code() != KVTIER_ERR_UNAVAILABLE || t_replies != replies) break;
   }
+  probe_guard.armed = false;
+  record(s, probe, st);
   return st;
 }
 

@@ -49,8 +49,13 @@ struct ServerRef {
   std::mutex pool_mu;
   std::condition_variable pool_cv;
   std::atomic<size_t> next{0};
-  std::atomic<int64_t> down_until{0};  // steady-clock ns: fail fast while a server is down
-  std::atomic<uint64_t> boot_id{0};    // the server start the connections were made to
+  // The circuit breaker: a server that timed out or could not be reached is down; calls to it
+  // fail fast with UNAVAILABLE until down_until, then one call at a time probes it (probing)
+  // and the rest keep failing fast; each failed probe doubles the wait (up to kMaxDownMs).
+  std::atomic<int64_t> down_until{0};  // steady-clock ns
+  std::atomic<uint32_t> failures{0};   // in a row; 0: up
+  std::atomic<bool> probing{false};
+  std::atomic<uint64_t> boot_id{0};  // the server start the connections were made to
   RdmaLink rdma;
   ~ServerRef();
 };
@@ -88,6 +93,12 @@ class Pool {
 
  private:
   Status handshake(ServerRef& s, Conn& c, Deadline dl) const;
+  // The breaker's answer before a call uses `s`: OK to go on (*probe: this call is the one
+  // probe of a server that was down), else UNAVAILABLE at once.
+  static Status admit(ServerRef& s, bool* probe);
+  // The breaker after a call: a failure of the server itself (a timeout, a dead connection)
+  // opens it; a success closes it.
+  void record(ServerRef& s, bool probe, const Status& st) const;
   static Conn* take_conn(ServerRef& s, Deadline dl);
   static void give_back(ServerRef& s, Conn* conn);
 

@@ -12,7 +12,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <condition_variable>
 #include <cstring>
+#include <memory>
+#include <mutex>
+#include <system_error>
+#include <thread>
 
 namespace kvtier::net {
 
@@ -41,19 +46,46 @@ Status io_error(const char* what, int err) {
   return {KVTIER_ERR_UNAVAILABLE, std::string(what) + ": " + std::strerror(err)};
 }
 
-Status resolve(const std::string& host, uint16_t port, sockaddr_in* addr) {
+// getaddrinfo has no timeout of its own: it runs on a thread that owns its result, and the
+// caller waits for it only until its deadline. A silent resolver then costs a call its deadline
+// (and the client's circuit breaker spares the next calls), not the resolver's own retries.
+Status resolve(const std::string& host, uint16_t port, Deadline deadline, sockaddr_in* addr) {
   *addr = {};
   addr->sin_family = AF_INET;
   addr->sin_port = htons(port);
   if (inet_pton(AF_INET, host.c_str(), &addr->sin_addr) == 1) return {};
-  addrinfo hints{};
-  hints.ai_family = AF_INET;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || !res)
-    return {KVTIER_ERR_UNAVAILABLE, "cannot resolve host '" + host + "'"};
-  addr->sin_addr = reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr;
-  freeaddrinfo(res);
+  struct Lookup {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    bool found = false;
+    in_addr found_addr{};
+  };
+  auto lookup = std::make_shared<Lookup>();
+  try {
+    std::thread([lookup, host] {
+      addrinfo hints{};
+      hints.ai_family = AF_INET;
+      hints.ai_socktype = SOCK_STREAM;
+      addrinfo* res = nullptr;
+      const bool ok = getaddrinfo(host.c_str(), nullptr, &hints, &res) == 0 && res;
+      std::lock_guard lock(lookup->mu);
+      if (ok) lookup->found_addr = reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr;
+      if (res) freeaddrinfo(res);
+      lookup->found = ok;
+      lookup->done = true;
+      lookup->cv.notify_all();
+    }).detach();
+  } catch (const std::system_error&) {
+    return {KVTIER_ERR_NO_MEMORY, "cannot start a thread to resolve host '" + host + "'"};
+  }
+  std::unique_lock lock(lookup->mu);
+  if (deadline == Deadline::max())
+    lookup->cv.wait(lock, [&] { return lookup->done; });
+  else if (!lookup->cv.wait_until(lock, deadline, [&] { return lookup->done; }))
+    return {KVTIER_ERR_TIMEOUT, "resolving host '" + host + "' took longer than the deadline"};
+  if (!lookup->found) return {KVTIER_ERR_UNAVAILABLE, "cannot resolve host '" + host + "'"};
+  addr->sin_addr = lookup->found_addr;
   return {};
 }
 
@@ -73,7 +105,7 @@ Status split_host_port(const std::string& text, std::string* host, uint16_t* por
 
 Status connect_to(const std::string& host, uint16_t port, Deadline deadline, int* out) {
   sockaddr_in addr;
-  Status s = resolve(host, port, &addr);
+  Status s = resolve(host, port, deadline, &addr);
   if (!s.is_ok()) return s;
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return io_error("socket", errno);
@@ -106,7 +138,8 @@ void no_delay(int fd) {
 
 Status listen_on(const std::string& host, uint16_t port, int* out, uint16_t* bound_port) {
   sockaddr_in addr;
-  Status s = resolve(host, port, &addr);
+  // A listener starts once; its name is the operator's (a minute for a slow resolver).
+  Status s = resolve(host, port, Clock::now() + std::chrono::minutes(1), &addr);
   if (!s.is_ok()) return s;
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return io_error("socket", errno);
