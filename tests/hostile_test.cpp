@@ -821,8 +821,10 @@ TEST(Hostile, ClaimedLengthsCostTheClientNothing) {
   const pid_t client = fork();
   if (client == 0) {
     kvtier_store_t* s = nullptr;
-    const std::string cfg = "tiers=remote;remote_transport=tcp;remote_timeout_ms=1000;"
-                            "remote_servers=127.0.0.1:" + std::to_string(port);
+    const std::string cfg =
+        "tiers=remote;remote_transport=tcp;remote_timeout_ms=1000;"
+        "remote_servers=127.0.0.1:" +
+        std::to_string(port);
     if (kvtier_open(cfg.c_str(), &s) != KVTIER_OK) _exit(2);
     const char* key = "claimed";
     std::vector<char> buf(4096);

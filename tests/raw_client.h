@@ -91,12 +91,10 @@ class Ctl {
     uint32_t len = 0;
     std::memcpy(&len, h + 8, 4);
     std::vector<uint8_t> reply(len);
-    if (len && recv_all(fd_, reply.data(), len) != static_cast<ssize_t>(len))
-      return {-1, {}};
+    if (len && recv_all(fd_, reply.data(), len) != static_cast<ssize_t>(len)) return {-1, {}};
     if (bulk) {
       bulk->resize(bulk_len);
-      if (bulk_len &&
-          recv_all(fd_, bulk->data(), bulk_len) != static_cast<ssize_t>(bulk_len))
+      if (bulk_len && recv_all(fd_, bulk->data(), bulk_len) != static_cast<ssize_t>(bulk_len))
         return {-1, {}};
     }
     return {h[6] | (h[7] << 8), reply};

@@ -76,7 +76,8 @@ int PageFiles::grow(uint32_t cls) {
   // a slice of the budget, and all classes' files together stay within the capacity: past it,
   // this class's least recently used page gives up its slot, or the files grow by one slot.
   uint64_t files = 0;
-  for (uint32_t k = 0; k < h.nclasses; ++k) files += h.classes[k].file_slots * h.classes[k].slot_size;
+  for (uint32_t k = 0; k < h.nclasses; ++k)
+    files += h.classes[k].file_slots * h.classes[k].slot_size;
   if (files + c.slot_size > h.capacity && evict_from_class(cls)) return KVTIER_OK;
   uint64_t step = std::min({kGrowBytes, h.capacity / 16, c.file_slots * c.slot_size,
                             h.capacity > files ? h.capacity - files : 0});

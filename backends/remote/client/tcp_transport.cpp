@@ -12,7 +12,7 @@ namespace {
 // verified (get) just before or after its bytes cross the socket, while they are in cache,
 // instead of in a separate pass over the whole batch.
 constexpr size_t kChunk = 256u << 10;
-constexpr size_t kChunkKeys = 1024;  // so a request frame stays small (16 KiB of ids)
+constexpr size_t kChunkKeys = 1024;     // so a request frame stays small (16 KiB of ids)
 constexpr uint64_t kDrain = 64u << 10;  // scratch for the bytes of values that do not fit
 
 using Ranges = std::vector<std::pair<size_t, size_t>>;

@@ -94,8 +94,8 @@ Status Server::open_disk() {
     unsigned long long ns = 0;
     char tail = 0;
     struct stat st {};
-    if (std::sscanf(e->d_name, "ns-%16llx%c", &ns, &tail) != 1 ||
-        ns_folder(ns) != e->d_name || ::fstatat(disk_root_, e->d_name, &st, AT_SYMLINK_NOFOLLOW))
+    if (std::sscanf(e->d_name, "ns-%16llx%c", &ns, &tail) != 1 || ns_folder(ns) != e->d_name ||
+        ::fstatat(disk_root_, e->d_name, &st, AT_SYMLINK_NOFOLLOW))
       continue;
     found.push_back({st.st_mtim, ns});
   }
@@ -163,8 +163,8 @@ std::shared_ptr<Tier> Server::disk(uint64_t ns, bool create) {
 
 void Server::make_disk_room(uint64_t ns, uint64_t bytes) {
   std::lock_guard lock(disk_mu_);
-  for (auto k = disk_lru_.rbegin(); k != disk_lru_.rend() &&
-                                    disk_bytes_ + bytes > opt_.file_capacity;) {
+  for (auto k = disk_lru_.rbegin();
+       k != disk_lru_.rend() && disk_bytes_ + bytes > opt_.file_capacity;) {
     const uint64_t victim = *k;
     DiskNs& e = disks_[victim];
     if (victim == ns || (e.tier && e.tier.use_count() > 1)) {
@@ -215,9 +215,9 @@ void Server::write_through(uint64_t ns, std::span<const DiskPage> pages,
   }
   const auto failed = std::count_if(results.begin(), results.end(), [](int32_t r) { return r; });
   if (failed) {
-    warn_limited("server: " + std::to_string(failed) + " pages refused, not written to disk: " +
-                 code_name(*std::find_if(results.begin(), results.end(),
-                                         [](int32_t r) { return r != 0; })));
+    warn_limited(
+        "server: " + std::to_string(failed) + " pages refused, not written to disk: " +
+        code_name(*std::find_if(results.begin(), results.end(), [](int32_t r) { return r != 0; })));
     std::lock_guard lock(mu_);
     errors_ += static_cast<uint64_t>(failed);
   }

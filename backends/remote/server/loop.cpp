@@ -378,9 +378,10 @@ void Server::fit_fd_limit() {
   if (opt_.max_connections + max_unauth_ > room) {
     opt_.max_connections = static_cast<unsigned>(std::max<uint64_t>(room * 4 / 5, 1));
     max_unauth_ = std::max<unsigned>(static_cast<unsigned>(room / 5), 1);
-    log().warn("server: the fd limit ({}) allows {} connections (and {} before HELLO){}",
-               static_cast<unsigned long long>(limit), opt_.max_connections, max_unauth_,
-               opt_.file ? ", " + std::to_string(max_open_disks_) + " namespaces open on disk" : "");
+    log().warn(
+        "server: the fd limit ({}) allows {} connections (and {} before HELLO){}",
+        static_cast<unsigned long long>(limit), opt_.max_connections, max_unauth_,
+        opt_.file ? ", " + std::to_string(max_open_disks_) + " namespaces open on disk" : "");
   }
 }
 

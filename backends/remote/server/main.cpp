@@ -237,7 +237,8 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   kvtier::MetricsEndpoint metrics;
   if (set.metrics_port) {
-    s = metrics.start(set.metrics_host, set.metrics_port, [&server] { return server.metrics_text(); });
+    s = metrics.start(set.metrics_host, set.metrics_port,
+                      [&server] { return server.metrics_text(); });
     if (!s.is_ok()) return fail(s);
   }
   // Registered last, once it answers; deregistered first, so clients stop sending here before

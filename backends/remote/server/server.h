@@ -189,7 +189,7 @@ class Server {
     KeyId id;
     uint64_t offset, length, checksum;  // the page's bytes in the arena
   };
-  struct DiskNs {  // a namespace with a folder on disk
+  struct DiskNs {                // a namespace with a folder on disk
     std::shared_ptr<Tier> tier;  // its file tier; null: closed (its fds given back)
     uint64_t bytes = 0;          // what its files take on disk, as last measured
     std::list<uint64_t>::iterator lru;
@@ -255,9 +255,9 @@ class Server {
   // Per request type (wire::Type, HELLO .. RELEASE): observed when the reply is out.
   std::array<LatencyHistogram, wire::kRelease + 1> latency_;
   std::atomic<uint64_t> largest_page_{0};  // what promotion reads room for first
-  int disk_root_ = -1;  // --file-dir
-  std::atomic<size_t> disks_open_{0};  // file tiers alive, also those closed but still in use
-  size_t max_open_disks_ = 64;         // set by fit_fd_limit
+  int disk_root_ = -1;                     // --file-dir
+  std::atomic<size_t> disks_open_{0};      // file tiers alive, also those closed but still in use
+  size_t max_open_disks_ = 64;             // set by fit_fd_limit
   std::mutex disk_mu_;
   std::unordered_map<uint64_t, DiskNs> disks_;  // guarded by disk_mu_, as are the three below
   std::list<uint64_t> disk_lru_;                // namespaces on disk, most recently used first
