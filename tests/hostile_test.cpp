@@ -6,6 +6,8 @@
 #include <grp.h>
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -759,6 +761,87 @@ void attack(uint16_t port, const std::atomic<bool>& stop) {
     std::this_thread::sleep_for(milliseconds(20));
   }
   for (int fd : idle) close(fd);
+}
+
+// A rogue kvtier-server, in a child process: answers HELLO, then every GET with one value
+// claimed `claim` bytes long whose bytes never come. Returns its pid; *port is where it listens.
+pid_t rogue_server(uint64_t claim, uint16_t* port) {
+  const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(lfd, 16) != 0 ||
+      getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    return -1;
+  *port = ntohs(a.sin_port);
+  const pid_t pid = fork();
+  if (pid != 0) {
+    close(lfd);
+    return pid;
+  }
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  for (;;) {
+    const int fd = accept(lfd, nullptr, nullptr);
+    if (fd < 0) _exit(1);
+    std::thread([fd, claim] {
+      for (;;) {
+        uint8_t h[16];
+        if (recv(fd, h, 16, MSG_WAITALL) != 16) break;
+        const uint16_t type = static_cast<uint16_t>(Ctl::get({h, h + 16}, 6, 2));
+        std::vector<uint8_t> payload(Ctl::get({h, h + 16}, 8, 4));
+        if (!payload.empty() && recv(fd, payload.data(), payload.size(), MSG_WAITALL) !=
+                                    static_cast<ssize_t>(payload.size()))
+          break;
+        std::vector<uint8_t> reply;
+        if (type == 1) Ctl::put(reply, 42, 8);  // HELLO: a boot id
+        if (type == 4) {                        // GET: every key found, `claim` bytes long
+          const uint64_t n = Ctl::get(payload, 0, 4);
+          Ctl::put(reply, n, 4);
+          for (uint64_t i = 0; i < n; ++i) {
+            Ctl::put(reply, 0, 4);
+            Ctl::put(reply, claim, 8);
+            Ctl::put(reply, 0, 8);
+          }
+        }
+        const std::vector<uint8_t> f = Ctl::frame(static_cast<uint16_t>(type | 0x80), reply);
+        send(fd, f.data(), f.size(), MSG_NOSIGNAL);
+      }
+      close(fd);
+    }).detach();
+  }
+}
+
+// Finding 26.7: a server's reply claiming a 1 GiB value made the client zero-fill 1 GiB before
+// its first byte came. The client here is a child process, so its peak memory is its own.
+TEST(Hostile, ClaimedLengthsCostTheClientNothing) {
+  uint16_t port = 0;
+  const pid_t rogue = rogue_server(1ull << 30, &port);
+  ASSERT_GT(rogue, 0);
+  const pid_t client = fork();
+  if (client == 0) {
+    kvtier_store_t* s = nullptr;
+    const std::string cfg =
+        "tiers=remote;remote_transport=tcp;remote_timeout_ms=1000;"
+        "remote_servers=127.0.0.1:" +
+        std::to_string(port);
+    if (kvtier_open(cfg.c_str(), &s) != KVTIER_OK) _exit(2);
+    const char* key = "claimed";
+    std::vector<char> buf(4096);
+    void* ptr = buf.data();
+    size_t cap = buf.size();
+    int64_t got = 0;
+    kvtier_batch_get(s, &key, 1, &ptr, &cap, &got);
+    kvtier_close(s);
+    _exit(got >= 0 ? 3 : 0);  // never a hit
+  }
+  int status = 0;
+  rusage use{};
+  ASSERT_EQ(wait4(client, &status, 0, &use), client);
+  kill(rogue, SIGKILL);
+  waitpid(rogue, nullptr, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_LT(use.ru_maxrss, 256 << 10) << "KiB at the client's peak";
 }
 
 TEST(HostileSoak, HonestClientsKeepTheirBytesAndTheirLatency) {

@@ -31,6 +31,18 @@ inline int raw_connect(uint16_t port, int timeout_s = 2) {
   return fd;
 }
 
+// recv(MSG_WAITALL) that goes on after a signal (the library's threads may send some).
+inline ssize_t recv_all(int fd, void* buf, size_t len) {
+  size_t got = 0;
+  while (got < len) {
+    const ssize_t n = recv(fd, static_cast<char*>(buf) + got, len - got, MSG_WAITALL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return got ? static_cast<ssize_t>(got) : n;
+    got += static_cast<size_t>(n);
+  }
+  return static_cast<ssize_t>(got);
+}
+
 // The checksum the server verifies at COMMIT: XXH3-64 of the page's bytes.
 inline uint64_t page_checksum(const void* p, size_t n) {
   return XXH3_64bits(p, n);
@@ -75,16 +87,14 @@ class Ctl {
   std::pair<int, std::vector<uint8_t>> read_reply(std::vector<uint8_t>* bulk = nullptr,
                                                   size_t bulk_len = 0) {
     uint8_t h[16];
-    if (recv(fd_, h, 16, MSG_WAITALL) != 16) return {-1, {}};
+    if (recv_all(fd_, h, 16) != 16) return {-1, {}};
     uint32_t len = 0;
     std::memcpy(&len, h + 8, 4);
     std::vector<uint8_t> reply(len);
-    if (len && recv(fd_, reply.data(), len, MSG_WAITALL) != static_cast<ssize_t>(len))
-      return {-1, {}};
+    if (len && recv_all(fd_, reply.data(), len) != static_cast<ssize_t>(len)) return {-1, {}};
     if (bulk) {
       bulk->resize(bulk_len);
-      if (bulk_len &&
-          recv(fd_, bulk->data(), bulk_len, MSG_WAITALL) != static_cast<ssize_t>(bulk_len))
+      if (bulk_len && recv_all(fd_, bulk->data(), bulk_len) != static_cast<ssize_t>(bulk_len))
         return {-1, {}};
     }
     return {h[6] | (h[7] << 8), reply};
@@ -132,7 +142,7 @@ class Ctl {
     put(p, page_checksum(bytes.data(), bytes.size()), 8);
     auto [type, r] = call(3, p, bytes);
     EXPECT_EQ(type, 3 | 0x80);
-    return static_cast<int32_t>(get(r, 4, 4));
+    return type == (3 | 0x80) ? static_cast<int32_t>(get(r, 4, 4)) : INT32_MIN;  // no answer
   }
   // A TCP GET of one page: {code, bytes}.
   std::pair<int32_t, std::vector<uint8_t>> get_page(uint8_t tag) {
@@ -142,13 +152,13 @@ class Ctl {
     std::vector<uint8_t> f = frame(4, p);
     send(fd_, f.data(), f.size(), MSG_NOSIGNAL);
     uint8_t h[16];
-    if (recv(fd_, h, 16, MSG_WAITALL) != 16) return {-1, {}};
+    if (recv_all(fd_, h, 16) != 16) return {-1, {}};
     std::vector<uint8_t> r(24);
-    if (recv(fd_, r.data(), 24, MSG_WAITALL) != 24) return {-1, {}};
+    if (recv_all(fd_, r.data(), 24) != 24) return {-1, {}};
     const int32_t code = static_cast<int32_t>(get(r, 4, 4));
     std::vector<uint8_t> bytes(code == 0 ? get(r, 8, 8) : 0);
     if (!bytes.empty() &&
-        recv(fd_, bytes.data(), bytes.size(), MSG_WAITALL) != static_cast<ssize_t>(bytes.size()))
+        recv_all(fd_, bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()))
       return {-1, {}};
     return {code, bytes};
   }

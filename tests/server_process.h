@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -35,12 +36,15 @@ class ServerProcess {
  public:
   // port 0: an ephemeral port, reported by the server's first line.
   // log_path: the server's stderr (its log) goes there instead of the test's.
+  // fd_limit: the server's RLIMIT_NOFILE, soft and hard (0: the test's).
   explicit ServerProcess(std::string capacity = "256MiB", std::string token = "", uint16_t port = 0,
-                         std::vector<std::string> extra = {}, std::string log_path = "")
+                         std::vector<std::string> extra = {}, std::string log_path = "",
+                         rlim_t fd_limit = 0)
       : capacity_(std::move(capacity)),
         token_(std::move(token)),
         extra_(std::move(extra)),
-        log_path_(std::move(log_path)) {
+        log_path_(std::move(log_path)),
+        fd_limit_(fd_limit) {
     start(port);
   }
   ~ServerProcess() { kill_now(SIGKILL); }
@@ -58,6 +62,10 @@ class ServerProcess {
       if (!log_path_.empty()) {
         int log = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
         if (log >= 0) dup2(log, 2);
+      }
+      if (fd_limit_) {
+        const rlimit r{fd_limit_, fd_limit_};
+        setrlimit(RLIMIT_NOFILE, &r);
       }
       std::string listen = test_host() + ":" + std::to_string(port);
       std::vector<std::string> args{"--listen", listen,        "--capacity",
@@ -105,6 +113,7 @@ class ServerProcess {
   std::string capacity_, token_;
   std::vector<std::string> extra_;
   std::string log_path_;
+  rlim_t fd_limit_ = 0;
   pid_t pid_ = -1;
   uint16_t port_ = 0;
   int status_ = 0;

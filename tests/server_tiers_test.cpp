@@ -1,10 +1,16 @@
 // kvtier-server with its pages on disk too (--tiers memory,file): a server whose arena holds a
 // fraction of the pages serves them all, and a restarted server (even after SIGKILL) comes back
 // with them; removed and cleared pages stay gone across a restart.
+#include <dirent.h>
+#include <ftw.h>
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
 #include <sys/stat.h>
 
+#include <atomic>
+#include <map>
+
+#include "raw_client.h"
 #include "server_process.h"
 #include "test_util.h"
 
@@ -153,6 +159,184 @@ TEST(ServerTiers, UnsafeFolderFailsTheStart) {
                           " --listen 127.0.0.1:0 --tiers memory,file --file-dir " + dir +
                           " >/dev/null 2>&1";
   EXPECT_EQ(WEXITSTATUS(system(cmd.c_str())), 1);
+}
+
+// ---- what reads, namespaces and fds cost the disk (issue 27) ---------------------------
+
+using kvtier_test::Ctl;
+
+// Bytes the files under `dir` take on disk (allocated blocks, not their lengths).
+uint64_t disk_use(const std::string& dir) {
+  static std::atomic<uint64_t> total;
+  total = 0;
+  nftw(
+      dir.c_str(),
+      [](const char*, const struct stat* st, int type, FTW*) {
+        if (type == FTW_F) total += static_cast<uint64_t>(st->st_blocks) * 512;
+        return 0;
+      },
+      16, FTW_PHYS);
+  return total;
+}
+
+size_t entries(const std::string& dir) {
+  size_t n = 0;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+    closedir(d);
+  }
+  return n;
+}
+
+// One page of each of the 64 slot sizes the file tier has classes for (4 KiB .. 512 KiB): 11 MiB.
+std::vector<std::vector<uint8_t>> one_page_per_class() {
+  std::vector<std::vector<uint8_t>> pages;
+  for (uint64_t size = 4096; pages.size() < 64;) {
+    std::vector<uint8_t> v(size);
+    kvtier_test::fill_random(v.data(), v.size());
+    pages.push_back(std::move(v));
+    size += size < 65536 ? 4096 : (uint64_t{1} << (63 - __builtin_clzll(size))) / 16;
+  }
+  return pages;
+}
+
+// Reads every page back (tags 1..n, in namespace ns) and compares byte for byte.
+void expect_pages(uint16_t port, uint64_t ns,
+                  const std::map<uint8_t, std::vector<uint8_t>>& pages) {
+  Ctl c(port, ns);
+  for (auto& [tag, bytes] : pages) {
+    auto [code, got] = c.get_page(tag);
+    EXPECT_EQ(code, 0) << "page " << int(tag) << " of namespace " << ns;
+    if (code == 0) {
+      EXPECT_TRUE(got == bytes) << "WRONG BYTES for page " << int(tag);
+    }
+  }
+}
+
+// Finding 27.1: read-only frames naming new namespaces made nothing readable of another
+// namespace's durable pages, and its later acknowledged puts were lost at the next restart.
+TEST(ServerTiers, ReadsMakeNothingOnDiskAndHideNoPages) {
+  if (const std::string why = no_file_tier(); !why.empty()) GTEST_SKIP() << why;
+  const std::string dir = server_dir("reads");
+  ServerProcess srv("64MiB", "", 0,
+                    {"--tiers", "memory,file", "--file-dir", dir, "--file-capacity", "256MiB"});
+  constexpr uint64_t kVictim = 0x5eed;
+  std::map<uint8_t, std::vector<uint8_t>> pages;
+  {
+    Ctl c(srv.port(), kVictim);
+    for (uint8_t tag = 1; tag <= 32; ++tag) {
+      pages[tag] = kvtier_test::random_bytes(16 << 10);
+      ASSERT_EQ(c.put_page(tag, pages[tag]), 0) << "tag " << int(tag);
+    }
+  }
+  const size_t folders = entries(dir);
+  srv.kill_now(SIGTERM);
+  ASSERT_TRUE(srv.restart());
+  for (uint64_t i = 0; i < 256; ++i) {  // reads (and REMOVE) of namespaces never written
+    Ctl r(srv.port(), 0x10000 + i);
+    EXPECT_FALSE(r.exists(7));
+    EXPECT_EQ(r.get_page(7).first, KVTIER_ERR_NOT_FOUND);
+    EXPECT_EQ(std::get<0>(r.lookup(7)), KVTIER_ERR_NOT_FOUND);
+    EXPECT_EQ(r.remove(7), KVTIER_ERR_NOT_FOUND);
+  }
+  EXPECT_EQ(entries(dir), folders) << "reads made folders on disk";
+  expect_pages(srv.port(), kVictim, pages);
+  {
+    Ctl c(srv.port(), kVictim);
+    for (uint8_t tag = 33; tag <= 64; ++tag) {
+      pages[tag] = kvtier_test::random_bytes(16 << 10);
+      ASSERT_EQ(c.put_page(tag, pages[tag]), 0) << "tag " << int(tag);
+    }
+  }
+  srv.kill_now(SIGKILL);  // acknowledged means on disk: no clean stop needed
+  ASSERT_TRUE(srv.restart());
+  expect_pages(srv.port(), kVictim, pages);
+}
+
+// A HELLO that may be refused: whether the server took the connection.
+bool hello(int fd, uint64_t ns) {
+  std::vector<uint8_t> p;
+  Ctl::put(p, 0, 4);
+  Ctl::put(p, ns, 8);
+  const std::vector<uint8_t> f = Ctl::frame(1, p);
+  if (send(fd, f.data(), f.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(f.size())) return false;
+  uint8_t h[16];
+  return kvtier_test::recv_all(fd, h, 16) == 16 && h[6] == 0x81;
+}
+
+// Finding 27.1, the fds: with every connection the server allows held open, the file tier's
+// files still open, so each acknowledged put is on disk (before: acknowledged and lost).
+TEST(ServerTiers, ConnectionsLeaveTheDiskItsFds) {
+  if (const std::string why = no_file_tier(); !why.empty()) GTEST_SKIP() << why;
+  const std::string dir = server_dir("fds");
+  ServerProcess srv("64MiB", "", 0,
+                    {"--tiers", "memory,file", "--file-dir", dir, "--file-capacity", "256MiB"}, "",
+                    256);
+  constexpr uint64_t kNs = 0xfd;
+  Ctl writer(srv.port(), kNs);
+  std::vector<int> flood;
+  for (int i = 0; i < 400; ++i) {
+    const int fd = kvtier_test::raw_connect(srv.port());
+    if (!hello(fd, 0xf100d + i)) {
+      close(fd);
+      break;
+    }
+    flood.push_back(fd);
+  }
+  EXPECT_GT(flood.size(), 8u);
+  std::map<uint8_t, std::vector<uint8_t>> acked;
+  const auto pages = one_page_per_class();  // 64 size classes: two files each
+  for (size_t i = 0; i < pages.size(); ++i) {
+    const uint8_t tag = static_cast<uint8_t>(i + 1);
+    if (writer.put_page(tag, pages[i]) == 0) acked[tag] = pages[i];
+  }
+  EXPECT_EQ(acked.size(), pages.size()) << "the disk had no fds left";
+  for (int fd : flood) close(fd);
+  srv.kill_now(SIGKILL);
+  ASSERT_TRUE(srv.restart());
+  expect_pages(srv.port(), kNs, acked);  // every acknowledged page, after a restart
+}
+
+// Finding 27.2: disk follows the bytes stored. One page in each of 64 size classes took
+// 64 file-growth steps; several namespaces took --file-capacity each.
+TEST(ServerTiers, DiskFollowsTheBytesStored) {
+  if (const std::string why = no_file_tier(); !why.empty()) GTEST_SKIP() << why;
+  const std::string one = server_dir("one-namespace");
+  {
+    ServerProcess srv("64MiB", "", 0,
+                      {"--tiers", "memory,file", "--file-dir", one, "--file-capacity", "256MiB"});
+    const uint64_t before = disk_use(one);
+    Ctl c(srv.port(), 1);
+    uint64_t sent = 0;
+    const auto pages = one_page_per_class();
+    for (size_t i = 0; i < pages.size(); ++i) {
+      ASSERT_EQ(c.put_page(static_cast<uint8_t>(i + 1), pages[i]), 0);
+      sent += pages[i].size();
+    }
+    const uint64_t used = disk_use(one) - before;
+    EXPECT_LE(used, sent * 5 / 4 + (2 << 20)) << sent << " bytes sent took " << used << " on disk";
+  }
+
+  // All namespaces together within --file-capacity; the newest one's pages all kept.
+  const std::string all = server_dir("all-namespaces");
+  constexpr uint64_t kCapacity = 32 << 20;
+  ServerProcess srv("64MiB", "", 0,
+                    {"--tiers", "memory,file", "--file-dir", all, "--file-capacity", "32MiB"});
+  std::map<uint8_t, std::vector<uint8_t>> last;
+  for (uint64_t ns = 1; ns <= 6; ++ns) {  // 8 MiB each, 48 MiB in all
+    Ctl c(srv.port(), ns);
+    last.clear();
+    for (uint8_t tag = 1; tag <= 64; ++tag) {
+      last[tag] = kvtier_test::random_bytes(128 << 10);
+      ASSERT_EQ(c.put_page(tag, last[tag]), 0);
+    }
+    const uint64_t used = disk_use(all);
+    EXPECT_LE(used, kCapacity + (4 << 20)) << "after namespace " << ns;
+  }
+  srv.kill_now(SIGKILL);
+  ASSERT_TRUE(srv.restart());
+  expect_pages(srv.port(), 6, last);
+  EXPECT_LE(disk_use(all), kCapacity + (4 << 20));
 }
 
 }  // namespace

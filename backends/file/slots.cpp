@@ -67,12 +67,20 @@ void PageFiles::reclaim_dead() {
 }
 
 int PageFiles::grow(uint32_t cls) {
-  ClassInfo& c = index_->h().classes[cls];
+  IndexHeader& h = index_->h();
+  ClassInfo& c = h.classes[cls];
   const ClassFiles f = files_of_class(cls);
   if (f.fd < 0) return KVTIER_ERR_IO;
-  // Big steps (fewer extents), but never more than a slice of the budget or of what the
-  // filesystem has left, so other size classes still find room.
-  uint64_t step = std::min(kGrowBytes, index_->h().capacity / 16);
+  // Disk follows the bytes stored: a class's files grow by what they hold already (doubling
+  // from one slot, so a class with one page takes one slot), in steps of at most kGrowBytes and
+  // a slice of the budget, and all classes' files together stay within the capacity: past it,
+  // this class's least recently used page gives up its slot, or the files grow by one slot.
+  uint64_t files = 0;
+  for (uint32_t k = 0; k < h.nclasses; ++k)
+    files += h.classes[k].file_slots * h.classes[k].slot_size;
+  if (files + c.slot_size > h.capacity && evict_from_class(cls)) return KVTIER_OK;
+  uint64_t step = std::min({kGrowBytes, h.capacity / 16, c.file_slots * c.slot_size,
+                            h.capacity > files ? h.capacity - files : 0});
   struct statvfs vfs {};
   if (::fstatvfs(f.fd, &vfs) == 0)
     step = std::min<uint64_t>(step, uint64_t{vfs.f_bavail} * vfs.f_frsize / 8);

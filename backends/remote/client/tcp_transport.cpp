@@ -12,7 +12,8 @@ namespace {
 // verified (get) just before or after its bytes cross the socket, while they are in cache,
 // instead of in a separate pass over the whole batch.
 constexpr size_t kChunk = 256u << 10;
-constexpr size_t kChunkKeys = 1024;  // so a request frame stays small (16 KiB of ids)
+constexpr size_t kChunkKeys = 1024;     // so a request frame stays small (16 KiB of ids)
+constexpr uint64_t kDrain = 64u << 10;  // scratch for the bytes of values that do not fit
 
 using Ranges = std::vector<std::pair<size_t, size_t>>;
 
@@ -139,28 +140,33 @@ class TcpTransport final : public Transport {
       uint64_t len, sum;
     };
     std::vector<Meta> meta;
-    uint64_t drain = 0;
     for (size_t k = 0; k < idx.size(); ++k) {
       Meta m{rd.i32(), rd.u64(), rd.u64()};
       if (m.code == KVTIER_OK && (m.len == 0 || m.len > wire::kMaxValue))
         return {KVTIER_ERR_INVALID_ARG, "bad GET length"};
-      if (m.code == KVTIER_OK) drain = std::max(drain, m.len);
       meta.push_back(m);
     }
     if (!rd.done()) return {KVTIER_ERR_INVALID_ARG, "bad GET reply"};
+    // Values that fit go straight into their fragments. One that does not (a size error,
+    // which writes nothing there) is read piece by piece into a small scratch buffer and
+    // dropped: memory follows the bytes that arrive, never the length a reply claims.
     std::vector<iovec> iov;
-    for (size_t k = 0; k < idx.size(); ++k) {
+    Status x;
+    for (size_t k = 0; k < idx.size() && x.is_ok(); ++k) {
       if (meta[k].code != KVTIER_OK) continue;
       GetOp& op = ops[idx[k]];
       done[idx[k]] = 1;
       if (take_hit(op, meta[k].len, meta[k].sum)) {
         add_iov(op.frags, meta[k].len, &iov);
-      } else {
-        if (scratch.size() < drain) scratch.resize(drain);  // sized once: iovecs point into it
-        iov.push_back({scratch.data(), meta[k].len});
+        continue;
       }
+      x = net::readv_all(fd, iov.data(), iov.size(), dl);
+      iov.clear();
+      scratch.resize(kDrain);
+      for (uint64_t left = meta[k].len; left > 0 && x.is_ok(); left -= std::min(left, kDrain))
+        x = net::read_all(fd, scratch.data(), std::min(left, kDrain), dl);
     }
-    Status x = net::readv_all(fd, iov.data(), iov.size(), dl);
+    if (x.is_ok()) x = net::readv_all(fd, iov.data(), iov.size(), dl);
     if (!x.is_ok()) return x;
     for (size_t k = 0; k < idx.size(); ++k)
       if (meta[k].code == KVTIER_OK) verify(ops[idx[k]]);

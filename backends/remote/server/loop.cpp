@@ -349,10 +349,14 @@ Server::Server(ServerOptions options)
 Server::~Server() {
   stop();
   if (arena_) munmap(arena_, opt_.capacity);
+  if (disk_root_ >= 0) ::close(disk_root_);
 }
 
-// Room for the connections the caps allow: the soft fd limit up to the hard one, and caps
-// lowered (with a line saying so) where even that is too low.
+// One fd budget for everything the server opens: the soft fd limit is raised up to the hard
+// one, then shared out. Besides a reserve for its own (loops, listeners, logs): the metrics
+// endpoint's connections, the file tiers of the namespaces open on disk (each its folder, index,
+// lock, rings and two files per size class) and the clients' connections. Where the limit is
+// too low, the disk's share and the connection caps are lowered, with a line saying so.
 void Server::fit_fd_limit() {
   rlimit r{};
   if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
@@ -360,13 +364,24 @@ void Server::fit_fd_limit() {
     setrlimit(RLIMIT_NOFILE, &r);
     getrlimit(RLIMIT_NOFILE, &r);
   }
+  constexpr uint64_t kReserve = 64;
+  constexpr uint64_t kFdsPerDisk = 5 + 2 * 64;  // the file tier's kMaxClasses size classes
+  const uint64_t limit = r.rlim_cur;
+  uint64_t room = limit > kReserve + MetricsEndpoint::kMaxFds + 32
+                      ? limit - kReserve - MetricsEndpoint::kMaxFds
+                      : 32;
+  if (opt_.file) {  // at most a third of what is left, and one namespace at least
+    max_open_disks_ = std::clamp<uint64_t>(room / 3 / kFdsPerDisk, 1, 64);
+    room -= std::min(room - 16, max_open_disks_ * kFdsPerDisk);
+  }
   max_unauth_ = std::max(16u, opt_.max_connections / 4);
-  const uint64_t room = r.rlim_cur > 128 ? r.rlim_cur - 64 : 64;
   if (opt_.max_connections + max_unauth_ > room) {
     opt_.max_connections = static_cast<unsigned>(std::max<uint64_t>(room * 4 / 5, 1));
     max_unauth_ = std::max<unsigned>(static_cast<unsigned>(room / 5), 1);
-    log().warn("server: the fd limit ({}) allows {} connections (and {} before HELLO)",
-               static_cast<unsigned long long>(r.rlim_cur), opt_.max_connections, max_unauth_);
+    log().warn(
+        "server: the fd limit ({}) allows {} connections (and {} before HELLO){}",
+        static_cast<unsigned long long>(limit), opt_.max_connections, max_unauth_,
+        opt_.file ? ", " + std::to_string(max_open_disks_) + " namespaces open on disk" : "");
   }
 }
 

@@ -24,7 +24,7 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                      [--rdma-port PORT] [--rdma-tos TOS] [--lease-ms MS] [--idle-timeout-ms MS]
                      [--bulk-timeout-ms MS] [--max-connections N] [--max-leases N]
                      [--threads N] [--etcd HOST:PORT,... [--cluster NAME]
-                     [--advertise HOST:PORT] [--etcd-ttl S]] [--metrics-port PORT]
+                     [--advertise HOST:PORT] [--etcd-ttl S]] [--metrics-port PORT [--metrics-listen HOST]]
                      [--tiers memory|memory,file --file-dir DIR [--file-capacity SIZE]]
                      [--log-level LEVEL]
 
@@ -80,14 +80,20 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                       they outlive evictions from memory and a restart; a page only on disk
                       is read back into memory before it is served (default memory)
                       env: KVTIER_SERVER_TIERS
-  --file-dir DIR      where, one folder per client namespace; the folder must be this user's
-                      alone env: KVTIER_SERVER_FILE_DIR
+  --file-dir DIR      where, one folder per client namespace, made by its first write; the
+                      folder must be this user's alone env: KVTIER_SERVER_FILE_DIR
   --file-capacity SIZE
-                      bytes of pages on disk per client namespace (default 16GiB)
+                      bytes of disk all namespaces' files take together; past it, the least
+                      recently used namespaces are deleted from disk whole (default 16GiB)
                       env: KVTIER_SERVER_FILE_CAPACITY
-  --metrics-port PORT serve Prometheus' text format at http://HOST:PORT/metrics, HOST the
-                      listen host (default: no metrics endpoint)
+  --metrics-port PORT serve Prometheus' text format at http://HOST:PORT/metrics (default:
+                      no metrics endpoint); GET only, one request per connection, a few
+                      at once, each cut after a second of silence
                       env: KVTIER_SERVER_METRICS_PORT
+  --metrics-listen HOST
+                      the address the metrics endpoint binds (default 127.0.0.1: a scraper
+                      elsewhere needs it set, e.g. 0.0.0.0)
+                      env: KVTIER_SERVER_METRICS_LISTEN
   --log-level LEVEL   trace, debug, info, warn, error, critical, off (default info)
                       env: KVTIER_LOG_LEVEL
   --help              this text
@@ -109,6 +115,7 @@ struct Settings : kvtier::ServerOptions {
   std::string cluster = "default", advertise;
   unsigned etcd_ttl = 5;
   uint16_t metrics_port = 0;  // 0: no metrics endpoint
+  std::string metrics_host = "127.0.0.1";
 };
 
 using ServerOption = kvtier::Option<Settings>;
@@ -152,6 +159,9 @@ const std::vector<ServerOption>& server_options() {
       or_empty(integer_option<S>("SERVER_ETCD_TTL", "--etcd-ttl", &S::etcd_ttl, 2, 3600)),
       or_empty(
           integer_option<S>("SERVER_METRICS_PORT", "--metrics-port", &S::metrics_port, 1, 65535)),
+      or_empty(text_option<S>("SERVER_METRICS_LISTEN", "--metrics-listen", &S::metrics_host,
+                              "a host address",
+                              [](const std::string& v) { return valid_host_port(v + ":1"); })),
       {"SERVER_TIERS", "--tiers", "memory or memory,file",
        [](S& s, const std::string& v) {
          if (v != "memory" && v != "memory,file") return false;
@@ -227,7 +237,8 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   kvtier::MetricsEndpoint metrics;
   if (set.metrics_port) {
-    s = metrics.start(opt.host, set.metrics_port, [&server] { return server.metrics_text(); });
+    s = metrics.start(set.metrics_host, set.metrics_port,
+                      [&server] { return server.metrics_text(); });
     if (!s.is_ok()) return fail(s);
   }
   // Registered last, once it answers; deregistered first, so clients stop sending here before

@@ -3,6 +3,9 @@
 #include <httplib.h>
 
 #include <cinttypes>
+#include <condition_variable>
+#include <mutex>
+#include <vector>
 
 namespace kvtier {
 
@@ -60,6 +63,62 @@ void render_counters(const ServerCounters& c, std::string* out) {
   }
 }
 
+namespace {
+
+// cpp-httplib hands each accepted connection to its task queue. This one runs it on an idle
+// worker, else on the accepting thread itself: while that thread is busy, newer connections
+// wait in the kernel's listen queue instead of taking fds (and memory) here.
+class BoundedQueue final : public httplib::TaskQueue {
+ public:
+  explicit BoundedQueue(unsigned threads) {
+    for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this] { work(); });
+  }
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::lock_guard lock(mu_);
+      if (idle_ > 0 && !job_) {
+        --idle_;
+        job_ = std::move(fn);
+        cv_.notify_one();
+        return;
+      }
+    }
+    fn();
+  }
+  void shutdown() override {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  void work() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      ++idle_;
+      cv_.wait(lock, [&] { return stop_ || job_; });
+      if (!job_) return;
+      std::function<void()> fn = std::move(job_);
+      job_ = nullptr;
+      lock.unlock();
+      fn();
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::function<void()> job_;  // handed to the next worker that wakes
+  unsigned idle_ = 0;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace
+
 MetricsEndpoint::MetricsEndpoint() = default;
 
 MetricsEndpoint::~MetricsEndpoint() {
@@ -70,7 +129,21 @@ MetricsEndpoint::~MetricsEndpoint() {
 Status MetricsEndpoint::start(const std::string& host, uint16_t port,
                               std::function<std::string()> render) {
   http_ = std::make_unique<httplib::Server>();
-  http_->new_task_queue = [] { return new httplib::ThreadPool(1); };  // scrapes are rare
+  http_->new_task_queue = [] { return new BoundedQueue(kThreads); };
+  // One request per connection, each read and written within a second of silence, no body.
+  http_->set_keep_alive_max_count(1);
+  http_->set_keep_alive_timeout(1);
+  http_->set_read_timeout(1, 0);
+  http_->set_write_timeout(1, 0);
+  http_->set_payload_max_length(0);
+  http_->set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (req.method == "GET" && req.body.empty() && !req.has_header("Content-Length") &&
+        !req.has_header("Transfer-Encoding"))
+      return httplib::Server::HandlerResponse::Unhandled;
+    res.status = 405;
+    res.set_header("Connection", "close");
+    return httplib::Server::HandlerResponse::Handled;
+  });
   http_->Get("/metrics",
              [render = std::move(render)](const httplib::Request&, httplib::Response& res) {
                res.set_content(render(), "text/plain; version=0.0.4; charset=utf-8");

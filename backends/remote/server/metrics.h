@@ -46,9 +46,17 @@ struct ServerCounters {
 // Appends the counters in text format (kvtier_server_* metrics, with HELP and TYPE lines).
 void render_counters(const ServerCounters& c, std::string* out);
 
-// A small HTTP server answering GET /metrics with render()'s text, on its own thread.
+// A small HTTP server answering GET /metrics with render()'s text, on its own threads. Scrapes
+// are small and rare, and the endpoint is a neighbour of the data path, so it costs little
+// whatever a client does: a request with a body is refused unread, a connection serves one
+// request and is cut after a second of silence, and at most kThreads connections are served
+// while one more waits; the rest wait in the kernel's listen queue, holding none of the
+// server's fds.
 class MetricsEndpoint {
  public:
+  static constexpr unsigned kThreads = 2;
+  // fds it may hold at once: the listener, the connections served and the one waiting.
+  static constexpr unsigned kMaxFds = kThreads + 2;
   MetricsEndpoint();
   ~MetricsEndpoint();
   // Binds host:port and serves until the destructor. UNAVAILABLE when it cannot bind.

@@ -152,21 +152,30 @@ Status Server::commit(Conn& c, wire::Writer& out) {
       const Pending& p = taken[static_cast<size_t>(codes[i])];
       good[codes[i]] = checksum(arena_ + p.offset, p.length) == p.checksum;
     }
+  std::vector<int32_t> disk_code(taken.size(), KVTIER_OK);
   if (opt_.file) {  // the slots are this call's until published below
     std::vector<DiskPage> pages;
+    std::vector<size_t> which;
     for (size_t k = 0; k < taken.size(); ++k)
-      if (good[k])
+      if (good[k]) {
         pages.push_back({taken[k].key.second, taken[k].offset, taken[k].length, taken[k].checksum});
-    write_through(c.ns, pages);
+        which.push_back(k);
+      }
+    std::vector<int32_t> results(pages.size());
+    write_through(c.ns, pages, results);
+    for (size_t j = 0; j < which.size(); ++j) disk_code[which[j]] = results[j];
   }
   std::lock_guard lock(mu_);
   for (size_t i = 0; i < entries.size(); ++i) {
     if (codes[i] < 0) continue;
     const size_t k = static_cast<size_t>(codes[i]);
     const Pending& p = taken[k];
-    if (entries[i].commit && good[k]) {
+    if (entries[i].commit && good[k] && disk_code[k] == KVTIER_OK) {
       publish(p.key, p.offset, p.slot_size, p.length, p.checksum);
       codes[i] = KVTIER_OK;
+    } else if (entries[i].commit && good[k]) {  // not on disk: not acknowledged
+      free_slot(p.offset, p.slot_size);
+      codes[i] = disk_code[k];
     } else {
       free_slot(p.offset, p.slot_size);  // given back, or not the bytes promised
       codes[i] = entries[i].commit ? KVTIER_ERR_CORRUPT : KVTIER_OK;

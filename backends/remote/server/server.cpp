@@ -233,10 +233,20 @@ void Server::reserve_ahead(Conn& c) {
 void Server::on_put_bytes(Conn& c) {
   if (opt_.file) {  // to disk before the reply, from slots no one else can see yet
     std::vector<DiskPage> pages;
+    std::vector<size_t> which;
     for (size_t i = 0; i < c.put.size(); ++i)
-      if (c.codes[i] == KVTIER_OK)
+      if (c.codes[i] == KVTIER_OK) {
         pages.push_back({c.put[i].id, c.offsets[i], c.put[i].length, c.put[i].checksum});
-    write_through(c.ns, pages);
+        which.push_back(i);
+      }
+    std::vector<int32_t> results(pages.size());
+    write_through(c.ns, pages, results);
+    std::lock_guard lock(mu_);
+    for (size_t k = 0; k < which.size(); ++k)
+      if (results[k]) {  // not acknowledged: the slot goes back
+        free_slot(c.offsets[which[k]], c.slots[which[k]]);
+        c.codes[which[k]] = results[k];
+      }
   }
   wire::Writer out;
   out.u32(static_cast<uint32_t>(c.put.size()));

@@ -59,7 +59,8 @@ struct ServerOptions {
   unsigned threads = 0;  // --threads / KVTIER_SERVER_THREADS: worker loops; 0: min(4, cores)
   int rdma_tos = -1;     // --rdma-tos / KVTIER_SERVER_RDMA_TOS: 0..255; -1 the device's
   // --tiers memory,file / KVTIER_SERVER_TIERS: pages also on disk (disk.cpp), in the
-  // library's file tier under file_dir (--file-dir), file_capacity bytes per client namespace.
+  // library's file tier under file_dir (--file-dir), a folder per client namespace; all of
+  // them together take at most file_capacity bytes of disk.
   bool file = false;
   std::string file_dir;
   uint64_t file_capacity = 16ull << 30;  // --file-capacity / KVTIER_SERVER_FILE_CAPACITY
@@ -188,9 +189,24 @@ class Server {
     KeyId id;
     uint64_t offset, length, checksum;  // the page's bytes in the arena
   };
-  Status open_disk();       // checks --file-dir at start
-  Tier* disk(uint64_t ns);  // the namespace's file tier, opened on first use; NULL: none
-  void write_through(uint64_t ns, std::span<const DiskPage> pages);
+  struct DiskNs {                // a namespace with a folder on disk
+    std::shared_ptr<Tier> tier;  // its file tier; null: closed (its fds given back)
+    uint64_t bytes = 0;          // what its files take on disk, as last measured
+    std::list<uint64_t>::iterator lru;
+  };
+  Status open_disk();  // checks --file-dir at start and finds the namespaces on it
+  // The namespace's file tier, opened if its folder exists, made first when `create` (a write);
+  // null: none (a read misses on disk, a write is refused).
+  std::shared_ptr<Tier> disk(uint64_t ns, bool create);
+  // Room for `bytes` more within --file-capacity: other namespaces go whole, least recently
+  // used first.
+  void make_disk_room(uint64_t ns, uint64_t bytes);
+  void measure_disk(uint64_t ns);  // after its files changed
+  // Bytes the namespace's folder takes on disk; with `erase`, deletes it. REQUIRES disk_mu_
+  // when erasing.
+  uint64_t folder_bytes(uint64_t ns, bool erase);
+  // results[i]: 0 (on disk, durable) or why not; a page that failed must not be acknowledged.
+  void write_through(uint64_t ns, std::span<const DiskPage> pages, std::span<int32_t> results);
   void promote(uint64_t ns, std::span<const KeyId> ids);  // disk -> arena, for what it lacks
   void disk_exists(uint64_t ns, std::span<const KeyId> ids, std::span<uint8_t> present);
   void disk_remove(uint64_t ns, std::span<const KeyId> ids, std::span<int32_t> results);
@@ -239,8 +255,13 @@ class Server {
   // Per request type (wire::Type, HELLO .. RELEASE): observed when the reply is out.
   std::array<LatencyHistogram, wire::kRelease + 1> latency_;
   std::atomic<uint64_t> largest_page_{0};  // what promotion reads room for first
+  int disk_root_ = -1;                     // --file-dir
+  std::atomic<size_t> disks_open_{0};      // file tiers alive, also those closed but still in use
+  size_t max_open_disks_ = 64;             // set by fit_fd_limit
   std::mutex disk_mu_;
-  std::unordered_map<uint64_t, std::unique_ptr<Tier>> disks_;  // namespace -> its file tier
+  std::unordered_map<uint64_t, DiskNs> disks_;  // guarded by disk_mu_, as are the three below
+  std::list<uint64_t> disk_lru_;                // namespaces on disk, most recently used first
+  uint64_t disk_bytes_ = 0;                     // what they all take
 };
 
 }  // namespace kvtier

@@ -114,8 +114,12 @@ Status read_frame(int fd, uint16_t type, net::Deadline deadline, std::vector<uin
   if (s.is_ok() && begun) *begun = true;
   if (s.is_ok()) s = decode_header(head, &h);
   if (!s.is_ok()) return s;
-  payload->resize(h.length);
-  s = net::read_all(fd, payload->data(), payload->size(), deadline);
+  // Grown as the bytes arrive: a header that only claims a length costs nothing.
+  payload->clear();
+  for (size_t got = 0; got < h.length && s.is_ok(); got = payload->size()) {
+    payload->resize(got + std::min<size_t>(h.length - got, 64u << 10));
+    s = net::read_all(fd, payload->data() + got, payload->size() - got, deadline);
+  }
   if (!s.is_ok()) return s;
   if (h.type == (kError | kReply)) {
     Reader rd(*payload);
