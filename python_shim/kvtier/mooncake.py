@@ -6,10 +6,10 @@ import ctypes
 from typing import List, Optional, Sequence
 
 from .errors import SIZE_MISMATCH, KvtierError
-from .store import Store
+from .store import Closing, Store
 
 
-class MooncakeStore:
+class MooncakeStore(Closing):
     def __init__(self, config=None):
         self.store = Store(config)
 
@@ -18,13 +18,9 @@ class MooncakeStore:
         return 0
 
     def close(self) -> None:
-        self.store.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        store = getattr(self, "store", None)  # None if __init__ failed
+        if store is not None:
+            store.close()
 
     def register_buffer(self, ptr: int, size: int) -> int:
         try:

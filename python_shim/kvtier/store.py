@@ -7,7 +7,7 @@ from itertools import accumulate
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _native
-from .errors import OK, KvtierError, check, last_error
+from .errors import CLOSED, CONFIG, INVALID_ARG, OK, KvtierError, check, last_error
 
 _lib = _native.lib
 
@@ -110,10 +110,10 @@ def _config_string(config) -> Optional[bytes]:
         for k, v in config.items():
             bad = [c for c in _CONFIG_SEPARATORS if c in str(k) or c in str(v)]
             if bad:
-                raise KvtierError(-7, f"config {k!r}: {bad[0]!r} is not allowed in a name or value")
+                raise KvtierError(CONFIG, f"config {k!r}: {bad[0]!r} is not allowed in a name or value")
         config = ";".join(f"{k}={v}" for k, v in config.items())
     if "\0" in config:
-        raise KvtierError(-7, "config string holds a NUL character")
+        raise KvtierError(CONFIG, "config string holds a NUL character")
     return config.encode()
 
 
@@ -168,7 +168,7 @@ class Store(Closing):
     @property
     def handle(self):
         if not self._h:
-            raise KvtierError(-2, "store is closed")
+            raise KvtierError(CLOSED, "store is closed")
         return self._h
 
     # -- copying interface ----------------------------------------------------------------
@@ -176,7 +176,7 @@ class Store(Closing):
         """Stores each value (bytes-like, numpy array or tensor). Returns 0 or a code per key."""
         n = len(keys)
         if n != len(values):
-            raise KvtierError(-2, f"{n} keys but {len(values)} values")
+            raise KvtierError(INVALID_ARG, f"{n} keys but {len(values)} values")
         refs = [_address(v, False) for v in values]
         ptrs = (ctypes.c_void_p * n)(*[r[0] for r in refs])
         sizes = (ctypes.c_size_t * n)(*[r[1] for r in refs])
@@ -188,7 +188,7 @@ class Store(Closing):
         """Reads each key into a writable buffer. Returns bytes read or a code per key."""
         n = len(keys)
         if n != len(buffers):
-            raise KvtierError(-2, f"{n} keys but {len(buffers)} buffers")
+            raise KvtierError(INVALID_ARG, f"{n} keys but {len(buffers)} buffers")
         refs = [_address(b, True) for b in buffers]
         ptrs = (ctypes.c_void_p * n)(*[r[0] for r in refs])
         caps = (ctypes.c_size_t * n)(*[r[1] for r in refs])
@@ -278,7 +278,7 @@ class Store(Closing):
     ) -> None:
         """Registers the pool layout on this handle; its page format becomes the layout's."""
         if layout not in LAYOUTS:
-            raise KvtierError(-2, f"layout {layout!r} is not one of {sorted(LAYOUTS)}")
+            raise KvtierError(INVALID_ARG, f"layout {layout!r} is not one of {sorted(LAYOUTS)}")
         spec = _native.PoolLayout(
             ctypes.sizeof(_native.PoolLayout), base, POOL_MLA if mla else POOL_MHA,
             LAYOUTS[layout], page_size, layer_num, head_num, head_dim, kv_cache_dim,

@@ -12,7 +12,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Dict, List, Optional
 
-from ..errors import NO_LAYOUT, KvtierError
+from ..errors import INVALID_ARG, NO_LAYOUT, NOT_FOUND, SIZE_MISMATCH, KvtierError
 from ..store import Store
 from .config import get, store_settings
 from .pools import SAME, SPLIT, Pool, Regions, nbytes
@@ -179,7 +179,7 @@ class KvtierStorage(_Base):
 
     @staticmethod
     def _log_failures(what: str, name: str, keys, results) -> None:
-        bad = [(i, r) for i, r in enumerate(results) if r not in (0, -1)]
+        bad = [(i, r) for i, r in enumerate(results) if r not in (0, NOT_FOUND)]
         if bad:
             logger.warning("kvtier: %s %r: %d of %d keys failed, first key %d: %s", what, name,
                            len(bad), len(keys), bad[0][0], KvtierError(bad[0][1]).name)
@@ -233,7 +233,7 @@ class KvtierStorage(_Base):
             keys = list(transfer.keys or [])
             try:
                 if transfer.host_indices is None:
-                    raise KvtierError(-2, "transfer has no host_indices")
+                    raise KvtierError(INVALID_ARG, "transfer has no host_indices")
                 out[name] = self._io(name, self._pool_keys(name, keys), transfer.host_indices,
                                      write)
             except Exception as e:  # noqa: BLE001 - one pool's failure is its own
@@ -289,7 +289,7 @@ class KvtierStorage(_Base):
             elif write:
                 batch = view.batch_set(ks, vs)
             else:
-                batch = [0 if r == nbytes(v) else (r if r < 0 else -6)
+                batch = [0 if r == nbytes(v) else (r if r < 0 else SIZE_MISMATCH)
                          for r, v in zip(view.batch_get(ks, vs), vs)]
             for i, r in zip(idx, batch):
                 results[i] = r
