@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages kvtier builds, tests and benches with; only what is missing.
+# Installs the Debian 12 packages kvtier needs; only what is missing.
+#   install-deps.sh bench   what the library, kvtier-server and kvtier-bench build with, and the
+#                           tools the bench measures the machine's limits with (fio, iperf3)
+#   install-deps.sh         all of that, and what the tests use (GoogleTest, Python with numpy
+#                           and torch, etcd)
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liburing-dev libibverbs-dev librdmacm-dev libxxhash-dev
-      libzstd-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev python3 python3-pytest
-      python3-numpy python3-torch fio iperf3 libcurl4-openssl-dev nlohmann-json3-dev
-      libcpp-httplib-dev etcd-server etcd-client)
+      libzstd-dev libspdlog-dev libcurl4-openssl-dev nlohmann-json3-dev libcpp-httplib-dev
+      fio iperf3)
+if [ "${1:-}" != "bench" ]; then
+  pkgs+=(libgtest-dev libgmock-dev python3 python3-pytest python3-numpy python3-torch
+         etcd-server etcd-client)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
