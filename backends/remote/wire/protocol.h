@@ -15,7 +15,9 @@
 //   REMOVE  n u32, n x id                              -> n u32, n x code i32
 //   CLEAR   (empty): drops the caller's namespace       -> (empty)
 //   STATS   (empty)                                    -> keys, bytes, capacity, evictions,
-//                                                         errors, leases expired (u64 each)
+//                                                         errors, leases expired, hits, misses,
+//                                                         leases held, connections (u64 each;
+//                                                         servers before 0.2 send the first 6)
 //   ERROR   code i32, message                          (a reply to anything; the server then
 //                                                         closes the connection)
 //   Before HELLO only a HELLO of at most kMaxHelloPayload bytes is read.
