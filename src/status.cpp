@@ -34,6 +34,7 @@ constexpr CodeInfo kCodes[] = {
     {KVTIER_ERR_INTERNAL, "KVTIER_ERR_INTERNAL", "internal error"},
     {KVTIER_ERR_DENIED, "KVTIER_ERR_DENIED",
      "refused: by a remote server (token, protocol) or a folder another user could tamper with"},
+    {KVTIER_ERR_CLOSED, "KVTIER_ERR_CLOSED", "closed: the handle, or the endpoint of a peer"},
 };
 
 const CodeInfo* find(int code) {

@@ -67,7 +67,7 @@ TEST(CApi, VersionMatchesHeader) {
 }
 
 TEST(CApi, CodesHaveNames) {
-  for (int c = KVTIER_OK; c >= KVTIER_ERR_DENIED; --c) {
+  for (int c = KVTIER_OK; c >= KVTIER_ERR_CLOSED; --c) {
     EXPECT_EQ(std::string(kvtier_error_name(c)).rfind("KVTIER_", 0), 0u) << c;
     EXPECT_STRNE(kvtier_strerror(c), "unknown code") << c;
   }

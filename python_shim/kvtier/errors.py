@@ -23,6 +23,7 @@ OUT_OF_RANGE = -16
 BUSY = -17
 INTERNAL = -18
 DENIED = -19
+CLOSED = -20
 
 
 def error_name(code: int) -> str:
