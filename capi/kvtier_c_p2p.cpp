@@ -146,6 +146,17 @@ void kvtier_endpoint_close(kvtier_endpoint_t* endpoint) {
   });
 }
 
+int kvtier_endpoint_layers_landed(const kvtier_endpoint_t* endpoint, const int64_t* pages,
+                                  size_t n, uint64_t* layers) {
+  return guarded("kvtier_endpoint_layers_landed", [&] {
+    if (!endpoint || !pages || !layers || n == 0 || n > kMaxBatch)
+      return fail(KVTIER_ERR_INVALID_ARG, "NULL argument, or n is 0 or over " +
+                                              std::to_string(kMaxBatch));
+    Status s = endpoint->rep->landed({pages, n}, {layers, n});
+    return s.is_ok() ? KVTIER_OK : fail(s);
+  });
+}
+
 int kvtier_endpoint_connect(kvtier_endpoint_t* endpoint, const char* address, kvtier_peer_t** out) {
   return guarded("kvtier_endpoint_connect", [&] {
     if (!out) return fail(KVTIER_ERR_INVALID_ARG, "out is NULL");

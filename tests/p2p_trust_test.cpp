@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -316,6 +317,113 @@ TEST(P2pFailure, TheTimeoutBoundsSilenceNotALongTransfer) {
     EXPECT_EQ(std::memcmp(&d[side + 2 * run], &mine[side], 2 * run), 0);
     EXPECT_EQ(std::memcmp(&prefill.pool[side], &theirs[side], 2 * run), 0);
   }
+  kvtier_peer_close(peer);
+}
+
+// A relay that passes the HELLO and its reply, then only the first `cut` bytes the connecting
+// side sends after them, and then hangs up on both: a writer that stops mid-page.
+class CuttingRelay {
+ public:
+  CuttingRelay(uint16_t to_port, size_t cut) : to_port_(to_port), cut_(cut) {
+    ls_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    EXPECT_EQ(bind(ls_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(listen(ls_, 4), 0);
+    EXPECT_EQ(getsockname(ls_, reinterpret_cast<sockaddr*>(&a), &len), 0);
+    address_ = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+    thread_ = std::thread([this] { run(); });
+  }
+  ~CuttingRelay() {
+    thread_.join();
+    close(ls_);
+  }
+  const std::string& address() const { return address_; }
+
+ private:
+  void run() {
+    const int a = accept(ls_, nullptr, nullptr);
+    const int b = loopback_connect(to_port_);
+    char buf[4096];
+    bool replied = false;
+    size_t passed = 0;
+    while (passed < cut_) {
+      pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
+      if (poll(p, 2, 5000) <= 0) break;
+      if (p[1].revents & POLLIN) {  // the endpoint's HELLO reply
+        const ssize_t n = recv(b, buf, sizeof buf, 0);
+        if (n <= 0 || send(a, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) break;
+        replied = true;
+      }
+      if (p[0].revents & POLLIN) {
+        const size_t room = replied ? std::min(sizeof buf, cut_ - passed) : sizeof buf;
+        const ssize_t n = recv(a, buf, room, 0);
+        if (n <= 0 || send(b, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) break;
+        if (replied) passed += static_cast<size_t>(n);
+      }
+    }
+    shutdown(a, SHUT_RDWR);
+    shutdown(b, SHUT_RDWR);
+    close(a);
+    close(b);
+  }
+  uint16_t to_port_;
+  size_t cut_;
+  int ls_ = -1;
+  std::string address_;
+  std::thread thread_;
+};
+
+std::vector<uint64_t> landed(kvtier_endpoint_t* ep, std::vector<int64_t> pages) {
+  std::vector<uint64_t> out(pages.size(), 99);
+  EXPECT_EQ(kvtier_endpoint_layers_landed(ep, pages.data(), pages.size(), out.data()), KVTIER_OK)
+      << kvtier_last_error();
+  return out;
+}
+
+// Finding: a writer that stopped mid-page left a torn page in the pool and the receiving side
+// was never told. Now the page keeps its old bytes, and the receiving side can poll which pages
+// arrived whole: a page's count of landed layers rises by layer_num for a whole page, by 1 for
+// one layer, and not at all for a write cut short.
+TEST(P2pFailure, AWriteCutMidPageLeavesNoTornPageAndTheReceiverSeesWhatLanded) {
+  Local decode(kMha, kPeerSeed, kConfig), prefill(kMha, kLocalSeed, kConfig);
+  const auto port = static_cast<uint16_t>([&] {
+    char addr[256];
+    EXPECT_EQ(kvtier_endpoint_address(decode.ep, addr, sizeof addr), KVTIER_OK);
+    const std::string text(addr);
+    return std::stoi(text.substr(text.rfind(':') + 1));
+  }());
+  const size_t page = kMha.pool_bytes() / (kMha.S / kMha.P);
+  EXPECT_EQ(landed(decode.ep, {5, 6}), (std::vector<uint64_t>{0, 0}));
+  {
+    // The write's header (16) and request (4 + 4 + 8), then half of the page.
+    CuttingRelay relay(port, 32 + page / 2);
+    kvtier_peer_t* cut = nullptr;
+    ASSERT_EQ(kvtier_endpoint_connect(prefill.ep, relay.address().c_str(), &cut), KVTIER_OK)
+        << kvtier_last_error();
+    const int code = move(cut, true, {1}, {5}, -1)[0];
+    EXPECT_TRUE(code == KVTIER_ERR_UNAVAILABLE || code == KVTIER_ERR_TIMEOUT) << code;
+    kvtier_peer_close(cut);
+  }
+  std::this_thread::sleep_for(milliseconds(200));
+  EXPECT_TRUE(decode.pool == pattern(kMha, kPeerSeed)) << "a torn page in the pool";
+  EXPECT_EQ(landed(decode.ep, {5, 6}), (std::vector<uint64_t>{0, 0}));
+  kvtier_peer_t* peer = nullptr;
+  ASSERT_EQ(kvtier_endpoint_connect(prefill.ep, ("127.0.0.1:" + std::to_string(port)).c_str(),
+                                    &peer),
+            KVTIER_OK);
+  EXPECT_EQ(move(peer, true, {1}, {5}, -1), std::vector<int>{KVTIER_OK});
+  EXPECT_EQ(move(peer, true, {2}, {6}, 0), std::vector<int>{KVTIER_OK});
+  EXPECT_EQ(landed(decode.ep, {5, 6}), (std::vector<uint64_t>{kMha.L, 1}));
+  const size_t half = kMha.pool_bytes() / 2, run = page / 2;  // page_first: K run, V run
+  EXPECT_EQ(std::memcmp(&decode.pool[5 * run], &prefill.pool[1 * run], run), 0);
+  EXPECT_EQ(std::memcmp(&decode.pool[half + 5 * run], &prefill.pool[half + 1 * run], run), 0);
+  int64_t outside = static_cast<int64_t>(kMha.S / kMha.P);
+  uint64_t n = 0;
+  EXPECT_EQ(kvtier_endpoint_layers_landed(decode.ep, &outside, 1, &n), KVTIER_ERR_OUT_OF_RANGE);
+  EXPECT_EQ(kvtier_endpoint_layers_landed(decode.ep, nullptr, 1, &n), KVTIER_ERR_INVALID_ARG);
   kvtier_peer_close(peer);
 }
 

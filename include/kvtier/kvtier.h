@@ -308,6 +308,16 @@ KVTIER_API int kvtier_endpoint_address(const kvtier_endpoint_t* endpoint, char* 
  * with KVTIER_ERR_CLOSED. NULL is fine. */
 KVTIER_API void kvtier_endpoint_close(kvtier_endpoint_t* endpoint);
 
+/* For each of n page ids of this endpoint's pool, the layers peers have written into it whole
+ * since the endpoint opened (a whole-page write counts layer_num, a one-layer write 1), counted
+ * only once all of their bytes are in the pool: a page whose count rose by layer_num since a
+ * transfer into it began has arrived whole, and its bytes are visible to the thread that saw
+ * the count. Writes over TCP only (an RDMA write is one-sided: its writer's results say).
+ * @return : 0 and layers[0..n) set, KVTIER_ERR_INVALID_ARG (NULL, n is 0 or too large),
+ *           KVTIER_ERR_OUT_OF_RANGE (an id outside the pool; the detail names it). */
+KVTIER_API int kvtier_endpoint_layers_landed(const kvtier_endpoint_t* endpoint,
+                                             const int64_t* pages, size_t n, uint64_t* layers);
+
 /* Connects to the endpoint at `address` ("host:port"); token and page format are checked on
  * both sides. @return : 0, KVTIER_ERR_DENIED (token or format), KVTIER_ERR_UNAVAILABLE,
  * KVTIER_ERR_TIMEOUT. */

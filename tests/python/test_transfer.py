@@ -51,6 +51,9 @@ def test_pages_and_layers_move_between_two_endpoints(lib):
             if layer + 1 < L:  # the layers not sent yet are still the old ones
                 assert page(decode_pool, 20, layer + 1) != page(prefill_pool, 5, layer + 1)
         assert page(decode_pool, 20) == page(prefill_pool, 5)
+        # whole pages count layer_num, each layer 1; a page nothing was written into, 0
+        assert decode.layers_landed([10, 11, 12, 20, 0]) == [L, L, L, L, 0]
+        assert prefill.layers_landed([1]) == [0]  # reads from a pool are not counted
         assert peer.read_pages([30], [0]) == [0]
         assert page(prefill_pool, 30) == page(decode_pool, 0)
         untouched = [p for p in range(PAGES) if p not in (10, 11, 12, 20)]

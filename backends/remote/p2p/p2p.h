@@ -60,6 +60,11 @@ class Endpoint {
   Endpoint& operator=(const Endpoint&) = delete;
 
   const std::string& address() const;  // host:port it listens on
+  // The layers of each page that peers have written into this pool whole since it opened (a
+  // whole-page write counts layer_num, a one-layer write 1): a page whose count rose by
+  // layer_num since a transfer began has all its bytes here. Counts TCP writes (an RDMA write
+  // is one-sided: its writer's results say). OUT_OF_RANGE: an id outside the pool.
+  Status landed(std::span<const int64_t> pages, std::span<uint64_t> layers) const;
   // Connects to the endpoint at `address` (token and format checked on both sides).
   Status connect(const std::string& address, std::unique_ptr<Peer>* out);
 

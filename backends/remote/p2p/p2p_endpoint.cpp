@@ -174,6 +174,8 @@ Status Shared::serve_write(int fd, const Request& r, std::vector<uint8_t>* stagi
       std::memcpy(f.ptr, staging->data() + at, f.len);
       at += f.len;
     }
+    for (uint64_t page : r.pages)
+      landed[page].fetch_add(r.layer < 0 ? pool.layer_num : 1, std::memory_order_release);
   }
   wire::Writer w;
   for (size_t i = 0; i < r.pages.size(); ++i) w.i32(live ? KVTIER_OK : KVTIER_ERR_TIMEOUT);
@@ -216,7 +218,7 @@ void Shared::serve(Conn& c) {
     if (!s.is_ok() && s.code() != KVTIER_ERR_UNAVAILABLE) send_error(fd, s, deadline());
   }
   if (!stopping && s.code() != KVTIER_ERR_UNAVAILABLE)
-    log().warn("p2p endpoint {}: peer dropped: {}", address, s.message());
+    dropped.warn("p2p endpoint " + address + ": peer dropped: " + s.message());
   // The peer's RDMA QPs end with its connection: none of its writes lands in the pool after.
   if (rdma_listener) rdma_listener->fence_session(fd);
 }
@@ -228,6 +230,7 @@ Status Endpoint::open(const Options& options, const PoolLayout& pool,
   sh->opt = options;
   sh->pool = pool;
   sh->format = format_hash(pool.describe());
+  sh->landed = std::make_unique<std::atomic<uint64_t>[]>(pool.pool_tokens / pool.page_size);
   std::string host;
   uint16_t port = 0;
   if (Status s = net::split_host_port(options.listen, &host, &port); !s.is_ok()) return s;
@@ -303,6 +306,19 @@ Endpoint::~Endpoint() {
   }
   sh.conns.clear();
   sh.rdma_listener.reset();
+}
+
+Status Endpoint::landed(std::span<const int64_t> pages, std::span<uint64_t> layers) const {
+  const Shared& sh = *shared_;
+  const uint64_t count = sh.pool.pool_tokens / sh.pool.page_size;
+  for (size_t i = 0; i < pages.size(); ++i) {
+    if (pages[i] < 0 || static_cast<uint64_t>(pages[i]) >= count)
+      return {KVTIER_ERR_OUT_OF_RANGE, "pages[" + std::to_string(i) + "] = " +
+                                           std::to_string(pages[i]) + " of a pool of " +
+                                           std::to_string(count) + " pages"};
+    layers[i] = sh.landed[pages[i]].load(std::memory_order_acquire);
+  }
+  return {};
 }
 
 const std::string& Endpoint::address() const {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "call_gate.h"
+#include "log.h"
 #include "net.h"
 #include "p2p.h"
 #include "rdma.h"
@@ -74,6 +75,7 @@ struct Shared {
   };
   std::list<Conn> conns;
   Clock::time_point last_refusal{};  // guarded by mu
+  LimitedWarnings dropped;           // a peer dropped: a flood of them is not a flood of lines
   std::unique_ptr<rdma::Listener> rdma_listener;
   std::shared_ptr<rdma::Registry> rdma_registry;
   // The calls of peers made from this endpoint (they move bytes into or out of its pool): the
@@ -85,6 +87,9 @@ struct Shared {
   // number already reused for something else.
   std::mutex fds_mu;
   std::set<int> peer_fds;
+  // Per page of the pool: the layers peers have written into it whole (a whole page counts
+  // layer_num), raised with release order once the bytes are in the pool (Endpoint::landed).
+  std::unique_ptr<std::atomic<uint64_t>[]> landed;
 
   Deadline deadline() const { return Clock::now() + std::chrono::milliseconds(opt.timeout_ms); }
   // A transfer's bound: the timeout ends silence, not a transfer that keeps moving.
