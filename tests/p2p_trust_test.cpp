@@ -173,6 +173,61 @@ TEST(P2pFailure, PagesOfAFailedWriteNeverLandLater) {
   kvtier_peer_close(peer);
 }
 
+// The same kind, one step later: the decode process stops right after it has staged a write
+// and said so (a relay stops it as that answer passes). The writer's COMMIT waits in the
+// socket, the writer is told TIMEOUT, and when the process goes on it publishes nothing, even
+// with the relay's connection to it still open (no hang-up to see: its own clock tells).
+TEST(P2pFailure, AWriteStagedBeforeTheReceiverStoppedIsNotPublishedLater) {
+  const char* cfg = "p2p_token=secret;p2p_timeout_ms=1000;p2p_transport=tcp";
+  PeerProcess decode(kMha, kPeerSeed, cfg);
+  Local prefill(kMha, kLocalSeed, cfg);
+  const std::string addr = decode.address();
+  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in r{};
+  r.sin_family = AF_INET;
+  r.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof r;
+  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&r), sizeof r), 0);
+  ASSERT_EQ(listen(ls, 1), 0);
+  ASSERT_EQ(getsockname(ls, reinterpret_cast<sockaddr*>(&r), &len), 0);
+  std::atomic<bool> stopped{false}, release{false};
+  std::thread relay([&] {
+    const int a = accept(ls, nullptr, nullptr);
+    const int b = loopback_connect(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
+    char buf[65536];
+    for (int replies = 0;;) {  // both ways; stop the decode process at its second reply
+      pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
+      if (poll(p, 2, 5000) <= 0) break;
+      bool gone = false;
+      for (int k = 0; k < 2 && !gone; ++k) {
+        if (!(p[k].revents & (POLLIN | POLLHUP))) continue;
+        const ssize_t n = recv(p[k].fd, buf, sizeof buf, 0);
+        if (n > 0 && k == 1 && ++replies == 2) {
+          decode.kill_now(SIGSTOP);
+          stopped = true;
+        }
+        gone = n <= 0 || send(p[1 - k].fd, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n;
+      }
+      if (gone) break;
+    }
+    close(a);
+    while (!release) std::this_thread::sleep_for(milliseconds(10));
+    close(b);
+  });
+  kvtier_peer_t* peer = nullptr;
+  const std::string at = "127.0.0.1:" + std::to_string(ntohs(r.sin_port));
+  ASSERT_EQ(kvtier_endpoint_connect(prefill.ep, at.c_str(), &peer), KVTIER_OK);
+  EXPECT_EQ(move(peer, true, {1, 2}, {5, 6}, -1), std::vector<int>(2, KVTIER_ERR_TIMEOUT));
+  kvtier_peer_close(peer);
+  EXPECT_TRUE(stopped);
+  decode.kill_now(SIGCONT);
+  std::this_thread::sleep_for(milliseconds(300));  // it reads the COMMIT that waited
+  EXPECT_TRUE(decode.dump() == pattern(kMha, kPeerSeed)) << "staged pages published after TIMEOUT";
+  release = true;
+  relay.join();
+  close(ls);
+}
+
 // Finding: a HELLO header claiming 4 MiB cost 3.7 MiB per connection before any check. Now
 // before its token is proved a connection costs a HELLO-sized buffer: 64 such headers leave the
 // endpoint's process within a few MiB of where it was, and each connection is dropped.

@@ -158,8 +158,9 @@ Status Shared::serve_write(int fd, const Request& r, std::vector<uint8_t>* stagi
   }
   wire::Writer staged;
   for (size_t i = 0; i < r.pages.size(); ++i) staged.i32(KVTIER_OK);
-  Status s = wire::send_frame(fd, wire::kP2pWrite | wire::kReply, staged.data(), {}, quiet());
+  // Taken before the answer goes: the writer cannot have it (and start waiting) any earlier.
   const auto answered = Clock::now();
+  Status s = wire::send_frame(fd, wire::kP2pWrite | wire::kReply, staged.data(), {}, quiet());
   std::vector<uint8_t> none;
   if (s.is_ok()) s = wire::read_frame(fd, wire::kP2pCommit, quiet(), &none, nullptr, 0);
   if (!s.is_ok()) return s;
