@@ -259,6 +259,30 @@ TEST(P2pCheck, BeforeHelloNothingAPeerClaimsIsAllocated) {
   kvtier_peer_close(peer);
 }
 
+// Writes now land on COMMIT: a writer of the protocol before it would take the staged answer
+// for done. Its HELLO (no version) is refused with a message that says why.
+TEST(P2pCheck, APeerOfTheProtocolBeforeCommitIsRefused) {
+  Local decode(kMha, kPeerSeed, kConfig);
+  char addr[256];
+  ASSERT_EQ(kvtier_endpoint_address(decode.ep, addr, sizeof addr), KVTIER_OK);
+  const std::string text(addr);
+  const int fd = loopback_connect(static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1))));
+  unsigned char hello[16 + 4 + 6 + 8] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 32, 0, 18};
+  hello[16] = 6;
+  std::memcpy(hello + 20, "secret", 6);  // the right token, any format, no version
+  ASSERT_EQ(send(fd, hello, sizeof hello, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof hello));
+  std::string reply;
+  char buf[2048];
+  for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) reply.append(buf, static_cast<size_t>(n));
+  close(fd);
+  ASSERT_GE(reply.size(), 20u);
+  EXPECT_EQ(static_cast<unsigned char>(reply[6]), 100 | 0x80);  // ERROR
+  int32_t code = 0;
+  std::memcpy(&code, reply.data() + 16, 4);
+  EXPECT_EQ(code, KVTIER_ERR_DENIED);
+  EXPECT_NE(reply.find("protocol 1"), std::string::npos) << reply.substr(20);
+}
+
 // Finding: an endpoint on 0.0.0.0 with no token admitted anyone's writes, silently. Now it is
 // refused unless KVTIER_P2P_ALLOW_NO_TOKEN says otherwise; loopback needs no token.
 TEST(P2pCheck, NoTokenBeyondLoopbackIsRefusedUnlessAllowed) {

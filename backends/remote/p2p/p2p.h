@@ -9,7 +9,8 @@
 // requests, several QPs); TCP otherwise, where the receiving side reads the socket straight into
 // its pool's fragments (no staging copy).
 //
-//   P2P_HELLO  token (u32 length + bytes), format hash u64  -> pages u64, rdma port u32, ticket
+//   P2P_HELLO  token (u32 length + bytes), format hash u64, protocol u32 (2; absent: 1)
+//                                                          -> pages u64, rdma port u32, ticket
 //                                                             u64 (or ERROR: DENIED)
 //   P2P_WRITE  layer i32, n u32, n x page u64, then the pages' bytes -> n x code i32 (staged)
 //   P2P_COMMIT (empty)                                      -> n x code i32 (in the pool)

@@ -112,15 +112,19 @@ Status Shared::hello(int fd) {
   std::vector<uint8_t> payload;
   // A peer that does not say HELLO within the timeout is dropped; before it has proved its
   // token, a frame bigger than a HELLO is refused unread.
-  Status s = wire::read_frame(fd, wire::kP2pHello, deadline(), &payload, nullptr,
-                              wire::kMaxHelloPayload);
+  Status s = wire::read_frame(fd, wire::kP2pHello, deadline(), &payload, nullptr, kMaxHello);
   if (!s.is_ok()) return s;
   wire::Reader rd(payload);
   const uint32_t len = rd.u32();
   std::string token = len <= wire::kMaxToken ? rd.str(len) : std::string();
   const uint64_t format_of_peer = rd.u64();
+  const uint32_t version = rd.left() == 4 ? rd.u32() : 1;  // protocol 1 sent none
   if (!rd.done() || len > wire::kMaxToken) s = {KVTIER_ERR_INVALID_ARG, "malformed HELLO"};
   if (s.is_ok() && !same_token(token, opt.token)) s = {KVTIER_ERR_DENIED, "wrong token"};
+  if (s.is_ok() && version != kProtocol)
+    s = {KVTIER_ERR_DENIED, "the peer speaks p2p protocol " + std::to_string(version) +
+                                ", this endpoint " + std::to_string(kProtocol) +
+                                " (both ends need the same kvtier)"};
   if (s.is_ok() && format_of_peer != format)
     s = {KVTIER_ERR_DENIED,
          "the two pools have different page formats (this one: " + pool.describe() + ")"};

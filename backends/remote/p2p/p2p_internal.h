@@ -17,6 +17,7 @@
 #include "log.h"
 #include "net.h"
 #include "p2p.h"
+#include "protocol.h"
 #include "rdma.h"
 
 namespace kvtier::p2p {
@@ -28,6 +29,11 @@ constexpr size_t kChunk = 1024;  // pages per frame
 // Bytes per frame (one page may be more): a receiver stages a write's bytes before they go into
 // its pool, so this bounds what one connection holds.
 constexpr size_t kChunkBytes = size_t{16} << 20;
+// The p2p protocol's version, sent in HELLO: 2 added COMMIT (p2p.h); a peer of another one is
+// refused, never half understood (a protocol-1 writer would take the staged answer for done).
+constexpr uint32_t kProtocol = 2;
+// HELLO's largest payload: token length, token, format hash, version.
+constexpr uint32_t kMaxHello = 4 + wire::kMaxToken + 8 + 4;
 // A request's largest payload: layer, count, kChunk page ids.
 constexpr uint32_t kMaxRequest = 4 + 4 + 8 * kChunk;
 

@@ -60,6 +60,7 @@ Status Peer::Impl::connect(Deadline dl) {
   w.u32(static_cast<uint32_t>(local->opt.token.size()));
   w.bytes(local->opt.token.data(), local->opt.token.size());
   w.u64(local->format);
+  w.u32(kProtocol);
   std::vector<uint8_t> reply;
   s = wire::send_frame(fd, wire::kP2pHello, w.data(), {}, dl);
   if (s.is_ok())
