@@ -210,7 +210,8 @@ Status Peer::Impl::run_open(bool write, std::span<const int64_t> local_pages,
     for (size_t i : idx) {
       if (channel) results[i] = KVTIER_OK;
       if (results[i] != KVTIER_OK && first.is_ok())
-        first = {results[i], "page " + std::to_string(i) + ": the peer did not take it in time"};
+        first = {results[i], "page " + std::to_string(i) + (write ? ": not taken by the peer in time"
+                                                                 : ": refused by the peer")};
     }
     at += idx.size();
   }
