@@ -88,8 +88,8 @@ int start_async(bool write, kvtier_peer_t* peer, const int64_t* local, const int
   kvtier_transfer* raw = t.get();
   raw->thread = std::thread([raw, write, peer, layer, results] {
     raw->status = guarded("kvtier_transfer", [&] {
-      return move_entered(write, peer, raw->local.data(), raw->remote.data(),
-                          raw->local.size(), layer, results);
+      return move_entered(write, peer, raw->local.data(), raw->remote.data(), raw->local.size(),
+                          layer, results);
     });
     peer->calls.leave();
     raw->done.store(true, std::memory_order_release);
@@ -146,12 +146,12 @@ void kvtier_endpoint_close(kvtier_endpoint_t* endpoint) {
   });
 }
 
-int kvtier_endpoint_layers_landed(const kvtier_endpoint_t* endpoint, const int64_t* pages,
-                                  size_t n, uint64_t* layers) {
+int kvtier_endpoint_layers_landed(const kvtier_endpoint_t* endpoint, const int64_t* pages, size_t n,
+                                  uint64_t* layers) {
   return guarded("kvtier_endpoint_layers_landed", [&] {
     if (!endpoint || !pages || !layers || n == 0 || n > kMaxBatch)
-      return fail(KVTIER_ERR_INVALID_ARG, "NULL argument, or n is 0 or over " +
-                                              std::to_string(kMaxBatch));
+      return fail(KVTIER_ERR_INVALID_ARG,
+                  "NULL argument, or n is 0 or over " + std::to_string(kMaxBatch));
     Status s = endpoint->rep->landed({pages, n}, {layers, n});
     return s.is_ok() ? KVTIER_OK : fail(s);
   });

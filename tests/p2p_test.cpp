@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "p2p_local.h"
-#include "p2p_process.h"
 #include "p2p_pool.h"
+#include "p2p_process.h"
 #include "test_util.h"
 
 using kvtier_test::kConfig;

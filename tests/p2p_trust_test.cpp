@@ -10,8 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "p2p_local.h"
-#include "p2p_process.h"
 #include "p2p_pool.h"
+#include "p2p_process.h"
 #include "test_util.h"
 
 namespace kvtier_test {
@@ -193,7 +193,8 @@ TEST(P2pFailure, AWriteStagedBeforeTheReceiverStoppedIsNotPublishedLater) {
   std::atomic<bool> stopped{false}, release{false};
   std::thread relay([&] {
     const int a = accept(ls, nullptr, nullptr);
-    const int b = loopback_connect(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
+    const int b =
+        loopback_connect(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
     char buf[65536];
     for (int replies = 0;;) {  // both ways; stop the decode process at its second reply
       pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
@@ -266,14 +267,16 @@ TEST(P2pCheck, APeerOfTheProtocolBeforeCommitIsRefused) {
   char addr[256];
   ASSERT_EQ(kvtier_endpoint_address(decode.ep, addr, sizeof addr), KVTIER_OK);
   const std::string text(addr);
-  const int fd = loopback_connect(static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1))));
+  const int fd =
+      loopback_connect(static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1))));
   unsigned char hello[16 + 4 + 6 + 8] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 32, 0, 18};
   hello[16] = 6;
   std::memcpy(hello + 20, "secret", 6);  // the right token, any format, no version
   ASSERT_EQ(send(fd, hello, sizeof hello, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof hello));
   std::string reply;
   char buf[2048];
-  for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) reply.append(buf, static_cast<size_t>(n));
+  for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;)
+    reply.append(buf, static_cast<size_t>(n));
   close(fd);
   ASSERT_GE(reply.size(), 20u);
   EXPECT_EQ(static_cast<unsigned char>(reply[6]), 100 | 0x80);  // ERROR
@@ -294,10 +297,10 @@ TEST(P2pCheck, NoTokenBeyondLoopbackIsRefusedUnlessAllowed) {
   EXPECT_EQ(ep, nullptr);
   EXPECT_NE(std::string(kvtier_last_error()).find("KVTIER_P2P_TOKEN"), std::string::npos)
       << kvtier_last_error();
-  for (const char* ok : {"p2p_listen=0.0.0.0:0;p2p_transport=tcp;p2p_token=secret",
-                         "p2p_listen=0.0.0.0:0;p2p_transport=tcp;p2p_allow_no_token=on",
-                         "p2p_listen=127.0.0.1:0;p2p_transport=tcp",
-                         "p2p_listen=localhost:0;p2p_transport=tcp"}) {
+  for (const char* ok :
+       {"p2p_listen=0.0.0.0:0;p2p_transport=tcp;p2p_token=secret",
+        "p2p_listen=0.0.0.0:0;p2p_transport=tcp;p2p_allow_no_token=on",
+        "p2p_listen=127.0.0.1:0;p2p_transport=tcp", "p2p_listen=localhost:0;p2p_transport=tcp"}) {
     EXPECT_EQ(kvtier_endpoint_open(ok, &l, &ep), KVTIER_OK) << ok << ": " << kvtier_last_error();
     kvtier_endpoint_close(ep);
     ep = nullptr;
@@ -490,9 +493,9 @@ TEST(P2pFailure, AWriteCutMidPageLeavesNoTornPageAndTheReceiverSeesWhatLanded) {
   EXPECT_TRUE(decode.pool == pattern(kMha, kPeerSeed)) << "a torn page in the pool";
   EXPECT_EQ(landed(decode.ep, {5, 6}), (std::vector<uint64_t>{0, 0}));
   kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(prefill.ep, ("127.0.0.1:" + std::to_string(port)).c_str(),
-                                    &peer),
-            KVTIER_OK);
+  ASSERT_EQ(
+      kvtier_endpoint_connect(prefill.ep, ("127.0.0.1:" + std::to_string(port)).c_str(), &peer),
+      KVTIER_OK);
   EXPECT_EQ(move(peer, true, {1}, {5}, -1), std::vector<int>{KVTIER_OK});
   EXPECT_EQ(move(peer, true, {2}, {6}, 0), std::vector<int>{KVTIER_OK});
   EXPECT_EQ(landed(decode.ep, {5, 6}), (std::vector<uint64_t>{kMha.L, 1}));

@@ -39,8 +39,8 @@ struct Options {
   std::string listen = "127.0.0.1:0";  // host:port; port 0 picks a free one
   std::string token;                   // peers must present the same
   std::string transport = "auto";      // auto | rdma | tcp
-  unsigned timeout_ms = 5000;  // silence (no progress) a call to a peer is given, not its length
-  unsigned max_peers = 1024;   // connections served at once (see accept_loop)
+  unsigned timeout_ms = 5000;   // silence (no progress) a call to a peer is given, not its length
+  unsigned max_peers = 1024;    // connections served at once (see accept_loop)
   bool allow_no_token = false;  // listen beyond loopback with no token (refused otherwise)
 };
 

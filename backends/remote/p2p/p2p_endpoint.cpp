@@ -246,9 +246,10 @@ Status Endpoint::open(const Options& options, const PoolLayout& pool,
               "KVTIER_P2P_LISTEN=" + options.listen +
                   " is not a loopback address and KVTIER_P2P_TOKEN is empty: anyone who reaches "
                   "it could write into the pool (set a token, or KVTIER_P2P_ALLOW_NO_TOKEN=on)"};
-    log().warn("p2p endpoint on {} with no token (KVTIER_P2P_ALLOW_NO_TOKEN=on): anyone who "
-               "reaches it can write into and read from the pool",
-               options.listen);
+    log().warn(
+        "p2p endpoint on {} with no token (KVTIER_P2P_ALLOW_NO_TOKEN=on): anyone who "
+        "reaches it can write into and read from the pool",
+        options.listen);
   }
   if (Status s = net::listen_on(host, port, &sh->listen_fd, &port); !s.is_ok()) return s;
   sh->address = host + ":" + std::to_string(port);
@@ -318,8 +319,8 @@ Status Endpoint::landed(std::span<const int64_t> pages, std::span<uint64_t> laye
   const uint64_t count = sh.pool.pool_tokens / sh.pool.page_size;
   for (size_t i = 0; i < pages.size(); ++i) {
     if (pages[i] < 0 || static_cast<uint64_t>(pages[i]) >= count)
-      return {KVTIER_ERR_OUT_OF_RANGE, "pages[" + std::to_string(i) + "] = " +
-                                           std::to_string(pages[i]) + " of a pool of " +
+      return {KVTIER_ERR_OUT_OF_RANGE, "pages[" + std::to_string(i) +
+                                           "] = " + std::to_string(pages[i]) + " of a pool of " +
                                            std::to_string(count) + " pages"};
     layers[i] = sh.landed[pages[i]].load(std::memory_order_acquire);
   }

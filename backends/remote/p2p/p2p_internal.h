@@ -99,7 +99,9 @@ struct Shared {
 
   Deadline deadline() const { return Clock::now() + std::chrono::milliseconds(opt.timeout_ms); }
   // A transfer's bound: the timeout ends silence, not a transfer that keeps moving.
-  net::Bound quiet() const { return net::Bound::silence(std::chrono::milliseconds(opt.timeout_ms)); }
+  net::Bound quiet() const {
+    return net::Bound::silence(std::chrono::milliseconds(opt.timeout_ms));
+  }
   void accept_loop();
   void serve(Conn& c);
   bool make_room();  // REQUIRES mu

@@ -39,8 +39,8 @@ struct Peer::Impl {
       return {KVTIER_ERR_CLOSED, "the endpoint this peer was made from is closed"};
     return {};
   }
-  Status run_open(bool write, std::span<const int64_t> local_pages,
-                  std::span<const int64_t> remote, int32_t layer, std::span<int> results);
+  Status run_open(bool write, std::span<const int64_t> local_pages, std::span<const int64_t> remote,
+                  int32_t layer, std::span<int> results);
   Status connect(Deadline dl);
   Status run(bool write, std::span<const int64_t> local_pages, std::span<const int64_t> remote,
              int32_t layer, std::span<int> results);
@@ -210,8 +210,9 @@ Status Peer::Impl::run_open(bool write, std::span<const int64_t> local_pages,
     for (size_t i : idx) {
       if (channel) results[i] = KVTIER_OK;
       if (results[i] != KVTIER_OK && first.is_ok())
-        first = {results[i], "page " + std::to_string(i) + (write ? ": not taken by the peer in time"
-                                                                 : ": refused by the peer")};
+        first = {results[i],
+                 "page " + std::to_string(i) +
+                     (write ? ": not taken by the peer in time" : ": refused by the peer")};
     }
     at += idx.size();
   }
