@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "call_gate.h"
 #include "config.h"
 #include "kvtier_c.h"
 #include "layout.h"
@@ -24,6 +25,7 @@ struct kvtier_endpoint {
 };
 struct kvtier_peer {
   std::unique_ptr<kvtier::p2p::Peer> rep;
+  kvtier::CallGate calls;  // kvtier_peer_close waits for these (a background transfer's too)
 };
 // A transfer in the background: its own thread, an eventfd that turns readable at the end.
 struct kvtier_transfer {
@@ -39,12 +41,9 @@ namespace {
 using kvtier::Status;
 using namespace kvtier::capi;
 
-int move_pages(bool write, kvtier_peer_t* peer, const int64_t* local, const int64_t* remote,
-               size_t n, int32_t layer, int* results) {
-  if (!peer) return refuse(results, n, KVTIER_ERR_INVALID_ARG, "peer is NULL");
-  if (!local || !remote || !results || n == 0 || n > kMaxBatch)
-    return refuse(results, n, KVTIER_ERR_INVALID_ARG,
-                  "page arrays or results NULL, or n is 0 or over " + std::to_string(kMaxBatch));
+// REQUIRES: the caller has entered peer->calls.
+int move_entered(bool write, kvtier_peer_t* peer, const int64_t* local, const int64_t* remote,
+                 size_t n, int32_t layer, int* results) {
   std::fill(results, results + n, KVTIER_OK);
   auto& p = *peer->rep;
   Status s = write ? p.write_pages({local, n}, {remote, n}, layer, {results, n})
@@ -52,23 +51,47 @@ int move_pages(bool write, kvtier_peer_t* peer, const int64_t* local, const int6
   return s.is_ok() ? KVTIER_OK : fail(s);
 }
 
+Status check_move(kvtier_peer_t* peer, const int64_t* local, const int64_t* remote, size_t n,
+                  const int* results) {
+  if (!peer) return {KVTIER_ERR_INVALID_ARG, "peer is NULL"};
+  if (!local || !remote || !results || n == 0 || n > kMaxBatch)
+    return {KVTIER_ERR_INVALID_ARG,
+            "page arrays or results NULL, or n is 0 or over " + std::to_string(kMaxBatch)};
+  if (!peer->calls.enter()) return {KVTIER_ERR_CLOSED, "the peer is being closed"};
+  return {};
+}
+
+int move_pages(bool write, kvtier_peer_t* peer, const int64_t* local, const int64_t* remote,
+               size_t n, int32_t layer, int* results) {
+  if (Status s = check_move(peer, local, remote, n, results); !s.is_ok())
+    return refuse(results, n, s.code(), s.message());
+  const int rc = move_entered(write, peer, local, remote, n, layer, results);
+  peer->calls.leave();
+  return rc;
+}
+
 int start_async(bool write, kvtier_peer_t* peer, const int64_t* local, const int64_t* remote,
                 size_t n, int32_t layer, int* results, kvtier_transfer_t** out) {
   if (!out) return fail(KVTIER_ERR_INVALID_ARG, "out is NULL");
   *out = nullptr;
-  if (!peer || !local || !remote || !results || n == 0 || n > kMaxBatch)
-    return refuse(results, n, KVTIER_ERR_INVALID_ARG, "NULL argument, or n is 0 or too large");
+  // Entered here, left by the transfer's thread: a close meanwhile waits for it.
+  if (Status s = check_move(peer, local, remote, n, results); !s.is_ok())
+    return refuse(results, n, s.code(), s.message());
   auto t = std::make_unique<kvtier_transfer>();
   t->local.assign(local, local + n);
   t->remote.assign(remote, remote + n);
   t->fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (t->fd < 0) return fail(KVTIER_ERR_NO_MEMORY, "eventfd failed");
+  if (t->fd < 0) {
+    peer->calls.leave();
+    return fail(KVTIER_ERR_NO_MEMORY, "eventfd failed");
+  }
   kvtier_transfer* raw = t.get();
   raw->thread = std::thread([raw, write, peer, layer, results] {
     raw->status = guarded("kvtier_transfer", [&] {
-      return move_pages(write, peer, raw->local.data(), raw->remote.data(), raw->local.size(),
-                        layer, results);
+      return move_entered(write, peer, raw->local.data(), raw->remote.data(), raw->local.size(),
+                          layer, results);
     });
+    peer->calls.leave();
     raw->done.store(true, std::memory_order_release);
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t w = ::write(raw->fd, &one, sizeof one);
@@ -95,7 +118,8 @@ int kvtier_endpoint_open(const char* config, const kvtier_pool_layout_t* pool,
                              .token = cfg.p2p_token,
                              .transport = cfg.p2p_transport,
                              .timeout_ms = cfg.p2p_timeout_ms,
-                             .max_peers = cfg.p2p_max_peers};
+                             .max_peers = cfg.p2p_max_peers,
+                             .allow_no_token = cfg.p2p_allow_no_token};
     auto ep = std::make_unique<kvtier_endpoint>();
     if (Status s = kvtier::p2p::Endpoint::open(opt, l, &ep->rep); !s.is_ok()) return fail(s);
     *out = ep.release();
@@ -122,6 +146,17 @@ void kvtier_endpoint_close(kvtier_endpoint_t* endpoint) {
   });
 }
 
+int kvtier_endpoint_layers_landed(const kvtier_endpoint_t* endpoint, const int64_t* pages, size_t n,
+                                  uint64_t* layers) {
+  return guarded("kvtier_endpoint_layers_landed", [&] {
+    if (!endpoint || !pages || !layers || n == 0 || n > kMaxBatch)
+      return fail(KVTIER_ERR_INVALID_ARG,
+                  "NULL argument, or n is 0 or over " + std::to_string(kMaxBatch));
+    Status s = endpoint->rep->landed({pages, n}, {layers, n});
+    return s.is_ok() ? KVTIER_OK : fail(s);
+  });
+}
+
 int kvtier_endpoint_connect(kvtier_endpoint_t* endpoint, const char* address, kvtier_peer_t** out) {
   return guarded("kvtier_endpoint_connect", [&] {
     if (!out) return fail(KVTIER_ERR_INVALID_ARG, "out is NULL");
@@ -136,6 +171,9 @@ int kvtier_endpoint_connect(kvtier_endpoint_t* endpoint, const char* address, kv
 
 void kvtier_peer_close(kvtier_peer_t* peer) {
   guarded("kvtier_peer_close", [&] {
+    if (!peer) return KVTIER_OK;
+    // Calls in flight (blocking or in the background) end with CLOSED and are waited for.
+    peer->calls.close([&] { peer->rep->cancel(); });
     delete peer;
     return KVTIER_OK;
   });

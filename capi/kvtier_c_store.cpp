@@ -18,6 +18,7 @@
 #include "config.h"
 #include "kvtier_c.h"
 #include "layout.h"
+#include "call_gate.h"
 #include "process.h"
 #include "store.h"
 
@@ -27,7 +28,8 @@
 // "closed" rather than freed memory.
 struct kvtier_store {
   std::shared_ptr<kvtier::Store> rep;
-  std::atomic<uint64_t> calls{0};  // calls in flight, plus kClosed once closed
+  kvtier::CallGate calls;           // kvtier_close waits for these
+  std::atomic<bool> closed{false};  // kvtier_close has begun (a second one does nothing)
   // A handle opened before a fork() is the parent's: its rings, sockets, locks and threads are
   // not the child's to use or to tear down.
   const uint64_t generation = kvtier::fork_generation();
@@ -54,8 +56,6 @@ using kvtier::Frag;
 using kvtier::Status;
 using namespace kvtier::capi;
 
-constexpr uint64_t kClosed = uint64_t{1} << 63;
-
 // One call's use of a handle, from its first look at the handle to its return: kvtier_close()
 // waits for every use that began before it, and a use that begins after is refused.
 class Use {
@@ -67,13 +67,13 @@ class Use {
       store_ = nullptr;
       refusal_ = {KVTIER_ERR_CLOSED, "this handle was opened in the parent process before "
                                      "fork(); open a new store in the child"};
-    } else if (store_->calls.fetch_add(1, std::memory_order_acq_rel) & kClosed) {
-      leave();
+    } else if (!store_->calls.enter()) {
+      store_ = nullptr;
       refusal_ = {KVTIER_ERR_CLOSED, "the handle is closed (kvtier_close)"};
     }
   }
   ~Use() {
-    if (store_) leave();
+    if (store_) store_->calls.leave();
   }
   Use(const Use&) = delete;
   Use& operator=(const Use&) = delete;
@@ -82,12 +82,6 @@ class Use {
   const Status& refusal() const { return refusal_; }
 
  private:
-  void leave() {
-    if (store_->calls.fetch_sub(1, std::memory_order_acq_rel) - 1 == kClosed)
-      store_->calls.notify_all();  // the last call kvtier_close waits for
-    store_ = nullptr;
-  }
-
   kvtier_store_t* store_;
   Status refusal_;
 };
@@ -273,13 +267,11 @@ int kvtier_set_page_format(kvtier_store_t* store, const char* format) {
 void kvtier_close(kvtier_store_t* store) {
   guarded("kvtier_close", [&] {
     if (!store) return KVTIER_OK;
-    uint64_t calls = store->calls.fetch_or(kClosed, std::memory_order_acq_rel);
-    if (calls & kClosed) return KVTIER_OK;  // closed already
+    if (store->closed.exchange(true)) return KVTIER_OK;  // closed already
     // Wait for the calls in flight (each bounded by its tiers' timeouts). A forked child has
-    // none: it is refused its inherited handles, and its count is the parent's at the fork.
-    if (store->generation == kvtier::fork_generation())
-      while ((calls = store->calls.load(std::memory_order_acquire)) != kClosed)
-        store->calls.wait(calls, std::memory_order_acquire);
+    // none (it is refused its inherited handles) and must not touch the gate: its lock and
+    // count are as some parent thread left them at the fork.
+    if (store->generation == kvtier::fork_generation()) store->calls.close([] {});
     retire(store);
     return KVTIER_OK;
   });

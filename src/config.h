@@ -76,11 +76,15 @@ struct Config {
   std::string p2p_token;
   // KVTIER_P2P_TRANSPORT: auto (RDMA when both hosts have a device) | rdma | tcp.
   std::string p2p_transport = "auto";
-  // KVTIER_P2P_TIMEOUT_MS: a transfer to a dead or silent peer fails within this.
+  // KVTIER_P2P_TIMEOUT_MS: a transfer to a dead or silent peer fails after this long without
+  // progress (a healthy transfer may last longer).
   unsigned p2p_timeout_ms = 5000;
   // KVTIER_P2P_MAX_PEERS: connections an endpoint serves at once (a thread each); past it the
   // oldest that has not said HELLO goes, and when all have, the new one is refused.
   unsigned p2p_max_peers = 1024;
+  // KVTIER_P2P_ALLOW_NO_TOKEN: on lets an endpoint with no token listen beyond loopback (said
+  // in the log); off (the default) refuses to open it.
+  bool p2p_allow_no_token = false;
 };
 
 // Builds the config from the environment, then applies `overrides` ("NAME=value" pairs split by

@@ -26,4 +26,21 @@ void set_log_level(const std::string& level) {
   log().set_level(spdlog::level::from_str(level));
 }
 
+void LimitedWarnings::warn(const std::string& msg) {
+  std::lock_guard lock(mu_);
+  const auto now = std::chrono::steady_clock::now();
+  if (now >= window_) {
+    if (suppressed_) log().warn("{} more such lines in the last 10 s were not logged", suppressed_);
+    window_ = now + std::chrono::seconds(10);
+    lines_ = 0;
+    suppressed_ = 0;
+  }
+  if (lines_ < 10) {
+    ++lines_;
+    log().warn("{}", msg);
+  } else {
+    ++suppressed_;
+  }
+}
+
 }  // namespace kvtier

@@ -35,7 +35,7 @@ constexpr CodeInfo kCodes[] = {
     {KVTIER_ERR_DENIED, "KVTIER_ERR_DENIED",
      "refused: by a remote server (token, protocol) or a folder another user could tamper with"},
     {KVTIER_ERR_CLOSED, "KVTIER_ERR_CLOSED",
-     "the handle is closed, or was opened in the parent process before fork()"},
+     "closed: the handle, or the endpoint of a peer; or a handle opened before fork()"},
 };
 
 const CodeInfo* find(int code) {

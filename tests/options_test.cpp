@@ -49,6 +49,7 @@ TEST(Options, EachOwnerRegistersItsOwn) {
       {"P2P_TRANSPORT", "p2p"},
       {"P2P_TIMEOUT_MS", "p2p"},
       {"P2P_MAX_PEERS", "p2p"},
+      {"P2P_ALLOW_NO_TOKEN", "p2p"},
   };
   std::map<std::string, std::string> got;
   for (const auto& [name, owner] : registered_options())

@@ -99,7 +99,7 @@ KVTIER_API const char* kvtier_version_string(void);
 #define KVTIER_ERR_BUSY -17            /* a server at a limit (connections, leases) */
 #define KVTIER_ERR_INTERNAL -18        /* a bug: please report it with kvtier_last_error() */
 #define KVTIER_ERR_DENIED -19          /* a server refused token or protocol; an unsafe folder */
-#define KVTIER_ERR_CLOSED -20          /* the handle is closed, or was opened before fork() */
+#define KVTIER_ERR_CLOSED -20          /* the handle, or a peer's endpoint, is closed; or opened before fork() */
 
 #define KVTIER_MAX_KEY_LEN 1024
 
@@ -288,17 +288,20 @@ KVTIER_API int kvtier_batch_get_v1_slots(kvtier_store_t* store, const char* cons
  * kind, layout, dtype_name, dims); they may differ in size. A peer can touch only the pool the
  * other side opened its endpoint with, and only after presenting its token. Transports: RDMA
  * one-sided WRITE/READ between the two pools where both hosts have a device, else TCP, where
- * the receiving side reads the socket straight into its pool. */
+ * the receiving side stages a write and copies it into its pool only while the writer's call is
+ * still running: pages land whole, and never after the writer was told they failed. */
 typedef struct kvtier_endpoint kvtier_endpoint_t;
 typedef struct kvtier_peer kvtier_peer_t;
 typedef struct kvtier_transfer kvtier_transfer_t;
 
 /* Opens an endpoint on `pool` (which must stay valid and in place until the endpoint is
  * closed). Settings as for kvtier_open: KVTIER_P2P_LISTEN (host:port, port 0: a free one),
- * KVTIER_P2P_TOKEN, KVTIER_P2P_TRANSPORT (auto|rdma|tcp), KVTIER_P2P_TIMEOUT_MS,
- * KVTIER_P2P_MAX_PEERS (connections served at once), from the environment, overridden by `config` ("p2p_listen=0.0.0.0:7600;p2p_token=..."); other kvtier
- * settings in it are checked and ignored.
- * @return : 0 and *out set, KVTIER_ERR_CONFIG, KVTIER_ERR_INVALID_ARG (a bad layout),
+ * KVTIER_P2P_TOKEN, KVTIER_P2P_TRANSPORT (auto|rdma|tcp), KVTIER_P2P_TIMEOUT_MS (silence a
+ * call is given), KVTIER_P2P_MAX_PEERS (connections served at once), KVTIER_P2P_ALLOW_NO_TOKEN,
+ * from the environment, overridden by `config` ("p2p_listen=0.0.0.0:7600;p2p_token=...");
+ * other kvtier settings in it are checked and ignored.
+ * @return : 0 and *out set, KVTIER_ERR_CONFIG (also: a listen address beyond loopback with no
+ *           token, unless KVTIER_P2P_ALLOW_NO_TOKEN=on), KVTIER_ERR_INVALID_ARG (a bad layout),
  *           KVTIER_ERR_UNAVAILABLE (cannot listen), KVTIER_ERR_UNSUPPORTED (rdma required). */
 KVTIER_API int kvtier_endpoint_open(const char* config, const kvtier_pool_layout_t* pool,
                                     kvtier_endpoint_t** out);
@@ -306,16 +309,30 @@ KVTIER_API int kvtier_endpoint_open(const char* config, const kvtier_pool_layout
  * @return : 0, or KVTIER_ERR_BUFFER_TOO_SMALL. */
 KVTIER_API int kvtier_endpoint_address(const kvtier_endpoint_t* endpoint, char* buf,
                                        size_t capacity);
-/* Stops listening and drops every connection peers made to it. Peers opened from it stay valid
- * until closed. NULL is fine. */
+/* Stops listening and drops every connection peers made to it. Calls in flight on peers opened
+ * from it end with KVTIER_ERR_CLOSED and are waited for; once it returns the pool is never
+ * touched again and may be freed. Those peers stay valid until closed, and refuse every call
+ * with KVTIER_ERR_CLOSED. NULL is fine. */
 KVTIER_API void kvtier_endpoint_close(kvtier_endpoint_t* endpoint);
+
+/* For each of n page ids of this endpoint's pool, the layers peers have written into it whole
+ * since the endpoint opened (a whole-page write counts layer_num, a one-layer write 1), counted
+ * only once all of their bytes are in the pool: a page whose count rose by layer_num since a
+ * transfer into it began has arrived whole, and its bytes are visible to the thread that saw
+ * the count. Writes over TCP only (an RDMA write is one-sided: its writer's results say).
+ * @return : 0 and layers[0..n) set, KVTIER_ERR_INVALID_ARG (NULL, n is 0 or too large),
+ *           KVTIER_ERR_OUT_OF_RANGE (an id outside the pool; the detail names it). */
+KVTIER_API int kvtier_endpoint_layers_landed(const kvtier_endpoint_t* endpoint,
+                                             const int64_t* pages, size_t n, uint64_t* layers);
 
 /* Connects to the endpoint at `address` ("host:port"); token and page format are checked on
  * both sides. @return : 0, KVTIER_ERR_DENIED (token or format), KVTIER_ERR_UNAVAILABLE,
  * KVTIER_ERR_TIMEOUT. */
 KVTIER_API int kvtier_endpoint_connect(kvtier_endpoint_t* endpoint, const char* address,
                                        kvtier_peer_t** out);
-/* Closes the connection; an async transfer on it must have been freed. NULL is fine. */
+/* Closes the connection. Calls in flight on it (blocking ones in other threads, async
+ * transfers) end with KVTIER_ERR_CLOSED and are waited for; an async transfer's handle stays
+ * valid until kvtier_transfer_free. The peer must not be used after this returns. NULL is fine. */
 KVTIER_API void kvtier_peer_close(kvtier_peer_t* peer);
 /* 1 if the peer's connection is up (a failed transfer drops it; the next call reconnects). */
 KVTIER_API int kvtier_peer_connected(kvtier_peer_t* peer);
@@ -325,8 +342,11 @@ KVTIER_API int kvtier_peer_connected(kvtier_peer_t* peer);
  * next is computed). Thread-safe; transfers on one peer run one at a time.
  * results[i] : 0, KVTIER_ERR_OUT_OF_RANGE (an id outside its pool, or a layer past the last:
  *              nothing moved for that page), KVTIER_ERR_UNAVAILABLE / KVTIER_ERR_TIMEOUT (the
- *              peer died or went silent; within KVTIER_P2P_TIMEOUT_MS). When the call returns
- *              no byte of it is still in flight toward either pool. */
+ *              peer died, or made no progress for KVTIER_P2P_TIMEOUT_MS: a transfer that keeps
+ *              moving may last longer), KVTIER_ERR_CLOSED (the peer or its endpoint is closed).
+ *              When the call returns no byte of it is still in flight toward either pool;
+ *              over TCP a written page whose code is not 0 keeps its old bytes in the peer's
+ *              pool (over RDMA some of them may have landed before the call returned). */
 KVTIER_API int kvtier_peer_write_pages(kvtier_peer_t* peer, const int64_t* local_pages,
                                        const int64_t* remote_pages, size_t n, int32_t layer,
                                        int* results);

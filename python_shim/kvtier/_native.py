@@ -120,6 +120,8 @@ _SIGNATURES = {
         ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]),
     "kvtier_endpoint_close": (None, [ctypes.c_void_p]),
     "kvtier_endpoint_connect": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, c_void_pp]),
+    "kvtier_endpoint_layers_landed": (
+        ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]),
     "kvtier_peer_close": (None, [ctypes.c_void_p]),
     "kvtier_peer_connected": (ctypes.c_int, [ctypes.c_void_p]),
     "kvtier_peer_write_pages": (

@@ -120,6 +120,20 @@ class Endpoint(Closing):
         check(_lib.kvtier_endpoint_connect(self._h, address.encode(), ctypes.byref(out)))
         return Peer(out, address)
 
+    def layers_landed(self, pages) -> List[int]:
+        """Per page id of this pool: the layers peers have written into it whole so far (a
+        whole page counts layer_num). A page whose count rose by layer_num has arrived whole."""
+        import numpy as np
+
+        addr, n, keep = _ids(pages)
+        if n == 0:
+            return []
+        out = np.zeros(n, dtype=np.uint64)
+        check(_lib.kvtier_endpoint_layers_landed(self._h, addr, n,
+                                                 out.__array_interface__["data"][0]))
+        del keep
+        return out.tolist()
+
     def close(self) -> None:
         h, self._h = getattr(self, "_h", None), None
         if h:

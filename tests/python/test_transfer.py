@@ -51,6 +51,9 @@ def test_pages_and_layers_move_between_two_endpoints(lib):
             if layer + 1 < L:  # the layers not sent yet are still the old ones
                 assert page(decode_pool, 20, layer + 1) != page(prefill_pool, 5, layer + 1)
         assert page(decode_pool, 20) == page(prefill_pool, 5)
+        # whole pages count layer_num, each layer 1; a page nothing was written into, 0
+        assert decode.layers_landed([10, 11, 12, 20, 0]) == [L, L, L, L, 0]
+        assert prefill.layers_landed([1]) == [0]  # reads from a pool are not counted
         assert peer.read_pages([30], [0]) == [0]
         assert page(prefill_pool, 30) == page(decode_pool, 0)
         untouched = [p for p in range(PAGES) if p not in (10, 11, 12, 20)]
@@ -84,3 +87,25 @@ def test_wrong_token_and_bad_pools_are_refused():
         endpoint(pool(7)[:, ::2])  # not contiguous
     with pytest.raises(kvtier.KvtierError):
         Endpoint(pool(8), layout="sideways", page_size=P, layer_num=L, head_num=H, head_dim=D)
+
+
+def test_a_peer_of_a_closed_endpoint_refuses_and_touches_nothing():
+    prefill_pool, decode_pool = pool(9), pool(10)
+    with endpoint(decode_pool) as decode:
+        prefill = endpoint(prefill_pool)
+        peer = prefill.connect(decode.address)
+        assert peer.read_pages([1], [2]) == [0]
+        prefill.close()
+        before = prefill_pool.copy()
+        assert peer.read_pages([3, 4], [5, 6]) == [kvtier.codes.CLOSED] * 2
+        assert peer.write_pages([3], [5]) == [kvtier.codes.CLOSED]
+        assert not peer.connected
+        assert (prefill_pool == before).all()
+        peer.close()
+
+
+def test_an_open_endpoint_beyond_loopback_needs_a_token():
+    with pytest.raises(kvtier.KvtierError) as e:
+        Endpoint(pool(11), layout="page_first", page_size=P, layer_num=L, head_num=H,
+                 head_dim=D, config="p2p_listen=0.0.0.0:0;p2p_transport=tcp")
+    assert e.value.name == "KVTIER_ERR_CONFIG"

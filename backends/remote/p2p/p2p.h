@@ -9,13 +9,21 @@
 // requests, several QPs); TCP otherwise, where the receiving side reads the socket straight into
 // its pool's fragments (no staging copy).
 //
-//   P2P_HELLO  token (u32 length + bytes), format hash u64  -> pages u64, rdma port u32, ticket
+//   P2P_HELLO  token (u32 length + bytes), format hash u64, protocol u32 (2; absent: 1)
+//                                                          -> pages u64, rdma port u32, ticket
 //                                                             u64 (or ERROR: DENIED)
-//   P2P_WRITE  layer i32, n u32, n x page u64, then the pages' bytes -> n x code i32
+//   P2P_WRITE  layer i32, n u32, n x page u64, then the pages' bytes -> n x code i32 (staged)
+//   P2P_COMMIT (empty)                                      -> n x code i32 (in the pool)
 //   P2P_READ   layer i32, n u32, n x page u64  -> n x code i32, then the bytes of the pages
 //                                                 whose code is 0
 // The side that serves checks every page id against its pool and the layer against its layers;
-// a peer touches only the pool the endpoint registered, and only after the token check.
+// a peer touches only the pool the endpoint registered, and only after the token check. Before
+// it, a connection costs a HELLO-sized buffer and one timeout.
+// A write lands in two steps so that no byte of it reaches the pool after the writer was told it
+// failed: the receiver stages the bytes and says so, the writer (still in its call) sends COMMIT,
+// and the receiver copies them into its pool only if COMMIT came within half the timeout of its
+// answer and the writer has not hung up (the writer's own wait for that answer is the full
+// timeout). Pages land whole or not at all.
 #pragma once
 
 #include <memory>
@@ -31,8 +39,9 @@ struct Options {
   std::string listen = "127.0.0.1:0";  // host:port; port 0 picks a free one
   std::string token;                   // peers must present the same
   std::string transport = "auto";      // auto | rdma | tcp
-  unsigned timeout_ms = 5000;          // a call to a dead or silent peer fails within this
-  unsigned max_peers = 1024;           // connections served at once (see accept_loop)
+  unsigned timeout_ms = 5000;   // silence (no progress) a call to a peer is given, not its length
+  unsigned max_peers = 1024;    // connections served at once (see accept_loop)
+  bool allow_no_token = false;  // listen beyond loopback with no token (refused otherwise)
 };
 
 class Peer;
@@ -40,14 +49,23 @@ struct Shared;
 
 class Endpoint {
  public:
-  // `pool` must stay valid until the endpoint is closed. Starts listening at once.
+  // `pool` must stay valid until the endpoint is closed. Starts listening at once. CONFIG: a
+  // listen address beyond loopback with no token (unless allow_no_token).
   static Status open(const Options& options, const PoolLayout& pool,
                      std::unique_ptr<Endpoint>* out);
-  ~Endpoint();  // stops listening, closes every connection, joins its threads
+  // Stops listening, closes every connection, joins its threads; ends the calls in flight of
+  // peers made from it and waits for them: after it, those peers refuse every call (CLOSED)
+  // and the pool is never touched again.
+  ~Endpoint();
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;
 
   const std::string& address() const;  // host:port it listens on
+  // The layers of each page that peers have written into this pool whole since it opened (a
+  // whole-page write counts layer_num, a one-layer write 1): a page whose count rose by
+  // layer_num since a transfer began has all its bytes here. Counts TCP writes (an RDMA write
+  // is one-sided: its writer's results say). OUT_OF_RANGE: an id outside the pool.
+  Status landed(std::span<const int64_t> pages, std::span<uint64_t> layers) const;
   // Connects to the endpoint at `address` (token and format checked on both sides).
   Status connect(const std::string& address, std::unique_ptr<Peer>* out);
 
@@ -64,14 +82,17 @@ class Peer {
   // local[i] -> remote[i] (write) or remote[i] -> local[i] (read): page ids in each pool.
   // layer < 0: whole pages; else only that layer of each page. results[i]: 0 or a code
   // (OUT_OF_RANGE: an id outside its pool or a layer past the last, nothing moved for it;
-  // UNAVAILABLE, TIMEOUT: the peer). When a call returns, nothing of it is still in flight:
-  // no byte lands in either pool afterwards.
+  // UNAVAILABLE, TIMEOUT: the peer; CLOSED: this peer or its endpoint is closed). When a call
+  // returns, nothing of it is still in flight: no byte lands in either pool afterwards.
   Status write_pages(std::span<const int64_t> local, std::span<const int64_t> remote, int32_t layer,
                      std::span<int> results);
   Status read_pages(std::span<const int64_t> local, std::span<const int64_t> remote, int32_t layer,
                     std::span<int> results);
   bool connected() const;
   const std::string& address() const;
+  // Ends the call in flight (it fails with CLOSED) and refuses later ones: for a close that
+  // waits for the calls on this peer to leave before it frees it.
+  void cancel();
 
  private:
   friend class Endpoint;

@@ -8,12 +8,16 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "call_gate.h"
+#include "log.h"
 #include "net.h"
 #include "p2p.h"
+#include "protocol.h"
 #include "rdma.h"
 
 namespace kvtier::p2p {
@@ -22,6 +26,16 @@ using net::Clock;
 using net::Deadline;
 
 constexpr size_t kChunk = 1024;  // pages per frame
+// Bytes per frame (one page may be more): a receiver stages a write's bytes before they go into
+// its pool, so this bounds what one connection holds.
+constexpr size_t kChunkBytes = size_t{16} << 20;
+// The p2p protocol's version, sent in HELLO: 2 added COMMIT (p2p.h); a peer of another one is
+// refused, never half understood (a protocol-1 writer would take the staged answer for done).
+constexpr uint32_t kProtocol = 2;
+// HELLO's largest payload: token length, token, format hash, version.
+constexpr uint32_t kMaxHello = 4 + wire::kMaxToken + 8 + 4;
+// A request's largest payload: layer, count, kChunk page ids.
+constexpr uint32_t kMaxRequest = 4 + 4 + 8 * kChunk;
 
 // The fragments of page `page` (a page id, not a token slot) of `pool`: the whole page, or one
 // layer of it. OUT_OF_RANGE for an id outside the pool or a layer past the last.
@@ -67,17 +81,38 @@ struct Shared {
   };
   std::list<Conn> conns;
   Clock::time_point last_refusal{};  // guarded by mu
+  LimitedWarnings dropped;           // a peer dropped: a flood of them is not a flood of lines
   std::unique_ptr<rdma::Listener> rdma_listener;
   std::shared_ptr<rdma::Registry> rdma_registry;
+  // The calls of peers made from this endpoint (they move bytes into or out of its pool): the
+  // endpoint's close refuses new ones and waits for those in flight, after which no peer
+  // touches the pool again.
+  CallGate calls;
+  // The connections those peers made, shut down by the endpoint's close to end their calls
+  // at once. A peer opens and closes its fd only under fds_mu, so a shutdown never hits a
+  // number already reused for something else.
+  std::mutex fds_mu;
+  std::set<int> peer_fds;
+  // Per page of the pool: the layers peers have written into it whole (a whole page counts
+  // layer_num), raised with release order once the bytes are in the pool (Endpoint::landed).
+  std::unique_ptr<std::atomic<uint64_t>[]> landed;
 
   Deadline deadline() const { return Clock::now() + std::chrono::milliseconds(opt.timeout_ms); }
+  // A transfer's bound: the timeout ends silence, not a transfer that keeps moving.
+  net::Bound quiet() const {
+    return net::Bound::silence(std::chrono::milliseconds(opt.timeout_ms));
+  }
   void accept_loop();
   void serve(Conn& c);
   bool make_room();  // REQUIRES mu
   Status hello(int fd);
-  Status serve_write(int fd, const Request& r);
+  Status serve_write(int fd, const Request& r, std::vector<uint8_t>* staging);
   Status serve_read(int fd, const Request& r);
   void reap();
+  // A peer's fd: set (*fd = from), closed (*fd = -1), shut down to end a call on it.
+  void adopt_fd(int* fd, int from);
+  void close_fd(int* fd);
+  void shut_fd(const int* fd);
 };
 
 }  // namespace kvtier::p2p

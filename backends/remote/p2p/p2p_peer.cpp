@@ -20,38 +20,51 @@ struct Peer::Impl {
   std::string address, host;
   uint16_t port = 0;
   DeadlineLock mu;  // one transfer at a time on the connection; waiters give up at the deadline
-  int fd = -1;
+  int fd = -1;      // set and closed by the call holding mu, under local->fds_mu (Shared::adopt_fd)
   std::atomic<bool> up{false};
+  std::atomic<bool> cancelled{false};
   uint64_t remote_pages = 0;
   std::unique_ptr<rdma::Channel> channel;
 
   ~Impl() { drop(); }
   void drop() {
-    if (fd >= 0) ::close(fd);
-    fd = -1;
+    local->close_fd(&fd);
     up = false;
     channel.reset();
   }
+  // Why a call may not go on, if it may not: the peer or its endpoint closed.
+  Status closed() const {
+    if (cancelled) return {KVTIER_ERR_CLOSED, "the peer is closed"};
+    if (local->calls.closing())
+      return {KVTIER_ERR_CLOSED, "the endpoint this peer was made from is closed"};
+    return {};
+  }
+  Status run_open(bool write, std::span<const int64_t> local_pages, std::span<const int64_t> remote,
+                  int32_t layer, std::span<int> results);
   Status connect(Deadline dl);
   Status run(bool write, std::span<const int64_t> local_pages, std::span<const int64_t> remote,
              int32_t layer, std::span<int> results);
   Status tcp_chunk(bool write, const std::vector<size_t>& idx, const Request& req,
                    const std::vector<std::vector<Frag>>& local_frags, std::span<int> results,
-                   Deadline dl);
+                   net::Bound dl);
   Status rdma_batch(bool write, const std::vector<size_t>& idx, const Request& req,
                     const std::vector<std::vector<Frag>>& local_frags, Deadline dl);
 };
 
 Status Peer::Impl::connect(Deadline dl) {
-  Status s = net::connect_to(host, port, dl, &fd);
+  int made = -1;
+  Status s = net::connect_to(host, port, dl, &made);
   if (!s.is_ok()) return s;
+  local->adopt_fd(&fd, made);
   wire::Writer w;
   w.u32(static_cast<uint32_t>(local->opt.token.size()));
   w.bytes(local->opt.token.data(), local->opt.token.size());
   w.u64(local->format);
+  w.u32(kProtocol);
   std::vector<uint8_t> reply;
   s = wire::send_frame(fd, wire::kP2pHello, w.data(), {}, dl);
-  if (s.is_ok()) s = wire::read_frame(fd, wire::kP2pHello | wire::kReply, dl, &reply);
+  if (s.is_ok())
+    s = wire::read_frame(fd, wire::kP2pHello | wire::kReply, dl, &reply, nullptr, 8 + 4 + 8);
   wire::Reader rd(reply);
   remote_pages = rd.u64();
   const uint32_t rdma_port = rd.u32();
@@ -71,7 +84,7 @@ Status Peer::Impl::connect(Deadline dl) {
 
 Status Peer::Impl::tcp_chunk(bool write, const std::vector<size_t>& idx, const Request& req,
                              const std::vector<std::vector<Frag>>& local_frags,
-                             std::span<int> results, Deadline dl) {
+                             std::span<int> results, net::Bound dl) {
   wire::Writer w;
   w.i32(req.layer);
   w.u32(static_cast<uint32_t>(req.pages.size()));
@@ -79,10 +92,17 @@ Status Peer::Impl::tcp_chunk(bool write, const std::vector<size_t>& idx, const R
   std::vector<iovec> iov;
   for (size_t i : idx) append_iov(local_frags[i], &iov);
   const uint16_t type = write ? wire::kP2pWrite : wire::kP2pRead;
+  const uint32_t codes = static_cast<uint32_t>(4 * idx.size());
   Status s = wire::send_frame(fd, type, w.data(),
                               write ? std::span<const iovec>(iov) : std::span<const iovec>(), dl);
   std::vector<uint8_t> reply;
-  if (s.is_ok()) s = wire::read_frame(fd, type | wire::kReply, dl, &reply);
+  if (s.is_ok()) s = wire::read_frame(fd, type | wire::kReply, dl, &reply, nullptr, codes);
+  // A write: the peer has staged the bytes; they go into its pool only on COMMIT, sent while
+  // this call still runs (p2p.h), and its answer says which pages did.
+  if (s.is_ok() && write) s = closed();
+  if (s.is_ok() && write) s = wire::send_frame(fd, wire::kP2pCommit, {}, {}, dl);
+  if (s.is_ok() && write)
+    s = wire::read_frame(fd, wire::kP2pCommit | wire::kReply, dl, &reply, nullptr, codes);
   if (!s.is_ok()) return s;
   wire::Reader rd(reply);
   std::vector<iovec> sink;  // a read: the pages the peer sends, straight into ours
@@ -118,17 +138,30 @@ Status Peer::Impl::rdma_batch(bool write, const std::vector<size_t>& idx, const 
 
 Status Peer::Impl::run(bool write, std::span<const int64_t> local_pages,
                        std::span<const int64_t> remote, int32_t layer, std::span<int> results) {
+  // The endpoint's pool is used only inside its gate: its close waits for this call.
+  if (!local->calls.enter()) {
+    std::fill(results.begin(), results.end(), KVTIER_ERR_CLOSED);
+    return closed();
+  }
+  Status s = run_open(write, local_pages, remote, layer, results);
+  local->calls.leave();
+  return s;
+}
+
+Status Peer::Impl::run_open(bool write, std::span<const int64_t> local_pages,
+                            std::span<const int64_t> remote, int32_t layer,
+                            std::span<int> results) {
   const Deadline dl = local->deadline();
   std::unique_lock lock(mu, std::defer_lock);
   if (!lock.try_lock_until(dl)) {
     std::fill(results.begin(), results.end(), KVTIER_ERR_TIMEOUT);
     return {KVTIER_ERR_TIMEOUT, "the peer connection stayed busy past the deadline"};
   }
-  if (fd < 0) {
-    if (Status s = connect(dl); !s.is_ok()) {
-      std::fill(results.begin(), results.end(), s.code());
-      return s;
-    }
+  Status gone = closed();
+  if (gone.is_ok() && fd < 0) gone = connect(dl);
+  if (!gone.is_ok()) {
+    std::fill(results.begin(), results.end(), gone.code());
+    return gone;
   }
   // Every id checked on both pools first: a bad one fails its page alone, nothing moves for it.
   Status first;
@@ -150,20 +183,37 @@ Status Peer::Impl::run(bool write, std::span<const int64_t> local_pages,
     }
   }
   for (size_t at = 0; at < ok.size();) {
-    std::vector<size_t> idx(ok.begin() + at, ok.begin() + std::min(ok.size(), at + kChunk));
+    // Up to kChunk pages and kChunkBytes (at least one page) per frame.
+    std::vector<size_t> idx;
+    for (size_t bytes = 0; at + idx.size() < ok.size() && idx.size() < kChunk;) {
+      size_t page = 0;
+      for (const Frag& f : local_frags[ok[at + idx.size()]]) page += f.len;
+      if (!idx.empty() && bytes + page > kChunkBytes) break;
+      bytes += page;
+      idx.push_back(ok[at + idx.size()]);
+    }
     Request req{layer, {}};
     for (size_t i : idx) req.pages.push_back(static_cast<uint64_t>(remote[i]));
-    Status s = channel ? rdma_batch(write, idx, req, local_frags, dl)
-                       : tcp_chunk(write, idx, req, local_frags, results, dl);
+    Status s = closed();
+    // TCP waits bound silence (a long healthy transfer goes on); RDMA's wait is for the chunk.
+    if (s.is_ok())
+      s = channel ? rdma_batch(write, idx, req, local_frags, local->deadline())
+                  : tcp_chunk(write, idx, req, local_frags, results, local->quiet());
     if (!s.is_ok()) {
       // The connection's state is unknown: drop it (an RDMA channel drains before it returns,
       // a TCP read stops here), fail what did not finish, reconnect on the next call.
       drop();
+      if (Status c = closed(); !c.is_ok()) s = c;  // ended by a close, not by the peer
       for (size_t k = at; k < ok.size(); ++k) results[ok[k]] = s.code();
       return first.is_ok() ? s : first;
     }
-    if (channel)
-      for (size_t i : idx) results[i] = KVTIER_OK;
+    for (size_t i : idx) {
+      if (channel) results[i] = KVTIER_OK;
+      if (results[i] != KVTIER_OK && first.is_ok())
+        first = {results[i],
+                 "page " + std::to_string(i) +
+                     (write ? ": not taken by the peer in time" : ": refused by the peer")};
+    }
     at += idx.size();
   }
   return first;
@@ -183,7 +233,12 @@ Status Peer::read_pages(std::span<const int64_t> local, std::span<const int64_t>
 }
 
 bool Peer::connected() const {
-  return impl_->up;
+  return impl_->up && impl_->closed().is_ok();
+}
+
+void Peer::cancel() {
+  impl_->cancelled = true;
+  impl_->local->shut_fd(&impl_->fd);
 }
 
 const std::string& Peer::address() const {

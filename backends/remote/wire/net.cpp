@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -18,6 +19,8 @@
 #include <mutex>
 #include <system_error>
 #include <thread>
+
+#include <linux/sockios.h>
 
 namespace kvtier::net {
 
@@ -173,6 +176,12 @@ void wake_at(int fd, size_t bytes, int* now) {
   *now = want;
 }
 
+// Bytes this end sent that the peer has not acknowledged yet.
+int unacked(int fd) {
+  int q = 0;
+  return ::ioctl(fd, SIOCOUTQ, &q) == 0 ? q : 0;
+}
+
 size_t bytes_in(const iovec* iov, size_t n) {
   size_t bytes = 0;
   for (size_t i = 0; i < n; ++i) bytes += iov[i].iov_len;
@@ -180,7 +189,8 @@ size_t bytes_in(const iovec* iov, size_t n) {
 }
 
 // move_all()'s loop; *wake is the receive's low-water mark (wake_at).
-Status move_loop(int fd, iovec* iov, size_t n, Deadline deadline, bool send, int* wake) {
+Status move_loop(int fd, iovec* iov, size_t n, Bound bound, bool send, int* wake) {
+  Deadline deadline = bound.quiet.count() ? Clock::now() + bound.quiet : bound.at;
   while (n > 0) {
     if (iov->iov_len == 0) {
       ++iov;
@@ -200,12 +210,21 @@ Status move_loop(int fd, iovec* iov, size_t n, Deadline deadline, bool send, int
           const size_t left = bytes_in(iov, n);
           wake_at(fd, left >= (size_t{64} << 10) ? left : 1, wake);
         }
+        // The peer acknowledging what this end sent is progress too: a send buffer of megabytes
+        // that drains slowly (its space is signalled only once a third of it is free), or the
+        // end of a request still draining while this end waits for the reply, is no silence.
+        const int outq = bound.quiet.count() ? unacked(fd) : 0;
         Status s = wait_for(fd, send ? POLLOUT : POLLIN, deadline);
+        if (s.code() == KVTIER_ERR_TIMEOUT && unacked(fd) < outq) {
+          deadline = Clock::now() + bound.quiet;
+          continue;
+        }
         if (!s.is_ok()) return s;
         continue;
       }
       return io_error(send ? "send" : "receive", errno);
     }
+    if (bound.quiet.count()) deadline = Clock::now() + bound.quiet;  // progress: silence ends
     size_t left = static_cast<size_t>(got);
     while (n > 0 && left >= iov->iov_len) {
       left -= iov->iov_len;
@@ -223,21 +242,28 @@ Status move_loop(int fd, iovec* iov, size_t n, Deadline deadline, bool send, int
 // Sends or receives all of the iovecs, waiting for the socket (up to the deadline) when it is
 // not ready. Sending uses MSG_NOSIGNAL: a dead peer must be an error code, never a SIGPIPE that
 // takes the engine's process down.
-Status move_all(int fd, iovec* iov, size_t n, Deadline deadline, bool send) {
+Status move_all(int fd, iovec* iov, size_t n, Bound bound, bool send) {
   int wake = 1;
-  Status s = move_loop(fd, iov, n, deadline, send, &wake);
+  Status s = move_loop(fd, iov, n, bound, send, &wake);
   wake_at(fd, 1, &wake);
   return s;
 }
 
 }  // namespace
 
-Status writev_all(int fd, iovec* iov, size_t n, Deadline deadline) {
-  return move_all(fd, iov, n, deadline, true);
+Status writev_all(int fd, iovec* iov, size_t n, Bound bound) {
+  return move_all(fd, iov, n, bound, true);
 }
 
-Status readv_all(int fd, iovec* iov, size_t n, Deadline deadline) {
-  return move_all(fd, iov, n, deadline, false);
+Status readv_all(int fd, iovec* iov, size_t n, Bound bound) {
+  return move_all(fd, iov, n, bound, false);
+}
+
+bool is_loopback(const std::string& host) {
+  sockaddr_in addr;
+  // Asked once, when an endpoint opens (a few seconds for a slow resolver).
+  return resolve(host, 0, Clock::now() + std::chrono::seconds(10), &addr).is_ok() &&
+         (ntohl(addr.sin_addr.s_addr) >> 24) == 127;
 }
 
 bool peer_closed(int fd) {
@@ -245,14 +271,14 @@ bool peer_closed(int fd) {
   return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
-Status write_all(int fd, const void* buf, size_t len, Deadline deadline) {
+Status write_all(int fd, const void* buf, size_t len, Bound bound) {
   iovec v{const_cast<void*>(buf), len};
-  return writev_all(fd, &v, 1, deadline);
+  return writev_all(fd, &v, 1, bound);
 }
 
-Status read_all(int fd, void* buf, size_t len, Deadline deadline) {
+Status read_all(int fd, void* buf, size_t len, Bound bound) {
   iovec v{buf, len};
-  return readv_all(fd, &v, 1, deadline);
+  return readv_all(fd, &v, 1, bound);
 }
 
 }  // namespace kvtier::net

@@ -13,6 +13,19 @@ namespace kvtier::net {
 using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;  // Deadline::max(): wait forever
 
+// How long a move of bytes may wait: until a deadline, or (quiet set) while the peer is silent:
+// each call then ends `quiet` after its last progress, however long a healthy transfer lasts.
+struct Bound {
+  Deadline at;
+  Clock::duration quiet{};
+  Bound(Deadline deadline) : at(deadline) {}  // NOLINT: a deadline is a bound
+  static Bound silence(Clock::duration quiet) {
+    Bound b(Clock::now() + quiet);
+    b.quiet = quiet;
+    return b;
+  }
+};
+
 // "host:port" -> host, port. Only numeric or resolvable IPv4 hosts.
 Status split_host_port(const std::string& text, std::string* host, uint16_t* port);
 Status connect_to(const std::string& host, uint16_t port, Deadline deadline, int* fd);
@@ -23,11 +36,13 @@ Status listen_on(const std::string& host, uint16_t port, int* fd, uint16_t* boun
 void no_delay(int fd);
 
 // Move exactly `len` bytes (or the iovecs' total), or fail: UNAVAILABLE when the peer is gone,
-// TIMEOUT at the deadline. writev_all/readv_all modify the iovec array.
-Status write_all(int fd, const void* buf, size_t len, Deadline deadline);
-Status read_all(int fd, void* buf, size_t len, Deadline deadline);
-Status writev_all(int fd, iovec* iov, size_t n, Deadline deadline);
-Status readv_all(int fd, iovec* iov, size_t n, Deadline deadline);
+// TIMEOUT at the bound. writev_all/readv_all modify the iovec array.
+Status write_all(int fd, const void* buf, size_t len, Bound bound);
+Status read_all(int fd, void* buf, size_t len, Bound bound);
+Status writev_all(int fd, iovec* iov, size_t n, Bound bound);
+Status readv_all(int fd, iovec* iov, size_t n, Bound bound);
+// Whether `host` (numeric or resolvable IPv4) is a loopback address (127.0.0.0/8).
+bool is_loopback(const std::string& host);
 // Whether the peer has closed an idle connection (its FIN or RST is waiting): a pooled connection
 // the server timed out is reconnected before use instead of failing the call.
 bool peer_closed(int fd);

@@ -94,7 +94,7 @@ Status decode_hello(std::span<const uint8_t> payload, std::string* token, uint64
 }
 
 Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
-                  std::span<const iovec> bulk, net::Deadline deadline) {
+                  std::span<const iovec> bulk, net::Bound bound) {
   uint8_t head[kHeaderSize];
   Header h;
   h.type = type;
@@ -103,22 +103,27 @@ Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
   std::vector<iovec> iov{{head, sizeof head},
                          {const_cast<uint8_t*>(payload.data()), payload.size()}};
   iov.insert(iov.end(), bulk.begin(), bulk.end());
-  return net::writev_all(fd, iov.data(), iov.size(), deadline);
+  return net::writev_all(fd, iov.data(), iov.size(), bound);
 }
 
-Status read_frame(int fd, uint16_t type, net::Deadline deadline, std::vector<uint8_t>* payload,
-                  bool* begun) {
+Status read_frame(int fd, uint16_t type, net::Bound bound, std::vector<uint8_t>* payload,
+                  bool* begun, uint32_t max_payload) {
   uint8_t head[kHeaderSize];
   Header h;
-  Status s = net::read_all(fd, head, sizeof head, deadline);
+  Status s = net::read_all(fd, head, sizeof head, bound);
   if (s.is_ok() && begun) *begun = true;
   if (s.is_ok()) s = decode_header(head, &h);
   if (!s.is_ok()) return s;
+  const uint32_t cap = h.type == (kError | kReply) ? kMaxErrorPayload : max_payload;
+  if (h.length > cap)
+    return {KVTIER_ERR_INVALID_ARG, "frame of type " + std::to_string(h.type) + " claims " +
+                                        std::to_string(h.length) + " bytes, over the " +
+                                        std::to_string(cap) + " it may have"};
   // Grown as the bytes arrive: a header that only claims a length costs nothing.
   payload->clear();
   for (size_t got = 0; got < h.length && s.is_ok(); got = payload->size()) {
     payload->resize(got + std::min<size_t>(h.length - got, 64u << 10));
-    s = net::read_all(fd, payload->data() + got, payload->size() - got, deadline);
+    s = net::read_all(fd, payload->data() + got, payload->size() - got, bound);
   }
   if (!s.is_ok()) return s;
   if (h.type == (kError | kReply)) {

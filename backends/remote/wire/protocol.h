@@ -62,6 +62,8 @@ constexpr int32_t kPresent = 1;  // ALLOC: the key is stored already, nothing to
 // HELLO's largest payload (token length, token, namespace seed): before HELLO a server takes
 // no bigger frame, so an unauthenticated peer cannot make it hold more.
 constexpr uint32_t kMaxHelloPayload = 4 + kMaxToken + 8;
+// ERROR's largest payload: the code and at most 1024 bytes of message.
+constexpr uint32_t kMaxErrorPayload = 4 + 1024;
 
 enum Type : uint16_t {
   kHello = 1,
@@ -79,6 +81,7 @@ enum Type : uint16_t {
   kP2pHello = 32,  // prefill -> decode transfer endpoints (p2p.h)
   kP2pWrite = 33,
   kP2pRead = 34,
+  kP2pCommit = 35,
   kError = 100,
   kReply = 0x80,  // ORed into the request's type
 };
@@ -191,13 +194,15 @@ Status decode_hello(std::span<const uint8_t> payload, std::string* token, uint64
 
 // One frame out: header, payload, then `bulk` (page bytes) straight from the caller's memory.
 Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
-                  std::span<const iovec> bulk, net::Deadline deadline);
+                  std::span<const iovec> bulk, net::Bound bound);
 // One frame in, header and payload (the bulk that follows is the caller's to read). An ERROR
-// frame becomes its code; a frame of another type than `type` is INVALID_ARG. *begun (when
-// given) is set once a header has arrived: a call that failed before one can be run again.
+// frame becomes its code; a frame of another type than `type`, or a payload over `max_payload`
+// bytes (an ERROR: over kMaxErrorPayload), is INVALID_ARG, refused before anything is allocated
+// for it. *begun (when given) is set once a header has arrived: a call that failed before one
+// can be run again.
 // The one reader and writer of blocking peers (the client tier, p2p); kvtier-server's event
 // loop decodes the same header with decode_header as its bytes arrive.
-Status read_frame(int fd, uint16_t type, net::Deadline deadline, std::vector<uint8_t>* payload,
-                  bool* begun = nullptr);
+Status read_frame(int fd, uint16_t type, net::Bound bound, std::vector<uint8_t>* payload,
+                  bool* begun = nullptr, uint32_t max_payload = kMaxPayload);
 
 }  // namespace kvtier::wire
