@@ -17,7 +17,7 @@ import ctypes
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import _native
-from .errors import KvtierError, check
+from .errors import CLOSED, INVALID_ARG, UNAVAILABLE, KvtierError, check
 from .store import LAYOUTS, POOL_MHA, POOL_MLA, Closing
 
 _lib = _native.lib
@@ -27,14 +27,14 @@ def _buffer(pool) -> Tuple[int, int, str, int]:
     """(address, bytes, dtype name, element size) of a numpy array or torch tensor."""
     if hasattr(pool, "data_ptr") and hasattr(pool, "element_size"):
         if not pool.is_contiguous():
-            raise KvtierError(-2, "the pool tensor must be contiguous")
+            raise KvtierError(INVALID_ARG, "the pool tensor must be contiguous")
         return (pool.data_ptr(), pool.numel() * pool.element_size(),
                 str(pool.dtype).removeprefix("torch."), pool.element_size())
     if hasattr(pool, "__array_interface__"):
         if not pool.flags["C_CONTIGUOUS"]:
-            raise KvtierError(-2, "the pool array must be C-contiguous")
+            raise KvtierError(INVALID_ARG, "the pool array must be C-contiguous")
         return pool.__array_interface__["data"][0], pool.nbytes, str(pool.dtype), pool.itemsize
-    raise KvtierError(-2, f"a pool must be a numpy array or torch tensor, not {type(pool)}")
+    raise KvtierError(INVALID_ARG, f"a pool must be a numpy array or torch tensor, not {type(pool)}")
 
 
 def _ids(ids) -> Tuple[int, int, object]:
@@ -57,7 +57,7 @@ class Peer(Closing):
         la, n, keep_l = _ids(local)
         ra, m, keep_r = _ids(remote)
         if n != m:
-            raise KvtierError(-2, f"{n} local pages but {m} remote pages")
+            raise KvtierError(INVALID_ARG, f"{n} local pages but {m} remote pages")
         if n == 0:
             return []
         res = (ctypes.c_int * n)()
@@ -80,7 +80,7 @@ class Peer(Closing):
     @property
     def handle(self):
         if not self._h:
-            raise KvtierError(-2, "peer is closed")
+            raise KvtierError(CLOSED, "peer is closed")
         return self._h
 
     def close(self) -> None:
@@ -96,11 +96,11 @@ class Endpoint(Closing):
                  head_dim: int = 0, kv_cache_dim: int = 0, mla: bool = False,
                  config: Optional[str] = None):
         if layout not in LAYOUTS:
-            raise KvtierError(-2, f"layout {layout!r} is not one of {sorted(LAYOUTS)}")
+            raise KvtierError(INVALID_ARG, f"layout {layout!r} is not one of {sorted(LAYOUTS)}")
         base, nbytes, dtype, itemsize = _buffer(pool)
         token = (kv_cache_dim if mla else 2 * head_num * head_dim) * itemsize * layer_num
         if token == 0 or nbytes % token:
-            raise KvtierError(-2, f"a pool of {nbytes} bytes is not a whole number of tokens")
+            raise KvtierError(INVALID_ARG, f"a pool of {nbytes} bytes is not a whole number of tokens")
         self._pool = pool  # keeps the memory alive while the endpoint serves it
         self._name = dtype.encode()
         spec = _native.PoolLayout(
@@ -165,6 +165,6 @@ class RDMACommunicator:
                     remote_block_ids: Sequence[int], layer_idx: Optional[int] = None) -> int:
         peer = self._peers.get((ip, int(port)))
         if peer is None:
-            return -11  # KVTIER_ERR_UNAVAILABLE: connect first
+            return UNAVAILABLE  # connect first
         codes = peer.write_pages(local_block_ids, remote_block_ids, layer_idx)
         return next((c for c in codes if c != 0), 0)

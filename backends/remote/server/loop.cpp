@@ -438,22 +438,4 @@ void Server::reap_leases() {
   reap(now);
 }
 
-void Server::warn_limited(const std::string& msg) {
-  std::lock_guard lock(log_mu_);
-  const auto now = Clock::now();
-  if (now >= log_window_) {
-    if (log_suppressed_)
-      log().warn("server: {} more such lines in the last 10 s were not logged", log_suppressed_);
-    log_window_ = now + std::chrono::seconds(10);
-    log_lines_ = 0;
-    log_suppressed_ = 0;
-  }
-  if (log_lines_ < 10) {
-    ++log_lines_;
-    log().warn("{}", msg);
-  } else {
-    ++log_suppressed_;
-  }
-}
-
 }  // namespace kvtier

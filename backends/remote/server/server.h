@@ -28,10 +28,12 @@
 
 #include "free_space.h"
 #include "keys.h"
+#include "log.h"
 #include "metrics.h"
 #include "page_table.h"
 #include "protocol.h"
 #include "rdma.h"
+#include "log.h"
 #include "status.h"
 #include "tier.h"
 
@@ -216,7 +218,7 @@ class Server {
   void fit_fd_limit();  // raises the soft fd limit; lowers the caps where it cannot
   void reap_leases();   // the front loop's timer
   // Rate-limited warnings: a flood of bad clients must not fill the log.
-  void warn_limited(const std::string& msg);
+  void warn_limited(const std::string& msg) { warnings_.warn(msg); }
 
   ServerOptions opt_;
   std::byte* arena_ = nullptr;
@@ -228,10 +230,7 @@ class Server {
   std::atomic<unsigned> authed_{0};     // authenticated connections, over all loops
   unsigned max_unauth_ = 16;
 
-  std::mutex log_mu_;
-  Clock::time_point log_window_{};
-  unsigned log_lines_ = 0;
-  uint64_t log_suppressed_ = 0;
+  LimitedWarnings warnings_;
 
   std::mutex mu_;
   const uint64_t hash_seed_;
