@@ -113,7 +113,7 @@ Status PageFiles::open(const Config& config, const std::string& path,
   s = SharedIndex::open(pf->dir_fd_, path, config.file_capacity, &fresh, &pf->index_);
   if (!s.is_ok()) return s;
   struct statx sx {};  // of a file on the folder's filesystem
-  if (::statx(pf->index_->fd(), "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+  if (::statx(pf->dir_fd_, "INDEX", AT_SYMLINK_NOFOLLOW, STATX_DIOALIGN, &sx) == 0 &&
       (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_mem_align && sx.stx_dio_offset_align &&
       kBlock % sx.stx_dio_offset_align == 0 && kBlock % sx.stx_dio_mem_align == 0) {
     pf->mem_align_ = sx.stx_dio_mem_align;
@@ -158,7 +158,7 @@ void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
     }
     index_->touch(n);
     const ClassFiles f = files_of_class(x.cls);
-    pending->push_back({i, f.fd, x.slot * index_->h().classes[x.cls].slot_size, x.length,
+    pending->push_back({i, f.fd, x.slot * index_->klass(x.cls).slot_size, x.length,
                         x.checksum, x.stored, x.seq, x.compressed != 0});
   }
 }

@@ -15,7 +15,7 @@ namespace kvtier {
 
 PageFiles::ClassFiles PageFiles::files_of_class(uint32_t cls) {
   ClassFiles f;
-  Status s = files_of(index_->h().classes[cls].slot_size, &f);
+  Status s = files_of(index_->klass(cls).slot_size, &f);
   if (!s.is_ok()) log().warn("file tier: {}", s.message());
   return f;
 }
@@ -37,7 +37,7 @@ void PageFiles::release(uint32_t n) {
   }
   if (x.state != kFree) {
     ix.erase(n);
-    h.live_bytes -= h.classes[x.cls].slot_size;
+    h.live_bytes -= std::min(h.live_bytes, ix.klass(x.cls).slot_size);
   }
   ix.push_free(n);
 }
@@ -48,7 +48,9 @@ void PageFiles::evict_one() {
 }
 
 bool PageFiles::evict_from_class(uint32_t cls) {
-  for (uint32_t n = index_->h().lru_tail; n != kNil; n = index_->node(n).prev) {
+  uint64_t steps = 0;  // bounded: the list is in shared memory
+  for (uint32_t n = index_->h().lru_tail; n != kNil && ++steps <= index_->max_nodes();
+       n = index_->node(n).prev) {
     if (index_->node(n).cls != cls) continue;
     release(n);
     ++index_->h().evictions;
@@ -67,7 +69,7 @@ void PageFiles::reclaim_dead() {
 }
 
 int PageFiles::grow(uint32_t cls) {
-  ClassInfo& c = index_->h().classes[cls];
+  ClassInfo& c = index_->klass(cls);
   const ClassFiles f = files_of_class(cls);
   if (f.fd < 0) return KVTIER_ERR_IO;
   // Big steps (fewer extents), but never more than a slice of the budget or of what the
@@ -110,9 +112,11 @@ int PageFiles::grow(uint32_t cls) {
 int PageFiles::reserve(uint32_t cls, uint32_t* node) {
   SharedIndex& ix = *index_;
   IndexHeader& h = ix.h();
-  ClassInfo& c = h.classes[cls];
+  ClassInfo& c = ix.klass(cls);
   if (c.slot_size > h.capacity) return KVTIER_ERR_NO_SPACE;
-  while (h.live_bytes + c.slot_size > h.capacity && h.lru_tail != kNil) evict_one();
+  for (uint64_t k = 0;
+       h.live_bytes + c.slot_size > h.capacity && h.lru_tail != kNil && k < ix.max_nodes(); ++k)
+    evict_one();
   if (h.live_bytes + c.slot_size > h.capacity) reclaim_dead();
   if (h.live_bytes + c.slot_size > h.capacity) return KVTIER_ERR_NO_SPACE;  // all in flight
   uint32_t n = ix.pop_free(cls);
