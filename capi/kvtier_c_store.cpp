@@ -266,8 +266,8 @@ int kvtier_batch_remove(kvtier_store_t* store, const char* const* keys, size_t n
 int kvtier_clear(kvtier_store_t* store) {
   return guarded("kvtier_clear", [&] {
     if (!store) return fail(KVTIER_ERR_INVALID_ARG, "store is NULL");
-    store->rep->clear();
-    return KVTIER_OK;
+    const Status s = store->rep->clear();
+    return s.is_ok() ? KVTIER_OK : fail(s.code(), s.message());
   });
 }
 

@@ -23,7 +23,7 @@ constexpr CodeInfo kCodes[] = {
     {KVTIER_ERR_IO, "KVTIER_ERR_IO", "I/O error"},
     {KVTIER_ERR_CORRUPT, "KVTIER_ERR_CORRUPT", "stored bytes failed their checksum"},
     {KVTIER_ERR_UNAVAILABLE, "KVTIER_ERR_UNAVAILABLE", "remote server unavailable"},
-    {KVTIER_ERR_TIMEOUT, "KVTIER_ERR_TIMEOUT", "remote server timed out"},
+    {KVTIER_ERR_TIMEOUT, "KVTIER_ERR_TIMEOUT", "timed out (a remote server, or another process on the file tier)"},
     {KVTIER_ERR_NO_MEMORY, "KVTIER_ERR_NO_MEMORY", "out of memory"},
     {KVTIER_ERR_UNSUPPORTED, "KVTIER_ERR_UNSUPPORTED", "not supported"},
     {KVTIER_ERR_NO_LAYOUT, "KVTIER_ERR_NO_LAYOUT", "no pool layout registered"},

@@ -10,9 +10,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "file_pages.h"
 #include "file_procs.h"
@@ -134,6 +138,119 @@ TEST(FileNeighbours, ScribbledIndexMemoryIsRebuiltNotFollowed) {
   Proc reader({"count", dir, "0", "60"}, dir + "/reader.log");
   ASSERT_TRUE(exited_ok(reader.wait_for(60))) << slurp(reader.log);
   EXPECT_EQ(last_count(reader.log, "present"), 60u) << slurp(reader.log);
+  kvtier_close(s);
+}
+
+// Whether process pid is stopped (SIGSTOP) within `seconds`.
+bool becomes_stopped(pid_t pid, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    const std::string stat = slurp("/proc/" + std::to_string(pid) + "/stat");
+    const size_t paren = stat.rfind(')');
+    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'T')
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+// Runs `calls` in a thread and waits `limit` seconds for it; false if it had not ended (it is
+// then left to end after `unblock`, which resumes whoever blocks it).
+bool ends_within(double limit, const std::function<void()>& calls,
+                 const std::function<void()>& unblock) {
+  std::atomic<bool> done{false};
+  std::thread t([&] {
+    calls();
+    done = true;
+  });
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(limit);
+  while (!done && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const bool ended = done;
+  if (!ended) unblock();
+  t.join();
+  return ended;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+constexpr const char* kShortLock = "file_lock_timeout_ms=500";
+
+// Finding 5: a process stopped (SIGSTOP, Ctrl-Z, a debugger) while it holds the namespace's lock
+// costs the others one timeout: then the index is made anew from the records without it, and
+// every call of every other process goes on; resumed, the stopped one joins them.
+TEST(FileNeighbours, AProcessStoppedHoldingTheLockCostsOneTimeout) {
+  const std::string dir = fresh("stopped-lock");
+  kvtier_store_t* s = open_dir(dir, std::string(";file_capacity=64MiB;") + kShortLock);
+  for (size_t k = 0; k < 20; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  Proc stopped({"put", dir, "20", "8", kShortLock}, dir + "/stopped.log",
+               "KVTIER_TEST_FILE_FAULTS=commit:1:stop");
+  ASSERT_TRUE(becomes_stopped(stopped.pid, 30)) << slurp(stopped.log);
+  double first = 0, rest = 0;
+  const bool ended = ends_within(
+      20,
+      [&] {
+        auto t0 = std::chrono::steady_clock::now();
+        count_present(s, 0, 20);  // waits one timeout at most, then a miss or a hit
+        first = seconds_since(t0);
+        t0 = std::chrono::steady_clock::now();
+        EXPECT_EQ(count_present(s, 0, 20), 20u) << "the index made anew holds every page";
+        EXPECT_EQ(exists_run(s, 0, 20), 20);
+        for (size_t k = 30; k < 40; ++k) EXPECT_EQ(put_page(s, k), KVTIER_OK);
+        EXPECT_EQ(count_present(s, 30, 10), 10u);
+        rest = seconds_since(t0);
+      },
+      [&] { ::kill(stopped.pid, SIGCONT); });
+  ASSERT_TRUE(ended) << "a call waited for the stopped process";
+  EXPECT_LT(first, 5.0) << "the first call waits one timeout (0.5 s) and a rebuild";
+  EXPECT_LT(rest, 5.0) << "the calls after it wait for nobody";
+  // Other processes too: one that opens now, and one that was open all along.
+  Proc later({"put", dir, "40", "8", kShortLock}, dir + "/later.log");
+  ASSERT_TRUE(exited_ok(later.wait_for(20))) << slurp(later.log);
+  EXPECT_EQ(count_present(s, 40, 8), 8u);
+  EXPECT_TRUE(ends_within(10, [&] { EXPECT_EQ(kvtier_clear(s), KVTIER_OK) << kvtier_last_error(); },
+                          [&] { ::kill(stopped.pid, SIGCONT); }))
+      << "clear waited for the stopped process";
+  // Resumed, it finishes without harm (its interrupted batch may fail) and shares the new index.
+  ASSERT_EQ(::kill(stopped.pid, SIGCONT), 0);
+  ASSERT_TRUE(exited_ok(stopped.wait_for(30))) << slurp(stopped.log);
+  for (size_t k = 50; k < 58; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  Proc reader({"count", dir, "50", "8"}, dir + "/reader.log");
+  ASSERT_TRUE(exited_ok(reader.wait_for(20))) << slurp(reader.log);
+  EXPECT_EQ(last_count(reader.log, "present"), 8u) << slurp(reader.log);
+  kvtier_close(s);
+}
+
+// Finding 5: a process stopped in the middle of a put (its slots reserved, no lock held) holds
+// up neither the others' puts of the same keys nor a clear.
+TEST(FileNeighbours, AProcessStoppedMidPutHoldsUpNoPutAndNoClear) {
+  const std::string dir = fresh("stopped-put");
+  kvtier_store_t* s = open_dir(dir, std::string(";file_capacity=64MiB;") + kShortLock);
+  Proc stopped({"put", dir, "0", "8", kShortLock}, dir + "/stopped.log",
+               "KVTIER_TEST_FILE_FAULTS=sync:1:stop");
+  ASSERT_TRUE(becomes_stopped(stopped.pid, 30)) << slurp(stopped.log);
+  const bool ended = ends_within(
+      20,
+      [&] {
+        auto t0 = std::chrono::steady_clock::now();
+        for (size_t k = 0; k < 8; ++k) EXPECT_EQ(put_page(s, k), KVTIER_OK);
+        EXPECT_EQ(count_present(s, 0, 8), 8u);
+        EXPECT_LT(seconds_since(t0), 5.0);
+        t0 = std::chrono::steady_clock::now();
+        EXPECT_EQ(kvtier_clear(s), KVTIER_OK) << kvtier_last_error();
+        EXPECT_EQ(exists_run(s, 0, 8), 0);
+        EXPECT_LT(seconds_since(t0), 5.0);
+        for (size_t k = 0; k < 8; ++k) EXPECT_EQ(put_page(s, k), KVTIER_OK);
+      },
+      [&] { ::kill(stopped.pid, SIGCONT); });
+  ASSERT_TRUE(ended) << "a put or the clear waited for the stopped process";
+  ASSERT_EQ(::kill(stopped.pid, SIGCONT), 0);
+  ASSERT_TRUE(exited_ok(stopped.wait_for(30))) << slurp(stopped.log);
+  count_present(s, 0, 8);  // whatever the resumed writer did: exact or a miss
+  Proc reader({"count", dir, "0", "8"}, dir + "/reader.log");
+  ASSERT_TRUE(exited_ok(reader.wait_for(20))) << slurp(reader.log);
   kvtier_close(s);
 }
 

@@ -110,7 +110,8 @@ Status PageFiles::open(const Config& config, const std::string& path,
   s = pf->rings_.init(2, config.file_queue_depth, pf->faults_.get());
   if (!s.is_ok()) return s;
   bool fresh = false;
-  s = SharedIndex::open(pf->dir_fd_, path, config.file_capacity, &fresh, &pf->index_);
+  s = SharedIndex::open(pf->dir_fd_, path, config.file_capacity, config.file_lock_timeout_ms,
+                        &fresh, &pf->index_);
   if (!s.is_ok()) return s;
   struct statx sx {};  // of a file on the folder's filesystem
   if (::statx(pf->dir_fd_, "INDEX", AT_SYMLINK_NOFOLLOW, STATX_DIOALIGN, &sx) == 0 &&
@@ -121,8 +122,8 @@ Status PageFiles::open(const Config& config, const std::string& path,
   }
   if (fresh && !(s = pf->rebuild(false)).is_ok()) return s;
   PageFiles* self = pf.get();
-  pf->index_->set_recovery([self] {
-    Status r = self->rebuild(true);
+  pf->index_->set_recovery([self](bool keep_writes) {
+    Status r = self->rebuild(keep_writes);
     if (!r.is_ok()) log().error("file tier: rebuilding {} failed: {}", self->dir_, r.message());
   });
   pf->index_->opened();
@@ -144,6 +145,10 @@ void PageFiles::get(std::span<GetOp> ops) {
 // Under the lock: where each key's page is, as of now.
 void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
   Guard g(*index_);
+  if (!g.ok()) {  // another process holds the lock: a miss, not a wait
+    for (GetOp& op : ops) op.result = KVTIER_ERR_NOT_FOUND;
+    return;
+  }
   for (size_t i = 0; i < ops.size(); ++i) {
     GetOp& op = ops[i];
     const uint32_t n = index_->find(op.id);
@@ -226,6 +231,10 @@ void PageFiles::drop_unreadable(std::span<GetOp> ops, const std::vector<Reading>
   Guard g(*index_);
   for (const Reading& p : unreadable) {
     GetOp& op = ops[p.op];
+    if (!g.ok()) {  // dropped by the next reader that finds it so
+      op.result = KVTIER_ERR_NOT_FOUND;
+      continue;
+    }
     const uint32_t n = index_->find(op.id);
     if (n == kNil || index_->node(n).seq != p.seq || index_->node(n).state != kLive) {
       op.result = KVTIER_ERR_NOT_FOUND;
@@ -240,7 +249,7 @@ void PageFiles::drop_unreadable(std::span<GetOp> ops, const std::vector<Reading>
 void PageFiles::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
   Guard g(*index_);
   for (size_t i = 0; i < ids.size(); ++i) {
-    const uint32_t n = index_->find(ids[i]);
+    const uint32_t n = g.ok() ? index_->find(ids[i]) : kNil;  // no lock: absent
     present[i] = n != kNil && index_->node(n).state == kLive;
   }
 }
@@ -248,6 +257,10 @@ void PageFiles::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
 void PageFiles::remove(std::span<const KeyId> ids, std::span<int> results) {
   Guard g(*index_);
   for (size_t i = 0; i < ids.size(); ++i) {
+    if (!g.ok()) {
+      results[i] = KVTIER_ERR_TIMEOUT;
+      continue;
+    }
     const uint32_t n = index_->find(ids[i]);
     if (n == kNil || index_->node(n).state != kLive) {
       results[i] = KVTIER_ERR_NOT_FOUND;
@@ -258,17 +271,31 @@ void PageFiles::remove(std::span<const KeyId> ids, std::span<int> results) {
   }
 }
 
-void PageFiles::clear() {
+Status PageFiles::clear() {
   // Alone: new writes (of every process) wait, and the ones in flight finish first, so nothing
   // a put was writing while the files were cut can land in them (and come back after a restart).
+  // Writers that died or stopped are not waited for (their slots go back), live ones and
+  // another clear no longer than the lock's timeout.
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::nanoseconds(index_->timeout_ns());
   for (unsigned round = 0;; ++round) {
     if (round) pause_for_others(round);
     Guard g(*index_);
+    if (!g.ok()) return {KVTIER_ERR_TIMEOUT, "file tier: another process holds " + dir_};
     IndexHeader& h = index_->h();
-    if (h.clearing && h.clearing != pid_ && !process_gone(h.clearing, h.clearing_start)) continue;
+    const bool late = std::chrono::steady_clock::now() > deadline;
+    if (h.clearing && h.clearing != pid_ && !process_stalled(h.clearing, h.clearing_start)) {
+      if (!late) continue;
+      return {KVTIER_ERR_TIMEOUT, "file tier: another process is clearing " + dir_};
+    }
     h.clearing = pid_;
     h.clearing_start = start_;
-    if (round > 100) reclaim_dead();
+    if (round > 10) reclaim_dead();
+    if (h.reserved && late) {
+      h.clearing = 0;  // the puts held back go on
+      return {KVTIER_ERR_TIMEOUT,
+              "file tier: writes in flight in " + dir_ + " did not end within the lock timeout"};
+    }
     if (h.reserved) continue;
     for (uint32_t cls = 0; cls < h.nclasses; ++cls) {
       const ClassFiles f = files_of_class(cls);
@@ -276,12 +303,13 @@ void PageFiles::clear() {
         log().warn("file tier: cannot truncate a page file in {}: {}", dir_, std::strerror(errno));
     }
     index_->reset(true);
-    return;
+    return {};
   }
 }
 
 TierStats PageFiles::stats() const {
   Guard g(*index_);
+  if (!g.ok()) return {};
   const IndexHeader& h = index_->h();
   return {h.keys, h.live_bytes, h.capacity, h.evictions, h.errors};
 }
@@ -300,8 +328,8 @@ void FileTier::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
 void FileTier::remove(std::span<const KeyId> ids, std::span<int> results) {
   files_->remove(ids, results);
 }
-void FileTier::clear() {
-  files_->clear();
+Status FileTier::clear() {
+  return files_->clear();
 }
 TierStats FileTier::stats() const {
   return files_->stats();

@@ -5,6 +5,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -126,6 +127,17 @@ constexpr int64_t kOpenWaitNs = 60'000'000'000;  // an open waits this long for 
 
 }  // namespace
 
+bool process_stopped(int32_t id) {
+  char path[32], stat[512] = {};
+  std::snprintf(path, sizeof path, "/proc/%d/stat", id);
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const ssize_t n = ::read(fd, stat, sizeof stat - 1);
+  ::close(fd);
+  const char* p = n > 0 ? std::strrchr(stat, ')') : nullptr;
+  return p && p[1] == ' ' && (p[2] == 'T' || p[2] == 't');
+}
+
 SharedIndex::~SharedIndex() {
   // Off the roster, if it can be had at once (a stale entry is harmless: members are checked).
   if (lock_fd_ >= 0 && ::flock(lock_fd_, LOCK_EX | LOCK_NB) == 0) {
@@ -157,9 +169,10 @@ void SharedIndex::unmap(Map& m) {
   m = Map{};
 }
 
-Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity, bool* fresh,
-                         std::unique_ptr<SharedIndex>* out) {
+Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity,
+                         uint64_t timeout_ms, bool* fresh, std::unique_ptr<SharedIndex>* out) {
   std::unique_ptr<SharedIndex> ix(new SharedIndex());
+  ix->timeout_ns_ = static_cast<int64_t>(timeout_ms) * 1'000'000;
   ix->dir_fd_ = dir_fd;
   ix->dir_ = dir;
   ix->lock_fd_ = ::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -289,12 +302,36 @@ bool SharedIndex::attach(const Member& who, Map* m) {
   return true;
 }
 
-bool SharedIndex::join(Map* m) {
+bool SharedIndex::join(Map* m, uint64_t skip_ino) {
   Roster r{};
   if (!read_roster(dir_fd_, &r)) return false;
   for (uint64_t i = 0; i < r.count; ++i)
-    if (r.members[i].pid != ::getpid() && attach(r.members[i], m)) return true;
+    if (r.members[i].pid != ::getpid() && r.members[i].ino != skip_ino &&
+        attach(r.members[i], m))
+      return true;
   return false;
+}
+
+bool SharedIndex::abandon(uint64_t stuck_ino) {
+  if (!flock_until(lock_fd_, now_ns() + timeout_ns_)) return false;
+  if (map_.ino == stuck_ino) {
+    // Another process may have made the new index already: then this one joins it.
+    Map next;
+    const bool fresh = !join(&next, stuck_ino);
+    Status s = fresh ? create(map_.capacity, &next) : Status{};
+    if (s.is_ok()) {
+      std::unique_lock swap(swap_mu_);
+      unmap(map_);
+      map_ = next;
+      if (fresh && recover_) recover_(false);
+      stalled_ = false;
+    } else {
+      log().warn("file tier: {}: {}", dir_, s.message());
+    }
+    if (s.is_ok()) publish();
+  }
+  ::flock(lock_fd_, LOCK_UN);
+  return map_.ino != stuck_ino;
 }
 
 void SharedIndex::publish() {
@@ -354,9 +391,26 @@ void SharedIndex::check_roster() {
   ::flock(lock_fd_, LOCK_UN);
 }
 
-void SharedIndex::lock() {
+bool SharedIndex::lock(int32_t* holder) {
   IndexHeader& h = *map_.header;
-  const int rc = pthread_mutex_lock(&h.mu);
+  // After a wait that timed out, the next ones are brief until the lock is had again: a holder
+  // that makes no progress costs one timeout, not one per call.
+  const int64_t wait = stalled_ ? std::min<int64_t>(timeout_ns_, 20'000'000) : timeout_ns_;
+  timespec deadline{};
+  clock_gettime(CLOCK_MONOTONIC, &deadline);
+  deadline.tv_sec += static_cast<time_t>((deadline.tv_nsec + wait) / 1'000'000'000);
+  deadline.tv_nsec = static_cast<long>((deadline.tv_nsec + wait) % 1'000'000'000);
+  const int rc = pthread_mutex_clocklock(&h.mu, CLOCK_MONOTONIC, &deadline);
+  if (rc == ETIMEDOUT) {
+    // The owner's thread id is in the lock word: the robust-futex protocol puts it there.
+    *holder = static_cast<int32_t>(__atomic_load_n(&h.mu.__data.__lock, __ATOMIC_RELAXED) &
+                                   0x3fffffff);
+    if (!stalled_.exchange(true))
+      log().warn("file tier: the lock of {} is held by thread {} for over {} ms; calls fail", dir_,
+                 *holder, timeout_ns_ / 1'000'000);
+    return false;
+  }
+  stalled_ = false;
   if (rc == EOWNERDEAD) {
     // The last holder died (SIGKILL mid-mutation): the index may be half-updated. Rebuild it
     // from the records before anyone else sees it; a locker that dies during this rebuild
@@ -365,7 +419,7 @@ void SharedIndex::lock() {
     log().warn("file tier: a process died holding the namespace lock; rebuilding the index");
     repair();
     pthread_mutex_consistent(&h.mu);
-    return;
+    return true;
   }
   if (rc != 0)  // only bytes written over the lock leave it unusable
     throw std::runtime_error("file tier: the namespace lock failed: " +
@@ -374,12 +428,13 @@ void SharedIndex::lock() {
     log().warn("file tier: the shared index of {} is damaged; rebuilding it", dir_);
     repair();
   }
+  return true;
 }
 
 void SharedIndex::repair() {
   damaged_ = false;
   try {
-    if (recover_) recover_();
+    if (recover_) recover_(true);
   } catch (const std::exception& e) {  // the lock must not stay owner-dead with us alive
     log().error("file tier: rebuilding the index failed: {}", e.what());
   }
@@ -418,16 +473,29 @@ ClassInfo& SharedIndex::scratch_class() {
 }
 
 SharedIndex::Guard::Guard(SharedIndex& ix) : ix_(ix) {
-  ix_.check_roster();
-  ix_.swap_mu_.lock_shared();
-  try {
-    ix_.lock();
-  } catch (...) {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    ix_.check_roster();
+    ix_.swap_mu_.lock_shared();
+    int32_t holder = 0;
+    const uint64_t ino = ix_.map_.ino;
+    try {
+      ok_ = ix_.lock(&holder);
+    } catch (...) {
+      ix_.swap_mu_.unlock_shared();
+      throw;
+    }
+    if (ok_) return;
     ix_.swap_mu_.unlock_shared();
-    throw;
+    if (attempt || holder <= 0 || !process_stopped(holder)) break;
+    log().warn(
+        "file tier: thread {} stopped while holding the lock of {}; the index is made anew from "
+        "the records for the others",
+        holder, ix_.dir_);
+    if (!ix_.abandon(ino)) break;
   }
 }
 SharedIndex::Guard::~Guard() {
+  if (!ok_) return;
   if (ix_.damaged_) {  // a value out of range was met: nobody else meets it
     log().warn("file tier: the shared index of {} is damaged; rebuilding it", ix_.dir_);
     ix_.repair();

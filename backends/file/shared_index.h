@@ -88,28 +88,39 @@ class SharedIndex {
   // it) or, when there is none, makes one sized for `capacity` and sets *fresh: the caller then
   // fills it from the records. Opens are serialised by a flock on the folder, held until
   // opened(). Later opens use the geometry the first one made (the namespace's capacity).
-  static Status open(int dir_fd, const std::string& dir, uint64_t capacity, bool* fresh,
-                     std::unique_ptr<SharedIndex>* out);
+  // A lock held by another process longer than `timeout_ms` fails the call that waits for it.
+  static Status open(int dir_fd, const std::string& dir, uint64_t capacity, uint64_t timeout_ms,
+                     bool* fresh, std::unique_ptr<SharedIndex>* out);
   ~SharedIndex();
   SharedIndex(const SharedIndex&) = delete;
   SharedIndex& operator=(const SharedIndex&) = delete;
 
-  // Called under the lock when a locker finds its last holder died holding it (EOWNERDEAD) or
-  // finds the index damaged: it must rebuild the index from the records.
-  void set_recovery(std::function<void()> recover) { recover_ = std::move(recover); }
+  // Rebuilds the index from the records: under the lock when a locker finds its last holder
+  // died holding it (EOWNERDEAD) or finds the index damaged (keep_writes: slots reserved by live
+  // writers stay theirs), and for an index made anew (keep_writes false).
+  void set_recovery(std::function<void(bool keep_writes)> recover) {
+    recover_ = std::move(recover);
+  }
   // Ends the initial open (releases the folder's flock); after the caller filled a fresh index.
   void opened();
 
+  // Holds the lock, if ok(): a lock that another process held for the whole timeout is not
+  // taken (the caller fails its keys with KVTIER_ERR_TIMEOUT or answers a miss). If that
+  // process is stopped (a debugger, Ctrl-Z), the index is first made anew from the records and
+  // published, so the others go on without it; it joins the new one when it resumes.
   class Guard {
    public:
     explicit Guard(SharedIndex& ix);
     ~Guard();
     Guard(const Guard&) = delete;
     Guard& operator=(const Guard&) = delete;
+    bool ok() const { return ok_; }
 
    private:
     SharedIndex& ix_;
+    bool ok_ = false;
   };
+  int64_t timeout_ns() const { return timeout_ns_; }
 
   // All below: REQUIRES a Guard. A node or class number out of range (a damaged index) reads as
   // a scratch entry and marks the index damaged: the Guard rebuilds it before it unlocks.
@@ -154,10 +165,11 @@ class SharedIndex {
   static void unmap(Map& m);
   Status create(uint64_t capacity, Map* m);   // a new, sealed index
   bool attach(const Member& who, Map* m);  // a member's index, if it is one
-  bool join(Map* m);                          // the index the roster names, if any
+  bool join(Map* m, uint64_t skip_ino = 0);  // the index the roster names (not skip_ino), if any
+  bool abandon(uint64_t stuck_ino);           // maps a new index in place of a stuck one
   void publish();                             // the roster: this process and its index's members
   void check_roster();                        // now and then: rejoin or republish
-  void lock();
+  bool lock(int32_t* holder);  // false at the deadline, *holder then the thread that holds it
   void repair();  // rebuilds the index from the records (recover_), under the lock
   bool sane();  // the header's values are in range (else the index is rebuilt)
   size_t home(KeyId id) const { return (id.lo ^ (id.hi >> 7)) & (map_.table_size - 1); }
@@ -174,7 +186,9 @@ class SharedIndex {
   bool damaged_ = false;  // a value out of range met under the lock
   Node scratch_node_{};
   ClassInfo scratch_class_{};
-  std::function<void()> recover_;
+  int64_t timeout_ns_ = 0;
+  std::atomic<bool> stalled_{false};  // the last wait timed out: the next ones wait briefly
+  std::function<void(bool)> recover_;
 };
 
 // The start time of process `pid` (clock ticks after boot), 0 if it is gone or a zombie.
@@ -182,6 +196,13 @@ uint64_t process_start(int32_t pid);
 // Whether process `pid`, started at `start`, is gone (what it reserved can be taken back).
 inline bool process_gone(int32_t pid, uint64_t start) {
   return pid <= 0 || process_start(pid) != start;
+}
+// Whether process or thread `id` is stopped (SIGSTOP, Ctrl-Z, a debugger): it makes no progress
+// until someone resumes it.
+bool process_stopped(int32_t id);
+// Gone or stopped: a write it reserved, or a clear it began, is not waited for.
+inline bool process_stalled(int32_t pid, uint64_t start) {
+  return process_gone(pid, start) || process_stopped(pid);
 }
 
 }  // namespace kvtier

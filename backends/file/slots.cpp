@@ -63,7 +63,7 @@ void PageFiles::reclaim_dead() {
   IndexHeader& h = index_->h();
   for (uint64_t n = 0; n < h.nodes_used && h.reserved; ++n) {
     const Node& x = index_->node(static_cast<uint32_t>(n));
-    if (x.state == kReserved && x.owner != pid_ && process_gone(x.owner, x.owner_start))
+    if (x.state == kReserved && x.owner != pid_ && process_stalled(x.owner, x.owner_start))
       release(static_cast<uint32_t>(n));
   }
 }

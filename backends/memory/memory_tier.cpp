@@ -232,13 +232,14 @@ void MemoryTier::remove(std::span<const KeyId> ids, std::span<int> results) {
   free_all(to_free);
 }
 
-void MemoryTier::clear() {
+Status MemoryTier::clear() {
   std::vector<std::byte*> to_free;
   {
     std::lock_guard lock(mu_);
     while (table_.lru_head() != kNone) drop(table_.lru_head(), &to_free);
   }
   free_all(to_free);
+  return {};
 }
 
 TierStats MemoryTier::stats() const {
