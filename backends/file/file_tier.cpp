@@ -19,14 +19,53 @@ namespace kvtier {
 
 namespace {
 
+// A namespace's folder is named by a hash of its name, which stays inside (NAME): the names of
+// the folders show no tenant or model to whoever lists the parent.
 std::string dir_name(const std::string& ns) {
-  std::string s;
-  for (char c : ns.substr(0, 64))
-    s +=
-        (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_') ? c : '_';
-  char hash[24];
-  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(namespace_seed(ns)));
-  return (s.empty() ? "default" : s) + "-" + hash;
+  const KeyId id = key_id(0x6b76646972 /* "kvdir" */, ns);
+  char name[40];
+  std::snprintf(name, sizeof name, "ns-%016llx%016llx", static_cast<unsigned long long>(id.hi),
+                static_cast<unsigned long long>(id.lo));
+  return name;
+}
+
+// The folder the file tier uses: KVTIER_FILE_DIR, or when that is left to its default and
+// another user took the default (made it first, or left it open), the first of default-1 ..
+// default-8 that is the caller's or that it can make, so every process of the user finds the
+// same one. A KVTIER_FILE_DIR that was set is used as it is, or refused.
+std::string usable_dir(const std::string& dir) {
+  if (dir != default_file_dir()) return dir;
+  for (int k = 0; k <= 8; ++k) {
+    const std::string candidate = k ? dir + "-" + std::to_string(k) : dir;
+    int fd = -1;
+    Status s = open_private_dir(candidate, &fd);
+    if (s.is_ok()) {
+      ::close(fd);
+      return candidate;
+    }
+    if (s.code() != KVTIER_ERR_DENIED) return dir;  // not another user's doing: said at open
+    log().warn("file tier: the default folder is not usable ({}); trying the next one",
+               s.message());
+  }
+  return dir;
+}
+
+// NAME in a namespace folder: the namespace it holds, checked at every open.
+Status check_name(int dir_fd, const std::string& path, const std::string& ns) {
+  const int fd = open_private_file(dir_fd, "NAME", O_RDWR);
+  if (fd < 0) return {KVTIER_ERR_IO, "cannot open " + path + "/NAME: " + std::strerror(errno)};
+  std::string held(256, '\0');
+  const ssize_t n = ::pread(fd, held.data(), held.size(), 0);
+  held.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  Status s;
+  if (held.empty()) {
+    if (::pwrite(fd, ns.data(), ns.size(), 0) != static_cast<ssize_t>(ns.size()))
+      s = {KVTIER_ERR_IO, "cannot write " + path + "/NAME: " + std::strerror(errno)};
+  } else if (held != ns) {
+    s = {KVTIER_ERR_DENIED, "file tier: " + path + " holds the pages of another namespace"};
+  }
+  ::close(fd);
+  return s;
 }
 
 }  // namespace
@@ -87,8 +126,8 @@ Status PageFiles::files_of(uint64_t slot_size, ClassFiles* out) {
   return {};
 }
 
-Status PageFiles::open(const Config& config, const std::string& path,
-                       std::shared_ptr<PageFiles>* out) {
+Status PageFiles::open(const Config& config, const std::string& root_dir,
+                       const std::string& path, std::shared_ptr<PageFiles>* out) {
   std::shared_ptr<PageFiles> pf(new PageFiles());
   pf->dir_ = path;
   pf->direct_ = config.file_direct;
@@ -97,12 +136,12 @@ Status PageFiles::open(const Config& config, const std::string& path,
   // The folders are the caller's alone, or refused: another user must not be able to plant a
   // link that makes this process write over someone else's file, or read its pages.
   int root = -1;
-  Status safe = open_private_dir(config.file_dir, &root);
+  Status safe = open_private_dir(root_dir, &root);
   if (safe.is_ok()) {
-    safe = open_private_subdir(root, config.file_dir, path.substr(config.file_dir.size() + 1),
-                               &pf->dir_fd_);
+    safe = open_private_subdir(root, root_dir, path.substr(root_dir.size() + 1), &pf->dir_fd_);
     ::close(root);
   }
+  if (safe.is_ok()) safe = check_name(pf->dir_fd_, path, config.ns);
   if (!safe.is_ok()) return {safe.code(), "KVTIER_FILE_DIR: " + safe.message()};
   Status s = Faults::parse(std::getenv("KVTIER_TEST_FILE_FAULTS"), &pf->faults_);
   if (!s.is_ok()) return s;
@@ -339,13 +378,14 @@ Status open_page_files(const Config& config, std::shared_ptr<PageFiles>* out) {
   // Stores of one process on the same namespace share one PageFiles (one shared flock).
   static std::mutex mu;
   static std::map<std::string, std::weak_ptr<PageFiles>> open;
-  const std::string path = config.file_dir + "/" + dir_name(config.ns);
   std::lock_guard lock(mu);
+  const std::string root = usable_dir(config.file_dir);
+  const std::string path = root + "/" + dir_name(config.ns);
   if (auto existing = open[path].lock()) {
     *out = std::move(existing);
     return {};
   }
-  Status s = PageFiles::open(config, path, out);
+  Status s = PageFiles::open(config, root, path, out);
   if (s.is_ok()) open[path] = *out;
   return s;
 }

@@ -33,7 +33,8 @@ void pause_for_others(unsigned round);
 class PageFiles {
  public:
   ~PageFiles();
-  static Status open(const Config& config, const std::string& path,
+  // `path`: the namespace's folder in `root` (the file tier's folder).
+  static Status open(const Config& config, const std::string& root, const std::string& path,
                      std::shared_ptr<PageFiles>* out);
   void put(std::span<PutOp> ops);
   void get(std::span<GetOp> ops);
