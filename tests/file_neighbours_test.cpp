@@ -254,4 +254,94 @@ TEST(FileNeighbours, AProcessStoppedMidPutHoldsUpNoPutAndNoClear) {
   kvtier_close(s);
 }
 
+// The neighbours soak: three honest processes of mixed put/get/exists/remove (every read checked
+// byte for byte) and this one, on one folder, for KVTIER_TEST_SOAK_SECONDS (default 12) while a
+// fourth process is stopped and resumed (also while it holds the lock), now and then SIGKILLed
+// and restarted, and this process
+// deletes LOCK and INDEX, truncates and scribbles INDEX. No process crashes, no read is wrong,
+// and no honest call waits past the lock timeout's bound (0.5 s here; a call may meet it twice
+// and a rebuild: 5 s is the limit checked).
+TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
+  const char* env = getenv("KVTIER_TEST_SOAK_SECONDS");
+  const double seconds = env ? std::atof(env) : 12;
+  const std::string dir = fresh("neighbours-soak");
+  const std::string config = std::string("file_capacity=64MiB;") + kShortLock;
+  kvtier_store_t* s = open_dir(dir, ";" + config);
+  const std::string ns = ns_dir(dir);
+  ASSERT_FALSE(ns.empty());
+  const std::string end = until(seconds + 1);
+  std::mt19937_64 g(std::random_device{}());
+  std::vector<std::unique_ptr<Proc>> honest;
+  for (int i = 0; i < 3; ++i)
+    honest.push_back(std::make_unique<Proc>(
+        std::vector<std::string>{"mixed", dir, std::to_string(g()), end, config},
+        dir + "/honest-" + std::to_string(i) + ".log"));
+  int runs = 0;
+  auto careless = [&] {
+    return std::make_unique<Proc>(
+        std::vector<std::string>{"mixed", dir, std::to_string(g()), end, config},
+        dir + "/careless-" + std::to_string(runs++) + ".log",
+        // and it stops itself once holding the lock, resumed by the next SIGCONT below
+        "KVTIER_TEST_FILE_FAULTS=commit:" + std::to_string(20 + g() % 100) + ":stop");
+  };
+  auto neighbour = careless();
+  const auto t_end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  size_t parent_hits = 0;
+  double parent_slowest = 0;
+  for (int round = 0; std::chrono::steady_clock::now() < t_end && !HasFailure(); ++round) {
+    const std::string index = ns + "/INDEX";
+    switch (round % 6) {
+      case 0:
+        ::kill(neighbour->pid, SIGSTOP);
+        break;
+      case 1:
+        ::unlink(index.c_str());
+        ::unlink((ns + "/LOCK").c_str());
+        break;
+      case 2:
+        ::kill(neighbour->pid, SIGCONT);
+        break;
+      case 3:
+        scribble(index, 0, 4096);
+        break;
+      case 4:
+        ::truncate(index.c_str(), 0);
+        break;
+      default:
+        if (round % 12 == 11) {  // killed, at any instant, and back
+          neighbour->kill_now();
+          neighbour = careless();
+        }
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    parent_hits += count_present(s, g() % 64, 16);
+    parent_slowest = std::max(parent_slowest, seconds_since(t0));
+    std::this_thread::sleep_for(std::chrono::milliseconds(150 + g() % 200));
+  }
+  ::kill(neighbour->pid, SIGCONT);
+  size_t verified = 0, slowest_ms = 0, made_anew = 0;
+  for (auto* p : {&honest[0], &honest[1], &honest[2], &neighbour}) {
+    for (size_t at = 0; (at = slurp((*p)->log).find("is made anew", at)) != std::string::npos;
+         ++at)
+      ++made_anew;
+  }
+  for (auto& p : honest) {
+    slowest_ms = std::max(slowest_ms, last_count(p->log, "slowest_ms"));
+    const int status = p->wait_for(seconds + 60);
+    EXPECT_TRUE(exited_ok(status)) << "status " << status << ": " << slurp(p->log);
+    EXPECT_EQ(slurp(p->log).find("WRONG BYTES"), std::string::npos) << slurp(p->log);
+    EXPECT_LT(last_count(p->log, "slowest_ms"), 5000u) << "an honest call waited too long";
+    verified += last_count(p->log, "verified");
+  }
+  const int status = neighbour->wait_for(seconds + 60);
+  EXPECT_TRUE(exited_ok(status)) << "status " << status << ": " << slurp(neighbour->log);
+  EXPECT_GT(verified, 100u) << "the honest processes verified too few reads to mean anything";
+  EXPECT_LT(parent_slowest, 5.0);
+  std::printf(
+      "neighbours soak %.0f s: %zu reads verified in the processes (slowest call %zu ms), %zu "
+      "hits here (slowest %.0f ms), %zu indexes made anew past a stopped holder\n",
+      seconds, verified, slowest_ms, parent_hits, parent_slowest * 1000, made_anew);
+  kvtier_close(s);
+}
+
 }  // namespace

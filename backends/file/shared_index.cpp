@@ -313,6 +313,7 @@ bool SharedIndex::join(Map* m, uint64_t skip_ino) {
 }
 
 bool SharedIndex::abandon(uint64_t stuck_ino) {
+  std::lock_guard roster(roster_mu_);
   if (!flock_until(lock_fd_, now_ns() + timeout_ns_)) return false;
   if (map_.ino == stuck_ino) {
     // Another process may have made the new index already: then this one joins it.
@@ -366,6 +367,8 @@ void SharedIndex::check_roster() {
   int64_t due = next_check_.load(std::memory_order_relaxed);
   const int64_t now = now_ns();
   if (now < due || !next_check_.compare_exchange_strong(due, now + kRosterCheckNs)) return;
+  std::unique_lock roster(roster_mu_, std::try_to_lock);
+  if (!roster.owns_lock()) return;  // another thread of this process is at it
   if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) return;  // an open is under way: later
   Roster r{};
   const bool valid = read_roster(dir_fd_, &r);

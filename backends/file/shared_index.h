@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <shared_mutex>
 #include <string>
 
@@ -182,6 +183,9 @@ class SharedIndex {
   std::string dir_;
   Map map_;
   std::shared_mutex swap_mu_;  // shared by a Guard; exclusive to map another index
+  // One thread of this process at a time reads the roster or maps another index (the folder's
+  // flock is this process's as a whole, not a thread's).
+  std::mutex roster_mu_;
   std::atomic<int64_t> next_check_{0};  // steady-clock ns of the next roster check
   bool damaged_ = false;  // a value out of range met under the lock
   Node scratch_node_{};
