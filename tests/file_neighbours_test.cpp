@@ -210,8 +210,9 @@ TEST(FileNeighbours, AProcessStoppedHoldingTheLockCostsOneTimeout) {
   Proc later({"put", dir, "40", "8", kShortLock}, dir + "/later.log");
   ASSERT_TRUE(exited_ok(later.wait_for(20))) << slurp(later.log);
   EXPECT_EQ(count_present(s, 40, 8), 8u);
-  EXPECT_TRUE(ends_within(10, [&] { EXPECT_EQ(kvtier_clear(s), KVTIER_OK) << kvtier_last_error(); },
-                          [&] { ::kill(stopped.pid, SIGCONT); }))
+  EXPECT_TRUE(ends_within(
+      10, [&] { EXPECT_EQ(kvtier_clear(s), KVTIER_OK) << kvtier_last_error(); },
+      [&] { ::kill(stopped.pid, SIGCONT); }))
       << "clear waited for the stopped process";
   // Resumed, it finishes without harm (its interrupted batch may fail) and shares the new index.
   ASSERT_EQ(::kill(stopped.pid, SIGCONT), 0);
@@ -321,8 +322,7 @@ TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
   ::kill(neighbour->pid, SIGCONT);
   size_t verified = 0, slowest_ms = 0, made_anew = 0;
   for (auto* p : {&honest[0], &honest[1], &honest[2], &neighbour}) {
-    for (size_t at = 0; (at = slurp((*p)->log).find("is made anew", at)) != std::string::npos;
-         ++at)
+    for (size_t at = 0; (at = slurp((*p)->log).find("is made anew", at)) != std::string::npos; ++at)
       ++made_anew;
   }
   for (auto& p : honest) {

@@ -113,9 +113,9 @@ void mixed(kvtier_store_t* s, uint64_t seed, long until) {
         put(s, ks, &res);
     }
     slowest_ms = std::max<int64_t>(
-        slowest_ms, std::chrono::duration_cast<std::chrono::milliseconds>(
-                        std::chrono::steady_clock::now() - t0)
-                        .count());
+        slowest_ms,
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count());
     if (round % 64 == 0) {
       std::printf("verified %zu\nslowest_ms %lld\n", verified, static_cast<long long>(slowest_ms));
       std::fflush(stdout);

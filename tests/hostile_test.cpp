@@ -685,8 +685,7 @@ TEST_F(FileFolder, NamespaceFoldersNameNoTenantOrModel) {
   ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
   const std::string ns = "acme-corp/llama-3-70b";
   kvtier_store_t* s = nullptr;
-  ASSERT_EQ(kvtier_open(("tiers=file;file_dir=" + dir + ";namespace=" + ns).c_str(), &s),
-            KVTIER_OK)
+  ASSERT_EQ(kvtier_open(("tiers=file;file_dir=" + dir + ";namespace=" + ns).c_str(), &s), KVTIER_OK)
       << kvtier_last_error();
   const char* key = "k";
   const auto page = kvtier_test::random_bytes(4096);

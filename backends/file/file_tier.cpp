@@ -126,8 +126,8 @@ Status PageFiles::files_of(uint64_t slot_size, ClassFiles* out) {
   return {};
 }
 
-Status PageFiles::open(const Config& config, const std::string& root_dir,
-                       const std::string& path, std::shared_ptr<PageFiles>* out) {
+Status PageFiles::open(const Config& config, const std::string& root_dir, const std::string& path,
+                       std::shared_ptr<PageFiles>* out) {
   std::shared_ptr<PageFiles> pf(new PageFiles());
   pf->dir_ = path;
   pf->direct_ = config.file_direct;
@@ -202,8 +202,8 @@ void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
     }
     index_->touch(n);
     const ClassFiles f = files_of_class(x.cls);
-    pending->push_back({i, f.fd, x.slot * index_->klass(x.cls).slot_size, x.length,
-                        x.checksum, x.stored, x.seq, x.compressed != 0});
+    pending->push_back({i, f.fd, x.slot * index_->klass(x.cls).slot_size, x.length, x.checksum,
+                        x.stored, x.seq, x.compressed != 0});
   }
 }
 
@@ -315,8 +315,8 @@ Status PageFiles::clear() {
   // a put was writing while the files were cut can land in them (and come back after a restart).
   // Writers that died or stopped are not waited for (their slots go back), live ones and
   // another clear no longer than the lock's timeout.
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::nanoseconds(index_->timeout_ns());
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::nanoseconds(index_->timeout_ns());
   for (unsigned round = 0;; ++round) {
     if (round) pause_for_others(round);
     Guard g(*index_);

@@ -93,7 +93,7 @@ class PageFiles {
   void sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine);
   void commit(std::span<PutOp> ops, std::vector<Writing>& mine);
   void release_orphans();  // REQUIRES Guard; the slots of commits that timed out
-  int sync_fd(int fd);  // 0 or -errno
+  int sync_fd(int fd);     // 0 or -errno
 
   // The slot allocator (slots.cpp); all REQUIRE Guard.
   int reserve(uint32_t cls, uint32_t* node);  // 0 or a code

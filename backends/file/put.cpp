@@ -24,8 +24,8 @@ void PageFiles::put(std::span<PutOp> ops) {
   for (size_t i = 0; i < ops.size(); ++i) todo[i].op = i;
   encode(ops, todo);
   // Keys another process is writing are waited for, but no longer than the lock's timeout.
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::nanoseconds(index_->timeout_ns());
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::nanoseconds(index_->timeout_ns());
   for (unsigned round = 0; !todo.empty(); ++round) {
     if (round && std::chrono::steady_clock::now() > deadline) {
       for (Writing& w : todo) {

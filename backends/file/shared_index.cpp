@@ -74,9 +74,9 @@ uint64_t process_start(int32_t pid) {
 // INDEX, the roster: who holds the namespace's index, so that a process opening the namespace
 // can map the same one. Written whole (a new file renamed over the old) under the folder's flock.
 struct Member {
-  int32_t pid, fd;      // the member and its memfd's number there
-  uint64_t start;       // the member's start time (a pid can be reused; the pair cannot)
-  uint64_t dev, ino;    // the memfd itself
+  int32_t pid, fd;    // the member and its memfd's number there
+  uint64_t start;     // the member's start time (a pid can be reused; the pair cannot)
+  uint64_t dev, ino;  // the memfd itself
 };
 
 namespace {
@@ -169,8 +169,8 @@ void SharedIndex::unmap(Map& m) {
   m = Map{};
 }
 
-Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity,
-                         uint64_t timeout_ms, bool* fresh, std::unique_ptr<SharedIndex>* out) {
+Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity, uint64_t timeout_ms,
+                         bool* fresh, std::unique_ptr<SharedIndex>* out) {
   std::unique_ptr<SharedIndex> ix(new SharedIndex());
   ix->timeout_ns_ = static_cast<int64_t>(timeout_ms) * 1'000'000;
   ix->dir_fd_ = dir_fd;
@@ -224,9 +224,11 @@ Status SharedIndex::create(uint64_t capacity, Map* m) {
   };
   if (x.fd < 0) return fail("make");
   map_.fd = x.fd;  // allocate() works on map_
-  const bool sized = ::ftruncate(x.fd, static_cast<off_t>(g.bytes)) == 0 && allocate(0, g.nodes_off);
+  const bool sized =
+      ::ftruncate(x.fd, static_cast<off_t>(g.bytes)) == 0 && allocate(0, g.nodes_off);
   map_.fd = -1;
-  if (!sized) return fail("size", errno == ENOSPC || errno == ENOMEM ? KVTIER_ERR_NO_MEMORY : KVTIER_ERR_IO);
+  if (!sized)
+    return fail("size", errno == ENOSPC || errno == ENOMEM ? KVTIER_ERR_NO_MEMORY : KVTIER_ERR_IO);
   // Sealed: nobody (not this process, not another that opens it through /proc) can change its
   // size, so no touch of its mapping can fault.
   if (::fcntl(x.fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0 ||
@@ -277,9 +279,9 @@ bool SharedIndex::attach(const Member& who, Map* m) {
             st.st_dev == who.dev && st.st_ino == who.ino && seals >= 0 &&
             (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) == (F_SEAL_SHRINK | F_SEAL_GROW) &&
             ::pread(x.fd, &head, sizeof head, 0) == static_cast<ssize_t>(sizeof head) &&
-            head.magic == kIndexMagic && head.version == kIndexVersion &&
-            head.capacity >= kPage && head.max_nodes && head.max_nodes < kNil &&
-            head.table_size && !(head.table_size & (head.table_size - 1));
+            head.magic == kIndexMagic && head.version == kIndexVersion && head.capacity >= kPage &&
+            head.max_nodes && head.max_nodes < kNil && head.table_size &&
+            !(head.table_size & (head.table_size - 1));
   Geometry g{};
   if (ok) {
     g = geometry(head.capacity, head.max_nodes, head.table_size);
@@ -306,8 +308,7 @@ bool SharedIndex::join(Map* m, uint64_t skip_ino) {
   Roster r{};
   if (!read_roster(dir_fd_, &r)) return false;
   for (uint64_t i = 0; i < r.count; ++i)
-    if (r.members[i].pid != ::getpid() && r.members[i].ino != skip_ino &&
-        attach(r.members[i], m))
+    if (r.members[i].pid != ::getpid() && r.members[i].ino != skip_ino && attach(r.members[i], m))
       return true;
   return false;
 }
@@ -368,7 +369,7 @@ void SharedIndex::check_roster() {
   const int64_t now = now_ns();
   if (now < due || !next_check_.compare_exchange_strong(due, now + kRosterCheckNs)) return;
   std::unique_lock roster(roster_mu_, std::try_to_lock);
-  if (!roster.owns_lock()) return;  // another thread of this process is at it
+  if (!roster.owns_lock()) return;                        // another thread of this process is at it
   if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) return;  // an open is under way: later
   Roster r{};
   const bool valid = read_roster(dir_fd_, &r);
@@ -406,8 +407,8 @@ bool SharedIndex::lock(int32_t* holder) {
   const int rc = pthread_mutex_clocklock(&h.mu, CLOCK_MONOTONIC, &deadline);
   if (rc == ETIMEDOUT) {
     // The owner's thread id is in the lock word: the robust-futex protocol puts it there.
-    *holder = static_cast<int32_t>(__atomic_load_n(&h.mu.__data.__lock, __ATOMIC_RELAXED) &
-                                   0x3fffffff);
+    *holder =
+        static_cast<int32_t>(__atomic_load_n(&h.mu.__data.__lock, __ATOMIC_RELAXED) & 0x3fffffff);
     if (!stalled_.exchange(true))
       log().warn("file tier: the lock of {} is held by thread {} for over {} ms; calls fail", dir_,
                  *holder, timeout_ns_ / 1'000'000);
@@ -455,8 +456,8 @@ bool SharedIndex::sane() {
     return false;
   for (uint32_t c = 0; c < h.nclasses; ++c) {
     const ClassInfo& k = h.classes[c];
-    if (k.slot_size < kPage || k.slot_size % kPage ||
-        k.used_slots > k.file_slots || !node_ok(k.free_head))
+    if (k.slot_size < kPage || k.slot_size % kPage || k.used_slots > k.file_slots ||
+        !node_ok(k.free_head))
       return false;
   }
   return true;

@@ -164,15 +164,15 @@ class SharedIndex {
   };
   SharedIndex() = default;
   static void unmap(Map& m);
-  Status create(uint64_t capacity, Map* m);   // a new, sealed index
-  bool attach(const Member& who, Map* m);  // a member's index, if it is one
+  Status create(uint64_t capacity, Map* m);  // a new, sealed index
+  bool attach(const Member& who, Map* m);    // a member's index, if it is one
   bool join(Map* m, uint64_t skip_ino = 0);  // the index the roster names (not skip_ino), if any
-  bool abandon(uint64_t stuck_ino);           // maps a new index in place of a stuck one
-  void publish();                             // the roster: this process and its index's members
-  void check_roster();                        // now and then: rejoin or republish
+  bool abandon(uint64_t stuck_ino);          // maps a new index in place of a stuck one
+  void publish();                            // the roster: this process and its index's members
+  void check_roster();                       // now and then: rejoin or republish
   bool lock(int32_t* holder);  // false at the deadline, *holder then the thread that holds it
-  void repair();  // rebuilds the index from the records (recover_), under the lock
-  bool sane();  // the header's values are in range (else the index is rebuilt)
+  void repair();               // rebuilds the index from the records (recover_), under the lock
+  bool sane();                 // the header's values are in range (else the index is rebuilt)
   size_t home(KeyId id) const { return (id.lo ^ (id.hi >> 7)) & (map_.table_size - 1); }
   bool allocate(uint64_t off, uint64_t len);  // memory for that range of the index
   Node& scratch_node();
@@ -187,7 +187,7 @@ class SharedIndex {
   // flock is this process's as a whole, not a thread's).
   std::mutex roster_mu_;
   std::atomic<int64_t> next_check_{0};  // steady-clock ns of the next roster check
-  bool damaged_ = false;  // a value out of range met under the lock
+  bool damaged_ = false;                // a value out of range met under the lock
   Node scratch_node_{};
   ClassInfo scratch_class_{};
   int64_t timeout_ns_ = 0;
