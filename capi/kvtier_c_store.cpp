@@ -356,8 +356,8 @@ int kvtier_clear(kvtier_store_t* store) {
   return guarded("kvtier_clear", [&] {
     Use use(store);
     if (!use) return fail(use.refusal());
-    store->rep->clear();
-    return KVTIER_OK;
+    const Status s = store->rep->clear();
+    return s.is_ok() ? KVTIER_OK : fail(s);
   });
 }
 

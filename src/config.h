@@ -48,6 +48,9 @@ struct Config {
   int file_zstd_level = 0;
   // KVTIER_FILE_SYNC: on (a page is visible only once fdatasync says it is durable) | off.
   bool file_sync = true;
+  // KVTIER_FILE_LOCK_TIMEOUT_MS: the longest a call waits for another process on the folder
+  // (its lock, a key it is writing, a clear); then the call fails with KVTIER_ERR_TIMEOUT.
+  unsigned file_lock_timeout_ms = 2000;
   // The remote tier's (backends/remote/client/remote_tier.cpp).
   // KVTIER_REMOTE_SERVERS: kvtier-server addresses, host:port,... (keys spread by hashing).
   std::vector<std::string> remote_servers{"127.0.0.1:7471"};

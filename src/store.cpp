@@ -355,8 +355,11 @@ Status Store::unregister_buffer(const void* addr) {
   return s;
 }
 
-void Store::clear() {
-  for (const auto& slot : tiers_) slot->tier->clear();
+Status Store::clear() {
+  Status first;
+  for (const auto& slot : tiers_)
+    if (Status s = slot->tier->clear(); !s.is_ok() && first.is_ok()) first = s;
+  return first;
 }
 
 std::string Store::stats_json() const {

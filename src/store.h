@@ -62,7 +62,7 @@ class Store {
   // *hits: the leading run of present keys; a bad key ends it like a miss (and its code is
   // returned for the caller's detail).
   Status exists(std::span<const char* const> keys, size_t* hits, uint64_t format = 0);
-  void clear();
+  Status clear();  // every tier; the first failure
   std::string stats_json() const;
 
   // Tiers that register memory with hardware (the remote tier's RDMA path) register it too.

@@ -105,7 +105,8 @@ class Tier {
   virtual void exists(std::span<const KeyId> ids, std::span<uint8_t> present) = 0;
   // results[i] = 0 or KVTIER_ERR_NOT_FOUND.
   virtual void remove(std::span<const KeyId> ids, std::span<int> results) = 0;
-  virtual void clear() = 0;
+  // Empties the tier; a failure (another process holds a shared tier too long) empties nothing.
+  virtual Status clear() = 0;
   virtual TierStats stats() const = 0;
 
   // Optional: offer evicted pages to `sink` (the store sets it under write_back). A page stays

@@ -3,9 +3,10 @@
 // tell right bytes from wrong ones.
 //   file_writer write DIR SEED          writes, re-writes and removes pages forever (killed)
 //   file_writer hold DIR                opens the namespace and sleeps until killed
-//   file_writer mixed DIR SEED UNTIL    put/get/exists/remove, every read verified, until the
-//                                       CLOCK_REALTIME second UNTIL; prints "verified N" as it
-//                                       goes; exits 4 on wrong bytes
+//   file_writer mixed DIR SEED UNTIL [CONFIG]  put/get/exists/remove, every read verified, until
+//                                       the CLOCK_REALTIME second UNTIL; prints "verified N" and
+//                                       "slowest_ms N" (its longest call) as it goes; exits 4 on
+//                                       wrong bytes
 //   file_writer put DIR FIRST COUNT [CONFIG]  stores pages FIRST.. (8 a batch), then exits
 //   file_writer count DIR FIRST COUNT   prints how many of those pages read back (verified)
 //   file_writer clear DIR               clears the namespace
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -83,10 +85,12 @@ void put(kvtier_store_t* s, const std::vector<size_t>& ks, std::vector<int>* res
 void mixed(kvtier_store_t* s, uint64_t seed, long until) {
   std::mt19937_64 g(seed);
   size_t verified = 0;
+  int64_t slowest_ms = 0;
   timespec now{};
   for (uint64_t round = 0;; ++round) {
     clock_gettime(CLOCK_REALTIME, &now);
     if (now.tv_sec >= until) break;
+    const auto t0 = std::chrono::steady_clock::now();
     std::vector<size_t> ks(1 + g() % 16);
     for (size_t& k : ks) k = g() % kvtier_test::kUniverse;
     std::vector<int> res(ks.size());
@@ -108,12 +112,17 @@ void mixed(kvtier_store_t* s, uint64_t seed, long until) {
       default:
         put(s, ks, &res);
     }
+    slowest_ms = std::max<int64_t>(
+        slowest_ms,
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count());
     if (round % 64 == 0) {
-      std::printf("verified %zu\n", verified);
+      std::printf("verified %zu\nslowest_ms %lld\n", verified, static_cast<long long>(slowest_ms));
       std::fflush(stdout);
     }
   }
-  std::printf("verified %zu\ndone\n", verified);
+  std::printf("verified %zu\nslowest_ms %lld\ndone\n", verified,
+              static_cast<long long>(slowest_ms));
 }
 
 }  // namespace
@@ -122,7 +131,7 @@ int main(int argc, char** argv) {
   if (argc < 3) return 2;
   const std::string mode = argv[1];
   std::string config = "tiers=file;file_dir=" + std::string(argv[2]);
-  if (mode == "put" && argc > 5) config += ";" + std::string(argv[5]);
+  if ((mode == "put" || mode == "mixed") && argc > 5) config += ";" + std::string(argv[5]);
   kvtier_store_t* s = nullptr;
   int rc = kvtier_open(config.c_str(), &s);
   if (rc != KVTIER_OK) {

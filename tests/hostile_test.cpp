@@ -625,6 +625,146 @@ TEST_F(FileFolder, FoldersAreMadePrivateAndTheDefaultIsTheUsersOwn) {
   }
 }
 
+// Pages of a restore (or an older version) left readable: the open makes every folder and file
+// private again, after which the other user reads nothing.
+TEST_F(FileFolder, ReadableLeftoversAreMadePrivate) {
+  const std::string dir = base_ + "/restored";
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+  const auto page = kvtier_test::random_bytes(8192);
+  const char* key = "k";
+  auto put_and_get = [&](bool put) {
+    kvtier_store_t* s = nullptr;
+    EXPECT_EQ(kvtier_open(("tiers=file;file_capacity=64MiB;file_dir=" + dir).c_str(), &s),
+              KVTIER_OK)
+        << kvtier_last_error();
+    if (!s) return;
+    const void* ptr = page.data();
+    size_t size = page.size();
+    int r = -1;
+    if (put) {
+      EXPECT_EQ(kvtier_batch_set(s, &key, 1, &ptr, &size, &r), KVTIER_OK);
+    }
+    std::vector<unsigned char> got(page.size());
+    void* out = got.data();
+    int64_t n = 0;
+    EXPECT_EQ(kvtier_batch_get(s, &key, 1, &out, &size, &n), KVTIER_OK);
+    EXPECT_EQ(n, static_cast<int64_t>(page.size()));
+    EXPECT_EQ(got, page);
+    kvtier_close(s);
+  };
+  put_and_get(true);
+  std::string pages;
+  chmod(dir.c_str(), 0755);
+  for (auto& e : fs::recursive_directory_iterator(dir)) {
+    chmod(e.path().c_str(), e.is_directory() ? 0755 : 0644);
+    if (e.path().extension() == ".dat") pages = e.path();
+  }
+  ASSERT_FALSE(pages.empty());
+  chmod(base_.c_str(), 0755);
+  auto other_reads = [&] {
+    return as_other_user([&] {
+      const int fd = open(pages.c_str(), O_RDONLY);
+      if (fd >= 0) close(fd);
+      return fd >= 0;
+    });
+  };
+  ASSERT_EQ(other_reads(), 0) << "the restored pages are readable by others before the open";
+  put_and_get(false);
+  struct stat st {};
+  ASSERT_EQ(stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 077, 0u) << dir;
+  for (auto& e : fs::recursive_directory_iterator(dir)) {
+    ASSERT_EQ(lstat(e.path().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 077, 0u) << e.path() << " is still open to others";
+  }
+  EXPECT_NE(other_reads(), 0) << "the other user still reads the pages";
+}
+
+// The namespace folders' names show no tenant or model (a hash, the name kept inside), and a
+// folder holding another namespace's name is refused.
+TEST_F(FileFolder, NamespaceFoldersNameNoTenantOrModel) {
+  const std::string dir = base_ + "/names";
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+  const std::string ns = "acme-corp/llama-3-70b";
+  kvtier_store_t* s = nullptr;
+  ASSERT_EQ(kvtier_open(("tiers=file;file_dir=" + dir + ";namespace=" + ns).c_str(), &s), KVTIER_OK)
+      << kvtier_last_error();
+  const char* key = "k";
+  const auto page = kvtier_test::random_bytes(4096);
+  const void* ptr = page.data();
+  size_t size = page.size();
+  int r = -1;
+  ASSERT_EQ(kvtier_batch_set(s, &key, 1, &ptr, &size, &r), KVTIER_OK);
+  kvtier_close(s);
+  std::string folder;
+  for (auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename();
+    EXPECT_EQ(name.find("acme"), std::string::npos) << name;
+    EXPECT_EQ(name.find("llama"), std::string::npos) << name;
+    folder = e.path();
+  }
+  ASSERT_FALSE(folder.empty());
+  EXPECT_EQ(slurp(folder + "/NAME"), ns);
+  // The same folder claiming another namespace: refused, never read as this one's.
+  std::ofstream(folder + "/NAME", std::ios::trunc) << "someone-else";
+  s = nullptr;
+  EXPECT_EQ(kvtier_open(("tiers=file;file_dir=" + dir + ";namespace=" + ns).c_str(), &s),
+            KVTIER_ERR_DENIED);
+  EXPECT_NE(std::string(kvtier_last_error()).find(folder), std::string::npos)
+      << kvtier_last_error();
+  if (s) kvtier_close(s);
+}
+
+// Another user who makes the default folder (/var/tmp/kvtier-<uid>, with no HOME) first: the
+// victim's processes fall back to one private folder beside it, and share it.
+TEST_F(FileFolder, ADefaultTakenByAnotherUserFallsBackToAPrivateOne) {
+  constexpr uid_t kVictim = 65533;
+  const std::string taken = "/var/tmp/kvtier-" + std::to_string(kVictim);
+  auto tidy = [&] {
+    for (int k = 0; k <= 8; ++k) fs::remove_all(k ? taken + "-" + std::to_string(k) : taken);
+  };
+  tidy();
+  ASSERT_EQ(as_other_user([&] { return mkdir(taken.c_str(), 0700) == 0; }), 0);
+  const auto page = kvtier_test::random_bytes(8192);
+  // A process of the victim: opens the default folder, stores (or finds) the page.
+  auto victim = [&](bool put) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      if (setgroups(0, nullptr) != 0 || setgid(kVictim) != 0 || setuid(kVictim) != 0) _exit(99);
+      unsetenv("HOME");
+      unsetenv("XDG_CACHE_HOME");
+      unsetenv("KVTIER_FILE_DIR");
+      kvtier_store_t* s = nullptr;
+      if (kvtier_open("tiers=file;file_capacity=64MiB", &s) != KVTIER_OK) {
+        std::fprintf(stderr, "victim: %s\n", kvtier_last_error());
+        _exit(2);
+      }
+      const char* key = "k";
+      const void* ptr = page.data();
+      size_t size = page.size();
+      int r = -1;
+      if (put && (kvtier_batch_set(s, &key, 1, &ptr, &size, &r) != KVTIER_OK || r != KVTIER_OK))
+        _exit(3);
+      std::vector<unsigned char> got(page.size());
+      void* out = got.data();
+      int64_t n = 0;
+      if (kvtier_batch_get(s, &key, 1, &out, &size, &n) != KVTIER_OK || got != page) _exit(4);
+      kvtier_close(s);
+      _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  EXPECT_EQ(victim(true), 0) << "the victim's open failed on the taken default";
+  EXPECT_EQ(victim(false), 0) << "a second process of the victim did not find the page";
+  struct stat st {};
+  EXPECT_EQ(stat((taken + "-1").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, kVictim);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  tidy();
+}
+
 // ---- the soak: honest clients beside every attack at once --------------------------------
 
 // One honest client: its own store and namespace; each round writes 8 new pages of random bytes,

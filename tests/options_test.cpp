@@ -36,6 +36,7 @@ TEST(Options, EachOwnerRegistersItsOwn) {
       {"FILE_DIRECT", "file"},
       {"FILE_COMPRESSION", "file"},
       {"FILE_SYNC", "file"},
+      {"FILE_LOCK_TIMEOUT_MS", "file"},
       {"REMOTE_SERVERS", "remote"},
       {"REMOTE_ETCD", "remote"},
       {"REMOTE_CLUSTER", "remote"},

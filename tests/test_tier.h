@@ -57,9 +57,10 @@ class RotTier final : public kvtier::Tier {
     for (size_t i = 0; i < ids.size(); ++i)
       results[i] = map_.erase(ids[i]) ? KVTIER_OK : KVTIER_ERR_NOT_FOUND;
   }
-  void clear() override {
+  kvtier::Status clear() override {
     std::lock_guard lock(mu_);
     map_.clear();
+    return {};
   }
   kvtier::TierStats stats() const override {
     std::lock_guard lock(mu_);

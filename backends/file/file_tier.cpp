@@ -20,14 +20,53 @@ namespace kvtier {
 
 namespace {
 
+// A namespace's folder is named by a hash of its name, which stays inside (NAME): the names of
+// the folders show no tenant or model to whoever lists the parent.
 std::string dir_name(const std::string& ns) {
-  std::string s;
-  for (char c : ns.substr(0, 64))
-    s +=
-        (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_') ? c : '_';
-  char hash[24];
-  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(namespace_seed(ns)));
-  return (s.empty() ? "default" : s) + "-" + hash;
+  const KeyId id = key_id(0x6b76646972 /* "kvdir" */, ns);
+  char name[40];
+  std::snprintf(name, sizeof name, "ns-%016llx%016llx", static_cast<unsigned long long>(id.hi),
+                static_cast<unsigned long long>(id.lo));
+  return name;
+}
+
+// The folder the file tier uses: KVTIER_FILE_DIR, or when that is left to its default and
+// another user took the default (made it first, or left it open), the first of default-1 ..
+// default-8 that is the caller's or that it can make, so every process of the user finds the
+// same one. A KVTIER_FILE_DIR that was set is used as it is, or refused.
+std::string usable_dir(const std::string& dir) {
+  if (dir != default_file_dir()) return dir;
+  for (int k = 0; k <= 8; ++k) {
+    const std::string candidate = k ? dir + "-" + std::to_string(k) : dir;
+    int fd = -1;
+    Status s = open_private_dir(candidate, &fd);
+    if (s.is_ok()) {
+      ::close(fd);
+      return candidate;
+    }
+    if (s.code() != KVTIER_ERR_DENIED) return dir;  // not another user's doing: said at open
+    log().warn("file tier: the default folder is not usable ({}); trying the next one",
+               s.message());
+  }
+  return dir;
+}
+
+// NAME in a namespace folder: the namespace it holds, checked at every open.
+Status check_name(int dir_fd, const std::string& path, const std::string& ns) {
+  const int fd = open_private_file(dir_fd, "NAME", O_RDWR);
+  if (fd < 0) return {KVTIER_ERR_IO, "cannot open " + path + "/NAME: " + std::strerror(errno)};
+  std::string held(256, '\0');
+  const ssize_t n = ::pread(fd, held.data(), held.size(), 0);
+  held.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  Status s;
+  if (held.empty()) {
+    if (::pwrite(fd, ns.data(), ns.size(), 0) != static_cast<ssize_t>(ns.size()))
+      s = {KVTIER_ERR_IO, "cannot write " + path + "/NAME: " + std::strerror(errno)};
+  } else if (held != ns) {
+    s = {KVTIER_ERR_DENIED, "file tier: " + path + " holds the pages of another namespace"};
+  }
+  ::close(fd);
+  return s;
 }
 
 }  // namespace
@@ -88,7 +127,7 @@ Status PageFiles::files_of(uint64_t slot_size, ClassFiles* out) {
   return {};
 }
 
-Status PageFiles::open(const Config& config, const std::string& path,
+Status PageFiles::open(const Config& config, const std::string& root_dir, const std::string& path,
                        std::shared_ptr<PageFiles>* out) {
   std::shared_ptr<PageFiles> pf(new PageFiles());
   pf->dir_ = path;
@@ -98,12 +137,12 @@ Status PageFiles::open(const Config& config, const std::string& path,
   // The folders are the caller's alone, or refused: another user must not be able to plant a
   // link that makes this process write over someone else's file, or read its pages.
   int root = -1;
-  Status safe = open_private_dir(config.file_dir, &root);
+  Status safe = open_private_dir(root_dir, &root);
   if (safe.is_ok()) {
-    safe = open_private_subdir(root, config.file_dir, path.substr(config.file_dir.size() + 1),
-                               &pf->dir_fd_);
+    safe = open_private_subdir(root, root_dir, path.substr(root_dir.size() + 1), &pf->dir_fd_);
     ::close(root);
   }
+  if (safe.is_ok()) safe = check_name(pf->dir_fd_, path, config.ns);
   if (!safe.is_ok()) return {safe.code(), "KVTIER_FILE_DIR: " + safe.message()};
   Status s = Faults::parse(std::getenv("KVTIER_TEST_FILE_FAULTS"), &pf->faults_);
   if (!s.is_ok()) return s;
@@ -111,10 +150,11 @@ Status PageFiles::open(const Config& config, const std::string& path,
   s = pf->rings_.init(2, config.file_queue_depth, pf->faults_.get());
   if (!s.is_ok()) return s;
   bool fresh = false;
-  s = SharedIndex::open(pf->dir_fd_, path, config.file_capacity, &fresh, &pf->index_);
+  s = SharedIndex::open(pf->dir_fd_, path, config.file_capacity, config.file_lock_timeout_ms,
+                        &fresh, &pf->index_);
   if (!s.is_ok()) return s;
   struct statx sx {};  // of a file on the folder's filesystem
-  if (::statx(pf->index_->fd(), "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+  if (::statx(pf->dir_fd_, "INDEX", AT_SYMLINK_NOFOLLOW, STATX_DIOALIGN, &sx) == 0 &&
       (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_mem_align && sx.stx_dio_offset_align &&
       kBlock % sx.stx_dio_offset_align == 0 && kBlock % sx.stx_dio_mem_align == 0) {
     pf->mem_align_ = sx.stx_dio_mem_align;
@@ -122,8 +162,8 @@ Status PageFiles::open(const Config& config, const std::string& path,
   }
   if (fresh && !(s = pf->rebuild(false)).is_ok()) return s;
   PageFiles* self = pf.get();
-  pf->index_->set_recovery([self] {
-    Status r = self->rebuild(true);
+  pf->index_->set_recovery([self](bool keep_writes) {
+    Status r = self->rebuild(keep_writes);
     if (!r.is_ok()) log().error("file tier: rebuilding {} failed: {}", self->dir_, r.message());
   });
   pf->index_->opened();
@@ -145,6 +185,10 @@ void PageFiles::get(std::span<GetOp> ops) {
 // Under the lock: where each key's page is, as of now.
 void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
   Guard g(*index_);
+  if (!g.ok()) {  // another process holds the lock: a miss, not a wait
+    for (GetOp& op : ops) op.result = KVTIER_ERR_NOT_FOUND;
+    return;
+  }
   for (size_t i = 0; i < ops.size(); ++i) {
     GetOp& op = ops[i];
     const uint32_t n = index_->find(op.id);
@@ -159,8 +203,8 @@ void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
     }
     index_->touch(n);
     const ClassFiles f = files_of_class(x.cls);
-    pending->push_back({i, f.fd, x.slot * index_->h().classes[x.cls].slot_size, x.length,
-                        x.checksum, x.stored, x.seq, x.compressed != 0});
+    pending->push_back({i, f.fd, x.slot * index_->klass(x.cls).slot_size, x.length, x.checksum,
+                        x.stored, x.seq, x.compressed != 0});
   }
 }
 
@@ -227,6 +271,10 @@ void PageFiles::drop_unreadable(std::span<GetOp> ops, const std::vector<Reading>
   Guard g(*index_);
   for (const Reading& p : unreadable) {
     GetOp& op = ops[p.op];
+    if (!g.ok()) {  // dropped by the next reader that finds it so
+      op.result = KVTIER_ERR_NOT_FOUND;
+      continue;
+    }
     const uint32_t n = index_->find(op.id);
     if (n == kNil || index_->node(n).seq != p.seq || index_->node(n).state != kLive) {
       op.result = KVTIER_ERR_NOT_FOUND;
@@ -241,7 +289,7 @@ void PageFiles::drop_unreadable(std::span<GetOp> ops, const std::vector<Reading>
 void PageFiles::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
   Guard g(*index_);
   for (size_t i = 0; i < ids.size(); ++i) {
-    const uint32_t n = index_->find(ids[i]);
+    const uint32_t n = g.ok() ? index_->find(ids[i]) : kNil;  // no lock: absent
     present[i] = n != kNil && index_->node(n).state == kLive;
   }
 }
@@ -249,6 +297,10 @@ void PageFiles::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
 void PageFiles::remove(std::span<const KeyId> ids, std::span<int> results) {
   Guard g(*index_);
   for (size_t i = 0; i < ids.size(); ++i) {
+    if (!g.ok()) {
+      results[i] = KVTIER_ERR_TIMEOUT;
+      continue;
+    }
     const uint32_t n = index_->find(ids[i]);
     if (n == kNil || index_->node(n).state != kLive) {
       results[i] = KVTIER_ERR_NOT_FOUND;
@@ -259,17 +311,31 @@ void PageFiles::remove(std::span<const KeyId> ids, std::span<int> results) {
   }
 }
 
-void PageFiles::clear() {
+Status PageFiles::clear() {
   // Alone: new writes (of every process) wait, and the ones in flight finish first, so nothing
   // a put was writing while the files were cut can land in them (and come back after a restart).
+  // Writers that died or stopped are not waited for (their slots go back), live ones and
+  // another clear no longer than the lock's timeout.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::nanoseconds(index_->timeout_ns());
   for (unsigned round = 0;; ++round) {
     if (round) pause_for_others(round);
     Guard g(*index_);
+    if (!g.ok()) return {KVTIER_ERR_TIMEOUT, "file tier: another process holds " + dir_};
     IndexHeader& h = index_->h();
-    if (h.clearing && h.clearing != pid_ && !process_gone(h.clearing, h.clearing_start)) continue;
+    const bool late = std::chrono::steady_clock::now() > deadline;
+    if (h.clearing && h.clearing != pid_ && !process_stalled(h.clearing, h.clearing_start)) {
+      if (!late) continue;
+      return {KVTIER_ERR_TIMEOUT, "file tier: another process is clearing " + dir_};
+    }
     h.clearing = pid_;
     h.clearing_start = start_;
-    if (round > 100) reclaim_dead();
+    if (round > 10) reclaim_dead();
+    if (h.reserved && late) {
+      h.clearing = 0;  // the puts held back go on
+      return {KVTIER_ERR_TIMEOUT,
+              "file tier: writes in flight in " + dir_ + " did not end within the lock timeout"};
+    }
     if (h.reserved) continue;
     for (uint32_t cls = 0; cls < h.nclasses; ++cls) {
       const ClassFiles f = files_of_class(cls);
@@ -277,12 +343,13 @@ void PageFiles::clear() {
         log().warn("file tier: cannot truncate a page file in {}: {}", dir_, std::strerror(errno));
     }
     index_->reset(true);
-    return;
+    return {};
   }
 }
 
 TierStats PageFiles::stats() const {
   Guard g(*index_);
+  if (!g.ok()) return {};
   const IndexHeader& h = index_->h();
   return {h.keys, h.live_bytes, h.capacity, h.evictions, h.errors};
 }
@@ -301,8 +368,8 @@ void FileTier::exists(std::span<const KeyId> ids, std::span<uint8_t> present) {
 void FileTier::remove(std::span<const KeyId> ids, std::span<int> results) {
   files_->remove(ids, results);
 }
-void FileTier::clear() {
-  files_->clear();
+Status FileTier::clear() {
+  return files_->clear();
 }
 TierStats FileTier::stats() const {
   return files_->stats();
@@ -313,14 +380,15 @@ Status open_page_files(const Config& config, std::shared_ptr<PageFiles>* out) {
   // child opens its own: the parent's (rings, flock, pid) are not the child's.
   static std::mutex mu;
   static std::map<std::pair<std::string, uint64_t>, std::weak_ptr<PageFiles>> open;
-  const std::string path = config.file_dir + "/" + dir_name(config.ns);
-  const auto key = std::make_pair(path, fork_generation());
   std::lock_guard lock(mu);
+  const std::string root = usable_dir(config.file_dir);
+  const std::string path = root + "/" + dir_name(config.ns);
+  const auto key = std::make_pair(path, fork_generation());
   if (auto existing = open[key].lock()) {
     *out = std::move(existing);
     return {};
   }
-  Status s = PageFiles::open(config, path, out);
+  Status s = PageFiles::open(config, root, path, out);
   if (s.is_ok()) open[key] = *out;
   return s;
 }

@@ -30,7 +30,7 @@ class FileTier final : public Tier {
   void get(std::span<GetOp> ops) override;
   void exists(std::span<const KeyId> ids, std::span<uint8_t> present) override;
   void remove(std::span<const KeyId> ids, std::span<int> results) override;
-  void clear() override;
+  Status clear() override;
   TierStats stats() const override;
 
  private:

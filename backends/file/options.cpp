@@ -36,6 +36,7 @@ KVTIER_REGISTER_OPTIONS(
            integer_option<Config>("FILE_QUEUE_DEPTH", "", &Config::file_queue_depth, 1, 4096),
            switch_option<Config>("FILE_DIRECT", "", &Config::file_direct, "auto", "off"),
            compression_option(),
-           switch_option<Config>("FILE_SYNC", "", &Config::file_sync, "on", "off")});
+           switch_option<Config>("FILE_SYNC", "", &Config::file_sync, "on", "off"),
+           millis_option<Config>("FILE_LOCK_TIMEOUT_MS", "", &Config::file_lock_timeout_ms)});
 
 }  // namespace kvtier

@@ -33,13 +33,14 @@ void pause_for_others(unsigned round);
 class PageFiles {
  public:
   ~PageFiles();
-  static Status open(const Config& config, const std::string& path,
+  // `path`: the namespace's folder in `root` (the file tier's folder).
+  static Status open(const Config& config, const std::string& root, const std::string& path,
                      std::shared_ptr<PageFiles>* out);
   void put(std::span<PutOp> ops);
   void get(std::span<GetOp> ops);
   void exists(std::span<const KeyId> ids, std::span<uint8_t> present);
   void remove(std::span<const KeyId> ids, std::span<int> results);
-  void clear();
+  Status clear();
   TierStats stats() const;
 
  private:
@@ -91,7 +92,8 @@ class PageFiles {
   void prepare_write(PutOp& op, Writing& w, Io& io);
   void sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine);
   void commit(std::span<PutOp> ops, std::vector<Writing>& mine);
-  int sync_fd(int fd);  // 0 or -errno
+  void release_orphans();  // REQUIRES Guard; the slots of commits that timed out
+  int sync_fd(int fd);     // 0 or -errno
 
   // The slot allocator (slots.cpp); all REQUIRE Guard.
   int reserve(uint32_t cls, uint32_t* node);  // 0 or a code
@@ -125,6 +127,8 @@ class PageFiles {
   RingPool rings_;
   BouncePool bounce_;
   GroupSync syncs_;  // one fdatasync for the puts that finish at once
+  std::mutex orphans_mu_;
+  std::vector<std::pair<KeyId, uint64_t>> orphans_;  // key and seq of commits that timed out
   std::mutex files_mu_;
   std::map<uint64_t, ClassFiles> files_;  // by slot size
 };

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "log.h"
@@ -22,7 +23,17 @@ void PageFiles::put(std::span<PutOp> ops) {
   std::vector<Writing> todo(ops.size());
   for (size_t i = 0; i < ops.size(); ++i) todo[i].op = i;
   encode(ops, todo);
+  // Keys another process is writing are waited for, but no longer than the lock's timeout.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::nanoseconds(index_->timeout_ns());
   for (unsigned round = 0; !todo.empty(); ++round) {
+    if (round && std::chrono::steady_clock::now() > deadline) {
+      for (Writing& w : todo) {
+        ops[w.op].result = KVTIER_ERR_TIMEOUT;
+        bounce_.put(w.buf, w.buf_size);
+      }
+      break;
+    }
     if (round) pause_for_others(round);
     std::vector<Writing> mine, waiting;
     plan(ops, todo, &mine, &waiting);
@@ -71,8 +82,16 @@ void PageFiles::encode(std::span<PutOp> ops, std::vector<Writing>& todo) {
 void PageFiles::plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vector<Writing>* mine,
                      std::vector<Writing>* waiting) {
   Guard g(*index_);
+  if (!g.ok()) {
+    for (Writing& w : todo) {
+      ops[w.op].result = KVTIER_ERR_TIMEOUT;
+      bounce_.put(w.buf, w.buf_size);
+    }
+    return;
+  }
+  release_orphans();
   IndexHeader& h = index_->h();
-  if (h.clearing && (h.clearing == pid_ || !process_gone(h.clearing, h.clearing_start))) {
+  if (h.clearing && (h.clearing == pid_ || !process_stalled(h.clearing, h.clearing_start))) {
     *waiting = std::move(todo);  // a clear() waits for the writes in flight to end
     return;
   }
@@ -80,8 +99,10 @@ void PageFiles::plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vect
   for (Writing& w : todo) {
     PutOp& op = ops[w.op];
     uint32_t n = index_->find(op.id);
+    // A writer that died or stopped (a debugger, Ctrl-Z) is not waited for: its slot goes back,
+    // and its commit, if it resumes, finds the key no longer its own.
     if (n != kNil && index_->node(n).state == kReserved && index_->node(n).owner != pid_ &&
-        process_gone(index_->node(n).owner, index_->node(n).owner_start)) {
+        process_stalled(index_->node(n).owner, index_->node(n).owner_start)) {
       release(n);
       n = kNil;
     }
@@ -111,6 +132,15 @@ void PageFiles::plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vect
     if (op.result != KVTIER_OK) ++h.errors;
     bounce_.put(w.buf, w.buf_size);
   }
+}
+
+void PageFiles::release_orphans() {
+  std::lock_guard lock(orphans_mu_);
+  for (const auto& [id, seq] : orphans_) {
+    const uint32_t n = index_->find(id);
+    if (n != kNil && index_->node(n).seq == seq && index_->node(n).owner == pid_) release(n);
+  }
+  orphans_.clear();
 }
 
 void PageFiles::run(std::span<PutOp> ops, std::vector<Writing>& mine) {
@@ -216,6 +246,15 @@ void PageFiles::sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine
 // go back (their records zeroed).
 void PageFiles::commit(std::span<PutOp> ops, std::vector<Writing>& mine) {
   Guard g(*index_);
+  if (!g.ok()) {
+    // Written but not visible: the slots go back at this process's next plan().
+    std::lock_guard lock(orphans_mu_);
+    for (Writing& w : mine) {
+      ops[w.op].result = KVTIER_ERR_TIMEOUT;
+      orphans_.push_back({ops[w.op].id, w.seq});
+    }
+    return;
+  }
   IndexHeader& h = index_->h();
   for (Writing& w : mine) {
     if (faults_ && faults_->on_commit()) ::kill(pid_, SIGKILL);  // test-only: die holding it

@@ -68,10 +68,12 @@ Status PageFiles::rebuild(bool keep_writes) {
   IndexHeader& h = ix.h();
   std::vector<Found> found;
   if (keep_writes)
-    for (uint64_t n = 0; n < std::min(h.nodes_used, h.max_nodes); ++n) {
+    for (uint64_t n = 0; n < std::min(h.nodes_used, ix.max_nodes()); ++n) {
+      // The index may be damaged: only writes of a class with a slot size kept.
       const Node& x = ix.node(static_cast<uint32_t>(n));
-      if (x.state == kReserved && x.cls < std::min(h.nclasses, kMaxClasses) &&
-          !process_gone(x.owner, x.owner_start))
+      const uint32_t classes = std::min(h.nclasses, kMaxClasses);
+      if (x.state == kReserved && x.cls < classes && h.classes[x.cls].slot_size >= kBlock &&
+          h.classes[x.cls].slot_size % kBlock == 0 && !process_gone(x.owner, x.owner_start))
         found.push_back({x, true});
     }
   std::vector<uint64_t> sizes;
@@ -79,7 +81,7 @@ Status PageFiles::rebuild(bool keep_writes) {
   Status s = list_classes(&sizes);
   if (!s.is_ok()) return s;
   sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
-  std::vector<ClassInfo> old(h.classes, h.classes + h.nclasses);
+  std::vector<ClassInfo> old(h.classes, h.classes + std::min(h.nclasses, kMaxClasses));
   for (Found& f : found)  // from the old class numbers to the new ones
     f.node.cls = static_cast<uint32_t>(
         std::lower_bound(sizes.begin(), sizes.end(), old[f.node.cls].slot_size) - sizes.begin());

@@ -5,8 +5,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <vector>
+
+#include "log.h"
 
 namespace kvtier {
 
@@ -32,7 +35,8 @@ Status check_ancestor(int fd, const std::string& path) {
   return {};
 }
 
-// A folder the tier keeps files in: the caller's, writable by the caller alone.
+// A folder the tier keeps files in: the caller's, writable by the caller alone, and readable by
+// it alone: one that others can read or enter (a restore, an older version) is made private.
 Status check_private(int fd, const std::string& path) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) return io_error("stat", path, errno);
@@ -40,6 +44,15 @@ Status check_private(int fd, const std::string& path) {
     return unsafe(path, "it belongs to uid " + std::to_string(st.st_uid) + ", not to uid " +
                             std::to_string(::geteuid()));
   if (st.st_mode & (S_IWGRP | S_IWOTH)) return unsafe(path, "group or others can write to it");
+  if (st.st_mode & 077) {
+    const int rd = ::openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);  // fd is O_PATH
+    const bool made = rd >= 0 && ::fchmod(rd, st.st_mode & 07700) == 0;
+    const int err = errno;
+    if (rd >= 0) ::close(rd);
+    if (!made) return io_error("make private", path, err);
+    log().warn("file tier: {} was open to other users (mode {:o}); made {:o}", path,
+               st.st_mode & 07777, st.st_mode & 07700);
+  }
   return {};
 }
 
@@ -125,6 +138,19 @@ int open_private_file(int dir, const std::string& name, int flags) {
     ::close(fd);
     errno = EPERM;
     return -1;
+  }
+  if (st.st_mode & 077) {  // left open to others (a restore, an older version): made private
+    char folder[PATH_MAX] = {};
+    const std::string link = "/proc/self/fd/" + std::to_string(dir);
+    if (::readlink(link.c_str(), folder, sizeof folder - 1) < 0) folder[0] = '\0';
+    if (::fchmod(fd, st.st_mode & 07700) != 0) {
+      const int err = errno;
+      ::close(fd);
+      errno = err;
+      return -1;
+    }
+    log().warn("file tier: {}/{} was open to other users (mode {:o}); made {:o}", folder, name,
+               st.st_mode & 07777, st.st_mode & 07700);
   }
   return fd;
 }

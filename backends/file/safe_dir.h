@@ -12,7 +12,8 @@
 
 namespace kvtier {
 
-// Opens `path` as a folder only the caller controls, creating what is missing (mode 0700);
+// Opens `path` as a folder only the caller controls, creating what is missing (mode 0700), and
+// making private (with a log line naming it) one that others can read or enter;
 // *fd is an O_PATH descriptor to open files relative to. KVTIER_ERR_DENIED, naming the path and
 // what is wrong, for a folder that is not safe; KVTIER_ERR_IO when it cannot be created or read.
 Status open_private_dir(const std::string& path, int* fd);
@@ -20,7 +21,8 @@ Status open_private_dir(const std::string& path, int* fd);
 Status open_private_subdir(int parent, const std::string& parent_path, const std::string& name,
                            int* fd);
 // Opens (creating, mode 0600) the regular file `name` in the private folder `dir`, never
-// through a link; -1 with errno set on failure (ELOOP for a link).
+// through a link, making it private (with a log line) if others could read it; -1 with errno
+// set on failure (ELOOP for a link).
 int open_private_file(int dir, const std::string& name, int flags);
 
 }  // namespace kvtier

@@ -5,10 +5,13 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -29,7 +32,7 @@ uint64_t round_page(uint64_t n) {
   return (n + kPage - 1) & ~(kPage - 1);
 }
 
-constexpr uint64_t kNodeChunk = 1024;  // nodes get their disk blocks 96 KiB at a time
+constexpr uint64_t kNodeChunk = 1024;  // nodes get their memory 96 KiB at a time
 
 struct Geometry {
   uint64_t max_nodes, table_size;
@@ -68,182 +71,512 @@ uint64_t process_start(int32_t pid) {
   return p ? std::strtoull(p + 1, nullptr, 10) : 0;
 }
 
-SharedIndex::~SharedIndex() {
-  if (map_) ::munmap(map_, map_len_);
-  if (users_fd_ >= 0) ::close(users_fd_);  // drops the shared flock
-  if (fd_ >= 0) ::close(fd_);
+// INDEX, the roster: who holds the namespace's index, so that a process opening the namespace
+// can map the same one. Written whole (a new file renamed over the old) under the folder's flock.
+struct Member {
+  int32_t pid, fd;    // the member and its memfd's number there
+  uint64_t start;     // the member's start time (a pid can be reused; the pair cannot)
+  uint64_t dev, ino;  // the memfd itself
+};
+
+namespace {
+
+constexpr uint32_t kRosterMagic = 0x52495856;  // "VXIR"
+constexpr uint32_t kMembers = 127;
+
+struct Roster {
+  uint32_t magic, version;
+  uint64_t count;
+  Member members[kMembers];
+  uint64_t sum;  // XXH3-64 of the fields above
+};
+
+uint64_t roster_sum(const Roster& r) {
+  return checksum(&r, offsetof(Roster, sum));
 }
 
-Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity, bool* fresh,
-                         std::unique_ptr<SharedIndex>* out) {
+// The roster, or false when it is missing, short or damaged (anyone can write the file).
+bool read_roster(int dir_fd, Roster* r) {
+  const int fd = ::openat(dir_fd, "INDEX", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return false;
+  const ssize_t n = ::pread(fd, r, sizeof *r, 0);
+  ::close(fd);
+  return n == static_cast<ssize_t>(sizeof *r) && r->magic == kRosterMagic &&
+         r->version == kIndexVersion && r->count <= kMembers && r->sum == roster_sum(*r);
+}
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+constexpr int64_t kRosterCheckNs = 100'000'000;  // how often a member looks at the roster
+
+// Waits for the folder's flock until `deadline_ns` (steady clock); false when it passed.
+bool flock_until(int fd, int64_t deadline_ns) {
+  for (;;) {
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return true;
+    if (errno != EWOULDBLOCK && errno != EINTR) return false;
+    if (now_ns() > deadline_ns) return false;
+    ::usleep(1000);
+  }
+}
+
+constexpr int64_t kOpenWaitNs = 60'000'000'000;  // an open waits this long for another's rebuild
+
+}  // namespace
+
+bool process_stopped(int32_t id) {
+  char path[32], stat[512] = {};
+  std::snprintf(path, sizeof path, "/proc/%d/stat", id);
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const ssize_t n = ::read(fd, stat, sizeof stat - 1);
+  ::close(fd);
+  const char* p = n > 0 ? std::strrchr(stat, ')') : nullptr;
+  return p && p[1] == ' ' && (p[2] == 'T' || p[2] == 't');
+}
+
+SharedIndex::~SharedIndex() {
+  // Off the roster, if it can be had at once (a stale entry is harmless: members are checked).
+  if (lock_fd_ >= 0 && ::flock(lock_fd_, LOCK_EX | LOCK_NB) == 0) {
+    Roster r{};
+    if (read_roster(dir_fd_, &r)) {
+      const int32_t me = ::getpid();
+      uint64_t kept = 0;
+      for (uint64_t i = 0; i < r.count; ++i)
+        if (r.members[i].pid != me) r.members[kept++] = r.members[i];
+      if (kept != r.count) {
+        r.count = kept;
+        r.sum = roster_sum(r);
+        const int fd = open_private_file(dir_fd_, "INDEX.new", O_WRONLY | O_TRUNC);
+        if (fd >= 0) {
+          const bool ok = ::pwrite(fd, &r, sizeof r, 0) == static_cast<ssize_t>(sizeof r);
+          ::close(fd);
+          if (ok) ::renameat(dir_fd_, "INDEX.new", dir_fd_, "INDEX");
+        }
+      }
+    }
+  }
+  unmap(map_);
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // drops the flock
+}
+
+void SharedIndex::unmap(Map& m) {
+  if (m.base) ::munmap(m.base, m.len);
+  if (m.fd >= 0) ::close(m.fd);
+  m = Map{};
+}
+
+Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity, uint64_t timeout_ms,
+                         bool* fresh, std::unique_ptr<SharedIndex>* out) {
   std::unique_ptr<SharedIndex> ix(new SharedIndex());
-  auto fail = [&](const std::string& what) {
-    return Status{KVTIER_ERR_IO, what + " " + dir + "/INDEX: " + std::strerror(errno)};
-  };
-  ix->fd_ = open_private_file(dir_fd, "INDEX", O_RDWR);
-  if (ix->fd_ < 0) return fail("cannot open");
-  ix->users_fd_ = open_private_file(dir_fd, "LOCK", O_RDWR);
-  if (ix->users_fd_ < 0) return fail("cannot open LOCK beside");
-  // Opens one at a time: the first one (re)makes the index while the others wait here.
-  if (::flock(ix->fd_, LOCK_EX) != 0) return fail("cannot lock");
-  *fresh = ::flock(ix->users_fd_, LOCK_EX | LOCK_NB) == 0;
-  if (!*fresh && ::flock(ix->users_fd_, LOCK_SH) != 0) return fail("cannot share");
-  Geometry g{};
+  ix->timeout_ns_ = static_cast<int64_t>(timeout_ms) * 1'000'000;
+  ix->dir_fd_ = dir_fd;
+  ix->dir_ = dir;
+  ix->lock_fd_ = ::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (ix->lock_fd_ < 0)
+    return {KVTIER_ERR_IO, "cannot open " + dir + ": " + std::string(std::strerror(errno))};
+  // Opens one at a time: the first one makes and fills the index while the others wait here.
+  if (!flock_until(ix->lock_fd_, now_ns() + kOpenWaitNs))
+    return {errno == EWOULDBLOCK ? KVTIER_ERR_BUSY : KVTIER_ERR_IO,
+            "cannot lock " + dir + ": another process holds it (stopped?)"};
+  *fresh = !ix->join(&ix->map_);
   if (*fresh) {
-    // No process has the namespace open: what the file holds may be stale (a power loss, a
-    // crash holding the lock), so it is made anew and filled from the records.
-    // The file is sparse past the header and the chains' heads: the nodes get their blocks as
-    // they are handed out (new_node()), so a touch of the mapping never meets a full disk.
-    g = geometry(capacity);
-    if (::ftruncate(ix->fd_, 0) != 0 || ::ftruncate(ix->fd_, static_cast<off_t>(g.bytes)) != 0)
-      return fail("cannot size");
-    if (!ix->allocate(0, g.nodes_off))
-      return {errno == ENOSPC ? KVTIER_ERR_NO_SPACE : KVTIER_ERR_IO,
-              "cannot allocate " + std::to_string(g.nodes_off) + " bytes for " + dir +
-                  "/INDEX: " + std::strerror(errno)};
-  } else {
-    IndexHeader head{};
-    struct stat st {};
-    if (::pread(ix->fd_, &head, sizeof head, 0) != static_cast<ssize_t>(sizeof head) ||
-        ::fstat(ix->fd_, &st) != 0)
-      return fail("cannot read");
-    g = geometry(head.capacity, head.max_nodes, head.table_size);
-    if (head.magic != kIndexMagic || head.version != kIndexVersion ||
-        (head.table_size & (head.table_size - 1)) || static_cast<uint64_t>(st.st_size) < g.bytes)
-      return {KVTIER_ERR_IO, dir + "/INDEX is damaged or of another version while in use"};
-    if (head.capacity != capacity)
-      log().info("file tier: {} is open elsewhere with a capacity of {} bytes; that one holds", dir,
-                 head.capacity);
+    // No live process holds an index of the namespace: a new one, filled from the records.
+    Status s = ix->create(capacity, &ix->map_);
+    if (!s.is_ok()) return {s.code(), s.message() + " for " + dir};
+  } else if (ix->map_.capacity != capacity) {
+    log().info("file tier: {} is open elsewhere with a capacity of {} bytes; that one holds", dir,
+               ix->map_.capacity);
   }
-  ix->map_ = ::mmap(nullptr, g.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, ix->fd_, 0);
-  if (ix->map_ == MAP_FAILED) {
-    ix->map_ = nullptr;
-    return fail("cannot map");
-  }
-  ix->map_len_ = g.bytes;
-  auto* base = static_cast<char*>(ix->map_);
-  ix->header_ = reinterpret_cast<IndexHeader*>(base);
-  ix->nodes_ = reinterpret_cast<Node*>(base + g.nodes_off);
-  ix->table_ = reinterpret_cast<uint32_t*>(base + g.table_off);
-  ix->h_table_size_ = g.table_size;
-  ix->nodes_off_ = g.nodes_off;
-  if (*fresh) {
-    IndexHeader& h = *ix->header_;
-    pthread_mutexattr_t attr;
-    pthread_mutexattr_init(&attr);
-    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    const int rc = pthread_mutex_init(&h.mu, &attr);
-    pthread_mutexattr_destroy(&attr);
-    if (rc != 0) return {KVTIER_ERR_IO, "cannot make the index lock: " + std::string(strerror(rc))};
-    h.capacity = capacity;
-    h.max_nodes = g.max_nodes;
-    h.table_size = g.table_size;
-    h.seq = 1;
-    ix->reset(true);  // a fresh file is all zero
-    h.version = kIndexVersion;
-    h.magic = kIndexMagic;  // last: a later open trusts the geometry only with it
-  }
+  ix->publish();
+  ix->next_check_ = now_ns() + kRosterCheckNs;
   *out = std::move(ix);
   return {};
 }
 
-void SharedIndex::opened() {
-  if (::flock(users_fd_, LOCK_SH) != 0)  // from exclusive when fresh; a no-op otherwise
-    log().warn("file tier: cannot share the namespace lock: {}", std::strerror(errno));
-  ::flock(fd_, LOCK_UN);
+namespace {
+// Sets m's pointers from its mapping and geometry.
+template <class M>
+void layout(M& m, const Geometry& g) {
+  auto* base = static_cast<char*>(m.base);
+  m.header = reinterpret_cast<IndexHeader*>(base);
+  m.nodes = reinterpret_cast<Node*>(base + g.nodes_off);
+  m.table = reinterpret_cast<uint32_t*>(base + g.table_off);
+  m.table_size = g.table_size;
+  m.max_nodes = g.max_nodes;
+  m.nodes_off = g.nodes_off;
+  m.len = g.bytes;
+}
+}  // namespace
+
+Status SharedIndex::create(uint64_t capacity, Map* m) {
+  const Geometry g = geometry(capacity);
+  Map x;
+  x.fd = ::memfd_create("kvtier-index", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  struct stat st {};
+  auto fail = [&](const std::string& what, int code = KVTIER_ERR_IO) {
+    const int err = errno;
+    unmap(x);
+    return Status{code, "cannot " + what + " the shared index: " + std::strerror(err)};
+  };
+  if (x.fd < 0) return fail("make");
+  map_.fd = x.fd;  // allocate() works on map_
+  const bool sized =
+      ::ftruncate(x.fd, static_cast<off_t>(g.bytes)) == 0 && allocate(0, g.nodes_off);
+  map_.fd = -1;
+  if (!sized)
+    return fail("size", errno == ENOSPC || errno == ENOMEM ? KVTIER_ERR_NO_MEMORY : KVTIER_ERR_IO);
+  // Sealed: nobody (not this process, not another that opens it through /proc) can change its
+  // size, so no touch of its mapping can fault.
+  if (::fcntl(x.fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0 ||
+      ::fstat(x.fd, &st) != 0)
+    return fail("seal");
+  x.dev = st.st_dev;
+  x.ino = st.st_ino;
+  x.base = ::mmap(nullptr, g.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, x.fd, 0);
+  if (x.base == MAP_FAILED) {
+    x.base = nullptr;
+    return fail("map");
+  }
+  layout(x, g);
+  x.capacity = capacity;
+  IndexHeader& h = *x.header;
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  const int rc = pthread_mutex_init(&h.mu, &attr);
+  pthread_mutexattr_destroy(&attr);
+  if (rc != 0) {
+    errno = rc;
+    return fail("lock");
+  }
+  h.capacity = capacity;
+  h.max_nodes = g.max_nodes;
+  h.table_size = g.table_size;
+  h.seq = 1;
+  h.lru_head = h.lru_tail = kNil;
+  h.version = kIndexVersion;
+  h.magic = kIndexMagic;
+  *m = x;
+  return {};
 }
 
-void SharedIndex::lock() {
-  const int rc = pthread_mutex_lock(&header_->mu);
-  if (rc == 0) return;
+bool SharedIndex::attach(const Member& who, Map* m) {
+  if (who.pid <= 0 || who.fd < 0 || process_start(who.pid) != who.start) return false;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/fd/%d", who.pid, who.fd);
+  Map x;
+  x.fd = ::open(path, O_RDWR | O_CLOEXEC);
+  if (x.fd < 0) return false;
+  struct stat st {};
+  IndexHeader head{};
+  const int seals = ::fcntl(x.fd, F_GET_SEALS);
+  bool ok = ::fstat(x.fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == ::geteuid() &&
+            st.st_dev == who.dev && st.st_ino == who.ino && seals >= 0 &&
+            (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) == (F_SEAL_SHRINK | F_SEAL_GROW) &&
+            ::pread(x.fd, &head, sizeof head, 0) == static_cast<ssize_t>(sizeof head) &&
+            head.magic == kIndexMagic && head.version == kIndexVersion && head.capacity >= kPage &&
+            head.max_nodes && head.max_nodes < kNil && head.table_size &&
+            !(head.table_size & (head.table_size - 1));
+  Geometry g{};
+  if (ok) {
+    g = geometry(head.capacity, head.max_nodes, head.table_size);
+    ok = static_cast<uint64_t>(st.st_size) == g.bytes;
+  }
+  if (ok) {
+    x.base = ::mmap(nullptr, g.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, x.fd, 0);
+    ok = x.base != MAP_FAILED;
+    if (!ok) x.base = nullptr;
+  }
+  if (!ok) {
+    unmap(x);
+    return false;
+  }
+  layout(x, g);
+  x.dev = st.st_dev;
+  x.ino = st.st_ino;
+  x.capacity = head.capacity;
+  *m = x;
+  return true;
+}
+
+bool SharedIndex::join(Map* m, uint64_t skip_ino) {
+  Roster r{};
+  if (!read_roster(dir_fd_, &r)) return false;
+  for (uint64_t i = 0; i < r.count; ++i)
+    if (r.members[i].pid != ::getpid() && r.members[i].ino != skip_ino && attach(r.members[i], m))
+      return true;
+  return false;
+}
+
+bool SharedIndex::abandon(uint64_t stuck_ino) {
+  std::lock_guard roster(roster_mu_);
+  if (!flock_until(lock_fd_, now_ns() + timeout_ns_)) return false;
+  if (map_.ino == stuck_ino) {
+    // Another process may have made the new index already: then this one joins it.
+    Map next;
+    const bool fresh = !join(&next, stuck_ino);
+    Status s = fresh ? create(map_.capacity, &next) : Status{};
+    if (s.is_ok()) {
+      std::unique_lock swap(swap_mu_);
+      unmap(map_);
+      map_ = next;
+      if (fresh && recover_) recover_(false);
+      stalled_ = false;
+    } else {
+      log().warn("file tier: {}: {}", dir_, s.message());
+    }
+    if (s.is_ok()) publish();
+  }
+  ::flock(lock_fd_, LOCK_UN);
+  return map_.ino != stuck_ino;
+}
+
+void SharedIndex::publish() {
+  Roster old{}, r{};
+  r.magic = kRosterMagic;
+  r.version = kIndexVersion;
+  const int32_t me = ::getpid();
+  r.members[r.count++] = {me, map_.fd, process_start(me), map_.dev, map_.ino};
+  if (read_roster(dir_fd_, &old))
+    for (uint64_t i = 0; i < old.count && r.count < kMembers; ++i) {
+      const Member& x = old.members[i];
+      if (x.pid != me && x.dev == map_.dev && x.ino == map_.ino && !process_gone(x.pid, x.start))
+        r.members[r.count++] = x;
+    }
+  r.sum = roster_sum(r);
+  const int fd = open_private_file(dir_fd_, "INDEX.new", O_WRONLY | O_TRUNC);
+  const bool ok = fd >= 0 && ::pwrite(fd, &r, sizeof r, 0) == static_cast<ssize_t>(sizeof r);
+  if (fd >= 0) ::close(fd);
+  if (!ok || ::renameat(dir_fd_, "INDEX.new", dir_fd_, "INDEX") != 0)
+    log().warn("file tier: cannot write {}/INDEX: {}", dir_, std::strerror(errno));
+}
+
+void SharedIndex::opened() {
+  ::flock(lock_fd_, LOCK_UN);
+}
+
+// A member looks at the roster every kRosterCheckNs: deleted, truncated or scribbled, it is
+// written again; naming another index (made by a process that found no roster), this process
+// joins that one, so the namespace's processes never keep two indexes for long. Either costs at
+// most misses: every page read is checked against its checksum.
+void SharedIndex::check_roster() {
+  int64_t due = next_check_.load(std::memory_order_relaxed);
+  const int64_t now = now_ns();
+  if (now < due || !next_check_.compare_exchange_strong(due, now + kRosterCheckNs)) return;
+  std::unique_lock roster(roster_mu_, std::try_to_lock);
+  if (!roster.owns_lock()) return;                        // another thread of this process is at it
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) return;  // an open is under way: later
+  Roster r{};
+  const bool valid = read_roster(dir_fd_, &r);
+  bool listed = false, other = false;
+  for (uint64_t i = 0; valid && i < r.count; ++i) {
+    const Member& x = r.members[i];
+    listed |= x.pid == ::getpid() && x.dev == map_.dev && x.ino == map_.ino;
+    other |= x.dev != map_.dev || x.ino != map_.ino;
+  }
+  if (!listed) {
+    Map next;
+    if (other && join(&next)) {
+      log().warn("file tier: {}/INDEX names another index (it was replaced); joining that one",
+                 dir_);
+      std::unique_lock swap(swap_mu_);
+      unmap(map_);
+      map_ = next;
+    } else {
+      log().warn("file tier: {}/INDEX was missing or damaged; written again", dir_);
+    }
+    publish();
+  }
+  ::flock(lock_fd_, LOCK_UN);
+}
+
+bool SharedIndex::lock(int32_t* holder) {
+  IndexHeader& h = *map_.header;
+  // After a wait that timed out, the next ones are brief until the lock is had again: a holder
+  // that makes no progress costs one timeout, not one per call.
+  const int64_t wait = stalled_ ? std::min<int64_t>(timeout_ns_, 20'000'000) : timeout_ns_;
+  timespec deadline{};
+  clock_gettime(CLOCK_MONOTONIC, &deadline);
+  deadline.tv_sec += static_cast<time_t>((deadline.tv_nsec + wait) / 1'000'000'000);
+  deadline.tv_nsec = static_cast<long>((deadline.tv_nsec + wait) % 1'000'000'000);
+  const int rc = pthread_mutex_clocklock(&h.mu, CLOCK_MONOTONIC, &deadline);
+  if (rc == ETIMEDOUT) {
+    // The owner's thread id is in the lock word: the robust-futex protocol puts it there.
+    *holder =
+        static_cast<int32_t>(__atomic_load_n(&h.mu.__data.__lock, __ATOMIC_RELAXED) & 0x3fffffff);
+    if (!stalled_.exchange(true))
+      log().warn("file tier: the lock of {} is held by thread {} for over {} ms; calls fail", dir_,
+                 *holder, timeout_ns_ / 1'000'000);
+    return false;
+  }
+  stalled_ = false;
   if (rc == EOWNERDEAD) {
     // The last holder died (SIGKILL mid-mutation): the index may be half-updated. Rebuild it
     // from the records before anyone else sees it; a locker that dies during this rebuild
     // leaves the lock owner-dead again, so the next one starts over.
-    ++header_->recoveries;
+    ++h.recoveries;
     log().warn("file tier: a process died holding the namespace lock; rebuilding the index");
-    try {
-      if (recover_) recover_();
-    } catch (const std::exception& e) {  // the lock must not stay owner-dead with us alive
-      log().error("file tier: rebuilding the index failed: {}", e.what());
-    }
-    pthread_mutex_consistent(&header_->mu);
-    return;
+    repair();
+    pthread_mutex_consistent(&h.mu);
+    return true;
   }
-  // Only a holder that unlocks without marking the lock consistent leaves it unrecoverable,
-  // and no code here does that.
-  throw std::runtime_error("file tier: the namespace lock failed: " +
-                           std::string(std::strerror(rc)));
-}
-
-SharedIndex::Guard::Guard(SharedIndex& ix) : ix_(ix) {
-  ix_.lock();
-}
-SharedIndex::Guard::~Guard() {
-  pthread_mutex_unlock(&ix_.header_->mu);
-}
-
-bool SharedIndex::allocate(uint64_t off, uint64_t len) {
-  if (::fallocate(fd_, 0, static_cast<off_t>(off), static_cast<off_t>(len)) == 0) return true;
-  if (errno != EOPNOTSUPP) return false;
-  static const char zeros[65536] = {};
-  for (uint64_t done = 0; done < len;) {
-    const ssize_t n = ::pwrite(fd_, zeros, std::min<uint64_t>(sizeof zeros, len - done),
-                               static_cast<off_t>(off + done));
-    if (n <= 0) return false;
-    done += static_cast<uint64_t>(n);
+  if (rc != 0)  // only bytes written over the lock leave it unusable
+    throw std::runtime_error("file tier: the namespace lock failed: " +
+                             std::string(std::strerror(rc)));
+  if (!sane()) {
+    log().warn("file tier: the shared index of {} is damaged; rebuilding it", dir_);
+    repair();
   }
   return true;
 }
 
-uint32_t SharedIndex::find(KeyId id) const {
-  for (uint32_t e = table_[home(id)]; e != 0; e = nodes_[e - 1].hnext)
-    if (nodes_[e - 1].key() == id) return e - 1;
+void SharedIndex::repair() {
+  damaged_ = false;
+  try {
+    if (recover_) recover_(true);
+  } catch (const std::exception& e) {  // the lock must not stay owner-dead with us alive
+    log().error("file tier: rebuilding the index failed: {}", e.what());
+  }
+  damaged_ = false;
+}
+
+bool SharedIndex::sane() {
+  const IndexHeader& h = *map_.header;
+  const Map& m = map_;
+  auto node_ok = [&](uint32_t n) { return n == kNil || n < h.nodes_used; };
+  if (h.magic != kIndexMagic || h.version != kIndexVersion || h.capacity != m.capacity ||
+      h.max_nodes != m.max_nodes || h.table_size != m.table_size || h.nclasses > kMaxClasses ||
+      h.nodes_used > h.nodes_room || h.nodes_room > m.max_nodes || h.keys > h.nodes_used ||
+      h.reserved > h.nodes_used || !node_ok(h.lru_head) || !node_ok(h.lru_tail))
+    return false;
+  for (uint32_t c = 0; c < h.nclasses; ++c) {
+    const ClassInfo& k = h.classes[c];
+    if (k.slot_size < kPage || k.slot_size % kPage || k.used_slots > k.file_slots ||
+        !node_ok(k.free_head))
+      return false;
+  }
+  return true;
+}
+
+Node& SharedIndex::scratch_node() {
+  damaged_ = true;
+  scratch_node_ = Node{};
+  scratch_node_.prev = scratch_node_.next = kNil;
+  return scratch_node_;
+}
+
+ClassInfo& SharedIndex::scratch_class() {
+  damaged_ = true;
+  scratch_class_ = ClassInfo{kPage, 0, 0, kNil, 0};
+  return scratch_class_;
+}
+
+SharedIndex::Guard::Guard(SharedIndex& ix) : ix_(ix) {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    ix_.check_roster();
+    ix_.swap_mu_.lock_shared();
+    int32_t holder = 0;
+    const uint64_t ino = ix_.map_.ino;
+    try {
+      ok_ = ix_.lock(&holder);
+    } catch (...) {
+      ix_.swap_mu_.unlock_shared();
+      throw;
+    }
+    if (ok_) return;
+    ix_.swap_mu_.unlock_shared();
+    if (attempt || holder <= 0 || !process_stopped(holder)) break;
+    log().warn(
+        "file tier: thread {} stopped while holding the lock of {}; the index is made anew from "
+        "the records for the others",
+        holder, ix_.dir_);
+    if (!ix_.abandon(ino)) break;
+  }
+}
+SharedIndex::Guard::~Guard() {
+  if (!ok_) return;
+  if (ix_.damaged_) {  // a value out of range was met: nobody else meets it
+    log().warn("file tier: the shared index of {} is damaged; rebuilding it", ix_.dir_);
+    ix_.repair();
+  }
+  pthread_mutex_unlock(&ix_.map_.header->mu);
+  ix_.swap_mu_.unlock_shared();
+}
+
+bool SharedIndex::allocate(uint64_t off, uint64_t len) {
+  return ::fallocate(map_.fd, 0, static_cast<off_t>(off), static_cast<off_t>(len)) == 0;
+}
+
+// The chains, the LRU and the free lists come from shared memory: each link is checked
+// (node() reads an out-of-range one as a scratch node and marks the index damaged) and each
+// walk is bounded by the number of nodes, so a loop written into them ends too.
+uint32_t SharedIndex::find(KeyId id) {
+  uint64_t steps = 0;
+  for (uint32_t e = map_.table[home(id)]; e != 0; e = node(e - 1).hnext) {
+    if (e - 1 >= map_.max_nodes || ++steps > map_.max_nodes) {
+      damaged_ = true;
+      return kNil;
+    }
+    if (map_.nodes[e - 1].key() == id) return e - 1;
+  }
   return kNil;
 }
 
 void SharedIndex::insert(uint32_t n) {
-  uint32_t& head = table_[home(nodes_[n].key())];
-  nodes_[n].hnext = head;
+  Node& x = node(n);
+  uint32_t& head = map_.table[home(x.key())];
+  x.hnext = head;
   head = n + 1;
 }
 
 void SharedIndex::erase(uint32_t n) {
-  for (uint32_t* e = &table_[home(nodes_[n].key())]; *e != 0; e = &nodes_[*e - 1].hnext)
-    if (*e == n + 1) {
-      *e = nodes_[n].hnext;
-      nodes_[n].hnext = 0;
+  Node& x = node(n);
+  uint64_t steps = 0;
+  for (uint32_t* e = &map_.table[home(x.key())]; *e != 0; e = &node(*e - 1).hnext) {
+    if (++steps > map_.max_nodes) {
+      damaged_ = true;
       return;
     }
+    if (*e == n + 1) {
+      *e = x.hnext;
+      x.hnext = 0;
+      return;
+    }
+  }
 }
 
 void SharedIndex::lru_push_front(uint32_t n) {
-  IndexHeader& h = *header_;
-  nodes_[n].prev = kNil;
-  nodes_[n].next = h.lru_head;
-  if (h.lru_head != kNil) nodes_[h.lru_head].prev = n;
+  IndexHeader& h = *map_.header;
+  Node& x = node(n);
+  x.prev = kNil;
+  x.next = h.lru_head;
+  if (h.lru_head != kNil) node(h.lru_head).prev = n;
   h.lru_head = n;
   if (h.lru_tail == kNil) h.lru_tail = n;
 }
 
 void SharedIndex::lru_unlink(uint32_t n) {
-  IndexHeader& h = *header_;
-  Node& x = nodes_[n];
-  (x.prev != kNil ? nodes_[x.prev].next : h.lru_head) = x.next;
-  (x.next != kNil ? nodes_[x.next].prev : h.lru_tail) = x.prev;
+  IndexHeader& h = *map_.header;
+  Node& x = node(n);
+  (x.prev != kNil ? node(x.prev).next : h.lru_head) = x.next;
+  (x.next != kNil ? node(x.next).prev : h.lru_tail) = x.prev;
   x.prev = x.next = kNil;
 }
 
 void SharedIndex::touch(uint32_t n) {
-  if (header_->lru_head == n) return;
+  if (map_.header->lru_head == n) return;
   lru_unlink(n);
   lru_push_front(n);
 }
 
 void SharedIndex::push_free(uint32_t n) {
-  Node& x = nodes_[n];
-  ClassInfo& c = header_->classes[x.cls];
+  Node& x = node(n);
+  ClassInfo& c = klass(x.cls);
   x.state = kFree;
   x.owner = 0;
   x.owner_start = 0;
@@ -253,44 +586,53 @@ void SharedIndex::push_free(uint32_t n) {
 }
 
 uint32_t SharedIndex::pop_free(uint32_t cls) {
-  ClassInfo& c = header_->classes[cls];
+  ClassInfo& c = klass(cls);
   const uint32_t n = c.free_head;
-  if (n != kNil) c.free_head = nodes_[n].next;
+  if (n == kNil) return kNil;
+  if (n >= map_.max_nodes || node(n).state != kFree) {  // a free list through used nodes
+    damaged_ = true;
+    c.free_head = kNil;
+    return kNil;
+  }
+  c.free_head = node(n).next;
   return n;
 }
 
 uint32_t SharedIndex::new_node() {
-  IndexHeader& h = *header_;
-  if (h.nodes_used >= h.max_nodes) return kNil;
+  IndexHeader& h = *map_.header;
+  if (h.nodes_used >= map_.max_nodes) return kNil;
   if (h.nodes_used == h.nodes_room) {
-    const uint64_t more = std::min(kNodeChunk, h.max_nodes - h.nodes_room);
-    if (!allocate(nodes_off_ + h.nodes_room * sizeof(Node), more * sizeof(Node))) return kNil;
+    const uint64_t more = std::min(kNodeChunk, map_.max_nodes - h.nodes_room);
+    if (!allocate(map_.nodes_off + h.nodes_room * sizeof(Node), more * sizeof(Node))) return kNil;
     h.nodes_room += more;
   }
   const auto n = static_cast<uint32_t>(h.nodes_used++);
-  std::memset(&nodes_[n], 0, sizeof(Node));
+  std::memset(&map_.nodes[n], 0, sizeof(Node));
   return n;
 }
 
 uint32_t SharedIndex::class_of(uint64_t slot_size) {
-  IndexHeader& h = *header_;
-  for (uint32_t c = 0; c < h.nclasses; ++c)
+  IndexHeader& h = *map_.header;
+  const uint32_t classes = std::min(h.nclasses, kMaxClasses);
+  for (uint32_t c = 0; c < classes; ++c)
     if (h.classes[c].slot_size == slot_size) return c;
-  if (h.nclasses == kMaxClasses) return kNil;
-  h.classes[h.nclasses] = {slot_size, 0, 0, kNil, 0};
-  return h.nclasses++;
+  if (classes == kMaxClasses) return kNil;
+  h.classes[classes] = {slot_size, 0, 0, kNil, 0};
+  h.nclasses = classes + 1;
+  return classes;
 }
 
 void SharedIndex::reset(bool table_trusted) {
-  IndexHeader& h = *header_;
+  IndexHeader& h = *map_.header;
   if (table_trusted) {
     // Every chain holds nodes in use, all with the chain's home: only those heads are set.
-    for (uint64_t n = 0; n < h.nodes_used; ++n)
-      if (nodes_[n].state != kFree) table_[home(nodes_[n].key())] = 0;
+    for (uint64_t n = 0; n < std::min(h.nodes_used, map_.max_nodes); ++n)
+      if (map_.nodes[n].state != kFree) map_.table[home(map_.nodes[n].key())] = 0;
   } else {
-    std::memset(table_, 0, h_table_size_ * sizeof(uint32_t));
+    std::memset(map_.table, 0, map_.table_size * sizeof(uint32_t));
   }
   h.live_bytes = h.keys = h.reserved = h.nodes_used = 0;
+  h.nodes_room = std::min(h.nodes_room, map_.max_nodes);
   h.clearing = 0;
   h.clearing_start = 0;
   h.lru_head = h.lru_tail = kNil;

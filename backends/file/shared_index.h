@@ -1,17 +1,29 @@
-// The page index every process on a namespace shares: a memory-mapped file ("INDEX" in the
-// namespace folder) holding a header with the geometry and a process-shared robust mutex, one
-// node per slot of the page files (key, length, checksum, sequence number, state, owner), an
-// LRU list, per-class free lists and hash chains from key to node threaded through the nodes,
-// and the chains' heads. Everything in it is touched only under the mutex, held briefly and never
-// across page I/O. The on-disk records stay the durable truth: the index is rebuilt from them
-// by the first process to open the namespace, and by the next locker when a holder died.
+// The page index every process on a namespace shares: a header with the geometry and a
+// process-shared robust mutex, one node per slot of the page files (key, length, checksum,
+// sequence number, state, owner), an LRU list, per-class free lists and hash chains from key to
+// node threaded through the nodes, and the chains' heads. Everything in it is touched only under
+// the mutex, held briefly and never across page I/O. The on-disk records stay the durable truth:
+// the index is rebuilt from them by the first process to open the namespace, by the next locker
+// when a holder died, and by whoever finds it damaged.
+//
+// The index is not a file in the folder: a careless neighbour could truncate one under the
+// processes that map it (SIGBUS in each of them). It is a memfd sealed against shrinking and
+// growing, reached by the processes that join it through /proc/<pid>/fd of a member; "INDEX" in
+// the folder only names its members (the roster). A roster that is missing, damaged or names no
+// live member is rewritten by the members, and one that names another index makes them join it;
+// every value read from the index itself is bounds-checked before it is used as a node, a class
+// or a count.
 #pragma once
 
 #include <pthread.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 
 #include "keys.h"
@@ -54,13 +66,13 @@ struct ClassInfo {
 
 struct IndexHeader {
   uint32_t magic, version;
-  uint64_t capacity, max_nodes, table_size;  // geometry, fixed when the file is made
+  uint64_t capacity, max_nodes, table_size;  // geometry, fixed when the index is made
   pthread_mutex_t mu;                        // process-shared, robust
   uint64_t seq;                              // next sequence number
   uint64_t live_bytes;                       // slots held by pages and by writes in flight
   uint64_t keys, reserved;                   // live and reserved nodes
   uint64_t nodes_used;                       // nodes handed out so far (a bump allocator)
-  uint64_t nodes_room;                       // nodes the file has blocks for
+  uint64_t nodes_room;                       // nodes the memfd has memory for
   uint64_t evictions, errors, recoveries;
   int32_t clearing;         // pid of a clear() waiting for writes in flight; 0: none
   uint64_t clearing_start;  // and its start time
@@ -69,72 +81,118 @@ struct IndexHeader {
   ClassInfo classes[kMaxClasses];
 };
 
+struct Member;  // of the roster
+
 class SharedIndex {
  public:
-  // Maps `name` in the folder `dir_fd`. Opens are serialised by a flock on the file; an open
-  // that finds no other process on the namespace (no shared flock on `LOCK`) makes the index
-  // anew (sized for `capacity`) and sets *fresh: the caller then fills it from the records.
-  // Later opens use the geometry the first one made (the namespace's capacity).
-  static Status open(int dir_fd, const std::string& dir, uint64_t capacity, bool* fresh,
-                     std::unique_ptr<SharedIndex>* out);
+  // Joins the index of the namespace in the folder `dir_fd` (a live member's, as "INDEX" names
+  // it) or, when there is none, makes one sized for `capacity` and sets *fresh: the caller then
+  // fills it from the records. Opens are serialised by a flock on the folder, held until
+  // opened(). Later opens use the geometry the first one made (the namespace's capacity).
+  // A lock held by another process longer than `timeout_ms` fails the call that waits for it.
+  static Status open(int dir_fd, const std::string& dir, uint64_t capacity, uint64_t timeout_ms,
+                     bool* fresh, std::unique_ptr<SharedIndex>* out);
   ~SharedIndex();
   SharedIndex(const SharedIndex&) = delete;
   SharedIndex& operator=(const SharedIndex&) = delete;
 
-  // Called under the lock when a locker finds its last holder died holding it (EOWNERDEAD):
-  // it must rebuild the index, which may be half-updated, from the records.
-  void set_recovery(std::function<void()> recover) { recover_ = std::move(recover); }
-  // Ends the initial open (releases the open flock); after the caller filled a fresh index.
+  // Rebuilds the index from the records: under the lock when a locker finds its last holder
+  // died holding it (EOWNERDEAD) or finds the index damaged (keep_writes: slots reserved by live
+  // writers stay theirs), and for an index made anew (keep_writes false).
+  void set_recovery(std::function<void(bool keep_writes)> recover) {
+    recover_ = std::move(recover);
+  }
+  // Ends the initial open (releases the folder's flock); after the caller filled a fresh index.
   void opened();
-  int fd() const { return fd_; }  // the INDEX file
 
+  // Holds the lock, if ok(): a lock that another process held for the whole timeout is not
+  // taken (the caller fails its keys with KVTIER_ERR_TIMEOUT or answers a miss). If that
+  // process is stopped (a debugger, Ctrl-Z), the index is first made anew from the records and
+  // published, so the others go on without it; it joins the new one when it resumes.
   class Guard {
    public:
     explicit Guard(SharedIndex& ix);
     ~Guard();
     Guard(const Guard&) = delete;
     Guard& operator=(const Guard&) = delete;
+    bool ok() const { return ok_; }
 
    private:
     SharedIndex& ix_;
+    bool ok_ = false;
   };
+  int64_t timeout_ns() const { return timeout_ns_; }
 
-  // All below: REQUIRES a Guard.
-  IndexHeader& h() { return *header_; }
-  Node& node(uint32_t n) { return nodes_[n]; }
-  uint32_t find(KeyId id) const;  // the node holding id (live or reserved), or kNil
-  void insert(uint32_t n);        // maps node n's key to n; the key is not mapped yet
-  void erase(uint32_t n);         // unmaps node n's key
+  // All below: REQUIRES a Guard. A node or class number out of range (a damaged index) reads as
+  // a scratch entry and marks the index damaged: the Guard rebuilds it before it unlocks.
+  IndexHeader& h() { return *map_.header; }
+  Node& node(uint32_t n) { return n < map_.max_nodes ? map_.nodes[n] : scratch_node(); }
+  ClassInfo& klass(uint32_t c) {
+    return c < std::min(map_.header->nclasses, kMaxClasses) ? map_.header->classes[c]
+                                                            : scratch_class();
+  }
+  uint64_t max_nodes() const { return map_.max_nodes; }
+  void mark_damaged() { damaged_ = true; }
+  uint32_t find(KeyId id);  // the node holding id (live or reserved), or kNil
+  void insert(uint32_t n);  // maps node n's key to n; the key is not mapped yet
+  void erase(uint32_t n);   // unmaps node n's key
   void lru_push_front(uint32_t n);
   void lru_unlink(uint32_t n);
   void touch(uint32_t n);  // most recently used
   void push_free(uint32_t n);
   uint32_t pop_free(uint32_t cls);  // kNil when the class has no free node
-  // A node never used, or kNil when all are handed out or the disk has no room for more.
+  // A node never used, or kNil when all are handed out or there is no memory for more.
   uint32_t new_node();
   // The class of `slot_size`, added when new; kNil when kMaxClasses are in use.
   uint32_t class_of(uint64_t slot_size);
   // Empties the whole index: no nodes, keys or classes (the header's geometry stays). With
-  // !table_trusted (a holder died mid-update) the whole table is zeroed, else only the
-  // entries of nodes in use.
+  // !table_trusted (a holder died mid-update, or damage) the whole table is zeroed, else only
+  // the entries of nodes in use.
   void reset(bool table_trusted);
 
  private:
+  // One mapping of one index (a process maps another one when the roster names another).
+  struct Map {
+    int fd = -1;  // the memfd
+    void* base = nullptr;
+    size_t len = 0;
+    uint64_t dev = 0, ino = 0;
+    IndexHeader* header = nullptr;
+    Node* nodes = nullptr;
+    uint32_t* table = nullptr;  // the first node (+1) of each hash chain; 0: empty
+    uint64_t table_size = 0, max_nodes = 0, nodes_off = 0, capacity = 0;
+  };
   SharedIndex() = default;
-  void lock();
-  size_t home(KeyId id) const { return (id.lo ^ (id.hi >> 7)) & (h_table_size_ - 1); }
-  bool allocate(uint64_t off, uint64_t len);  // blocks for that range of the file
+  static void unmap(Map& m);
+  Status create(uint64_t capacity, Map* m);  // a new, sealed index
+  bool attach(const Member& who, Map* m);    // a member's index, if it is one
+  bool join(Map* m, uint64_t skip_ino = 0);  // the index the roster names (not skip_ino), if any
+  bool abandon(uint64_t stuck_ino);          // maps a new index in place of a stuck one
+  void publish();                            // the roster: this process and its index's members
+  void check_roster();                       // now and then: rejoin or republish
+  bool lock(int32_t* holder);  // false at the deadline, *holder then the thread that holds it
+  void repair();               // rebuilds the index from the records (recover_), under the lock
+  bool sane();                 // the header's values are in range (else the index is rebuilt)
+  size_t home(KeyId id) const { return (id.lo ^ (id.hi >> 7)) & (map_.table_size - 1); }
+  bool allocate(uint64_t off, uint64_t len);  // memory for that range of the index
+  Node& scratch_node();
+  ClassInfo& scratch_class();
 
-  int fd_ = -1;
-  int users_fd_ = -1;  // LOCK: a shared flock held while open
-  void* map_ = nullptr;
-  size_t map_len_ = 0;
-  IndexHeader* header_ = nullptr;
-  Node* nodes_ = nullptr;
-  uint32_t* table_ = nullptr;  // the first node (+1) of each hash chain; 0: empty
-  uint64_t h_table_size_ = 0;
-  uint64_t nodes_off_ = 0;  // in the file
-  std::function<void()> recover_;
+  int dir_fd_ = -1;   // the namespace folder (O_PATH, the caller's)
+  int lock_fd_ = -1;  // the same folder, readable: opens flock it
+  std::string dir_;
+  Map map_;
+  std::shared_mutex swap_mu_;  // shared by a Guard; exclusive to map another index
+  // One thread of this process at a time reads the roster or maps another index (the folder's
+  // flock is this process's as a whole, not a thread's).
+  std::mutex roster_mu_;
+  std::atomic<int64_t> next_check_{0};  // steady-clock ns of the next roster check
+  bool damaged_ = false;                // a value out of range met under the lock
+  Node scratch_node_{};
+  ClassInfo scratch_class_{};
+  int64_t timeout_ns_ = 0;
+  std::atomic<bool> stalled_{false};  // the last wait timed out: the next ones wait briefly
+  std::function<void(bool)> recover_;
 };
 
 // The start time of process `pid` (clock ticks after boot), 0 if it is gone or a zombie.
@@ -142,6 +200,13 @@ uint64_t process_start(int32_t pid);
 // Whether process `pid`, started at `start`, is gone (what it reserved can be taken back).
 inline bool process_gone(int32_t pid, uint64_t start) {
   return pid <= 0 || process_start(pid) != start;
+}
+// Whether process or thread `id` is stopped (SIGSTOP, Ctrl-Z, a debugger): it makes no progress
+// until someone resumes it.
+bool process_stopped(int32_t id);
+// Gone or stopped: a write it reserved, or a clear it began, is not waited for.
+inline bool process_stalled(int32_t pid, uint64_t start) {
+  return process_gone(pid, start) || process_stopped(pid);
 }
 
 }  // namespace kvtier

@@ -15,7 +15,7 @@ namespace kvtier {
 
 PageFiles::ClassFiles PageFiles::files_of_class(uint32_t cls) {
   ClassFiles f;
-  Status s = files_of(index_->h().classes[cls].slot_size, &f);
+  Status s = files_of(index_->klass(cls).slot_size, &f);
   if (!s.is_ok()) log().warn("file tier: {}", s.message());
   return f;
 }
@@ -37,7 +37,7 @@ void PageFiles::release(uint32_t n) {
   }
   if (x.state != kFree) {
     ix.erase(n);
-    h.live_bytes -= h.classes[x.cls].slot_size;
+    h.live_bytes -= std::min(h.live_bytes, ix.klass(x.cls).slot_size);
   }
   ix.push_free(n);
 }
@@ -48,7 +48,9 @@ void PageFiles::evict_one() {
 }
 
 bool PageFiles::evict_from_class(uint32_t cls) {
-  for (uint32_t n = index_->h().lru_tail; n != kNil; n = index_->node(n).prev) {
+  uint64_t steps = 0;  // bounded: the list is in shared memory
+  for (uint32_t n = index_->h().lru_tail; n != kNil && ++steps <= index_->max_nodes();
+       n = index_->node(n).prev) {
     if (index_->node(n).cls != cls) continue;
     release(n);
     ++index_->h().evictions;
@@ -61,14 +63,14 @@ void PageFiles::reclaim_dead() {
   IndexHeader& h = index_->h();
   for (uint64_t n = 0; n < h.nodes_used && h.reserved; ++n) {
     const Node& x = index_->node(static_cast<uint32_t>(n));
-    if (x.state == kReserved && x.owner != pid_ && process_gone(x.owner, x.owner_start))
+    if (x.state == kReserved && x.owner != pid_ && process_stalled(x.owner, x.owner_start))
       release(static_cast<uint32_t>(n));
   }
 }
 
 int PageFiles::grow(uint32_t cls) {
   IndexHeader& h = index_->h();
-  ClassInfo& c = h.classes[cls];
+  ClassInfo& c = index_->klass(cls);
   const ClassFiles f = files_of_class(cls);
   if (f.fd < 0) return KVTIER_ERR_IO;
   // Disk follows the bytes stored: a class's files grow by what they hold already (doubling
@@ -77,7 +79,7 @@ int PageFiles::grow(uint32_t cls) {
   // this class's least recently used page gives up its slot, or the files grow by one slot.
   uint64_t files = 0;
   for (uint32_t k = 0; k < h.nclasses; ++k)
-    files += h.classes[k].file_slots * h.classes[k].slot_size;
+    files += index_->klass(k).file_slots * index_->klass(k).slot_size;
   if (files + c.slot_size > h.capacity && evict_from_class(cls)) return KVTIER_OK;
   uint64_t step = std::min({kGrowBytes, h.capacity / 16, c.file_slots * c.slot_size,
                             h.capacity > files ? h.capacity - files : 0});
@@ -118,9 +120,11 @@ int PageFiles::grow(uint32_t cls) {
 int PageFiles::reserve(uint32_t cls, uint32_t* node) {
   SharedIndex& ix = *index_;
   IndexHeader& h = ix.h();
-  ClassInfo& c = h.classes[cls];
+  ClassInfo& c = ix.klass(cls);
   if (c.slot_size > h.capacity) return KVTIER_ERR_NO_SPACE;
-  while (h.live_bytes + c.slot_size > h.capacity && h.lru_tail != kNil) evict_one();
+  for (uint64_t k = 0;
+       h.live_bytes + c.slot_size > h.capacity && h.lru_tail != kNil && k < ix.max_nodes(); ++k)
+    evict_one();
   if (h.live_bytes + c.slot_size > h.capacity) reclaim_dead();
   if (h.live_bytes + c.slot_size > h.capacity) return KVTIER_ERR_NO_SPACE;  // all in flight
   uint32_t n = ix.pop_free(cls);

@@ -1,5 +1,7 @@
 #include "uring.h"
 
+#include <signal.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -24,7 +26,7 @@ Status Faults::parse(const char* text, std::unique_ptr<Faults>* out) {
         used != static_cast<int>(rule.size()) || every == 0)
       return {KVTIER_ERR_CONFIG, "KVTIER_TEST_FILE_FAULTS: bad rule '" + rule +
                                      "' (want op:N:kind, op read|write|sync, kind "
-                                     "eio|enospc|short, or commit:N:kill)"};
+                                     "eio|enospc|short, sync:N:stop, or commit:N:kill|stop)"};
     const std::string o(op), k(kind);
     const int which = o == "read"     ? kRead
                       : o == "write"  ? kWrite
@@ -35,9 +37,11 @@ Status Faults::parse(const char* text, std::unique_ptr<Faults>* out) {
                      : k == "enospc" ? -ENOSPC
                      : k == "short"  ? 1
                      : k == "kill"   ? 2
+                     : k == "stop"   ? 3
                                      : 0;
-    if (which < 0 || code == 0 || (which == kSync && code == 1) ||
-        ((which == kCommit) != (code == 2)))
+    // "stop": the process stops itself (SIGSTOP) there, as a debugger or Ctrl-Z would.
+    if (which < 0 || code == 0 || (which == kSync && (code == 1 || code == 2)) ||
+        (which == kCommit && code != 2 && code != 3) || (code == 3 && which < kSync))
       return {KVTIER_ERR_CONFIG, "KVTIER_TEST_FILE_FAULTS: bad rule '" + rule + "'"};
     auto r = std::make_unique<Rule>();
     r->every = every;
@@ -63,13 +67,19 @@ int Faults::on_complete(Op op, int res) {
 
 bool Faults::on_commit() {
   for (auto& r : rules_[kCommit])
-    if (r->fires()) return true;
+    if (r->fires()) {
+      if (r->kind == 3) ::raise(SIGSTOP);
+      return r->kind == 2;
+    }
   return false;
 }
 
 int Faults::on_sync() {
   for (auto& r : rules_[kSync])
-    if (r->fires()) return r->kind;
+    if (r->fires()) {
+      if (r->kind != 3) return r->kind;
+      ::raise(SIGSTOP);
+    }
   return 0;
 }
 

@@ -39,7 +39,11 @@ class Faults {
     uint64_t every = 0;
     int kind = 0;  // -errno, or 1: short
     std::atomic<uint64_t> count{0};
-    bool fires() { return (count.fetch_add(1) + 1) % every == 0; }
+    // Every `every`th time; a stop (kind 3) only the first time, so that one SIGCONT resumes it.
+    bool fires() {
+      const uint64_t n = count.fetch_add(1) + 1;
+      return kind == 3 ? n == every : n % every == 0;
+    }
   };
   std::vector<std::unique_ptr<Rule>> rules_[kOps];
 };

@@ -264,7 +264,7 @@ void MemoryTier::remove(std::span<const KeyId> ids, std::span<int> results) {
   free_all(to_free);
 }
 
-void MemoryTier::clear() {
+Status MemoryTier::clear() {
   std::vector<std::byte*> to_free;
   {
     std::lock_guard lock(mu_);
@@ -272,6 +272,7 @@ void MemoryTier::clear() {
     leaving_.clear();  // demote() still holds their pins
   }
   free_all(to_free);
+  return {};
 }
 
 TierStats MemoryTier::stats() const {

@@ -29,7 +29,7 @@ class MemoryTier final : public Tier {
   void get(std::span<GetOp> ops) override;
   void exists(std::span<const KeyId> ids, std::span<uint8_t> present) override;
   void remove(std::span<const KeyId> ids, std::span<int> results) override;
-  void clear() override;
+  Status clear() override;
   TierStats stats() const override;
   void set_eviction_sink(EvictionSink sink) override;
   size_t flush(std::chrono::steady_clock::time_point deadline) override;

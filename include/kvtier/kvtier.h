@@ -91,7 +91,7 @@ KVTIER_API const char* kvtier_version_string(void);
 #define KVTIER_ERR_IO -9               /* an I/O error in a tier */
 #define KVTIER_ERR_CORRUPT -10         /* stored bytes failed their checksum */
 #define KVTIER_ERR_UNAVAILABLE -11     /* a remote server cannot be reached */
-#define KVTIER_ERR_TIMEOUT -12         /* a remote server did not answer in time */
+#define KVTIER_ERR_TIMEOUT -12         /* a server, or a process sharing the file tier, too slow */
 #define KVTIER_ERR_NO_MEMORY -13       /* the library could not allocate */
 #define KVTIER_ERR_UNSUPPORTED -14     /* not built in, or not possible with this tier */
 #define KVTIER_ERR_NO_LAYOUT -15       /* a slot call before kvtier_register_layout() */
@@ -181,7 +181,9 @@ KVTIER_API int kvtier_batch_remove(kvtier_store_t* store, const char* const* key
 KVTIER_API int kvtier_batch_exists_each(kvtier_store_t* store, const char* const* keys, size_t n,
                                         int* present);
 
-/* Drops every key of this store's namespace from every tier. */
+/* Drops every key of this store's namespace from every tier.
+ * @return : 0, or KVTIER_ERR_TIMEOUT when another process on the file tier's folder held its
+ *           lock, or writes in flight there did not end, within KVTIER_FILE_LOCK_TIMEOUT_MS. */
 KVTIER_API int kvtier_clear(kvtier_store_t* store);
 
 /* *json : a NUL-terminated JSON object with, per tier, keys, bytes, capacity, hits, misses,

@@ -123,9 +123,10 @@ class RemoteTier final : public Tier {
     }
   }
 
-  void clear() override {
+  Status clear() override {
     for (auto& s : *placement_.live())
       pool_.exchange(*s, wire::kClear, {}, [](int, wire::Reader&) { return Status{}; });
+    return {};
   }
 
   TierStats stats() const override {
