@@ -7,7 +7,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liburing-dev libibverbs-dev librdmacm-dev libxxhash-dev
       libzstd-dev libspdlog-dev libcurl4-openssl-dev nlohmann-json3-dev libcpp-httplib-dev
-      fio iperf3)
+      libssl-dev fio iperf3)
 if [ "${1:-}" != "bench" ]; then
   pkgs+=(libgtest-dev libgmock-dev python3 python3-pytest python3-numpy python3-torch
          etcd-server etcd-client)

@@ -54,10 +54,15 @@ struct Config {
   // The remote tier's (backends/remote/client/remote_tier.cpp).
   // KVTIER_REMOTE_SERVERS: kvtier-server addresses, host:port,... (keys spread by hashing).
   std::vector<std::string> remote_servers{"127.0.0.1:7471"};
-  // KVTIER_REMOTE_ETCD: etcd endpoints, host:port,... When set, the servers are the live members
+  // KVTIER_REMOTE_ETCD: etcd endpoints, host:port (http) or http(s)://host:port,... When set, the servers are the live members
   // of KVTIER_REMOTE_CLUSTER registered there, followed as they join and leave, and
   // KVTIER_REMOTE_SERVERS is not used.
   std::vector<std::string> remote_etcd;
+  // KVTIER_REMOTE_ETCD_USER, _PASSWORD: etcd's user authentication (empty: none).
+  std::string remote_etcd_user, remote_etcd_password;
+  // KVTIER_REMOTE_ETCD_CA_FILE: the CA an https:// etcd's certificate is checked against (empty:
+  // the system's); KVTIER_REMOTE_ETCD_CERT_FILE, _KEY_FILE: a client certificate (PEM).
+  std::string remote_etcd_ca_file, remote_etcd_cert_file, remote_etcd_key_file;
   // KVTIER_REMOTE_CLUSTER: the cluster's name in etcd (1..64 of [A-Za-z0-9_.-]).
   std::string remote_cluster = "default";
   // KVTIER_REMOTE_TRANSPORT: auto (RDMA when a device is present) | rdma | tcp.

@@ -104,6 +104,22 @@ bool parse_address_list(const std::string& text, std::vector<std::string>* out) 
   return true;
 }
 
+bool parse_url_list(const std::string& text, std::vector<std::string>* out) {
+  std::vector<std::string> list;
+  std::stringstream ss(text);
+  for (std::string item; std::getline(ss, item, ',');) {
+    item = trim(item);
+    std::string_view rest = item;
+    for (std::string_view scheme : {"http://", "https://"})
+      if (rest.substr(0, scheme.size()) == scheme) rest.remove_prefix(scheme.size());
+    if (!valid_host_port(std::string(rest))) return false;
+    list.push_back(item);
+  }
+  if (list.empty()) return false;
+  *out = std::move(list);
+  return true;
+}
+
 bool valid_cluster_name(const std::string& name) {
   return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char ch) {
     return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' || ch == '-';

@@ -45,6 +45,8 @@ bool valid_host_port(const std::string& text);
 // "host:port,host:port" (spaces around items allowed) -> the list; false when an item is not
 // host:port or the list is empty (then *out is unchanged).
 bool parse_address_list(const std::string& text, std::vector<std::string>* out);
+// The same with each item host:port, http://host:port or https://host:port (etcd's endpoints).
+bool parse_url_list(const std::string& text, std::vector<std::string>* out);
 // A cluster name: 1..64 of [A-Za-z0-9_.-] (it becomes part of etcd keys).
 bool valid_cluster_name(const std::string& name);
 constexpr size_t kMaxTokenBytes = 256;       // a HELLO token's limit (protocol.h's kMaxToken)
@@ -182,6 +184,13 @@ Option<T> address_list_option(std::string name, std::string flag,
   static_assert(std::is_base_of_v<C, T>);
   return {std::move(name), std::move(flag), "a comma list of host:port",
           [field](T& t, const std::string& v) { return parse_address_list(v, &(t.*field)); }};
+}
+
+template <class T, class C>
+Option<T> url_list_option(std::string name, std::string flag, std::vector<std::string> C::*field) {
+  static_assert(std::is_base_of_v<C, T>);
+  return {std::move(name), std::move(flag), "a comma list of host:port, http:// or https://",
+          [field](T& t, const std::string& v) { return parse_url_list(v, &(t.*field)); }};
 }
 
 }  // namespace kvtier

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <deque>
@@ -17,11 +18,13 @@
 #include <thread>
 
 #include "etcd_process.h"
+#include "raw_client.h"
 #include "server_process.h"
 #include "test_util.h"
 
 namespace {
 
+using kvtier_test::Ctl;
 using kvtier_test::EtcdProcess;
 using kvtier_test::ServerProcess;
 using std::chrono::milliseconds;
@@ -373,6 +376,383 @@ TEST_F(Cluster, OpensWhileEtcdIsDown) {
   }
   ASSERT_TRUE(stored) << "the client never picked up the server after etcd came back";
   EXPECT_TRUE(Workload::read_and_check(s, {{key, value, 0}}).empty());
+  kvtier_close(s);
+}
+
+// ---- issue 26: who is a member --------------------------------------------------------------
+
+// Random bytes in a page of `n` (the rogue's forgeries).
+std::vector<uint8_t> forged_page(size_t n) {
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) b = static_cast<uint8_t>(kvtier_test::rng()());
+  return v;
+}
+
+// A rogue member: a TCP listener that someone who can write to etcd registered, answering like a
+// kvtier-server that has no token: the handshake (proved with the empty key), PUT acknowledged,
+// EXISTS all present, GET answered with forged pages (their checksums right). It records every
+// byte it receives and the requests that came after a handshake.
+class Rogue {
+ public:
+  Rogue() {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    EXPECT_EQ(bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(listen(listen_fd_, 64), 0);
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+  ~Rogue() {
+    stop_ = true;
+    shutdown(listen_fd_, SHUT_RDWR);
+    acceptor_.join();
+    for (auto& t : conns_) t.join();
+    close(listen_fd_);
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  size_t requests() const { return requests_.load(); }  // frames other than HELLO
+  size_t pages_in() const { return pages_in_.load(); }
+  size_t pages_out() const { return pages_out_.load(); }
+  bool received(const std::string& what) {
+    std::lock_guard lock(mu_);
+    return std::search(bytes_.begin(), bytes_.end(), what.begin(), what.end()) != bytes_.end();
+  }
+
+ private:
+  void accept_loop() {
+    for (;;) {
+      const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) return;
+      timeval tv{0, 200000};
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      conns_.emplace_back([this, fd] { serve(fd); });
+    }
+  }
+  bool read_n(int fd, void* buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+      const ssize_t r = recv(fd, static_cast<char*>(buf) + got, n - got, 0);
+      if (r > 0) {
+        std::lock_guard lock(mu_);
+        bytes_.insert(bytes_.end(), static_cast<char*>(buf) + got, static_cast<char*>(buf) + got + r);
+        got += static_cast<size_t>(r);
+      } else if (r < 0 && (errno == EAGAIN || errno == EINTR) && !stop_) {
+        continue;
+      } else {
+        return false;
+      }
+    }
+    return true;
+  }
+  void reply(int fd, uint16_t type, const std::vector<uint8_t>& payload,
+             const std::vector<uint8_t>& bulk = {}) {
+    std::vector<uint8_t> f = Ctl::frame(type, payload);
+    f.insert(f.end(), bulk.begin(), bulk.end());
+    send(fd, f.data(), f.size(), MSG_NOSIGNAL);
+  }
+  void serve(int fd) {
+    std::vector<uint8_t> client_nonce;
+    for (;;) {
+      uint8_t h[16];
+      if (!read_n(fd, h, 16)) break;
+      const uint16_t type = static_cast<uint16_t>(h[6] | (h[7] << 8));
+      const uint32_t len = static_cast<uint32_t>(Ctl::get({h, h + 16}, 8, 4));
+      if (len > (1u << 20)) break;
+      std::vector<uint8_t> p(len);
+      if (len && !read_n(fd, p.data(), len)) break;
+      if (type == 1) {
+        std::vector<uint8_t> out;
+        if (len == 32 && client_nonce.empty()) {  // the handshake: proved with no token
+          client_nonce = p;
+          const std::vector<uint8_t> mine = forged_page(32);
+          std::vector<uint8_t> id;
+          Ctl::put(id, 0x0BAD, 8);
+          out = mine;
+          out.insert(out.end(), id.begin(), id.end());
+          const auto proof = kvtier_test::hello_proof("", "kvtier server", client_nonce, mine, id);
+          out.insert(out.end(), proof.begin(), proof.end());
+        } else if (len != 40) {
+          Ctl::put(out, 0x0BAD, 8);  // a HELLO of the protocol before proofs: its boot id
+        }
+        reply(fd, 1 | 0x80, out);
+        continue;
+      }
+      ++requests_;
+      const uint32_t n = static_cast<uint32_t>(Ctl::get(p, 0, 4));
+      std::vector<uint8_t> out;
+      Ctl::put(out, n, 4);
+      if (type == 2) {  // EXISTS: all of them
+        out.insert(out.end(), n, 1);
+        reply(fd, type | 0x80, out);
+      } else if (type == 3) {  // PUT: take the bytes, acknowledge
+        uint64_t bulk = 0;
+        for (uint32_t i = 0; i < n; ++i) bulk += Ctl::get(p, 4 + 32 * i + 16, 8);
+        std::vector<uint8_t> sink(bulk);
+        if (bulk && !read_n(fd, sink.data(), sink.size())) break;
+        pages_in_ += n;
+        for (uint32_t i = 0; i < n; ++i) Ctl::put(out, 0, 4);
+        reply(fd, type | 0x80, out);
+      } else if (type == 4) {  // GET: a forged page for each
+        std::vector<uint8_t> bulk;
+        for (uint32_t i = 0; i < n; ++i) {
+          const auto page = forged_page(kPage);
+          Ctl::put(out, 0, 4);
+          Ctl::put(out, kPage, 8);
+          Ctl::put(out, kvtier_test::page_checksum(page.data(), page.size()), 8);
+          bulk.insert(bulk.end(), page.begin(), page.end());
+        }
+        pages_out_ += n;
+        reply(fd, type | 0x80, out, bulk);
+      } else {
+        std::vector<uint8_t> err;
+        Ctl::put(err, static_cast<uint32_t>(KVTIER_ERR_UNSUPPORTED), 4);
+        reply(fd, 100 | 0x80, err);
+        break;
+      }
+    }
+    close(fd);
+  }
+
+  int listen_fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread acceptor_;
+  std::vector<std::thread> conns_;  // only the acceptor adds, only the destructor joins
+  std::atomic<size_t> requests_{0}, pages_in_{0}, pages_out_{0};
+  std::mutex mu_;
+  std::string bytes_;
+};
+
+// 64 fresh random pages under `tag`.
+std::vector<Page> fresh_pages(const std::string& tag, size_t n = 64) {
+  std::vector<Page> pages;
+  for (size_t i = 0; i < n; ++i)
+    pages.push_back({kvtier_test::make_key(tag, i), kvtier_test::random_bytes(kPage), 0});
+  return pages;
+}
+
+// Writes the pages; the per-key results.
+std::vector<int> write_pages(kvtier_store_t* s, const std::vector<Page>& pages) {
+  std::vector<const char*> keys;
+  std::vector<const void*> ptrs;
+  for (auto& p : pages) {
+    keys.push_back(p.key.c_str());
+    ptrs.push_back(p.bytes.data());
+  }
+  std::vector<size_t> sizes(pages.size(), kPage);
+  std::vector<int> res(pages.size(), 1);
+  EXPECT_EQ(kvtier_batch_set(s, keys.data(), keys.size(), ptrs.data(), sizes.data(), res.data()),
+            KVTIER_OK);
+  return res;
+}
+
+// Finding 26.3(a): one unauthenticated write to etcd made a member that got the token, pages and
+// read requests, and whose forged pages were taken as hits. Now it must prove it holds the token
+// first: it gets a nonce, and nothing else.
+TEST_F(Cluster, AMemberRecordIsAClaimUntilTheServerProvesIt) {
+  const std::string token = "clustersecret-" + std::to_string(getpid());
+  auto real = std::make_unique<ServerProcess>(
+      "256MiB", token, 0,
+      std::vector<std::string>{"--etcd", etcd_->endpoint(), "--cluster", cluster_, "--etcd-ttl",
+                               "2"});
+  Rogue rogue;
+  etcd_->ctl("put " + prefix() + rogue.address() + " x");  // what anyone who can write to etcd does
+  for (int i = 0; i < 100 && etcd_->keys(prefix()).size() != 2; ++i)
+    std::this_thread::sleep_for(milliseconds(100));
+  ASSERT_EQ(etcd_->keys(prefix()).size(), 2u) << "the real server did not register";
+  StderrCapture log(kvtier_test::test_dir() + "/rogue-client.log");
+  kvtier_store_t* s = open_store(client_config() + ";remote_token=" + token + ";log_level=warn");
+  ASSERT_NE(s, nullptr);
+  const auto pages = fresh_pages("rogue");
+  for (int r : write_pages(s, pages)) EXPECT_EQ(r, KVTIER_OK);
+  EXPECT_TRUE(Workload::read_and_check(s, pages).empty()) << "pages missed";
+  size_t present = 0;
+  const std::string absent = kvtier_test::make_key("never-written", 0);
+  const char* k = absent.c_str();
+  EXPECT_EQ(kvtier_batch_exists(s, &k, 1, &present), KVTIER_OK);
+  kvtier_close(s);
+  EXPECT_FALSE(rogue.received(token)) << "the token went to an unproven member";
+  EXPECT_EQ(rogue.requests(), 0u) << "requests went to an unproven member";
+  EXPECT_EQ(rogue.pages_in(), 0u);
+  EXPECT_EQ(rogue.pages_out(), 0u);
+  EXPECT_GE(log.count(rogue.address()), 1u) << "no log line names the member left out";
+}
+
+// Finding 26.3(c): deleting a live server's key removed it for good. It puts it back at its next
+// renewal (a third of its TTL).
+TEST_F(Cluster, ALiveServerWhoseKeyVanishedRegistersAgain) {
+  auto a = join();
+  ASSERT_TRUE(members_are({a.get()}));
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_NE(etcd_->ctl("del " + prefix() + a->address()).find('1'), std::string::npos);
+    const auto t0 = std::chrono::steady_clock::now();
+    bool back = false;
+    while (!back && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5)) {
+      std::this_thread::sleep_for(milliseconds(100));
+      back = etcd_->keys(prefix()).size() == 1;
+    }
+    EXPECT_TRUE(back) << "the server's key did not come back";
+  }
+  // Still under its lease: a server killed now drops out when the lease runs out.
+  a->kill_now(SIGKILL);
+  EXPECT_TRUE(members_are({}));
+}
+
+// Finding 26.12: one server registered under three spellings counted as three members, so with
+// two replicas many pages had both copies on it. Members are told apart by the id they prove:
+// killing the server loses nothing.
+TEST_F(Cluster, OneServerUnderSeveralNamesIsOneMember) {
+  const uint16_t port = kvtier_test::free_port();
+  const std::string p = std::to_string(port);
+  auto a = std::make_unique<ServerProcess>(
+      "256MiB", "", port,
+      std::vector<std::string>{"--listen", "0.0.0.0:" + p, "--advertise", "127.0.0.1:" + p,
+                               "--etcd", etcd_->endpoint(), "--cluster", cluster_, "--etcd-ttl",
+                               "2"});
+  auto b = join();
+  ASSERT_TRUE(members_are({a.get(), b.get()}));
+  for (const char* alias : {"127.0.0.2:", "127.0.0.3:"}) etcd_->ctl("put " + prefix() + alias + p + " x");
+  ASSERT_EQ(etcd_->keys(prefix()).size(), 4u);
+  kvtier_store_t* s = open_store(client_config() + ";remote_replicas=2;remote_timeout_ms=1000");
+  ASSERT_NE(s, nullptr);
+  const auto pages = fresh_pages("alias");
+  for (int r : write_pages(s, pages)) EXPECT_EQ(r, KVTIER_OK);
+  a->kill_now(SIGKILL);
+  const auto misses = Workload::read_and_check(s, pages);
+  EXPECT_TRUE(misses.empty()) << misses.size() << " of 64 pages lost with one server of two";
+  kvtier_close(s);
+}
+
+// Puts `value_bytes` of value under `key` (etcdctl reads a value from its standard input).
+void put_big(const EtcdProcess& etcd, const std::string& key, size_t value_bytes) {
+  const std::string cmd = "ETCDCTL_API=3 /usr/bin/etcdctl --endpoints=" + etcd.endpoint() +
+                          " put " + key + " >/dev/null 2>&1";
+  FILE* p = popen(cmd.c_str(), "w");
+  ASSERT_NE(p, nullptr);
+  const std::string v(value_bytes, 'v');
+  fwrite(v.data(), 1, v.size(), p);
+  pclose(p);
+}
+
+// Finding 26.8: 60 values of 1 MiB under the member prefix left a new client with no servers
+// (its listing timed out). Members are listed by key, within limits; bad records are skipped.
+TEST_F(Cluster, BigRecordsUnderThePrefixCostNothing) {
+  auto a = join();
+  ASSERT_TRUE(members_are({a.get()}));
+  for (int i = 0; i < 60; ++i) put_big(*etcd_, prefix() + "big-" + std::to_string(i), 1 << 20);
+  etcd_->ctl("put " + prefix() + std::string(100000, 'k') + " x");  // a long key
+  kvtier_store_t* s = open_store(client_config());
+  ASSERT_NE(s, nullptr);
+  const auto pages = fresh_pages("big");
+  for (int r : write_pages(s, pages)) EXPECT_EQ(r, KVTIER_OK) << "the client has no servers";
+  EXPECT_TRUE(Workload::read_and_check(s, pages).empty());
+  // A big value written while the client watches, then a server that joins: still followed.
+  put_big(*etcd_, prefix() + "big-late", 1 << 20);
+  auto b = join();
+  std::this_thread::sleep_for(milliseconds(1500));
+  const auto more = fresh_pages("big-more");
+  for (int r : write_pages(s, more)) EXPECT_EQ(r, KVTIER_OK);
+  size_t on_b = 0;
+  for (int code : present_on(b->address(), more)) on_b += code == KVTIER_OK;
+  EXPECT_GT(on_b, 0u) << "the server that joined after the big value was not seen";
+  kvtier_close(s);
+}
+
+// Runs f with the variable set, then unset (the servers a test forks inherit it).
+template <class F>
+void with_env(const char* name, const std::string& value, F f) {
+  setenv(name, value.c_str(), 1);
+  f();
+  unsetenv(name);
+}
+
+// Finding 26.3(b): etcd with authentication. Servers register and clients list as an etcd user;
+// an etcd token that runs out is renewed.
+TEST(ClusterAuth, EtcdWithUsersAndShortTokens) {
+  if (!kvtier_test::etcd_installed()) GTEST_SKIP() << "etcd is not installed";
+  const std::string dir = kvtier_test::test_dir() + "/etcd-auth";
+  mkdir(dir.c_str(), 0700);
+  EtcdProcess etcd(dir, {"--auth-token-ttl", "1"});
+  ASSERT_TRUE(etcd.start());
+  const std::string pw = "pw-" + std::to_string(getpid());
+  etcd.ctl("user add root:" + pw);
+  ASSERT_NE(etcd.ctl("auth enable").find("Enabled"), std::string::npos);
+  etcd.set_ctl_flags("--user root:" + pw);
+  const std::string cluster = "auth" + std::to_string(getpid());
+  const std::string prefix = "/kvtier/" + cluster + "/servers/";
+  std::unique_ptr<ServerProcess> a;
+  with_env("KVTIER_SERVER_ETCD_PASSWORD", pw, [&] {
+    a = std::make_unique<ServerProcess>(
+        "256MiB", "", 0,
+        std::vector<std::string>{"--etcd", etcd.endpoint(), "--cluster", cluster, "--etcd-ttl",
+                                 "2", "--etcd-user", "root"});
+  });
+  bool listed = false;
+  for (int i = 0; i < 100 && !listed; ++i) {
+    std::this_thread::sleep_for(milliseconds(100));
+    listed = etcd.keys(prefix) == std::vector<std::string>{prefix + a->address()};
+  }
+  ASSERT_TRUE(listed) << "the server did not register as root";
+  kvtier_store_t* s = open_store("tiers=remote;remote_etcd=" + etcd.endpoint() +
+                                 ";remote_cluster=" + cluster + ";remote_etcd_user=root" +
+                                 ";remote_etcd_password=" + pw + ";log_level=error");
+  ASSERT_NE(s, nullptr);
+  // Past the etcd tokens' life (1 s) and the lease's (2 s): both sides authenticated again.
+  std::this_thread::sleep_for(milliseconds(3000));
+  EXPECT_EQ(etcd.keys(prefix), std::vector<std::string>{prefix + a->address()})
+      << "the registration lapsed when its etcd token ran out";
+  const auto pages = fresh_pages("auth");
+  for (int r : write_pages(s, pages)) EXPECT_EQ(r, KVTIER_OK);
+  EXPECT_TRUE(Workload::read_and_check(s, pages).empty());
+  kvtier_close(s);
+}
+
+// Finding 26.3(b): etcd over TLS that wants client certificates (a CA and certificates made here).
+TEST(ClusterAuth, EtcdOverTlsWithClientCertificates) {
+  if (!kvtier_test::etcd_installed() || access("/usr/bin/openssl", X_OK) != 0)
+    GTEST_SKIP() << "etcd or openssl is not installed";
+  const std::string dir = kvtier_test::test_dir() + "/etcd-tls";
+  mkdir(dir.c_str(), 0700);
+  const std::string make =
+      "cd " + dir +
+      " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=kvtier-test-ca "
+      "-keyout ca.key -out ca.crt"
+      " && printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > ext"
+      " && for n in server client; do openssl req -newkey rsa:2048 -nodes -subj /CN=$n "
+      "-keyout $n.key -out $n.csr && openssl x509 -req -in $n.csr -CA ca.crt -CAkey ca.key "
+      "-CAcreateserial -days 1 -extfile ext -out $n.crt || exit 1; done";
+  ASSERT_EQ(system(("(" + make + ") >/dev/null 2>&1").c_str()), 0) << make;
+  EtcdProcess etcd(dir,
+                   {"--cert-file", dir + "/server.crt", "--key-file", dir + "/server.key",
+                    "--client-cert-auth", "--trusted-ca-file", dir + "/ca.crt"},
+                   true,
+                   "--cacert " + dir + "/ca.crt --cert " + dir + "/client.crt --key " + dir +
+                       "/client.key");
+  ASSERT_TRUE(etcd.start()) << "see " << dir << "/etcd.log";
+  const std::string cluster = "tls" + std::to_string(getpid());
+  const std::string prefix = "/kvtier/" + cluster + "/servers/";
+  ServerProcess a("256MiB", "", 0,
+                  {"--etcd", etcd.url(), "--cluster", cluster, "--etcd-ttl", "2", "--etcd-ca-file",
+                   dir + "/ca.crt", "--etcd-cert-file", dir + "/client.crt", "--etcd-key-file",
+                   dir + "/client.key"});
+  bool listed = false;
+  for (int i = 0; i < 100 && !listed; ++i) {
+    std::this_thread::sleep_for(milliseconds(100));
+    listed = etcd.keys(prefix) == std::vector<std::string>{prefix + a.address()};
+  }
+  ASSERT_TRUE(listed) << "the server did not register over TLS";
+  const std::string tls = ";remote_etcd_ca_file=" + dir + "/ca.crt;remote_etcd_cert_file=" + dir +
+                          "/client.crt;remote_etcd_key_file=" + dir + "/client.key";
+  kvtier_store_t* s = open_store("tiers=remote;remote_etcd=" + etcd.url() + ";remote_cluster=" +
+                                 cluster + tls + ";log_level=error");
+  ASSERT_NE(s, nullptr);
+  const auto pages = fresh_pages("tls");
+  for (int r : write_pages(s, pages)) EXPECT_EQ(r, KVTIER_OK);
+  EXPECT_TRUE(Workload::read_and_check(s, pages).empty());
   kvtier_close(s);
 }
 

@@ -41,8 +41,16 @@ inline uint16_t free_port() {
 class EtcdProcess {
  public:
   // dir: a folder of the test's own; the data folder and the log go there.
-  explicit EtcdProcess(std::string dir)
-      : dir_(std::move(dir)), client_port_(free_port()), peer_port_(free_port()) {}
+  // extra: more flags for etcd (TLS files, --auth-token-ttl); https: clients speak TLS;
+  // ctl_flags: what etcdctl needs then (--cacert, --cert, --key, --user).
+  explicit EtcdProcess(std::string dir, std::vector<std::string> extra = {}, bool https = false,
+                       std::string ctl_flags = "")
+      : dir_(std::move(dir)),
+        client_port_(free_port()),
+        peer_port_(free_port()),
+        extra_(std::move(extra)),
+        https_(https),
+        ctl_flags_(std::move(ctl_flags)) {}
   ~EtcdProcess() { stop(SIGKILL); }
   EtcdProcess(const EtcdProcess&) = delete;
   EtcdProcess& operator=(const EtcdProcess&) = delete;
@@ -50,7 +58,7 @@ class EtcdProcess {
   // Starts etcd (on the same data folder and ports when started again) and waits until it
   // answers; false if it does not within 20 s.
   bool start() {
-    const std::string client = "http://" + endpoint(),
+    const std::string client = url(),
                       peer = "http://127.0.0.1:" + std::to_string(peer_port_);
     pid_ = fork();
     if (pid_ == 0) {
@@ -75,6 +83,7 @@ class EtcdProcess {
                                     peer,
                                     "--initial-cluster",
                                     "kvtier-test=" + peer};
+      args.insert(args.end(), extra_.begin(), extra_.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -96,12 +105,14 @@ class EtcdProcess {
 
   // "127.0.0.1:PORT": what KVTIER_REMOTE_ETCD and --etcd take.
   std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
+  std::string url() const { return (https_ ? "https://" : "http://") + endpoint(); }
+  void set_ctl_flags(std::string flags) { ctl_flags_ = std::move(flags); }
 
   // Runs `etcdctl <args>` against this etcd; its standard output.
   std::string ctl(const std::string& args) const {
     const std::string cmd =
         "ETCDCTL_API=3 /usr/bin/etcdctl --dial-timeout=1s --command-timeout=2s --endpoints=" +
-        endpoint() + " " + args + " 2>&1";
+        url() + " " + ctl_flags_ + " " + args + " 2>&1";
     std::string out;
     if (FILE* p = popen(cmd.c_str(), "r")) {
       char buf[4096];
@@ -124,6 +135,9 @@ class EtcdProcess {
  private:
   std::string dir_;
   uint16_t client_port_, peer_port_;
+  std::vector<std::string> extra_;
+  bool https_;
+  std::string ctl_flags_;
   pid_t pid_ = -1;
 };
 

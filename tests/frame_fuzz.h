@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "auth.h"
 #include "protocol.h"
 
 namespace kvtier_test {
@@ -20,11 +21,10 @@ inline bool decode_request(uint16_t type, std::span<const uint8_t> payload) {
   std::vector<KeyId> ids;
   std::vector<wire::CommitEntry> commits;
   std::vector<uint64_t> leases;
-  std::string token;
-  uint64_t bulk = 0, seed = 0;
+  uint64_t bulk = 0;
   switch (type) {
-    case wire::kHello:
-      return wire::decode_hello(payload, &token, &seed).is_ok();
+    case wire::kHello:  // a nonce, or a proof and the namespace seed
+      return payload.size() == wire::kNonceSize || payload.size() == wire::kProofSize + 8;
     case wire::kPut:
     case wire::kAlloc:
       return wire::decode_put(payload, &entries, &bulk).is_ok();

@@ -185,15 +185,10 @@ TEST(Hostile, IdleConnectionFloodCostsNoThreadsAndLocksNobodyOut) {
   for (int i = 0; i < 50; ++i) more.push_back(std::make_unique<Ctl>(srv.port()));
   {
     int fd = raw_connect(srv.port());
-    auto h = header(1, 12);
-    h.resize(h.size() + 12, 0);
-    send(fd, h.data(), h.size(), MSG_NOSIGNAL);
-    uint8_t r[20];
-    ASSERT_EQ(recv(fd, r, sizeof r, MSG_WAITALL), 20);
-    EXPECT_EQ(r[6] | (r[7] << 8), kError);
-    int32_t code = 0;
-    std::memcpy(&code, r + 16, 4);
-    EXPECT_EQ(code, KVTIER_ERR_BUSY);
+    auto [type, r] = kvtier_test::raw_hello(fd, 0);
+    EXPECT_EQ(type, kError);
+    ASSERT_GE(r.size(), 4u);
+    EXPECT_EQ(static_cast<int32_t>(Ctl::get(r, 0, 4)), KVTIER_ERR_BUSY);
     close(fd);
   }
   // Idle ones time out (5 s here), and then there is room again.
@@ -351,14 +346,12 @@ TEST(Hostile, UnreadGetReplyIsCutAndItsPinsReleased) {
   a.sin_port = htons(srv.port());
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  auto hello = header(1, 12);
-  hello.resize(hello.size() + 12, 0);
+  ASSERT_EQ(kvtier_test::raw_hello(fd, 0).first, 1 | 0x80);
   std::vector<uint8_t> get;
   Ctl::put(get, 1, 4);
   Ctl::put_id(get, 7);
   auto g = Ctl::frame(4, get);
-  hello.insert(hello.end(), g.begin(), g.end());
-  send(fd, hello.data(), hello.size(), MSG_NOSIGNAL);
+  send(fd, g.data(), g.size(), MSG_NOSIGNAL);
   std::this_thread::sleep_for(milliseconds(200));
   // The page is pinned by the reply: removing it keeps its slot until the reply ends.
   EXPECT_EQ(writer.remove(7), KVTIER_OK);

@@ -5,11 +5,14 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <tuple>
@@ -51,16 +54,62 @@ inline uint64_t zeros_checksum(size_t n) {
   return page_checksum(std::vector<char>(n).data(), n);
 }
 
-// A control connection: HELLO with a token and a namespace seed, then frames.
+// HMAC-SHA256(key, label | a | b | extra): the handshake's proofs (backends/remote/wire/auth.h).
+inline std::vector<uint8_t> hello_proof(const std::string& key, const std::string& label,
+                                        const std::vector<uint8_t>& a,
+                                        const std::vector<uint8_t>& b,
+                                        const std::vector<uint8_t>& extra = {}) {
+  std::vector<uint8_t> msg(label.begin(), label.end());
+  msg.insert(msg.end(), a.begin(), a.end());
+  msg.insert(msg.end(), b.begin(), b.end());
+  msg.insert(msg.end(), extra.begin(), extra.end());
+  std::vector<uint8_t> out(32);
+  unsigned len = 0;
+  static const char kNoKey = 0;
+  HMAC(EVP_sha256(), key.empty() ? &kNoKey : key.data(), static_cast<int>(key.size()), msg.data(),
+       msg.size(), out.data(), &len);
+  return out;
+}
+
+// One frame on fd and the reply's {type, payload} (type -1: none).
+inline std::pair<int, std::vector<uint8_t>> raw_call(int fd, uint16_t type,
+                                                     const std::vector<uint8_t>& payload) {
+  std::vector<uint8_t> f = {0x4b, 0x56, 0x54, 0x52, 1, 0, static_cast<uint8_t>(type),
+                            static_cast<uint8_t>(type >> 8)};
+  for (int k = 0; k < 4; ++k) f.push_back(static_cast<uint8_t>(payload.size() >> (8 * k)));
+  f.insert(f.end(), 4, 0);
+  f.insert(f.end(), payload.begin(), payload.end());
+  if (send(fd, f.data(), f.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(f.size())) return {-1, {}};
+  uint8_t h[16];
+  if (recv_all(fd, h, 16) != 16) return {-1, {}};
+  uint32_t len = 0;
+  std::memcpy(&len, h + 8, 4);
+  std::vector<uint8_t> reply(len);
+  if (len && recv_all(fd, reply.data(), len) != static_cast<ssize_t>(len)) return {-1, {}};
+  return {h[6] | (h[7] << 8), reply};
+}
+
+// The HELLO handshake as the remote tier does it: a nonce out, the server's nonce, id and proof
+// back, then this end's proof and namespace seed. The second reply's {type, payload}, or the
+// first's when it was refused.
+inline std::pair<int, std::vector<uint8_t>> raw_hello(int fd, uint64_t ns,
+                                                      const std::string& token = "") {
+  std::vector<uint8_t> mine(32);
+  for (auto& b : mine) b = static_cast<uint8_t>(std::rand());
+  auto first = raw_call(fd, 1, mine);
+  if (first.first != (1 | 0x80) || first.second.size() != 72) return first;
+  const std::vector<uint8_t> theirs(first.second.begin(), first.second.begin() + 32);
+  std::vector<uint8_t> second = hello_proof(token, "kvtier client", mine, theirs);
+  for (int k = 0; k < 8; ++k) second.push_back(static_cast<uint8_t>(ns >> (8 * k)));
+  return raw_call(fd, 1, second);
+}
+
+// A control connection: the HELLO handshake with a token and a namespace seed, then frames.
 class Ctl {
  public:
   explicit Ctl(uint16_t port, uint64_t ns = 0, const std::string& token = "", int timeout_s = 2)
       : fd_(raw_connect(port, timeout_s)) {
-    std::vector<uint8_t> hello;
-    put(hello, token.size(), 4);
-    hello.insert(hello.end(), token.begin(), token.end());
-    put(hello, ns, 8);
-    EXPECT_EQ(call(1, hello).first, 1 | 0x80);
+    EXPECT_EQ(raw_hello(fd_, ns, token).first, 1 | 0x80);
   }
   ~Ctl() { close(fd_); }
   Ctl(const Ctl&) = delete;

@@ -395,17 +395,7 @@ TEST(Remote, TokenIsRequired) {
 int send_raw(uint16_t port, const std::vector<uint8_t>& bytes, bool hello_first) {
   int fd = raw_connect(port);
   if (hello_first) {
-    // magic, version 1, HELLO, payload 12: token length 0, namespace seed
-    uint8_t h[28] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 1, 0, 12, 0, 0, 0, 0, 0, 0, 0};
-    send(fd, h, sizeof h, MSG_NOSIGNAL);
-    uint8_t r[16];
-    EXPECT_EQ(recv(fd, r, sizeof r, MSG_WAITALL), 16);
-    uint32_t len = 0;  // the reply's payload (the server's boot id)
-    std::memcpy(&len, r + 8, 4);
-    std::vector<uint8_t> payload(len);
-    if (len) {
-      EXPECT_EQ(recv(fd, payload.data(), len, MSG_WAITALL), static_cast<ssize_t>(len));
-    }
+    EXPECT_EQ(kvtier_test::raw_hello(fd, 0).first, 1 | 0x80);
   }
   send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
   shutdown(fd, SHUT_WR);

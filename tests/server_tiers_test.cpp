@@ -255,13 +255,7 @@ TEST(ServerTiers, ReadsMakeNothingOnDiskAndHideNoPages) {
 
 // A HELLO that may be refused: whether the server took the connection.
 bool hello(int fd, uint64_t ns) {
-  std::vector<uint8_t> p;
-  Ctl::put(p, 0, 4);
-  Ctl::put(p, ns, 8);
-  const std::vector<uint8_t> f = Ctl::frame(1, p);
-  if (send(fd, f.data(), f.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(f.size())) return false;
-  uint8_t h[16];
-  return kvtier_test::recv_all(fd, h, 16) == 16 && h[6] == 0x81;
+  return kvtier_test::raw_hello(fd, ns).first == 0x81;
 }
 
 // Finding 27.1, the fds: with every connection the server allows held open, the file tier's

@@ -1,6 +1,7 @@
 #include "placement.h"
 
 #include <algorithm>
+#include <thread>
 
 #include "log.h"
 
@@ -25,6 +26,11 @@ ServerRef* pick(const Servers& servers, const KeyId& id, unsigned r) {
   return scored[r].second;
 }
 
+etcd::Settings etcd_settings(const Config& c) {
+  return {c.remote_etcd,         c.remote_etcd_user,      c.remote_etcd_password,
+          c.remote_etcd_ca_file, c.remote_etcd_cert_file, c.remote_etcd_key_file};
+}
+
 }  // namespace
 
 Placement::Placement(const Config& c)
@@ -34,10 +40,11 @@ Placement::~Placement() {
   membership_.reset();
 }
 
-Status Placement::init(const Config& c) {
+Status Placement::init(const Config& c, Prove prove) {
   if (c.remote_etcd.empty()) return set_servers(c.remote_servers, "KVTIER_REMOTE_SERVERS");
+  prove_ = std::move(prove);
   membership_ = std::make_unique<Membership>(
-      c.remote_etcd, c.remote_cluster, kMembershipRetryMs,
+      etcd_settings(c), c.remote_cluster, kMembershipRetryMs,
       [this](const std::vector<std::string>& addrs) { set_servers(addrs, "etcd"); });
   membership_->start();
   return {};
@@ -73,13 +80,12 @@ Groups Placement::group(const Servers& servers, size_t n,
 }
 
 Status Placement::set_servers(const std::vector<std::string>& addrs, const char* source) {
-  auto next = std::make_shared<Servers>();
   const auto prev = live();
-  bool next_has_new = false;
+  Servers kept, fresh;
   for (const std::string& addr : addrs) {
     auto same = std::find_if(prev->begin(), prev->end(), [&](auto& s) { return s->name == addr; });
     if (same != prev->end()) {
-      next->push_back(*same);
+      kept.push_back(*same);
       continue;
     }
     auto s = std::make_shared<ServerRef>();
@@ -92,8 +98,25 @@ Status Placement::set_servers(const std::vector<std::string>& addrs, const char*
     s->name = addr;
     s->seed = mix(namespace_seed(addr));
     for (int i = 0; i < Pool::kConnsPerServer; ++i) s->conns.push_back(std::make_unique<Conn>());
-    next->push_back(std::move(s));
-    next_has_new = true;
+    fresh.push_back(std::move(s));
+  }
+  if (from_etcd_ && prove_) prove_all(fresh, source);
+  // One server under several names counts once: the member already live keeps it.
+  auto next = std::make_shared<Servers>();
+  bool next_has_new = false;
+  for (Servers* part : {&kept, &fresh}) {
+    for (auto& s : *part) {
+      const uint64_t id = s->boot_id.load();
+      auto twin = std::find_if(next->begin(), next->end(),
+                               [&](auto& o) { return id != 0 && o->boot_id.load() == id; });
+      if (twin != next->end()) {
+        log().info("remote tier: {}: server {} is {} under another name: counted once", source,
+                   s->name, (*twin)->name);
+        continue;
+      }
+      next_has_new |= part == &fresh;
+      next->push_back(s);
+    }
   }
   if (from_etcd_) log().info("remote tier: {} servers from {}", next->size(), source);
   if (from_etcd_ && !first_set_ && next_has_new) joined_ = true;
@@ -101,6 +124,31 @@ Status Placement::set_servers(const std::vector<std::string>& addrs, const char*
   std::lock_guard lock(live_mu_);
   live_ = std::move(next);
   return {};
+}
+
+void Placement::prove_all(Servers& fresh, const char* source) {
+  // In parallel, a few dozen at a time: a silent member costs one timeout, not one each.
+  constexpr size_t kAtOnce = 32;
+  std::vector<Status> got(fresh.size());
+  for (size_t b = 0; b < fresh.size(); b += kAtOnce) {
+    std::vector<std::thread> th;
+    for (size_t i = b; i < std::min(fresh.size(), b + kAtOnce); ++i)
+      th.emplace_back([&, i] { got[i] = prove_(*fresh[i]); });
+    for (auto& t : th) t.join();
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < fresh.size(); ++i) {
+    if (got[i].code() == KVTIER_ERR_DENIED) {
+      // A record anyone who can write to etcd could have made: nothing goes to it.
+      log().warn("remote tier: {}: member {} left out: {}", source, fresh[i]->name,
+                 got[i].message());
+      continue;
+    }
+    // One that did not answer stays (its keys fail fast until it does); every connection to
+    // it must still pass the handshake before anything is sent.
+    fresh[k++] = fresh[i];
+  }
+  fresh.resize(k);
 }
 
 }  // namespace kvtier::remote

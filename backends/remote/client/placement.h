@@ -30,8 +30,11 @@ class Placement {
  public:
   explicit Placement(const Config& c);
   ~Placement();  // stops the membership thread first: it calls set_servers
-  // The static list, or the first poll of etcd started.
-  Status init(const Config& c);
+  // Asks a server to prove itself (the HELLO handshake): OK and its id in s.boot_id, DENIED
+  // when it cannot prove it holds the token, else it did not answer.
+  using Prove = std::function<Status(ServerRef& s)>;
+  // The static list, or the first poll of etcd started; prove: for members found in etcd.
+  Status init(const Config& c, Prove prove);
 
   std::shared_ptr<const Servers> live() const;
   // Copies a write goes to: KVTIER_REMOTE_REPLICAS, at most the servers there are.
@@ -46,8 +49,13 @@ class Placement {
 
  private:
   // Replaces the live set with `addrs`, keeping the servers (and their connections) that stay.
-  // source names where the list came from, for messages.
+  // source names where the list came from, for messages. From etcd, a member record is a claim:
+  // each new member is asked to prove itself first; one that cannot is left out (and asked
+  // again when the set changes), and members that prove the same server id are one server
+  // under several names, counted once.
   Status set_servers(const std::vector<std::string>& addrs, const char* source);
+  // Asks each of `fresh` to prove itself; drops those that cannot.
+  void prove_all(Servers& fresh, const char* source);
 
   // How often the live set is read again while etcd does not answer (it is watched otherwise).
   static constexpr unsigned kMembershipRetryMs = 250;
@@ -58,6 +66,7 @@ class Placement {
   bool first_set_ = true;                   // set_servers has not run yet (its caller's only)
   std::atomic<bool> joined_{false};         // a server joined after the first set
   std::unique_ptr<Membership> membership_;  // with KVTIER_REMOTE_ETCD
+  Prove prove_;
 };
 
 }  // namespace kvtier::remote

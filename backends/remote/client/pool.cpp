@@ -3,7 +3,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 
+#include "auth.h"
 #include "log.h"
 
 namespace kvtier::remote {
@@ -80,20 +82,13 @@ void Pool::record(ServerRef& s, bool probe, const Status& st) const {
 
 Status Pool::handshake(ServerRef& s, Conn& c, Deadline dl) const {
   Status st = net::connect_to(s.host, s.port, dl, &c.fd);
+  uint64_t boot = 0;
+  if (st.is_ok()) st = prove(c.fd, dl, &boot);
   if (st.is_ok()) {
-    wire::Writer w;
-    w.u32(static_cast<uint32_t>(token_.size()));
-    w.bytes(token_.data(), token_.size());
-    w.u64(ns_);
-    uint64_t boot = 0;
-    st = roundtrip(c.fd, wire::kHello, w.data(), dl, [&](int, wire::Reader& rd) {
-      if (rd.left() >= 8) boot = rd.u64();
-      return Status{};
-    });
     c.boot = boot;
     // A server that started again has a new arena: an RDMA channel to the old one is stale,
     // and so are the other connections to it (with_conn drops them before use).
-    if (st.is_ok() && s.boot_id.exchange(boot) != boot) {
+    if (s.boot_id.exchange(boot) != boot) {
       std::lock_guard lock(s.rdma.mu);
       s.rdma.channel.reset();
       s.rdma.tcp_only = false;
@@ -102,9 +97,38 @@ Status Pool::handshake(ServerRef& s, Conn& c, Deadline dl) const {
   }
   if (!st.is_ok()) {
     c.drop();
-    log().debug("remote tier: server {}: {}", s.name, st.message());
+    if (st.code() == KVTIER_ERR_DENIED)
+      log().warn("remote tier: server {}: {}", s.name, st.message());
+    else
+      log().debug("remote tier: server {}: {}", s.name, st.message());
   }
   return st;
+}
+
+Status Pool::prove(int fd, Deadline dl, uint64_t* server_id) const {
+  const wire::Nonce mine = wire::make_nonce();
+  wire::Nonce theirs{};
+  wire::Proof proof{};
+  std::vector<uint8_t> hello(mine.begin(), mine.end());
+  Status st = roundtrip(fd, wire::kHello, hello, dl, [&](int, wire::Reader& rd) {
+    if (rd.left() != theirs.size() + 8 + proof.size())
+      return Status{KVTIER_ERR_DENIED, "a HELLO reply of the wrong size"};
+    std::memcpy(theirs.data(), rd.str(theirs.size()).data(), theirs.size());
+    *server_id = rd.u64();
+    std::memcpy(proof.data(), rd.str(proof.size()).data(), proof.size());
+    return Status{};
+  });
+  if (!st.is_ok()) return st;
+  // Nothing of value (the client's proof, its namespace, a page or a request) before this.
+  if (!wire::same_proof(proof, wire::server_proof(token_, mine, theirs, *server_id)))
+    return {KVTIER_ERR_DENIED,
+            "it does not prove it holds the cluster's token (KVTIER_REMOTE_TOKEN): nothing sent "
+            "to it"};
+  const wire::Proof answer = wire::client_proof(token_, mine, theirs);
+  wire::Writer w;
+  w.bytes(answer.data(), answer.size());
+  w.u64(ns_);
+  return roundtrip(fd, wire::kHello, w.data(), dl, [](int, wire::Reader&) { return Status{}; });
 }
 
 Status Pool::with_conn(ServerRef& s, const Call& f) const {

@@ -1,6 +1,7 @@
 // The client's servers and their connections: a pool of TCP control connections per server,
-// each opened with the HELLO handshake (token, namespace) and dropped when the server restarts
-// (a new boot id), plus the server's RDMA state, which the RDMA transport owns.
+// each opened with the HELLO handshake (each end proves it holds the token; the namespace) and
+// dropped when the server restarts (a new server id), plus the server's RDMA state, which the
+// RDMA transport owns.
 #pragma once
 
 #include <atomic>
@@ -55,7 +56,8 @@ struct ServerRef {
   std::atomic<int64_t> down_until{0};  // steady-clock ns
   std::atomic<uint32_t> failures{0};   // in a row; 0: up
   std::atomic<bool> probing{false};
-  std::atomic<uint64_t> boot_id{0};  // the server start the connections were made to
+  // The id the server proved (new at each start): the start the connections were made to.
+  std::atomic<uint64_t> boot_id{0};
   RdmaLink rdma;
   ~ServerRef();
 };
@@ -93,6 +95,9 @@ class Pool {
 
  private:
   Status handshake(ServerRef& s, Conn& c, Deadline dl) const;
+  // The HELLO handshake on a connected fd (auth.h): DENIED when the server does not prove it
+  // holds the token, before anything else is sent; *server_id: the id it proved.
+  Status prove(int fd, Deadline dl, uint64_t* server_id) const;
   // The breaker's answer before a call uses `s`: OK to go on (*probe: this call is the one
   // probe of a server that was down), else UNAVAILABLE at once.
   static Status admit(ServerRef& s, bool* probe);

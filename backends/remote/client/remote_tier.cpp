@@ -29,7 +29,11 @@ class RemoteTier final : public Tier {
     if (rdma) rdma_ = remote::make_rdma_transport(pool_, errors_, rdma_required, c.remote_rdma_tos);
   }
 
-  Status init(const Config& c) { return placement_.init(c); }
+  Status init(const Config& c) {
+    return placement_.init(c, [this](ServerRef& s) {
+      return pool_.with_conn(s, [](int, remote::Deadline) { return Status{}; });
+    });
+  }
 
   std::string_view name() const override { return "remote"; }
   Caps caps() const override { return {.can_tear = true}; }
@@ -227,12 +231,26 @@ Status make_remote_tier(const Config& config, std::unique_ptr<Tier>* out) {
   return {};
 }
 
+bool any_text(const std::string&) {
+  return true;
+}
+
 }  // namespace
 
 KVTIER_REGISTER_TIER("remote", make_remote_tier);
 KVTIER_REGISTER_OPTIONS(
     remote, {address_list_option<Config>("REMOTE_SERVERS", "", &Config::remote_servers),
-             address_list_option<Config>("REMOTE_ETCD", "", &Config::remote_etcd),
+             url_list_option<Config>("REMOTE_ETCD", "", &Config::remote_etcd),
+             text_option<Config>("REMOTE_ETCD_USER", "", &Config::remote_etcd_user, "a user name",
+                                 any_text),
+             text_option<Config>("REMOTE_ETCD_PASSWORD", "", &Config::remote_etcd_password,
+                                 "a password", any_text),
+             text_option<Config>("REMOTE_ETCD_CA_FILE", "", &Config::remote_etcd_ca_file,
+                                 "a file", any_text),
+             text_option<Config>("REMOTE_ETCD_CERT_FILE", "", &Config::remote_etcd_cert_file,
+                                 "a file", any_text),
+             text_option<Config>("REMOTE_ETCD_KEY_FILE", "", &Config::remote_etcd_key_file,
+                                 "a file", any_text),
              cluster_option<Config>("REMOTE_CLUSTER", "", &Config::remote_cluster),
              transport_option<Config>("REMOTE_TRANSPORT", "", &Config::remote_transport),
              millis_option<Config>("REMOTE_TIMEOUT_MS", "", &Config::remote_timeout_ms),

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "log.h"
+#include "options.h"
 
 namespace kvtier {
 
@@ -34,7 +35,7 @@ void Ticker::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-Membership::Membership(std::vector<std::string> etcd, std::string cluster, unsigned retry_ms,
+Membership::Membership(etcd::Settings etcd, std::string cluster, unsigned retry_ms,
                        OnChange on_change)
     : client_(std::move(etcd), kEtcdTimeoutMs),
       prefix_(cluster_prefix(cluster)),
@@ -77,9 +78,53 @@ void Membership::follow() {
   }
 }
 
+Status Membership::list(std::vector<etcd::KeyValue>* members, int64_t* revision,
+                        size_t* skipped) {
+  constexpr int64_t kPage = 64;
+  const std::string end = etcd::prefix_end(prefix_);
+  std::string from = prefix_;
+  int64_t at = 0;  // every page at the first page's revision: one consistent set
+  size_t scanned = 0;
+  *skipped = 0;
+  members->clear();
+  for (int64_t limit = kPage;;) {
+    std::vector<etcd::KeyValue> page;
+    bool more = false;
+    int64_t read_at = 0;
+    Status s = client_.range_keys(from, end, limit, at, &page, &more, &read_at);
+    if (s.code() == KVTIER_ERR_INVALID_ARG && limit > 1) {  // long keys: one at a time
+      limit = 1;
+      continue;
+    }
+    if (!s.is_ok()) return s;
+    if (!at) *revision = at = read_at;
+    const std::string last = page.empty() ? std::string() : page.back().key;
+    for (etcd::KeyValue& kv : page) {
+      const std::string addr = kv.key.substr(std::min(prefix_.size(), kv.key.size()));
+      if (kv.key.size() > kMaxMemberKey || !valid_host_port(addr)) {
+        ++*skipped;
+      } else if (members->size() < kMaxMembers) {
+        kv.key = addr;
+        members->push_back(std::move(kv));
+      } else {
+        ++*skipped;
+      }
+    }
+    scanned += page.size();
+    if (!more || page.empty()) return {};
+    if (scanned >= kMaxScanned) {
+      *skipped += 1;  // and what is past it, uncounted
+      return {};
+    }
+    from = last + '\0';  // the next page starts after this one's last key
+    limit = kPage;
+  }
+}
+
 bool Membership::read(int64_t* revision) {
   std::vector<etcd::KeyValue> kvs;
-  Status s = client_.range_prefix(prefix_, &kvs, revision);
+  size_t skipped = 0;
+  Status s = list(&kvs, revision, &skipped);
   if (!s.is_ok()) {
     if (!down_) log().warn("remote tier: {}; keeping the last known servers", s.message());
     down_ = true;
@@ -87,17 +132,23 @@ bool Membership::read(int64_t* revision) {
   }
   if (down_) log().info("remote tier: etcd answers again");
   down_ = false;
-  std::vector<std::string> servers;
-  for (const etcd::KeyValue& kv : kvs) servers.push_back(kv.key.substr(prefix_.size()));
+  std::vector<std::pair<std::string, int64_t>> servers;
+  for (const etcd::KeyValue& kv : kvs) servers.push_back({kv.key, kv.create_revision});
   std::sort(servers.begin(), servers.end());
   if (read_ && servers == servers_) return true;
+  if (skipped)
+    log().warn("remote tier: etcd: {} keys under {} are not member records (or past {} "
+               "members): skipped",
+               skipped, prefix_, kMaxMembers);
   read_ = true;
   servers_ = servers;
-  on_change_(servers);
+  std::vector<std::string> addrs;
+  for (auto& [addr, rev] : servers) addrs.push_back(addr);
+  on_change_(addrs);
   return true;
 }
 
-Registration::Registration(std::vector<std::string> etcd, const std::string& cluster,
+Registration::Registration(etcd::Settings etcd, const std::string& cluster,
                            std::string address, unsigned ttl_s)
     : client_(std::move(etcd), kEtcdTimeoutMs),
       key_(cluster_prefix(cluster) + address),
@@ -123,7 +174,19 @@ Status Registration::renew() {
   if (lease_) {
     int64_t left = 0;
     Status s = client_.keep_alive(lease_, &left);
-    if (!s.is_ok() || left > 0) return s;
+    if (s.is_ok() && left > 0) {
+      // The key may be gone (deleted by someone who can write to etcd) or replaced: it must
+      // name this server under its lease, or the cluster has lost it for good.
+      std::vector<etcd::KeyValue> mine;
+      bool more = false;
+      int64_t at = 0;
+      s = client_.range_keys(key_, key_ + '\0', 1, 0, &mine, &more, &at);
+      if (!s.is_ok() || (mine.size() == 1 && mine[0].lease == lease_)) return s;
+      log().warn("server: its key {} vanished from etcd (or is not under its lease): put again",
+                 key_);
+      return client_.put(key_, address_, lease_);
+    }
+    if (!s.is_ok()) return s;
     lease_ = 0;  // expired while etcd or this server could not renew it: register anew
   }
   int64_t lease = 0;

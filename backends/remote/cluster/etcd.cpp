@@ -52,7 +52,8 @@ int64_t int_field(const json& j, const char* name) {
   return it->is_number() ? it->get<int64_t>() : 0;
 }
 
-// The first key after every key that starts with prefix (etcd's range_end for a prefix).
+}  // namespace
+
 std::string prefix_end(std::string prefix) {
   while (!prefix.empty()) {
     if (static_cast<unsigned char>(prefix.back()) != 0xFF) {
@@ -64,8 +65,21 @@ std::string prefix_end(std::string prefix) {
   return std::string(1, '\0');  // every key
 }
 
+namespace {
+
+// A reply, cut off past kMaxReplyBytes.
+struct Reply {
+  std::string* text;
+  bool over = false;
+};
+
 size_t append_reply(char* data, size_t size, size_t n, void* user) {
-  static_cast<std::string*>(user)->append(data, size * n);
+  auto* r = static_cast<Reply*>(user);
+  if (r->text->size() + size * n > kMaxReplyBytes) {
+    r->over = true;
+    return 0;  // ends the transfer
+  }
+  r->text->append(data, size * n);
   return size * n;
 }
 
@@ -81,62 +95,121 @@ Status parse(const std::string& text, nlohmann::json* out) {
 
 }  // namespace
 
-Client::Client(std::vector<std::string> endpoints, unsigned timeout_ms)
-    : endpoints_(std::move(endpoints)), timeout_ms_(timeout_ms) {
+Client::Client(Settings settings, unsigned timeout_ms)
+    : settings_(std::move(settings)), timeout_ms_(timeout_ms) {
   static std::once_flag once;  // curl's global state, before any thread makes a handle
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
 }
 
+std::string Client::url(size_t e, const char* path) const {
+  const std::string& ep = settings_.endpoints[e];
+  return (ep.find("://") == std::string::npos ? "http://" + ep : ep) + path;
+}
+
+void Client::setup(void* curl, void* headers) const {
+  CURL* h = static_cast<CURL*>(curl);
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, static_cast<curl_slist*>(headers));
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);  // threads: no SIGALRM for timeouts
+  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+  if (!settings_.ca_file.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, settings_.ca_file.c_str());
+  if (!settings_.cert_file.empty())
+    curl_easy_setopt(h, CURLOPT_SSLCERT, settings_.cert_file.c_str());
+  if (!settings_.key_file.empty()) curl_easy_setopt(h, CURLOPT_SSLKEY, settings_.key_file.c_str());
+}
+
+namespace {
+
+using Headers = std::unique_ptr<curl_slist, void (*)(curl_slist*)>;
+
+// JSON, and etcd's auth token when there is one (the gateway takes it as is, no scheme).
+Headers make_headers(const std::string& token) {
+  curl_slist* l = curl_slist_append(nullptr, "Content-Type: application/json");
+  if (l && !token.empty()) l = curl_slist_append(l, ("Authorization: " + token).c_str());
+  return Headers(l, curl_slist_free_all);
+}
+
+}  // namespace
+
 Status Client::post(const char* path, const std::string& body, std::string* reply) {
-  if (endpoints_.empty()) return {KVTIER_ERR_CONFIG, "etcd: no endpoints"};
+  if (settings_.endpoints.empty()) return {KVTIER_ERR_CONFIG, "etcd: no endpoints"};
   std::unique_ptr<CURL, void (*)(CURL*)> h(curl_easy_init(), curl_easy_cleanup);
   if (!h) return {KVTIER_ERR_NO_MEMORY, "etcd: curl_easy_init failed"};
-  std::unique_ptr<curl_slist, void (*)(curl_slist*)> headers(
-      curl_slist_append(nullptr, "Content-Type: application/json"), curl_slist_free_all);
+  Headers headers = make_headers(token_);
   std::string last;
-  for (size_t k = 0; k < endpoints_.size(); ++k) {
-    const size_t e = (current_ + k) % endpoints_.size();
-    const std::string url = "http://" + endpoints_[e] + path;
+  for (size_t k = 0; k < settings_.endpoints.size(); ++k) {
+    const size_t e = (current_ + k) % settings_.endpoints.size();
+    const std::string to = url(e, path);
     reply->clear();
-    curl_easy_setopt(h.get(), CURLOPT_URL, url.c_str());
-    curl_easy_setopt(h.get(), CURLOPT_HTTPHEADER, headers.get());
+    Reply r{reply};
+    curl_easy_setopt(h.get(), CURLOPT_URL, to.c_str());
+    setup(h.get(), headers.get());
     curl_easy_setopt(h.get(), CURLOPT_POSTFIELDS, body.c_str());
     curl_easy_setopt(h.get(), CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
     curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, append_reply);
-    curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, reply);
+    curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &r);
     curl_easy_setopt(h.get(), CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms_));
-    curl_easy_setopt(h.get(), CURLOPT_NOSIGNAL, 1L);  // threads: no SIGALRM for timeouts
-    curl_easy_setopt(h.get(), CURLOPT_PROTOCOLS_STR, "http");
     const CURLcode rc = curl_easy_perform(h.get());
+    if (r.over)
+      return {KVTIER_ERR_INVALID_ARG, "etcd: a reply over " + std::to_string(kMaxReplyBytes) +
+                                          " bytes from " + settings_.endpoints[e] + " (cut off)"};
     if (rc == CURLE_OK) {
       current_ = e;
       return {};
     }
-    last = endpoints_[e] + ": " + curl_easy_strerror(rc);
+    last = settings_.endpoints[e] + ": " + curl_easy_strerror(rc);
   }
   return {KVTIER_ERR_UNAVAILABLE, "etcd: no endpoint answers (" + last + ")"};
 }
 
-Status Client::call(const char* path, const nlohmann::json& request, nlohmann::json* reply) {
+Status Client::call_once(const char* path, const nlohmann::json& request, nlohmann::json* reply) {
   std::string text;
   Status s = post(path, request.dump(), &text);
   return s.is_ok() ? parse(text, reply) : s;
 }
 
-Status Client::range_prefix(const std::string& prefix, std::vector<KeyValue>* out,
-                            int64_t* revision) {
+Status Client::authenticate() {
+  token_.clear();
   json rep;
-  Status s =
-      call("/v3/kv/range",
-           {{"key", b64_encode(prefix)}, {"range_end", b64_encode(prefix_end(prefix))}}, &rep);
+  Status s = call_once("/v3/auth/authenticate",
+                       {{"name", settings_.user}, {"password", settings_.password}}, &rep);
+  if (!s.is_ok()) return {s.code(), "etcd: authenticating as " + settings_.user + ": " + s.message()};
+  token_ = rep.value("token", "");
+  if (token_.empty()) return {KVTIER_ERR_INTERNAL, "etcd: authentication gave no token"};
+  return {};
+}
+
+Status Client::call(const char* path, const nlohmann::json& request, nlohmann::json* reply) {
+  if (!settings_.user.empty() && token_.empty())
+    if (Status s = authenticate(); !s.is_ok()) return s;
+  Status s = call_once(path, request, reply);
+  // Simple tokens run out (etcd's --auth-token-ttl): authenticate again, once.
+  if (!s.is_ok() && !settings_.user.empty() && s.message().find("token") != std::string::npos) {
+    if (Status a = authenticate(); !a.is_ok()) return a;
+    s = call_once(path, request, reply);
+  }
+  return s;
+}
+
+Status Client::range_keys(const std::string& from, const std::string& end, int64_t limit,
+                          int64_t revision, std::vector<KeyValue>* out, bool* more,
+                          int64_t* read_at) {
+  json req = {{"key", b64_encode(from)},
+              {"range_end", b64_encode(end)},
+              {"keys_only", true},
+              {"limit", std::to_string(limit)}};
+  if (revision) req["revision"] = std::to_string(revision);
+  json rep;
+  Status s = call("/v3/kv/range", req, &rep);
   if (!s.is_ok()) return s;
-  if (revision) *revision = int_field(rep.value("header", json::object()), "revision");
+  *read_at = int_field(rep.value("header", json::object()), "revision");
+  *more = rep.value("more", false);
   out->clear();
   for (const json& kv : rep.value("kvs", json::array())) {
     KeyValue item;
-    if (!b64_decode(kv.value("key", ""), &item.key) ||
-        !b64_decode(kv.value("value", ""), &item.value))
-      return {KVTIER_ERR_INTERNAL, "etcd: a key or value that is not base64"};
+    if (!kv.is_object() || !b64_decode(kv.value("key", ""), &item.key))
+      return {KVTIER_ERR_INTERNAL, "etcd: a key that is not base64"};
+    item.create_revision = int_field(kv, "create_revision");
+    item.lease = int_field(kv, "lease");
     out->push_back(std::move(item));
   }
   return {};
@@ -172,6 +245,10 @@ struct WatchStream {
   }
 };
 
+// A watch message's bytes kept at most: events carry values, which may be large; a message
+// longer than this reports a change without being parsed (the set is read again by key).
+constexpr size_t kMaxWatchMessage = 64u << 10;
+
 size_t watch_chunk(char* data, size_t size, size_t n, void* user) {
   auto* w = static_cast<WatchStream*>(user);
   w->pending.append(data, size * n);
@@ -181,37 +258,40 @@ size_t watch_chunk(char* data, size_t size, size_t n, void* user) {
     if (line.find_first_not_of(" \r\t") != std::string::npos && !w->take(line))
       return 0;  // what was waited for came: end the transfer
   }
+  if (w->pending.size() > kMaxWatchMessage) {  // curl hands over at most 16 KiB at a time
+    w->changed = true;
+    return 0;
+  }
   return size * n;
 }
 
 }  // namespace
 
 Status Client::watch_prefix(const std::string& prefix, int64_t from) {
-  if (endpoints_.empty()) return {KVTIER_ERR_CONFIG, "etcd: no endpoints"};
+  if (settings_.endpoints.empty()) return {KVTIER_ERR_CONFIG, "etcd: no endpoints"};
+  if (!settings_.user.empty() && token_.empty())
+    if (Status s = authenticate(); !s.is_ok()) return s;
   const std::string body = json{{"create_request",
                                  {{"key", b64_encode(prefix)},
                                   {"range_end", b64_encode(prefix_end(prefix))},
                                   {"start_revision", std::to_string(from)}}}}
                                .dump();
-  return watch_at("http://" + endpoints_[current_] + "/v3/watch", body);
+  return watch_at(url(current_, "/v3/watch"), body);
 }
 
-Status Client::watch_at(const std::string& url, const std::string& body) {
+Status Client::watch_at(const std::string& to, const std::string& body) {
   std::unique_ptr<CURL, void (*)(CURL*)> h(curl_easy_init(), curl_easy_cleanup);
   std::unique_ptr<CURLM, CURLMcode (*)(CURLM*)> m(curl_multi_init(), curl_multi_cleanup);
   if (!h || !m) return {KVTIER_ERR_NO_MEMORY, "etcd: curl init failed"};
-  std::unique_ptr<curl_slist, void (*)(curl_slist*)> headers(
-      curl_slist_append(nullptr, "Content-Type: application/json"), curl_slist_free_all);
+  Headers headers = make_headers(token_);
   WatchStream stream;
-  curl_easy_setopt(h.get(), CURLOPT_URL, url.c_str());
-  curl_easy_setopt(h.get(), CURLOPT_HTTPHEADER, headers.get());
+  curl_easy_setopt(h.get(), CURLOPT_URL, to.c_str());
+  setup(h.get(), headers.get());
   curl_easy_setopt(h.get(), CURLOPT_POSTFIELDS, body.c_str());
   curl_easy_setopt(h.get(), CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
   curl_easy_setopt(h.get(), CURLOPT_WRITEFUNCTION, watch_chunk);
   curl_easy_setopt(h.get(), CURLOPT_WRITEDATA, &stream);
   curl_easy_setopt(h.get(), CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(timeout_ms_));
-  curl_easy_setopt(h.get(), CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(h.get(), CURLOPT_PROTOCOLS_STR, "http");
   curl_multi_add_handle(m.get(), h.get());
   {
     std::lock_guard lock(wake_mu_);

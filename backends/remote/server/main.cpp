@@ -24,7 +24,8 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                      [--rdma-port PORT] [--rdma-tos TOS] [--lease-ms MS] [--idle-timeout-ms MS]
                      [--bulk-timeout-ms MS] [--max-connections N] [--max-leases N]
                      [--threads N] [--etcd HOST:PORT,... [--cluster NAME]
-                     [--advertise HOST:PORT] [--etcd-ttl S]] [--metrics-port PORT [--metrics-listen HOST]]
+                     [--advertise HOST:PORT] [--etcd-ttl S] [--etcd-user USER]
+                     [--etcd-ca-file FILE] [--etcd-cert-file FILE --etcd-key-file FILE]] [--metrics-port PORT [--metrics-listen HOST]]
                      [--tiers memory|memory,file --file-dir DIR [--file-capacity SIZE]]
                      [--log-level LEVEL]
 
@@ -33,7 +34,9 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                       env: KVTIER_SERVER_LISTEN
   --capacity SIZE     bytes of memory for pages, e.g. 64GiB (default 4GiB)
                       env: KVTIER_SERVER_CAPACITY
-  --token TOKEN       every client must present it (default: none)
+  --token TOKEN       the cluster's secret: the server and each client prove to each other
+                      that they hold it (HMAC-SHA256 challenges; it never crosses the wire)
+                      (default: none)
                       env: KVTIER_REMOTE_TOKEN
   --rdma auto|off     auto: serve the RDMA data plane when the host has an RDMA device
                       (the arena is then registered, so pinned, at start) (default auto)
@@ -64,10 +67,18 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                       (default: the number of cores, at most 4)
                       env: KVTIER_SERVER_THREADS
   --etcd HOST:PORT,...
-                      etcd endpoints: the server registers itself in the cluster there under
-                      a lease it keeps alive; on SIGTERM it revokes it and answers one more
-                      second while clients notice (default: none)
+                      etcd endpoints (host:port, http://host:port or https://host:port): the
+                      server registers itself in the cluster there under a lease it keeps
+                      alive (and puts its key back if it vanishes); on SIGTERM it revokes it
+                      and answers one more second while clients notice (default: none)
                       env: KVTIER_SERVER_ETCD
+  --etcd-user USER    etcd user to authenticate as; its password in KVTIER_SERVER_ETCD_PASSWORD
+                      (never a flag) env: KVTIER_SERVER_ETCD_USER
+  --etcd-ca-file FILE CA to check an https:// etcd against (default: the system's)
+                      env: KVTIER_SERVER_ETCD_CA_FILE
+  --etcd-cert-file FILE, --etcd-key-file FILE
+                      client certificate and key (PEM) for etcd's --client-cert-auth
+                      env: KVTIER_SERVER_ETCD_CERT_FILE, KVTIER_SERVER_ETCD_KEY_FILE
   --cluster NAME      the cluster to join (default "default"; clients' KVTIER_REMOTE_CLUSTER)
                       env: KVTIER_REMOTE_CLUSTER
   --advertise HOST:PORT
@@ -111,7 +122,7 @@ int usage_error(const std::string& msg) {
 // main does with the rest (log level, cluster registration, metrics endpoint).
 struct Settings : kvtier::ServerOptions {
   std::string level = "info";
-  std::vector<std::string> etcd;  // empty: no cluster
+  kvtier::etcd::Settings etcd;  // no endpoints: no cluster
   std::string cluster = "default", advertise;
   unsigned etcd_ttl = 5;
   uint16_t metrics_port = 0;  // 0: no metrics endpoint
@@ -153,7 +164,21 @@ const std::vector<ServerOption>& server_options() {
                                  1, 1000000)),
       or_empty(integer_option<S>("SERVER_MAX_LEASES", "--max-leases", &S::max_leases, 1, 1u << 24)),
       or_empty(integer_option<S>("SERVER_THREADS", "--threads", &S::threads, 0, 256)),
-      or_empty(address_list_option<S>("SERVER_ETCD", "--etcd", &S::etcd)),
+      {"SERVER_ETCD", "--etcd", "a comma list of host:port, http:// or https://",
+       [](S& s, const std::string& v) {
+         return v.empty() || parse_url_list(v, &s.etcd.endpoints);
+       }},
+      {"SERVER_ETCD_USER", "--etcd-user", "a user name",
+       [](S& s, const std::string& v) { return s.etcd.user = v, true; }},
+      // Not a flag: a command line is visible to every local user.
+      {"SERVER_ETCD_PASSWORD", "", "a password",
+       [](S& s, const std::string& v) { return s.etcd.password = v, true; }},
+      {"SERVER_ETCD_CA_FILE", "--etcd-ca-file", "a file",
+       [](S& s, const std::string& v) { return s.etcd.ca_file = v, true; }},
+      {"SERVER_ETCD_CERT_FILE", "--etcd-cert-file", "a file",
+       [](S& s, const std::string& v) { return s.etcd.cert_file = v, true; }},
+      {"SERVER_ETCD_KEY_FILE", "--etcd-key-file", "a file",
+       [](S& s, const std::string& v) { return s.etcd.key_file = v, true; }},
       cluster_option<S>("REMOTE_CLUSTER", "--cluster", &S::cluster),
       or_empty(host_port_option<S>("SERVER_ADVERTISE", "--advertise", &S::advertise)),
       or_empty(integer_option<S>("SERVER_ETCD_TTL", "--etcd-ttl", &S::etcd_ttl, 2, 3600)),
@@ -202,7 +227,7 @@ int parse(int argc, char** argv, Settings* out) {
   }
   if (out->file && out->file_dir.empty())
     return usage_error("--tiers memory,file needs --file-dir");
-  if (!out->etcd.empty() && out->advertise.empty() && out->host == "0.0.0.0")
+  if (!out->etcd.endpoints.empty() && out->advertise.empty() && out->host == "0.0.0.0")
     return usage_error("--etcd with --listen on 0.0.0.0 needs --advertise");
   return -1;
 }
@@ -244,7 +269,7 @@ int main(int argc, char** argv) {
   // Registered last, once it answers; deregistered first, so clients stop sending here before
   // the server stops answering.
   std::unique_ptr<kvtier::Registration> registration;
-  if (!set.etcd.empty()) {
+  if (!set.etcd.endpoints.empty()) {
     const std::string self =
         set.advertise.empty() ? opt.host + ":" + std::to_string(port) : set.advertise;
     registration =

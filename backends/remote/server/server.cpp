@@ -30,13 +30,6 @@ uint64_t client_key(int fd, uint64_t ns) {
   return h;
 }
 
-// Compares without an early exit, so the time taken does not tell how much of a guess is right.
-bool same_token(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() != b.size();
-  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % std::max<size_t>(b.size(), 1)];
-  return diff == 0;
-}
-
 }  // namespace
 
 size_t Server::Ids::operator()(const Key& k) const {
@@ -83,14 +76,29 @@ void Server::on_frame(Conn& c) {
     reply(c, static_cast<uint16_t>(c.h.type | wire::kReply), out);
 }
 
-// Every connection starts with HELLO: protocol version, token and the client's namespace.
+// Every connection starts with the HELLO handshake (auth.h): first the server proves it holds
+// the token, then the client does and names its namespace.
 Status Server::handle_hello(Conn& c, wire::Writer& out) {
-  std::string token;
-  uint64_t ns = 0;
   Status s = wire::check_first_frame(c.h);
-  if (s.is_ok()) s = wire::decode_hello(c.payload, &token, &ns);
   if (!s.is_ok()) return s;
-  if (!same_token(token, opt_.token)) return {KVTIER_ERR_DENIED, "wrong or missing token"};
+  if (!c.challenged) {
+    if (c.payload.size() != wire::kNonceSize) return {KVTIER_ERR_DENIED, "malformed HELLO"};
+    std::memcpy(c.client_nonce.data(), c.payload.data(), wire::kNonceSize);
+    c.server_nonce = wire::make_nonce();
+    c.challenged = true;
+    out.bytes(c.server_nonce.data(), c.server_nonce.size());
+    out.u64(boot_id_);
+    const wire::Proof mine = wire::server_proof(opt_.token, c.client_nonce, c.server_nonce, boot_id_);
+    out.bytes(mine.data(), mine.size());
+    return {};
+  }
+  wire::Proof theirs{};
+  if (c.payload.size() != wire::kProofSize + 8) return {KVTIER_ERR_DENIED, "malformed HELLO"};
+  std::memcpy(theirs.data(), c.payload.data(), theirs.size());
+  uint64_t ns = 0;
+  std::memcpy(&ns, c.payload.data() + theirs.size(), 8);
+  if (!wire::same_proof(theirs, wire::client_proof(opt_.token, c.client_nonce, c.server_nonce)))
+    return {KVTIER_ERR_DENIED, "wrong or missing token"};
   if (authed_.fetch_add(1) >= opt_.max_connections) {
     authed_.fetch_sub(1);
     return {KVTIER_ERR_BUSY, "the server is at its limit of " +
@@ -99,7 +107,6 @@ Status Server::handle_hello(Conn& c, wire::Writer& out) {
   c.hello = true;
   c.ns = ns;
   c.client = client_key(c.fd, ns);
-  out.u64(boot_id_);
   return {};
 }
 

@@ -26,6 +26,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "auth.h"
 #include "free_space.h"
 #include "keys.h"
 #include "log.h"
@@ -86,7 +87,10 @@ class Server {
     using Clock = std::chrono::steady_clock;
     uint64_t id = 0;  // unique for the server's life: leases and tickets name their connection
     int fd = -1;
-    bool hello = false;  // authenticated
+    bool hello = false;  // authenticated: the handshake is done
+    // The handshake's first half is done: the nonces its second half's proof is over.
+    bool challenged = false;
+    wire::Nonce client_nonce{}, server_nonce{};
     uint64_t ns = 0;
     uint64_t client = 0;  // its peer host and namespace: whose RDMA QPs to fence (rdma::Owner)
     Phase phase = Phase::kHeader;
@@ -248,7 +252,9 @@ class Server {
   uint64_t next_lease_ = 1;
   Clock::time_point next_reap_{};
   std::unique_ptr<rdma::Listener> rdma_;
-  const uint64_t boot_id_;  // tells clients that RDMA channels to an earlier start are stale
+  // The server's id, new at each start: clients tell aliases of one server apart by it, and
+  // that RDMA channels to an earlier start are stale.
+  const uint64_t boot_id_;
   uint64_t used_ = 0;
   uint64_t evictions_ = 0, errors_ = 0, expired_ = 0, hits_ = 0, misses_ = 0;
   // Per request type (wire::Type, HELLO .. RELEASE): observed when the reply is out.

@@ -83,16 +83,6 @@ Status decode_u64s(std::span<const uint8_t> payload, std::vector<uint64_t>* out)
   return {};
 }
 
-Status decode_hello(std::span<const uint8_t> payload, std::string* token, uint64_t* ns_seed) {
-  Reader r(payload);
-  const uint32_t n = r.u32();
-  if (!r.ok() || n > kMaxToken) return {KVTIER_ERR_INVALID_ARG, "malformed HELLO"};
-  *token = r.str(n);
-  *ns_seed = r.u64();
-  if (!r.done()) return {KVTIER_ERR_INVALID_ARG, "malformed HELLO"};
-  return {};
-}
-
 Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
                   std::span<const iovec> bulk, net::Bound bound) {
   uint8_t head[kHeaderSize];

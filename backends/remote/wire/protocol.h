@@ -5,8 +5,13 @@
 //             GET replies: the values, back to back, sizes given by the payload]
 //   header  = magic u32 | version u16 | type u16 | payload length u32 | reserved u32
 //
-//   HELLO   token bytes, namespace seed u64            -> boot id u64 (new at each server
-//                                                         start), or ERROR
+//   HELLO   client nonce (32)                          -> server nonce (32), server id u64
+//                                                         (random, new at each server start),
+//                                                         server proof (32)
+//   HELLO   client proof (32), namespace seed u64      -> (empty), or ERROR DENIED
+//           The handshake (auth.h): the client checks the server's proof before it sends its
+//           own, so nothing of value goes to a server that does not hold the token; the token
+//           itself never crosses the wire.
 //   EXISTS  n u32, n x id(16)                          -> n u32, n x present u8
 //   PUT     n u32, n x {id, length u64, checksum u64}  -> n u32, n x code i32
 //           followed by the n values' bytes
@@ -59,9 +64,9 @@ constexpr uint64_t kMaxValue = uint64_t{1} << 30;  // one page
 constexpr uint32_t kMaxKeys = 65536;               // per frame
 constexpr size_t kMaxToken = kMaxTokenBytes;       // options.h: the settings check it too
 constexpr int32_t kPresent = 1;  // ALLOC: the key is stored already, nothing to write
-// HELLO's largest payload (token length, token, namespace seed): before HELLO a server takes
-// no bigger frame, so an unauthenticated peer cannot make it hold more.
-constexpr uint32_t kMaxHelloPayload = 4 + kMaxToken + 8;
+// HELLO's largest payload (a proof and the namespace seed): before the handshake is done a
+// server takes no bigger frame, so an unauthenticated peer cannot make it hold more.
+constexpr uint32_t kMaxHelloPayload = 32 + 8;
 // ERROR's largest payload: the code and at most 1024 bytes of message.
 constexpr uint32_t kMaxErrorPayload = 4 + 1024;
 
@@ -97,7 +102,7 @@ struct Header {
 void encode_header(const Header& h, uint8_t out[kHeaderSize]);
 // Checks magic, version and the payload cap.
 Status decode_header(const uint8_t in[kHeaderSize], Header* h);
-// A connection's first frame must be a HELLO of at most kMaxHelloPayload bytes.
+// A connection's frames until the handshake is done must be HELLOs of at most kMaxHelloPayload bytes.
 Status check_first_frame(const Header& h);
 
 // Appends little-endian values to a payload.
@@ -190,7 +195,6 @@ struct CommitEntry {
 };
 Status decode_commit(std::span<const uint8_t> payload, std::vector<CommitEntry>* out);
 Status decode_u64s(std::span<const uint8_t> payload, std::vector<uint64_t>* out);
-Status decode_hello(std::span<const uint8_t> payload, std::string* token, uint64_t* ns_seed);
 
 // One frame out: header, payload, then `bulk` (page bytes) straight from the caller's memory.
 Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
