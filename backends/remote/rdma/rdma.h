@@ -2,7 +2,7 @@
 // client's registered memory and kvtier-server's arena. The TCP frames stay the control plane
 // (ALLOC / COMMIT / LOOKUP / RELEASE in protocol.h); only the page bytes move here.
 //
-// How work is posted (the reason this is fast; README "RDMA data plane"):
+// How work is posted (the reason this is fast; docs/rdma.md):
 //  - memory is registered once: the server's whole arena at start, the engine's buffers when it
 //    calls kvtier_register_buffer, one staging buffer per channel for everything else;
 //  - a batch becomes one plan: a work request per contiguous remote range of at most the

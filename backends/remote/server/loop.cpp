@@ -405,7 +405,7 @@ Status Server::start(uint16_t* port) {
     if (s.is_ok())
       log().warn(
           "server: RDMA data plane on port {}: every client admitted to it can read and write the "
-          "whole arena one-sided, whatever its namespace (README: the RDMA trust model)",
+          "whole arena one-sided, whatever its namespace (docs/rdma.md: the RDMA trust model)",
           rdma_->port());
     else
       log().warn("server: no RDMA data plane ({}); clients move bytes over TCP", s.message());
