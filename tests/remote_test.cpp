@@ -9,12 +9,15 @@
 #include <sys/mount.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <linux/tcp.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <thread>
 #include <tuple>
 
@@ -659,6 +662,79 @@ TEST(Remote, ServerStopsCleanlyOnSigterm) {
   srv.kill_now(SIGTERM);  // with a client connected
   EXPECT_TRUE(WIFEXITED(srv.exit_status()));
   EXPECT_EQ(WEXITSTATUS(srv.exit_status()), 0);
+  kvtier_close(s);
+}
+
+
+// Bytes this process has sent over its open TCP connections to `ports` and had acknowledged
+// (TCP_INFO), and those sockets (by inode): two counts compare while no socket has closed.
+struct Sent {
+  uint64_t bytes = 0;
+  std::set<ino_t> sockets;
+};
+Sent sent_to(const std::set<uint16_t>& ports) {
+  Sent out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    const int fd = std::atoi(e.path().filename().c_str());
+    sockaddr_storage peer{};
+    socklen_t len = sizeof peer;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) continue;
+    uint16_t port = 0;
+    if (peer.ss_family == AF_INET) port = ntohs(reinterpret_cast<sockaddr_in*>(&peer)->sin_port);
+    if (peer.ss_family == AF_INET6) port = ntohs(reinterpret_cast<sockaddr_in6*>(&peer)->sin6_port);
+    if (!ports.count(port)) continue;
+    tcp_info info{};
+    socklen_t ilen = sizeof info;
+    struct stat st{};
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &ilen) != 0 || fstat(fd, &st) != 0) continue;
+    out.bytes += info.tcpi_bytes_acked;
+    out.sockets.insert(st.st_ino);
+  }
+  return out;
+}
+
+// A key a server holds keeps its first value, so putting it again must not send its bytes:
+// engines back up every page of a finished request, its prefix pages read from here included.
+TEST(Remote, RePutsOfHeldKeysMoveNoBytes) {
+  ServerProcess a, b, c;
+  std::vector<ServerProcess*> all{&a, &b, &c};
+  const std::set<uint16_t> ports{a.port(), b.port(), c.port()};
+  kvtier_store_t* s = open_store("tiers=remote;remote_servers=" + a.address() + "," +
+                                 b.address() + "," + c.address());
+  constexpr size_t kPage = 1 << 20, kPages = 16;
+  Batch held("held", kPages, kPage);
+  for (int r : held.set(s)) ASSERT_EQ(r, KVTIER_OK);
+
+  Sent before = sent_to(ports);
+  for (int r : held.set(s)) EXPECT_EQ(r, KVTIER_OK);
+  Sent after = sent_to(ports);
+  // A socket closed in between took its count with it; new ones count whole.
+  ASSERT_TRUE(std::includes(after.sockets.begin(), after.sockets.end(), before.sockets.begin(),
+                            before.sockets.end()))
+      << "a pooled connection closed: nothing to compare";
+  const uint64_t again = after.bytes - before.bytes;
+  EXPECT_LT(again, kPage * kPages / 100) << "a re-put of 16 MiB the servers hold sent " << again
+                                         << " bytes";
+
+  // Half held, half new: only the new half crosses, and every page reads back exactly.
+  Batch mixed("held", kPages, kPage);
+  for (size_t i = kPages / 2; i < kPages; ++i) {
+    mixed.keys[i] = kvtier_test::make_key("new", i);
+    mixed.ck[i] = mixed.keys[i].c_str();
+  }
+  for (size_t i = 0; i < kPages / 2; ++i) mixed.vals[i] = held.vals[i];
+  before = sent_to(ports);
+  for (int r : mixed.set(s)) EXPECT_EQ(r, KVTIER_OK);
+  after = sent_to(ports);
+  // A socket closed in between took its count with it; new ones count whole.
+  ASSERT_TRUE(std::includes(after.sockets.begin(), after.sockets.end(), before.sockets.begin(),
+                            before.sockets.end()))
+      << "a pooled connection closed: nothing to compare";
+  const uint64_t half = after.bytes - before.bytes;
+  EXPECT_GE(half, kPage * kPages / 2);
+  EXPECT_LT(half, kPage * kPages / 2 + kPage * kPages / 100);
+  for (int r : mixed.get(s)) EXPECT_EQ(r, 1);
+  for (int r : held.get(s)) EXPECT_EQ(r, 1);
   kvtier_close(s);
 }
 
