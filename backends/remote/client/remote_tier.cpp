@@ -163,8 +163,9 @@ class RemoteTier final : public Tier {
   }
 
   // Below this many bytes a batch is not worth a thread per server, nor a put the round trip
-  // that asks which keys the server has (about what one loopback stream moves in 50 us).
-  static constexpr uint64_t kWorthRoundTrip = 256 << 10;
+  // that asks which keys the server has (a loopback round trip is what one stream moves of
+  // about 150 KiB; an engine's page is a few MiB).
+  static constexpr uint64_t kWorthRoundTrip = 1 << 20;
 
   template <class Ops>
   static uint64_t bytes_of(const Ops& ops) {
