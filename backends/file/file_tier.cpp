@@ -213,29 +213,28 @@ void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
 void PageFiles::read_pages(std::span<GetOp> ops, std::vector<Reading>& pending,
                            std::vector<Reading>* unreadable) {
   rings_.with_ring([&](Ring& ring) {
-    ring.run(
-        pending.size(),
+    run_ios(
+        ring, pending.size(),
         [&](size_t i, Io& io) {
           Reading& p = pending[i];
           const GetOp& op = ops[p.op];
-          io.fd = p.fd;
+          io.fd = p.fd;  // -1 when this process cannot open the class's file: -EIO
           io.offset = p.offset;
-          io.error = -EIO;  // when this process cannot open the class's file (io.fd is -1)
           if (!p.compressed && p.length == op.capacity &&
               (!direct_ ||
                (aligned(op.frags, mem_align_, io_align_) && p.length % io_align_ == 0))) {
             for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
-            return;
+            return -EIO;
           }
           p.buf_size = round_block(p.stored);
           p.buf = bounce_.get(p.buf_size);
           if (!p.buf) {
             io.fd = -1;
-            io.error = -ENOMEM;
             p.no_memory = true;
-            return;
+            return -ENOMEM;
           }
           io.iov.push_back({p.buf, direct_ ? p.buf_size : p.stored});
+          return -EIO;
         },
         [&](size_t i, int res) {
           Reading& p = pending[i];

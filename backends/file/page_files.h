@@ -20,6 +20,7 @@
 #include "group_sync.h"
 #include "shared_index.h"
 #include "tier.h"
+#include "faults.h"
 #include "uring.h"
 
 namespace kvtier {
@@ -89,7 +90,8 @@ class PageFiles {
   void plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vector<Writing>* mine,
             std::vector<Writing>* waiting);
   void run(std::span<PutOp> ops, std::vector<Writing>& mine);
-  void prepare_write(PutOp& op, Writing& w, Io& io);
+  // The error for an io left unqueued (fd -1), as run_ios wants it.
+  int prepare_write(PutOp& op, Writing& w, Io& io);
   void sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine);
   void commit(std::span<PutOp> ops, std::vector<Writing>& mine);
   void release_orphans();  // REQUIRES Guard; the slots of commits that timed out

@@ -145,8 +145,8 @@ void PageFiles::release_orphans() {
 
 void PageFiles::run(std::span<PutOp> ops, std::vector<Writing>& mine) {
   rings_.with_ring([&](Ring& ring) {
-    ring.run(
-        mine.size(), [&](size_t i, Io& io) { prepare_write(ops[mine[i].op], mine[i], io); },
+    run_ios(
+        ring, mine.size(), [&](size_t i, Io& io) { return prepare_write(ops[mine[i].op], mine[i], io); },
         [&](size_t i, int res) {
           Writing& w = mine[i];
           if (w.result != KVTIER_ERR_NO_MEMORY) {
@@ -161,7 +161,7 @@ void PageFiles::run(std::span<PutOp> ops, std::vector<Writing>& mine) {
   });
 }
 
-void PageFiles::prepare_write(PutOp& op, Writing& w, Io& io) {
+int PageFiles::prepare_write(PutOp& op, Writing& w, Io& io) {
   // Straight from the engine's pool when O_DIRECT allows it, else a bounce copy.
   const bool direct = !w.compressed && (!direct_ || aligned(op.frags, mem_align_, io_align_));
   const size_t end = direct_ ? round_block(w.stored) : w.stored;
@@ -170,8 +170,7 @@ void PageFiles::prepare_write(PutOp& op, Writing& w, Io& io) {
     w.buf_size = round_block(end);
     if (!(w.buf = bounce_.get(w.buf_size))) {
       w.result = KVTIER_ERR_NO_MEMORY;
-      io.error = -ENOMEM;  // io.fd stays -1: nothing is queued
-      return;
+      return -ENOMEM;  // io.fd stays -1: nothing is queued
     }
   }
   if (direct) {
@@ -191,6 +190,7 @@ void PageFiles::prepare_write(PutOp& op, Writing& w, Io& io) {
     std::memset(w.buf + w.stored, 0, end - w.stored);
     io.iov.push_back({w.buf, end});
   }
+  return 0;
 }
 
 int PageFiles::sync_fd(int fd) {
