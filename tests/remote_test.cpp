@@ -26,6 +26,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using kvtier_test::Ctl;
+using kvtier_test::kWireVersion;
 using kvtier_test::raw_connect;
 using kvtier_test::ServerProcess;
 
@@ -411,22 +412,24 @@ TEST(Remote, MalformedFramesAreRejectedWithoutACrash) {
   std::vector<uint8_t> garbage(64, 0xAB);
   EXPECT_EQ(send_raw(srv.port(), garbage, false), kError);
   // Valid magic, oversized payload length.
-  std::vector<uint8_t> big = {0x4b, 0x56, 0x54, 0x52, 1, 0, 4, 0,
-                              0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0};
+  std::vector<uint8_t> big = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0, 4, 0, 0xff, 0xff, 0xff, 0x7f,
+                              0,    0,    0,    0};
   EXPECT_EQ(send_raw(srv.port(), big, true), kError);
   // A GET whose count claims more ids than the payload holds.
-  std::vector<uint8_t> lie = {0x4b, 0x56, 0x54, 0x52, 1,    0,    4, 0, 8, 0, 0, 0,
-                              0,    0,    0,    0,    0xff, 0xff, 0, 0, 1, 2, 3, 4};
+  std::vector<uint8_t> lie = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0,    4, 0, 8, 0, 0, 0,
+                              0,    0,    0,    0,    0xff,         0xff, 0, 0, 1, 2, 3, 4};
   EXPECT_EQ(send_raw(srv.port(), lie, true), kError);
   // A request before HELLO.
-  std::vector<uint8_t> early = {0x4b, 0x56, 0x54, 0x52, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  std::vector<uint8_t> early = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0, 6, 0, 0, 0, 0, 0,
+                                0,    0,    0,    0};
   EXPECT_EQ(send_raw(srv.port(), early, false), kError);
   // A frame cut short, then the connection closed.
-  std::vector<uint8_t> cut = {0x4b, 0x56, 0x54, 0x52, 1, 0, 3, 0, 64, 0, 0, 0, 0, 0, 0, 0, 1, 0};
+  std::vector<uint8_t> cut = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0, 3, 0, 64, 0, 0, 0, 0, 0,
+                              0,    0,    1,    0};
   EXPECT_EQ(send_raw(srv.port(), cut, true), -1);
   // A PUT that declares bytes it never sends: the slot is released, nothing becomes visible.
-  std::vector<uint8_t> put = {0x4b, 0x56, 0x54, 0x52, 1, 0, 3, 0, 36, 0,
-                              0,    0,    0,    0,    0, 0, 1, 0, 0,  0};
+  std::vector<uint8_t> put = {
+      0x4b, 0x56, 0x54, 0x52, kWireVersion, 0, 3, 0, 36, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0};
   for (int i = 0; i < 16; ++i) put.push_back(static_cast<uint8_t>(i));  // id
   for (uint64_t v : {uint64_t{8192}, uint64_t{0}})
     for (int k = 0; k < 8; ++k) put.push_back(static_cast<uint8_t>(v >> (8 * k)));
@@ -443,6 +446,36 @@ TEST(Remote, MalformedFramesAreRejectedWithoutACrash) {
       << "the half-sent PUT must not be visible: " << js;
   kvtier_free(js);
   kvtier_close(s);
+}
+
+// A client of the wire version before (its HELLO sent the token itself) is told, in its own
+// version so that it can read it, that the versions differ: not DENIED for a token, not a
+// reply it cannot parse.
+TEST(Remote, AClientOfAnotherWireVersionIsToldSoInItsVersion) {
+  ServerProcess srv("64MiB", "s3cret");
+  const int fd = kvtier_test::raw_connect(srv.port());
+  std::vector<uint8_t> hello = {0x4b, 0x56, 0x54, 0x52, kWireVersion - 1, 0, 1, 0, 10, 0, 0, 0,
+                                0,    0,    0,    0};
+  hello.push_back(6);
+  hello.insert(hello.end(), {0, 0, 0, 's', '3', 'c', 'r', 'e', 't'});  // a token, as v1 sent it
+  ASSERT_EQ(send(fd, hello.data(), hello.size(), MSG_NOSIGNAL), static_cast<ssize_t>(hello.size()));
+  uint8_t h[16];
+  ASSERT_EQ(kvtier_test::recv_all(fd, h, 16), 16);
+  EXPECT_EQ(h[4] | (h[5] << 8), kWireVersion - 1) << "the refusal is not in the client's version";
+  EXPECT_EQ(h[6] | (h[7] << 8), 100 | 0x80);  // ERROR
+  uint32_t len = 0;
+  std::memcpy(&len, h + 8, 4);
+  ASSERT_GE(len, 4u);
+  ASSERT_LE(len, 4u + 1024);
+  std::vector<char> reply(len);
+  ASSERT_EQ(kvtier_test::recv_all(fd, reply.data(), len), static_cast<ssize_t>(len));
+  close(fd);
+  int32_t code = 0;
+  std::memcpy(&code, reply.data(), 4);
+  EXPECT_EQ(code, KVTIER_ERR_DENIED);
+  EXPECT_EQ(std::string(reply.begin() + 4, reply.end()),
+            "the client speaks wire version " + std::to_string(kWireVersion - 1) +
+                ", this server " + std::to_string(kWireVersion));
 }
 
 TEST(Remote, ReplicasServeReadsWhenAServerDies) {
