@@ -503,6 +503,27 @@ TEST(Remote, ReplicasServeReadsWhenAServerDies) {
   }
 }
 
+// Finding 26.12 with a static list: one server listed under three spellings counted as three
+// members, so with replicas = 2 most pages had both copies on it. Members are told apart by the
+// id each proves in its HELLO: the three are one, every page has a copy on the second server,
+// and killing the first loses none.
+TEST(Remote, OneServerListedUnderSeveralSpellingsIsOneMember) {
+  ServerProcess a, b;
+  if (kvtier_test::test_host() != "127.0.0.1") GTEST_SKIP() << "the spellings are of loopback";
+  const std::string port = std::to_string(a.port());
+  const std::string servers =
+      "127.0.0.1:" + port + ",localhost:" + port + ",127.1:" + port + "," + b.address();
+  kvtier_store_t* s =
+      open_store("tiers=remote;remote_replicas=2;remote_timeout_ms=500;remote_servers=" + servers);
+  Batch pages("aliases", 64, 8192);
+  for (int r : pages.set(s)) ASSERT_EQ(r, KVTIER_OK);
+  a.kill_now(SIGKILL);
+  size_t lost = 0;
+  for (int r : pages.get(s)) lost += r != 1;
+  EXPECT_EQ(lost, 0u) << "pages whose copies were all on the one server under its other names";
+  kvtier_close(s);
+}
+
 TEST(Remote, NamespacesOnOneServerAreSeparate) {
   ServerProcess srv;
   kvtier_store_t* a = open_store("tiers=remote;namespace=model-a;remote_servers=" + srv.address());
