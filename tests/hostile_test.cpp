@@ -29,6 +29,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using kvtier_test::closed_within;
 using kvtier_test::Ctl;
+using kvtier_test::kWireVersion;
 using kvtier_test::raw_connect;
 using kvtier_test::ServerProcess;
 using std::chrono::milliseconds;
@@ -103,7 +104,7 @@ struct Pages {
 
 // A raw frame header.
 std::vector<uint8_t> header(uint16_t type, uint32_t length) {
-  std::vector<uint8_t> h = {0x4b, 0x56, 0x54, 0x52, 1, 0};
+  std::vector<uint8_t> h = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0};
   Ctl::put(h, type, 2);
   Ctl::put(h, length, 4);
   Ctl::put(h, 0, 4);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "p2p_local.h"
+#include "wire_version.h"
 
 namespace kvtier_test {
 namespace {
@@ -119,7 +120,8 @@ TEST(P2pCheck, APeerThatStopsMidFrameIsDroppedAfterTheTimeout) {
   ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
   const std::string text(addr);
   const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
-  const unsigned char head[7] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 32};  // a header's first bytes
+  const unsigned char head[7] = {0x4b,         0x56, 0x54, 0x52,
+                                 kWireVersion, 0,    32};  // a header's first bytes
   for (const size_t sent : {size_t{0}, size_t{7}}) {
     const int fd = loopback_connect(port);
     ASSERT_EQ(send(fd, head, sent, MSG_NOSIGNAL), static_cast<ssize_t>(sent));

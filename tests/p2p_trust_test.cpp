@@ -23,6 +23,7 @@
 #include "p2p_pool.h"
 #include "p2p_process.h"
 #include "test_util.h"
+#include "wire_version.h"
 
 namespace kvtier_test {
 namespace {
@@ -237,7 +238,8 @@ TEST(P2pCheck, BeforeHelloNothingAPeerClaimsIsAllocated) {
   const std::string addr = decode.address();
   const auto port = static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1)));
   const long before = rss_kib(decode.pid());
-  unsigned char head[17] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 32, 0};  // magic, v1, P2P_HELLO
+  unsigned char head[17] = {0x4b,         0x56, 0x54, 0x52,
+                            kWireVersion, 0,    32,   0};  // magic, version, P2P_HELLO
   const uint32_t claimed = 4u << 20;
   std::memcpy(head + 8, &claimed, 4);
   std::vector<int> fds;
@@ -269,7 +271,7 @@ TEST(P2pCheck, APeerOfTheProtocolBeforeCommitIsRefused) {
   const std::string text(addr);
   const int fd =
       loopback_connect(static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1))));
-  unsigned char hello[16 + 4 + 6 + 8] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 32, 0, 18};
+  unsigned char hello[16 + 4 + 6 + 8] = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0, 32, 0, 18};
   hello[16] = 6;
   std::memcpy(hello + 20, "secret", 6);  // the right token, any format, no version
   ASSERT_EQ(send(fd, hello, sizeof hello, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof hello));

@@ -2,6 +2,8 @@
 // never read out of bounds (run under ASan by the test command). fuzz_frames.cpp feeds the
 // same entry point to libFuzzer where clang is available.
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <random>
 
@@ -29,9 +31,43 @@ TEST(Protocol, HeaderChecks) {
   h.length = 1;
   h.version = 9;
   wire::encode_header(h, b);
-  EXPECT_EQ(wire::decode_header(b, &d).code(), KVTIER_ERR_UNSUPPORTED);
+  EXPECT_EQ(wire::decode_header(b, &d).code(), KVTIER_ERR_DENIED);
   b[0] ^= 1;
   EXPECT_EQ(wire::decode_header(b, &d).code(), KVTIER_ERR_INVALID_ARG);
+}
+
+// A frame of another wire version is named as such, from the reader's side: a server reading a
+// request names the client's version and its own, a client reading a reply the server's and its
+// own (not a short reply or a token refused).
+TEST(Protocol, AnotherWireVersionIsNamedOnBothSides) {
+  uint8_t b[wire::kHeaderSize];
+  wire::Header h;
+  h.version = wire::kVersion - 1;
+  h.type = wire::kHello;
+  wire::encode_header(h, b);
+  wire::Header d;
+  const std::string older = std::to_string(wire::kVersion - 1),
+                    ours = std::to_string(wire::kVersion);
+  Status s = wire::decode_header(b, &d);
+  EXPECT_EQ(s.code(), KVTIER_ERR_DENIED);
+  EXPECT_EQ(s.message(), "the client speaks wire version " + older + ", this server " + ours);
+  EXPECT_EQ(d.version, wire::kVersion - 1);  // what a server answers in
+
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  h.type = wire::kError | wire::kReply;  // an older server's refusal, in its own version
+  h.length = 4;
+  wire::encode_header(h, b);
+  const int32_t code = KVTIER_ERR_DENIED;
+  ASSERT_EQ(write(sv[1], b, sizeof b), static_cast<ssize_t>(sizeof b));
+  ASSERT_EQ(write(sv[1], &code, 4), 4);
+  std::vector<uint8_t> payload;
+  s = wire::read_frame(sv[0], wire::kHello | wire::kReply,
+                       net::Clock::now() + std::chrono::seconds(2), &payload);
+  EXPECT_EQ(s.code(), KVTIER_ERR_DENIED);
+  EXPECT_EQ(s.message(), "the server speaks wire version " + older + ", this client " + ours);
+  close(sv[0]);
+  close(sv[1]);
 }
 
 TEST(Protocol, PutEntriesAreBoundsChecked) {

@@ -19,6 +19,8 @@
 #include <utility>
 #include <vector>
 
+#include "wire_version.h"
+
 namespace kvtier_test {
 
 // A connected socket; replies wait at most `timeout_s` seconds.
@@ -74,7 +76,13 @@ inline std::vector<uint8_t> hello_proof(const std::string& key, const std::strin
 // One frame on fd and the reply's {type, payload} (type -1: none).
 inline std::pair<int, std::vector<uint8_t>> raw_call(int fd, uint16_t type,
                                                      const std::vector<uint8_t>& payload) {
-  std::vector<uint8_t> f = {0x4b, 0x56, 0x54, 0x52, 1, 0, static_cast<uint8_t>(type),
+  std::vector<uint8_t> f = {0x4b,
+                            0x56,
+                            0x54,
+                            0x52,
+                            kWireVersion,
+                            0,
+                            static_cast<uint8_t>(type),
                             static_cast<uint8_t>(type >> 8)};
   for (int k = 0; k < 4; ++k) f.push_back(static_cast<uint8_t>(payload.size() >> (8 * k)));
   f.insert(f.end(), 4, 0);
@@ -117,7 +125,7 @@ class Ctl {
   int fd() const { return fd_; }
 
   static std::vector<uint8_t> frame(uint16_t type, const std::vector<uint8_t>& payload) {
-    std::vector<uint8_t> f = {0x4b, 0x56, 0x54, 0x52, 1, 0};
+    std::vector<uint8_t> f = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0};
     put(f, type, 2);
     put(f, payload.size(), 4);
     put(f, 0, 4);

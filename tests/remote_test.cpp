@@ -29,6 +29,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using kvtier_test::Ctl;
+using kvtier_test::kWireVersion;
 using kvtier_test::raw_connect;
 using kvtier_test::ServerProcess;
 
@@ -414,22 +415,24 @@ TEST(Remote, MalformedFramesAreRejectedWithoutACrash) {
   std::vector<uint8_t> garbage(64, 0xAB);
   EXPECT_EQ(send_raw(srv.port(), garbage, false), kError);
   // Valid magic, oversized payload length.
-  std::vector<uint8_t> big = {0x4b, 0x56, 0x54, 0x52, 1, 0, 4, 0,
-                              0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0};
+  std::vector<uint8_t> big = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0, 4, 0, 0xff, 0xff, 0xff, 0x7f,
+                              0,    0,    0,    0};
   EXPECT_EQ(send_raw(srv.port(), big, true), kError);
   // A GET whose count claims more ids than the payload holds.
-  std::vector<uint8_t> lie = {0x4b, 0x56, 0x54, 0x52, 1,    0,    4, 0, 8, 0, 0, 0,
-                              0,    0,    0,    0,    0xff, 0xff, 0, 0, 1, 2, 3, 4};
+  std::vector<uint8_t> lie = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0,    4, 0, 8, 0, 0, 0,
+                              0,    0,    0,    0,    0xff,         0xff, 0, 0, 1, 2, 3, 4};
   EXPECT_EQ(send_raw(srv.port(), lie, true), kError);
   // A request before HELLO.
-  std::vector<uint8_t> early = {0x4b, 0x56, 0x54, 0x52, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  std::vector<uint8_t> early = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0, 6, 0, 0, 0, 0, 0,
+                                0,    0,    0,    0};
   EXPECT_EQ(send_raw(srv.port(), early, false), kError);
   // A frame cut short, then the connection closed.
-  std::vector<uint8_t> cut = {0x4b, 0x56, 0x54, 0x52, 1, 0, 3, 0, 64, 0, 0, 0, 0, 0, 0, 0, 1, 0};
+  std::vector<uint8_t> cut = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0, 3, 0, 64, 0, 0, 0, 0, 0,
+                              0,    0,    1,    0};
   EXPECT_EQ(send_raw(srv.port(), cut, true), -1);
   // A PUT that declares bytes it never sends: the slot is released, nothing becomes visible.
-  std::vector<uint8_t> put = {0x4b, 0x56, 0x54, 0x52, 1, 0, 3, 0, 36, 0,
-                              0,    0,    0,    0,    0, 0, 1, 0, 0,  0};
+  std::vector<uint8_t> put = {
+      0x4b, 0x56, 0x54, 0x52, kWireVersion, 0, 3, 0, 36, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0};
   for (int i = 0; i < 16; ++i) put.push_back(static_cast<uint8_t>(i));  // id
   for (uint64_t v : {uint64_t{8192}, uint64_t{0}})
     for (int k = 0; k < 8; ++k) put.push_back(static_cast<uint8_t>(v >> (8 * k)));
@@ -446,6 +449,36 @@ TEST(Remote, MalformedFramesAreRejectedWithoutACrash) {
       << "the half-sent PUT must not be visible: " << js;
   kvtier_free(js);
   kvtier_close(s);
+}
+
+// A client of the wire version before (its HELLO sent the token itself) is told, in its own
+// version so that it can read it, that the versions differ: not DENIED for a token, not a
+// reply it cannot parse.
+TEST(Remote, AClientOfAnotherWireVersionIsToldSoInItsVersion) {
+  ServerProcess srv("64MiB", "s3cret");
+  const int fd = kvtier_test::raw_connect(srv.port());
+  std::vector<uint8_t> hello = {0x4b, 0x56, 0x54, 0x52, kWireVersion - 1, 0, 1, 0, 10, 0, 0, 0,
+                                0,    0,    0,    0};
+  hello.push_back(6);
+  hello.insert(hello.end(), {0, 0, 0, 's', '3', 'c', 'r', 'e', 't'});  // a token, as v1 sent it
+  ASSERT_EQ(send(fd, hello.data(), hello.size(), MSG_NOSIGNAL), static_cast<ssize_t>(hello.size()));
+  uint8_t h[16];
+  ASSERT_EQ(kvtier_test::recv_all(fd, h, 16), 16);
+  EXPECT_EQ(h[4] | (h[5] << 8), kWireVersion - 1) << "the refusal is not in the client's version";
+  EXPECT_EQ(h[6] | (h[7] << 8), 100 | 0x80);  // ERROR
+  uint32_t len = 0;
+  std::memcpy(&len, h + 8, 4);
+  ASSERT_GE(len, 4u);
+  ASSERT_LE(len, 4u + 1024);
+  std::vector<char> reply(len);
+  ASSERT_EQ(kvtier_test::recv_all(fd, reply.data(), len), static_cast<ssize_t>(len));
+  close(fd);
+  int32_t code = 0;
+  std::memcpy(&code, reply.data(), 4);
+  EXPECT_EQ(code, KVTIER_ERR_DENIED);
+  EXPECT_EQ(std::string(reply.begin() + 4, reply.end()),
+            "the client speaks wire version " + std::to_string(kWireVersion - 1) +
+                ", this server " + std::to_string(kWireVersion));
 }
 
 TEST(Remote, ReplicasServeReadsWhenAServerDies) {
@@ -471,6 +504,27 @@ TEST(Remote, ReplicasServeReadsWhenAServerDies) {
     EXPECT_LT(present, 35u);
     kvtier_close(s);
   }
+}
+
+// Finding 26.12 with a static list: one server listed under three spellings counted as three
+// members, so with replicas = 2 most pages had both copies on it. Members are told apart by the
+// id each proves in its HELLO: the three are one, every page has a copy on the second server,
+// and killing the first loses none.
+TEST(Remote, OneServerListedUnderSeveralSpellingsIsOneMember) {
+  ServerProcess a, b;
+  if (kvtier_test::test_host() != "127.0.0.1") GTEST_SKIP() << "the spellings are of loopback";
+  const std::string port = std::to_string(a.port());
+  const std::string servers =
+      "127.0.0.1:" + port + ",localhost:" + port + ",127.1:" + port + "," + b.address();
+  kvtier_store_t* s =
+      open_store("tiers=remote;remote_replicas=2;remote_timeout_ms=500;remote_servers=" + servers);
+  Batch pages("aliases", 64, 8192);
+  for (int r : pages.set(s)) ASSERT_EQ(r, KVTIER_OK);
+  a.kill_now(SIGKILL);
+  size_t lost = 0;
+  for (int r : pages.get(s)) lost += r != 1;
+  EXPECT_EQ(lost, 0u) << "pages whose copies were all on the one server under its other names";
+  kvtier_close(s);
 }
 
 TEST(Remote, NamespacesOnOneServerAreSeparate) {

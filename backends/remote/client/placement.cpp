@@ -41,8 +41,8 @@ Placement::~Placement() {
 }
 
 Status Placement::init(const Config& c, Prove prove) {
-  if (c.remote_etcd.empty()) return set_servers(c.remote_servers, "KVTIER_REMOTE_SERVERS");
   prove_ = std::move(prove);
+  if (c.remote_etcd.empty()) return set_servers(c.remote_servers, "KVTIER_REMOTE_SERVERS");
   membership_ = std::make_unique<Membership>(
       etcd_settings(c), c.remote_cluster, kMembershipRetryMs,
       [this](const std::vector<std::string>& addrs) { set_servers(addrs, "etcd"); });
@@ -100,7 +100,7 @@ Status Placement::set_servers(const std::vector<std::string>& addrs, const char*
     for (int i = 0; i < Pool::kConnsPerServer; ++i) s->conns.push_back(std::make_unique<Conn>());
     fresh.push_back(std::move(s));
   }
-  if (from_etcd_ && prove_) prove_all(fresh, source);
+  if (prove_) prove_all(fresh, source);
   // One server under several names counts once: the member already live keeps it.
   auto next = std::make_shared<Servers>();
   bool next_has_new = false;
@@ -138,8 +138,9 @@ void Placement::prove_all(Servers& fresh, const char* source) {
   }
   size_t k = 0;
   for (size_t i = 0; i < fresh.size(); ++i) {
-    if (got[i].code() == KVTIER_ERR_DENIED) {
-      // A record anyone who can write to etcd could have made: nothing goes to it.
+    // A record anyone who can write to etcd could have made: nothing goes to it. (One the
+    // user listed stays, and its calls say why they are refused.)
+    if (got[i].code() == KVTIER_ERR_DENIED && from_etcd_) {
       log().warn("remote tier: {}: member {} left out: {}", source, fresh[i]->name,
                  got[i].message());
       continue;

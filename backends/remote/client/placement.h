@@ -33,7 +33,7 @@ class Placement {
   // Asks a server to prove itself (the HELLO handshake): OK and its id in s.boot_id, DENIED
   // when it cannot prove it holds the token, else it did not answer.
   using Prove = std::function<Status(ServerRef& s)>;
-  // The static list, or the first poll of etcd started; prove: for members found in etcd.
+  // The static list, or the first poll of etcd started; prove: asked of every new member.
   Status init(const Config& c, Prove prove);
 
   std::shared_ptr<const Servers> live() const;
@@ -49,12 +49,13 @@ class Placement {
 
  private:
   // Replaces the live set with `addrs`, keeping the servers (and their connections) that stay.
-  // source names where the list came from, for messages. From etcd, a member record is a claim:
-  // each new member is asked to prove itself first; one that cannot is left out (and asked
-  // again when the set changes), and members that prove the same server id are one server
-  // under several names, counted once.
+  // source names where the list came from, for messages. Each new member is asked to prove
+  // itself first, and members that prove the same server id are one server under several names
+  // (127.0.0.1:P, localhost:P, [::ffff:127.0.0.1]:P), counted once. From etcd, a member record
+  // is a claim: one that cannot prove itself is left out (and asked again when the set
+  // changes).
   Status set_servers(const std::vector<std::string>& addrs, const char* source);
-  // Asks each of `fresh` to prove itself; drops those that cannot.
+  // Asks each of `fresh` to prove itself; from etcd, drops those that cannot.
   void prove_all(Servers& fresh, const char* source);
 
   // How often the live set is read again while etcd does not answer (it is watched otherwise).

@@ -39,8 +39,10 @@ size_t Server::Ids::operator()(const Key& k) const {
 
 // ---- frames ------------------------------------------------------------------------------
 
-void Server::reply(Conn& c, uint16_t type, wire::Writer& out, const std::vector<iovec>& bulk) {
+void Server::reply(Conn& c, uint16_t type, wire::Writer& out, const std::vector<iovec>& bulk,
+                   uint16_t version) {
   Header h;
+  h.version = version;
   h.type = type;
   h.length = static_cast<uint32_t>(out.data().size());
   c.reply.resize(wire::kHeaderSize);
@@ -64,7 +66,10 @@ void Server::reply_error(Conn& c, const Status& s) {
   wire::Writer w;
   w.i32(s.code());
   w.bytes(s.message().data(), std::min<size_t>(s.message().size(), 1024));
-  reply(c, wire::kError | wire::kReply, w);
+  // In the version the client spoke (ERROR's layout is the same in all): a client of another
+  // version can read why it is refused.
+  const bool ours = c.h.magic != wire::kMagic || c.h.version == wire::kVersion;
+  reply(c, wire::kError | wire::kReply, w, {}, ours ? wire::kVersion : c.h.version);
   c.close_after = true;
 }
 

@@ -168,7 +168,8 @@ class Server {
   Status begin_put(Conn& c);
   Status begin_get(Conn& c, wire::Writer& out);
   Status commit(Conn& c, wire::Writer& out);
-  void reply(Conn& c, uint16_t type, wire::Writer& out, const std::vector<iovec>& bulk = {});
+  void reply(Conn& c, uint16_t type, wire::Writer& out, const std::vector<iovec>& bulk = {},
+             uint16_t version = wire::kVersion);
   void reply_error(Conn& c, const Status& s);
   // REQUIRES mu_: a new lease of the connection's, ending at `expiry`.
   uint64_t grant_lease(uint64_t conn, Clock::time_point expiry);

@@ -10,7 +10,7 @@ void encode_header(const Header& h, uint8_t out[kHeaderSize]) {
   std::memcpy(out + 12, &h.reserved, 4);
 }
 
-Status decode_header(const uint8_t in[kHeaderSize], Header* h) {
+Status decode_header(const uint8_t in[kHeaderSize], Header* h, bool from_server) {
   std::memcpy(&h->magic, in, 4);
   std::memcpy(&h->version, in + 4, 2);
   std::memcpy(&h->type, in + 6, 2);
@@ -18,8 +18,10 @@ Status decode_header(const uint8_t in[kHeaderSize], Header* h) {
   std::memcpy(&h->reserved, in + 12, 4);
   if (h->magic != kMagic) return {KVTIER_ERR_INVALID_ARG, "not a kvtier frame (bad magic)"};
   if (h->version != kVersion)
-    return {KVTIER_ERR_UNSUPPORTED, "protocol version " + std::to_string(h->version) +
-                                        ", expected " + std::to_string(kVersion)};
+    return {KVTIER_ERR_DENIED, std::string(from_server ? "the server" : "the client") +
+                                   " speaks wire version " + std::to_string(h->version) +
+                                   ", this " + (from_server ? "client " : "server ") +
+                                   std::to_string(kVersion)};
   if (h->length > kMaxPayload)
     return {KVTIER_ERR_INVALID_ARG, "frame payload of " + std::to_string(h->length) +
                                         " bytes is over the cap of " + std::to_string(kMaxPayload)};
@@ -102,7 +104,8 @@ Status read_frame(int fd, uint16_t type, net::Bound bound, std::vector<uint8_t>*
   Header h;
   Status s = net::read_all(fd, head, sizeof head, bound);
   if (s.is_ok() && begun) *begun = true;
-  if (s.is_ok()) s = decode_header(head, &h);
+  // A caller that awaits a reply reads a server's frame.
+  if (s.is_ok()) s = decode_header(head, &h, (type & kReply) != 0);
   if (!s.is_ok()) return s;
   const uint32_t cap = h.type == (kError | kReply) ? kMaxErrorPayload : max_payload;
   if (h.length > cap)

@@ -57,7 +57,10 @@
 namespace kvtier::wire {
 
 constexpr uint32_t kMagic = 0x5254564b;  // "KVTR"
-constexpr uint16_t kVersion = 1;
+// 2: the HELLO proves the token both ways (auth.h); 1 sent the token itself. An ERROR frame has
+// the same layout in every version, so a frame of another version is answered with an ERROR in
+// that version: either end then reads "the server speaks wire version X, this client Y".
+constexpr uint16_t kVersion = 2;
 constexpr size_t kHeaderSize = 16;
 constexpr uint32_t kMaxPayload = 4u << 20;         // control part of a frame
 constexpr uint64_t kMaxValue = uint64_t{1} << 30;  // one page
@@ -100,8 +103,10 @@ struct Header {
 };
 
 void encode_header(const Header& h, uint8_t out[kHeaderSize]);
-// Checks magic, version and the payload cap.
-Status decode_header(const uint8_t in[kHeaderSize], Header* h);
+// Checks magic, version and the payload cap. A frame of another version is DENIED with a
+// message naming both versions, from the side of the end that reads it (from_server: a reply
+// a client reads, else a request a server reads); *h holds the header's fields either way.
+Status decode_header(const uint8_t in[kHeaderSize], Header* h, bool from_server = false);
 // A connection's frames until the handshake is done must be HELLOs of at most kMaxHelloPayload bytes.
 Status check_first_frame(const Header& h);
 
