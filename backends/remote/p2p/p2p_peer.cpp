@@ -158,6 +158,8 @@ Status Peer::Impl::run_open(bool write, std::span<const int64_t> local_pages,
     return {KVTIER_ERR_TIMEOUT, "the peer connection stayed busy past the deadline"};
   }
   Status gone = closed();
+  // The endpoint closes a connection idle past its idle timeout: this call connects again.
+  if (gone.is_ok() && fd >= 0 && net::peer_closed(fd)) drop();
   if (gone.is_ok() && fd < 0) gone = connect(dl);
   if (!gone.is_ok()) {
     std::fill(results.begin(), results.end(), gone.code());

@@ -102,8 +102,10 @@ struct Header {
 void encode_header(const Header& h, uint8_t out[kHeaderSize]);
 // Checks magic, version and the payload cap.
 Status decode_header(const uint8_t in[kHeaderSize], Header* h);
-// A connection's frames until the handshake is done must be HELLOs of at most kMaxHelloPayload bytes.
-Status check_first_frame(const Header& h);
+// A connection's frames until the handshake is done must be HELLOs (of type `hello`: the
+// server's, or P2P_HELLO) of at most `max` bytes.
+Status check_first_frame(const Header& h, uint16_t hello = kHello,
+                         uint32_t max = kMaxHelloPayload);
 
 // Appends little-endian values to a payload.
 class Writer {
@@ -204,8 +206,9 @@ Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
 // bytes (an ERROR: over kMaxErrorPayload), is INVALID_ARG, refused before anything is allocated
 // for it. *begun (when given) is set once a header has arrived: a call that failed before one
 // can be run again.
-// The one reader and writer of blocking peers (the client tier, p2p); kvtier-server's event
-// loop decodes the same header with decode_header as its bytes arrive.
+// The one reader and writer of blocking peers (the client tier, p2p's calling side); the event
+// loops that serve (serve/event_loop.h: kvtier-server, the p2p endpoint) decode the same header
+// with decode_header as its bytes arrive.
 Status read_frame(int fd, uint16_t type, net::Bound bound, std::vector<uint8_t>* payload,
                   bool* begun = nullptr, uint32_t max_payload = kMaxPayload);
 
