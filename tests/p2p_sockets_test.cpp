@@ -78,8 +78,8 @@ int loopback_connect(uint16_t port) {
   return fd;
 }
 
-// `from` connects to endpoint `to_port` through a relay in this test that passes the HELLO and
-// its reply along, then stops relaying; the relay's socket to `to_port` (the peer as the
+// `from` connects to endpoint `to_port` through a relay in this test that passes the HELLO
+// handshake (two HELLOs and their replies) along, then stops relaying; the relay's socket to `to_port` (the peer as the
 // endpoint sees it) is returned in *to, and every socket to close in *fds.
 void hello_through_relay(kvtier_endpoint_t* from, uint16_t to_port, kvtier_peer_t** peer, int* to,
                          std::vector<int>* fds) {
@@ -98,7 +98,7 @@ void hello_through_relay(kvtier_endpoint_t* from, uint16_t to_port, kvtier_peer_
   const int from_fd = accept(ls, nullptr, nullptr);
   *to = loopback_connect(to_port);
   *fds = {ls, from_fd, *to};
-  for (bool replied = false; !replied;) {  // both ways, until the HELLO has its reply
+  for (int replies = 0; replies < 2;) {  // both ways, until the second HELLO has its reply
     pollfd p[2] = {{from_fd, POLLIN, 0}, {*to, POLLIN, 0}};
     if (poll(p, 2, 5000) <= 0) break;
     char buf[4096];
@@ -106,7 +106,7 @@ void hello_through_relay(kvtier_endpoint_t* from, uint16_t to_port, kvtier_peer_
       if (!(p[k].revents & POLLIN)) continue;
       const ssize_t n = recv(p[k].fd, buf, sizeof buf, 0);
       if (n <= 0 || send(p[1 - k].fd, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) break;
-      replied = replied || k == 1;
+      replies += k == 1;
     }
   }
   connecting.join();

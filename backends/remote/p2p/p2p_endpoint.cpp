@@ -10,6 +10,7 @@
 #include <mutex>
 #include <vector>
 
+#include "auth.h"
 #include "event_loop.h"
 #include "log.h"
 #include "net.h"
@@ -21,12 +22,6 @@ namespace kvtier::p2p {
 
 namespace {
 
-bool same_token(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() != b.size();
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) diff |= a[i] ^ b[i];
-  return diff == 0;
-}
-
 Status decode_request(const std::vector<uint8_t>& payload, Request* r) {
   wire::Reader rd(payload);
   r->layer = rd.i32();
@@ -37,8 +32,11 @@ Status decode_request(const std::vector<uint8_t>& payload, Request* r) {
   return {};
 }
 
-// A peer's connection: its request, and a write's bytes staged until its COMMIT.
+// A peer's connection: its handshake, its request, and a write's bytes staged until its COMMIT.
 struct PeerConn : serve::Conn {
+  bool challenged = false;  // the handshake's first half is done
+  wire::Nonce peer_nonce{}, nonce{};
+  uint64_t format_of_peer = 0;
   Request r;
   std::vector<Frag> frags;  // the request's pages in the pool
   // A write's bytes, grown as they arrive (at most kChunkBytes, or one page), kept for the
@@ -108,19 +106,35 @@ class Service final : public serve::Service {
     serve::reply_error(c, s);
   }
 
+  // The HELLO handshake (p2p.h), kvtier-server's own (auth.h): the endpoint proves it holds
+  // the token first, then the peer does; the token itself never crosses the wire.
   Status hello(PeerConn& c) {
     wire::Reader rd(c.payload);
-    const uint32_t len = rd.u32();
-    std::string token = len <= wire::kMaxToken ? rd.str(len) : std::string();
-    const uint64_t format_of_peer = rd.u64();
-    const uint32_t version = rd.left() == 4 ? rd.u32() : 1;  // protocol 1 sent none
-    if (!rd.done() || len > wire::kMaxToken) return {KVTIER_ERR_INVALID_ARG, "malformed HELLO"};
-    if (!same_token(token, sh_.opt.token)) return {KVTIER_ERR_DENIED, "wrong token"};
-    if (version != kProtocol)
-      return {KVTIER_ERR_DENIED, "the peer speaks p2p protocol " + std::to_string(version) +
-                                     ", this endpoint " + std::to_string(kProtocol) +
-                                     " (both ends need the same kvtier)"};
-    if (format_of_peer != sh_.format)
+    if (!c.challenged) {
+      uint32_t version = 0;
+      if (c.payload.size() == kHelloSize) {
+        rd.str(wire::kNonceSize);
+        c.format_of_peer = rd.u64();
+        version = rd.u32();
+      }
+      if (version != kProtocol) return refuse_older(c.payload);
+      std::memcpy(c.peer_nonce.data(), c.payload.data(), wire::kNonceSize);
+      c.nonce = wire::make_nonce();
+      c.challenged = true;
+      wire::Writer w;
+      w.bytes(c.nonce.data(), c.nonce.size());
+      w.u64(sh_.id);
+      const wire::Proof mine = wire::server_proof(sh_.opt.token, c.peer_nonce, c.nonce, sh_.id);
+      w.bytes(mine.data(), mine.size());
+      serve::reply(c, wire::kP2pHello | wire::kReply, w.data());
+      return {};
+    }
+    wire::Proof theirs{};
+    if (c.payload.size() != theirs.size()) return {KVTIER_ERR_DENIED, "malformed HELLO"};
+    std::memcpy(theirs.data(), c.payload.data(), theirs.size());
+    if (!wire::same_proof(theirs, wire::client_proof(sh_.opt.token, c.peer_nonce, c.nonce)))
+      return {KVTIER_ERR_DENIED, "wrong or missing token"};
+    if (c.format_of_peer != sh_.format)
       return {KVTIER_ERR_DENIED,
               "the two pools have different page formats (this one: " + sh_.pool.describe() + ")"};
     if (Status s = sh_.loops->admit(c); !s.is_ok()) return s;
@@ -131,6 +145,20 @@ class Service final : public serve::Service {
     w.u64(sh_.rdma_listener ? sh_.rdma_listener->issue_ticket({c.id, 0}) : 0);
     serve::reply(c, wire::kP2pHello | wire::kReply, w.data());
     return {};
+  }
+
+  // A HELLO of an earlier protocol (token length u32, token, format hash u64, then the version
+  // u32 from protocol 2 on) is told why it is refused, never half understood.
+  static Status refuse_older(const std::vector<uint8_t>& payload) {
+    wire::Reader rd(payload);
+    const uint32_t len = rd.u32();
+    if (len <= wire::kMaxToken) rd.str(len);
+    rd.u64();
+    const uint32_t version = rd.left() == 4 ? rd.u32() : 1;  // protocol 1 sent none
+    if (!rd.done() || len > wire::kMaxToken) return {KVTIER_ERR_INVALID_ARG, "malformed HELLO"};
+    return {KVTIER_ERR_DENIED, "the peer speaks p2p protocol " + std::to_string(version) +
+                                   ", this endpoint " + std::to_string(kProtocol) +
+                                   " (both ends need the same kvtier)"};
   }
 
   Status request(PeerConn& c) {
@@ -207,6 +235,8 @@ Status Endpoint::open(const Options& options, const PoolLayout& pool,
   sh->opt = options;
   sh->pool = pool;
   sh->format = format_hash(pool.describe());
+  const wire::Nonce id = wire::make_nonce();
+  std::memcpy(&sh->id, id.data(), sizeof sh->id);
   sh->landed = std::make_unique<std::atomic<uint64_t>[]>(pool.pool_tokens / pool.page_size);
   std::string host;
   uint16_t port = 0;

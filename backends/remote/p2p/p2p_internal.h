@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "auth.h"
 #include "call_gate.h"
 #include "event_loop.h"
 #include "net.h"
@@ -27,10 +28,14 @@ constexpr size_t kChunk = 1024;  // pages per frame
 // Bytes per frame (one page may be more): a receiver stages a write's bytes before they go into
 // its pool, so this bounds what one connection holds.
 constexpr size_t kChunkBytes = size_t{16} << 20;
-// The p2p protocol's version, sent in HELLO: 2 added COMMIT (p2p.h); a peer of another one is
-// refused, never half understood (a protocol-1 writer would take the staged answer for done).
-constexpr uint32_t kProtocol = 2;
-// HELLO's largest payload: token length, token, format hash, version.
+// The p2p protocol's version, sent in HELLO: 2 added COMMIT, 3 the handshake that proves the
+// token both ways (p2p.h); a peer of another one is refused, never half understood (a
+// protocol-1 writer would take the staged answer for done).
+constexpr uint32_t kProtocol = 3;
+// The first HELLO's payload: nonce, format hash, version.
+constexpr uint32_t kHelloSize = wire::kNonceSize + 8 + 4;
+// HELLO's largest payload read: an earlier protocol's (token length, token, format hash,
+// version), so that its peer is told why it is refused.
 constexpr uint32_t kMaxHello = 4 + wire::kMaxToken + 8 + 4;
 // A request's largest payload: layer, count, kChunk page ids.
 constexpr uint32_t kMaxRequest = 4 + 4 + 8 * kChunk;
@@ -65,6 +70,7 @@ struct Shared {
   Options opt;
   PoolLayout pool;
   uint64_t format = 0;
+  uint64_t id = 0;  // random, new at each open: what the endpoint's HELLO proof is over
   std::string address;
   std::unique_ptr<rdma::Listener> rdma_listener;
   std::shared_ptr<rdma::Registry> rdma_registry;
