@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "auth.h"
@@ -281,7 +282,8 @@ Status Endpoint::open(const Options& options, const PoolLayout& pool,
                       .max_payload = kMaxRequest,
                       .max_connections = options.max_peers,
                       .max_unauthenticated = options.max_peers,
-                      .workers = 1,
+                      // several peers' transfers at once, as the server's clients'
+                      .workers = std::clamp(std::thread::hardware_concurrency(), 1u, 4u),
                       .hello_timeout = ms(timeout),
                       .idle_timeout = ms(options.idle_timeout_ms),
                       .frame_timeout = ms(timeout),
