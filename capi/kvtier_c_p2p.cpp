@@ -118,6 +118,7 @@ int kvtier_endpoint_open(const char* config, const kvtier_pool_layout_t* pool,
                              .token = cfg.p2p_token,
                              .transport = cfg.p2p_transport,
                              .timeout_ms = cfg.p2p_timeout_ms,
+                             .idle_timeout_ms = cfg.p2p_idle_timeout_ms,
                              .max_peers = cfg.p2p_max_peers,
                              .allow_no_token = cfg.p2p_allow_no_token};
     auto ep = std::make_unique<kvtier_endpoint>();

@@ -87,8 +87,11 @@ struct Config {
   // KVTIER_P2P_TIMEOUT_MS: a transfer to a dead or silent peer fails after this long without
   // progress (a healthy transfer may last longer).
   unsigned p2p_timeout_ms = 5000;
-  // KVTIER_P2P_MAX_PEERS: connections an endpoint serves at once (a thread each); past it the
-  // oldest that has not said HELLO goes, and when all have, the new one is refused.
+  // KVTIER_P2P_IDLE_TIMEOUT_MS: a peer's connection with no request for this long is closed
+  // (the peer connects again at its next call).
+  unsigned p2p_idle_timeout_ms = 60000;
+  // KVTIER_P2P_MAX_PEERS: connections an endpoint serves at once, and connections it holds
+  // before their HELLO (past that the oldest of those goes); past it a new peer is refused.
   unsigned p2p_max_peers = 1024;
   // KVTIER_P2P_ALLOW_NO_TOKEN: on lets an endpoint with no token listen beyond loopback (said
   // in the log); off (the default) refuses to open it.

@@ -54,6 +54,7 @@ TEST(Options, EachOwnerRegistersItsOwn) {
       {"P2P_TOKEN", "p2p"},
       {"P2P_TRANSPORT", "p2p"},
       {"P2P_TIMEOUT_MS", "p2p"},
+      {"P2P_IDLE_TIMEOUT_MS", "p2p"},
       {"P2P_MAX_PEERS", "p2p"},
       {"P2P_ALLOW_NO_TOKEN", "p2p"},
   };
@@ -81,7 +82,7 @@ TEST(Options, BackendOwnedNamesParse) {
       ";remote_token=" + token + ";remote_replicas=" + std::to_string(replicas) +
       ";remote_rdma_tos=" + std::to_string(tos) + ";p2p_listen=127.0.0.1:5;p2p_token=" + token +
       "x;p2p_transport=rdma;p2p_timeout_ms=" + std::to_string(p2p_ms) +
-      ";p2p_max_peers=" + std::to_string(peers);
+      ";p2p_max_peers=" + std::to_string(peers) + ";p2p_idle_timeout_ms=" + std::to_string(timeout);
   Config c;
   Status s = load_config(text.c_str(), &c);
   ASSERT_TRUE(s.is_ok()) << s.message();
@@ -105,6 +106,7 @@ TEST(Options, BackendOwnedNamesParse) {
   EXPECT_EQ(c.p2p_transport, "rdma");
   EXPECT_EQ(c.p2p_timeout_ms, p2p_ms);
   EXPECT_EQ(c.p2p_max_peers, peers);
+  EXPECT_EQ(c.p2p_idle_timeout_ms, timeout);
 
   setenv("KVTIER_FILE_QUEUE_DEPTH", std::to_string(depth).c_str(), 1);
   setenv("KVTIER_REMOTE_REPLICAS", std::to_string(replicas).c_str(), 1);

@@ -12,7 +12,9 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -77,8 +79,8 @@ int loopback_connect(uint16_t port) {
   return fd;
 }
 
-// `from` connects to endpoint `to_port` through a relay in this test that passes the HELLO and
-// its reply along, then stops relaying; the relay's socket to `to_port` (the peer as the
+// `from` connects to endpoint `to_port` through a relay in this test that passes the HELLO
+// handshake (two HELLOs and their replies) along, then stops relaying; the relay's socket to `to_port` (the peer as the
 // endpoint sees it) is returned in *to, and every socket to close in *fds.
 void hello_through_relay(kvtier_endpoint_t* from, uint16_t to_port, kvtier_peer_t** peer, int* to,
                          std::vector<int>* fds) {
@@ -97,7 +99,7 @@ void hello_through_relay(kvtier_endpoint_t* from, uint16_t to_port, kvtier_peer_
   const int from_fd = accept(ls, nullptr, nullptr);
   *to = loopback_connect(to_port);
   *fds = {ls, from_fd, *to};
-  for (bool replied = false; !replied;) {  // both ways, until the HELLO has its reply
+  for (int replies = 0; replies < 2;) {  // both ways, until the second HELLO has its reply
     pollfd p[2] = {{from_fd, POLLIN, 0}, {*to, POLLIN, 0}};
     if (poll(p, 2, 5000) <= 0) break;
     char buf[4096];
@@ -105,7 +107,7 @@ void hello_through_relay(kvtier_endpoint_t* from, uint16_t to_port, kvtier_peer_
       if (!(p[k].revents & POLLIN)) continue;
       const ssize_t n = recv(p[k].fd, buf, sizeof buf, 0);
       if (n <= 0 || send(p[1 - k].fd, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) break;
-      replied = replied || k == 1;
+      replies += k == 1;
     }
   }
   connecting.join();
@@ -166,6 +168,78 @@ TEST(P2pCheck, AFloodOfSilentConnectionsMakesRoomForRealPeers) {
   EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK});
   kvtier_peer_close(peer);
   for (int fd : flood) close(fd);
+}
+
+
+// The threads of this process (its /proc status line).
+int threads_now() {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
+  return -1;
+}
+
+// The endpoint is served by event loops, as kvtier-server is, not a thread per connection: 200
+// connections that have not said HELLO and 24 authenticated peers leave this process's thread
+// count where it was, and every peer is served.
+TEST(P2pCheck, ConnectionsCostTheEndpointNoThreadEach) {
+  Local a(kMha, kLocalSeed, kConfig), b(kMha, kPeerSeed, kConfig);
+  char addr[256];
+  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
+  const std::string text(addr);
+  const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
+  const int before = threads_now();
+  std::vector<int> silent;
+  for (int i = 0; i < 200; ++i) silent.push_back(loopback_connect(port));
+  std::vector<kvtier_peer_t*> peers(24, nullptr);
+  for (auto& p : peers)
+    ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &p), KVTIER_OK) << kvtier_last_error();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // every connection accepted
+  const int during = threads_now();
+  EXPECT_LE(during, before + 2) << before << " threads before, " << during << " with 224 "
+                                << "connections";
+  for (size_t i = 0; i < peers.size(); ++i)
+    EXPECT_EQ(move(peers[i], false, {static_cast<int64_t>(i % 8)}, {1}, -1),
+              std::vector<int>{KVTIER_OK});
+  for (int fd : silent) {  // held, not dropped: under the cap, within the HELLO timeout
+    pollfd p{fd, POLLIN, 0};
+    EXPECT_EQ(poll(&p, 1, 0), 0);
+    close(fd);
+  }
+  for (auto* p : peers) kvtier_peer_close(p);
+}
+
+// Idle deadlines hold for the endpoint as for the server: a peer's connection with no request
+// for KVTIER_P2P_IDLE_TIMEOUT_MS is closed by the endpoint, and a peer whose connection was
+// closed so connects again at its next call, which succeeds.
+TEST(P2pCheck, AnIdleConnectionIsClosedAndItsPeerConnectsAgain) {
+  const std::string config = std::string(kConfig) + ";p2p_idle_timeout_ms=400";
+  Local a(kMha, kLocalSeed, config.c_str()), b(kMha, kPeerSeed, config.c_str());
+  char addr[256];
+  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
+  const std::string text(addr);
+  const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
+  kvtier_peer_t* relayed = nullptr;
+  int to_a = -1;
+  std::vector<int> fds;
+  hello_through_relay(b.ep, port, &relayed, &to_a, &fds);
+  ASSERT_NE(relayed, nullptr);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(closed_within(to_a, 3000)) << "an authenticated idle connection still open";
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(300));
+  for (int fd : fds) close(fd);
+  kvtier_peer_close(relayed);
+  kvtier_peer_t* peer = nullptr;
+  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK}) << kvtier_last_error();
+    EXPECT_EQ(move(peer, true, {3}, {4}, -1), std::vector<int>{KVTIER_OK}) << kvtier_last_error();
+    std::this_thread::sleep_for(std::chrono::milliseconds(900));  // closed by the endpoint
+  }
+  const size_t page = a.pool.size() / (kMha.S / kMha.P) / 2;  // page_first: a K run, a V run
+  for (size_t half : {size_t{0}, a.pool.size() / 2})
+    EXPECT_EQ(std::memcmp(&a.pool[half + 4 * page], &b.pool[half + 3 * page], page), 0);
+  kvtier_peer_close(peer);
 }
 
 }  // namespace

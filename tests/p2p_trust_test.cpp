@@ -197,14 +197,14 @@ TEST(P2pFailure, AWriteStagedBeforeTheReceiverStoppedIsNotPublishedLater) {
     const int b =
         loopback_connect(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
     char buf[65536];
-    for (int replies = 0;;) {  // both ways; stop the decode process at its second reply
+    for (int replies = 0;;) {  // both ways; stop the decode process at its third reply
       pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
       if (poll(p, 2, 5000) <= 0) break;
       bool gone = false;
       for (int k = 0; k < 2 && !gone; ++k) {
         if (!(p[k].revents & (POLLIN | POLLHUP))) continue;
         const ssize_t n = recv(p[k].fd, buf, sizeof buf, 0);
-        if (n > 0 && k == 1 && ++replies == 2) {
+        if (n > 0 && k == 1 && ++replies == 3) {  // after the handshake's two
           decode.kill_now(SIGSTOP);
           stopped = true;
         }
@@ -286,6 +286,48 @@ TEST(P2pCheck, APeerOfTheProtocolBeforeCommitIsRefused) {
   std::memcpy(&code, reply.data() + 16, 4);
   EXPECT_EQ(code, KVTIER_ERR_DENIED);
   EXPECT_NE(reply.find("protocol 1"), std::string::npos) << reply.substr(20);
+}
+
+// The handshake proves the token both ways and the endpoint goes first: a rogue endpoint that
+// answers the first HELLO without holding the token is refused (DENIED), and all it ever got
+// from the peer is that first HELLO, with no token in it.
+TEST(P2pCheck, AnEndpointWithoutTheTokenIsSentNothing) {
+  Local prefill(kMha, kLocalSeed, kConfig);
+  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in r{};
+  r.sin_family = AF_INET;
+  r.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof r;
+  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&r), sizeof r), 0);
+  ASSERT_EQ(listen(ls, 1), 0);
+  ASSERT_EQ(getsockname(ls, reinterpret_cast<sockaddr*>(&r), &len), 0);
+  std::string got;
+  std::thread rogue([&] {
+    const int a = accept(ls, nullptr, nullptr);
+    char buf[4096];
+    for (bool answered = false;;) {  // whatever comes, until the peer hangs up or goes quiet
+      pollfd p{a, POLLIN, 0};
+      if (poll(&p, 1, 1000) != 1) break;
+      const ssize_t n = recv(a, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<size_t>(n));
+      if (answered || got.size() < 16) continue;
+      // A challenge of the right shape: a nonce, an id and a proof, all guessed.
+      unsigned char reply[16 + 72] = {0x4b, 0x56, 0x54, 0x52, 1, 0, 32 | 0x80, 0, 72};
+      kvtier_test::fill_pattern(reply + 16, 72, 7);
+      answered = send(a, reply, sizeof reply, MSG_NOSIGNAL) == sizeof reply;
+    }
+    close(a);
+  });
+  kvtier_peer_t* peer = nullptr;
+  const std::string at = "127.0.0.1:" + std::to_string(ntohs(r.sin_port));
+  EXPECT_EQ(kvtier_endpoint_connect(prefill.ep, at.c_str(), &peer), KVTIER_ERR_DENIED)
+      << kvtier_last_error();
+  EXPECT_EQ(peer, nullptr);
+  rogue.join();
+  close(ls);
+  EXPECT_EQ(got.find("secret"), std::string::npos) << "the token crossed the wire";
+  EXPECT_EQ(got.size(), 16u + 32 + 8 + 4) << "more than the first HELLO";
 }
 
 // Finding: an endpoint on 0.0.0.0 with no token admitted anyone's writes, silently. Now it is
@@ -404,8 +446,9 @@ TEST(P2pFailure, TheTimeoutBoundsSilenceNotALongTransfer) {
   kvtier_peer_close(peer);
 }
 
-// A relay that passes the HELLO and its reply, then only the first `cut` bytes the connecting
-// side sends after them, and then hangs up on both: a writer that stops mid-page.
+// A relay that passes the HELLO handshake (two HELLOs and their replies), then only the first
+// `cut` bytes the connecting side sends after it, and then hangs up on both: a writer that
+// stops mid-page.
 class CuttingRelay {
  public:
   CuttingRelay(uint16_t to_port, size_t cut) : to_port_(to_port), cut_(cut) {
@@ -431,21 +474,22 @@ class CuttingRelay {
     const int a = accept(ls_, nullptr, nullptr);
     const int b = loopback_connect(to_port_);
     char buf[4096];
-    bool replied = false;
+    int replies = 0;  // the handshake's are two
     size_t passed = 0;
     while (passed < cut_) {
       pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
       if (poll(p, 2, 5000) <= 0) break;
-      if (p[1].revents & POLLIN) {  // the endpoint's HELLO reply
+      if (p[1].revents & POLLIN) {  // the endpoint's HELLO replies
         const ssize_t n = recv(b, buf, sizeof buf, 0);
         if (n <= 0 || send(a, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) break;
-        replied = true;
+        ++replies;
       }
       if (p[0].revents & POLLIN) {
-        const size_t room = replied ? std::min(sizeof buf, cut_ - passed) : sizeof buf;
+        const bool hello = replies < 2;
+        const size_t room = hello ? sizeof buf : std::min(sizeof buf, cut_ - passed);
         const ssize_t n = recv(a, buf, room, 0);
         if (n <= 0 || send(b, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) break;
-        if (replied) passed += static_cast<size_t>(n);
+        if (!hello) passed += static_cast<size_t>(n);
       }
     }
     shutdown(a, SHUT_RDWR);

@@ -9,16 +9,26 @@
 // requests, several QPs); TCP otherwise, where the receiving side reads the socket straight into
 // its pool's fragments (no staging copy).
 //
-//   P2P_HELLO  token (u32 length + bytes), format hash u64, protocol u32 (2; absent: 1)
-//                                                          -> pages u64, rdma port u32, ticket
+//   P2P_HELLO  nonce (32), format hash u64, protocol u32 (3)
+//                                                          -> nonce (32), endpoint id u64
+//                                                             (random at each open), proof (32)
+//   P2P_HELLO  proof (32)                                  -> pages u64, rdma port u32, ticket
 //                                                             u64 (or ERROR: DENIED)
+//              kvtier-server's handshake (wire/auth.h): the endpoint proves it holds the token
+//              first and the peer checks that before it sends its own proof, so nothing goes
+//              to an endpoint without the token and the token never crosses the wire. A peer
+//              of protocol 1 or 2 (which sent the token itself) is refused, told why.
 //   P2P_WRITE  layer i32, n u32, n x page u64, then the pages' bytes -> n x code i32 (staged)
 //   P2P_COMMIT (empty)                                      -> n x code i32 (in the pool)
 //   P2P_READ   layer i32, n u32, n x page u64  -> n x code i32, then the bytes of the pages
 //                                                 whose code is 0
 // The side that serves checks every page id against its pool and the layer against its layers;
-// a peer touches only the pool the endpoint registered, and only after the token check. Before
-// it, a connection costs a HELLO-sized buffer and one timeout.
+// a peer touches only the pool the endpoint registered, and only after the token check. It is
+// served as kvtier-server's clients are, by the remote backend's event loops (serve/), not a
+// thread per connection: before HELLO a connection costs a HELLO-sized buffer and one timeout
+// (at most max_peers of them, the oldest closed first), a frame once begun and each bulk
+// transfer must move within the timeout, and a connection with no request for the idle timeout
+// is closed (the peer connects again at its next call).
 // A write lands in two steps so that no byte of it reaches the pool after the writer was told it
 // failed: the receiver stages the bytes and says so, the writer (still in its call) sends COMMIT,
 // and the receiver copies them into its pool only if COMMIT came within half the timeout of its
@@ -37,10 +47,13 @@ namespace kvtier::p2p {
 
 struct Options {
   std::string listen = "127.0.0.1:0";  // host:port; port 0 picks a free one
-  std::string token;                   // peers must present the same
+  std::string token;                   // both ends prove they hold the same (HELLO)
   std::string transport = "auto";      // auto | rdma | tcp
   unsigned timeout_ms = 5000;   // silence (no progress) a call to a peer is given, not its length
-  unsigned max_peers = 1024;    // connections served at once (see accept_loop)
+  unsigned idle_timeout_ms = 60000;  // a connection with no request for this long is closed
+  // Connections served at once, and connections held before their HELLO (the oldest of those
+  // closed first when full); past it a new peer is refused (BUSY).
+  unsigned max_peers = 1024;
   bool allow_no_token = false;  // listen beyond loopback with no token (refused otherwise)
 };
 

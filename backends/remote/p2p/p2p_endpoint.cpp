@@ -1,5 +1,7 @@
-// The p2p endpoint's serving side: it listens, admits peers (token and page format), serves
-// their writes into its pool and reads from it, and ends their connections.
+// The p2p endpoint's serving side: a service on the remote backend's event loops
+// (serve/event_loop.h), as kvtier-server is: it admits peers (token and page format), stages
+// their writes and copies them into its pool on COMMIT, answers their reads straight from it,
+// and ends their connections. The loops hold the connections, their caps and deadlines.
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -9,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include "auth.h"
+#include "event_loop.h"
 #include "log.h"
 #include "net.h"
 #include "p2p_internal.h"
@@ -18,19 +22,6 @@
 namespace kvtier::p2p {
 
 namespace {
-
-bool same_token(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() != b.size();
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) diff |= a[i] ^ b[i];
-  return diff == 0;
-}
-
-Status send_error(int fd, const Status& s, Deadline dl) {
-  wire::Writer w;
-  w.i32(s.code());
-  w.bytes(s.message().data(), std::min<size_t>(s.message().size(), 1024));
-  return wire::send_frame(fd, wire::kError | wire::kReply, w.data(), {}, dl);
-}
 
 Status decode_request(const std::vector<uint8_t>& payload, Request* r) {
   wire::Reader rd(payload);
@@ -42,191 +33,201 @@ Status decode_request(const std::vector<uint8_t>& payload, Request* r) {
   return {};
 }
 
-}  // namespace
+// A peer's connection: its handshake, its request, and a write's bytes staged until its COMMIT.
+struct PeerConn : serve::Conn {
+  bool challenged = false;  // the handshake's first half is done
+  wire::Nonce peer_nonce{}, nonce{};
+  uint64_t format_of_peer = 0;
+  Request r;
+  std::vector<Frag> frags;  // the request's pages in the pool
+  // A write's bytes, grown as they arrive (at most kChunkBytes, or one page), kept for the
+  // connection's next write.
+  std::vector<uint8_t> staging;
+  bool staged = false;           // a write is staged and answered: only COMMIT may follow
+  Clock::time_point answered{};  // when its staged answer was set up
+};
 
-void Shared::reap() {
-  std::lock_guard lock(mu);
-  for (auto it = conns.begin(); it != conns.end();) {
-    if (!it->done) {
-      ++it;
-      continue;
-    }
-    it->thread.join();
-    ::close(it->fd);
-    it = conns.erase(it);
-  }
-}
+constexpr size_t kStagingStep = size_t{4} << 20;  // staging grows by this as bytes arrive
 
-void Shared::accept_loop() {
-  while (!stopping) {
-    // Non-blocking, so every read and write waits in poll up to its deadline: a peer that stops
-    // mid-frame is dropped after the timeout instead of holding its serving thread for good.
-    const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) {
-      if (stopping) return;
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      log().warn("p2p endpoint {}: accept: {}", address, std::strerror(errno));
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      continue;
-    }
-    net::no_delay(fd);
-    reap();
-    std::lock_guard lock(mu);
-    if (!make_room()) {
-      ::close(fd);
-      continue;
-    }
-    Conn& c = conns.emplace_back();
-    c.fd = fd;
-    // The fd is closed only once the thread is joined (reap, ~Endpoint): a number closed here
-    // could be reused by anything in the engine's process before a late shutdown() hits it.
-    c.thread = std::thread([this, &c] {
-      serve(c);
-      ::shutdown(c.fd, SHUT_RDWR);  // the peer sees the end now
-      c.done = true;
-    });
-  }
-}
+class Service final : public serve::Service {
+ public:
+  explicit Service(Shared* sh) : sh_(*sh) {}
 
-// A flood of connections must not start a thread each: at opt.max_peers, the oldest connection
-// that has not said HELLO is shut down (its thread ends at once); when every one has, the new
-// connection is refused.
-bool Shared::make_room() {
-  size_t serving = 0;
-  for (const Conn& c : conns) serving += !c.done && !c.dropped;
-  if (serving < opt.max_peers) return true;
-  for (Conn& c : conns) {
-    if (c.done || c.dropped || c.said_hello) continue;
-    c.dropped = true;
-    ::shutdown(c.fd, SHUT_RDWR);
-    return true;
-  }
-  if (Clock::now() - last_refusal > std::chrono::seconds(1))  // a flood logs once a second
-    log().warn("p2p endpoint {}: {} peers connected already, a new one is refused", address,
-               serving);
-  last_refusal = Clock::now();
-  return false;
-}
+  std::unique_ptr<serve::Conn> make_conn() override { return std::make_unique<PeerConn>(); }
 
-Status Shared::hello(int fd) {
-  std::vector<uint8_t> payload;
-  // A peer that does not say HELLO within the timeout is dropped; before it has proved its
-  // token, a frame bigger than a HELLO is refused unread.
-  Status s = wire::read_frame(fd, wire::kP2pHello, deadline(), &payload, nullptr, kMaxHello);
-  if (!s.is_ok()) return s;
-  wire::Reader rd(payload);
-  const uint32_t len = rd.u32();
-  std::string token = len <= wire::kMaxToken ? rd.str(len) : std::string();
-  const uint64_t format_of_peer = rd.u64();
-  const uint32_t version = rd.left() == 4 ? rd.u32() : 1;  // protocol 1 sent none
-  if (!rd.done() || len > wire::kMaxToken) s = {KVTIER_ERR_INVALID_ARG, "malformed HELLO"};
-  if (s.is_ok() && !same_token(token, opt.token)) s = {KVTIER_ERR_DENIED, "wrong token"};
-  if (s.is_ok() && version != kProtocol)
-    s = {KVTIER_ERR_DENIED, "the peer speaks p2p protocol " + std::to_string(version) +
-                                ", this endpoint " + std::to_string(kProtocol) +
-                                " (both ends need the same kvtier)"};
-  if (s.is_ok() && format_of_peer != format)
-    s = {KVTIER_ERR_DENIED,
-         "the two pools have different page formats (this one: " + pool.describe() + ")"};
-  if (!s.is_ok()) {
-    send_error(fd, s, deadline());
-    return s;
+  void on_frame(serve::Conn& conn) override {
+    PeerConn& c = static_cast<PeerConn&>(conn);
+    Status s = c.hello ? request(c) : hello(c);
+    if (!s.is_ok()) refuse(c, s);
   }
-  wire::Writer w;
-  w.u64(pool.pool_tokens / pool.page_size);
-  w.u32(rdma_listener ? rdma_listener->port() : 0);
-  // One-time RDMA admission for this peer's channel; it ends with this connection.
-  w.u64(rdma_listener ? rdma_listener->issue_ticket({static_cast<uint64_t>(fd), 0}) : 0);
-  return wire::send_frame(fd, wire::kP2pHello | wire::kReply, w.data(), {}, deadline());
-}
 
-Status Shared::serve_write(int fd, const Request& r, std::vector<uint8_t>* staging) {
-  // The sender checked every id against this pool; one that is not valid here is a hostile
-  // or broken peer, and its bytes are not read.
-  std::vector<Frag> frags;
-  for (uint64_t page : r.pages)
-    if (Status s = frags_of(pool, static_cast<int64_t>(page), r.layer, &frags); !s.is_ok())
-      return s;
-  size_t bytes = 0;
-  for (const Frag& f : frags) bytes += f.len;
-  if (r.pages.size() > 1 && bytes > kChunkBytes)
-    return {KVTIER_ERR_INVALID_ARG, "a write of " + std::to_string(bytes) + " bytes in one frame"};
-  // Staged first, grown as the bytes arrive (not as claimed): the pool sees none of them unless
-  // the writer, still in its call, commits (p2p.h).
-  constexpr size_t kStep = size_t{4} << 20;
-  for (size_t got = 0; got < bytes;) {
-    const size_t step = std::min(bytes - got, kStep);
-    if (staging->size() < got + step) staging->resize(got + step);
-    if (Status s = net::read_all(fd, staging->data() + got, step, quiet()); !s.is_ok()) return s;
-    got += step;
+  // The staging buffer grows by a step once the bytes before it are in: it follows the bytes
+  // that arrived, not the length claimed.
+  void on_bulk_more(serve::Conn& conn) override {
+    PeerConn& c = static_cast<PeerConn&>(conn);
+    if (c.ready > c.bulk_at || c.ready == c.bulk.size()) return;
+    const size_t at = c.ready * kStagingStep;
+    if (c.staging.size() < at + c.bulk[c.ready].iov_len)
+      c.staging.resize(at + c.bulk[c.ready].iov_len);
+    c.bulk[c.ready].iov_base = c.staging.data() + at;
+    ++c.ready;
   }
-  wire::Writer staged;
-  for (size_t i = 0; i < r.pages.size(); ++i) staged.i32(KVTIER_OK);
-  // Taken before the answer goes: the writer cannot have it (and start waiting) any earlier.
-  const auto answered = Clock::now();
-  Status s = wire::send_frame(fd, wire::kP2pWrite | wire::kReply, staged.data(), {}, quiet());
-  std::vector<uint8_t> none;
-  if (s.is_ok()) s = wire::read_frame(fd, wire::kP2pCommit, quiet(), &none, nullptr, 0);
-  if (!s.is_ok()) return s;
-  // The writer waits a whole timeout for the answer to COMMIT from when it sent it, which was
-  // after this side's answer: a COMMIT seen within half of it, from a writer that has not hung
-  // up, is one whose call is still running (a process stopped for longer is told TIMEOUT).
-  const bool live = Clock::now() - answered < std::chrono::milliseconds(opt.timeout_ms) / 2 &&
-                    !net::peer_closed(fd) && !stopping;
-  if (live) {
-    size_t at = 0;
-    for (const Frag& f : frags) {
-      std::memcpy(f.ptr, staging->data() + at, f.len);
-      at += f.len;
-    }
-    for (uint64_t page : r.pages)
-      landed[page].fetch_add(r.layer < 0 ? pool.layer_num : 1, std::memory_order_release);
-  }
-  wire::Writer w;
-  for (size_t i = 0; i < r.pages.size(); ++i) w.i32(live ? KVTIER_OK : KVTIER_ERR_TIMEOUT);
-  return wire::send_frame(fd, wire::kP2pCommit | wire::kReply, w.data(), {}, quiet());
-}
 
-Status Shared::serve_read(int fd, const Request& r) {
-  wire::Writer w;
-  std::vector<Frag> frags;
-  for (uint64_t page : r.pages)
-    w.i32(frags_of(pool, static_cast<int64_t>(page), r.layer, &frags).code());
-  std::vector<iovec> iov;
-  append_iov(frags, &iov);
-  return wire::send_frame(fd, wire::kP2pRead | wire::kReply, w.data(), iov, quiet());
-}
-
-void Shared::serve(Conn& c) {
-  const int fd = c.fd;
-  Status s = hello(fd);
-  c.said_hello = s.is_ok();
-  std::vector<uint8_t> payload, staging;
-  while (s.is_ok() && !stopping) {
-    uint8_t head[wire::kHeaderSize];
-    wire::Header h;
-    // An idle peer may wait for good; a frame, once begun, arrives within the timeout.
-    s = net::read_all(fd, head, 1, Deadline::max());
-    if (s.is_ok()) s = net::read_all(fd, head + 1, sizeof head - 1, quiet());
-    if (s.is_ok()) s = wire::decode_header(head, &h);
-    if (s.is_ok() && h.type != wire::kP2pWrite && h.type != wire::kP2pRead)
-      s = {KVTIER_ERR_INVALID_ARG, "unexpected frame type " + std::to_string(h.type)};
-    if (s.is_ok() && h.length > kMaxRequest)
-      s = {KVTIER_ERR_INVALID_ARG, "a request of " + std::to_string(h.length) + " bytes"};
-    if (s.is_ok()) {
-      payload.resize(h.length);
-      s = net::read_all(fd, payload.data(), payload.size(), quiet());
-    }
-    Request r;
-    if (s.is_ok()) s = decode_request(payload, &r);
-    if (s.is_ok()) s = h.type == wire::kP2pWrite ? serve_write(fd, r, &staging) : serve_read(fd, r);
-    if (!s.is_ok() && s.code() != KVTIER_ERR_UNAVAILABLE) send_error(fd, s, deadline());
+  // A write's bytes are staged: say so; the pool sees none of them unless the writer, still in
+  // its call, commits (p2p.h).
+  void on_bulk_done(serve::Conn& conn) override {
+    PeerConn& c = static_cast<PeerConn&>(conn);
+    wire::Writer staged;
+    for (size_t i = 0; i < c.r.pages.size(); ++i) staged.i32(KVTIER_OK);
+    c.staged = true;
+    // Taken before the answer goes: the writer cannot have it (and start waiting) any earlier.
+    c.answered = Clock::now();
+    serve::reply(c, wire::kP2pWrite | wire::kReply, staged.data());
   }
-  if (!stopping && s.code() != KVTIER_ERR_UNAVAILABLE)
-    dropped.warn("p2p endpoint " + address + ": peer dropped: " + s.message());
+
+  void on_reply_sent(serve::Conn& conn) override {
+    PeerConn& c = static_cast<PeerConn&>(conn);
+    if (c.staged)  // the COMMIT comes at once from a live writer
+      c.deadline = Clock::now() + std::chrono::milliseconds(sh_.opt.timeout_ms);
+  }
+
+  void on_refused(serve::Conn&, const Status& s) override { dropped(s); }
+
   // The peer's RDMA QPs end with its connection: none of its writes lands in the pool after.
-  if (rdma_listener) rdma_listener->fence_session(fd);
-}
+  void on_close(serve::Conn& c) override {
+    if (sh_.rdma_listener) sh_.rdma_listener->fence_session(c.id);
+  }
+
+ private:
+  void dropped(const Status& s) {
+    sh_.loops->warn("p2p endpoint " + sh_.address + ": peer dropped: " + s.message());
+  }
+  void refuse(PeerConn& c, const Status& s) {
+    dropped(s);
+    serve::reply_error(c, s);
+  }
+
+  // The HELLO handshake (p2p.h), kvtier-server's own (auth.h): the endpoint proves it holds
+  // the token first, then the peer does; the token itself never crosses the wire.
+  Status hello(PeerConn& c) {
+    wire::Reader rd(c.payload);
+    if (!c.challenged) {
+      uint32_t version = 0;
+      if (c.payload.size() == kHelloSize) {
+        rd.str(wire::kNonceSize);
+        c.format_of_peer = rd.u64();
+        version = rd.u32();
+      }
+      if (version != kProtocol) return refuse_older(c.payload);
+      std::memcpy(c.peer_nonce.data(), c.payload.data(), wire::kNonceSize);
+      c.nonce = wire::make_nonce();
+      c.challenged = true;
+      wire::Writer w;
+      w.bytes(c.nonce.data(), c.nonce.size());
+      w.u64(sh_.id);
+      const wire::Proof mine = wire::server_proof(sh_.opt.token, c.peer_nonce, c.nonce, sh_.id);
+      w.bytes(mine.data(), mine.size());
+      serve::reply(c, wire::kP2pHello | wire::kReply, w.data());
+      return {};
+    }
+    wire::Proof theirs{};
+    if (c.payload.size() != theirs.size()) return {KVTIER_ERR_DENIED, "malformed HELLO"};
+    std::memcpy(theirs.data(), c.payload.data(), theirs.size());
+    if (!wire::same_proof(theirs, wire::client_proof(sh_.opt.token, c.peer_nonce, c.nonce)))
+      return {KVTIER_ERR_DENIED, "wrong or missing token"};
+    if (c.format_of_peer != sh_.format)
+      return {KVTIER_ERR_DENIED,
+              "the two pools have different page formats (this one: " + sh_.pool.describe() + ")"};
+    if (Status s = sh_.loops->admit(c); !s.is_ok()) return s;
+    wire::Writer w;
+    w.u64(sh_.pool.pool_tokens / sh_.pool.page_size);
+    w.u32(sh_.rdma_listener ? sh_.rdma_listener->port() : 0);
+    // One-time RDMA admission for this peer's channel; it ends with this connection.
+    w.u64(sh_.rdma_listener ? sh_.rdma_listener->issue_ticket({c.id, 0}) : 0);
+    serve::reply(c, wire::kP2pHello | wire::kReply, w.data());
+    return {};
+  }
+
+  // A HELLO of an earlier protocol (token length u32, token, format hash u64, then the version
+  // u32 from protocol 2 on) is told why it is refused, never half understood.
+  static Status refuse_older(const std::vector<uint8_t>& payload) {
+    wire::Reader rd(payload);
+    const uint32_t len = rd.u32();
+    if (len <= wire::kMaxToken) rd.str(len);
+    rd.u64();
+    const uint32_t version = rd.left() == 4 ? rd.u32() : 1;  // protocol 1 sent none
+    if (!rd.done() || len > wire::kMaxToken) return {KVTIER_ERR_INVALID_ARG, "malformed HELLO"};
+    return {KVTIER_ERR_DENIED, "the peer speaks p2p protocol " + std::to_string(version) +
+                                   ", this endpoint " + std::to_string(kProtocol) +
+                                   " (both ends need the same kvtier)"};
+  }
+
+  Status request(PeerConn& c) {
+    if (c.staged != (c.h.type == wire::kP2pCommit))
+      return {KVTIER_ERR_INVALID_ARG, c.staged ? "a staged write's COMMIT expected"
+                                               : "a COMMIT with no staged write"};
+    if (c.h.type == wire::kP2pCommit) return commit(c);
+    if (c.h.type != wire::kP2pWrite && c.h.type != wire::kP2pRead)
+      return {KVTIER_ERR_INVALID_ARG, "unexpected frame type " + std::to_string(c.h.type)};
+    if (Status s = decode_request(c.payload, &c.r); !s.is_ok()) return s;
+    c.frags.clear();
+    if (c.h.type == wire::kP2pRead) {  // a code per page, then the bytes straight from the pool
+      wire::Writer w;
+      for (uint64_t page : c.r.pages)
+        w.i32(frags_of(sh_.pool, static_cast<int64_t>(page), c.r.layer, &c.frags).code());
+      std::vector<iovec> iov;
+      append_iov(c.frags, &iov);
+      serve::reply(c, wire::kP2pRead | wire::kReply, w.data(), iov);
+      return {};
+    }
+    // The sender checked every id against this pool; one that is not valid here is a hostile
+    // or broken peer, and its bytes are not read.
+    for (uint64_t page : c.r.pages)
+      if (Status s = frags_of(sh_.pool, static_cast<int64_t>(page), c.r.layer, &c.frags);
+          !s.is_ok())
+        return s;
+    size_t bytes = 0;
+    for (const Frag& f : c.frags) bytes += f.len;
+    if (c.r.pages.size() > 1 && bytes > kChunkBytes)
+      return {KVTIER_ERR_INVALID_ARG, "a write of " + std::to_string(bytes) + " bytes in one frame"};
+    std::vector<iovec> steps;  // staged first (on_bulk_more), a step at a time
+    for (size_t at = 0; at < bytes; at += kStagingStep)
+      steps.push_back({nullptr, std::min(bytes - at, kStagingStep)});
+    // Silence is bounded, not the transfer's length (p2p.h).
+    serve::expect_bulk(c, std::move(steps), Clock::time_point::max());
+    return {};
+  }
+
+  // The writer waits a whole timeout for the answer to COMMIT from when it sent it, which was
+  // after this side's staged answer: a COMMIT seen within half of it, from a writer that has
+  // not hung up, is one whose call is still running (a process stopped for longer is told
+  // TIMEOUT). Only then do the staged bytes go into the pool.
+  Status commit(PeerConn& c) {
+    if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "COMMIT takes no payload"};
+    c.staged = false;
+    const bool live =
+        Clock::now() - c.answered < std::chrono::milliseconds(sh_.opt.timeout_ms) / 2 &&
+        !net::peer_closed(c.fd) && !sh_.loops->stopping();
+    if (live) {
+      size_t at = 0;
+      for (const Frag& f : c.frags) {
+        std::memcpy(f.ptr, c.staging.data() + at, f.len);
+        at += f.len;
+      }
+      for (uint64_t page : c.r.pages)
+        sh_.landed[page].fetch_add(c.r.layer < 0 ? sh_.pool.layer_num : 1,
+                                   std::memory_order_release);
+    }
+    wire::Writer w;
+    for (size_t i = 0; i < c.r.pages.size(); ++i) w.i32(live ? KVTIER_OK : KVTIER_ERR_TIMEOUT);
+    serve::reply(c, wire::kP2pCommit | wire::kReply, w.data());
+    return {};
+  }
+
+  Shared& sh_;
+};
+
+}  // namespace
 
 Status Endpoint::open(const Options& options, const PoolLayout& pool,
                       std::unique_ptr<Endpoint>* out) {
@@ -235,6 +236,8 @@ Status Endpoint::open(const Options& options, const PoolLayout& pool,
   sh->opt = options;
   sh->pool = pool;
   sh->format = format_hash(pool.describe());
+  const wire::Nonce id = wire::make_nonce();
+  std::memcpy(&sh->id, id.data(), sizeof sh->id);
   sh->landed = std::make_unique<std::atomic<uint64_t>[]>(pool.pool_tokens / pool.page_size);
   std::string host;
   uint16_t port = 0;
@@ -251,24 +254,43 @@ Status Endpoint::open(const Options& options, const PoolLayout& pool,
         "reaches it can write into and read from the pool",
         options.listen);
   }
-  if (Status s = net::listen_on(host, port, &sh->listen_fd, &port); !s.is_ok()) return s;
+  int listen_fd = -1;
+  if (Status s = net::listen_on(host, port, &listen_fd, &port); !s.is_ok()) return s;
   sh->address = host + ":" + std::to_string(port);
   if (options.transport != "tcp" && rdma::available()) {
     // The pool is the arena the peer reads and writes one-sided; admission by one-time ticket.
     Status s = rdma::Listener::start({host, static_cast<uint16_t>(port + 1), -1}, pool.base,
                                      pool.pool_bytes(), &sh->rdma_listener);
     if (!s.is_ok() && options.transport == "rdma") {
-      ::close(sh->listen_fd);
+      ::close(listen_fd);
       return s;
     }
     if (!s.is_ok()) log().warn("p2p endpoint {}: RDMA off: {}", sh->address, s.message());
     sh->rdma_registry = rdma::Registry::create();
     sh->rdma_registry->add(pool.base, pool.pool_bytes());
   } else if (options.transport == "rdma") {
-    ::close(sh->listen_fd);
+    ::close(listen_fd);
     return {KVTIER_ERR_UNSUPPORTED, "transport=rdma but this host has no RDMA device"};
   }
-  sh->acceptor = std::thread([raw = sh.get()] { raw->accept_loop(); });
+  const auto ms = [](unsigned n) { return std::chrono::milliseconds(n); };
+  const unsigned timeout = options.timeout_ms;
+  sh->service = std::make_unique<Service>(sh.get());
+  sh->loops = std::make_unique<serve::Loops>(
+      serve::Settings{.name = "p2p endpoint " + sh->address,
+                      .hello_type = wire::kP2pHello,
+                      .max_hello = kMaxHello,
+                      .max_payload = kMaxRequest,
+                      .max_connections = options.max_peers,
+                      .max_unauthenticated = options.max_peers,
+                      // several peers' transfers at once, as the server's clients'
+                      .workers = std::clamp(std::thread::hardware_concurrency(), 1u, 4u),
+                      .hello_timeout = ms(timeout),
+                      .idle_timeout = ms(options.idle_timeout_ms),
+                      .frame_timeout = ms(timeout),
+                      .bulk_timeout = ms(timeout),
+                      .tick = ms(std::clamp(timeout / 4, 5u, 100u))},
+      sh->service.get());
+  if (Status s = sh->loops->start(listen_fd); !s.is_ok()) return s;
   out->reset(new Endpoint(std::move(sh)));
   return {};
 }
@@ -300,17 +322,11 @@ Endpoint::~Endpoint() {
     std::lock_guard lock(sh.fds_mu);
     for (int fd : sh.peer_fds) ::shutdown(fd, SHUT_RDWR);
   });
-  sh.stopping = true;
-  ::shutdown(sh.listen_fd, SHUT_RDWR);
-  ::close(sh.listen_fd);
-  if (sh.acceptor.joinable()) sh.acceptor.join();
-  std::lock_guard lock(sh.mu);
-  for (auto& c : sh.conns) ::shutdown(c.fd, SHUT_RDWR);  // wakes the serving threads
-  for (auto& c : sh.conns) {
-    c.thread.join();
-    ::close(c.fd);
-  }
-  sh.conns.clear();
+  // Then its own connections: the loops stop and close them, after which nothing serves a
+  // byte from or into the pool.
+  sh.loops->stop();
+  sh.loops.reset();
+  sh.service.reset();
   sh.rdma_listener.reset();
 }
 

@@ -5,16 +5,15 @@
 #include <sys/uio.h>
 
 #include <atomic>
-#include <list>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "auth.h"
 #include "call_gate.h"
-#include "log.h"
+#include "event_loop.h"
 #include "net.h"
 #include "p2p.h"
 #include "protocol.h"
@@ -29,10 +28,14 @@ constexpr size_t kChunk = 1024;  // pages per frame
 // Bytes per frame (one page may be more): a receiver stages a write's bytes before they go into
 // its pool, so this bounds what one connection holds.
 constexpr size_t kChunkBytes = size_t{16} << 20;
-// The p2p protocol's version, sent in HELLO: 2 added COMMIT (p2p.h); a peer of another one is
-// refused, never half understood (a protocol-1 writer would take the staged answer for done).
-constexpr uint32_t kProtocol = 2;
-// HELLO's largest payload: token length, token, format hash, version.
+// The p2p protocol's version, sent in HELLO: 2 added COMMIT, 3 the handshake that proves the
+// token both ways (p2p.h); a peer of another one is refused, never half understood (a
+// protocol-1 writer would take the staged answer for done).
+constexpr uint32_t kProtocol = 3;
+// The first HELLO's payload: nonce, format hash, version.
+constexpr uint32_t kHelloSize = wire::kNonceSize + 8 + 4;
+// HELLO's largest payload read: an earlier protocol's (token length, token, format hash,
+// version), so that its peer is told why it is refused.
 constexpr uint32_t kMaxHello = 4 + wire::kMaxToken + 8 + 4;
 // A request's largest payload: layer, count, kChunk page ids.
 constexpr uint32_t kMaxRequest = 4 + 4 + 8 * kChunk;
@@ -62,28 +65,19 @@ struct Request {
   std::vector<uint64_t> pages;
 };
 
-// The endpoint's state, shared with its connection threads.
+// The endpoint's state, shared with the peers made from it (which may outlive it).
 struct Shared {
   Options opt;
   PoolLayout pool;
   uint64_t format = 0;
-  int listen_fd = -1;
+  uint64_t id = 0;  // random, new at each open: what the endpoint's HELLO proof is over
   std::string address;
-  std::atomic<bool> stopping{false};
-  std::thread acceptor;
-  std::mutex mu;  // guards conns
-  struct Conn {
-    int fd;
-    std::thread thread;
-    std::atomic<bool> done{false};
-    std::atomic<bool> said_hello{false};
-    bool dropped = false;  // shut down to make room (guarded by mu)
-  };
-  std::list<Conn> conns;
-  Clock::time_point last_refusal{};  // guarded by mu
-  LimitedWarnings dropped;           // a peer dropped: a flood of them is not a flood of lines
   std::unique_ptr<rdma::Listener> rdma_listener;
   std::shared_ptr<rdma::Registry> rdma_registry;
+  // The serving side: the remote backend's event loops (serve/event_loop.h) with the endpoint's
+  // service on them (p2p_endpoint.cpp); both end with the endpoint.
+  std::unique_ptr<serve::Service> service;
+  std::unique_ptr<serve::Loops> loops;
   // The calls of peers made from this endpoint (they move bytes into or out of its pool): the
   // endpoint's close refuses new ones and waits for those in flight, after which no peer
   // touches the pool again.
@@ -102,13 +96,6 @@ struct Shared {
   net::Bound quiet() const {
     return net::Bound::silence(std::chrono::milliseconds(opt.timeout_ms));
   }
-  void accept_loop();
-  void serve(Conn& c);
-  bool make_room();  // REQUIRES mu
-  Status hello(int fd);
-  Status serve_write(int fd, const Request& r, std::vector<uint8_t>* staging);
-  Status serve_read(int fd, const Request& r);
-  void reap();
   // A peer's fd: set (*fd = from), closed (*fd = -1), shut down to end a call on it.
   void adopt_fd(int* fd, int from);
   void close_fd(int* fd);

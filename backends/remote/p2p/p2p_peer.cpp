@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <vector>
 
+#include "auth.h"
 #include "deadline_lock.h"
 #include "log.h"
 #include "net.h"
@@ -56,13 +58,37 @@ Status Peer::Impl::connect(Deadline dl) {
   Status s = net::connect_to(host, port, dl, &made);
   if (!s.is_ok()) return s;
   local->adopt_fd(&fd, made);
+  // The handshake (p2p.h, auth.h): the endpoint proves it holds the token before this side
+  // sends its own proof or anything else.
+  const wire::Nonce mine = wire::make_nonce();
   wire::Writer w;
-  w.u32(static_cast<uint32_t>(local->opt.token.size()));
-  w.bytes(local->opt.token.data(), local->opt.token.size());
+  w.bytes(mine.data(), mine.size());
   w.u64(local->format);
   w.u32(kProtocol);
   std::vector<uint8_t> reply;
   s = wire::send_frame(fd, wire::kP2pHello, w.data(), {}, dl);
+  if (s.is_ok())
+    s = wire::read_frame(fd, wire::kP2pHello | wire::kReply, dl, &reply, nullptr,
+                         wire::kNonceSize + 8 + wire::kProofSize);
+  wire::Reader challenge(reply);
+  wire::Nonce theirs{};
+  wire::Proof proof{};
+  const std::string nonce = challenge.str(theirs.size());
+  const uint64_t endpoint_id = challenge.u64();
+  const std::string proved = challenge.str(proof.size());
+  if (s.is_ok() && !challenge.done()) s = {KVTIER_ERR_INVALID_ARG, "malformed HELLO reply"};
+  if (s.is_ok()) {
+    std::memcpy(theirs.data(), nonce.data(), theirs.size());
+    std::memcpy(proof.data(), proved.data(), proof.size());
+    if (!wire::same_proof(proof, wire::server_proof(local->opt.token, mine, theirs, endpoint_id)))
+      s = {KVTIER_ERR_DENIED, "the endpoint at " + address + " did not prove it holds the token"};
+  }
+  if (s.is_ok()) {
+    const wire::Proof ours = wire::client_proof(local->opt.token, mine, theirs);
+    wire::Writer second;
+    second.bytes(ours.data(), ours.size());
+    s = wire::send_frame(fd, wire::kP2pHello, second.data(), {}, dl);
+  }
   if (s.is_ok())
     s = wire::read_frame(fd, wire::kP2pHello | wire::kReply, dl, &reply, nullptr, 8 + 4 + 8);
   wire::Reader rd(reply);
@@ -158,6 +184,8 @@ Status Peer::Impl::run_open(bool write, std::span<const int64_t> local_pages,
     return {KVTIER_ERR_TIMEOUT, "the peer connection stayed busy past the deadline"};
   }
   Status gone = closed();
+  // The endpoint closes a connection idle past its idle timeout: this call connects again.
+  if (gone.is_ok() && fd >= 0 && net::peer_closed(fd)) drop();
   if (gone.is_ok() && fd < 0) gone = connect(dl);
   if (!gone.is_ok()) {
     std::fill(results.begin(), results.end(), gone.code());

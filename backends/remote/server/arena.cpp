@@ -105,7 +105,7 @@ std::string Server::metrics_text() {
          .errors = errors_,
          .expired_leases = expired_,
          .leases = pending_.size() + leases_.size(),
-         .connections = authed_.load()};
+         .connections = loops_ ? loops_->authenticated() : 0};
   }
   std::string out;
   render_counters(c, &out);

@@ -1,5 +1,6 @@
 // kvtier-server's requests: what each frame does. The RDMA control plane is in rdma_control.cpp,
-// the arena in arena.cpp, the connections themselves (event loops, deadlines, caps) in loop.cpp.
+// the arena in arena.cpp, its start and stop in start.cpp; the connections themselves (event
+// loops, deadlines, caps) are the remote backend's one server model (serve/event_loop.h).
 #include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -39,53 +40,31 @@ size_t Server::Ids::operator()(const Key& k) const {
 
 // ---- frames ------------------------------------------------------------------------------
 
-void Server::reply(Conn& c, uint16_t type, wire::Writer& out, const std::vector<iovec>& bulk,
-                   uint16_t version) {
-  Header h;
-  h.version = version;
-  h.type = type;
-  h.length = static_cast<uint32_t>(out.data().size());
-  c.reply.resize(wire::kHeaderSize);
-  wire::encode_header(h, c.reply.data());
-  c.reply.insert(c.reply.end(), out.data().begin(), out.data().end());
-  c.out.clear();
-  c.out.push_back({c.reply.data(), c.reply.size()});
-  c.out.insert(c.out.end(), bulk.begin(), bulk.end());
-  c.out_at = 0;
-  c.phase = Conn::Phase::kReply;
-  c.moved = Clock::now();
-  c.bulk_end = Clock::time_point::max();
-}
-
-void Server::reply_error(Conn& c, const Status& s) {
+void Server::count_error(const Status& s) {
   {
     std::lock_guard lock(mu_);
     ++errors_;
   }
   warn_limited("server: closing a connection: " + s.message());
-  wire::Writer w;
-  w.i32(s.code());
-  w.bytes(s.message().data(), std::min<size_t>(s.message().size(), 1024));
-  // In the version the client spoke (ERROR's layout is the same in all): a client of another
-  // version can read why it is refused.
-  const bool ours = c.h.magic != wire::kMagic || c.h.version == wire::kVersion;
-  reply(c, wire::kError | wire::kReply, w, {}, ours ? wire::kVersion : c.h.version);
-  c.close_after = true;
 }
 
-void Server::on_frame(Conn& c) {
+void Server::reply_error(Conn& c, const Status& s) {
+  count_error(s);
+  serve::reply_error(c, s);
+}
+
+void Server::on_frame(serve::Conn& conn) {
+  Conn& c = static_cast<Conn&>(conn);
   wire::Writer out;
   Status s = c.hello ? handle(c, out) : handle_hello(c, out);
   if (!s.is_ok()) return reply_error(c, s);
   if (c.phase == Conn::Phase::kPayload)  // not set up by a PUT or GET: a plain reply
-    reply(c, static_cast<uint16_t>(c.h.type | wire::kReply), out);
+    serve::reply(c, static_cast<uint16_t>(c.h.type | wire::kReply), out.data());
 }
 
 // Every connection starts with the HELLO handshake (auth.h): first the server proves it holds
 // the token, then the client does and names its namespace.
 Status Server::handle_hello(Conn& c, wire::Writer& out) {
-  Status s = wire::check_first_frame(c.h);
-  if (!s.is_ok()) return s;
   if (!c.challenged) {
     if (c.payload.size() != wire::kNonceSize) return {KVTIER_ERR_DENIED, "malformed HELLO"};
     std::memcpy(c.client_nonce.data(), c.payload.data(), wire::kNonceSize);
@@ -104,12 +83,7 @@ Status Server::handle_hello(Conn& c, wire::Writer& out) {
   std::memcpy(&ns, c.payload.data() + theirs.size(), 8);
   if (!wire::same_proof(theirs, wire::client_proof(opt_.token, c.client_nonce, c.server_nonce)))
     return {KVTIER_ERR_DENIED, "wrong or missing token"};
-  if (authed_.fetch_add(1) >= opt_.max_connections) {
-    authed_.fetch_sub(1);
-    return {KVTIER_ERR_BUSY, "the server is at its limit of " +
-                                 std::to_string(opt_.max_connections) + " connections"};
-  }
-  c.hello = true;
+  if (Status s = loops_->admit(c); !s.is_ok()) return s;
   c.ns = ns;
   c.client = client_key(c.fd, ns);
   return {};
@@ -188,7 +162,7 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       out.u64(hits_);
       out.u64(misses_);
       out.u64(pending_.size() + leases_.size());
-      out.u64(authed_.load());
+      out.u64(loops_->authenticated());
       return {};
     }
     case wire::kCommit:
@@ -199,8 +173,8 @@ Status Server::handle(Conn& c, wire::Writer& out) {
 }
 
 // The loop takes a PUT's values straight into their slots, reserving each slot only when its
-// bytes are about to arrive (reserve_ahead), so a client that stops sending holds at most a
-// window of slots, not the whole batch; on_put_bytes publishes them.
+// bytes are about to arrive (on_bulk_more), so a client that stops sending holds at most a
+// window of slots, not the whole batch; on_bulk_done publishes them.
 Status Server::begin_put(Conn& c) {
   uint64_t total = 0;
   Status s = wire::decode_put(c.payload, &c.put, &total);
@@ -209,27 +183,24 @@ Status Server::begin_put(Conn& c) {
   c.codes.assign(n, kUndecided);
   c.offsets.assign(n, 0);
   c.slots.assign(n, 0);
-  c.bulk.clear();
-  for (const wire::PutEntry& e : c.put) c.bulk.push_back({nullptr, e.length});
-  c.bulk_at = c.decided = 0;
-  c.phase = Conn::Phase::kBulkIn;
-  const auto now = Clock::now();
-  c.moved = now;
+  std::vector<iovec> bulk;
+  for (const wire::PutEntry& e : c.put) bulk.push_back({nullptr, e.length});
   // However the bytes trickle in, at least 16 MiB/s once the first bulk timeout has passed.
-  c.bulk_end = now + std::chrono::milliseconds(opt_.bulk_timeout_ms) +
-               std::chrono::milliseconds(total >> 14);
-  if (n == 0) on_put_bytes(c);
+  serve::expect_bulk(c, std::move(bulk),
+                     Clock::now() + std::chrono::milliseconds(opt_.bulk_timeout_ms) +
+                         std::chrono::milliseconds(total >> 14));
   return {};
 }
 
-void Server::reserve_ahead(Conn& c) {
+void Server::on_bulk_more(serve::Conn& conn) {
+  Conn& c = static_cast<Conn&>(conn);
   constexpr uint64_t kWindow = 1 << 20;  // bytes reserved ahead of what has arrived
   uint64_t ahead = 0;
-  for (size_t i = c.bulk_at; i < c.decided; ++i) ahead += c.bulk[i].iov_len;
-  if (c.decided >= c.put.size() || (c.decided > c.bulk_at && ahead >= kWindow)) return;
+  for (size_t i = c.bulk_at; i < c.ready; ++i) ahead += c.bulk[i].iov_len;
+  if (c.ready >= c.put.size() || (c.ready > c.bulk_at && ahead >= kWindow)) return;
   std::lock_guard lock(mu_);
-  while (c.decided < c.put.size() && (c.decided == c.bulk_at || ahead < kWindow)) {
-    const size_t i = c.decided++;
+  while (c.ready < c.put.size() && (c.ready == c.bulk_at || ahead < kWindow)) {
+    const size_t i = c.ready++;
     ahead += c.put[i].length;
     if (has_page({c.ns, c.put[i].id})) {
       c.codes[i] = wire::kPresent;  // present: the bytes are drained, the answer is OK
@@ -242,7 +213,8 @@ void Server::reserve_ahead(Conn& c) {
   }
 }
 
-void Server::on_put_bytes(Conn& c) {
+void Server::on_bulk_done(serve::Conn& conn) {
+  Conn& c = static_cast<Conn&>(conn);
   if (opt_.file) {  // to disk before the reply, from slots no one else can see yet
     std::vector<DiskPage> pages;
     std::vector<size_t> which;
@@ -273,7 +245,7 @@ void Server::on_put_bytes(Conn& c) {
   for (int32_t code : c.codes) out.i32(code == wire::kPresent ? KVTIER_OK : code);
   c.put.clear();  // published: no longer the connection's to give back
   c.bulk.clear();
-  reply(c, wire::kPut | wire::kReply, out);
+  serve::reply(c, wire::kPut | wire::kReply, out.data());
 }
 
 Status Server::begin_get(Conn& c, wire::Writer& out) {
@@ -306,13 +278,14 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
       total += e.length;
     }
   }
-  reply(c, wire::kGet | wire::kReply, out, bulk);
+  serve::reply(c, wire::kGet | wire::kReply, out.data(), bulk);
   c.bulk_end = c.moved + std::chrono::milliseconds(opt_.bulk_timeout_ms) +
                std::chrono::milliseconds(total >> 14);
   return {};
 }
 
-void Server::on_reply_sent(Conn& c) {
+void Server::on_reply_sent(serve::Conn& conn) {
+  Conn& c = static_cast<Conn&>(conn);
   if (c.h.type < latency_.size())
     latency_[c.h.type].observe(static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c.started).count()));
@@ -322,12 +295,13 @@ void Server::on_reply_sent(Conn& c) {
   c.pinned.clear();
 }
 
-void Server::on_close(Conn& c) {
+void Server::on_close(serve::Conn& conn) {
+  Conn& c = static_cast<Conn&>(conn);
   // Its tickets, and the RDMA QPs they admitted, end with the control connection.
   if (rdma_) rdma_->fence_session(c.id);
   std::lock_guard lock(mu_);
   if (c.phase == Conn::Phase::kBulkIn)  // the client went away mid-put: nothing to show
-    for (size_t i = 0; i < c.decided; ++i)
+    for (size_t i = 0; i < c.ready; ++i)
       if (c.codes[i] == KVTIER_OK) free_slot(c.offsets[i], c.slots[i]);
   for (uint32_t page : c.pinned) unpin(page);
   c.pinned.clear();

@@ -4,10 +4,12 @@
 // ALLOC (a slot under a lease), the client's one-sided writes, then COMMIT; a lease that runs
 // out, or the end of the client's control connection, gives the slot back.
 //
-// Connections are served by event loops (epoll), not a thread each: a front loop accepts and
-// holds connections until their HELLO, a few worker loops serve the authenticated ones. Every
-// connection is under a deadline at every step (HELLO, the next request, each bulk transfer),
-// so neither a silent client nor a slow one holds a connection, a slot or a pin for long.
+// Connections are served by the remote backend's event loops (serve/event_loop.h, which serve
+// the p2p endpoint too), not a thread each: a front loop accepts and holds connections until
+// their HELLO, a few worker loops serve the authenticated ones; this server is a serve::Service
+// on them. Every connection is under a deadline at every step (HELLO, the next request, each
+// bulk transfer), so neither a silent client nor a slow one holds a connection, a slot or a
+// pin for long.
 #pragma once
 
 #include <sys/uio.h>
@@ -27,6 +29,7 @@
 #include <vector>
 
 #include "auth.h"
+#include "event_loop.h"
 #include "free_space.h"
 #include "keys.h"
 #include "log.h"
@@ -34,7 +37,6 @@
 #include "page_table.h"
 #include "protocol.h"
 #include "rdma.h"
-#include "log.h"
 #include "status.h"
 #include "tier.h"
 
@@ -69,7 +71,7 @@ struct ServerOptions {
   uint64_t file_capacity = 16ull << 30;  // --file-capacity / KVTIER_SERVER_FILE_CAPACITY
 };
 
-class Server {
+class Server : private serve::Service {
  public:
   explicit Server(ServerOptions options);
   ~Server();
@@ -80,47 +82,23 @@ class Server {
   // The server's metrics in Prometheus' text format. Thread-safe.
   std::string metrics_text();
 
-  // One client connection, owned by one event loop at a time. A request is read whole (header,
-  // payload, then a PUT's bytes) and answered before the next one is read.
-  struct Conn {
-    enum class Phase { kHeader, kPayload, kBulkIn, kReply };
-    using Clock = std::chrono::steady_clock;
-    uint64_t id = 0;  // unique for the server's life: leases and tickets name their connection
-    int fd = -1;
-    bool hello = false;  // authenticated: the handshake is done
+  // One client connection (its loop's part in serve::Conn): the handshake, its namespace and
+  // what it holds (a PUT's slots coming in, the pages a GET reply is sending).
+  struct Conn : serve::Conn {
     // The handshake's first half is done: the nonces its second half's proof is over.
     bool challenged = false;
     wire::Nonce client_nonce{}, server_nonce{};
     uint64_t ns = 0;
     uint64_t client = 0;  // its peer host and namespace: whose RDMA QPs to fence (rdma::Owner)
-    Phase phase = Phase::kHeader;
-    uint8_t head[wire::kHeaderSize];
-    size_t got = 0;  // bytes of the header, then of the payload, read so far
-    wire::Header h;
-    std::vector<uint8_t> payload;
-    // A PUT's values coming in, each straight into its slot (iov_base nullptr: drained).
+    // A PUT's values coming in, each straight into its slot (bulk: iov_base nullptr, drained);
+    // bulk entries up to `ready` have their slot reserved (or refused).
     std::vector<wire::PutEntry> put;
     std::vector<int32_t> codes;
     std::vector<uint64_t> offsets, slots;
-    std::vector<iovec> bulk;
-    size_t bulk_at = 0;  // the value bytes arrive for now
-    size_t decided = 0;  // values whose slot is reserved (or refused) so far
-    // The reply going out: header and payload, then (GET) the pages' bytes from the arena.
-    std::vector<uint8_t> reply;
-    std::vector<iovec> out;
-    size_t out_at = 0;
     std::vector<uint32_t> pinned;  // pages a GET reply is sending: unpinned once it is out
-    bool close_after = false;      // an ERROR reply: the connection ends once it is out
-    Clock::time_point started;     // the request's header in: its latency runs from here
-    Clock::time_point deadline;    // of the next whole request (idle), or of HELLO
-    Clock::time_point moved;       // last progress of a bulk transfer or reply
-    Clock::time_point bulk_end;    // a bulk transfer ends by then, however it trickles
-    uint32_t events = 0;           // epoll interest
   };
 
  private:
-  class Loop;
-  friend class Loop;
   using Clock = std::chrono::steady_clock;
   using Key = std::pair<uint64_t, KeyId>;   // (namespace, id)
   static constexpr int32_t kUndecided = 2;  // a PUT value whose slot is not reserved yet
@@ -150,13 +128,18 @@ class Server {
     uint64_t conn;
   };
 
-  // ---- requests (server.cpp): called by the connection's loop ----
+  // ---- requests (server.cpp): serve::Service, called by the connection's loop ----
+  std::unique_ptr<serve::Conn> make_conn() override { return std::make_unique<Conn>(); }
   // A whole frame is in: sets up the reply (phase kReply) or a PUT's bulk read (kBulkIn).
-  void on_frame(Conn& c);
-  void reserve_ahead(Conn& c);  // slots for the PUT's next values, before their bytes come
-  void on_put_bytes(Conn& c);   // a PUT's values are all in: publish and answer
-  void on_reply_sent(Conn& c);
-  void on_close(Conn& c);  // whatever way it ends: its slots, pins, leases and tickets go back
+  void on_frame(serve::Conn& c) override;
+  // Slots for the PUT's next values, before their bytes come.
+  void on_bulk_more(serve::Conn& c) override;
+  void on_bulk_done(serve::Conn& c) override;  // a PUT's values are all in: publish and answer
+  void on_reply_sent(serve::Conn& c) override;
+  void on_refused(serve::Conn&, const Status& s) override { count_error(s); }
+  // Whatever way it ends: its slots, pins, leases and tickets go back.
+  void on_close(serve::Conn& c) override;
+  void on_tick() override;  // leases that ran out end
   Status handle_hello(Conn& c, wire::Writer& out);
   Status handle(Conn& c, wire::Writer& out);
   Status handle_exists(Conn& c, wire::Writer& out);
@@ -168,9 +151,8 @@ class Server {
   Status begin_put(Conn& c);
   Status begin_get(Conn& c, wire::Writer& out);
   Status commit(Conn& c, wire::Writer& out);
-  void reply(Conn& c, uint16_t type, wire::Writer& out, const std::vector<iovec>& bulk = {},
-             uint16_t version = wire::kVersion);
   void reply_error(Conn& c, const Status& s);
+  void count_error(const Status& s);  // a connection closed for it: counted and logged
   // REQUIRES mu_: a new lease of the connection's, ending at `expiry`.
   uint64_t grant_lease(uint64_t conn, Clock::time_point expiry);
 
@@ -221,18 +203,12 @@ class Server {
 
   // ---- connections (loop.cpp) ----
   void fit_fd_limit();  // raises the soft fd limit; lowers the caps where it cannot
-  void reap_leases();   // the front loop's timer
   // Rate-limited warnings: a flood of bad clients must not fill the log.
   void warn_limited(const std::string& msg) { warnings_.warn(msg); }
 
   ServerOptions opt_;
   std::byte* arena_ = nullptr;
-  int listen_fd_ = -1;
-  std::vector<std::unique_ptr<Loop>> loops_;  // [0]: the front loop
-  std::vector<std::thread> threads_;
-  std::atomic<bool> stopping_{false};
-  std::atomic<uint64_t> next_conn_{2};  // 0 and 1 tag the loops' own fds
-  std::atomic<unsigned> authed_{0};     // authenticated connections, over all loops
+  std::unique_ptr<serve::Loops> loops_;  // its connections
   unsigned max_unauth_ = 16;
 
   LimitedWarnings warnings_;

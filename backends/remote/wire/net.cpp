@@ -176,12 +176,6 @@ void wake_at(int fd, size_t bytes, int* now) {
   *now = want;
 }
 
-// Bytes this end sent that the peer has not acknowledged yet.
-int unacked(int fd) {
-  int q = 0;
-  return ::ioctl(fd, SIOCOUTQ, &q) == 0 ? q : 0;
-}
-
 size_t bytes_in(const iovec* iov, size_t n) {
   size_t bytes = 0;
   for (size_t i = 0; i < n; ++i) bytes += iov[i].iov_len;
@@ -264,6 +258,11 @@ bool is_loopback(const std::string& host) {
   // Asked once, when an endpoint opens (a few seconds for a slow resolver).
   return resolve(host, 0, Clock::now() + std::chrono::seconds(10), &addr).is_ok() &&
          (ntohl(addr.sin_addr.s_addr) >> 24) == 127;
+}
+
+int unacked(int fd) {
+  int q = 0;
+  return ::ioctl(fd, SIOCOUTQ, &q) == 0 ? q : 0;
 }
 
 bool peer_closed(int fd) {

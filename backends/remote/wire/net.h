@@ -43,6 +43,9 @@ Status writev_all(int fd, iovec* iov, size_t n, Bound bound);
 Status readv_all(int fd, iovec* iov, size_t n, Bound bound);
 // Whether `host` (numeric or resolvable IPv4) is a loopback address (127.0.0.0/8).
 bool is_loopback(const std::string& host);
+// Bytes this end sent that the peer has not acknowledged yet (SIOCOUTQ): their fall is
+// progress too, while a send buffer of megabytes drains slowly before it takes more.
+int unacked(int fd);
 // Whether the peer has closed an idle connection (its FIN or RST is waiting): a pooled connection
 // the server timed out is reconnected before use instead of failing the call.
 bool peer_closed(int fd);

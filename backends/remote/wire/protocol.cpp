@@ -28,11 +28,11 @@ Status decode_header(const uint8_t in[kHeaderSize], Header* h, bool from_server)
   return {};
 }
 
-Status check_first_frame(const Header& h) {
-  if (h.type != kHello) return {KVTIER_ERR_DENIED, "the first frame must be HELLO"};
-  if (h.length > kMaxHelloPayload)
+Status check_first_frame(const Header& h, uint16_t hello, uint32_t max) {
+  if (h.type != hello) return {KVTIER_ERR_DENIED, "the first frame must be HELLO"};
+  if (h.length > max)
     return {KVTIER_ERR_DENIED, "HELLO of " + std::to_string(h.length) +
-                                   " bytes is over the cap of " + std::to_string(kMaxHelloPayload)};
+                                   " bytes is over the cap of " + std::to_string(max)};
   return {};
 }
 

@@ -107,8 +107,10 @@ void encode_header(const Header& h, uint8_t out[kHeaderSize]);
 // message naming both versions, from the side of the end that reads it (from_server: a reply
 // a client reads, else a request a server reads); *h holds the header's fields either way.
 Status decode_header(const uint8_t in[kHeaderSize], Header* h, bool from_server = false);
-// A connection's frames until the handshake is done must be HELLOs of at most kMaxHelloPayload bytes.
-Status check_first_frame(const Header& h);
+// A connection's frames until the handshake is done must be HELLOs (of type `hello`: the
+// server's, or P2P_HELLO) of at most `max` bytes.
+Status check_first_frame(const Header& h, uint16_t hello = kHello,
+                         uint32_t max = kMaxHelloPayload);
 
 // Appends little-endian values to a payload.
 class Writer {
@@ -209,8 +211,9 @@ Status send_frame(int fd, uint16_t type, const std::vector<uint8_t>& payload,
 // bytes (an ERROR: over kMaxErrorPayload), is INVALID_ARG, refused before anything is allocated
 // for it. *begun (when given) is set once a header has arrived: a call that failed before one
 // can be run again.
-// The one reader and writer of blocking peers (the client tier, p2p); kvtier-server's event
-// loop decodes the same header with decode_header as its bytes arrive.
+// The one reader and writer of blocking peers (the client tier, p2p's calling side); the event
+// loops that serve (serve/event_loop.h: kvtier-server, the p2p endpoint) decode the same header
+// with decode_header as its bytes arrive.
 Status read_frame(int fd, uint16_t type, net::Bound bound, std::vector<uint8_t>* payload,
                   bool* begun = nullptr, uint32_t max_payload = kMaxPayload);
 

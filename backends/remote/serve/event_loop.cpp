@@ -1,14 +1,12 @@
-// kvtier-server's connections: epoll event loops instead of a thread per connection. The front
-// loop owns the listening socket and every connection until its HELLO (capped, oldest closed
-// first when full); then a worker loop serves it. Every step has a deadline: HELLO and each
-// next request within the idle timeout, each bulk transfer within the bulk timeout of its last
-// progress (and a floor on its rate), so that neither silent nor slow clients keep anything.
+// The event loops (event_loop.h): epoll instead of a thread per connection. The front loop owns
+// the listening socket and every connection until it is authenticated (capped, oldest closed
+// first when full); then a worker loop serves it. Every step has a deadline, so that neither
+// silent nor slow peers keep anything.
+#include "event_loop.h"
+
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -17,27 +15,55 @@
 #include <climits>
 #include <cstring>
 #include <map>
-#include <random>
+#include <mutex>
 
-#include "log.h"
 #include "net.h"
-#include "server.h"
 
-namespace kvtier {
+namespace kvtier::serve {
 
-using Conn = Server::Conn;
 using Phase = Conn::Phase;
 
-namespace {
-uint64_t random_seed() {
-  std::random_device rd;
-  return (uint64_t{rd()} << 32) ^ rd();
+void reply(Conn& c, uint16_t type, const std::vector<uint8_t>& payload,
+           const std::vector<iovec>& bulk, uint16_t version) {
+  wire::Header h;
+  h.version = version;
+  h.type = type;
+  h.length = static_cast<uint32_t>(payload.size());
+  c.reply.resize(wire::kHeaderSize);
+  wire::encode_header(h, c.reply.data());
+  c.reply.insert(c.reply.end(), payload.begin(), payload.end());
+  c.out.clear();
+  c.out.push_back({c.reply.data(), c.reply.size()});
+  c.out.insert(c.out.end(), bulk.begin(), bulk.end());
+  c.out_at = 0;
+  c.phase = Phase::kReply;
+  c.moved = Clock::now();
+  c.bulk_end = Clock::time_point::max();
+  c.unacked = 0;
 }
-}  // namespace
 
-class Server::Loop {
+void reply_error(Conn& c, const Status& s) {
+  wire::Writer w;
+  w.i32(s.code());
+  w.bytes(s.message().data(), std::min<size_t>(s.message().size(), 1024));
+  // In the version the peer spoke (ERROR's layout is the same in all): a peer of another
+  // version can read why it is refused.
+  const bool ours = c.h.magic != wire::kMagic || c.h.version == wire::kVersion;
+  reply(c, wire::kError | wire::kReply, w.data(), {}, ours ? wire::kVersion : c.h.version);
+  c.close_after = true;
+}
+
+void expect_bulk(Conn& c, std::vector<iovec> bulk, Clock::time_point end) {
+  c.bulk = std::move(bulk);
+  c.bulk_at = c.ready = 0;
+  c.phase = Phase::kBulkIn;
+  c.moved = Clock::now();
+  c.bulk_end = end;
+}
+
+class Loops::Loop {
  public:
-  Loop(Server* server, bool front) : s_(server), front_(front), sink_(64 << 10) {}
+  Loop(Loops* loops, bool front) : s_(loops), front_(front), sink_(64 << 10) {}
   ~Loop() {
     while (!conns_.empty()) close_conn(*conns_.begin()->second, nullptr);
     for (auto& c : incoming_) close_conn(*c, nullptr);
@@ -58,8 +84,7 @@ class Server::Loop {
 
   void run() {
     epoll_event events[64];
-    const auto tick = std::chrono::milliseconds(
-        std::clamp<unsigned>(s_->opt_.lease_ms / 4, 5, 100));  // deadlines and lease expiry
+    const auto tick = s_->opt_.tick;
     auto next_tick = Clock::now() + tick;
     while (!s_->stopping_) {
       const auto left =
@@ -131,17 +156,18 @@ class Server::Loop {
         if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
         // Out of fds (or memory): stop taking connections until the next tick instead of
         // spinning on a listening socket that stays readable.
-        s_->warn_limited(std::string("server: accept: ") + std::strerror(errno));
+        s_->warn(s_->opt_.name + ": accept: " + std::strerror(errno));
         listen(false);
         return;
       }
       net::no_delay(fd);
-      // Full of connections that have not said HELLO: the oldest goes (it had the most time).
-      if (conns_.size() >= s_->max_unauth_) close_conn(*conns_.begin()->second, "no HELLO in time");
-      auto c = std::make_unique<Conn>();
+      // Full of connections not yet authenticated: the oldest goes (it had the most time).
+      if (conns_.size() >= s_->opt_.max_unauthenticated)
+        close_conn(*conns_.begin()->second, "no HELLO in time");
+      std::unique_ptr<Conn> c = s_->service_->make_conn();
       c->id = s_->next_conn_++;
       c->fd = fd;
-      c->deadline = Clock::now() + std::chrono::milliseconds(s_->opt_.idle_timeout_ms);
+      c->deadline = Clock::now() + s_->opt_.hello_timeout;
       Conn& ref = *c;
       conns_.emplace(ref.id, std::move(c));
       watch(ref);
@@ -157,7 +183,7 @@ class Server::Loop {
   }
 
   // Moves a connection as far as its socket allows, a bounded number of steps so that one
-  // busy client cannot keep the loop from the others.
+  // busy peer cannot keep the loop from the others.
   void serve(Conn& c) {
     const char* why = nullptr;
     bool blocked = false;
@@ -198,14 +224,23 @@ class Server::Loop {
   const char* read_header(Conn& c, bool* blocked) {
     size_t n;
     if (!receive(c.fd, c.head + c.got, wire::kHeaderSize - c.got, &n, blocked)) return "";
+    if (c.got == 0 && n > 0)  // a frame begun: the rest of it comes within the frame timeout
+      c.deadline = std::min(c.deadline, Clock::now() + s_->opt_.frame_timeout);
     c.got += n;
     if (c.got < wire::kHeaderSize) return nullptr;
     c.got = 0;
     c.started = Clock::now();
+    const Settings& o = s_->opt_;
     Status st = wire::decode_header(c.head, &c.h);
-    if (st.is_ok() && !c.hello) st = wire::check_first_frame(c.h);
+    if (st.is_ok() && !c.hello)  // before authentication, a HELLO-sized HELLO only
+      st = wire::check_first_frame(c.h, o.hello_type, o.max_hello);
+    if (st.is_ok() && c.h.length > o.max_payload)
+      st = {KVTIER_ERR_INVALID_ARG, "a frame of " + std::to_string(c.h.length) +
+                                        " bytes is over the cap of " +
+                                        std::to_string(o.max_payload)};
     if (!st.is_ok()) {
-      s_->reply_error(c, st);
+      s_->service_->on_refused(c, st);
+      reply_error(c, st);
       return nullptr;
     }
     c.payload.clear();
@@ -227,21 +262,23 @@ class Server::Loop {
   }
 
   const char* frame_in(Conn& c) {
-    s_->on_frame(c);
+    s_->service_->on_frame(c);
     if (c.payload.capacity() > (64 << 10)) std::vector<uint8_t>().swap(c.payload);
+    if (c.phase == Phase::kBulkIn && c.bulk.empty()) s_->service_->on_bulk_done(c);
     return nullptr;
   }
 
-  // A PUT's values, straight into their slots; drained ones into the sink.
+  // Bulk bytes, straight into their destinations; drained ones into the sink.
   const char* read_bulk(Conn& c, bool* blocked) {
-    s_->reserve_ahead(c);
+    s_->service_->on_bulk_more(c);
+    if (c.ready <= c.bulk_at) return "";  // the service gave nowhere to put them
     iovec iov[64];
     size_t k = 0;
-    for (size_t i = c.bulk_at; i < c.decided && k < 64; ++i) {
+    for (size_t i = c.bulk_at; i < c.ready && k < 64; ++i) {
       iov[k++] = c.bulk[i];
       if (iov[k - 1].iov_base) continue;
       iov[k - 1] = {sink_.data(), std::min(c.bulk[i].iov_len, sink_.size())};
-      if (c.bulk[i].iov_len > sink_.size()) break;  // the rest of it next time, not the next value
+      if (c.bulk[i].iov_len > sink_.size()) break;  // the rest of it next time, not the next one
     }
     msghdr msg{};
     msg.msg_iov = iov;
@@ -251,7 +288,7 @@ class Server::Loop {
     if (got <= 0) return "";
     c.moved = Clock::now();
     advance(c.bulk, &c.bulk_at, static_cast<size_t>(got));
-    if (c.bulk_at == c.bulk.size()) s_->on_put_bytes(c);
+    if (c.bulk_at == c.bulk.size()) s_->service_->on_bulk_done(c);
     return nullptr;
   }
 
@@ -265,13 +302,13 @@ class Server::Loop {
     c.moved = Clock::now();
     advance(c.out, &c.out_at, static_cast<size_t>(sent));
     if (c.out_at < c.out.size()) return nullptr;
-    s_->on_reply_sent(c);
+    c.deadline = Clock::now() + s_->opt_.idle_timeout;
+    s_->service_->on_reply_sent(c);
     if (c.close_after) return "";
     if (c.reply.capacity() > (64 << 10)) std::vector<uint8_t>().swap(c.reply);
     c.out.clear();
     c.out_at = 0;
     c.phase = Phase::kHeader;
-    c.deadline = Clock::now() + std::chrono::milliseconds(s_->opt_.idle_timeout_ms);
     return nullptr;
   }
 
@@ -288,7 +325,7 @@ class Server::Loop {
     }
   }
 
-  // The front loop hands a connection that just completed HELLO to a worker loop.
+  // The front loop hands a connection that was just authenticated to a worker loop.
   bool handed_off(Conn& c) {
     if (!front_ || !c.hello) return false;
     auto it = conns_.find(c.id);
@@ -302,32 +339,37 @@ class Server::Loop {
 
   void on_tick() {
     const auto now = Clock::now();
-    const auto bulk = std::chrono::milliseconds(s_->opt_.bulk_timeout_ms);
+    const auto bulk = s_->opt_.bulk_timeout;
     std::vector<std::pair<Conn*, const char*>> late;
     for (auto& [id, c] : conns_) {
       const bool waiting = c->phase == Phase::kHeader || c->phase == Phase::kPayload;
+      if (c->phase == Phase::kReply) {  // the peer taking what was sent is progress too
+        const int q = net::unacked(c->fd);
+        if (q < c->unacked) c->moved = now;
+        c->unacked = q;
+      }
       if (waiting && now >= c->deadline)
         late.push_back({c.get(), c->hello ? "idle for too long" : "no HELLO in time"});
       else if (!waiting && (now >= c->moved + bulk || now >= c->bulk_end))
-        late.push_back({c.get(), c->phase == Phase::kBulkIn ? "a PUT's bytes stopped arriving"
-                                                            : "the client stopped reading"});
+        late.push_back({c.get(), c->phase == Phase::kBulkIn ? "its bytes stopped arriving"
+                                                            : "the peer stopped reading"});
     }
     for (auto& [c, why] : late) close_conn(*c, why);
     if (front_) {
-      s_->reap_leases();
+      s_->service_->on_tick();
       listen(true);
     }
   }
 
   void close_conn(Conn& c, const char* why) {
-    if (why) log().debug("server: closing connection {}: {}", c.id, why);
-    s_->on_close(c);
+    if (why) log().debug("{}: closing connection {}: {}", s_->opt_.name, c.id, why);
+    s_->service_->on_close(c);
     if (c.hello) s_->authed_.fetch_sub(1);
     ::close(c.fd);  // also takes it out of the epoll set
     conns_.erase(c.id);
   }
 
-  Server* s_;
+  Loops* s_;
   const bool front_;
   int ep_ = -1, wake_fd_ = -1;
   bool listening_ = false;
@@ -338,104 +380,42 @@ class Server::Loop {
   std::vector<std::unique_ptr<Conn>> incoming_;  // guarded by mu_
 };
 
-Server::Server(ServerOptions options)
-    : opt_(std::move(options)),
-      hash_seed_(random_seed()),
-      pages_(Ids{hash_seed_}),
-      ns_pages_(16, Ids{hash_seed_}),
-      free_(opt_.capacity),
-      boot_id_(random_seed()) {}
+Loops::Loops(Settings settings, Service* service)
+    : opt_(std::move(settings)), service_(service) {}
 
-Server::~Server() {
+Loops::~Loops() {
   stop();
-  if (arena_) munmap(arena_, opt_.capacity);
-  if (disk_root_ >= 0) ::close(disk_root_);
 }
 
-// One fd budget for everything the server opens: the soft fd limit is raised up to the hard
-// one, then shared out. Besides a reserve for its own (loops, listeners, logs): the metrics
-// endpoint's connections, the file tiers of the namespaces open on disk (each its folder, index,
-// lock, rings and two files per size class) and the clients' connections. Where the limit is
-// too low, the disk's share and the connection caps are lowered, with a line saying so.
-void Server::fit_fd_limit() {
-  rlimit r{};
-  if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
-    r.rlim_cur = r.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &r);
-    getrlimit(RLIMIT_NOFILE, &r);
-  }
-  constexpr uint64_t kReserve = 64;
-  constexpr uint64_t kFdsPerDisk = 5 + 2 * 64;  // the file tier's kMaxClasses size classes
-  const uint64_t limit = r.rlim_cur;
-  uint64_t room = limit > kReserve + MetricsEndpoint::kMaxFds + 32
-                      ? limit - kReserve - MetricsEndpoint::kMaxFds
-                      : 32;
-  if (opt_.file) {  // at most a third of what is left, and one namespace at least
-    max_open_disks_ = std::clamp<uint64_t>(room / 3 / kFdsPerDisk, 1, 64);
-    room -= std::min(room - 16, max_open_disks_ * kFdsPerDisk);
-  }
-  max_unauth_ = std::max(16u, opt_.max_connections / 4);
-  if (opt_.max_connections + max_unauth_ > room) {
-    opt_.max_connections = static_cast<unsigned>(std::max<uint64_t>(room * 4 / 5, 1));
-    max_unauth_ = std::max<unsigned>(static_cast<unsigned>(room / 5), 1);
-    log().warn(
-        "server: the fd limit ({}) allows {} connections (and {} before HELLO){}",
-        static_cast<unsigned long long>(limit), opt_.max_connections, max_unauth_,
-        opt_.file ? ", " + std::to_string(max_open_disks_) + " namespaces open on disk" : "");
-  }
-}
-
-Status Server::start(uint16_t* port) {
-  // Reserved, not touched: pages of the arena are backed as they are first written.
-  void* p = mmap(nullptr, opt_.capacity, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED)
-    return {KVTIER_ERR_NO_MEMORY, "cannot map an arena of " + std::to_string(opt_.capacity) +
-                                      " bytes: " + std::strerror(errno)};
-  arena_ = static_cast<std::byte*>(p);
-  Status disk = open_disk();
-  if (!disk.is_ok()) return disk;
-  fit_fd_limit();
-  Status s = net::listen_on(opt_.host, opt_.port, &listen_fd_, port);
-  if (!s.is_ok()) return s;
+Status Loops::start(int listen_fd) {
+  listen_fd_ = listen_fd;
   fcntl(listen_fd_, F_SETFL, fcntl(listen_fd_, F_GETFL) | O_NONBLOCK);
-  if (opt_.rdma && rdma::available()) {
-    const uint16_t rport = opt_.rdma_port ? opt_.rdma_port : static_cast<uint16_t>(*port + 1);
-    s = rdma::Listener::start({opt_.host, rport, opt_.rdma_tos}, arena_, opt_.capacity, &rdma_);
-    if (s.is_ok())
-      log().warn(
-          "server: RDMA data plane on port {}: every client admitted to it can read and write the "
-          "whole arena one-sided, whatever its namespace (docs/rdma.md: the RDMA trust model)",
-          rdma_->port());
-    else
-      log().warn("server: no RDMA data plane ({}); clients move bytes over TCP", s.message());
-  }
-  unsigned workers = opt_.threads;
-  if (workers == 0) workers = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
-  for (unsigned i = 0; i <= workers; ++i) {
+  for (unsigned i = 0; i <= std::max(opt_.workers, 1u); ++i) {
     loops_.push_back(std::make_unique<Loop>(this, i == 0));
-    s = loops_.back()->init();
-    if (!s.is_ok()) return s;
+    if (Status s = loops_.back()->init(); !s.is_ok()) return s;
   }
   for (auto& loop : loops_) threads_.emplace_back([l = loop.get()] { l->run(); });
   return {};
 }
 
-void Server::stop() {
+void Loops::stop() {
   if (stopping_.exchange(true)) return;
   for (auto& loop : loops_) loop->wake();
   for (auto& t : threads_) t.join();
   threads_.clear();
-  loops_.clear();  // closes every connection; their slots, pins and leases go back
+  loops_.clear();  // closes every connection; what they hold goes back (Service::on_close)
   if (listen_fd_ >= 0) ::close(listen_fd_);
   listen_fd_ = -1;
-  rdma_.reset();  // before the arena it registered goes
 }
 
-void Server::reap_leases() {
-  const auto now = Clock::now();
-  std::lock_guard lock(mu_);
-  reap(now);
+Status Loops::admit(Conn& c) {
+  if (authed_.fetch_add(1) >= opt_.max_connections) {
+    authed_.fetch_sub(1);
+    return {KVTIER_ERR_BUSY, "the " + opt_.name + " is at its limit of " +
+                                 std::to_string(opt_.max_connections) + " connections"};
+  }
+  c.hello = true;
+  return {};
 }
 
-}  // namespace kvtier
+}  // namespace kvtier::serve
