@@ -1,0 +1,352 @@
+// The shared folder's neighbours: processes on the same namespace that did nothing wrong, beside
+// one that deletes or scribbles its files, stops while holding a lock, or is another local user.
+// Each of them may cost the others a miss or a bounded wait, never a crash, a hang or a wrong
+// byte. Real processes throughout (file_writer, fork, SIGSTOP).
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <kvtier/kvtier.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "file/file_pages.h"
+#include "file/file_procs.h"
+#include "common/test_util.h"
+
+namespace fs = std::filesystem;
+using namespace kvtier_test;
+
+namespace {
+
+// The namespace folder the store made in dir (there is one).
+std::string ns_dir(const std::string& dir) {
+  for (auto& e : fs::directory_iterator(dir))
+    if (e.is_directory()) return e.path();
+  return "";
+}
+
+std::string until(double seconds) {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  return std::to_string(now.tv_sec + static_cast<long>(seconds));
+}
+
+// Writes `len` random bytes at `off` into the file at path (an open fd's /proc link or a name),
+// without changing its size.
+void scribble(const std::string& path, uint64_t off, uint64_t len) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << path;
+  const auto bytes = random_bytes(len);
+  EXPECT_EQ(::pwrite(fd, bytes.data(), len, static_cast<off_t>(off)), static_cast<ssize_t>(len));
+  ::close(fd);
+}
+
+// Finding 3: deleting LOCK, truncating, scribbling and deleting INDEX while processes run on the
+// folder, and new processes joining after each. Every process survives, every read is exact or
+// a miss, and afterwards the processes still share one index.
+TEST(FileNeighbours, DamagedLockAndIndexCostAMissNeverACrash) {
+  const std::string dir = fresh("damage");
+  kvtier_store_t* s = open_dir(dir, ";file_capacity=64MiB");
+  for (size_t k = 0; k < 40; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  const std::string ns = ns_dir(dir);
+  ASSERT_FALSE(ns.empty());
+  const std::string end = until(6);
+  std::mt19937_64 g(std::random_device{}());
+  Proc a({"mixed", dir, std::to_string(g()), end}, dir + "/a.log");
+  Proc b({"mixed", dir, std::to_string(g()), end}, dir + "/b.log");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (int round = 0; round < 8; ++round) {
+    const std::string index = ns + "/INDEX";
+    switch (round % 4) {
+      case 0:
+        ::unlink((ns + "/LOCK").c_str());
+        break;
+      case 1:
+        ASSERT_EQ(::truncate(index.c_str(), 0), 0) << index;
+        break;
+      case 2: {
+        struct stat st {};
+        if (::stat(index.c_str(), &st) == 0 && st.st_size > 0)
+          scribble(index, 0, static_cast<uint64_t>(st.st_size));
+        else
+          scribble(index, 0, 8192);  // a file of random bytes, where the roster was
+        break;
+      }
+      default:
+        ::unlink(index.c_str());
+    }
+    // A process that joins after the damage reads right and leaves the others standing.
+    Proc joiner({"count", dir, "0", "40"}, dir + "/join-" + std::to_string(round) + ".log");
+    count_present(s, 0, 40);  // exact or a miss (checked inside)
+    ASSERT_TRUE(exited_ok(joiner.wait_for(60))) << slurp(joiner.log);
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  for (Proc* p : {&a, &b}) {
+    const int status = p->wait_for(60);
+    EXPECT_TRUE(exited_ok(status)) << "status " << status << ": " << slurp(p->log);
+    EXPECT_EQ(slurp(p->log).find("WRONG BYTES"), std::string::npos) << slurp(p->log);
+    EXPECT_GT(last_count(p->log, "verified"), 0u) << slurp(p->log);
+  }
+  // One index again: what this process writes, a new process reads, and the other way.
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  for (size_t k = 40; k < 60; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  Proc reader({"count", dir, "40", "20"}, dir + "/reader.log");
+  ASSERT_TRUE(exited_ok(reader.wait_for(60))) << slurp(reader.log);
+  EXPECT_EQ(last_count(reader.log, "present"), 20u) << slurp(reader.log);
+  Proc writer({"put", dir, "60", "16"}, dir + "/writer.log");
+  ASSERT_TRUE(exited_ok(writer.wait_for(60))) << slurp(writer.log);
+  EXPECT_EQ(count_present(s, 60, 16), 16u);
+  kvtier_close(s);
+}
+
+// The index's memory itself scribbled (its hash chains and nodes; here by this process through
+// /proc/self/fd, as any process of the user could): every link read from it is bounds-checked,
+// the index is rebuilt from the records, and reads stay exact or a miss.
+TEST(FileNeighbours, ScribbledIndexMemoryIsRebuiltNotFollowed) {
+  const std::string dir = fresh("scribble");
+  kvtier_store_t* s = open_dir(dir, ";file_capacity=64MiB");
+  for (size_t k = 0; k < 40; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  // The index: the memfd, or (before it was one) the INDEX file this process maps.
+  std::string index;
+  for (auto& e : fs::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const std::string target = fs::read_symlink(e.path(), ec).string();
+    if (target.find("kvtier-index") != std::string::npos ||
+        (target.size() > 6 && target.compare(target.size() - 6, 6, "/INDEX") == 0))
+      index = e.path();
+  }
+  ASSERT_FALSE(index.empty()) << "no shared index among this process's files";
+  struct stat st {};
+  ASSERT_EQ(::stat(index.c_str(), &st), 0);
+  ASSERT_GT(st.st_size, 8192);
+  // Past the header (its lock): the chains' heads and every node.
+  scribble(index, 4096, static_cast<uint64_t>(st.st_size) - 4096);
+  count_present(s, 0, 40);
+  exists_run(s, 0, 40);
+  EXPECT_EQ(count_present(s, 0, 40), 40u) << "the records hold every page: a rebuild finds them";
+  for (size_t k = 40; k < 60; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  EXPECT_EQ(count_present(s, 40, 20), 20u);
+  Proc reader({"count", dir, "0", "60"}, dir + "/reader.log");
+  ASSERT_TRUE(exited_ok(reader.wait_for(60))) << slurp(reader.log);
+  EXPECT_EQ(last_count(reader.log, "present"), 60u) << slurp(reader.log);
+  kvtier_close(s);
+}
+
+// Whether process pid is stopped (SIGSTOP) within `seconds`.
+bool becomes_stopped(pid_t pid, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    const std::string stat = slurp("/proc/" + std::to_string(pid) + "/stat");
+    const size_t paren = stat.rfind(')');
+    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'T')
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+// Runs `calls` in a thread and waits `limit` seconds for it; false if it had not ended (it is
+// then left to end after `unblock`, which resumes whoever blocks it).
+bool ends_within(double limit, const std::function<void()>& calls,
+                 const std::function<void()>& unblock) {
+  std::atomic<bool> done{false};
+  std::thread t([&] {
+    calls();
+    done = true;
+  });
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(limit);
+  while (!done && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const bool ended = done;
+  if (!ended) unblock();
+  t.join();
+  return ended;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+constexpr const char* kShortLock = "file_lock_timeout_ms=500";
+
+// Finding 5: a process stopped (SIGSTOP, Ctrl-Z, a debugger) while it holds the namespace's lock
+// costs the others one timeout: then the index is made anew from the records without it, and
+// every call of every other process goes on; resumed, the stopped one joins them.
+TEST(FileNeighbours, AProcessStoppedHoldingTheLockCostsOneTimeout) {
+  const std::string dir = fresh("stopped-lock");
+  kvtier_store_t* s = open_dir(dir, std::string(";file_capacity=64MiB;") + kShortLock);
+  for (size_t k = 0; k < 20; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  Proc stopped({"put", dir, "20", "8", kShortLock}, dir + "/stopped.log",
+               "KVTIER_TEST_FILE_FAULTS=commit:1:stop");
+  ASSERT_TRUE(becomes_stopped(stopped.pid, 30)) << slurp(stopped.log);
+  double first = 0, rest = 0;
+  const bool ended = ends_within(
+      20,
+      [&] {
+        auto t0 = std::chrono::steady_clock::now();
+        count_present(s, 0, 20);  // waits one timeout at most, then a miss or a hit
+        first = seconds_since(t0);
+        t0 = std::chrono::steady_clock::now();
+        EXPECT_EQ(count_present(s, 0, 20), 20u) << "the index made anew holds every page";
+        EXPECT_EQ(exists_run(s, 0, 20), 20);
+        for (size_t k = 30; k < 40; ++k) EXPECT_EQ(put_page(s, k), KVTIER_OK);
+        EXPECT_EQ(count_present(s, 30, 10), 10u);
+        rest = seconds_since(t0);
+      },
+      [&] { ::kill(stopped.pid, SIGCONT); });
+  ASSERT_TRUE(ended) << "a call waited for the stopped process";
+  EXPECT_LT(first, 5.0) << "the first call waits one timeout (0.5 s) and a rebuild";
+  EXPECT_LT(rest, 5.0) << "the calls after it wait for nobody";
+  // Other processes too: one that opens now, and one that was open all along.
+  Proc later({"put", dir, "40", "8", kShortLock}, dir + "/later.log");
+  ASSERT_TRUE(exited_ok(later.wait_for(20))) << slurp(later.log);
+  EXPECT_EQ(count_present(s, 40, 8), 8u);
+  EXPECT_TRUE(ends_within(
+      10, [&] { EXPECT_EQ(kvtier_clear(s), KVTIER_OK) << kvtier_last_error(); },
+      [&] { ::kill(stopped.pid, SIGCONT); }))
+      << "clear waited for the stopped process";
+  // Resumed, it finishes without harm (its interrupted batch may fail) and shares the new index.
+  ASSERT_EQ(::kill(stopped.pid, SIGCONT), 0);
+  ASSERT_TRUE(exited_ok(stopped.wait_for(30))) << slurp(stopped.log);
+  for (size_t k = 50; k < 58; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  Proc reader({"count", dir, "50", "8"}, dir + "/reader.log");
+  ASSERT_TRUE(exited_ok(reader.wait_for(20))) << slurp(reader.log);
+  EXPECT_EQ(last_count(reader.log, "present"), 8u) << slurp(reader.log);
+  kvtier_close(s);
+}
+
+// Finding 5: a process stopped in the middle of a put (its slots reserved, no lock held) holds
+// up neither the others' puts of the same keys nor a clear.
+TEST(FileNeighbours, AProcessStoppedMidPutHoldsUpNoPutAndNoClear) {
+  const std::string dir = fresh("stopped-put");
+  kvtier_store_t* s = open_dir(dir, std::string(";file_capacity=64MiB;") + kShortLock);
+  Proc stopped({"put", dir, "0", "8", kShortLock}, dir + "/stopped.log",
+               "KVTIER_TEST_FILE_FAULTS=sync:1:stop");
+  ASSERT_TRUE(becomes_stopped(stopped.pid, 30)) << slurp(stopped.log);
+  const bool ended = ends_within(
+      20,
+      [&] {
+        auto t0 = std::chrono::steady_clock::now();
+        for (size_t k = 0; k < 8; ++k) EXPECT_EQ(put_page(s, k), KVTIER_OK);
+        EXPECT_EQ(count_present(s, 0, 8), 8u);
+        EXPECT_LT(seconds_since(t0), 5.0);
+        t0 = std::chrono::steady_clock::now();
+        EXPECT_EQ(kvtier_clear(s), KVTIER_OK) << kvtier_last_error();
+        EXPECT_EQ(exists_run(s, 0, 8), 0);
+        EXPECT_LT(seconds_since(t0), 5.0);
+        for (size_t k = 0; k < 8; ++k) EXPECT_EQ(put_page(s, k), KVTIER_OK);
+      },
+      [&] { ::kill(stopped.pid, SIGCONT); });
+  ASSERT_TRUE(ended) << "a put or the clear waited for the stopped process";
+  ASSERT_EQ(::kill(stopped.pid, SIGCONT), 0);
+  ASSERT_TRUE(exited_ok(stopped.wait_for(30))) << slurp(stopped.log);
+  count_present(s, 0, 8);  // whatever the resumed writer did: exact or a miss
+  Proc reader({"count", dir, "0", "8"}, dir + "/reader.log");
+  ASSERT_TRUE(exited_ok(reader.wait_for(20))) << slurp(reader.log);
+  kvtier_close(s);
+}
+
+// The neighbours soak: three honest processes of mixed put/get/exists/remove (every read checked
+// byte for byte) and this one, on one folder, for KVTIER_TEST_SOAK_SECONDS (default 12) while a
+// fourth process is stopped and resumed (also while it holds the lock), now and then SIGKILLed
+// and restarted, and this process
+// deletes LOCK and INDEX, truncates and scribbles INDEX. No process crashes, no read is wrong,
+// and no honest call waits past the lock timeout's bound (0.5 s here; a call may meet it twice
+// and a rebuild: 5 s is the limit checked).
+TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
+  const char* env = getenv("KVTIER_TEST_SOAK_SECONDS");
+  const double seconds = env ? std::atof(env) : 12;
+  const std::string dir = fresh("neighbours-soak");
+  const std::string config = std::string("file_capacity=64MiB;") + kShortLock;
+  kvtier_store_t* s = open_dir(dir, ";" + config);
+  const std::string ns = ns_dir(dir);
+  ASSERT_FALSE(ns.empty());
+  const std::string end = until(seconds + 1);
+  std::mt19937_64 g(std::random_device{}());
+  std::vector<std::unique_ptr<Proc>> honest;
+  for (int i = 0; i < 3; ++i)
+    honest.push_back(std::make_unique<Proc>(
+        std::vector<std::string>{"mixed", dir, std::to_string(g()), end, config},
+        dir + "/honest-" + std::to_string(i) + ".log"));
+  int runs = 0;
+  auto careless = [&] {
+    return std::make_unique<Proc>(
+        std::vector<std::string>{"mixed", dir, std::to_string(g()), end, config},
+        dir + "/careless-" + std::to_string(runs++) + ".log",
+        // and it stops itself once holding the lock, resumed by the next SIGCONT below
+        "KVTIER_TEST_FILE_FAULTS=commit:" + std::to_string(20 + g() % 100) + ":stop");
+  };
+  auto neighbour = careless();
+  const auto t_end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  size_t parent_hits = 0;
+  double parent_slowest = 0;
+  for (int round = 0; std::chrono::steady_clock::now() < t_end && !HasFailure(); ++round) {
+    const std::string index = ns + "/INDEX";
+    switch (round % 6) {
+      case 0:
+        ::kill(neighbour->pid, SIGSTOP);
+        break;
+      case 1:
+        ::unlink(index.c_str());
+        ::unlink((ns + "/LOCK").c_str());
+        break;
+      case 2:
+        ::kill(neighbour->pid, SIGCONT);
+        break;
+      case 3:
+        scribble(index, 0, 4096);
+        break;
+      case 4:
+        ::truncate(index.c_str(), 0);
+        break;
+      default:
+        if (round % 12 == 11) {  // killed, at any instant, and back
+          neighbour->kill_now();
+          neighbour = careless();
+        }
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    parent_hits += count_present(s, g() % 64, 16);
+    parent_slowest = std::max(parent_slowest, seconds_since(t0));
+    std::this_thread::sleep_for(std::chrono::milliseconds(150 + g() % 200));
+  }
+  ::kill(neighbour->pid, SIGCONT);
+  size_t verified = 0, slowest_ms = 0, made_anew = 0;
+  for (auto* p : {&honest[0], &honest[1], &honest[2], &neighbour}) {
+    for (size_t at = 0; (at = slurp((*p)->log).find("is made anew", at)) != std::string::npos; ++at)
+      ++made_anew;
+  }
+  for (auto& p : honest) {
+    slowest_ms = std::max(slowest_ms, last_count(p->log, "slowest_ms"));
+    const int status = p->wait_for(seconds + 60);
+    EXPECT_TRUE(exited_ok(status)) << "status " << status << ": " << slurp(p->log);
+    EXPECT_EQ(slurp(p->log).find("WRONG BYTES"), std::string::npos) << slurp(p->log);
+    EXPECT_LT(last_count(p->log, "slowest_ms"), 5000u) << "an honest call waited too long";
+    verified += last_count(p->log, "verified");
+  }
+  // Its fault may stop it again after the last SIGCONT above: resume it until it ends.
+  int status = -1;
+  for (int i = 0; i < 10 * (static_cast<int>(seconds) + 60) && status == -1; ++i) {
+    if (neighbour->pid > 0) ::kill(neighbour->pid, SIGCONT);
+    status = neighbour->wait_for(0.1);
+  }
+  EXPECT_TRUE(exited_ok(status)) << "status " << status << ": " << slurp(neighbour->log);
+  EXPECT_GT(verified, 100u) << "the honest processes verified too few reads to mean anything";
+  EXPECT_LT(parent_slowest, 5.0);
+  std::printf(
+      "neighbours soak %.0f s: %zu reads verified in the processes (slowest call %zu ms), %zu "
+      "hits here (slowest %.0f ms), %zu indexes made anew past a stopped holder\n",
+      seconds, verified, slowest_ms, parent_hits, parent_slowest * 1000, made_anew);
+  kvtier_close(s);
+}
+
+}  // namespace
