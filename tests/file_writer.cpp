@@ -135,7 +135,7 @@ int main(int argc, char** argv) {
   kvtier_store_t* s = nullptr;
   int rc = kvtier_open(config.c_str(), &s);
   if (rc != KVTIER_OK) {
-    std::fprintf(stderr, "file_writer: open: %s\n", kvtier_last_error());
+    std::fprintf(stderr, "file_writer: open: %s: %s\n", kvtier_error_name(rc), kvtier_last_error());
     return 3;
   }
   std::printf("ready\n");
