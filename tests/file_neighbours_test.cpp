@@ -380,10 +380,15 @@ TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
   const std::string end = until(seconds + 1);
   std::mt19937_64 g(std::random_device{}());
   std::vector<std::unique_ptr<Proc>> honest;
-  for (int i = 0; i < 3; ++i)
-    honest.push_back(std::make_unique<Proc>(
-        std::vector<std::string>{"mixed", dir, std::to_string(g()), end, config},
-        dir + "/honest-" + std::to_string(i) + ".log"));
+  // The last honest one forks a third of the way: its child finds the inherited handle closed,
+  // opens its own store and works on to the end beside its parent.
+  const std::string forked_log = dir + "/forked-child.log";
+  for (int i = 0; i < 3; ++i) {
+    std::vector<std::string> args{"mixed", dir, std::to_string(g()), end, config};
+    if (i == 2) args.push_back(forked_log);
+    honest.push_back(
+        std::make_unique<Proc>(args, dir + "/honest-" + std::to_string(i) + ".log"));
+  }
   int runs = 0;
   auto careless = [&] {
     return std::make_unique<Proc>(
@@ -441,6 +446,15 @@ TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
     EXPECT_LT(last_count(p->log, "slowest_ms"), 5000u) << "an honest call waited too long";
     verified += last_count(p->log, "verified");
   }
+  // The forked child (its parent's status above includes its own).
+  const std::string child = slurp(forked_log);
+  EXPECT_NE(child.find("inherited handle: KVTIER_ERR_CLOSED KVTIER_ERR_CLOSED"), std::string::npos)
+      << child;
+  EXPECT_NE(child.find("done"), std::string::npos) << child;
+  EXPECT_EQ(child.find("WRONG BYTES"), std::string::npos) << child;
+  EXPECT_LT(last_count(forked_log, "slowest_ms"), 5000u) << "an honest call waited too long";
+  EXPECT_GT(last_count(forked_log, "verified"), 0u) << child;
+  verified += last_count(forked_log, "verified");
   // Its fault may stop it again after the last SIGCONT above: resume it until it ends.
   int status = -1;
   for (int i = 0; i < 10 * (static_cast<int>(seconds) + 60) && status == -1; ++i) {
