@@ -258,9 +258,10 @@ TEST(FileNeighbours, AProcessStoppedMidPutHoldsUpNoPutAndNoClear) {
 // Whether the log shows `word` within `seconds`.
 bool logs_within(const std::string& log, const std::string& word, double seconds) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (slurp(log).find(word) == std::string::npos)
+  while (slurp(log).find(word) == std::string::npos) {
     if (std::chrono::steady_clock::now() > end) return false;
-    else std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   return true;
 }
 
@@ -366,9 +367,9 @@ TEST(FileNeighbours, ADeletedPidNamespaceClaimIsMadeAgain) {
 // this one, on one folder, for KVTIER_TEST_SOAK_SECONDS (default 12) while a
 // fourth process is stopped and resumed (also while it holds the lock), now and then SIGKILLed
 // and restarted, and this process
-// deletes LOCK, INDEX and the pid namespace's claim, truncates and scribbles INDEX. No process crashes, no read is wrong,
-// and no honest call waits past the lock timeout's bound (0.5 s here; a call may meet it twice
-// and a rebuild: 5 s is the limit checked).
+// deletes LOCK, INDEX and the pid namespace's claim, truncates and scribbles INDEX. No process
+// crashes, no read is wrong, and no honest call waits past the lock timeout's bound (0.5 s here; a
+// call may meet it twice and a rebuild: 5 s is the limit checked).
 TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
   const char* env = getenv("KVTIER_TEST_SOAK_SECONDS");
   const double seconds = env ? std::atof(env) : 12;
@@ -386,8 +387,7 @@ TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
   for (int i = 0; i < 3; ++i) {
     std::vector<std::string> args{"mixed", dir, std::to_string(g()), end, config};
     if (i == 2) args.push_back(forked_log);
-    honest.push_back(
-        std::make_unique<Proc>(args, dir + "/honest-" + std::to_string(i) + ".log"));
+    honest.push_back(std::make_unique<Proc>(args, dir + "/honest-" + std::to_string(i) + ".log"));
   }
   int runs = 0;
   auto careless = [&] {

@@ -216,7 +216,8 @@ constexpr char kPidNsPrefix[] = "pidns-";
 Status SharedIndex::claim_pid_namespace() {
   struct stat ns {};
   char self[32] = {};
-  if (::stat("/proc/self/ns/pid", &ns) != 0 || ::readlink("/proc/self", self, sizeof self - 1) <= 0 ||
+  if (::stat("/proc/self/ns/pid", &ns) != 0 ||
+      ::readlink("/proc/self", self, sizeof self - 1) <= 0 ||
       std::strtol(self, nullptr, 10) != ::getpid())
     return {KVTIER_ERR_UNSUPPORTED,
             "file tier: " + dir_ +
@@ -260,7 +261,8 @@ bool SharedIndex::other_pid_namespace() {
 
 // (Re)makes and locks this namespace's file if it is missing: a neighbour may delete it.
 Status SharedIndex::keep_pid_namespace() {
-  struct stat held {}, named {};
+  struct stat held {};
+  struct stat named {};
   if (ns_fd_ >= 0 && ::fstat(ns_fd_, &held) == 0 &&
       ::fstatat(dir_fd_, ns_name_.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
       held.st_ino == named.st_ino && held.st_dev == named.st_dev)

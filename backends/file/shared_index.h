@@ -185,7 +185,7 @@ class SharedIndex {
 
   int dir_fd_ = -1;   // the namespace folder (O_PATH, the caller's)
   int lock_fd_ = -1;  // the same folder, readable: opens flock it
-  int ns_fd_ = -1;    // "pidns-<inode>": a shared flock on it claims the folder for this pid namespace
+  int ns_fd_ = -1;  // pidns-<inode>: a shared flock on it claims the folder for this pid namespace
   std::string ns_name_;
   std::string dir_;
   Map map_;
