@@ -6,7 +6,6 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,9 +16,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
-#include <thread>
 #include <vector>
 
+#include "deadline_lock.h"
 #include "log.h"
 #include "safe_dir.h"
 
@@ -493,27 +492,7 @@ bool SharedIndex::lock(int32_t* holder) {
   // After a wait that timed out, the next ones are brief until the lock is had again: a holder
   // that makes no progress costs one timeout, not one per call.
   const int64_t wait = stalled_ ? std::min<int64_t>(timeout_ns_, 20'000'000) : timeout_ns_;
-  timespec deadline{};
-  clock_gettime(CLOCK_MONOTONIC, &deadline);
-  deadline.tv_sec += static_cast<time_t>((deadline.tv_nsec + wait) / 1'000'000'000);
-  deadline.tv_nsec = static_cast<long>((deadline.tv_nsec + wait) % 1'000'000'000);
-#if defined(__SANITIZE_THREAD__)
-  // ThreadSanitizer (GCC 12) does not intercept pthread_mutex_clocklock, and its timedlock does
-  // not count an EOWNERDEAD lock as taken: either way it then sees the unlock as one of an
-  // unlocked mutex. Its trylock handles both, so under it the same wait is a trylock loop.
-  int rc = EBUSY;
-  for (timespec now{}; (rc = pthread_mutex_trylock(&h.mu)) == EBUSY;) {
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if (now.tv_sec > deadline.tv_sec ||
-        (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec)) {
-      rc = ETIMEDOUT;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-#else
-  const int rc = pthread_mutex_clocklock(&h.mu, CLOCK_MONOTONIC, &deadline);
-#endif
+  const int rc = lock_until(&h.mu, monotonic_after(wait));
   if (rc == ETIMEDOUT) {
     // The owner's thread id is in the lock word: the robust-futex protocol puts it there.
     *holder =
