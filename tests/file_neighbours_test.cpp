@@ -6,12 +6,14 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <random>
@@ -319,7 +321,12 @@ TEST(FileNeighbours, AnotherPidNamespaceIsRefusedWhileOneHoldsTheFolder) {
             KVTIER_ERR_UNSUPPORTED)
       << kvtier_last_error();
   kvtier_close(refused);
-  holder.kill_now();
+  // SIGKILL for file_writer itself (pid 1 there): the child that reaps it ends after it.
+  const std::string self = std::to_string(holder.pid);
+  const pid_t inner = std::atoi(slurp("/proc/" + self + "/task/" + self + "/children").c_str());
+  ASSERT_GT(inner, 0);
+  ASSERT_EQ(::kill(inner, SIGKILL), 0);
+  EXPECT_EQ(holder.wait_for(30), (128 + SIGKILL) << 8);
   s = open_dir(dir, config);
   ASSERT_NE(s, nullptr);
   EXPECT_EQ(count_present(s, 0, 56), 56u) << "the pages of both namespaces, byte for byte";
