@@ -1,11 +1,11 @@
 #include "shared_index.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,8 +16,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
-#include <thread>
+#include <vector>
 
+#include "deadline_lock.h"
 #include "log.h"
 #include "safe_dir.h"
 
@@ -161,6 +162,7 @@ SharedIndex::~SharedIndex() {
     }
   }
   unmap(map_);
+  if (ns_fd_ >= 0) ::close(ns_fd_);      // this pid namespace's claim, unless others hold it
   if (lock_fd_ >= 0) ::close(lock_fd_);  // drops the flock
 }
 
@@ -183,6 +185,7 @@ Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity, 
   if (!flock_until(ix->lock_fd_, now_ns() + kOpenWaitNs))
     return {errno == EWOULDBLOCK ? KVTIER_ERR_BUSY : KVTIER_ERR_IO,
             "cannot lock " + dir + ": another process holds it (stopped?)"};
+  if (Status s = ix->claim_pid_namespace(); !s.is_ok()) return s;
   *fresh = !ix->join(&ix->map_);
   if (*fresh) {
     // No live process holds an index of the namespace: a new one, filled from the records.
@@ -195,6 +198,93 @@ Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity, 
   ix->publish();
   ix->next_check_ = now_ns() + kRosterCheckNs;
   *out = std::move(ix);
+  return {};
+}
+
+namespace {
+constexpr char kPidNsPrefix[] = "pidns-";
+}  // namespace
+
+// The index speaks in pids: a write's owner, a clear's owner, the lock's holder (its thread id,
+// in the lock word), the roster's members reached through /proc/<pid>/fd. A pid means one
+// process only inside its pid namespace, so processes in two of them (containers on one host
+// folder) would each find the other's writers dead and take their slots. Each namespace's
+// processes hold a shared flock on "pidns-<its inode>" in the folder while they have it open (a
+// flock works across namespaces, and the kernel drops it when they die); an open that finds
+// another namespace's file locked is refused, and one whose processes are gone is deleted.
+Status SharedIndex::claim_pid_namespace() {
+  struct stat ns {};
+  char self[32] = {};
+  if (::stat("/proc/self/ns/pid", &ns) != 0 ||
+      ::readlink("/proc/self", self, sizeof self - 1) <= 0 ||
+      std::strtol(self, nullptr, 10) != ::getpid())
+    return {KVTIER_ERR_UNSUPPORTED,
+            "file tier: " + dir_ +
+                " is shared through /proc, which here is missing or not this process's pid "
+                "namespace's (mount one for it)"};
+  ns_name_ = kPidNsPrefix + std::to_string(ns.st_ino);
+  if (other_pid_namespace())
+    return {KVTIER_ERR_UNSUPPORTED,
+            "file tier: " + dir_ +
+                " is open in processes of another pid namespace (another container?), and the "
+                "file tier is shared within one pid namespace only: give each container its own "
+                "KVTIER_FILE_DIR, or let them share a pid namespace"};
+  return keep_pid_namespace();
+}
+
+// Whether processes of another pid namespace hold the folder; the files of namespaces whose
+// processes are gone are deleted. REQUIRES the folder's flock: opens (which claim) wait for it,
+// so a file not locked now has no process.
+bool SharedIndex::other_pid_namespace() {
+  std::vector<std::string> others;
+  const int scan = ::openat(lock_fd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR* d = scan >= 0 ? ::fdopendir(scan) : nullptr;
+  if (!d && scan >= 0) ::close(scan);
+  while (const dirent* e = d ? ::readdir(d) : nullptr)
+    if (std::strncmp(e->d_name, kPidNsPrefix, sizeof kPidNsPrefix - 1) == 0 &&
+        ns_name_ != e->d_name)
+      others.emplace_back(e->d_name);
+  if (d) ::closedir(d);
+  bool live = false;
+  for (const std::string& name : others) {
+    const int fd = ::openat(dir_fd_, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0)
+      ::unlinkat(dir_fd_, name.c_str(), 0);
+    else
+      live |= errno == EWOULDBLOCK;
+    ::close(fd);
+  }
+  return live;
+}
+
+// (Re)makes and locks this namespace's file if it is missing: a neighbour may delete it.
+Status SharedIndex::keep_pid_namespace() {
+  struct stat held {};
+  struct stat named {};
+  if (ns_fd_ >= 0 && ::fstat(ns_fd_, &held) == 0 &&
+      ::fstatat(dir_fd_, ns_name_.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+      held.st_ino == named.st_ino && held.st_dev == named.st_dev)
+    return {};
+  const int fd = open_private_file(dir_fd_, ns_name_, O_RDONLY);
+  if (fd < 0 || ::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    return {KVTIER_ERR_IO, "cannot lock " + dir_ + "/" + ns_name_ + ": " + std::strerror(err)};
+  }
+  const bool remade = ns_fd_ >= 0;
+  if (remade) {
+    log().warn("file tier: {}/{} was deleted; made again", dir_, ns_name_);
+    ::close(ns_fd_);
+  }
+  ns_fd_ = fd;
+  // Deleted, it let in processes of another pid namespace: they and this one take each other's
+  // slots (misses, never wrong bytes: every read is checked) until one side closes the folder.
+  if (remade && other_pid_namespace())
+    log().error(
+        "file tier: processes of another pid namespace opened {} while {} was deleted; sharing "
+        "with them fails (misses) until one side closes it",
+        dir_, ns_name_);
   return {};
 }
 
@@ -372,6 +462,7 @@ void SharedIndex::check_roster() {
   std::unique_lock roster(roster_mu_, std::try_to_lock);
   if (!roster.owns_lock()) return;                        // another thread of this process is at it
   if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) return;  // an open is under way: later
+  if (Status s = keep_pid_namespace(); !s.is_ok()) log().warn("{}", s.message());
   Roster r{};
   const bool valid = read_roster(dir_fd_, &r);
   bool listed = false, other = false;
@@ -401,27 +492,7 @@ bool SharedIndex::lock(int32_t* holder) {
   // After a wait that timed out, the next ones are brief until the lock is had again: a holder
   // that makes no progress costs one timeout, not one per call.
   const int64_t wait = stalled_ ? std::min<int64_t>(timeout_ns_, 20'000'000) : timeout_ns_;
-  timespec deadline{};
-  clock_gettime(CLOCK_MONOTONIC, &deadline);
-  deadline.tv_sec += static_cast<time_t>((deadline.tv_nsec + wait) / 1'000'000'000);
-  deadline.tv_nsec = static_cast<long>((deadline.tv_nsec + wait) % 1'000'000'000);
-#if defined(__SANITIZE_THREAD__)
-  // ThreadSanitizer (GCC 12) does not intercept pthread_mutex_clocklock, and its timedlock does
-  // not count an EOWNERDEAD lock as taken: either way it then sees the unlock as one of an
-  // unlocked mutex. Its trylock handles both, so under it the same wait is a trylock loop.
-  int rc = EBUSY;
-  for (timespec now{}; (rc = pthread_mutex_trylock(&h.mu)) == EBUSY;) {
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if (now.tv_sec > deadline.tv_sec ||
-        (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec)) {
-      rc = ETIMEDOUT;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-#else
-  const int rc = pthread_mutex_clocklock(&h.mu, CLOCK_MONOTONIC, &deadline);
-#endif
+  const int rc = lock_until(&h.mu, monotonic_after(wait));
   if (rc == ETIMEDOUT) {
     // The owner's thread id is in the lock word: the robust-futex protocol puts it there.
     *holder =

@@ -12,7 +12,8 @@
 // the folder only names its members (the roster). A roster that is missing, damaged or names no
 // live member is rewritten by the members, and one that names another index makes them join it;
 // every value read from the index itself is bounds-checked before it is used as a node, a class
-// or a count.
+// or a count. Its processes are those of one pid namespace (its pids mean nothing in another):
+// an open from another one, while this one's processes hold the folder, is refused.
 #pragma once
 
 #include <pthread.h>
@@ -90,6 +91,7 @@ class SharedIndex {
   // fills it from the records. Opens are serialised by a flock on the folder, held until
   // opened(). Later opens use the geometry the first one made (the namespace's capacity).
   // A lock held by another process longer than `timeout_ms` fails the call that waits for it.
+  // KVTIER_ERR_UNSUPPORTED when processes of another pid namespace have the folder open.
   static Status open(int dir_fd, const std::string& dir, uint64_t capacity, uint64_t timeout_ms,
                      bool* fresh, std::unique_ptr<SharedIndex>* out);
   ~SharedIndex();
@@ -168,6 +170,9 @@ class SharedIndex {
   bool attach(const Member& who, Map* m);    // a member's index, if it is one
   bool join(Map* m, uint64_t skip_ino = 0);  // the index the roster names (not skip_ino), if any
   bool abandon(uint64_t stuck_ino);          // maps a new index in place of a stuck one
+  Status claim_pid_namespace();              // at open: refused if another one holds the folder
+  Status keep_pid_namespace();               // this namespace's claim, made again if deleted
+  bool other_pid_namespace();                // its processes hold the folder (the flock held)
   void publish();                            // the roster: this process and its index's members
   void check_roster();                       // now and then: rejoin or republish
   bool lock(int32_t* holder);  // false at the deadline, *holder then the thread that holds it
@@ -180,6 +185,8 @@ class SharedIndex {
 
   int dir_fd_ = -1;   // the namespace folder (O_PATH, the caller's)
   int lock_fd_ = -1;  // the same folder, readable: opens flock it
+  int ns_fd_ = -1;  // pidns-<inode>: a shared flock on it claims the folder for this pid namespace
+  std::string ns_name_;
   std::string dir_;
   Map map_;
   std::shared_mutex swap_mu_;  // shared by a Guard; exclusive to map another index

@@ -6,12 +6,14 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <random>
@@ -255,13 +257,126 @@ TEST(FileNeighbours, AProcessStoppedMidPutHoldsUpNoPutAndNoClear) {
   kvtier_close(s);
 }
 
+// Whether the log shows `word` within `seconds`.
+bool logs_within(const std::string& log, const std::string& word, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (slurp(log).find(word) == std::string::npos) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+// Processes of two pid namespaces on one folder (containers on one host volume): the pids the
+// shared index speaks in (a write's owner, the lock's holder, the roster's members) mean nothing
+// across them, so they would take each other's slots and rewrite each other's roster. The folder
+// is one namespace's at a time: an open from another fails with KVTIER_ERR_UNSUPPORTED while the
+// first one's processes live, and works once they are gone (closed or killed); the pages are the
+// records', read byte for byte on either side.
+// Whether this test may start processes in pid namespaces of their own (as root); the probe
+// opens dir from one and leaves (its claim is stale then).
+bool own_pid_ns_permitted(const std::string& dir) {
+  Proc probe({"count", dir, "0", "1"}, dir + "/probe.log", "", true);
+  const int status = probe.wait_for(60);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == kNoPidNamespace) return false;
+  EXPECT_TRUE(exited_ok(status)) << "status " << status << ": " << slurp(probe.log);
+  return true;
+}
+constexpr const char* kNoUnshare =
+    "unshare(CLONE_NEWPID | CLONE_NEWNS) is not permitted here (not root)";
+
+TEST(FileNeighbours, AnotherPidNamespaceIsRefusedWhileOneHoldsTheFolder) {
+  const std::string dir = fresh("pid-namespaces");
+  const std::string config = ";file_capacity=64MiB";
+  if (!own_pid_ns_permitted(dir)) GTEST_SKIP() << kNoUnshare;
+  // This namespace holds the folder (the probe's, gone, is taken over).
+  kvtier_store_t* s = open_dir(dir, config);
+  for (size_t k = 0; k < 24; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  Proc other({"put", dir, "24", "16"}, dir + "/other.log", "", true);
+  const int status = other.wait_for(60);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 3)
+      << "the other pid namespace's open was not refused; status " << status << ": "
+      << slurp(other.log);
+  EXPECT_NE(slurp(other.log).find("KVTIER_ERR_UNSUPPORTED"), std::string::npos) << slurp(other.log);
+  EXPECT_NE(slurp(other.log).find("another pid namespace"), std::string::npos) << slurp(other.log);
+  // This namespace's processes go on sharing, unharmed.
+  EXPECT_EQ(count_present(s, 0, 24), 24u);
+  Proc same({"put", dir, "24", "16"}, dir + "/same.log");
+  ASSERT_TRUE(exited_ok(same.wait_for(60))) << slurp(same.log);
+  EXPECT_EQ(count_present(s, 24, 16), 16u);
+  kvtier_close(s);
+  // Closed here, the folder is the other namespace's: every page read there, and more written.
+  Proc reader({"count", dir, "0", "40"}, dir + "/reader.log", "", true);
+  ASSERT_TRUE(exited_ok(reader.wait_for(60))) << slurp(reader.log);
+  EXPECT_EQ(last_count(reader.log, "present"), 40u) << slurp(reader.log);
+  Proc writer({"put", dir, "40", "16", config.substr(1)}, dir + "/writer.log", "", true);
+  ASSERT_TRUE(exited_ok(writer.wait_for(60))) << slurp(writer.log);
+  EXPECT_EQ(slurp(writer.log).find("failed"), std::string::npos) << slurp(writer.log);
+  // While a process of another namespace holds it, this one's open is refused; killed, its claim
+  // goes with it.
+  Proc holder({"hold", dir}, dir + "/holder.log", "", true);
+  ASSERT_TRUE(logs_within(holder.log, "ready", 60)) << slurp(holder.log);
+  kvtier_store_t* refused = nullptr;
+  EXPECT_EQ(kvtier_open(("tiers=file;file_dir=" + dir + config).c_str(), &refused),
+            KVTIER_ERR_UNSUPPORTED)
+      << kvtier_last_error();
+  kvtier_close(refused);
+  // SIGKILL for file_writer itself (pid 1 there): the child that reaps it ends after it.
+  const std::string self = std::to_string(holder.pid);
+  const pid_t inner = std::atoi(slurp("/proc/" + self + "/task/" + self + "/children").c_str());
+  ASSERT_GT(inner, 0);
+  ASSERT_EQ(::kill(inner, SIGKILL), 0);
+  EXPECT_EQ(holder.wait_for(30), (128 + SIGKILL) << 8);
+  s = open_dir(dir, config);
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(count_present(s, 0, 56), 56u) << "the pages of both namespaces, byte for byte";
+  kvtier_close(s);
+}
+
+// Deletes the pid namespace claims in the namespace folder ns.
+void remove_claims(const std::string& ns) {
+  for (auto& e : fs::directory_iterator(ns))
+    if (e.path().filename().string().rfind("pidns-", 0) == 0) ::unlink(e.path().c_str());
+}
+
+// A neighbour deletes the claim of the pid namespace holding the folder: its processes make it
+// again at their next call (0.1 s), so another namespace's open is refused again; one that came
+// in between is logged as an error by them, and reads stay exact or a miss.
+TEST(FileNeighbours, ADeletedPidNamespaceClaimIsMadeAgain) {
+  const std::string dir = fresh("pid-namespace-claim");
+  if (!own_pid_ns_permitted(dir)) GTEST_SKIP() << kNoUnshare;
+  kvtier_store_t* s = open_dir(dir, ";file_capacity=64MiB");
+  for (size_t k = 0; k < 16; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  const std::string ns = ns_dir(dir);
+  remove_claims(ns);
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  EXPECT_EQ(count_present(s, 0, 16), 16u);  // a call: the roster's check makes the claim again
+  Proc refused({"count", dir, "0", "16"}, dir + "/refused.log", "", true);
+  EXPECT_EQ(refused.wait_for(60), 3 << 8) << slurp(refused.log);
+  EXPECT_NE(slurp(refused.log).find("KVTIER_ERR_UNSUPPORTED"), std::string::npos)
+      << slurp(refused.log);
+  // Deleted again, and another namespace's process opens before anyone here makes a call.
+  remove_claims(ns);
+  Proc intruder({"hold", dir}, dir + "/intruder.log", "", true);
+  ASSERT_TRUE(logs_within(intruder.log, "ready", 60)) << slurp(intruder.log);
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  testing::internal::CaptureStderr();
+  count_present(s, 0, 16);  // exact or a miss
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("processes of another pid namespace opened"), std::string::npos) << said;
+  intruder.kill_now();
+  count_present(s, 0, 16);
+  kvtier_close(s);
+}
+
 // The neighbours soak: three honest processes of mixed put/get/exists/remove (every read checked
-// byte for byte) and this one, on one folder, for KVTIER_TEST_SOAK_SECONDS (default 12) while a
+// byte for byte; one of them forks mid-run and its child works on with a store of its own) and
+// this one, on one folder, for KVTIER_TEST_SOAK_SECONDS (default 12) while a
 // fourth process is stopped and resumed (also while it holds the lock), now and then SIGKILLed
 // and restarted, and this process
-// deletes LOCK and INDEX, truncates and scribbles INDEX. No process crashes, no read is wrong,
-// and no honest call waits past the lock timeout's bound (0.5 s here; a call may meet it twice
-// and a rebuild: 5 s is the limit checked).
+// deletes LOCK, INDEX and the pid namespace's claim, truncates and scribbles INDEX. No process
+// crashes, no read is wrong, and no honest call waits past the lock timeout's bound (0.5 s here; a
+// call may meet it twice and a rebuild: 5 s is the limit checked).
 TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
   const char* env = getenv("KVTIER_TEST_SOAK_SECONDS");
   const double seconds = env ? std::atof(env) : 12;
@@ -273,10 +388,14 @@ TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
   const std::string end = until(seconds + 1);
   std::mt19937_64 g(std::random_device{}());
   std::vector<std::unique_ptr<Proc>> honest;
-  for (int i = 0; i < 3; ++i)
-    honest.push_back(std::make_unique<Proc>(
-        std::vector<std::string>{"mixed", dir, std::to_string(g()), end, config},
-        dir + "/honest-" + std::to_string(i) + ".log"));
+  // The last honest one forks a third of the way: its child finds the inherited handle closed,
+  // opens its own store and works on to the end beside its parent.
+  const std::string forked_log = dir + "/forked-child.log";
+  for (int i = 0; i < 3; ++i) {
+    std::vector<std::string> args{"mixed", dir, std::to_string(g()), end, config};
+    if (i == 2) args.push_back(forked_log);
+    honest.push_back(std::make_unique<Proc>(args, dir + "/honest-" + std::to_string(i) + ".log"));
+  }
   int runs = 0;
   auto careless = [&] {
     return std::make_unique<Proc>(
@@ -298,6 +417,7 @@ TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
       case 1:
         ::unlink(index.c_str());
         ::unlink((ns + "/LOCK").c_str());
+        remove_claims(ns);
         break;
       case 2:
         ::kill(neighbour->pid, SIGCONT);
@@ -333,6 +453,15 @@ TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
     EXPECT_LT(last_count(p->log, "slowest_ms"), 5000u) << "an honest call waited too long";
     verified += last_count(p->log, "verified");
   }
+  // The forked child (its parent's status above includes its own).
+  const std::string child = slurp(forked_log);
+  EXPECT_NE(child.find("inherited handle: KVTIER_ERR_CLOSED KVTIER_ERR_CLOSED"), std::string::npos)
+      << child;
+  EXPECT_NE(child.find("done"), std::string::npos) << child;
+  EXPECT_EQ(child.find("WRONG BYTES"), std::string::npos) << child;
+  EXPECT_LT(last_count(forked_log, "slowest_ms"), 5000u) << "an honest call waited too long";
+  EXPECT_GT(last_count(forked_log, "verified"), 0u) << child;
+  verified += last_count(forked_log, "verified");
   // Its fault may stop it again after the last SIGCONT above: resume it until it ends.
   int status = -1;
   for (int i = 0; i < 10 * (static_cast<int>(seconds) + 60) && status == -1; ++i) {

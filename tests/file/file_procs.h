@@ -6,11 +6,14 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -25,12 +28,18 @@
 
 namespace kvtier_test {
 
-// A file_writer process; its stdout and stderr go to `log`.
+// What a Proc's child exits with where it may not make a pid namespace (not root).
+constexpr int kNoPidNamespace = 77;
+
+// A file_writer process; its stdout and stderr go to `log`. With `own_pid_ns`, it runs as the
+// first process of a new pid namespace with its own /proc (as in a container): the child forked
+// here makes the namespaces (pid and mount), closes what it inherited from the test (its locks)
+// and waits for file_writer, exiting with its status (kNoPidNamespace if it may not make them).
 struct Proc {
   pid_t pid = -1;
   std::string log;
   Proc(const std::vector<std::string>& args, const std::string& log_path,
-       const std::string& env = "")
+       const std::string& env = "", bool own_pid_ns = false)
       : log(log_path) {
     pid = fork();
     if (pid == 0) {
@@ -39,6 +48,7 @@ struct Proc {
       dup2(fd, 1);
       dup2(fd, 2);
       if (!env.empty()) putenv(const_cast<char*>(env.c_str()));
+      if (own_pid_ns) enter_own_pid_ns();
       std::vector<std::string> a = args;
       std::vector<char*> argv{const_cast<char*>(KVTIER_FILE_WRITER)};
       for (auto& x : a) argv.push_back(x.data());
@@ -57,6 +67,24 @@ struct Proc {
     }
     pid = -1;
     return status;
+  }
+  // In the child: from here on, this is file_writer in a new pid namespace (or never returns).
+  static void enter_own_pid_ns() {
+    close_range(3, ~0u, 0);
+    if (unshare(CLONE_NEWPID | CLONE_NEWNS) != 0) _exit(kNoPidNamespace);
+    // Mounts made private first, so the /proc below is this namespace's alone.
+    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) _exit(kNoPidNamespace);
+    const pid_t init = fork();  // pid 1 of the new namespace
+    if (init == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
+        _exit(kNoPidNamespace);
+      return;
+    }
+    int status = 0;
+    while (init > 0 && waitpid(init, &status, 0) < 0 && errno == EINTR) {
+    }
+    _exit(init < 0 ? 126 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
   }
   int kill_now() {
     ::kill(pid, SIGKILL);
