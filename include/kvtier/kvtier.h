@@ -93,7 +93,8 @@ KVTIER_API const char* kvtier_version_string(void);
 #define KVTIER_ERR_UNAVAILABLE -11     /* a remote server cannot be reached */
 #define KVTIER_ERR_TIMEOUT -12         /* a server, or a process sharing the file tier, too slow */
 #define KVTIER_ERR_NO_MEMORY -13       /* the library could not allocate */
-#define KVTIER_ERR_UNSUPPORTED -14     /* not built in, or not possible with this tier */
+#define KVTIER_ERR_UNSUPPORTED -14     /* not built in, or not possible with this tier (also: a file
+                                          tier folder held by another pid namespace) */
 #define KVTIER_ERR_NO_LAYOUT -15       /* a slot call before kvtier_register_layout() */
 #define KVTIER_ERR_OUT_OF_RANGE -16    /* a token slot outside the pool or not page-aligned */
 #define KVTIER_ERR_BUSY -17            /* a server at a limit (connections, leases) */
