@@ -80,10 +80,11 @@ std::vector<Option<Config>> core_options() {
 
 KVTIER_REGISTER_OPTIONS(core, core_options());
 
-// The variables read elsewhere by design: the library path (Python shim), kvtier-server's own,
-// the tests'.
+// The variables read elsewhere by design: the Python shim's (the library path, the Mooncake
+// drop-in's opt-in), kvtier-server's own, the tests'.
 bool read_elsewhere(const std::string& name) {
-  return name == "LIBRARY" || name.rfind("TEST_", 0) == 0 || name.rfind("SERVER_", 0) == 0;
+  return name == "LIBRARY" || name == "MOONCAKE_DROPIN" || name.rfind("TEST_", 0) == 0 ||
+         name.rfind("SERVER_", 0) == 0;
 }
 
 Status apply_overrides(std::string_view rest, Config& c) {
