@@ -73,7 +73,10 @@ std::vector<Option<Config>> core_options() {
       }};
   auto ns = text_option<Config>("NAMESPACE", "", &Config::ns, "at most 255 bytes",
                                 [](const std::string& v) { return v.size() <= 255; });
-  return {tiers, policy, ns, log_level_option<Config>("LOG_LEVEL", "", &Config::log_level),
+  return {tiers,
+          policy,
+          ns,
+          log_level_option<Config>("LOG_LEVEL", "", &Config::log_level),
           integer_option<Config>("ASYNC_THREADS", "", &Config::async_threads, 1, 64),
           integer_option<Config>("ASYNC_DEPTH", "", &Config::async_depth, 1, 65536)};
 }
