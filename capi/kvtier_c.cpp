@@ -34,6 +34,24 @@ int note(const Status& s) {
   return KVTIER_OK;
 }
 
+std::string check_batch(const char* const* keys, size_t n, const void* results) {
+  if (!keys) return "keys is NULL";
+  if (!results) return "results is NULL";
+  if (n == 0) return "n is 0";
+  if (n > kMaxBatch) return "n is larger than " + std::to_string(kMaxBatch);
+  return {};
+}
+
+std::string check_v1(void* const* ptrs, const size_t* sizes, size_t n_frags, size_t n) {
+  if (!ptrs || !sizes) return "fragment pointer or size array is NULL";
+  if (n_frags > kMaxFrags)
+    return std::to_string(n_frags) + " fragments is more than " + std::to_string(kMaxFrags);
+  if (n_frags == 0 || n_frags % n)
+    return std::to_string(n_frags) + " fragments do not split evenly over " + std::to_string(n) +
+           " keys";
+  return {};
+}
+
 Status to_layout(const kvtier_pool_layout_t* layout, PoolLayout* out) {
   // 0.1's struct ended at pool_tokens; later fields are read only when the caller has them.
   const size_t size = layout->struct_size;

@@ -61,6 +61,11 @@ int guarded_batch(const char* fn, T* results, size_t n, F&& body) noexcept {
   return rc;
 }
 
+// The checks every batch call starts with; an empty string means they passed.
+std::string check_batch(const char* const* keys, size_t n, const void* results);
+// The fragment arrays of a _v1 call for n keys.
+std::string check_v1(void* const* ptrs, const size_t* sizes, size_t n_frags, size_t n);
+
 // The caller's layout struct (any release's size) as the core's.
 Status to_layout(const kvtier_pool_layout_t* layout, PoolLayout* out);
 

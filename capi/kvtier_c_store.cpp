@@ -18,73 +18,16 @@
 #include "config.h"
 #include "kvtier_c.h"
 #include "layout.h"
-#include "call_gate.h"
 #include "process.h"
 #include "store.h"
-
-// A handle: the store (shared by the views opened from it), this handle's page format, and the
-// calls in flight on it. kvtier_close() marks it closed, waits for those calls, releases the
-// store and keeps the handle itself as a tombstone (retire()), so that a call after close reads
-// "closed" rather than freed memory.
-struct kvtier_store {
-  std::shared_ptr<kvtier::Store> rep;
-  kvtier::CallGate calls;           // kvtier_close waits for these
-  std::atomic<bool> closed{false};  // kvtier_close has begun (a second one does nothing)
-  // A handle opened before a fork() is the parent's: its rings, sockets, locks and threads are
-  // not the child's to use or to tear down.
-  const uint64_t generation = kvtier::fork_generation();
-  mutable std::shared_mutex mu;  // guards layout and format against register/set calls
-  std::optional<kvtier::PoolLayout> layout;
-  uint64_t format = 0;  // format_hash() of the page format, mixed into every key id
-
-  uint64_t page_format() const {
-    std::shared_lock lock(mu);
-    return format;
-  }
-  kvtier::Status get_layout(kvtier::PoolLayout* out, uint64_t* fmt) const {
-    std::shared_lock lock(mu);
-    if (!layout) return {KVTIER_ERR_NO_LAYOUT, "no pool layout registered on this handle"};
-    *out = *layout;
-    *fmt = format;
-    return {};
-  }
-};
+#include "store_handle.h"
 
 namespace {
 
 using kvtier::Frag;
 using kvtier::Status;
+using kvtier::capi::Use;
 using namespace kvtier::capi;
-
-// One call's use of a handle, from its first look at the handle to its return: kvtier_close()
-// waits for every use that began before it, and a use that begins after is refused.
-class Use {
- public:
-  explicit Use(kvtier_store_t* store) : store_(store) {
-    if (!store_) {
-      refusal_ = {KVTIER_ERR_INVALID_ARG, "store is NULL"};
-    } else if (store_->generation != kvtier::fork_generation()) {
-      store_ = nullptr;
-      refusal_ = {KVTIER_ERR_CLOSED, "this handle was opened in the parent process before "
-                                     "fork(); open a new store in the child"};
-    } else if (!store_->calls.enter()) {
-      store_ = nullptr;
-      refusal_ = {KVTIER_ERR_CLOSED, "the handle is closed (kvtier_close)"};
-    }
-  }
-  ~Use() {
-    if (store_) store_->calls.leave();
-  }
-  Use(const Use&) = delete;
-  Use& operator=(const Use&) = delete;
-
-  explicit operator bool() const { return refusal_.is_ok(); }
-  const Status& refusal() const { return refusal_; }
-
- private:
-  kvtier_store_t* store_;
-  Status refusal_;
-};
 
 // Tombstones: closed handles are kept, so a late call finds "closed", not freed memory; only the
 // oldest of very many are freed (an engine opens a handful). The stores of handles a forked
@@ -113,15 +56,6 @@ void retire(kvtier_store_t* handle) {
 // Store::put or Store::get: the calls that move a batch's bytes.
 using BatchCall = Status (kvtier::Store::*)(const kvtier::Batch&);
 
-// The checks every batch call starts with; an empty string means they passed.
-std::string check_batch(const char* const* keys, size_t n, const void* results) {
-  if (!keys) return "keys is NULL";
-  if (!results) return "results is NULL";
-  if (n == 0) return "n is 0";
-  if (n > kMaxBatch) return "n is larger than " + std::to_string(kMaxBatch);
-  return {};
-}
-
 std::vector<Frag> frags_of(const void* const* ptrs, const size_t* sizes, size_t count) {
   std::vector<Frag> frags(count);
   for (size_t i = 0; i < count; ++i)
@@ -138,16 +72,6 @@ int narrowed(int* results, size_t n, F&& call) {
   const int rc = call(std::span<int64_t>(wide));
   for (size_t i = 0; i < n; ++i) results[i] = wide[i] >= 0 ? KVTIER_OK : static_cast<int>(wide[i]);
   return rc;
-}
-
-std::string check_v1(void* const* ptrs, const size_t* sizes, size_t n_frags, size_t n) {
-  if (!ptrs || !sizes) return "fragment pointer or size array is NULL";
-  if (n_frags > kMaxFrags)
-    return std::to_string(n_frags) + " fragments is more than " + std::to_string(kMaxFrags);
-  if (n_frags == 0 || n_frags % n)
-    return std::to_string(n_frags) + " fragments do not split evenly over " + std::to_string(n) +
-           " keys";
-  return {};
 }
 
 // The batch of a _v1 call: n pages of the engine's pool, frags.size() / n fragments each, that
@@ -271,7 +195,14 @@ void kvtier_close(kvtier_store_t* store) {
     // Wait for the calls in flight (each bounded by its tiers' timeouts). A forked child has
     // none (it is refused its inherited handles) and must not touch the gate: its lock and
     // count are as some parent thread left them at the fork.
-    if (store->generation == kvtier::fork_generation()) store->calls.close([] {});
+    if (store->generation == kvtier::fork_generation()) {
+      store->end_requests();  // its queued requests abandoned, its running ones waited for
+      store->calls.close([] {});
+      store->release_requests();  // closes the completion fd
+    } else {
+      // The parent's workers are not in this process, and its lock may be held: keep it all.
+      static_cast<void>(store->requests.release());
+    }
     retire(store);
     return KVTIER_OK;
   });

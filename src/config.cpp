@@ -73,15 +73,21 @@ std::vector<Option<Config>> core_options() {
       }};
   auto ns = text_option<Config>("NAMESPACE", "", &Config::ns, "at most 255 bytes",
                                 [](const std::string& v) { return v.size() <= 255; });
-  return {tiers, policy, ns, log_level_option<Config>("LOG_LEVEL", "", &Config::log_level)};
+  return {tiers,
+          policy,
+          ns,
+          log_level_option<Config>("LOG_LEVEL", "", &Config::log_level),
+          integer_option<Config>("ASYNC_THREADS", "", &Config::async_threads, 1, 64),
+          integer_option<Config>("ASYNC_DEPTH", "", &Config::async_depth, 1, 65536)};
 }
 
 KVTIER_REGISTER_OPTIONS(core, core_options());
 
-// The variables read elsewhere by design: the library path (Python shim), kvtier-server's own,
-// the tests'.
+// The variables read elsewhere by design: the Python shim's (the library path, the Mooncake
+// drop-in's opt-in), kvtier-server's own, the tests'.
 bool read_elsewhere(const std::string& name) {
-  return name == "LIBRARY" || name.rfind("TEST_", 0) == 0 || name.rfind("SERVER_", 0) == 0;
+  return name == "LIBRARY" || name == "MOONCAKE_DROPIN" || name.rfind("TEST_", 0) == 0 ||
+         name.rfind("SERVER_", 0) == 0;
 }
 
 Status apply_overrides(std::string_view rest, Config& c) {

@@ -31,6 +31,12 @@ struct Config {
   std::string ns;
   // KVTIER_LOG_LEVEL: trace | debug | info | warn | error | critical | off.
   std::string log_level = "warn";
+  // KVTIER_ASYNC_THREADS: worker threads of a handle's asynchronous requests (kvtier_submit_*),
+  // started at its first submit.
+  unsigned async_threads = 4;
+  // KVTIER_ASYNC_DEPTH: requests a handle holds between their submit and their drain; past it
+  // a submit answers KVTIER_ERR_BUSY.
+  unsigned async_depth = 1024;
   // The memory tier's (backends/memory/memory_tier.cpp).
   // KVTIER_MEMORY_CAPACITY: bytes the memory tier may hold, e.g. 4GiB.
   uint64_t memory_capacity = 4ull << 30;

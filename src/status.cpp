@@ -37,6 +37,7 @@ constexpr CodeInfo kCodes[] = {
      "refused: by a remote server (token, protocol) or a folder another user could tamper with"},
     {KVTIER_ERR_CLOSED, "KVTIER_ERR_CLOSED",
      "closed: the handle, or the endpoint of a peer; or a handle opened before fork()"},
+    {KVTIER_ERR_CANCELLED, "KVTIER_ERR_CANCELLED", "the asynchronous request was cancelled"},
 };
 
 const CodeInfo* find(int code) {

@@ -64,6 +64,7 @@ class Store {
   Status exists(std::span<const char* const> keys, size_t* hits, uint64_t format = 0);
   Status clear();  // every tier; the first failure
   std::string stats_json() const;
+  const Config& config() const { return config_; }
 
   // Tiers that register memory with hardware (the remote tier's RDMA path) register it too.
   Status register_buffer(const void* addr, size_t len);

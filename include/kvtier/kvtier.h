@@ -46,7 +46,15 @@
  *     of the keys' values. Sources of a set batch may overlap (they are only read).
  *  9. ABI. Values of codes and enum constants never change once released; new behaviour gets
  *     new symbols (a _v2 call), never a changed signature. Option structs start with their
- *     own size so they can grow.
+ *     own size so they can grow. Each release's new symbols get their own version node
+ *     (KVTIER_0 for 0.1 and 0.2, KVTIER_0.3 for the asynchronous calls).
+ * 10. Asynchronous requests (kvtier_submit_*) run on the handle's own worker threads. A request
+ *     is *done* once its completion is queued (the handle's fd turns readable; kvtier_drain()
+ *     can hand it out), or kvtier_close() returned.
+ *     Until then the library may read and write the memory the request names (fragments, the
+ *     pool, `results`); from then on nothing of the request touches the caller's memory, ever,
+ *     also when it was cancelled or a tier timed out. Conventions 2 to 8 hold for each
+ *     request as for the blocking call it mirrors.
  */
 #ifndef KVTIER_KVTIER_H_
 #define KVTIER_KVTIER_H_
@@ -67,7 +75,7 @@ extern "C" {
 /* ---- Version ------------------------------------------------------------------------------ */
 
 #define KVTIER_VERSION_MAJOR 0
-#define KVTIER_VERSION_MINOR 2
+#define KVTIER_VERSION_MINOR 3
 #define KVTIER_VERSION_PATCH 0
 #define KVTIER_VERSION_NUMBER \
   (KVTIER_VERSION_MAJOR * 10000 + KVTIER_VERSION_MINOR * 100 + KVTIER_VERSION_PATCH)
@@ -101,6 +109,7 @@ KVTIER_API const char* kvtier_version_string(void);
 #define KVTIER_ERR_INTERNAL -18        /* a bug: please report it with kvtier_last_error() */
 #define KVTIER_ERR_DENIED -19          /* a server refused token or protocol; an unsafe folder */
 #define KVTIER_ERR_CLOSED -20          /* the handle, or a peer's endpoint, is closed; or opened before fork() */
+#define KVTIER_ERR_CANCELLED -21       /* an asynchronous request was cancelled (kvtier_cancel) */
 
 #define KVTIER_MAX_KEY_LEN 1024
 
@@ -281,6 +290,102 @@ KVTIER_API int kvtier_batch_set_v1_slots(kvtier_store_t* store, const char* cons
                                          const int64_t* slots, size_t n_slots, int* results);
 KVTIER_API int kvtier_batch_get_v1_slots(kvtier_store_t* store, const char* const* keys, size_t n,
                                          const int64_t* slots, size_t n_slots, int* results);
+
+/* ---- Asynchronous batches (since 0.3) ---------------------------------------------------- */
+
+/* The blocking _v1 calls and kvtier_batch_exists_each, submitted to run on kvtier's own worker
+ * threads (KVTIER_ASYNC_THREADS per handle, started at its first submit) so that a caller that
+ * must never block (a scheduler thread, an event loop) can start a batch and learn of its end
+ * through a file descriptor.
+ *
+ * One completion queue per handle: every request submitted on a handle completes there, and
+ * kvtier_async_fd() is readable (poll/epoll/select, POLLIN) exactly while that queue holds
+ * completions not yet drained. Open a view (kvtier_open_view) for a queue of one's own.
+ *
+ * What a request owns, and until when:
+ *  - keys, the fragment pointer/size arrays and the slot array are copied during the submit:
+ *    the caller may reuse them when it returns;
+ *  - the fragments (or the registered pool the slots address) and `results` must stay valid
+ *    and in place until the request is done (convention 10). A get writes the fragments, a set
+ *    reads them, every request writes `results`, all before its completion is queued.
+ *  - Registered memory: a request checks its fragments when it starts running, not at submit.
+ *    kvtier_unregister_buffer() waits for running requests that use the region; a request that
+ *    starts after it fails those keys with KVTIER_ERR_NOT_REGISTERED without touching them.
+ *
+ * Cancellation and timeouts: kvtier_cancel() on a request still queued completes it at once
+ * (status KVTIER_ERR_CANCELLED, every result KVTIER_ERR_CANCELLED, nothing touched). A request
+ * already running cannot be stopped midway: it is marked, runs to its end as the blocking call
+ * would (which a tier's timeout bounds, e.g. KVTIER_REMOTE_TIMEOUT_MS for a stopped server),
+ * and only then completes with status KVTIER_ERR_CANCELLED; its results then say what each key
+ * got (a get's key that is not 0 was not read and its fragments hold unspecified bytes, a set's
+ * key that is 0 was stored). A request whose tier timed out completes with that key's
+ * KVTIER_ERR_TIMEOUT once no byte of it is in flight. Either way, once it is done nothing of it
+ * lands in the caller's memory any more.
+ *
+ * Lifetimes: kvtier_close() refuses new submits, completes the queued requests without running
+ * them (their results KVTIER_ERR_CLOSED), waits for the running ones, drops completions not
+ * drained and closes the fd: when it returns every request of the handle is done. After
+ * fork(), a child's submits on an inherited handle fail with KVTIER_ERR_CLOSED (convention 5). */
+
+#define KVTIER_OP_SET_V1 1
+#define KVTIER_OP_GET_V1 2
+#define KVTIER_OP_SET_V1_SLOTS 3
+#define KVTIER_OP_GET_V1_SLOTS 4
+#define KVTIER_OP_EXISTS 5
+
+/* One finished request, as kvtier_drain() hands it out. */
+typedef struct kvtier_completion {
+  uint64_t id;        /* what the submit call set in *id */
+  uint64_t user_data; /* what the caller passed to the submit call */
+  int32_t op;         /* KVTIER_OP_* */
+  int32_t status;     /* what the blocking call would have returned (0: results[i] hold each
+                         key's code), or KVTIER_ERR_CANCELLED (see above) */
+} kvtier_completion_t;
+
+/* Submits a batch; the arguments before `user_data` are those of the blocking call of the same
+ * name (kvtier_batch_set_v1, kvtier_batch_get_v1, kvtier_batch_set_v1_slots,
+ * kvtier_batch_get_v1_slots, kvtier_batch_exists_each), and `results` (`present`) is filled as
+ * that call fills it, by the time the request completes. Never waits for I/O.
+ * @return : 0 and *id set (ids are unique per handle, never 0), or the code of a refusal
+ *           (nothing queued; results[i] hold it, as convention 2 says): KVTIER_ERR_INVALID_ARG
+ *           (NULL arrays, n == 0, counts that do not split), KVTIER_ERR_BUSY (KVTIER_ASYNC_DEPTH
+ *           requests submitted and not drained: drain, then submit again), KVTIER_ERR_CLOSED,
+ *           KVTIER_ERR_NO_MEMORY. Per-key failures, and whole-call refusals that need the
+ *           handle's layout (KVTIER_ERR_NO_LAYOUT, a slot count that is not n * page_size),
+ *           arrive in the completion. */
+KVTIER_API int kvtier_submit_set_v1(kvtier_store_t* store, const char* const* keys, size_t n,
+                                    void* const* frag_ptrs, const size_t* frag_sizes,
+                                    size_t n_frags, int* results, uint64_t user_data,
+                                    uint64_t* id);
+KVTIER_API int kvtier_submit_get_v1(kvtier_store_t* store, const char* const* keys, size_t n,
+                                    void* const* frag_ptrs, const size_t* frag_sizes,
+                                    size_t n_frags, int* results, uint64_t user_data,
+                                    uint64_t* id);
+KVTIER_API int kvtier_submit_set_v1_slots(kvtier_store_t* store, const char* const* keys,
+                                          size_t n, const int64_t* slots, size_t n_slots,
+                                          int* results, uint64_t user_data, uint64_t* id);
+KVTIER_API int kvtier_submit_get_v1_slots(kvtier_store_t* store, const char* const* keys,
+                                          size_t n, const int64_t* slots, size_t n_slots,
+                                          int* results, uint64_t user_data, uint64_t* id);
+KVTIER_API int kvtier_submit_exists(kvtier_store_t* store, const char* const* keys, size_t n,
+                                    int* present, uint64_t user_data, uint64_t* id);
+
+/* *fd : the handle's completion fd (an eventfd), readable while completions wait. Owned by the
+ * handle and closed by kvtier_close(); only poll it (reading it is kvtier_drain's job). */
+KVTIER_API int kvtier_async_fd(kvtier_store_t* store, int* fd);
+
+/* Hands out up to `capacity` completions, oldest first, into out[0..*n). Waits up to timeout_ms
+ * (0: not at all) for the first when none is there; *n may be 0. Any thread may drain; each
+ * completion is handed out once.
+ * @return : 0, KVTIER_ERR_INVALID_ARG (NULL, capacity 0, timeout_ms < 0), KVTIER_ERR_CLOSED. */
+KVTIER_API int kvtier_drain(kvtier_store_t* store, kvtier_completion_t* out, size_t capacity,
+                            int timeout_ms, size_t* n);
+
+/* Cancels request `id` (see above for what it may still do). Does not wait.
+ * @return : 0 (its completion will say KVTIER_ERR_CANCELLED: at once if it was queued, when its
+ *           I/O ends if it was running), KVTIER_ERR_NOT_FOUND (it has completed already, or no
+ *           such request), KVTIER_ERR_CLOSED. */
+KVTIER_API int kvtier_cancel(kvtier_store_t* store, uint64_t id);
 
 /* ---- Prefill -> decode transfer, with no store in between --------------------------------- */
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 # The ABI this package was written against (kvtier.h's KVTIER_VERSION_MAJOR).
 ABI_MAJOR = 0
-MIN_VERSION = 200  # 0.2.0: views, page formats, exists_each
+MIN_VERSION = 300  # 0.3.0: asynchronous batches
 
 c_char_pp = ctypes.POINTER(ctypes.c_char_p)
 c_size_p = ctypes.POINTER(ctypes.c_size_t)
 c_int_p = ctypes.POINTER(ctypes.c_int)
 c_int64_p = ctypes.POINTER(ctypes.c_int64)
 c_void_pp = ctypes.POINTER(ctypes.c_void_p)
+c_uint64_p = ctypes.POINTER(ctypes.c_uint64)
 
 
 class PoolLayout(ctypes.Structure):
@@ -31,6 +32,17 @@ class PoolLayout(ctypes.Structure):
         ("dtype_size", ctypes.c_uint32),
         ("pool_tokens", ctypes.c_uint64),
         ("dtype_name", ctypes.c_char_p),
+    ]
+
+
+class Completion(ctypes.Structure):
+    """Mirror of kvtier_completion_t."""
+
+    _fields_ = [
+        ("id", ctypes.c_uint64),
+        ("user_data", ctypes.c_uint64),
+        ("op", ctypes.c_int32),
+        ("status", ctypes.c_int32),
     ]
 
 
@@ -113,6 +125,37 @@ _SIGNATURES = {
         ctypes.c_int,
         [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, c_int_p],
     ),
+    # asynchronous batches (0.3): the blocking call's arguments, then user_data and the id
+    "kvtier_submit_set_v1": (
+        ctypes.c_int,
+        [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_void_pp, c_size_p, ctypes.c_size_t, c_int_p,
+         ctypes.c_uint64, c_uint64_p],
+    ),
+    "kvtier_submit_get_v1": (
+        ctypes.c_int,
+        [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_void_pp, c_size_p, ctypes.c_size_t, c_int_p,
+         ctypes.c_uint64, c_uint64_p],
+    ),
+    "kvtier_submit_set_v1_slots": (
+        ctypes.c_int,
+        [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, c_int_p,
+         ctypes.c_uint64, c_uint64_p],
+    ),
+    "kvtier_submit_get_v1_slots": (
+        ctypes.c_int,
+        [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, c_int_p,
+         ctypes.c_uint64, c_uint64_p],
+    ),
+    "kvtier_submit_exists": (
+        ctypes.c_int,
+        [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_int_p, ctypes.c_uint64, c_uint64_p],
+    ),
+    "kvtier_async_fd": (ctypes.c_int, [ctypes.c_void_p, c_int_p]),
+    "kvtier_drain": (
+        ctypes.c_int,
+        [ctypes.c_void_p, ctypes.POINTER(Completion), ctypes.c_size_t, ctypes.c_int, c_size_p],
+    ),
+    "kvtier_cancel": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64]),
     # prefill -> decode transfer endpoints; page id arrays as raw addresses (int64 tensors).
     "kvtier_endpoint_open": (
         ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(PoolLayout), c_void_pp]),
@@ -145,5 +188,5 @@ VERSION = lib.kvtier_version_string().decode()
 _number = lib.kvtier_version_number()
 if _number // 10000 != ABI_MAJOR or _number < MIN_VERSION:
     raise ImportError(
-        f"kvtier: libkvtier {VERSION} does not match this package (needs {ABI_MAJOR}.x >= 0.2.0)"
+        f"kvtier: libkvtier {VERSION} does not match this package (needs {ABI_MAJOR}.x >= 0.3.0)"
     )

@@ -24,6 +24,7 @@ BUSY = -17
 INTERNAL = -18
 DENIED = -19
 CLOSED = -20
+CANCELLED = -21
 
 
 def error_name(code: int) -> str:

@@ -1,82 +1,190 @@
-"""A Mooncake Store-style API over kvtier, for engines written against Mooncake's Python store.
-Return conventions follow Mooncake: put calls give 0 or a negative code per key, get calls the
-bytes read or a negative code, is_exist 1, 0 or a negative code."""
+"""Mooncake Store's Python API over kvtier: `MooncakeDistributedStore` as its consumers call it
+(SGLang's `mooncake` HiCache backend, vLLM's and LMCache's Mooncake connectors), with Mooncake's
+return conventions: put calls give 0 or a negative code, reads the bytes read or a negative code,
+`is_exist` exactly 1 (present) or 0. No call raises into the engine.
+
+kvtier's settings come from the KVTIER_* environment (or the constructor's `config`), not from
+setup()'s Mooncake arguments: setup() opens the store and returns 0 or a negative code. The
+engine's keys carry its own identity (SGLang tags them with the model and the rank); put the
+model in KVTIER_NAMESPACE too. Pages written through this API share one page format, apart from
+the pages kvtier's own SGLang adapter writes.
+
+`import mooncake.store` finds this class only through the opt-in drop-in (see dropin_path())."""
 
 import ctypes
+import logging
+import os
+import socket
+import threading
+from itertools import chain
 from typing import List, Optional, Sequence
 
-from .errors import SIZE_MISMATCH, KvtierError
+from .errors import BUFFER_TOO_SMALL, INVALID_ARG, NOT_FOUND, OK, SIZE_MISMATCH, KvtierError
 from .store import Closing, Store
 
+log = logging.getLogger("kvtier.mooncake")
 
-class MooncakeStore(Closing):
+# The page format of every key written through this API (part of each key's identity).
+PAGE_FORMAT = "mooncake-store-object"
+# get(key) has no size: it reads into a buffer this large, and 4x larger while the object does
+# not fit, up to the last.
+_GET_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30)
+
+
+def dropin_path() -> str:
+    """The folder to put first on PYTHONPATH so that `from mooncake.store import
+    MooncakeDistributedStore` loads this class (the drop-in; never on the path by itself)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dropin")
+
+
+class ReplicateConfig:
+    """Mooncake's replication settings. Accepted and not used: kvtier's own replication is
+    KVTIER_REMOTE_REPLICAS."""
+
+    def __init__(self):
+        self.replica_num = 1
+        self.with_soft_pin = False
+        self.with_hard_pin = False
+        self.preferred_segment = ""
+        self.prefer_alloc_in_same_node = False
+
+
+class BufferHandle(bytearray):
+    """batch_get_buffer's result: the object's bytes, with Mooncake's ptr() and size()."""
+
+    def ptr(self) -> int:
+        return ctypes.addressof((ctypes.c_char * len(self)).from_buffer(self)) if self else 0
+
+    def size(self) -> int:
+        return len(self)
+
+
+class MooncakeDistributedStore(Closing):
+    """One kvtier store behind Mooncake Store's calls. Thread-safe."""
+
     def __init__(self, config=None):
-        self.store = Store(config)
+        self._config = config
+        self._store: Optional[Store] = None
+        self._hostname: Optional[str] = None
+        self._open_lock = threading.Lock()
 
+    # -- lifecycle ------------------------------------------------------------------------
     def setup(self, *args, **kwargs) -> int:
-        """Mooncake's cluster setup; kvtier reads its settings at construction. Returns 0."""
-        return 0
+        """Mooncake's setup, in each consumer's form: SGLang's 8 positional arguments
+        (local_hostname, metadata_server, global_segment_size, local_buffer_size, protocol,
+        device_name, master_server_address, transfer_engine) and keywords, LMCache's 7, or
+        vLLM's one dict. Only local_hostname is kept (get_hostname). Opens the store:
+        0, or the negative code of the failure (a bad KVTIER_* setting: KVTIER_ERR_CONFIG)."""
+        first = args[0] if args else kwargs.get("local_hostname")
+        if isinstance(first, dict):
+            first = first.get("local_hostname")
+        self._hostname = str(first) if first else None
+        return self._try(lambda: OK if self._s is not None else INVALID_ARG)
 
-    def close(self) -> None:
-        store = getattr(self, "store", None)  # None if __init__ failed
+    def setup_dummy(self, mem_pool_size: int, local_buffer_size: int, server_address: str) -> int:
+        """Mooncake's standalone-client setup: kvtier has no separate client; opens the store."""
+        return self._try(lambda: OK if self._s is not None else INVALID_ARG)
+
+    def close(self) -> int:
+        store, self._store = getattr(self, "_store", None), None
         if store is not None:
             store.close()
+        return OK
 
-    def register_buffer(self, ptr: int, size: int) -> int:
+    @property
+    def _s(self) -> Store:
+        """The store, opened at setup() or the first call (raises KvtierError if it cannot)."""
+        if self._store is None:
+            with self._open_lock:
+                if self._store is None:
+                    store = Store(self._config)
+                    store.set_page_format(PAGE_FORMAT)
+                    self._store = store
+        return self._store
+
+    @staticmethod
+    def _try(call, n: Optional[int] = None):
+        """call(), or its failure's code (per key when n is given): never a raise."""
         try:
-            self.store.register_buffer(ptr, size)
-            return 0
+            return call()
         except KvtierError as e:
-            return e.code
+            return e.code if n is None else [e.code] * n
+        except (TypeError, ValueError, OverflowError, ctypes.ArgumentError) as e:
+            log.warning("kvtier.mooncake: bad argument: %s", e)
+            return INVALID_ARG if n is None else [INVALID_ARG] * n
 
-    def unregister_buffer(self, ptr: int) -> int:
-        try:
-            self.store.unregister_buffer(ptr)
-            return 0
-        except KvtierError as e:
-            return e.code
+    def get_hostname(self) -> str:
+        return self._hostname or socket.gethostname()
 
-    def batch_put_from(self, keys: Sequence[str], ptrs: Sequence[int],
+    # -- registered memory ----------------------------------------------------------------
+    def register_buffer(self, buffer_ptr: int, size: int) -> int:
+        return self._try(lambda: self._s.register_buffer(buffer_ptr, size) or OK)
+
+    def unregister_buffer(self, buffer_ptr: int) -> int:
+        return self._try(lambda: self._s.unregister_buffer(buffer_ptr) or OK)
+
+    # -- zero-copy puts and gets (registered memory) --------------------------------------
+    def put_from(self, key: str, buffer_ptr: int, size: int, config=None) -> int:
+        return self.batch_put_from([key], [buffer_ptr], [size])[0]
+
+    def get_into(self, key: str, buffer_ptr: int, size: int) -> int:
+        return self.batch_get_into([key], [buffer_ptr], [size])[0]
+
+    def batch_put_from(self, keys: Sequence[str], buffer_ptrs: Sequence[int],
                        sizes: Sequence[int], config=None) -> List[int]:
-        return self.batch_put_from_multi_buffers(keys, [[p] for p in ptrs], [[s] for s in sizes])
+        """0 or a negative code per key (a key that exists already counts as written)."""
+        if not keys:
+            return []
+        if len(buffer_ptrs) != len(keys) or len(sizes) != len(keys):
+            return [INVALID_ARG] * len(keys)
+        return self._try(lambda: self._s.batch_set_v1(list(keys), buffer_ptrs, sizes), len(keys))
 
-    def batch_get_into(self, keys: Sequence[str], ptrs: Sequence[int],
+    def batch_get_into(self, keys: Sequence[str], buffer_ptrs: Sequence[int],
                        sizes: Sequence[int]) -> List[int]:
-        return self.batch_get_into_multi_buffers(keys, [[p] for p in ptrs], [[s] for s in sizes])
+        """Bytes read or a negative code per key."""
+        if not keys:
+            return []
+        if len(buffer_ptrs) != len(keys) or len(sizes) != len(keys):
+            return [INVALID_ARG] * len(keys)
+        return self._gets(keys, [[p] for p in buffer_ptrs], [[s] for s in sizes],
+                          buffer_ptrs, sizes)
 
-    def batch_put_from_multi_buffers(self, keys, all_ptrs: Sequence[Sequence[int]],
+    def batch_put_from_multi_buffers(self, keys, all_buffer_ptrs: Sequence[Sequence[int]],
                                      all_sizes: Sequence[Sequence[int]], config=None) -> List[int]:
-        return self._multi(self.store.batch_set_v1, keys, all_ptrs, all_sizes, report_bytes=False)
-
-    def batch_get_into_multi_buffers(self, keys, all_ptrs: Sequence[Sequence[int]],
-                                     all_sizes: Sequence[Sequence[int]]) -> List[int]:
-        return self._multi(self.store.batch_get_v1, keys, all_ptrs, all_sizes, report_bytes=True)
-
-    def _multi(self, call, keys, all_ptrs, all_sizes, report_bytes) -> List[int]:
+        """Each object is its buffers concatenated."""
         n = len(keys)
         if n == 0:
             return []
-        if len(all_ptrs) != n or len(all_sizes) != n:
-            return [-2] * n
-        counts = {len(p) for p in all_ptrs} | {len(s) for s in all_sizes}
-        if len(counts) != 1:
-            # Keys with different fragment counts: one call per key keeps the C ABI's shape.
-            out = []
-            for k, p, s in zip(keys, all_ptrs, all_sizes):
-                out += self._multi(call, [k], [p], [s], report_bytes)
-            return out
-        ptrs = [p for per in all_ptrs for p in per]
-        sizes = [s for per in all_sizes for s in per]
-        try:
-            res = call(list(keys), ptrs, sizes)
-        except KvtierError as e:
-            return [e.code] * n
-        if not report_bytes:
-            return res
-        out = [sum(all_sizes[i]) if r == 0 else r for i, r in enumerate(res)]
+        if len(all_buffer_ptrs) != n or len(all_sizes) != n:
+            return [INVALID_ARG] * n
+        if len({len(p) for p in all_buffer_ptrs} | {len(s) for s in all_sizes}) != 1:
+            # Objects of different buffer counts: one call per count keeps the C ABI's shape.
+            return [self.batch_put_from_multi_buffers([k], [p], [s])[0]
+                    for k, p, s in zip(keys, all_buffer_ptrs, all_sizes)]
+        ptrs = list(chain.from_iterable(all_buffer_ptrs))
+        sizes = list(chain.from_iterable(all_sizes))
+        return self._try(lambda: self._s.batch_set_v1(list(keys), ptrs, sizes), n)
+
+    def batch_get_into_multi_buffers(self, keys, all_buffer_ptrs: Sequence[Sequence[int]],
+                                     all_sizes: Sequence[Sequence[int]]) -> List[int]:
+        n = len(keys)
+        if n == 0:
+            return []
+        if len(all_buffer_ptrs) != n or len(all_sizes) != n:
+            return [INVALID_ARG] * n
+        if len({len(p) for p in all_buffer_ptrs} | {len(s) for s in all_sizes}) != 1:
+            return [self.batch_get_into_multi_buffers([k], [p], [s])[0]
+                    for k, p, s in zip(keys, all_buffer_ptrs, all_sizes)]
+        return self._gets(keys, all_buffer_ptrs, all_sizes,
+                          list(chain.from_iterable(all_buffer_ptrs)),
+                          list(chain.from_iterable(all_sizes)))
+
+    def _gets(self, keys, all_ptrs, all_sizes, ptrs, sizes) -> List[int]:
+        res = self._try(lambda: self._s.batch_get_v1(list(keys), ptrs, sizes), len(keys))
+        out = [sum(all_sizes[i]) if r == OK else r for i, r in enumerate(res)]
         # Mooncake's rule: buffers at least as large as the object get it. The zero-copy read
-        # takes only exact sizes (and checked the buffers are registered before the size), so
-        # a smaller object is read again through the copying call and scattered.
+        # takes exact sizes only (after checking the buffers are registered), so a smaller
+        # object is read again through the copying call and scattered into the buffers.
         smaller = [i for i, r in enumerate(res) if r == SIZE_MISMATCH]
         if smaller:
             got = self._get_scattered([keys[i] for i in smaller], [all_ptrs[i] for i in smaller],
@@ -87,42 +195,98 @@ class MooncakeStore(Closing):
 
     def _get_scattered(self, keys, all_ptrs, all_sizes) -> List[int]:
         bufs = [bytearray(sum(sizes)) for sizes in all_sizes]
-        try:
-            res = self.store.batch_get(list(keys), bufs)
-        except KvtierError as e:
-            return [e.code] * len(keys)
+        res = self._try(lambda: self._s.batch_get(list(keys), bufs), len(keys))
         for buf, ptrs, sizes, r in zip(bufs, all_ptrs, all_sizes, res):
-            if r <= 0:
-                continue
-            src = (ctypes.c_char * len(buf)).from_buffer(buf)
             done = 0
             for p, sz in zip(ptrs, sizes):
                 take = min(sz, r - done)
                 if take <= 0:
                     break
-                ctypes.memmove(p, ctypes.addressof(src) + done, take)
+                src = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+                ctypes.memmove(p, src + done, take)
                 done += take
         return res
 
-    def put(self, key: str, value: bytes, config=None) -> int:
-        return self.store.batch_set([key], [value])[0]
+    # -- copying puts and gets ------------------------------------------------------------
+    def put(self, key: str, value, config=None) -> int:
+        return self.put_batch([key], [value])
 
-    def get(self, key: str, size: int) -> Optional[bytes]:
-        buf = bytearray(size)
-        r = self.store.batch_get([key], [buf])[0]
-        return bytes(buf[:r]) if r >= 0 else None
+    def put_parts(self, key: str, *parts, config=None) -> int:
+        """The parts (bytes-like) concatenated, as one object."""
+        return self._try(lambda: self.put(key, b"".join(parts)))
 
+    def put_batch(self, keys: Sequence[str], values: Sequence, config=None) -> int:
+        """0, or the first key's negative code."""
+        if not keys or len(keys) != len(values):
+            return INVALID_ARG
+        if any(len(v) == 0 for v in values):  # Mooncake refuses empty objects, as kvtier does
+            return INVALID_ARG
+        res = self._try(lambda: self._s.batch_set(list(keys), values), len(keys))
+        return next((r for r in res if r != OK), OK)
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; b"" when it is missing or cannot be read."""
+        return self._values([key])[0] or b""
+
+    def get_batch(self, keys: Sequence[str]) -> List[bytes]:
+        return [v or b"" for v in self._values(keys)]
+
+    def batch_get_buffer(self, keys: Sequence[str]) -> List[Optional[BufferHandle]]:
+        """A buffer per key (ptr(), size(), the buffer protocol), None where missing."""
+        return [None if v is None else BufferHandle(v) for v in self._values(keys)]
+
+    def _values(self, keys: Sequence[str]) -> List[Optional[bytes]]:
+        """Each key's value, None where missing or failed: read into buffers that grow until
+        the object fits (kvtier's copying get needs a capacity)."""
+        out: List[Optional[bytes]] = [None] * len(keys)
+        pending = list(range(len(keys)))
+        for size in _GET_SIZES:
+            if not pending:
+                break
+            bufs = [bytearray(size) for _ in pending]
+            res = self._try(lambda: self._s.batch_get([keys[i] for i in pending], bufs),
+                            len(pending))
+            for i, buf, r in zip(pending, bufs, res):
+                if r >= 0:
+                    out[i] = bytes(memoryview(buf)[:r])
+                elif r not in (NOT_FOUND, BUFFER_TOO_SMALL):
+                    log.warning("kvtier.mooncake: get %r failed with code %d", keys[i], r)
+            pending = [i for i, r in zip(pending, res) if r == BUFFER_TOO_SMALL]
+        return out
+
+    # -- presence and removal -------------------------------------------------------------
     def is_exist(self, key: str) -> int:
-        try:
-            return self.store.batch_exists([key])
-        except KvtierError as e:
-            return e.code
+        return self.batch_is_exist([key])[0]
 
     def batch_is_exist(self, keys: Sequence[str]) -> List[int]:
-        return [self.is_exist(k) for k in keys]
+        """1 present, 0 missing. A key that cannot be checked (a bad key, a dead server) reads
+        0 with a log line, never anything else: SGLang asserts == 1, LMCache counts any
+        non-zero as present, and a page said present that cannot be read stalls the engine."""
+        if not keys:
+            return []
+        res = self._try(lambda: self._s.batch_exists_each(list(keys)), len(keys))
+        failed = [r for r in res if r not in (OK, NOT_FOUND)]
+        if failed:
+            log.warning("kvtier.mooncake: %d of %d keys could not be checked (code %d): "
+                        "reported missing", len(failed), len(keys), failed[0])
+        return [1 if r == OK else 0 for r in res]
 
     def remove(self, key: str) -> int:
-        try:
-            return self.store.remove([key])[0]
-        except KvtierError as e:
-            return e.code
+        """0, or a negative code (KVTIER_ERR_NOT_FOUND when the key is not there)."""
+        return self._try(lambda: self._s.remove([key])[0])
+
+    def remove_all(self) -> int:
+        """Clears the namespace; the number of objects the largest tier held before, or -1."""
+
+        def clear():
+            tiers = self._s.stats().get("tiers", [])
+            held = max((t.get("keys", 0) for t in tiers), default=0)
+            self._s.clear()
+            return held
+
+        res = self._try(clear)
+        return res if res >= 0 else -1
+
+
+# The name kvtier's earlier releases gave the class.
+MooncakeStore = MooncakeDistributedStore

@@ -3,11 +3,12 @@
 import array
 import ctypes
 import json
+import threading
 from itertools import accumulate
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from . import _native
-from .errors import CLOSED, CONFIG, INVALID_ARG, OK, KvtierError, check, last_error
+from .errors import CLOSED, CONFIG, INVALID_ARG, NOT_FOUND, OK, KvtierError, check, last_error
 
 _lib = _native.lib
 
@@ -133,6 +134,19 @@ class Closing:
         self.close()
 
 
+class Completion(NamedTuple):
+    """A finished asynchronous request (kvtier_completion_t plus its per-key results)."""
+
+    id: int
+    user_data: int
+    op: int  # OP_*
+    status: int  # what the blocking call would have returned, or codes.CANCELLED
+    results: List[int]  # per key, as the blocking call gives them
+
+
+OP_SET_V1, OP_GET_V1, OP_SET_V1_SLOTS, OP_GET_V1_SLOTS, OP_EXISTS = 1, 2, 3, 4, 5
+
+
 class Store(Closing):
     """A kvtier store. Thread-safe; use as a context manager or call close()."""
 
@@ -159,7 +173,8 @@ class Store(Closing):
     def close(self) -> None:
         h, self._h = getattr(self, "_h", None), None
         if h:
-            _lib.kvtier_close(h)
+            _lib.kvtier_close(h)  # ends every asynchronous request: their arrays are free now
+            self._inflight = {}
 
     @property
     def closed(self) -> bool:
@@ -333,3 +348,84 @@ class Store(Closing):
         check(_lib.kvtier_batch_get_v1_slots(self.handle, _keys(keys), len(keys), addr, n, res))
         del keep
         return list(res)
+
+    # -- asynchronous batches -------------------------------------------------------------
+    # Each submit returns a request id at once; the request runs on kvtier's threads. fileno()
+    # turns readable while completions wait; drain() hands them out with each key's result.
+    # The fragments (or the pool the slots address) must stay valid until the request's
+    # completion is drained (or the store closed); keys and arrays are copied at submit.
+
+    def _submit(self, call, n: int, args, user_data: int) -> int:
+        res = (ctypes.c_int * n)()
+        rid = ctypes.c_uint64()
+        # The id goes into the table before any drain can hand out its completion.
+        with self._async_lock:
+            check(call(self.handle, *args, res, user_data, ctypes.byref(rid)))
+            self._inflight[rid.value] = res
+        return rid.value
+
+    @property
+    def _async_lock(self) -> threading.Lock:
+        lock = self.__dict__.get("_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_lock", threading.Lock())
+            self.__dict__.setdefault("_inflight", {})
+        return lock
+
+    def submit_set_v1(self, keys: Sequence[str], ptrs, sizes, user_data: int = 0) -> int:
+        p, s, nf = self._frag_arrays(ptrs, sizes)
+        return self._submit(_lib.kvtier_submit_set_v1, len(keys),
+                            (_keys(keys), len(keys), p, s, nf), user_data)
+
+    def submit_get_v1(self, keys: Sequence[str], ptrs, sizes, user_data: int = 0) -> int:
+        p, s, nf = self._frag_arrays(ptrs, sizes)
+        return self._submit(_lib.kvtier_submit_get_v1, len(keys),
+                            (_keys(keys), len(keys), p, s, nf), user_data)
+
+    def submit_set_v1_slots(self, keys: Sequence[str], slots, user_data: int = 0) -> int:
+        addr, n, keep = self._slots(slots)
+        rid = self._submit(_lib.kvtier_submit_set_v1_slots, len(keys),
+                           (_keys(keys), len(keys), addr, n), user_data)
+        del keep  # copied by the submit
+        return rid
+
+    def submit_get_v1_slots(self, keys: Sequence[str], slots, user_data: int = 0) -> int:
+        addr, n, keep = self._slots(slots)
+        rid = self._submit(_lib.kvtier_submit_get_v1_slots, len(keys),
+                           (_keys(keys), len(keys), addr, n), user_data)
+        del keep
+        return rid
+
+    def submit_exists(self, keys: Sequence[str], user_data: int = 0) -> int:
+        """Per key, in the completion: 0 (present), NOT_FOUND or the key's own code."""
+        return self._submit(_lib.kvtier_submit_exists, len(keys), (_keys(keys), len(keys)),
+                            user_data)
+
+    def fileno(self) -> int:
+        """The completion fd (poll/select/an event loop's add_reader); owned by the store."""
+        fd = ctypes.c_int()
+        check(_lib.kvtier_async_fd(self.handle, ctypes.byref(fd)))
+        return fd.value
+
+    def cancel(self, request_id: int) -> bool:
+        """True: the request will complete with status CANCELLED (at once if it was queued,
+        once its I/O has stopped if it was running). False: it had completed already."""
+        rc = _lib.kvtier_cancel(self.handle, request_id)
+        if rc == NOT_FOUND:
+            return False
+        check(rc)
+        return True
+
+    def drain(self, max_completions: int = 64, timeout_ms: int = 0) -> List[Completion]:
+        """Up to max_completions finished requests, oldest first; waits up to timeout_ms for
+        the first when none is there."""
+        out = (_native.Completion * max_completions)()
+        n = ctypes.c_size_t()
+        check(_lib.kvtier_drain(self.handle, out, max_completions, timeout_ms, ctypes.byref(n)))
+        done = []
+        with self._async_lock:
+            for c in out[: n.value]:
+                res = self._inflight.pop(c.id, None)
+                done.append(Completion(c.id, c.user_data, c.op, c.status,
+                                       list(res) if res is not None else []))
+        return done

@@ -114,6 +114,29 @@ int main(void) {
   CHECK(kvtier_batch_get(s, keys + 1, 1, bufs, caps, gres) == KVTIER_OK && gres[0] == PAGE);
   CHECK(memcmp(out0, v1, PAGE) == 0);
 
+  /* The same read, asynchronously: submit, then drain the completion (waiting up to 10 s). */
+  {
+    kvtier_completion_t c;
+    size_t n = 0;
+    uint64_t id = 0;
+    int present[2] = {1, 1};
+    int fd = -1;
+    for (i = 0; i < P; ++i) slots[i] = (int64_t)(6 * P + i); /* read key 1 into page 6 */
+    res[0] = 99;
+    CHECK(kvtier_async_fd(pv, &fd) == KVTIER_OK && fd >= 0);
+    CHECK(kvtier_submit_get_v1_slots(pv, keys + 1, 1, slots, P, res, 42, &id) == KVTIER_OK);
+    CHECK(kvtier_drain(pv, &c, 1, 10000, &n) == KVTIER_OK && n == 1);
+    CHECK(c.id == id && c.user_data == 42 && c.op == KVTIER_OP_GET_V1_SLOTS && c.status == 0);
+    CHECK(res[0] == KVTIER_OK);
+    CHECK(memcmp(pool + 64 + (size_t)6 * P * H * D * E, pool + 64 + (size_t)4 * P * H * D * E,
+                 (size_t)P * H * D * E) == 0);
+    CHECK(kvtier_submit_exists(pv, keys, 2, present, 43, &id) == KVTIER_OK);
+    CHECK(kvtier_drain(pv, &c, 1, 10000, &n) == KVTIER_OK && n == 1 && c.op == KVTIER_OP_EXISTS);
+    CHECK(present[0] == KVTIER_ERR_NOT_FOUND && present[1] == KVTIER_OK);
+    CHECK(kvtier_cancel(pv, id) == KVTIER_ERR_NOT_FOUND);
+    CHECK(strcmp(kvtier_error_name(KVTIER_ERR_CANCELLED), "KVTIER_ERR_CANCELLED") == 0);
+  }
+
   /* Stats and remove. */
   CHECK(kvtier_stats_json(s, &json) == KVTIER_OK && json && strstr(json, "\"tiers\""));
   kvtier_free(json);

@@ -29,6 +29,8 @@ TEST(Options, EachOwnerRegistersItsOwn) {
       {"WRITE_POLICY", "core"},
       {"NAMESPACE", "core"},
       {"LOG_LEVEL", "core"},
+      {"ASYNC_THREADS", "core"},
+      {"ASYNC_DEPTH", "core"},
       {"MEMORY_CAPACITY", "memory"},
       {"FILE_DIR", "file"},
       {"FILE_CAPACITY", "file"},
