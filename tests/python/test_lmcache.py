@@ -13,9 +13,7 @@ imported, from these files of github.com/LMCache/LMCache (read, not copied):
     0219539f)
 """
 
-import abc
 import asyncio
-import enum
 import importlib
 import os
 import signal
@@ -29,130 +27,8 @@ import numpy as np
 import pytest
 
 
-# ---- LMCache's interface, as upstream defines it ----------------------------------------
-class MemoryFormat(enum.Enum):
-    UNDEFINED = 0
-    KV_2LTD = 1
-    KV_MLA_FMT = 3
-
-
-class MemoryObj:
-    """A chunk in LMCache's CPU memory: its bytes, shape, dtype, format and a ref count."""
-
-    def __init__(self, shape, dtype, fmt, nbytes):
-        self._buf = np.zeros(nbytes, dtype=np.uint8)
-        self.shape, self.dtype, self.fmt, self.refs = shape, dtype, fmt, 1
-
-    @property
-    def byte_array(self):
-        return memoryview(self._buf)
-
-    def get_shape(self):
-        return self.shape
-
-    def get_dtype(self):
-        return self.dtype
-
-    def get_memory_format(self):
-        return self.fmt
-
-    def ref_count_down(self):
-        self.refs -= 1
-
-
-class LocalCPUBackend:
-    def __init__(self):
-        self.allocated = []
-
-    def allocate(self, shape, dtype, fmt):
-        n = int(np.prod(shape)) * 2  # bf16
-        obj = MemoryObj(shape, dtype, fmt, n)
-        self.allocated.append(obj)
-        return obj
-
-
-class CacheEngineKey:
-    def __init__(self, model, world_size, worker_id, chunk_hash, fmt="vllm"):
-        self.model, self.world_size, self.worker_id, self.chunk_hash, self.fmt = (
-            model, world_size, worker_id, chunk_hash, fmt)
-
-    def to_string(self):
-        return f"{self.fmt}@{self.model}@{self.world_size}@{self.worker_id}@{self.chunk_hash:x}"
-
-
-class RemoteConnector(metaclass=abc.ABCMeta):
-    save_chunk_meta = True
-    meta_shape = meta_dtype = meta_fmt = full_chunk_size = None
-
-    def init_chunk_meta(self, config, metadata):
-        return None
-
-    @abc.abstractmethod
-    async def exists(self, key): ...
-
-    @abc.abstractmethod
-    def exists_sync(self, key): ...
-
-    @abc.abstractmethod
-    async def get(self, key): ...
-
-    @abc.abstractmethod
-    async def put(self, key, memory_obj): ...
-
-    @abc.abstractmethod
-    async def list(self): ...
-
-    @abc.abstractmethod
-    async def close(self): ...
-
-
-class ConnectorContext:
-    def __init__(self, url, loop, local_cpu_backend, config, metadata, plugin_name=None):
-        self.url, self.loop, self.local_cpu_backend = url, loop, local_cpu_backend
-        self.config, self.metadata, self.plugin_name = config, metadata, plugin_name
-
-
-class ConnectorAdapter(abc.ABC):
-    def __init__(self, schema: str = "") -> None:
-        self.schema = schema
-
-    def can_parse(self, url: str) -> bool:
-        return self.schema != "" and url.startswith(self.schema)
-
-    @abc.abstractmethod
-    def create_connector(self, context): ...
-
-
-def create_connector(url, loop, backend, config, metadata):
-    """The plugin launcher, then the first adapter that can parse the URL."""
-    adapters = []
-    for name in config.remote_storage_plugins:
-        module = importlib.import_module(
-            config.extra_config[f"remote_storage_plugin.{name}.module_path"])
-        adapter = getattr(module, config.extra_config[f"remote_storage_plugin.{name}.class_name"])()
-        assert isinstance(adapter, ConnectorAdapter)
-        adapters.append(adapter)
-    for adapter in adapters:
-        if adapter.can_parse(url):
-            connector = adapter.create_connector(
-                ConnectorContext(url, loop, backend, config, metadata))
-            assert isinstance(connector, RemoteConnector)
-            return connector
-    raise ValueError(f"No adapter found for URL: {url}")
-
-
-def _install_lmcache():
-    names = ("lmcache", "lmcache.v1", "lmcache.v1.storage_backend",
-             "lmcache.v1.storage_backend.connector",
-             "lmcache.v1.storage_backend.connector.base_connector",
-             "lmcache.v1.memory_management")
-    mods = {n: types.ModuleType(n) for n in names}
-    conn = mods["lmcache.v1.storage_backend.connector"]
-    conn.ConnectorAdapter, conn.ConnectorContext = ConnectorAdapter, ConnectorContext
-    mods["lmcache.v1.storage_backend.connector.base_connector"].RemoteConnector = RemoteConnector
-    mods["lmcache.v1.memory_management"].MemoryFormat = MemoryFormat
-    mods["lmcache.v1.memory_management"].MemoryObj = MemoryObj
-    sys.modules.update(mods)
+from engine_apis import (  # noqa: E402
+    CacheEngineKey, LocalCPUBackend, MemoryFormat, _install_lmcache, create_connector)
 
 
 @pytest.fixture(scope="module")

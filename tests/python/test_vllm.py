@@ -13,7 +13,6 @@ tests of that interface reproduce it. The scheduler's calls are made as vLLM mak
 one thread, never waiting.
 """
 
-import enum
 import importlib
 import os
 import signal
@@ -22,98 +21,13 @@ import subprocess
 import sys
 import time
 import types
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Optional
 
 import numpy as np
 import pytest
 
 
-# ---- vLLM's interface, as upstream defines it -----------------------------------------------
-class LookupResult(enum.Enum):
-    MISS = enum.auto()
-    HIT = enum.auto()
-    HIT_PENDING = enum.auto()
-    RETRY = enum.auto()
-
-
-@dataclass
-class RequestOffloadingContext:
-    policy: str = "chunk_level"
-
-
-@dataclass
-class ReqContext:
-    req_id: str
-    kv_transfer_params: Optional[dict] = None
-
-
-@dataclass
-class TransferJob:
-    job_id: int
-    keys: Any
-    chunk_ids: np.ndarray
-    is_promotion: bool
-    req_context: ReqContext
-
-
-@dataclass
-class JobResult:
-    job_id: int
-    success: bool
-
-
-class SecondaryTierManager(ABC):
-    def __init__(self, offloading_spec, primary_kv_view: memoryview, tier_type: str):
-        self._offloading_spec = offloading_spec
-        self._primary_kv_view = primary_kv_view
-        self.tier_type = tier_type
-
-    @abstractmethod
-    def on_new_request(self, req_context): ...
-
-    @abstractmethod
-    def lookup(self, key, req_context): ...
-
-    @abstractmethod
-    def submit_store(self, job): ...
-
-    @abstractmethod
-    def submit_load(self, job): ...
-
-    @abstractmethod
-    def get_finished_jobs(self): ...
-
-    @abstractmethod
-    def drain_jobs(self): ...
-
-    @abstractmethod
-    def has_pending_work(self): ...
-
-
-def create_secondary_tier(tier_config: dict, primary_kv_view, offloading_spec):
-    """The factory's out-of-tree path: import module_path, take the class named by type."""
-    config = dict(tier_config)
-    tier_type = config.pop("type")
-    module = importlib.import_module(config.pop("module_path"))
-    cls = getattr(module, tier_type)
-    assert issubclass(cls, SecondaryTierManager)
-    return cls(offloading_spec=offloading_spec, primary_kv_view=primary_kv_view,
-               tier_type=tier_type, **config)
-
-
-def _install_vllm():
-    mods = {name: types.ModuleType(name) for name in (
-        "vllm", "vllm.v1", "vllm.v1.kv_offload", "vllm.v1.kv_offload.base",
-        "vllm.v1.kv_offload.tiering", "vllm.v1.kv_offload.tiering.base")}
-    base = mods["vllm.v1.kv_offload.base"]
-    base.LookupResult, base.RequestOffloadingContext, base.ReqContext = (
-        LookupResult, RequestOffloadingContext, ReqContext)
-    tiering = mods["vllm.v1.kv_offload.tiering.base"]
-    tiering.SecondaryTierManager, tiering.JobResult, tiering.TransferJob = (
-        SecondaryTierManager, JobResult, TransferJob)
-    sys.modules.update(mods)
+from engine_apis import (  # noqa: E402
+    LookupResult, ReqContext, TransferJob, create_secondary_tier, _install_vllm)
 
 
 @pytest.fixture(scope="module")
