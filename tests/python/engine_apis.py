@@ -111,11 +111,13 @@ class MemoryFormat(enum.Enum):
 
 
 class MemoryObj:
-    """A chunk in LMCache's CPU memory: its bytes, shape, dtype, format and a ref count."""
+    """A chunk in LMCache's CPU memory: its bytes, shape, dtype, format and a ref count; at
+    zero its memory goes back to the allocator (as LMCache's does)."""
 
-    def __init__(self, shape, dtype, fmt, nbytes):
-        self._buf = np.zeros(nbytes, dtype=np.uint8)
+    def __init__(self, shape, dtype, fmt, nbytes, buf=None, backend=None):
+        self._buf = buf if buf is not None else np.zeros(nbytes, dtype=np.uint8)
         self.shape, self.dtype, self.fmt, self.refs = shape, dtype, fmt, 1
+        self._backend = backend
 
     @property
     def byte_array(self):
@@ -132,17 +134,18 @@ class MemoryObj:
 
     def ref_count_down(self):
         self.refs -= 1
+        if self.refs == 0 and self._backend is not None:
+            self._backend.free.setdefault(self._buf.size, []).append(self._buf)
 
 
 class LocalCPUBackend:
     def __init__(self):
-        self.allocated = []
+        self.free = {}  # bytes -> buffers given back
 
     def allocate(self, shape, dtype, fmt):
         n = int(np.prod(shape)) * 2  # bf16
-        obj = MemoryObj(shape, dtype, fmt, n)
-        self.allocated.append(obj)
-        return obj
+        reuse = self.free.get(n)
+        return MemoryObj(shape, dtype, fmt, n, reuse.pop() if reuse else None, self)
 
 
 class CacheEngineKey:
