@@ -3,7 +3,8 @@ the generic path (flat page copies + batch_set / batch_get + copy back) against
 batch_set_v1 / batch_get_v1 on the host pool; batch_set_v2 / batch_get_v2 of the KV pool plus
 one extra (Mamba-like state) pool, as hybrid models call them; and draft pages (`<hash>.draft`
 flat pages of a one-layer pool through the generic path, as speculative decoding sends them).
-Also the adapter's own per-call overhead.
+Also the adapter's own per-call overhead, and a row per engine path on the memory tier (vLLM's
+secondary tier, LMCache's remote plugin, Mooncake Store's API) against the copy of the same bytes.
 
 usage: /usr/bin/python3 bench/python_bench.py [--tiers memory,file] [--batches 10,50,100]
        [--layouts layer_first,page_first] [--repeats 3] [--dir DIR] [--json FILE]
@@ -222,6 +223,151 @@ def overhead(rows):
     return us
 
 
+ENGINE_BLOCK, ENGINE_BLOCKS = 256 << 10, 64  # a batch of 16 MiB per engine path
+
+
+def engines(args, rows):
+    """Each engine's own path into kvtier's memory tier, stores then loads of 64 blocks of
+    256 KiB, every load compared byte for byte; the limit is a copy of the same bytes."""
+    import asyncio
+
+    import engine_apis
+    from kvtier.mooncake import MooncakeDistributedStore
+
+    n, size = ENGINE_BLOCKS, ENGINE_BLOCK
+    nbytes = n * size
+    limit = memcpy_gbps(nbytes)
+    rng = np.random.default_rng(3)
+    run_id = [0]
+
+    def fresh(tag):  # new keys for every run: a write never finds its keys stored
+        run_id[0] += 1
+        return [f"{tag}-{run_id[0]}-{i}" for i in range(n)]
+
+    def row(engine, op, fig):
+        rows.append(dict(kind="engine", engine=engine, op=op, blocks=n, block=size,
+                         memcpy_gbps=limit, **fig))
+
+    # vLLM: the primary buffer's rows, stores and loads as jobs polled like the scheduler does.
+    engine_apis._install_vllm()
+    primary = rng.integers(0, 256, (2 * n, size), dtype=np.uint8)
+    tier = engine_apis.create_secondary_tier(
+        {"type": "KvtierSecondaryTier", "module_path": "kvtier.vllm", "tiers": "memory",
+         "memory_capacity": str(64 * nbytes)}, memoryview(primary), None)
+    ids = [0]
+
+    def job(keys, rows_):
+        ids[0] += 1
+        return engine_apis.TransferJob(ids[0], keys, rows_, False, engine_apis.ReqContext("b"))
+
+    def wait(tier, jid):  # as a scheduler step would, but woken by the store's fd
+        import select
+        p = select.poll()
+        p.register(tier._store.fileno(), select.POLLIN)
+        while True:
+            for r in tier.get_finished_jobs():
+                assert r.job_id == jid and r.success
+                return
+            p.poll(100)
+
+    state = {}
+
+    def v_prep():  # an empty store: its freed blocks are reused, no first touch is timed
+        tier._store.clear()
+        state["keys"] = [k.encode() for k in fresh("vllm")]
+
+    def v_store():
+        j = job(state["keys"], np.arange(n))
+        tier.submit_store(j)
+        wait(tier, j.job_id)
+
+    row("vllm", "store", measure(args.repeats, 1, nbytes, v_prep, v_store, lambda: None))
+
+    def v_load():
+        j = job(state["keys"], np.arange(n, 2 * n))
+        tier.submit_load(j)
+        wait(tier, j.job_id)
+
+    def v_check():
+        assert np.array_equal(primary[n:], primary[:n]), "vLLM load: wrong bytes"
+
+    def v_prep_load():
+        primary[n:] = 0
+
+    v_prep()
+    v_store()
+    row("vllm", "load", measure(args.repeats, 1, nbytes, v_prep_load, v_load, v_check))
+    tier.shutdown()
+
+    # LMCache: chunks from its allocator, batched_put / batched_get on one event loop.
+    engine_apis._install_lmcache()
+    loop = asyncio.new_event_loop()
+    backend = engine_apis.LocalCPUBackend()
+    cfg = SimpleNamespace(remote_storage_plugins=["kvtier"], extra_config={
+        "remote_storage_plugin.kvtier.module_path": "kvtier.lmcache",
+        "remote_storage_plugin.kvtier.class_name": "KvtierConnectorAdapter"})
+    shape = (2, 4, size // (2 * 4 * 64 * 2), 64)  # bf16: `size` bytes
+
+    async def make():
+        return engine_apis.create_connector(
+            f"kvtier://?tiers=memory&memory_capacity={64 * nbytes}", asyncio.get_running_loop(),
+            backend, cfg, SimpleNamespace(model_name="bench"))
+
+    conn = loop.run_until_complete(make())
+    objs = []
+    for _ in range(n):
+        o = backend.allocate(shape, "bfloat16", engine_apis.MemoryFormat.KV_2LTD)
+        o._buf[:] = rng.integers(0, 256, o._buf.size, dtype=np.uint8)
+        objs.append(o)
+
+    def l_prep():
+        conn._store.clear()
+        state["lkeys"] = [engine_apis.CacheEngineKey("bench", 1, 0, hash(k) & (2**63 - 1))
+                          for k in fresh("lmcache")]
+
+    row("lmcache", "put", measure(args.repeats, 1, nbytes, l_prep, lambda: loop.run_until_complete(
+        conn.batched_put(state["lkeys"], objs)), lambda: None))
+
+    def l_get():
+        state["got"] = loop.run_until_complete(conn.batched_get(state["lkeys"]))
+
+    def l_check():
+        for g, o in zip(state["got"], objs):
+            assert g is not None and np.array_equal(g._buf, o._buf), "LMCache get: wrong bytes"
+            g.ref_count_down()  # back to the allocator, as LMCache does once it used a chunk
+
+    row("lmcache", "get", measure(args.repeats, 1, nbytes, lambda: None, l_get, l_check))
+    loop.run_until_complete(conn.close())
+    loop.close()
+
+    # Mooncake Store's API: registered buffers, batch_put_from / batch_get_into.
+    mc = MooncakeDistributedStore({"tiers": "memory", "memory_capacity": str(64 * nbytes)})
+    assert mc.setup("localhost", "", 0, 0, "tcp", "", "", None) == 0
+    src = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    dst = np.zeros(nbytes, dtype=np.uint8)
+    for a in (src, dst):
+        assert mc.register_buffer(a.ctypes.data, a.nbytes) == 0
+    sptrs = [src.ctypes.data + i * size for i in range(n)]
+    dptrs = [dst.ctypes.data + i * size for i in range(n)]
+
+    def m_prep():
+        mc.remove_all()
+        state["mkeys"] = fresh("mooncake")
+
+    row("mooncake", "put", measure(args.repeats, 1, nbytes, m_prep, lambda: mc.batch_put_from(
+        state["mkeys"], sptrs, [size] * n), lambda: None))
+
+    def m_check():
+        assert np.array_equal(src, dst), "Mooncake get: wrong bytes"
+
+    def m_prep_get():
+        dst[:] = 0
+
+    row("mooncake", "get", measure(args.repeats, 1, nbytes, m_prep_get, lambda: mc.batch_get_into(
+        state["mkeys"], dptrs, [size] * n), m_check))
+    mc.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiers", default="memory,file")
@@ -241,6 +387,7 @@ def main():
             for layout in args.layouts.split(","):
                 bench_shape(args, tier, shape, layout, rows)
     us = overhead(rows)
+    engines(args, rows)
     print("\r\033[K", end="", file=sys.stderr)
     print("SGLang adapter: generic path (flat page copies + batch_set/batch_get) versus v1 "
           "(zero-copy on the host pool), v2 (KV + a 4 KiB state page per key) and draft pages "
@@ -273,6 +420,15 @@ def main():
                 r["tier"], r["pool"], r["layout"], r["batch"], r["op"], r["gbps"] / v1[0]["gbps"]))
     print(f"\nadapter overhead: 128-key batch_get_v1, layer_first MHA, all keys missing: "
           f"{us:.1f} us per call (median of 2000)")
+    print(f"\nengine paths, memory tier: {ENGINE_BLOCKS} blocks of {ENGINE_BLOCK >> 10} KiB per "
+          "batch, medians, every read verified byte for byte")
+    print("%-9s %-6s %8s %7s %8s %7s %6s" % ("engine", "op", "ms", "GB/s", "CPUs/GB", "memcpy",
+                                             "ratio"))
+    for r in rows:
+        if r.get("kind") == "engine":
+            print("%-9s %-6s %8.2f %7.2f %8.3f %7.2f %6.2f" % (
+                r["engine"], r["op"], r["ms"], r["gbps"], r["cpu_s_per_gb"], r["memcpy_gbps"],
+                r["gbps"] / r["memcpy_gbps"]))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if made:
