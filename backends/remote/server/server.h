@@ -4,6 +4,10 @@
 // ALLOC (a slot under a lease), the client's one-sided writes, then COMMIT; a lease that runs
 // out, or the end of the client's control connection, gives the slot back.
 //
+// Its parts, each a class of its own: the arena (arena.h: slots, the pages' table, pins,
+// eviction), the leases on it (leases.h) and the disk under it (disk.h). This class wires them
+// to the connections: what each request does, under one lock (mu_) over the arena and leases.
+//
 // Connections are served by the remote backend's event loops (serve/event_loop.h, which serve
 // the p2p endpoint too), not a thread each: a front loop accepts and holds connections until
 // their HELLO, a few worker loops serve the authenticated ones; this server is a serve::Service
@@ -14,7 +18,6 @@
 
 #include <sys/uio.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -60,7 +63,7 @@ struct ServerOptions {
   unsigned max_leases = 8192;
   unsigned threads = 0;  // --threads / KVTIER_SERVER_THREADS: worker loops; 0: min(4, cores)
   int rdma_tos = -1;     // --rdma-tos / KVTIER_SERVER_RDMA_TOS: 0..255; -1 the device's
-  // --tiers memory,file / KVTIER_SERVER_TIERS: pages also on disk (disk.cpp), in the
+  // --tiers memory,file / KVTIER_SERVER_TIERS: pages also on disk (disk.h), in the
   // library's file tier under file_dir (--file-dir), a folder per client namespace; all of
   // them together take at most file_capacity bytes of disk.
   bool file = false;
