@@ -125,6 +125,7 @@ TEST_F(ServerDisk, TheFdBudgetClosesTheLeastRecentlyUsedTierNeverOneInUse) {
     std::vector<int32_t> results(2, 0);
     d->write(2, b.pages, results);
     EXPECT_EQ(results, std::vector<int32_t>(2, KVTIER_ERR_BUSY));
+    EXPECT_EQ(d->tier(1, false), in_use);  // still the one open tier, not closed under its user
   }
   expect_on_disk(*d, 2, b);  // no longer in use: closed for namespace 2
   expect_on_disk(*d, 1, a);
@@ -145,7 +146,8 @@ TEST_F(ServerDisk, CapacityDeletesTheLeastRecentlyUsedNamespacesWhole) {
   const uint64_t capacity = 2 * one + 100000;  // less than one more write of these pages
   auto d = open(capacity);
   ASSERT_TRUE(d);
-  EXPECT_EQ(d->bytes(), 2 * one);
+  EXPECT_GT(d->bytes(), one + one / 2);  // both found (to a block or so: files grow by blocks)
+  EXPECT_LT(d->bytes(), capacity);
   write(*d, 3, c);
   EXPECT_FALSE(folder(1));  // deleted whole to make room
   EXPECT_TRUE(folder(2));
