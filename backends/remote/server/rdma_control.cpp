@@ -1,5 +1,6 @@
-// kvtier-server's RDMA control plane: RDMA_INFO, ALLOC, COMMIT, LOOKUP and RELEASE. The bytes
-// themselves move one-sided between the client and the arena (rdma/listener.cpp).
+// kvtier-server's RDMA control plane: RDMA_INFO, ALLOC, COMMIT, LOOKUP and RELEASE, on the arena
+// and its leases (leases.h). The bytes themselves move one-sided between the client and the arena
+// (rdma/listener.cpp).
 #include <algorithm>
 
 #include "log.h"
@@ -9,19 +10,6 @@
 namespace kvtier {
 
 // ---- the RDMA control plane: the bytes themselves never pass through here -----------------
-
-uint64_t Server::grant_lease(uint64_t conn, Clock::time_point expiry) {
-  const uint64_t id = next_lease_++;
-  held_[conn].insert(id);
-  // Leases ended early stay queued until their time; drop them once they outnumber the live
-  // ones, so granting and giving back in a loop cannot grow the queue without bound.
-  if (expiries_.size() > 2 * (pending_.size() + leases_.size()) + 4096)
-    std::erase_if(expiries_, [&](const auto& e) {
-      return !pending_.count(e.second) && !leases_.count(e.second);
-    });
-  expiries_.push_back({expiry, id});
-  return id;
-}
 
 Status Server::handle_rdma(Conn& c, wire::Writer& out) {
   const auto now = Clock::now();
@@ -51,9 +39,7 @@ Status Server::handle_rdma(Conn& c, wire::Writer& out) {
       Yielding lock(mu_);
       for (uint64_t id : ids) {
         lock.step();
-        auto it = leases_.find(id);
-        if (it == leases_.end() || it->second.conn != c.id) continue;  // ran out already
-        end_lease(id);
+        leases_.release(c.id, id);  // or it ran out already
       }
       return {};
     }
@@ -71,21 +57,19 @@ Status Server::handle_alloc(Conn& c, wire::Writer& out, Clock::time_point expiry
   if (!s.is_ok()) return s;
   out.u32(static_cast<uint32_t>(entries.size()));
   Yielding lock(mu_);
-  auto& held = held_[c.id];
   for (const wire::PutEntry& e : entries) {
     lock.step();
     uint64_t offset = 0, slot = 0, id = 0;
     int32_t code = KVTIER_OK;
-    if (has_page({ns, e.id}))
+    if (arena_.has_page({ns, e.id}))
       code = wire::kPresent;
-    else if (held.size() >= opt_.max_leases)
+    else if (leases_.full(c.id))
       code = KVTIER_ERR_BUSY;  // this connection holds its cap of leases
-    else if (!allocate(e.length, &offset, &slot))
+    else if (!arena_.allocate(e.length, &offset, &slot))
       code = KVTIER_ERR_NO_SPACE;
-    if (code == KVTIER_OK) {
-      id = grant_lease(c.id, expiry);
-      pending_[id] = {{ns, e.id}, offset, slot, e.length, e.checksum, expiry, c.id, c.client};
-    }
+    if (code == KVTIER_OK)
+      id = leases_.grant_alloc(c.id, {{ns, e.id}, offset, slot, e.length, e.checksum, c.client},
+                               expiry);
     out.i32(code);
     out.u64(offset);
     out.u64(id);
@@ -102,63 +86,60 @@ Status Server::handle_lookup(Conn& c, wire::Writer& out, Clock::time_point expir
   promote(ns, ids);
   out.u32(static_cast<uint32_t>(ids.size()));
   Yielding lock(mu_);
-  auto& held = held_[c.id];
   for (const KeyId& id : ids) {
     lock.step();
-    const uint32_t page = pages_.find({ns, id});
-    const bool found = page != Pages::kNone;
+    const uint32_t page = arena_.find({ns, id});
+    const bool found = page != Arena::kNone;
     ++(found ? hits_ : misses_);
-    if (!found || held.size() >= opt_.max_leases) {
+    if (!found || leases_.full(c.id)) {
       out.i32(found ? KVTIER_ERR_BUSY : KVTIER_ERR_NOT_FOUND);
       for (int k = 0; k < 4; ++k) out.u64(0);
       continue;
     }
-    const Page& e = pin(page);
-    const uint64_t id_ = grant_lease(c.id, expiry);
-    leases_[id_] = {page, expiry, c.id};
+    const uint64_t lease = leases_.grant_lookup(c.id, page, expiry);  // pins the page
+    const Arena::Page& e = arena_.page(page);
     out.i32(KVTIER_OK);
     out.u64(e.offset);
     out.u64(e.length);
     out.u64(e.checksum);
-    out.u64(id_);
+    out.u64(lease);
   }
   return {};
 }
 
 // A slot is published only with the bytes its owner wrote: the checksum the client gave at
 // ALLOC must match the slot's bytes, else the slot may hold another namespace's freed page (a
-// commit without a write) or a torn write. The slot is out of pending_ while it is hashed, so
-// no lease expiry can free it under us, and mu_ is not held for the hashing.
+// commit without a write) or a torn write. The slot is taken out of its lease while it is
+// hashed, so no lease expiry can free it under us, and mu_ is not held for the hashing.
 Status Server::commit(Conn& c, wire::Writer& out) {
   std::vector<wire::CommitEntry> entries;
   Status s = wire::decode_commit(c.payload, &entries);
   if (!s.is_ok()) return s;
-  std::vector<Pending> taken;
+  std::vector<Leases::Alloc> taken;
   std::vector<int32_t> codes(entries.size(), KVTIER_ERR_TIMEOUT);  // lease ran out: slot gone
   {
     std::lock_guard lock(mu_);
     for (size_t i = 0; i < entries.size(); ++i) {
-      auto it = pending_.find(entries[i].lease);
-      if (it == pending_.end() || it->second.conn != c.id) continue;
-      taken.push_back(it->second);
-      pending_.erase(it);
-      held_[c.id].erase(entries[i].lease);
+      Leases::Alloc slot;
+      if (!leases_.take(c.id, entries[i].lease, &slot)) continue;
+      taken.push_back(slot);
       codes[i] = static_cast<int32_t>(taken.size() - 1);  // index into taken, for now
     }
   }
   std::vector<uint8_t> good(taken.size(), 0);
   for (size_t i = 0; i < entries.size(); ++i)
     if (codes[i] >= 0 && entries[i].commit) {
-      const Pending& p = taken[static_cast<size_t>(codes[i])];
-      good[codes[i]] = checksum(arena_ + p.offset, p.length) == p.checksum;
+      const Leases::Alloc& p = taken[static_cast<size_t>(codes[i])];
+      good[codes[i]] = checksum(arena_.base() + p.offset, p.length) == p.checksum;
     }
   std::vector<int32_t> disk_code(taken.size(), KVTIER_OK);
-  if (opt_.file) {  // the slots are this call's until published below
-    std::vector<DiskPage> pages;
+  if (disk_) {  // the slots are this call's until published below
+    std::vector<Disk::Page> pages;
     std::vector<size_t> which;
     for (size_t k = 0; k < taken.size(); ++k)
       if (good[k]) {
-        pages.push_back({taken[k].key.second, taken[k].offset, taken[k].length, taken[k].checksum});
+        pages.push_back({taken[k].key.second, arena_.base() + taken[k].offset, taken[k].length,
+                         taken[k].checksum});
         which.push_back(k);
       }
     std::vector<int32_t> results(pages.size());
@@ -169,15 +150,15 @@ Status Server::commit(Conn& c, wire::Writer& out) {
   for (size_t i = 0; i < entries.size(); ++i) {
     if (codes[i] < 0) continue;
     const size_t k = static_cast<size_t>(codes[i]);
-    const Pending& p = taken[k];
+    const Leases::Alloc& p = taken[k];
     if (entries[i].commit && good[k] && disk_code[k] == KVTIER_OK) {
-      publish(p.key, p.offset, p.slot_size, p.length, p.checksum);
+      arena_.publish(p.key, p.offset, p.slot_size, p.length, p.checksum);
       codes[i] = KVTIER_OK;
     } else if (entries[i].commit && good[k]) {  // not on disk: not acknowledged
-      free_slot(p.offset, p.slot_size);
+      arena_.free_slot(p.offset, p.slot_size);
       codes[i] = disk_code[k];
     } else {
-      free_slot(p.offset, p.slot_size);  // given back, or not the bytes promised
+      arena_.free_slot(p.offset, p.slot_size);  // given back, or not the bytes promised
       codes[i] = entries[i].commit ? KVTIER_ERR_CORRUPT : KVTIER_OK;
       if (entries[i].commit) ++errors_;
     }

@@ -1,14 +1,13 @@
-// kvtier-server's requests: what each frame does. The RDMA control plane is in rdma_control.cpp,
-// the arena in arena.cpp, its start and stop in start.cpp; the connections themselves (event
-// loops, deadlines, caps) are the remote backend's one server model (serve/event_loop.h).
+// kvtier-server's requests: what each frame does, on the arena (arena.h) and the disk under it
+// (disk.h). The RDMA control plane and its leases are in rdma_control.cpp, its start and stop in
+// start.cpp; the connections themselves (event loops, deadlines, caps) are the remote backend's
+// one server model (serve/event_loop.h).
 #include <netinet/in.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cstring>
-#include <random>
+#include <iterator>
 
 #include "log.h"
 #include "server.h"
@@ -19,6 +18,7 @@ namespace kvtier {
 namespace {
 
 using wire::Header;
+constexpr uint64_t kScratch = 64ull << 20;  // bytes of pages a promotion reads from disk at once
 
 // Who a control connection is, for fencing RDMA: its peer's address and its namespace (a
 // client's pooled connections share both, while its QPs came through one of them).
@@ -32,11 +32,6 @@ uint64_t client_key(int fd, uint64_t ns) {
 }
 
 }  // namespace
-
-size_t Server::Ids::operator()(const Key& k) const {
-  const uint64_t words[3] = {k.first, k.second.hi, k.second.lo};
-  return static_cast<size_t>(XXH3_64bits_withSeed(words, sizeof words, seed));
-}
 
 // ---- frames ------------------------------------------------------------------------------
 
@@ -72,7 +67,8 @@ Status Server::handle_hello(Conn& c, wire::Writer& out) {
     c.challenged = true;
     out.bytes(c.server_nonce.data(), c.server_nonce.size());
     out.u64(boot_id_);
-    const wire::Proof mine = wire::server_proof(opt_.token, c.client_nonce, c.server_nonce, boot_id_);
+    const wire::Proof mine =
+        wire::server_proof(opt_.token, c.client_nonce, c.server_nonce, boot_id_);
     out.bytes(mine.data(), mine.size());
     return {};
   }
@@ -97,9 +93,9 @@ Status Server::handle_exists(Conn& c, wire::Writer& out) {
   std::vector<uint8_t> present(ids.size());
   {
     Yielding lock(mu_);
-    for (size_t i = 0; i < ids.size(); ++i, lock.step()) present[i] = has_page({ns, ids[i]});
+    for (size_t i = 0; i < ids.size(); ++i, lock.step()) present[i] = arena_.has_page({ns, ids[i]});
   }
-  disk_exists(ns, ids, present);
+  if (disk_) disk_->exists(ns, ids, present);
   out.u32(static_cast<uint32_t>(ids.size()));
   for (uint8_t p : present) out.u8(p);
   return {};
@@ -114,13 +110,13 @@ Status Server::handle_remove(Conn& c, wire::Writer& out) {
   {
     Yielding lock(mu_);
     for (size_t i = 0; i < ids.size(); ++i, lock.step()) {
-      const uint32_t page = pages_.find({ns, ids[i]});
-      if (page == Pages::kNone) continue;
+      const uint32_t page = arena_.find({ns, ids[i]});
+      if (page == Arena::kNone) continue;
       codes[i] = KVTIER_OK;
-      drop(page);
+      arena_.drop(page);
     }
   }
-  disk_remove(ns, ids, codes);
+  if (disk_) disk_->remove(ns, ids, codes);
   out.u32(static_cast<uint32_t>(ids.size()));
   for (int32_t code : codes) out.i32(code);
   return {};
@@ -141,27 +137,25 @@ Status Server::handle(Conn& c, wire::Writer& out) {
       if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "CLEAR takes no payload"};
       {
         Yielding lock(mu_);
-        for (auto list = ns_pages_.find(ns); list != ns_pages_.end(); list = ns_pages_.find(ns)) {
-          drop(list->second.front());  // the last one erases the list itself
-          lock.step();
-        }
+        for (uint32_t page; (page = arena_.any_page(ns)) != Arena::kNone; lock.step())
+          arena_.drop(page);
       }
-      disk_clear(ns);
+      if (disk_) disk_->clear(ns);
       return {};
     }
     case wire::kStats: {
       if (!c.payload.empty()) return {KVTIER_ERR_INVALID_ARG, "STATS takes no payload"};
       std::lock_guard lock(mu_);
-      out.u64(pages_.size());
-      out.u64(used_);
-      out.u64(opt_.capacity);
-      out.u64(evictions_);
+      out.u64(arena_.pages());
+      out.u64(arena_.used());
+      out.u64(arena_.capacity());
+      out.u64(arena_.evictions());
       out.u64(errors_);
-      out.u64(expired_);
+      out.u64(leases_.expired());
       // Since issue 15 (older clients stop reading before these).
       out.u64(hits_);
       out.u64(misses_);
-      out.u64(pending_.size() + leases_.size());
+      out.u64(leases_.size());
       out.u64(loops_->authenticated());
       return {};
     }
@@ -202,11 +196,11 @@ void Server::on_bulk_more(serve::Conn& conn) {
   while (c.ready < c.put.size() && (c.ready == c.bulk_at || ahead < kWindow)) {
     const size_t i = c.ready++;
     ahead += c.put[i].length;
-    if (has_page({c.ns, c.put[i].id})) {
+    if (arena_.has_page({c.ns, c.put[i].id})) {
       c.codes[i] = wire::kPresent;  // present: the bytes are drained, the answer is OK
-    } else if (allocate(c.put[i].length, &c.offsets[i], &c.slots[i])) {
+    } else if (arena_.allocate(c.put[i].length, &c.offsets[i], &c.slots[i])) {
       c.codes[i] = KVTIER_OK;
-      c.bulk[i].iov_base = arena_ + c.offsets[i];
+      c.bulk[i].iov_base = arena_.base() + c.offsets[i];
     } else {
       c.codes[i] = KVTIER_ERR_NO_SPACE;  // drained
     }
@@ -215,12 +209,13 @@ void Server::on_bulk_more(serve::Conn& conn) {
 
 void Server::on_bulk_done(serve::Conn& conn) {
   Conn& c = static_cast<Conn&>(conn);
-  if (opt_.file) {  // to disk before the reply, from slots no one else can see yet
-    std::vector<DiskPage> pages;
+  if (disk_) {  // to disk before the reply, from slots no one else can see yet
+    std::vector<Disk::Page> pages;
     std::vector<size_t> which;
     for (size_t i = 0; i < c.put.size(); ++i)
       if (c.codes[i] == KVTIER_OK) {
-        pages.push_back({c.put[i].id, c.offsets[i], c.put[i].length, c.put[i].checksum});
+        pages.push_back(
+            {c.put[i].id, arena_.base() + c.offsets[i], c.put[i].length, c.put[i].checksum});
         which.push_back(i);
       }
     std::vector<int32_t> results(pages.size());
@@ -228,7 +223,7 @@ void Server::on_bulk_done(serve::Conn& conn) {
     std::lock_guard lock(mu_);
     for (size_t k = 0; k < which.size(); ++k)
       if (results[k]) {  // not acknowledged: the slot goes back
-        free_slot(c.offsets[which[k]], c.slots[which[k]]);
+        arena_.free_slot(c.offsets[which[k]], c.slots[which[k]]);
         c.codes[which[k]] = results[k];
       }
   }
@@ -239,7 +234,8 @@ void Server::on_bulk_done(serve::Conn& conn) {
     for (size_t i = 0; i < c.put.size(); ++i) {
       lock.step();
       if (c.codes[i] == KVTIER_OK)
-        publish({c.ns, c.put[i].id}, c.offsets[i], c.slots[i], c.put[i].length, c.put[i].checksum);
+        arena_.publish({c.ns, c.put[i].id}, c.offsets[i], c.slots[i], c.put[i].length,
+                       c.put[i].checksum);
     }
   }
   for (int32_t code : c.codes) out.i32(code == wire::kPresent ? KVTIER_OK : code);
@@ -260,8 +256,8 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
     Yielding lock(mu_);
     for (const KeyId& id : ids) {
       lock.step();
-      const uint32_t page = pages_.find({c.ns, id});
-      if (page == Pages::kNone) {
+      const uint32_t page = arena_.find({c.ns, id});
+      if (page == Arena::kNone) {
         ++misses_;
         out.i32(KVTIER_ERR_NOT_FOUND);
         out.u64(0);
@@ -269,12 +265,12 @@ Status Server::begin_get(Conn& c, wire::Writer& out) {
         continue;
       }
       ++hits_;
-      const Page& e = pin(page);  // the slot stays this page's until the reply is out
+      const Arena::Page& e = arena_.pin(page);  // the slot stays this page's until the reply is out
       c.pinned.push_back(page);
       out.i32(KVTIER_OK);
       out.u64(e.length);
       out.u64(e.checksum);
-      bulk.push_back({arena_ + e.offset, e.length});
+      bulk.push_back({arena_.base() + e.offset, e.length});
       total += e.length;
     }
   }
@@ -291,7 +287,7 @@ void Server::on_reply_sent(serve::Conn& conn) {
         std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - c.started).count()));
   if (c.pinned.empty()) return;
   std::lock_guard lock(mu_);
-  for (uint32_t page : c.pinned) unpin(page);
+  for (uint32_t page : c.pinned) arena_.unpin(page);
   c.pinned.clear();
 }
 
@@ -302,14 +298,94 @@ void Server::on_close(serve::Conn& conn) {
   std::lock_guard lock(mu_);
   if (c.phase == Conn::Phase::kBulkIn)  // the client went away mid-put: nothing to show
     for (size_t i = 0; i < c.ready; ++i)
-      if (c.codes[i] == KVTIER_OK) free_slot(c.offsets[i], c.slots[i]);
-  for (uint32_t page : c.pinned) unpin(page);
+      if (c.codes[i] == KVTIER_OK) arena_.free_slot(c.offsets[i], c.slots[i]);
+  for (uint32_t page : c.pinned) arena_.unpin(page);
   c.pinned.clear();
-  if (auto h = held_.find(c.id); h != held_.end()) {
-    const std::unordered_set<uint64_t> ids = std::move(h->second);
-    held_.erase(h);
-    for (uint64_t id : ids) end_lease(id);
+  leases_.end_connection(c.id);
+}
+
+// ---- the disk under the arena ------------------------------------------------------------
+
+void Server::write_through(uint64_t ns, std::span<const Disk::Page> pages,
+                           std::span<int32_t> results) {
+  disk_->write(ns, pages, results);
+  const auto failed = std::count_if(results.begin(), results.end(), [](int32_t r) { return r; });
+  if (!failed) return;
+  std::lock_guard lock(mu_);
+  errors_ += static_cast<uint64_t>(failed);
+}
+
+// A GET or LOOKUP of a page the arena lacks reads it from disk into an arena slot first, then
+// serves it as any arena page: the RDMA path keeps reading the arena one-sided, and the file
+// tier checks the page's checksum on the way, as it does in the library.
+void Server::promote(uint64_t ns, std::span<const KeyId> ids) {
+  std::shared_ptr<Tier> t = disk_ ? disk_->tier(ns, false) : nullptr;
+  if (!t) return;
+  std::vector<KeyId> missing;
+  {
+    std::lock_guard lock(mu_);
+    for (const KeyId& id : ids)
+      if (!arena_.has_page({ns, id})) missing.push_back(id);
   }
+  // Pages of unknown size: read with room for the largest seen, more if the disk says so.
+  size_t room = std::max<size_t>(arena_.largest_page(), 1 << 20);
+  while (!missing.empty()) {
+    const size_t n = std::min(missing.size(), std::max<size_t>(1, kScratch / room));
+    std::unique_ptr<std::byte[]> scratch(new std::byte[n * room]);
+    std::vector<Frag> frags;
+    std::vector<GetOp> ops(n);
+    for (size_t i = 0; i < n; ++i) frags.push_back({scratch.get() + i * room, room});
+    for (size_t i = 0; i < n; ++i) {
+      ops[i].id = missing[i];
+      ops[i].frags = Frags(&frags[i], 1);
+      ops[i].capacity = room;
+    }
+    t->get(ops);
+    std::vector<KeyId> larger;
+    std::lock_guard lock(mu_);
+    for (GetOp& op : ops) {
+      if (op.result == KVTIER_ERR_BUFFER_TOO_SMALL) larger.push_back(op.id);
+      uint64_t offset = 0, slot = 0;
+      if (op.result <= 0 || arena_.has_page({ns, op.id})) continue;
+      const uint64_t len = static_cast<uint64_t>(op.result);
+      if (!arena_.allocate(len, &offset, &slot)) continue;  // the arena is full of pinned pages
+      std::memcpy(arena_.base() + offset, op.frags[0].ptr, len);
+      arena_.publish({ns, op.id}, offset, slot, len, op.checksum);
+    }
+    missing.erase(missing.begin(), missing.begin() + static_cast<ptrdiff_t>(n));
+    if (!larger.empty() && room < wire::kMaxValue) {
+      room = std::min<size_t>(room * 4, wire::kMaxValue);
+      missing.insert(missing.end(), larger.begin(), larger.end());
+    }
+  }
+}
+
+std::string Server::metrics_text() {
+  ServerCounters c;
+  {
+    std::lock_guard lock(mu_);
+    c = {.pages = arena_.pages(),
+         .bytes = arena_.used(),
+         .capacity = arena_.capacity(),
+         .hits = hits_,
+         .misses = misses_,
+         .evictions = arena_.evictions(),
+         .errors = errors_,
+         .expired_leases = leases_.expired(),
+         .leases = leases_.size(),
+         .connections = loops_ ? loops_->authenticated() : 0};
+  }
+  std::string out;
+  render_counters(c, &out);
+  out += "# HELP kvtier_server_request_seconds request latency, header in to reply out\n";
+  out += "# TYPE kvtier_server_request_seconds histogram\n";
+  static const char* const kOps[] = {"",       "hello",  "exists", "put",       "get",
+                                     "remove", "clear",  "stats",  "rdma_info", "alloc",
+                                     "commit", "lookup", "release"};
+  static_assert(std::size(kOps) == wire::kRelease + 1);
+  for (size_t t = wire::kHello; t < latency_.size(); ++t)
+    latency_[t].render("kvtier_server_request_seconds", kOps[t], &out);
+  return out;
 }
 
 }  // namespace kvtier

@@ -4,6 +4,10 @@
 // ALLOC (a slot under a lease), the client's one-sided writes, then COMMIT; a lease that runs
 // out, or the end of the client's control connection, gives the slot back.
 //
+// Its parts, each a class of its own: the arena (arena.h: slots, the pages' table, pins,
+// eviction), the leases on it (leases.h) and the disk under it (disk.h). This class wires them
+// to the connections: what each request does, under one lock (mu_) over the arena and leases.
+//
 // Connections are served by the remote backend's event loops (serve/event_loop.h, which serve
 // the p2p endpoint too), not a thread each: a front loop accepts and holds connections until
 // their HELLO, a few worker loops serve the authenticated ones; this server is a serve::Service
@@ -14,27 +18,23 @@
 
 #include <sys/uio.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstddef>
-#include <deque>
-#include <list>
 #include <memory>
 #include <mutex>
 #include <span>
 #include <string>
 #include <thread>
-#include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
+#include "arena.h"
 #include "auth.h"
+#include "disk.h"
 #include "event_loop.h"
-#include "free_space.h"
 #include "keys.h"
+#include "leases.h"
 #include "log.h"
 #include "metrics.h"
-#include "page_table.h"
 #include "protocol.h"
 #include "rdma.h"
 #include "status.h"
@@ -63,7 +63,7 @@ struct ServerOptions {
   unsigned max_leases = 8192;
   unsigned threads = 0;  // --threads / KVTIER_SERVER_THREADS: worker loops; 0: min(4, cores)
   int rdma_tos = -1;     // --rdma-tos / KVTIER_SERVER_RDMA_TOS: 0..255; -1 the device's
-  // --tiers memory,file / KVTIER_SERVER_TIERS: pages also on disk (disk.cpp), in the
+  // --tiers memory,file / KVTIER_SERVER_TIERS: pages also on disk (disk.h), in the
   // library's file tier under file_dir (--file-dir), a folder per client namespace; all of
   // them together take at most file_capacity bytes of disk.
   bool file = false;
@@ -100,33 +100,7 @@ class Server : private serve::Service {
 
  private:
   using Clock = std::chrono::steady_clock;
-  using Key = std::pair<uint64_t, KeyId>;   // (namespace, id)
   static constexpr int32_t kUndecided = 2;  // a PUT value whose slot is not reserved yet
-
-  struct Page {
-    uint64_t offset = 0, slot_size = 0, length = 0, checksum = 0;
-    std::list<uint32_t>::iterator in_ns;  // in its namespace's list, so CLEAR visits only those
-  };
-  // Key ids come from clients, who can choose them: the table hashes them with a secret seed
-  // drawn at start, so no client can make its keys (or another's) collide.
-  struct Ids {
-    uint64_t seed;
-    size_t operator()(const Key& k) const;
-    size_t operator()(uint64_t ns) const { return (*this)({ns, KeyId{}}); }
-  };
-  // A slot handed out by ALLOC, written by the client, not yet committed.
-  struct Pending {
-    Key key;
-    uint64_t offset, slot_size, length, checksum;
-    Clock::time_point expiry;
-    uint64_t conn;
-    uint64_t client;  // Conn::client: fenced before the slot goes back
-  };
-  struct ReadLease {  // a page pinned by LOOKUP until RELEASE
-    uint32_t page;
-    Clock::time_point expiry;
-    uint64_t conn;
-  };
 
   // ---- requests (server.cpp): serve::Service, called by the connection's loop ----
   std::unique_ptr<serve::Conn> make_conn() override { return std::make_unique<Conn>(); }
@@ -153,97 +127,36 @@ class Server : private serve::Service {
   Status commit(Conn& c, wire::Writer& out);
   void reply_error(Conn& c, const Status& s);
   void count_error(const Status& s);  // a connection closed for it: counted and logged
-  // REQUIRES mu_: a new lease of the connection's, ending at `expiry`.
-  uint64_t grant_lease(uint64_t conn, Clock::time_point expiry);
 
-  // ---- the arena (server.cpp), REQUIRES mu_ ----
-  // A written slot becomes the key's page (or goes back if the key has one).
-  void publish(const Key& key, uint64_t offset, uint64_t slot_size, uint64_t length,
-               uint64_t checksum);
-  const Page& pin(uint32_t page);  // most recent, and not evicted until unpin
-  void unpin(uint32_t page);
-  void reap(Clock::time_point now);  // ends leases that ran out, oldest first
-  // Ends an ALLOC lease (its slot goes back) or a LOOKUP lease (its pin goes); false if none.
-  bool end_lease(uint64_t id);
-  // A slot of `bytes`, evicting least-recently-used unpinned pages if needed.
-  bool allocate(uint64_t bytes, uint64_t* offset, uint64_t* slot_size);
-  void free_slot(uint64_t offset, uint64_t slot_size);
-  // Drops a page from the index; its slot is freed now, or when the last reply still sending
-  // its bytes is done.
-  void drop(uint32_t page);
-  bool has_page(const Key& key) const { return pages_.find(key) != Pages::kNone; }
-
-  // ---- the disk under the arena (disk.cpp); none of them needs mu_ held ----
-  struct DiskPage {
-    KeyId id;
-    uint64_t offset, length, checksum;  // the page's bytes in the arena
-  };
-  struct DiskNs {                // a namespace with a folder on disk
-    std::shared_ptr<Tier> tier;  // its file tier; null: closed (its fds given back)
-    uint64_t bytes = 0;          // what its files take on disk, as last measured
-    std::list<uint64_t>::iterator lru;
-  };
-  Status open_disk();  // checks --file-dir at start and finds the namespaces on it
-  // The namespace's file tier, opened if its folder exists, made first when `create` (a write);
-  // null: none (a read misses on disk, a write is refused).
-  std::shared_ptr<Tier> disk(uint64_t ns, bool create);
-  // Room for `bytes` more within --file-capacity: other namespaces go whole, least recently
-  // used first.
-  void make_disk_room(uint64_t ns, uint64_t bytes);
-  void measure_disk(uint64_t ns);  // after its files changed
-  // Bytes the namespace's folder takes on disk; with `erase`, deletes it. REQUIRES disk_mu_
-  // when erasing.
-  uint64_t folder_bytes(uint64_t ns, bool erase);
-  // results[i]: 0 (on disk, durable) or why not; a page that failed must not be acknowledged.
-  void write_through(uint64_t ns, std::span<const DiskPage> pages, std::span<int32_t> results);
+  // ---- the disk under the arena (server.cpp); none of them needs mu_ held ----
+  // Written slots no one else can see yet, to disk before their put is answered (Disk::write);
+  // the pages it refused are counted as errors.
+  void write_through(uint64_t ns, std::span<const Disk::Page> pages, std::span<int32_t> results);
   void promote(uint64_t ns, std::span<const KeyId> ids);  // disk -> arena, for what it lacks
-  void disk_exists(uint64_t ns, std::span<const KeyId> ids, std::span<uint8_t> present);
-  void disk_remove(uint64_t ns, std::span<const KeyId> ids, std::span<int32_t> results);
-  void disk_clear(uint64_t ns);
 
-  // ---- connections (loop.cpp) ----
+  // ---- the fd budget (start.cpp) ----
   void fit_fd_limit();  // raises the soft fd limit; lowers the caps where it cannot
   // Rate-limited warnings: a flood of bad clients must not fill the log.
   void warn_limited(const std::string& msg) { warnings_.warn(msg); }
 
   ServerOptions opt_;
-  std::byte* arena_ = nullptr;
   std::unique_ptr<serve::Loops> loops_;  // its connections
   unsigned max_unauth_ = 16;
 
   LimitedWarnings warnings_;
 
+  // One lock over the arena, its leases and the counters below.
   std::mutex mu_;
-  const uint64_t hash_seed_;
-  using Pages = PageTable<Key, Page, Ids>;
-  Pages pages_;  // pinned by GET replies being sent and by LOOKUP leases
-  std::unordered_map<uint64_t, std::list<uint32_t>, Ids> ns_pages_;  // namespace -> its pages
-  FreeSpace free_;
-  std::unordered_map<uint64_t, Pending> pending_;   // lease id -> reserved by ALLOC
-  std::unordered_map<uint64_t, ReadLease> leases_;  // lease id -> pinned by LOOKUP
-  // connection -> its leases; so a connection's end, and the cap, cost its own leases only
-  std::unordered_map<uint64_t, std::unordered_set<uint64_t>> held_;
-  // (end, lease id) in the order granted, which is the order they end (one lease time for all):
-  // the timer pops what ran out instead of scanning every lease. Ended ones are skipped.
-  std::deque<std::pair<Clock::time_point, uint64_t>> expiries_;
-  uint64_t next_lease_ = 1;
-  Clock::time_point next_reap_{};
+  Arena arena_;
+  Leases leases_;
+  std::unique_ptr<Disk> disk_;  // --tiers memory,file; null: memory only
   std::unique_ptr<rdma::Listener> rdma_;
   // The server's id, new at each start: clients tell aliases of one server apart by it, and
   // that RDMA channels to an earlier start are stale.
   const uint64_t boot_id_;
-  uint64_t used_ = 0;
-  uint64_t evictions_ = 0, errors_ = 0, expired_ = 0, hits_ = 0, misses_ = 0;
+  uint64_t errors_ = 0, hits_ = 0, misses_ = 0;
   // Per request type (wire::Type, HELLO .. RELEASE): observed when the reply is out.
   std::array<LatencyHistogram, wire::kRelease + 1> latency_;
-  std::atomic<uint64_t> largest_page_{0};  // what promotion reads room for first
-  int disk_root_ = -1;                     // --file-dir
-  std::atomic<size_t> disks_open_{0};      // file tiers alive, also those closed but still in use
-  size_t max_open_disks_ = 64;             // set by fit_fd_limit
-  std::mutex disk_mu_;
-  std::unordered_map<uint64_t, DiskNs> disks_;  // guarded by disk_mu_, as are the three below
-  std::list<uint64_t> disk_lru_;                // namespaces on disk, most recently used first
-  uint64_t disk_bytes_ = 0;                     // what they all take
 };
 
 }  // namespace kvtier

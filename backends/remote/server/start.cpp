@@ -1,7 +1,6 @@
-// kvtier-server's start and stop: the arena, one fd budget for everything it opens, the
-// listeners, and the event loops that serve its connections (serve/event_loop.h; this server is
-// one serve::Service on them, the p2p endpoint the other).
-#include <sys/mman.h>
+// kvtier-server's start and stop: its parts (arena.h, leases.h, disk.h) wired together, one fd
+// budget for everything it opens, the listeners, and the event loops that serve its connections
+// (serve/event_loop.h; this server is one serve::Service on them, the p2p endpoint the other).
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -24,16 +23,17 @@ uint64_t random_seed() {
 
 Server::Server(ServerOptions options)
     : opt_(std::move(options)),
-      hash_seed_(random_seed()),
-      pages_(Ids{hash_seed_}),
-      ns_pages_(16, Ids{hash_seed_}),
-      free_(opt_.capacity),
-      boot_id_(random_seed()) {}
+      arena_(opt_.capacity, random_seed()),
+      leases_(arena_, opt_.max_leases,
+              [this](uint64_t client) {
+                if (rdma_) rdma_->fence_client(client);
+              }),
+      boot_id_(random_seed()) {
+  if (opt_.file) disk_ = std::make_unique<Disk>(opt_.file_dir, opt_.file_capacity, warnings_);
+}
 
 Server::~Server() {
   stop();
-  if (arena_) munmap(arena_, opt_.capacity);
-  if (disk_root_ >= 0) ::close(disk_root_);
 }
 
 // One fd budget for everything the server opens: the soft fd limit is raised up to the hard
@@ -49,43 +49,38 @@ void Server::fit_fd_limit() {
     getrlimit(RLIMIT_NOFILE, &r);
   }
   constexpr uint64_t kReserve = 64;
-  constexpr uint64_t kFdsPerDisk = 5 + 2 * 64;  // the file tier's kMaxClasses size classes
   const uint64_t limit = r.rlim_cur;
   uint64_t room = limit > kReserve + MetricsEndpoint::kMaxFds + 32
                       ? limit - kReserve - MetricsEndpoint::kMaxFds
                       : 32;
-  if (opt_.file) {  // at most a third of what is left, and one namespace at least
-    max_open_disks_ = std::clamp<uint64_t>(room / 3 / kFdsPerDisk, 1, 64);
-    room -= std::min(room - 16, max_open_disks_ * kFdsPerDisk);
+  uint64_t open_disks = 0;
+  if (disk_) {  // at most a third of what is left, and one namespace at least
+    open_disks = std::clamp<uint64_t>(room / 3 / Disk::kFdsPerNamespace, 1, 64);
+    disk_->set_max_open(open_disks);
+    room -= std::min(room - 16, open_disks * Disk::kFdsPerNamespace);
   }
   max_unauth_ = std::max(16u, opt_.max_connections / 4);
   if (opt_.max_connections + max_unauth_ > room) {
     opt_.max_connections = static_cast<unsigned>(std::max<uint64_t>(room * 4 / 5, 1));
     max_unauth_ = std::max<unsigned>(static_cast<unsigned>(room / 5), 1);
-    log().warn(
-        "server: the fd limit ({}) allows {} connections (and {} before HELLO){}",
-        static_cast<unsigned long long>(limit), opt_.max_connections, max_unauth_,
-        opt_.file ? ", " + std::to_string(max_open_disks_) + " namespaces open on disk" : "");
+    log().warn("server: the fd limit ({}) allows {} connections (and {} before HELLO){}",
+               static_cast<unsigned long long>(limit), opt_.max_connections, max_unauth_,
+               disk_ ? ", " + std::to_string(open_disks) + " namespaces open on disk" : "");
   }
 }
 
 Status Server::start(uint16_t* port) {
-  // Reserved, not touched: pages of the arena are backed as they are first written.
-  void* p = mmap(nullptr, opt_.capacity, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED)
-    return {KVTIER_ERR_NO_MEMORY, "cannot map an arena of " + std::to_string(opt_.capacity) +
-                                      " bytes: " + std::strerror(errno)};
-  arena_ = static_cast<std::byte*>(p);
-  Status disk = open_disk();
-  if (!disk.is_ok()) return disk;
+  if (Status s = arena_.map(); !s.is_ok()) return s;
+  if (disk_)
+    if (Status s = disk_->open(); !s.is_ok()) return s;
   fit_fd_limit();
   int listen_fd = -1;
   Status s = net::listen_on(opt_.host, opt_.port, &listen_fd, port);
   if (!s.is_ok()) return s;
   if (opt_.rdma && rdma::available()) {
     const uint16_t rport = opt_.rdma_port ? opt_.rdma_port : static_cast<uint16_t>(*port + 1);
-    s = rdma::Listener::start({opt_.host, rport, opt_.rdma_tos}, arena_, opt_.capacity, &rdma_);
+    s = rdma::Listener::start({opt_.host, rport, opt_.rdma_tos}, arena_.base(), arena_.capacity(),
+                              &rdma_);
     if (s.is_ok())
       log().warn(
           "server: RDMA data plane on port {}: every client admitted to it can read and write the "
@@ -120,7 +115,7 @@ void Server::stop() {
 void Server::on_tick() {
   const auto now = Clock::now();
   std::lock_guard lock(mu_);
-  reap(now);
+  leases_.expire(now);
 }
 
 }  // namespace kvtier
