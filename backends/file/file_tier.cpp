@@ -1,15 +1,14 @@
+// The tier's calls, and the process-wide table of open namespaces: a namespace's folder, its
+// PageFiles shared by the stores of one process.
 #include "file_tier.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <cerrno>
-#include <chrono>
-#include <cstdlib>
-#include <cstring>
-#include <thread>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
 
 #include "log.h"
 #include "page_files.h"
@@ -52,8 +51,6 @@ std::string usable_dir(const std::string& dir) {
 }
 
 }  // namespace
-
-// ---- the tier, and the process-wide table of open namespaces ------------------------------
 
 void FileTier::put(std::span<PutOp> ops) {
   files_->put(ops);

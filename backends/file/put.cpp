@@ -96,14 +96,7 @@ void PageFiles::plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vect
   }
   for (Writing& w : todo) {
     PutOp& op = ops[w.op];
-    uint32_t n = index_->find(op.id);
-    // A writer that died or stopped (a debugger, Ctrl-Z) is not waited for: its slot goes back,
-    // and its commit, if it resumes, finds the key no longer its own.
-    if (n != kNil && index_->node(n).state == kReserved && index_->node(n).owner != pid_ &&
-        process_stalled(index_->node(n).owner, index_->node(n).owner_start)) {
-      index_->release(n);
-      n = kNil;
-    }
+    uint32_t n = index_->find_for_write(op.id, pid_);
     if (n != kNil && index_->node(n).state == kReserved) {
       waiting->push_back(w);
       continue;

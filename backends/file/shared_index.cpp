@@ -769,6 +769,16 @@ int SharedIndex::reserve(KeyId id, uint64_t slot_size, int32_t pid, uint64_t sta
   return KVTIER_OK;
 }
 
+uint32_t SharedIndex::find_for_write(KeyId id, int32_t self) {
+  const uint32_t n = find(id);
+  if (n == kNil) return kNil;
+  const Node& x = mut(n);
+  if (x.state != kReserved || x.owner == self || !process_stalled(x.owner, x.owner_start))
+    return n;
+  release(n);
+  return kNil;
+}
+
 void SharedIndex::commit(uint32_t n, uint64_t length, uint64_t checksum, uint64_t stored,
                          bool compressed) {
   Node& x = mut(n);

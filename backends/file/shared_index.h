@@ -161,6 +161,10 @@ class SharedIndex {
 
   // Lookups.
   uint32_t find(KeyId id);  // the node holding id (live or reserved), or kNil
+  // find() for a write by process `self`: another's write in flight whose process died or
+  // stopped (a debugger, Ctrl-Z) is not waited for: its slot goes back (kNil), and its commit,
+  // if it resumes, finds the key no longer its own.
+  uint32_t find_for_write(KeyId id, int32_t self);
   const Node& node(uint32_t n) { return mut(n); }
   uint32_t classes() const { return std::min(map_.header->nclasses, kMaxClasses); }
   uint64_t slot_size(uint32_t cls) { return klass(cls).slot_size; }
@@ -169,7 +173,6 @@ class SharedIndex {
   uint64_t reserved() const { return map_.header->reserved; }  // writes in flight
   uint64_t live_bytes() const { return map_.header->live_bytes; }
   uint64_t capacity() const { return map_.header->capacity; }
-  uint64_t max_nodes() const { return map_.max_nodes; }
   TierStats stats() const;
 
   // The slot life-cycle.

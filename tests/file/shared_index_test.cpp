@@ -408,6 +408,31 @@ TEST_F(SharedIndexTest, PlaceEvictsPastTheCapacity) {
   EXPECT_EQ(files_.cleared, (std::vector<SlotId>{{kPage, 5}, {kPage, 4}}));
 }
 
+// A write of a key another process is writing waits for it, unless that process died: then its
+// slot goes back at once (its record zeroed) and the key is free to write.
+TEST_F(SharedIndexTest, AWriteTakesOverTheKeyOfADeadWriterOnly) {
+  open(16 * kPage);
+  SharedIndex::Guard g(*ix_);
+  ASSERT_TRUE(g.ok());
+  const int32_t parent = ::getppid();
+  const KeyId mine = id_of(new_key()), theirs = id_of(new_key()), dead = id_of(new_key());
+  uint32_t n_mine = kNil, n_theirs = kNil, n_dead = kNil;
+  ASSERT_EQ(ix_->reserve(mine, kPage, self_, start_, &n_mine), KVTIER_OK);
+  ASSERT_EQ(ix_->reserve(theirs, kPage, parent, kvtier::process_start(parent), &n_theirs),
+            KVTIER_OK);
+  ASSERT_EQ(ix_->reserve(dead, kPage, dead_, 1, &n_dead), KVTIER_OK);
+  const uint64_t dead_slot = ix_->node(n_dead).slot;
+  EXPECT_EQ(ix_->find_for_write(mine, self_), n_mine);
+  EXPECT_EQ(ix_->find_for_write(theirs, self_), n_theirs);
+  EXPECT_EQ(ix_->find_for_write(dead, dead_), n_dead);  // its own
+  EXPECT_EQ(files_.cleared.size(), 0u);
+  EXPECT_EQ(ix_->find_for_write(dead, self_), kNil);
+  EXPECT_EQ(ix_->find(dead), kNil);
+  EXPECT_EQ(ix_->reserved(), 2u);
+  EXPECT_EQ(ix_->live_bytes(), 2 * kPage);
+  EXPECT_EQ(files_.cleared, (std::vector<SlotId>{{kPage, dead_slot}}));
+}
+
 // A clear holds new writes back while its process lives, and gives way to no other clear; a
 // clear whose process died holds nothing.
 TEST_F(SharedIndexTest, ClearHoldsWritesBackWhileItsProcessLives) {
