@@ -37,8 +37,8 @@ void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
     }
     index_->touch(n);
     const ClassFiles f = files_of_class(x.cls);
-    pending->push_back({i, f.fd, x.slot * index_->slot_size(x.cls), x.length, x.checksum,
-                        x.stored, x.seq, x.compressed != 0});
+    pending->push_back({i, f.fd, x.slot * index_->slot_size(x.cls), x.length, x.checksum, x.stored,
+                        x.seq, x.compressed != 0});
   }
 }
 

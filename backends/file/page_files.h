@@ -18,10 +18,10 @@
 #include <vector>
 
 #include "codec.h"
+#include "faults.h"
 #include "group_sync.h"
 #include "shared_index.h"
 #include "tier.h"
-#include "faults.h"
 #include "uring.h"
 
 namespace kvtier {
@@ -104,7 +104,7 @@ class PageFiles : private SlotFiles {
   // With keep_writes, slots reserved by live writers stay theirs.
   Status rebuild(bool keep_writes);
   Status list_classes(std::vector<uint64_t>* sizes);
-  Status scan_class(uint64_t slot_size, bool cut, std::vector<Found>* found, uint64_t* slots);
+  Status scan_class(uint64_t slot_size, bool cut, std::vector<FoundSlot>* found, uint64_t* slots);
 
   std::string dir_;
   int dir_fd_ = -1;  // the namespace folder: every file is opened relative to it

@@ -127,7 +127,8 @@ void PageFiles::release_orphans() {
 void PageFiles::run(std::span<PutOp> ops, std::vector<Writing>& mine) {
   rings_.with_ring([&](Ring& ring) {
     run_ios(
-        ring, mine.size(), [&](size_t i, Io& io) { return prepare_write(ops[mine[i].op], mine[i], io); },
+        ring, mine.size(),
+        [&](size_t i, Io& io) { return prepare_write(ops[mine[i].op], mine[i], io); },
         [&](size_t i, int res) {
           Writing& w = mine[i];
           if (w.result != KVTIER_ERR_NO_MEMORY) {

@@ -60,10 +60,10 @@ Status PageFiles::list_classes(std::vector<uint64_t>* sizes) {
 
 Status PageFiles::rebuild(bool keep_writes) {
   SharedIndex& ix = *index_;
-  std::vector<Found> found;
+  std::vector<FoundSlot> found;
   if (keep_writes) found = ix.writes_in_flight();
   std::vector<uint64_t> sizes;
-  for (const Found& f : found) sizes.push_back(f.slot_size);
+  for (const FoundSlot& f : found) sizes.push_back(f.slot_size);
   Status s = list_classes(&sizes);
   if (!s.is_ok()) return s;
   sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
@@ -82,7 +82,7 @@ Status PageFiles::rebuild(bool keep_writes) {
 
 // Reads one size class's records into *found, past the slots that writes in flight (already in
 // *found) hold, and adds the class to the index with its files' *slots.
-Status PageFiles::scan_class(uint64_t size, bool cut, std::vector<Found>* found,
+Status PageFiles::scan_class(uint64_t size, bool cut, std::vector<FoundSlot>* found,
                              uint64_t* slots_out) {
   ClassFiles f;
   Status s = files_of(size, &f);
@@ -108,7 +108,7 @@ Status PageFiles::scan_class(uint64_t size, bool cut, std::vector<Found>* found,
   const uint32_t cls = index_->add_class(size, slots);
   *slots_out = slots;
   std::vector<uint8_t> kept(slots, 0);
-  for (const Found& k : *found)
+  for (const FoundSlot& k : *found)
     if (k.kept && k.slot_size == size && k.node.slot < slots) kept[k.node.slot] = 1;
   s = read_records(f.idx_fd, slots, size, [&](uint64_t slot, const Record& r) {
     if (!kept[slot]) found->push_back({live_node(r, slot, cls), size, false});

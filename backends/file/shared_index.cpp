@@ -773,8 +773,7 @@ uint32_t SharedIndex::find_for_write(KeyId id, int32_t self) {
   const uint32_t n = find(id);
   if (n == kNil) return kNil;
   const Node& x = mut(n);
-  if (x.state != kReserved || x.owner == self || !process_stalled(x.owner, x.owner_start))
-    return n;
+  if (x.state != kReserved || x.owner == self || !process_stalled(x.owner, x.owner_start)) return n;
   release(n);
   return kNil;
 }
@@ -863,8 +862,8 @@ int SharedIndex::grow(uint32_t cls) {
 int SharedIndex::take_slot(uint32_t cls, int32_t pid, uint32_t* node) {
   ClassInfo& c = klass(cls);
   if (c.slot_size > h().capacity) return KVTIER_ERR_NO_SPACE;
-  for (uint64_t k = 0; h().live_bytes + c.slot_size > h().capacity && h().lru_tail != kNil &&
-                       k < map_.max_nodes;
+  for (uint64_t k = 0;
+       h().live_bytes + c.slot_size > h().capacity && h().lru_tail != kNil && k < map_.max_nodes;
        ++k)
     evict_one();
   if (h().live_bytes + c.slot_size > h().capacity) reclaim_dead(pid);
@@ -919,8 +918,8 @@ void SharedIndex::end_clear() {
   h().clearing = 0;
 }
 
-std::vector<Found> SharedIndex::writes_in_flight() {
-  std::vector<Found> found;
+std::vector<FoundSlot> SharedIndex::writes_in_flight() {
+  std::vector<FoundSlot> found;
   for (uint64_t n = 0; n < std::min(h().nodes_used, map_.max_nodes); ++n) {
     // The index may be damaged: only writes of a class with a slot size kept.
     const Node& x = mut(static_cast<uint32_t>(n));
@@ -938,15 +937,15 @@ uint32_t SharedIndex::add_class(uint64_t slot_size, uint64_t slots) {
   return cls;
 }
 
-void SharedIndex::place(std::vector<Found>& found) {
+void SharedIndex::place(std::vector<FoundSlot>& found) {
   IndexHeader& x = h();
   // Writes in flight first, then the pages oldest first (the newest end at the LRU front).
-  std::stable_sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
+  std::stable_sort(found.begin(), found.end(), [](const FoundSlot& a, const FoundSlot& b) {
     return a.kept != b.kept ? a.kept : a.node.seq < b.node.seq;
   });
   std::vector<std::vector<uint8_t>> used(classes());  // per class, per slot
   for (uint32_t cls = 0; cls < used.size(); ++cls) used[cls].assign(x.classes[cls].used_slots, 0);
-  for (const Found& f : found) {
+  for (const FoundSlot& f : found) {
     x.seq = std::max(x.seq, f.node.seq + 1);
     const uint32_t cls = class_index(f.slot_size);
     if (cls == kNil || f.node.slot >= used[cls].size() || used[cls][f.node.slot]) continue;

@@ -34,8 +34,8 @@
 
 namespace kvtier {
 
-constexpr uint32_t kNil = UINT32_MAX;  // no node
-constexpr uint32_t kMaxClasses = 64;   // size classes one namespace can hold
+constexpr uint32_t kNil = UINT32_MAX;         // no node
+constexpr uint32_t kMaxClasses = 64;          // size classes one namespace can hold
 constexpr uint64_t kGrowBytes = 64ull << 20;  // page files grow by fallocate in steps of this
 
 enum NodeState : uint8_t { kFree = 0, kReserved = 1, kLive = 2 };
@@ -88,7 +88,7 @@ struct IndexHeader {
 struct Member;  // of the roster
 
 // A page or a write in flight that a rebuild found in the records, to be placed in the index.
-struct Found {
+struct FoundSlot {
   Node node;           // its class is that of slot_size once placed
   uint64_t slot_size;  // of its class
   bool kept;           // a write in flight of a live process: reserved, not live
@@ -168,8 +168,8 @@ class SharedIndex {
   const Node& node(uint32_t n) { return mut(n); }
   uint32_t classes() const { return std::min(map_.header->nclasses, kMaxClasses); }
   uint64_t slot_size(uint32_t cls) { return klass(cls).slot_size; }
-  void touch(uint32_t n);  // a live node: the most recently used
-  uint64_t keys() const { return map_.header->keys; }          // live nodes
+  void touch(uint32_t n);                              // a live node: the most recently used
+  uint64_t keys() const { return map_.header->keys; }  // live nodes
   uint64_t reserved() const { return map_.header->reserved; }  // writes in flight
   uint64_t live_bytes() const { return map_.header->live_bytes; }
   uint64_t capacity() const { return map_.header->capacity; }
@@ -204,12 +204,12 @@ class SharedIndex {
 
   // The rebuild: writes_in_flight() (of live writers), reset(), add_class() per class found,
   // place().
-  std::vector<Found> writes_in_flight();
+  std::vector<FoundSlot> writes_in_flight();
   // A class of `slot_size` whose files hold `slots` slots; kNil when kMaxClasses are in use.
   uint32_t add_class(uint64_t slot_size, uint64_t slots);
   // Gives every write in flight and every page found a node (the first written of two copies of
   // a key is kept, the other's record zeroed), then the free slots; evicts past the capacity.
-  void place(std::vector<Found>& found);
+  void place(std::vector<FoundSlot>& found);
 
  private:
   // One mapping of one index (a process maps another one when the roster names another).
@@ -244,6 +244,7 @@ class SharedIndex {
 
   // The parts of the life-cycle; all REQUIRE a Guard.
   IndexHeader& h() { return *map_.header; }
+  // node(), to change.
   Node& mut(uint32_t n) { return n < map_.max_nodes ? map_.nodes[n] : scratch_node(); }
   ClassInfo& klass(uint32_t c) { return c < classes() ? map_.header->classes[c] : scratch_class(); }
   void insert(uint32_t n);  // maps node n's key to n; the key is not mapped yet
@@ -259,7 +260,7 @@ class SharedIndex {
   uint32_t class_of(uint64_t slot_size);
   // A free node of the class for a write of `pid`: 0 or a code.
   int take_slot(uint32_t cls, int32_t pid, uint32_t* node);
-  int grow(uint32_t cls);                       // room for more slots in the class's files
+  int grow(uint32_t cls);  // room for more slots in the class's files
   void evict_one();
   bool evict_from_class(uint32_t cls);
 

@@ -21,7 +21,7 @@
 
 namespace {
 
-using kvtier::Found;
+using kvtier::FoundSlot;
 using kvtier::KeyId;
 using kvtier::kNil;
 using kvtier::Node;
@@ -341,13 +341,13 @@ TEST_F(SharedIndexTest, PlaceRebuildsFromWhatWasFound) {
   w.state = kvtier::kReserved;
   w.owner = self_;
   w.owner_start = start_;
-  std::vector<Found> found = {
-      {page(a, 1, 9), kPage, false},       // a's later copy: its record goes
-      {page(a, 0, 5), kPage, false},       // a, first written: served
-      {w, kPage, true},                    // b: a write in flight
-      {page(c, 0, 3), 2 * kPage, false},   // c
-      {page(d, 10, 4), kPage, false},      // past the files: skipped
-      {page(e, 5, 1), kPage, false},       // e, the oldest page
+  std::vector<FoundSlot> found = {
+      {page(a, 1, 9), kPage, false},              // a's later copy: its record goes
+      {page(a, 0, 5), kPage, false},              // a, first written: served
+      {w, kPage, true},                           // b: a write in flight
+      {page(c, 0, 3), 2 * kPage, false},          // c
+      {page(d, 10, 4), kPage, false},             // past the files: skipped
+      {page(e, 5, 1), kPage, false},              // e, the oldest page
       {page(new_key(), 3, 2), 3 * kPage, false},  // a class the index does not have
   };
   ix_->place(found);
@@ -388,7 +388,7 @@ TEST_F(SharedIndexTest, PlaceEvictsPastTheCapacity) {
   ix_->reset(false);
   ix_->add_class(kPage, 6);
   std::vector<Key> keys;
-  std::vector<Found> found;
+  std::vector<FoundSlot> found;
   for (uint64_t slot = 0; slot < 6; ++slot) {
     keys.push_back(new_key());
     Node x{};
