@@ -1,6 +1,7 @@
 // One process's handle on a namespace's page files. What every process on the namespace shares
-// (which key is in which slot, the LRU, the free slots, the capacity) is the SharedIndex; what
-// stays per process is here: the file descriptors, the rings and the bounce buffers.
+// (which key is in which slot, the LRU, the free slots, the capacity) is the SharedIndex, which
+// alone moves a slot through its states; what stays per process is here, the I/O: the file
+// descriptors, the rings, the bounce buffers, the codec and the records.
 //
 // A put is plan (reserve a slot per new key under one lock) -> run (the ring writes the slots)
 // -> commit (fdatasync, the records, then the keys become live under one lock). A get looks its
@@ -17,23 +18,21 @@
 #include <vector>
 
 #include "codec.h"
+#include "faults.h"
 #include "group_sync.h"
 #include "shared_index.h"
 #include "tier.h"
-#include "faults.h"
 #include "uring.h"
 
 namespace kvtier {
-
-constexpr uint64_t kGrowBytes = 64ull << 20;  // page files grow by fallocate in steps of this
 
 int io_code(int neg_errno);  // KVTIER_ERR_NO_SPACE for a full disk or quota, else KVTIER_ERR_IO
 // A wait for another writer (of this or another process) to finish: short at first.
 void pause_for_others(unsigned round);
 
-class PageFiles {
+class PageFiles : private SlotFiles {
  public:
-  ~PageFiles();
+  ~PageFiles() override;
   // `path`: the namespace's folder in `root` (the file tier's folder).
   static Status open(const Config& config, const std::string& root, const std::string& path,
                      std::shared_ptr<PageFiles>* out);
@@ -79,7 +78,11 @@ class PageFiles {
   Status files_of(uint64_t slot_size, ClassFiles* out);
   ClassFiles files_of_class(uint32_t cls);  // REQUIRES Guard; fds of -1 if they cannot open
 
-  // get(), in its steps.
+  // SlotFiles: what the index asks of the files when a slot changes hands.
+  bool clear_record(uint64_t slot_size, uint64_t slot) override;
+  int extend(uint64_t slot_size, uint64_t file_slots, uint64_t bytes, uint64_t* added) override;
+
+  // get(), in its steps (get.cpp).
   void lookup(std::span<GetOp> ops, std::vector<Reading>* pending);
   void read_pages(std::span<GetOp> ops, std::vector<Reading>& pending,
                   std::vector<Reading>* unreadable);
@@ -97,22 +100,11 @@ class PageFiles {
   void release_orphans();  // REQUIRES Guard; the slots of commits that timed out
   int sync_fd(int fd);     // 0 or -errno
 
-  // The slot allocator (slots.cpp); all REQUIRE Guard.
-  int reserve(uint32_t cls, uint32_t* node);  // 0 or a code
-  int grow(uint32_t cls);                     // room for more slots in the class's files
-  // Frees a node's slot and zeroes its record, so no restart brings back what was there.
-  void release(uint32_t node);
-  void evict_one();
-  bool evict_from_class(uint32_t cls);
-  void reclaim_dead();  // frees the slots of writers that died mid-write
-
   // Rebuilding the index from the records (rebuild.cpp); REQUIRES Guard or a fresh index.
   // With keep_writes, slots reserved by live writers stay theirs.
   Status rebuild(bool keep_writes);
   Status list_classes(std::vector<uint64_t>* sizes);
-  struct Found;  // a page or a write in flight the rebuild found
-  Status scan_class(uint32_t cls, bool cut, std::vector<Found>* found, std::vector<uint8_t>* used);
-  void place(std::vector<Found>& found, std::vector<std::vector<uint8_t>>& used);
+  Status scan_class(uint64_t slot_size, bool cut, std::vector<FoundSlot>* found, uint64_t* slots);
 
   std::string dir_;
   int dir_fd_ = -1;  // the namespace folder: every file is opened relative to it

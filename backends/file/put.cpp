@@ -90,22 +90,13 @@ void PageFiles::plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vect
     return;
   }
   release_orphans();
-  IndexHeader& h = index_->h();
-  if (h.clearing && (h.clearing == pid_ || !process_stalled(h.clearing, h.clearing_start))) {
+  if (index_->writes_held(pid_)) {
     *waiting = std::move(todo);  // a clear() waits for the writes in flight to end
     return;
   }
-  h.clearing = 0;
   for (Writing& w : todo) {
     PutOp& op = ops[w.op];
-    uint32_t n = index_->find(op.id);
-    // A writer that died or stopped (a debugger, Ctrl-Z) is not waited for: its slot goes back,
-    // and its commit, if it resumes, finds the key no longer its own.
-    if (n != kNil && index_->node(n).state == kReserved && index_->node(n).owner != pid_ &&
-        process_stalled(index_->node(n).owner, index_->node(n).owner_start)) {
-      release(n);
-      n = kNil;
-    }
+    uint32_t n = index_->find_for_write(op.id, pid_);
     if (n != kNil && index_->node(n).state == kReserved) {
       waiting->push_back(w);
       continue;
@@ -113,23 +104,12 @@ void PageFiles::plan(std::span<PutOp> ops, std::vector<Writing>& todo, std::vect
     if (n != kNil) {
       index_->touch(n);
       op.result = KVTIER_OK;
-    } else if (const uint32_t cls = index_->class_of(w.slot_size); cls == kNil) {
-      op.result = KVTIER_ERR_NO_SPACE;
-    } else if ((op.result = reserve(cls, &n)) == KVTIER_OK) {
-      Node& x = index_->node(n);
-      x.key_hi = op.id.hi;
-      x.key_lo = op.id.lo;
-      x.state = kReserved;
-      x.owner = pid_;
-      x.owner_start = start_;
-      x.seq = w.seq = h.seq++;
-      index_->insert(n);
-      ++h.reserved;
-      w.slot = x.slot;
+    } else if ((op.result = index_->reserve(op.id, w.slot_size, pid_, start_, &n)) == KVTIER_OK) {
+      w.seq = index_->node(n).seq;
+      w.slot = index_->node(n).slot;
       mine->push_back(w);
       continue;
     }
-    if (op.result != KVTIER_OK) ++h.errors;
     bounce_.put(w.buf, w.buf_size);
   }
 }
@@ -138,7 +118,8 @@ void PageFiles::release_orphans() {
   std::lock_guard lock(orphans_mu_);
   for (const auto& [id, seq] : orphans_) {
     const uint32_t n = index_->find(id);
-    if (n != kNil && index_->node(n).seq == seq && index_->node(n).owner == pid_) release(n);
+    if (n != kNil && index_->node(n).seq == seq && index_->node(n).owner == pid_)
+      index_->release(n);
   }
   orphans_.clear();
 }
@@ -146,7 +127,8 @@ void PageFiles::release_orphans() {
 void PageFiles::run(std::span<PutOp> ops, std::vector<Writing>& mine) {
   rings_.with_ring([&](Ring& ring) {
     run_ios(
-        ring, mine.size(), [&](size_t i, Io& io) { return prepare_write(ops[mine[i].op], mine[i], io); },
+        ring, mine.size(),
+        [&](size_t i, Io& io) { return prepare_write(ops[mine[i].op], mine[i], io); },
         [&](size_t i, int res) {
           Writing& w = mine[i];
           if (w.result != KVTIER_ERR_NO_MEMORY) {
@@ -255,7 +237,6 @@ void PageFiles::commit(std::span<PutOp> ops, std::vector<Writing>& mine) {
     }
     return;
   }
-  IndexHeader& h = index_->h();
   for (Writing& w : mine) {
     if (faults_ && faults_->on_commit()) ::kill(pid_, SIGKILL);  // test-only: die holding it
     PutOp& op = ops[w.op];
@@ -263,23 +244,15 @@ void PageFiles::commit(std::span<PutOp> ops, std::vector<Writing>& mine) {
     if (n == kNil || index_->node(n).seq != w.seq) {
       // An index rebuilt meanwhile (a process died holding the lock) that lost this write.
       op.result = w.result == KVTIER_OK ? KVTIER_ERR_IO : w.result;
-      ++h.errors;
+      index_->note_error();
       continue;
     }
-    Node& x = index_->node(n);
     op.result = w.result;
     if (w.result != KVTIER_OK) {
-      ++h.errors;
-      release(n);
-    } else if (x.state == kReserved) {  // else a rebuild found its record: live already
-      x.length = op.size;
-      x.checksum = op.checksum;
-      x.stored = w.stored;
-      x.compressed = w.compressed;
-      x.state = kLive;
-      --h.reserved;
-      ++h.keys;
-      index_->lru_push_front(n);
+      index_->note_error();
+      index_->release(n);
+    } else {
+      index_->commit(n, op.size, op.checksum, w.stored, w.compressed);
     }
   }
 }

@@ -201,6 +201,17 @@ Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity, 
   return {};
 }
 
+Status SharedIndex::open_private(uint64_t capacity, uint64_t timeout_ms,
+                                 std::unique_ptr<SharedIndex>* out) {
+  std::unique_ptr<SharedIndex> ix(new SharedIndex());
+  ix->timeout_ns_ = static_cast<int64_t>(timeout_ms) * 1'000'000;
+  ix->dir_ = "(private index)";
+  ix->next_check_ = INT64_MAX;  // no roster to check
+  if (Status s = ix->create(capacity, &ix->map_); !s.is_ok()) return s;
+  *out = std::move(ix);
+  return {};
+}
+
 namespace {
 constexpr char kPidNsPrefix[] = "pidns-";
 }  // namespace
@@ -605,7 +616,7 @@ bool SharedIndex::allocate(uint64_t off, uint64_t len) {
 // walk is bounded by the number of nodes, so a loop written into them ends too.
 uint32_t SharedIndex::find(KeyId id) {
   uint64_t steps = 0;
-  for (uint32_t e = map_.table[home(id)]; e != 0; e = node(e - 1).hnext) {
+  for (uint32_t e = map_.table[home(id)]; e != 0; e = mut(e - 1).hnext) {
     if (e - 1 >= map_.max_nodes || ++steps > map_.max_nodes) {
       damaged_ = true;
       return kNil;
@@ -616,16 +627,16 @@ uint32_t SharedIndex::find(KeyId id) {
 }
 
 void SharedIndex::insert(uint32_t n) {
-  Node& x = node(n);
+  Node& x = mut(n);
   uint32_t& head = map_.table[home(x.key())];
   x.hnext = head;
   head = n + 1;
 }
 
 void SharedIndex::erase(uint32_t n) {
-  Node& x = node(n);
+  Node& x = mut(n);
   uint64_t steps = 0;
-  for (uint32_t* e = &map_.table[home(x.key())]; *e != 0; e = &node(*e - 1).hnext) {
+  for (uint32_t* e = &map_.table[home(x.key())]; *e != 0; e = &mut(*e - 1).hnext) {
     if (++steps > map_.max_nodes) {
       damaged_ = true;
       return;
@@ -640,19 +651,19 @@ void SharedIndex::erase(uint32_t n) {
 
 void SharedIndex::lru_push_front(uint32_t n) {
   IndexHeader& h = *map_.header;
-  Node& x = node(n);
+  Node& x = mut(n);
   x.prev = kNil;
   x.next = h.lru_head;
-  if (h.lru_head != kNil) node(h.lru_head).prev = n;
+  if (h.lru_head != kNil) mut(h.lru_head).prev = n;
   h.lru_head = n;
   if (h.lru_tail == kNil) h.lru_tail = n;
 }
 
 void SharedIndex::lru_unlink(uint32_t n) {
   IndexHeader& h = *map_.header;
-  Node& x = node(n);
-  (x.prev != kNil ? node(x.prev).next : h.lru_head) = x.next;
-  (x.next != kNil ? node(x.next).prev : h.lru_tail) = x.prev;
+  Node& x = mut(n);
+  (x.prev != kNil ? mut(x.prev).next : h.lru_head) = x.next;
+  (x.next != kNil ? mut(x.next).prev : h.lru_tail) = x.prev;
   x.prev = x.next = kNil;
 }
 
@@ -663,7 +674,7 @@ void SharedIndex::touch(uint32_t n) {
 }
 
 void SharedIndex::push_free(uint32_t n) {
-  Node& x = node(n);
+  Node& x = mut(n);
   ClassInfo& c = klass(x.cls);
   x.state = kFree;
   x.owner = 0;
@@ -677,12 +688,12 @@ uint32_t SharedIndex::pop_free(uint32_t cls) {
   ClassInfo& c = klass(cls);
   const uint32_t n = c.free_head;
   if (n == kNil) return kNil;
-  if (n >= map_.max_nodes || node(n).state != kFree) {  // a free list through used nodes
+  if (n >= map_.max_nodes || mut(n).state != kFree) {  // a free list through used nodes
     damaged_ = true;
     c.free_head = kNil;
     return kNil;
   }
-  c.free_head = node(n).next;
+  c.free_head = mut(n).next;
   return n;
 }
 
@@ -699,15 +710,19 @@ uint32_t SharedIndex::new_node() {
   return n;
 }
 
+uint32_t SharedIndex::class_index(uint64_t slot_size) {
+  for (uint32_t c = 0; c < classes(); ++c)
+    if (h().classes[c].slot_size == slot_size) return c;
+  return kNil;
+}
+
 uint32_t SharedIndex::class_of(uint64_t slot_size) {
-  IndexHeader& h = *map_.header;
-  const uint32_t classes = std::min(h.nclasses, kMaxClasses);
-  for (uint32_t c = 0; c < classes; ++c)
-    if (h.classes[c].slot_size == slot_size) return c;
-  if (classes == kMaxClasses) return kNil;
-  h.classes[classes] = {slot_size, 0, 0, kNil, 0};
-  h.nclasses = classes + 1;
-  return classes;
+  if (const uint32_t c = class_index(slot_size); c != kNil) return c;
+  const uint32_t c = classes();
+  if (c == kMaxClasses) return kNil;
+  h().classes[c] = {slot_size, 0, 0, kNil, 0};
+  h().nclasses = c + 1;
+  return c;
 }
 
 void SharedIndex::reset(bool table_trusted) {
@@ -725,6 +740,244 @@ void SharedIndex::reset(bool table_trusted) {
   h.clearing_start = 0;
   h.lru_head = h.lru_tail = kNil;
   h.nclasses = 0;
+}
+
+// ---- the slot life-cycle --------------------------------------------------------------------
+
+TierStats SharedIndex::stats() const {
+  const IndexHeader& x = *map_.header;
+  return {x.keys, x.live_bytes, x.capacity, x.evictions, x.errors};
+}
+
+int SharedIndex::reserve(KeyId id, uint64_t slot_size, int32_t pid, uint64_t start,
+                         uint32_t* node) {
+  const uint32_t cls = class_of(slot_size);
+  const int rc = cls == kNil ? KVTIER_ERR_NO_SPACE : take_slot(cls, pid, node);
+  if (rc != KVTIER_OK) {
+    ++h().errors;
+    return rc;
+  }
+  Node& x = mut(*node);
+  x.key_hi = id.hi;
+  x.key_lo = id.lo;
+  x.state = kReserved;
+  x.owner = pid;
+  x.owner_start = start;
+  x.seq = h().seq++;
+  insert(*node);
+  ++h().reserved;
+  return KVTIER_OK;
+}
+
+uint32_t SharedIndex::find_for_write(KeyId id, int32_t self) {
+  const uint32_t n = find(id);
+  if (n == kNil) return kNil;
+  const Node& x = mut(n);
+  if (x.state != kReserved || x.owner == self || !process_stalled(x.owner, x.owner_start)) return n;
+  release(n);
+  return kNil;
+}
+
+void SharedIndex::commit(uint32_t n, uint64_t length, uint64_t checksum, uint64_t stored,
+                         bool compressed) {
+  Node& x = mut(n);
+  if (x.state != kReserved) return;
+  x.length = length;
+  x.checksum = checksum;
+  x.stored = stored;
+  x.compressed = compressed;
+  x.state = kLive;
+  --h().reserved;
+  ++h().keys;
+  lru_push_front(n);
+}
+
+void SharedIndex::release(uint32_t n) {
+  Node& x = mut(n);
+  // Before the slot can be handed out again: a stale record left behind would bring back an
+  // evicted, removed or overwritten page after a restart.
+  if (!files_ || !files_->clear_record(klass(x.cls).slot_size, x.slot))
+    log().warn("file tier: cannot clear a record in {}: {}", dir_, std::strerror(errno));
+  if (x.state == kLive) {
+    lru_unlink(n);
+    --h().keys;
+  } else if (x.state == kReserved) {
+    --h().reserved;
+  }
+  if (x.state != kFree) {
+    erase(n);
+    h().live_bytes -= std::min(h().live_bytes, klass(x.cls).slot_size);
+  }
+  push_free(n);
+}
+
+void SharedIndex::evict_one() {
+  release(h().lru_tail);
+  ++h().evictions;
+}
+
+bool SharedIndex::evict_from_class(uint32_t cls) {
+  uint64_t steps = 0;  // bounded: the list is in shared memory
+  for (uint32_t n = h().lru_tail; n != kNil && ++steps <= map_.max_nodes; n = mut(n).prev) {
+    if (mut(n).cls != cls) continue;
+    release(n);
+    ++h().evictions;
+    return true;
+  }
+  return false;
+}
+
+void SharedIndex::reclaim_dead(int32_t self) {
+  for (uint64_t n = 0; n < h().nodes_used && h().reserved; ++n) {
+    const Node& x = mut(static_cast<uint32_t>(n));
+    if (x.state == kReserved && x.owner != self && process_stalled(x.owner, x.owner_start))
+      release(static_cast<uint32_t>(n));
+  }
+}
+
+int SharedIndex::grow(uint32_t cls) {
+  ClassInfo& c = klass(cls);
+  // Disk follows the bytes stored: a class's files grow by what they hold already (doubling
+  // from one slot, so a class with one page takes one slot), in steps of at most kGrowBytes and
+  // a slice of the budget, and all classes' files together stay within the capacity: past it,
+  // this class's least recently used page gives up its slot, or the files grow by one slot.
+  uint64_t files = 0;
+  for (uint32_t k = 0; k < h().nclasses; ++k) files += klass(k).file_slots * klass(k).slot_size;
+  if (files + c.slot_size > h().capacity && evict_from_class(cls)) return KVTIER_OK;
+  const uint64_t step = std::min({kGrowBytes, h().capacity / 16, c.file_slots * c.slot_size,
+                                  h().capacity > files ? h().capacity - files : 0});
+  uint64_t added = 0;
+  const int err = files_ ? files_->extend(c.slot_size, c.file_slots, step, &added) : EBADF;
+  if (err == 0) {
+    c.file_slots += added;
+    return KVTIER_OK;
+  }
+  if (err == EBADF) return KVTIER_ERR_IO;  // the class's files cannot be opened (said there)
+  // The disk is full: reuse the slot of this size class's least recently used page.
+  if (evict_from_class(cls)) return KVTIER_OK;
+  log().warn("file tier: cannot grow {}/pages-{}.dat: {}", dir_, c.slot_size, std::strerror(err));
+  return err == ENOSPC || err == EDQUOT || err == EFBIG ? KVTIER_ERR_NO_SPACE : KVTIER_ERR_IO;
+}
+
+int SharedIndex::take_slot(uint32_t cls, int32_t pid, uint32_t* node) {
+  ClassInfo& c = klass(cls);
+  if (c.slot_size > h().capacity) return KVTIER_ERR_NO_SPACE;
+  for (uint64_t k = 0;
+       h().live_bytes + c.slot_size > h().capacity && h().lru_tail != kNil && k < map_.max_nodes;
+       ++k)
+    evict_one();
+  if (h().live_bytes + c.slot_size > h().capacity) reclaim_dead(pid);
+  if (h().live_bytes + c.slot_size > h().capacity) return KVTIER_ERR_NO_SPACE;  // all in flight
+  uint32_t n = pop_free(cls);
+  if (n == kNil) {
+    if (c.used_slots == c.file_slots) {
+      if (const int rc = grow(cls)) return rc;
+      n = pop_free(cls);  // grow() may have freed one instead
+    }
+  }
+  if (n == kNil) {
+    n = new_node();
+    // Nodes are bound to slots; when all are handed out, a free one of another class moves
+    // here (its old slot stays unused until a clear or a fresh open). One exists: every node
+    // in use holds at least 4 KiB of the capacity, and there are more nodes than that allows.
+    // (A disk too full for the index's next nodes: the same, or this class's LRU page.)
+    for (uint32_t k = 0; n == kNil && k < h().nclasses; ++k) n = pop_free(k);
+    if (n != kNil) {
+      Node& x = mut(n);
+      x.cls = cls;
+      x.slot = c.used_slots++;
+    } else if (evict_from_class(cls)) {
+      n = pop_free(cls);
+    } else {
+      return KVTIER_ERR_NO_SPACE;
+    }
+  }
+  h().live_bytes += c.slot_size;
+  *node = n;
+  return KVTIER_OK;
+}
+
+bool SharedIndex::writes_held(int32_t self) {
+  IndexHeader& x = h();
+  if (x.clearing && (x.clearing == self || !process_stalled(x.clearing, x.clearing_start)))
+    return true;
+  x.clearing = 0;
+  return false;
+}
+
+bool SharedIndex::begin_clear(int32_t pid, uint64_t start) {
+  IndexHeader& x = h();
+  if (x.clearing && x.clearing != pid && !process_stalled(x.clearing, x.clearing_start))
+    return false;
+  x.clearing = pid;
+  x.clearing_start = start;
+  return true;
+}
+
+void SharedIndex::end_clear() {
+  h().clearing = 0;
+}
+
+std::vector<FoundSlot> SharedIndex::writes_in_flight() {
+  std::vector<FoundSlot> found;
+  for (uint64_t n = 0; n < std::min(h().nodes_used, map_.max_nodes); ++n) {
+    // The index may be damaged: only writes of a class with a slot size kept.
+    const Node& x = mut(static_cast<uint32_t>(n));
+    if (x.state != kReserved || x.cls >= classes()) continue;
+    const uint64_t size = h().classes[x.cls].slot_size;
+    if (size >= kPage && size % kPage == 0 && !process_gone(x.owner, x.owner_start))
+      found.push_back({x, size, true});
+  }
+  return found;
+}
+
+uint32_t SharedIndex::add_class(uint64_t slot_size, uint64_t slots) {
+  const uint32_t cls = class_of(slot_size);
+  if (cls != kNil) h().classes[cls].file_slots = h().classes[cls].used_slots = slots;
+  return cls;
+}
+
+void SharedIndex::place(std::vector<FoundSlot>& found) {
+  IndexHeader& x = h();
+  // Writes in flight first, then the pages oldest first (the newest end at the LRU front).
+  std::stable_sort(found.begin(), found.end(), [](const FoundSlot& a, const FoundSlot& b) {
+    return a.kept != b.kept ? a.kept : a.node.seq < b.node.seq;
+  });
+  std::vector<std::vector<uint8_t>> used(classes());  // per class, per slot
+  for (uint32_t cls = 0; cls < used.size(); ++cls) used[cls].assign(x.classes[cls].used_slots, 0);
+  for (const FoundSlot& f : found) {
+    x.seq = std::max(x.seq, f.node.seq + 1);
+    const uint32_t cls = class_index(f.slot_size);
+    if (cls == kNil || f.node.slot >= used[cls].size() || used[cls][f.node.slot]) continue;
+    const uint32_t n = find(f.node.key()) == kNil ? new_node() : kNil;
+    if (n == kNil) {
+      // A second copy of a key (the first one written is the one served), or more pages
+      // than the capacity holds: the record goes.
+      if (!f.kept && files_) files_->clear_record(f.slot_size, f.node.slot);
+      continue;
+    }
+    mut(n) = f.node;
+    mut(n).cls = cls;
+    used[cls][f.node.slot] = 1;
+    insert(n);
+    x.live_bytes += f.slot_size;
+    if (f.kept) {
+      ++x.reserved;
+    } else {
+      lru_push_front(n);
+      ++x.keys;
+    }
+  }
+  for (uint32_t cls = 0; cls < used.size(); ++cls)
+    for (uint64_t slot = 0; slot < used[cls].size(); ++slot) {
+      if (used[cls][slot]) continue;
+      const uint32_t n = new_node();
+      if (n == kNil) break;  // the rest stay unused until a clear
+      mut(n).cls = cls;
+      mut(n).slot = slot;
+      push_free(n);
+    }
+  while (x.live_bytes > x.capacity && x.lru_tail != kNil) evict_one();
 }
 
 }  // namespace kvtier

@@ -26,14 +26,17 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <vector>
 
 #include "keys.h"
 #include "status.h"
+#include "tier.h"
 
 namespace kvtier {
 
-constexpr uint32_t kNil = UINT32_MAX;  // no node
-constexpr uint32_t kMaxClasses = 64;   // size classes one namespace can hold
+constexpr uint32_t kNil = UINT32_MAX;         // no node
+constexpr uint32_t kMaxClasses = 64;          // size classes one namespace can hold
+constexpr uint64_t kGrowBytes = 64ull << 20;  // page files grow by fallocate in steps of this
 
 enum NodeState : uint8_t { kFree = 0, kReserved = 1, kLive = 2 };
 
@@ -84,6 +87,29 @@ struct IndexHeader {
 
 struct Member;  // of the roster
 
+// A page or a write in flight that a rebuild found in the records, to be placed in the index.
+struct FoundSlot {
+  Node node;           // its class is that of slot_size once placed
+  uint64_t slot_size;  // of its class
+  bool kept;           // a write in flight of a live process: reserved, not live
+};
+
+// What the index asks of the page files when a slot changes hands; the index itself does no
+// disk I/O. (The unit test gives it files in memory.)
+class SlotFiles {
+ public:
+  virtual ~SlotFiles() = default;
+  // Zeroes the record of `slot` of the class of `slot_size`, so no restart brings back what the
+  // slot held; false with errno set when it cannot.
+  virtual bool clear_record(uint64_t slot_size, uint64_t slot) = 0;
+  // Extends the files of the class of `slot_size` (now `file_slots` slots) by about `bytes`, at
+  // least one slot: 0 and *added slots, else the errno (EBADF: the files cannot be opened).
+  virtual int extend(uint64_t slot_size, uint64_t file_slots, uint64_t bytes, uint64_t* added) = 0;
+};
+
+// The shared index is the one place a slot changes state: free -> reserved (a write in flight,
+// owned by a process) -> live (a page, on the LRU) -> free (removed, evicted, its writer dead),
+// and the rebuild's placement. Callers read nodes; they never write one or a counter.
 class SharedIndex {
  public:
   // Joins the index of the namespace in the folder `dir_fd` (a live member's, as "INDEX" names
@@ -94,6 +120,9 @@ class SharedIndex {
   // KVTIER_ERR_UNSUPPORTED when processes of another pid namespace have the folder open.
   static Status open(int dir_fd, const std::string& dir, uint64_t capacity, uint64_t timeout_ms,
                      bool* fresh, std::unique_ptr<SharedIndex>* out);
+  // An index of this process alone, in memory (no folder, no roster): for the unit test.
+  static Status open_private(uint64_t capacity, uint64_t timeout_ms,
+                             std::unique_ptr<SharedIndex>* out);
   ~SharedIndex();
   SharedIndex(const SharedIndex&) = delete;
   SharedIndex& operator=(const SharedIndex&) = delete;
@@ -104,6 +133,8 @@ class SharedIndex {
   void set_recovery(std::function<void(bool keep_writes)> recover) {
     recover_ = std::move(recover);
   }
+  // The page files' records and sizes; set before the first Guard. Not owned.
+  void set_files(SlotFiles* files) { files_ = files; }
   // Ends the initial open (releases the folder's flock); after the caller filled a fresh index.
   void opened();
 
@@ -127,30 +158,58 @@ class SharedIndex {
 
   // All below: REQUIRES a Guard. A node or class number out of range (a damaged index) reads as
   // a scratch entry and marks the index damaged: the Guard rebuilds it before it unlocks.
-  IndexHeader& h() { return *map_.header; }
-  Node& node(uint32_t n) { return n < map_.max_nodes ? map_.nodes[n] : scratch_node(); }
-  ClassInfo& klass(uint32_t c) {
-    return c < std::min(map_.header->nclasses, kMaxClasses) ? map_.header->classes[c]
-                                                            : scratch_class();
-  }
-  uint64_t max_nodes() const { return map_.max_nodes; }
-  void mark_damaged() { damaged_ = true; }
+
+  // Lookups.
   uint32_t find(KeyId id);  // the node holding id (live or reserved), or kNil
-  void insert(uint32_t n);  // maps node n's key to n; the key is not mapped yet
-  void erase(uint32_t n);   // unmaps node n's key
-  void lru_push_front(uint32_t n);
-  void lru_unlink(uint32_t n);
-  void touch(uint32_t n);  // most recently used
-  void push_free(uint32_t n);
-  uint32_t pop_free(uint32_t cls);  // kNil when the class has no free node
-  // A node never used, or kNil when all are handed out or there is no memory for more.
-  uint32_t new_node();
-  // The class of `slot_size`, added when new; kNil when kMaxClasses are in use.
-  uint32_t class_of(uint64_t slot_size);
+  // find() for a write by process `self`: another's write in flight whose process died or
+  // stopped (a debugger, Ctrl-Z) is not waited for: its slot goes back (kNil), and its commit,
+  // if it resumes, finds the key no longer its own.
+  uint32_t find_for_write(KeyId id, int32_t self);
+  const Node& node(uint32_t n) { return mut(n); }
+  uint32_t classes() const { return std::min(map_.header->nclasses, kMaxClasses); }
+  uint64_t slot_size(uint32_t cls) { return klass(cls).slot_size; }
+  void touch(uint32_t n);                              // a live node: the most recently used
+  uint64_t keys() const { return map_.header->keys; }  // live nodes
+  uint64_t reserved() const { return map_.header->reserved; }  // writes in flight
+  uint64_t live_bytes() const { return map_.header->live_bytes; }
+  uint64_t capacity() const { return map_.header->capacity; }
+  TierStats stats() const;
+
+  // The slot life-cycle.
+  // A slot of `slot_size` bytes for a write of `id` (not in the index) by process `pid`, started
+  // at `start`: LRU pages are evicted, dead writers' slots reclaimed and the class's files grown
+  // as needed. KVTIER_OK and *node (reserved; its slot and seq set), else KVTIER_ERR_NO_SPACE
+  // (all in flight, or kMaxClasses sizes in use) or KVTIER_ERR_IO (the files cannot grow).
+  int reserve(KeyId id, uint64_t slot_size, int32_t pid, uint64_t start, uint32_t* node);
+  // A reserved node's page is written and recorded: live for every process. A node live
+  // already (a rebuild found its record) stays as it is.
+  void commit(uint32_t n, uint64_t length, uint64_t checksum, uint64_t stored, bool compressed);
+  // Node n (any state) goes free, its record zeroed first.
+  void release(uint32_t n);
+  // Frees the slots of writers other than `self` that died or stopped mid-write.
+  void reclaim_dead(int32_t self);
+  void note_error() { ++map_.header->errors; }
+
+  // clear(): it holds new writes back until the writes in flight end.
+  // Whether a live clear() holds writes back (the one of `self` too); a stalled one's mark goes.
+  bool writes_held(int32_t self);
+  // Marks a clear() by `pid`; false while another live process's clear is under way.
+  bool begin_clear(int32_t pid, uint64_t start);
+  void end_clear();  // a clear() that gave up: the writes held back go on
+
   // Empties the whole index: no nodes, keys or classes (the header's geometry stays). With
   // !table_trusted (a holder died mid-update, or damage) the whole table is zeroed, else only
   // the entries of nodes in use.
   void reset(bool table_trusted);
+
+  // The rebuild: writes_in_flight() (of live writers), reset(), add_class() per class found,
+  // place().
+  std::vector<FoundSlot> writes_in_flight();
+  // A class of `slot_size` whose files hold `slots` slots; kNil when kMaxClasses are in use.
+  uint32_t add_class(uint64_t slot_size, uint64_t slots);
+  // Gives every write in flight and every page found a node (the first written of two copies of
+  // a key is kept, the other's record zeroed), then the free slots; evicts past the capacity.
+  void place(std::vector<FoundSlot>& found);
 
  private:
   // One mapping of one index (a process maps another one when the roster names another).
@@ -183,6 +242,28 @@ class SharedIndex {
   Node& scratch_node();
   ClassInfo& scratch_class();
 
+  // The parts of the life-cycle; all REQUIRE a Guard.
+  IndexHeader& h() { return *map_.header; }
+  // node(), to change.
+  Node& mut(uint32_t n) { return n < map_.max_nodes ? map_.nodes[n] : scratch_node(); }
+  ClassInfo& klass(uint32_t c) { return c < classes() ? map_.header->classes[c] : scratch_class(); }
+  void insert(uint32_t n);  // maps node n's key to n; the key is not mapped yet
+  void erase(uint32_t n);   // unmaps node n's key
+  void lru_push_front(uint32_t n);
+  void lru_unlink(uint32_t n);
+  void push_free(uint32_t n);
+  uint32_t pop_free(uint32_t cls);  // kNil when the class has no free node
+  // A node never used, or kNil when all are handed out or there is no memory for more.
+  uint32_t new_node();
+  uint32_t class_index(uint64_t slot_size);  // kNil when no class has that size
+  // The class of `slot_size`, added when new; kNil when kMaxClasses are in use.
+  uint32_t class_of(uint64_t slot_size);
+  // A free node of the class for a write of `pid`: 0 or a code.
+  int take_slot(uint32_t cls, int32_t pid, uint32_t* node);
+  int grow(uint32_t cls);  // room for more slots in the class's files
+  void evict_one();
+  bool evict_from_class(uint32_t cls);
+
   int dir_fd_ = -1;   // the namespace folder (O_PATH, the caller's)
   int lock_fd_ = -1;  // the same folder, readable: opens flock it
   int ns_fd_ = -1;  // pidns-<inode>: a shared flock on it claims the folder for this pid namespace
@@ -200,6 +281,7 @@ class SharedIndex {
   int64_t timeout_ns_ = 0;
   std::atomic<bool> stalled_{false};  // the last wait timed out: the next ones wait briefly
   std::function<void(bool)> recover_;
+  SlotFiles* files_ = nullptr;
 };
 
 // The start time of process `pid` (clock ticks after boot), 0 if it is gone or a zombie.
