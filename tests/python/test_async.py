@@ -4,15 +4,11 @@ stuck on a stopped kvtier-server (SIGSTOP, a real process) is cancelled and, onc
 done, never writes its buffer again."""
 
 import ctypes
-import os
 import select
 import signal
-import socket
-import subprocess
 import time
 
 import numpy as np
-import pytest
 
 import kvtier
 from kvtier import codes
@@ -80,31 +76,8 @@ def test_slots_round_trip_is_byte_exact():
             assert sa == sb and ctypes.string_at(pa, sa) == ctypes.string_at(pb, sb)
 
 
-@pytest.fixture
-def server():
-    """A kvtier-server on a free loopback port (stopped and resumed by the test)."""
-    binary = os.environ.get("KVTIER_TEST_SERVER_BIN")
-    if not binary:
-        pytest.skip("KVTIER_TEST_SERVER_BIN is not set (ctest sets it)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--capacity", "64MiB",
-                             "--rdma", "off", "--log-level", "warn"])
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.02)
-    yield proc, f"127.0.0.1:{port}"
-    proc.send_signal(signal.SIGCONT)
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def test_cancel_of_a_request_stuck_on_a_stopped_server(server):
-    proc, address = server
+def test_cancel_of_a_request_stuck_on_a_stopped_server(kvtier_server):
+    proc, address = kvtier_server
     timeout_ms = 1200
     n = 4
     with kvtier.Store({"tiers": "remote", "remote_transport": "tcp", "remote_servers": address,

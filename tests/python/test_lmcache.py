@@ -17,8 +17,6 @@ import asyncio
 import importlib
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 import types
@@ -111,26 +109,13 @@ def test_a_non_kvtier_url_is_left_to_other_adapters(plugin):
         "remote_replicas": "2"}
 
 
-def test_the_event_loop_runs_while_a_server_is_stopped(plugin):
-    binary = os.environ.get("KVTIER_TEST_SERVER_BIN")
-    if not binary:
-        pytest.skip("KVTIER_TEST_SERVER_BIN is not set (ctest sets it)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--capacity", "64MiB",
-                             "--rdma", "off", "--log-level", "error"])
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.02)
+def test_the_event_loop_runs_while_a_server_is_stopped(plugin, kvtier_server):
+    proc, address = kvtier_server
 
     async def run():
         backend = LocalCPUBackend()
         conn = create_connector(
-            f"kvtier://127.0.0.1:{port}?tiers=remote&remote_transport=tcp&remote_timeout_ms=1000",
+            f"kvtier://{address}?tiers=remote&remote_transport=tcp&remote_timeout_ms=1000",
             asyncio.get_running_loop(), backend, config(), None)
         keys, objs = keys_of(2), [chunk(backend) for _ in range(2)]
         await conn.batched_put(keys, objs)
@@ -155,9 +140,4 @@ def test_the_event_loop_runs_while_a_server_is_stopped(plugin):
         proc.send_signal(signal.SIGCONT)
         await conn.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-        proc.wait(timeout=10)
+    asyncio.run(run())

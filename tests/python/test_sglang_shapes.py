@@ -3,10 +3,7 @@ restarts), pools described only by their own meta, the v2 interface of hybrid mo
 pages, attach/detach, the engine's settings, torch 1.13."""
 
 import os
-import socket
-import subprocess
 import threading
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -43,25 +40,9 @@ def adapter(cfg, pool):
 
 
 @pytest.fixture
-def server():
-    """A kvtier-server on a free loopback port, stopped after the test."""
-    binary = os.environ.get("KVTIER_TEST_SERVER_BIN")
-    if not binary:
-        pytest.skip("KVTIER_TEST_SERVER_BIN is not set (ctest sets it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--capacity", "64MiB",
-                             "--rdma", "off", "--log-level", "warn"])
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.02)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+def server(kvtier_server):
+    """The address of a kvtier-server started for the test."""
+    return kvtier_server[1]
 
 
 # ---- page identity ------------------------------------------------------------------------------

@@ -16,8 +16,6 @@ one thread, never waiting.
 import importlib
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 import types
@@ -180,30 +178,8 @@ def test_identities_keep_blocks_apart(kvtier_vllm, tmp_path):
     reader.shutdown()
 
 
-@pytest.fixture
-def stopped_server():
-    binary = os.environ.get("KVTIER_TEST_SERVER_BIN")
-    if not binary:
-        pytest.skip("KVTIER_TEST_SERVER_BIN is not set (ctest sets it)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--capacity", "64MiB",
-                             "--rdma", "off", "--log-level", "error"])
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.02)
-    yield proc, f"127.0.0.1:{port}"
-    proc.send_signal(signal.SIGCONT)
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def test_scheduler_calls_return_at_once_while_io_is_stuck(kvtier_vllm, stopped_server):
-    proc, address = stopped_server
+def test_scheduler_calls_return_at_once_while_io_is_stuck(kvtier_vllm, kvtier_server):
+    proc, address = kvtier_server
     buf, view = primary()
     tier = tier_of(kvtier_vllm, view, tiers="remote", remote_transport="tcp",
                    remote_servers=address, remote_timeout_ms=1500)
