@@ -210,7 +210,7 @@ def test_torch_host_pool():
 
     class TorchPool:
         layout, page_size, layer_num, head_num, head_dim, size = "layer_first", P, L, H, D, S
-        kv_buffer = torch.randint(0, 1000, (2, L, S, H, D), dtype=torch.bfloat16)
+        kv_buffer = torch.randint(0, 256, (2, L, S, H, D), dtype=torch.bfloat16)
         dtype = torch.bfloat16
 
     b = KvtierStorage(storage_config(), {})
