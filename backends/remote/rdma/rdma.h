@@ -40,7 +40,7 @@ constexpr uint32_t kMaxSge = 16;        // SGEs per request, whatever more the N
 // True when this build has RDMA and the host has an RDMA device.
 bool available();
 
-// ---- Pure logic, no verbs (unit-tested without a device: tests/rdma_logic_test.cpp) ----
+// ---- Pure logic, no verbs (unit-tested without a device: tests/remote/rdma_logic_test.cpp) ----
 
 // What a device and port allow, as ibv_query_device / ibv_query_port report it.
 struct DeviceCaps {
