@@ -105,11 +105,13 @@ class RemoteTier final : public Tier {
         for (size_t i : all)
           if (!present[i]) idx.push_back(i);
         if (idx.empty()) continue;
-        pool_.exchange(*srv, wire::kExists, id_list(ids, idx), [&](int, wire::Reader& rd) {
-          if (rd.count(1) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
-          for (size_t i : idx) present[i] = rd.u8() ? 1 : 0;
-          return Status{};
-        });
+        pool_.exchange(*srv, wire::kExists, id_list(idx, [&](size_t i) { return ids[i]; }),
+                       [&](int, wire::Reader& rd) {
+                         if (rd.count(1) != idx.size())
+                           return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
+                         for (size_t i : idx) present[i] = rd.u8() ? 1 : 0;
+                         return Status{};
+                       });
       }
     }
   }
@@ -120,12 +122,14 @@ class RemoteTier final : public Tier {
     // Wherever a read would find it.
     for (unsigned r = 0; r < placement_.read_choices(*servers); ++r) {
       for (auto& [srv, idx] : by_server(*servers, ids, r)) {
-        pool_.exchange(*srv, wire::kRemove, id_list(ids, idx), [&](int, wire::Reader& rd) {
-          if (rd.count(4) != idx.size()) return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
-          for (size_t i : idx)
-            if (rd.i32() == KVTIER_OK) results[i] = KVTIER_OK;
-          return Status{};
-        });
+        pool_.exchange(*srv, wire::kRemove, id_list(idx, [&](size_t i) { return ids[i]; }),
+                       [&](int, wire::Reader& rd) {
+                         if (rd.count(4) != idx.size())
+                           return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
+                         for (size_t i : idx)
+                           if (rd.i32() == KVTIER_OK) results[i] = KVTIER_OK;
+                         return Status{};
+                       });
       }
     }
   }
@@ -211,19 +215,15 @@ class RemoteTier final : public Tier {
     uint64_t bytes = 0;
     for (size_t i : idx) bytes += ops[i].size;
     if (bytes < kWorthRoundTrip) return;
-    std::vector<KeyId> ids;
-    ids.reserve(idx.size());
-    for (size_t i : idx) ids.push_back(ops[i].id);
-    std::vector<size_t> all(idx.size());
-    for (size_t k = 0; k < all.size(); ++k) all[k] = k;
     std::vector<uint8_t> held(idx.size(), 0);
-    const Status s_ok = pool_.exchange(s, wire::kExists, id_list(ids, all),
-                                       [&](int, wire::Reader& rd) {
-                                         if (rd.count(1) != all.size())
-                                           return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
-                                         for (uint8_t& h : held) h = rd.u8() ? 1 : 0;
-                                         return Status{};
-                                       });
+    const Status s_ok =
+        pool_.exchange(s, wire::kExists, id_list(idx, [&](size_t i) { return ops[i].id; }),
+                       [&](int, wire::Reader& rd) {
+                         if (rd.count(1) != held.size())
+                           return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
+                         for (uint8_t& h : held) h = rd.u8() ? 1 : 0;
+                         return Status{};
+                       });
     if (!s_ok.is_ok()) return;
     size_t kept = 0;
     for (size_t k = 0; k < idx.size(); ++k) {
@@ -259,13 +259,14 @@ class RemoteTier final : public Tier {
     }
   }
 
-  // An EXISTS or REMOVE request: the ids of idx.
-  static std::vector<uint8_t> id_list(std::span<const KeyId> ids, const std::vector<size_t>& idx) {
+  // An EXISTS or REMOVE request: id_of(i) for each i of idx.
+  template <class IdOf>
+  static std::vector<uint8_t> id_list(const std::vector<size_t>& idx, IdOf id_of) {
     wire::Writer w;
     // One allocation up front (which also spares GCC 12 a false -Wnonnull in Release).
     w.data().reserve(4 + 16 * idx.size());
     w.u32(static_cast<uint32_t>(idx.size()));
-    for (size_t i : idx) w.id(ids[i]);
+    for (size_t i : idx) w.id(id_of(i));
     return std::move(w.data());
   }
 
