@@ -238,7 +238,9 @@ class Ctl {
     return {static_cast<int32_t>(get(r, 4, 4)), get(r, 16, 8), get(r, 32, 8)};
   }
   int remove(uint8_t tag) { return static_cast<int32_t>(get(one_key(5, tag), 4, 4)); }
-  uint64_t stat(int field) {  // 0 keys, 1 bytes, 2 capacity, 3 evictions, 4 errors, 5 expired
+  // STATS field `field` (protocol.h): 0 pages, 1 bytes, 2 capacity, 3 evictions, 4 errors,
+  // 5 leases expired, 6 hits, 7 misses, 8 leases held, 9 connections.
+  uint64_t stat(int field) {
     auto [type, r] = call(7, {});
     EXPECT_EQ(type, 7 | 0x80);
     return get(r, 8 * field, 8);
