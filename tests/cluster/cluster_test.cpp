@@ -21,6 +21,7 @@
 #include "common/loopback.h"
 #include "common/raw_client.h"
 #include "common/server_process.h"
+#include "common/store.h"
 #include "common/test_util.h"
 
 namespace {
@@ -33,11 +34,7 @@ using std::chrono::milliseconds;
 constexpr size_t kPage = 4 << 10;
 constexpr size_t kBatch = 16;
 
-kvtier_store_t* open_store(const std::string& config) {
-  kvtier_store_t* s = nullptr;
-  EXPECT_EQ(kvtier_open(config.c_str(), &s), KVTIER_OK) << kvtier_last_error();
-  return s;
-}
+using kvtier_test::open_store;
 
 struct Page {
   std::string key;

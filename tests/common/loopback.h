@@ -21,9 +21,20 @@ inline sockaddr_in loopback(uint16_t port) {
   return a;
 }
 
+// A TCP socket whose send and receive buffers are `buffers` bytes (0: the system's), as a slow
+// link's are in effect.
+inline int tcp_socket(int flags = 0, int buffers = 0) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | flags, 0);
+  if (fd >= 0 && buffers > 0) {
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffers, sizeof buffers);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffers, sizeof buffers);
+  }
+  return fd;
+}
+
 // A socket connected to 127.0.0.1:port (the connect is checked).
-inline int loopback_connect(uint16_t port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+inline int loopback_connect(uint16_t port, int buffers = 0) {
+  const int fd = tcp_socket(0, buffers);
   const sockaddr_in to = loopback(port);
   EXPECT_EQ(connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof to), 0);
   return fd;
@@ -31,15 +42,16 @@ inline int loopback_connect(uint16_t port) {
 
 // A connection to 127.0.0.1:port, not waited for (the server may leave it in its listen queue).
 inline int connect_nowait(uint16_t port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const int fd = tcp_socket(SOCK_NONBLOCK);
   const sockaddr_in to = loopback(port);
   connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof to);
   return fd;
 }
 
-// A socket listening on a free loopback port, its port in *port; -1 if it cannot listen.
-inline int listen_loopback(uint16_t* port, int backlog = 16) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+// A socket listening on a free loopback port, its port in *port; -1 if it cannot listen. The
+// connections it accepts have buffers of `buffers` bytes (0: the system's).
+inline int listen_loopback(uint16_t* port, int backlog = 16, int buffers = 0) {
+  const int fd = tcp_socket(0, buffers);
   sockaddr_in a = loopback(0);
   socklen_t len = sizeof a;
   if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||

@@ -2,9 +2,7 @@
 // would: frames out of order, half sent, never read, ids chosen to collide.
 #pragma once
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <sys/socket.h>
@@ -19,18 +17,14 @@
 #include <utility>
 #include <vector>
 
+#include "common/loopback.h"
 #include "common/wire_version.h"
 
 namespace kvtier_test {
 
 // A connected socket; replies wait at most `timeout_s` seconds.
 inline int raw_connect(uint16_t port, int timeout_s = 2) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  const int fd = loopback_connect(port);
   timeval tv{timeout_s, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   return fd;

@@ -315,14 +315,10 @@ TEST(P2pCheck, NoTokenBeyondLoopbackIsRefusedUnlessAllowed) {
 class SlowRelay {
  public:
   explicit SlowRelay(uint16_t to_port) : to_port_(to_port) {
-    ls_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a = loopback(0);
-    socklen_t len = sizeof a;
-    small_buffers(ls_);  // before listen: the accepted sockets take them
-    EXPECT_EQ(bind(ls_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    EXPECT_EQ(listen(ls_, 4), 0);
-    EXPECT_EQ(getsockname(ls_, reinterpret_cast<sockaddr*>(&a), &len), 0);
-    address_ = loopback_address(ntohs(a.sin_port));
+    uint16_t port = 0;
+    ls_ = listen_loopback(&port, 4, kBuffers);
+    EXPECT_GE(ls_, 0);
+    address_ = loopback_address(port);
     thread_ = std::thread([this] { run(); });
   }
   ~SlowRelay() {
@@ -337,10 +333,7 @@ class SlowRelay {
   void run() {
     const int a = accept(ls_, nullptr, nullptr);
     if (a < 0) return;
-    const int b = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    small_buffers(b);
-    const sockaddr_in to = loopback(to_port_);
-    EXPECT_EQ(connect(b, reinterpret_cast<const sockaddr*>(&to), sizeof to), 0);
+    const int b = loopback_connect(to_port_, kBuffers);
     char buf[16384];
     while (!stop_) {
       pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
@@ -357,11 +350,7 @@ class SlowRelay {
     close(a);
     close(b);
   }
-  static void small_buffers(int fd) {
-    const int size = 32 << 10;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
-  }
+  static constexpr int kBuffers = 32 << 10;
   uint16_t to_port_;
   int ls_ = -1;
   std::string address_;

@@ -23,6 +23,7 @@
 #include "common/raw_client.h"
 #include "common/sampling.h"
 #include "common/server_process.h"
+#include "common/store.h"
 #include "common/test_util.h"
 #include "remote/fake_server.h"
 
@@ -41,11 +42,7 @@ using std::chrono::milliseconds;
 
 constexpr int kError = 100 | 0x80;
 
-kvtier_store_t* open_store(const std::string& config) {
-  kvtier_store_t* s = nullptr;
-  EXPECT_EQ(kvtier_open(config.c_str(), &s), KVTIER_OK) << kvtier_last_error();
-  return s;
-}
+using kvtier_test::open_store;
 
 // Pages of random bytes under their own keys, written and read back byte for byte.
 struct Pages {
