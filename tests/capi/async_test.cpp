@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/server_process.h"
+#include "common/store.h"
 #include "common/test_util.h"
 
 namespace {
@@ -30,11 +31,7 @@ using kvtier_test::ServerProcess;
 
 constexpr size_t kPage = 16 * 1024;
 
-kvtier_store_t* open_store(const std::string& config) {
-  kvtier_store_t* s = nullptr;
-  EXPECT_EQ(kvtier_open(config.c_str(), &s), KVTIER_OK) << kvtier_last_error();
-  return s;
-}
+using kvtier_test::open_store;
 
 // Page-aligned memory of its own mapping, so a test can take it away with mprotect.
 struct Mapping {

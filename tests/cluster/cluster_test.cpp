@@ -18,8 +18,10 @@
 #include <thread>
 
 #include "cluster/etcd_process.h"
+#include "common/loopback.h"
 #include "common/raw_client.h"
 #include "common/server_process.h"
+#include "common/store.h"
 #include "common/test_util.h"
 
 namespace {
@@ -32,11 +34,7 @@ using std::chrono::milliseconds;
 constexpr size_t kPage = 4 << 10;
 constexpr size_t kBatch = 16;
 
-kvtier_store_t* open_store(const std::string& config) {
-  kvtier_store_t* s = nullptr;
-  EXPECT_EQ(kvtier_open(config.c_str(), &s), KVTIER_OK) << kvtier_last_error();
-  return s;
-}
+using kvtier_test::open_store;
 
 struct Page {
   std::string key;
@@ -181,6 +179,29 @@ class Workload {
   std::thread writer_, reader_;
 };
 
+// 64 fresh random pages under `tag`.
+std::vector<Page> fresh_pages(const std::string& tag, size_t n = 64) {
+  std::vector<Page> pages;
+  for (size_t i = 0; i < n; ++i)
+    pages.push_back({kvtier_test::make_key(tag, i), kvtier_test::random_bytes(kPage), 0});
+  return pages;
+}
+
+// Writes the pages; the per-key results.
+std::vector<int> write_pages(kvtier_store_t* s, const std::vector<Page>& pages) {
+  std::vector<const char*> keys;
+  std::vector<const void*> ptrs;
+  for (auto& p : pages) {
+    keys.push_back(p.key.c_str());
+    ptrs.push_back(p.bytes.data());
+  }
+  std::vector<size_t> sizes(pages.size(), kPage);
+  std::vector<int> res(pages.size(), 1);
+  EXPECT_EQ(kvtier_batch_set(s, keys.data(), keys.size(), ptrs.data(), sizes.data(), res.data()),
+            KVTIER_OK);
+  return res;
+}
+
 class Cluster : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -189,7 +210,6 @@ class Cluster : public ::testing::Test {
                       "cmake/install-deps.sh installs it)";
     const std::string dir = kvtier_test::test_dir() + "/" +
                             ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    mkdir(dir.c_str(), 0700);
     etcd_ = std::make_unique<EtcdProcess>(dir);
     ASSERT_TRUE(etcd_->start()) << "etcd did not start; see " << dir << "/etcd.log";
     cluster_ = "c" + std::to_string(getpid());
@@ -197,23 +217,15 @@ class Cluster : public ::testing::Test {
 
   // A server that registers in this test's cluster with a lease of 2 s.
   std::unique_ptr<ServerProcess> join() {
-    return std::make_unique<ServerProcess>(
-        "256MiB", "", 0,
-        std::vector<std::string>{"--etcd", etcd_->endpoint(), "--cluster", cluster_, "--etcd-ttl",
-                                 "2"});
+    return std::make_unique<ServerProcess>("256MiB", "", 0, etcd_->registration(cluster_));
   }
   std::string prefix() const { return "/kvtier/" + cluster_ + "/servers/"; }
 
   // Waits (up to 20 s) until etcd lists exactly these servers.
   bool members_are(std::vector<const ServerProcess*> servers) {
-    std::set<std::string> want;
-    for (auto* s : servers) want.insert(prefix() + s->address());
-    for (int i = 0; i < 200; ++i) {
-      auto keys = etcd_->keys(prefix());
-      if (std::set<std::string>(keys.begin(), keys.end()) == want) return true;
-      std::this_thread::sleep_for(milliseconds(100));
-    }
-    return false;
+    std::vector<std::string> want;
+    for (auto* s : servers) want.push_back(prefix() + s->address());
+    return etcd_->lists(prefix(), want);
   }
 
   std::string client_config() const {
@@ -299,19 +311,8 @@ TEST_F(Cluster, LeaseExpiryDropsAKilledServer) {
   b->kill_now(SIGKILL);
   ASSERT_TRUE(members_are({a.get()})) << "b's lease did not expire";
   std::this_thread::sleep_for(milliseconds(600));  // the client's watch reports b's expiry
-  std::vector<Page> pages;
-  for (size_t i = 0; i < 64; ++i)
-    pages.push_back({kvtier_test::make_key("k", i), kvtier_test::random_bytes(kPage), 0});
-  std::vector<const char*> keys;
-  std::vector<const void*> ptrs;
-  for (auto& p : pages) {
-    keys.push_back(p.key.c_str());
-    ptrs.push_back(p.bytes.data());
-  }
-  std::vector<size_t> sizes(pages.size(), kPage);
-  std::vector<int> res(pages.size());
-  ASSERT_EQ(kvtier_batch_set(s, keys.data(), keys.size(), ptrs.data(), sizes.data(), res.data()),
-            KVTIER_OK);
+  const auto pages = fresh_pages("k");
+  const auto res = write_pages(s, pages);
   for (size_t i = 0; i < res.size(); ++i) EXPECT_EQ(res[i], KVTIER_OK) << "key " << i;
   EXPECT_TRUE(Workload::read_and_check(s, pages).empty());
   for (int code : present_on(a->address(), pages)) EXPECT_EQ(code, KVTIER_OK);
@@ -395,15 +396,8 @@ std::vector<uint8_t> forged_page(size_t n) {
 class Rogue {
  public:
   Rogue() {
-    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    EXPECT_EQ(bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    EXPECT_EQ(listen(listen_fd_, 64), 0);
-    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    listen_fd_ = kvtier_test::listen_loopback(&port_, 64);
+    EXPECT_GE(listen_fd_, 0);
     acceptor_ = std::thread([this] { accept_loop(); });
   }
   ~Rogue() {
@@ -413,7 +407,7 @@ class Rogue {
     for (auto& t : conns_) t.join();
     close(listen_fd_);
   }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string address() const { return kvtier_test::loopback_address(port_); }
   size_t requests() const { return requests_.load(); }  // frames other than HELLO
   size_t pages_in() const { return pages_in_.load(); }
   size_t pages_out() const { return pages_out_.load(); }
@@ -527,43 +521,16 @@ class Rogue {
   std::string bytes_;
 };
 
-// 64 fresh random pages under `tag`.
-std::vector<Page> fresh_pages(const std::string& tag, size_t n = 64) {
-  std::vector<Page> pages;
-  for (size_t i = 0; i < n; ++i)
-    pages.push_back({kvtier_test::make_key(tag, i), kvtier_test::random_bytes(kPage), 0});
-  return pages;
-}
-
-// Writes the pages; the per-key results.
-std::vector<int> write_pages(kvtier_store_t* s, const std::vector<Page>& pages) {
-  std::vector<const char*> keys;
-  std::vector<const void*> ptrs;
-  for (auto& p : pages) {
-    keys.push_back(p.key.c_str());
-    ptrs.push_back(p.bytes.data());
-  }
-  std::vector<size_t> sizes(pages.size(), kPage);
-  std::vector<int> res(pages.size(), 1);
-  EXPECT_EQ(kvtier_batch_set(s, keys.data(), keys.size(), ptrs.data(), sizes.data(), res.data()),
-            KVTIER_OK);
-  return res;
-}
-
 // Finding 26.3(a): one unauthenticated write to etcd made a member that got the token, pages and
 // read requests, and whose forged pages were taken as hits. Now it must prove it holds the token
 // first: it gets a nonce, and nothing else.
 TEST_F(Cluster, AMemberRecordIsAClaimUntilTheServerProvesIt) {
   const std::string token = "clustersecret-" + std::to_string(getpid());
-  auto real = std::make_unique<ServerProcess>(
-      "256MiB", token, 0,
-      std::vector<std::string>{"--etcd", etcd_->endpoint(), "--cluster", cluster_, "--etcd-ttl",
-                               "2"});
+  auto real = std::make_unique<ServerProcess>("256MiB", token, 0, etcd_->registration(cluster_));
   Rogue rogue;
   etcd_->ctl("put " + prefix() + rogue.address() + " x");  // what anyone who can write to etcd does
-  for (int i = 0; i < 100 && etcd_->keys(prefix()).size() != 2; ++i)
-    std::this_thread::sleep_for(milliseconds(100));
-  ASSERT_EQ(etcd_->keys(prefix()).size(), 2u) << "the real server did not register";
+  ASSERT_TRUE(etcd_->lists(prefix(), {prefix() + real->address(), prefix() + rogue.address()}))
+      << "the real server did not register";
   StderrCapture log(kvtier_test::test_dir() + "/rogue-client.log");
   kvtier_store_t* s = open_store(client_config() + ";remote_token=" + token + ";log_level=warn");
   ASSERT_NE(s, nullptr);
@@ -608,11 +575,9 @@ TEST_F(Cluster, ALiveServerWhoseKeyVanishedRegistersAgain) {
 TEST_F(Cluster, OneServerUnderSeveralNamesIsOneMember) {
   const uint16_t port = kvtier_test::free_port();
   const std::string p = std::to_string(port);
-  auto a = std::make_unique<ServerProcess>(
-      "256MiB", "", port,
-      std::vector<std::string>{"--listen", "0.0.0.0:" + p, "--advertise", "127.0.0.1:" + p,
-                               "--etcd", etcd_->endpoint(), "--cluster", cluster_, "--etcd-ttl",
-                               "2"});
+  std::vector<std::string> flags{"--listen", "0.0.0.0:" + p, "--advertise", "127.0.0.1:" + p};
+  for (const auto& f : etcd_->registration(cluster_)) flags.push_back(f);
+  auto a = std::make_unique<ServerProcess>("256MiB", "", port, flags);
   auto b = join();
   ASSERT_TRUE(members_are({a.get(), b.get()}));
   for (const char* alias : {"127.0.0.2:", "127.0.0.3:"}) etcd_->ctl("put " + prefix() + alias + p + " x");
@@ -627,23 +592,12 @@ TEST_F(Cluster, OneServerUnderSeveralNamesIsOneMember) {
   kvtier_close(s);
 }
 
-// Puts `value_bytes` of value under `key` (etcdctl reads a value from its standard input).
-void put_big(const EtcdProcess& etcd, const std::string& key, size_t value_bytes) {
-  const std::string cmd = "ETCDCTL_API=3 /usr/bin/etcdctl --endpoints=" + etcd.endpoint() +
-                          " put " + key + " >/dev/null 2>&1";
-  FILE* p = popen(cmd.c_str(), "w");
-  ASSERT_NE(p, nullptr);
-  const std::string v(value_bytes, 'v');
-  fwrite(v.data(), 1, v.size(), p);
-  pclose(p);
-}
-
 // Finding 26.8: 60 values of 1 MiB under the member prefix left a new client with no servers
 // (its listing timed out). Members are listed by key, within limits; bad records are skipped.
 TEST_F(Cluster, BigRecordsUnderThePrefixCostNothing) {
   auto a = join();
   ASSERT_TRUE(members_are({a.get()}));
-  for (int i = 0; i < 60; ++i) put_big(*etcd_, prefix() + "big-" + std::to_string(i), 1 << 20);
+  for (int i = 0; i < 60; ++i) etcd_->put(prefix() + "big-" + std::to_string(i), 1 << 20);
   etcd_->ctl("put " + prefix() + std::string(100000, 'k') + " x");  // a long key
   kvtier_store_t* s = open_store(client_config());
   ASSERT_NE(s, nullptr);
@@ -651,7 +605,7 @@ TEST_F(Cluster, BigRecordsUnderThePrefixCostNothing) {
   for (int r : write_pages(s, pages)) EXPECT_EQ(r, KVTIER_OK) << "the client has no servers";
   EXPECT_TRUE(Workload::read_and_check(s, pages).empty());
   // A big value written while the client watches, then a server that joins: still followed.
-  put_big(*etcd_, prefix() + "big-late", 1 << 20);
+  etcd_->put(prefix() + "big-late", 1 << 20);
   auto b = join();
   std::this_thread::sleep_for(milliseconds(1500));
   const auto more = fresh_pages("big-more");
@@ -674,9 +628,7 @@ void with_env(const char* name, const std::string& value, F f) {
 // an etcd token that runs out is renewed.
 TEST(ClusterAuth, EtcdWithUsersAndShortTokens) {
   if (!kvtier_test::etcd_installed()) GTEST_SKIP() << "etcd is not installed";
-  const std::string dir = kvtier_test::test_dir() + "/etcd-auth";
-  mkdir(dir.c_str(), 0700);
-  EtcdProcess etcd(dir, {"--auth-token-ttl", "1"});
+  EtcdProcess etcd(kvtier_test::test_dir() + "/etcd-auth", {"--auth-token-ttl", "1"});
   ASSERT_TRUE(etcd.start());
   const std::string pw = "pw-" + std::to_string(getpid());
   etcd.ctl("user add root:" + pw);
@@ -686,17 +638,11 @@ TEST(ClusterAuth, EtcdWithUsersAndShortTokens) {
   const std::string prefix = "/kvtier/" + cluster + "/servers/";
   std::unique_ptr<ServerProcess> a;
   with_env("KVTIER_SERVER_ETCD_PASSWORD", pw, [&] {
-    a = std::make_unique<ServerProcess>(
-        "256MiB", "", 0,
-        std::vector<std::string>{"--etcd", etcd.endpoint(), "--cluster", cluster, "--etcd-ttl",
-                                 "2", "--etcd-user", "root"});
+    auto flags = etcd.registration(cluster);
+    flags.insert(flags.end(), {"--etcd-user", "root"});
+    a = std::make_unique<ServerProcess>("256MiB", "", 0, flags);
   });
-  bool listed = false;
-  for (int i = 0; i < 100 && !listed; ++i) {
-    std::this_thread::sleep_for(milliseconds(100));
-    listed = etcd.keys(prefix) == std::vector<std::string>{prefix + a->address()};
-  }
-  ASSERT_TRUE(listed) << "the server did not register as root";
+  ASSERT_TRUE(etcd.lists(prefix, {prefix + a->address()})) << "the server did not register as root";
   kvtier_store_t* s = open_store("tiers=remote;remote_etcd=" + etcd.endpoint() +
                                  ";remote_cluster=" + cluster + ";remote_etcd_user=root" +
                                  ";remote_etcd_password=" + pw + ";log_level=error");
@@ -735,16 +681,11 @@ TEST(ClusterAuth, EtcdOverTlsWithClientCertificates) {
   ASSERT_TRUE(etcd.start()) << "see " << dir << "/etcd.log";
   const std::string cluster = "tls" + std::to_string(getpid());
   const std::string prefix = "/kvtier/" + cluster + "/servers/";
-  ServerProcess a("256MiB", "", 0,
-                  {"--etcd", etcd.url(), "--cluster", cluster, "--etcd-ttl", "2", "--etcd-ca-file",
-                   dir + "/ca.crt", "--etcd-cert-file", dir + "/client.crt", "--etcd-key-file",
-                   dir + "/client.key"});
-  bool listed = false;
-  for (int i = 0; i < 100 && !listed; ++i) {
-    std::this_thread::sleep_for(milliseconds(100));
-    listed = etcd.keys(prefix) == std::vector<std::string>{prefix + a.address()};
-  }
-  ASSERT_TRUE(listed) << "the server did not register over TLS";
+  auto flags = etcd.registration(cluster);
+  flags.insert(flags.end(), {"--etcd-ca-file", dir + "/ca.crt", "--etcd-cert-file",
+                             dir + "/client.crt", "--etcd-key-file", dir + "/client.key"});
+  ServerProcess a("256MiB", "", 0, flags);
+  ASSERT_TRUE(etcd.lists(prefix, {prefix + a.address()})) << "the server did not register over TLS";
   const std::string tls = ";remote_etcd_ca_file=" + dir + "/ca.crt;remote_etcd_cert_file=" + dir +
                           "/client.crt;remote_etcd_key_file=" + dir + "/client.key";
   kvtier_store_t* s = open_store("tiers=remote;remote_etcd=" + etcd.url() + ";remote_cluster=" +

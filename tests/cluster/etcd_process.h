@@ -4,18 +4,21 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "common/loopback.h"
 
 namespace kvtier_test {
 
@@ -26,9 +29,7 @@ inline bool etcd_installed() {
 // A loopback port no one listens on right now.
 inline uint16_t free_port() {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sockaddr_in a = loopback(0);
   socklen_t len = sizeof a;
   uint16_t port = 0;
   if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
@@ -38,9 +39,24 @@ inline uint16_t free_port() {
   return port;
 }
 
+// Puts a value of `bytes` bytes under `key` in the etcd at `endpoint` (etcdctl reads it from its
+// standard input); `ctl_flags` as EtcdProcess's.
+inline void etcd_put(const std::string& endpoint, const std::string& key, size_t bytes,
+                     const std::string& ctl_flags = "") {
+  const std::string cmd =
+      "ETCDCTL_API=3 /usr/bin/etcdctl --dial-timeout=1s --command-timeout=2s --endpoints=" +
+      endpoint + " " + ctl_flags + " put '" + key + "' >/dev/null 2>&1";
+  if (FILE* p = popen(cmd.c_str(), "w")) {
+    const std::string v(bytes, 'v');
+    fwrite(v.data(), 1, v.size(), p);
+    pclose(p);
+  }
+}
+
 class EtcdProcess {
  public:
-  // dir: a folder of the test's own; the data folder and the log go there.
+  // dir: a folder of the test's own (made if it is not there); the data folder and the log go
+  // there.
   // extra: more flags for etcd (TLS files, --auth-token-ttl); https: clients speak TLS;
   // ctl_flags: what etcdctl needs then (--cacert, --cert, --key, --user).
   explicit EtcdProcess(std::string dir, std::vector<std::string> extra = {}, bool https = false,
@@ -50,7 +66,9 @@ class EtcdProcess {
         peer_port_(free_port()),
         extra_(std::move(extra)),
         https_(https),
-        ctl_flags_(std::move(ctl_flags)) {}
+        ctl_flags_(std::move(ctl_flags)) {
+    mkdir(dir_.c_str(), 0700);
+  }
   ~EtcdProcess() { stop(SIGKILL); }
   EtcdProcess(const EtcdProcess&) = delete;
   EtcdProcess& operator=(const EtcdProcess&) = delete;
@@ -108,6 +126,12 @@ class EtcdProcess {
   std::string url() const { return (https_ ? "https://" : "http://") + endpoint(); }
   void set_ctl_flags(std::string flags) { ctl_flags_ = std::move(flags); }
 
+  // kvtier-server's flags to register in `cluster` here with a lease of `ttl` seconds.
+  std::vector<std::string> registration(const std::string& cluster,
+                                        const std::string& ttl = "2") const {
+    return {"--etcd", https_ ? url() : endpoint(), "--cluster", cluster, "--etcd-ttl", ttl};
+  }
+
   // Runs `etcdctl <args>` against this etcd; its standard output.
   std::string ctl(const std::string& args) const {
     const std::string cmd =
@@ -122,6 +146,10 @@ class EtcdProcess {
     return out;
   }
 
+  void put(const std::string& key, size_t value_bytes) const {
+    etcd_put(url(), key, value_bytes, ctl_flags_);
+  }
+
   // The keys under prefix, one per element.
   std::vector<std::string> keys(const std::string& prefix) const {
     std::vector<std::string> out;
@@ -130,6 +158,16 @@ class EtcdProcess {
     for (size_t e; (e = text.find('\n', b)) != std::string::npos; b = e + 1)
       if (text.compare(b, prefix.size(), prefix) == 0) out.push_back(text.substr(b, e - b));
     return out;
+  }
+  // Waits (up to 20 s) until the keys under prefix are exactly `want`.
+  bool lists(const std::string& prefix, const std::vector<std::string>& want) const {
+    const std::set<std::string> wanted(want.begin(), want.end());
+    for (int i = 0; i < 200; ++i) {
+      const auto now = keys(prefix);
+      if (std::set<std::string>(now.begin(), now.end()) == wanted) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
   }
 
  private:

@@ -4,23 +4,24 @@
 #include <httplib.h>
 #include <kvtier/kvtier.h>
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <chrono>
-#include <fstream>
 #include <map>
 #include <sstream>
 #include <thread>
 
 #include "cluster/etcd_process.h"
+#include "common/loopback.h"
+#include "common/sampling.h"
 #include "common/server_process.h"
 #include "common/test_util.h"
 
 namespace {
 
+using kvtier_test::connect_nowait;
+using kvtier_test::proc_status;
 using kvtier_test::ServerProcess;
 
 // Prometheus text format: "name{labels} value" per sample; # lines are HELP and TYPE.
@@ -129,25 +130,6 @@ TEST(ServerMetrics, ScrapedCountersMatchTheWorkload) {
   kvtier_close(s);
 }
 
-// A field of /proc/<pid>/status, in KiB.
-uint64_t status_kib(pid_t pid, const std::string& field) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind(field + ":", 0) == 0) return std::stoull(line.substr(field.size() + 1));
-  return 0;
-}
-
-// A connection to 127.0.0.1:port, not waited for (the server may leave it in its listen queue).
-int connect_nowait(uint16_t port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  return fd;
-}
-
 // Finding 26.5: the metrics port cost the data path memory, time and fds. Now a body is refused
 // unread, silent connections delay a scrape by about a second, and a flood of connections to it
 // leaves the data path its fds (the server runs with 256).
@@ -163,7 +145,7 @@ TEST(ServerMetrics, EndpointCostsTheDataPathNothing) {
   ASSERT_TRUE(http.Get("/metrics"));
 
   // One POST of 256 MiB.
-  const uint64_t hwm = status_kib(srv.pid(), "VmHWM");
+  const uint64_t hwm = proc_status(srv.pid(), "VmHWM");
   {
     const int fd = connect_nowait(port);
     fcntl(fd, F_SETFL, 0);
@@ -178,7 +160,7 @@ TEST(ServerMetrics, EndpointCostsTheDataPathNothing) {
       if (send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL) <= 0) break;
     close(fd);
   }
-  EXPECT_LT(status_kib(srv.pid(), "VmHWM"), hwm + (32 << 10)) << "KiB: a body was kept";
+  EXPECT_LT(proc_status(srv.pid(), "VmHWM"), hwm + (32 << 10)) << "KiB: a body was kept";
 
   // Six silent connections, then a scrape.
   std::vector<int> silent;

@@ -2,9 +2,7 @@
 // would: frames out of order, half sent, never read, ids chosen to collide.
 #pragma once
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <sys/socket.h>
@@ -19,18 +17,14 @@
 #include <utility>
 #include <vector>
 
+#include "common/loopback.h"
 #include "common/wire_version.h"
 
 namespace kvtier_test {
 
 // A connected socket; replies wait at most `timeout_s` seconds.
 inline int raw_connect(uint16_t port, int timeout_s = 2) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  const int fd = loopback_connect(port);
   timeval tv{timeout_s, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   return fd;
@@ -238,7 +232,9 @@ class Ctl {
     return {static_cast<int32_t>(get(r, 4, 4)), get(r, 16, 8), get(r, 32, 8)};
   }
   int remove(uint8_t tag) { return static_cast<int32_t>(get(one_key(5, tag), 4, 4)); }
-  uint64_t stat(int field) {  // 0 keys, 1 bytes, 2 capacity, 3 evictions, 4 errors, 5 expired
+  // STATS field `field` (protocol.h): 0 pages, 1 bytes, 2 capacity, 3 evictions, 4 errors,
+  // 5 leases expired, 6 hits, 7 misses, 8 leases held, 9 connections.
+  uint64_t stat(int field) {
     auto [type, r] = call(7, {});
     EXPECT_EQ(type, 7 | 0x80);
     return get(r, 8 * field, 8);

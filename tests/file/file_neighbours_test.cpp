@@ -20,9 +20,10 @@
 #include <string>
 #include <thread>
 
+#include "common/sampling.h"
+#include "common/test_util.h"
 #include "file/file_pages.h"
 #include "file/file_procs.h"
-#include "common/test_util.h"
 
 namespace fs = std::filesystem;
 using namespace kvtier_test;
@@ -407,7 +408,7 @@ TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
   auto neighbour = careless();
   const auto t_end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   size_t parent_hits = 0;
-  double parent_slowest = 0;
+  Latencies parent;  // this process's reads
   for (int round = 0; std::chrono::steady_clock::now() < t_end && !HasFailure(); ++round) {
     const std::string index = ns + "/INDEX";
     switch (round % 6) {
@@ -436,7 +437,7 @@ TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
     }
     const auto t0 = std::chrono::steady_clock::now();
     parent_hits += count_present(s, g() % 64, 16);
-    parent_slowest = std::max(parent_slowest, seconds_since(t0));
+    parent.since(t0);
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + g() % 200));
   }
   ::kill(neighbour->pid, SIGCONT);
@@ -470,11 +471,11 @@ TEST(FileNeighbours, SoakHonestProcessesBesideACarelessOne) {
   }
   EXPECT_TRUE(exited_ok(status)) << "status " << status << ": " << slurp(neighbour->log);
   EXPECT_GT(verified, 100u) << "the honest processes verified too few reads to mean anything";
-  EXPECT_LT(parent_slowest, 5.0);
+  EXPECT_LT(parent.slowest(), 5000.0) << "a read here waited too long";
   std::printf(
       "neighbours soak %.0f s: %zu reads verified in the processes (slowest call %zu ms), %zu "
       "hits here (slowest %.0f ms), %zu indexes made anew past a stopped holder\n",
-      seconds, verified, slowest_ms, parent_hits, parent_slowest * 1000, made_anew);
+      seconds, verified, slowest_ms, parent_hits, parent.slowest(), made_anew);
   kvtier_close(s);
 }
 

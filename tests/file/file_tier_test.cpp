@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "file/file_pages.h"
+#include "common/store.h"
 #include "common/test_util.h"
 
 namespace fs = std::filesystem;
@@ -26,11 +27,7 @@ using kvtier_test::page_value;
 
 namespace {
 
-kvtier_store_t* open_store(const std::string& config) {
-  kvtier_store_t* s = nullptr;
-  EXPECT_EQ(kvtier_open(config.c_str(), &s), KVTIER_OK) << config << ": " << kvtier_last_error();
-  return s;
-}
+using kvtier_test::open_store;
 
 std::string fresh_dir(const std::string& name) {
   std::string d = kvtier_test::test_dir() + "/" + name;

@@ -6,10 +6,12 @@
 #include <kvtier/kvtier.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
-#include "p2p/p2p_pool.h"
+#include "common/loopback.h"
 #include "common/test_util.h"
+#include "p2p/p2p_pool.h"
 
 namespace kvtier_test {
 
@@ -25,6 +27,18 @@ struct Local {
     EXPECT_EQ(kvtier_endpoint_open(config, &l, &ep), KVTIER_OK) << kvtier_last_error();
   }
   ~Local() { kvtier_endpoint_close(ep); }
+  // Closes the endpoint now; the pool stays, to be looked at.
+  void close() {
+    kvtier_endpoint_close(ep);
+    ep = nullptr;
+  }
+  // Where the endpoint listens: "ip:port", and the port.
+  std::string address() const {
+    char a[256] = {};
+    EXPECT_EQ(kvtier_endpoint_address(ep, a, sizeof a), KVTIER_OK) << kvtier_last_error();
+    return a;
+  }
+  uint16_t port() const { return port_of(address()); }
 };
 
 inline std::vector<int> move(kvtier_peer_t* peer, bool write, std::vector<int64_t> local,

@@ -1,5 +1,6 @@
 // The other side of the p2p tests: a process (kvtier_p2p_peer) with its own pool filled from a
-// seed, behind an endpoint; the test can dump its pool, stop, continue or kill it.
+// seed, behind an endpoint; the test can dump its pool, stop, continue or kill it. And the two
+// sides connected.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -15,8 +16,10 @@
 #include <utility>
 #include <vector>
 
-#include "p2p/p2p_pool.h"
+#include "common/loopback.h"
 #include "common/test_util.h"
+#include "p2p/p2p_local.h"
+#include "p2p/p2p_pool.h"
 
 namespace kvtier_test {
 
@@ -81,6 +84,7 @@ class PeerProcess {
     }
   }
   const std::string& address() const { return address_; }
+  uint16_t port() const { return port_of(address_); }
   pid_t pid() const { return pid_; }
 
  private:
@@ -89,6 +93,20 @@ class PeerProcess {
   std::string config_, address_;
   pid_t pid_ = -1;
   FILE *to_ = nullptr, *from_ = nullptr;
+};
+
+// A decode process (its pool from kPeerSeed) and this side's endpoint (kLocalSeed), both of
+// `shape` under `config`, connected: the setup most p2p tests share. peer is null (and the test
+// has failed) where the connect did not succeed; the test closes it.
+struct Connected {
+  PeerProcess decode;
+  Local local;
+  kvtier_peer_t* peer = nullptr;
+  explicit Connected(const P2pShape& shape, const std::string& config = kConfig)
+      : decode(shape, kPeerSeed, config), local(shape, kLocalSeed, config.c_str()) {
+    EXPECT_EQ(kvtier_endpoint_connect(local.ep, decode.address().c_str(), &peer), KVTIER_OK)
+        << kvtier_last_error();
+  }
 };
 
 }  // namespace kvtier_test

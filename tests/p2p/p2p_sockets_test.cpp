@@ -19,8 +19,10 @@
 #include <thread>
 #include <vector>
 
-#include "p2p/p2p_local.h"
+#include "common/loopback.h"
+#include "common/sampling.h"
 #include "common/wire_version.h"
+#include "p2p/p2p_local.h"
 
 namespace kvtier_test {
 namespace {
@@ -29,10 +31,9 @@ namespace {
 // ACK stalled small p2p reads by 40 ms when the accepting end lacked TCP_NODELAY.
 TEST(P2pCheck, BothEndsOfAConnectionSendWithoutNagle) {
   Local a(kMha, kLocalSeed, kConfig), b(kMha, kPeerSeed, kConfig);
-  char addr[256];
-  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
   kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
+  ASSERT_EQ(kvtier_endpoint_connect(b.ep, a.address().c_str(), &peer), KVTIER_OK)
+      << kvtier_last_error();
   EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK});
   // Both ends live in this process: every connected TCP socket in it must have TCP_NODELAY.
   int connected = 0;
@@ -69,32 +70,16 @@ bool closed_within(int fd, int ms) {
   }
 }
 
-int loopback_connect(uint16_t port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_port = htons(port);
-  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
-  return fd;
-}
-
 // `from` connects to endpoint `to_port` through a relay in this test that passes the HELLO
 // handshake (two HELLOs and their replies) along, then stops relaying; the relay's socket to `to_port` (the peer as the
 // endpoint sees it) is returned in *to, and every socket to close in *fds.
 void hello_through_relay(kvtier_endpoint_t* from, uint16_t to_port, kvtier_peer_t** peer, int* to,
                          std::vector<int>* fds) {
-  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in relay{};
-  relay.sin_family = AF_INET;
-  relay.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof relay;
-  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&relay), sizeof relay), 0);
-  ASSERT_EQ(listen(ls, 1), 0);
-  ASSERT_EQ(getsockname(ls, reinterpret_cast<sockaddr*>(&relay), &len), 0);
+  uint16_t relay_port = 0;
+  const int ls = listen_loopback(&relay_port, 1);
+  ASSERT_GE(ls, 0);
   std::thread connecting([&] {
-    const std::string at = "127.0.0.1:" + std::to_string(ntohs(relay.sin_port));
-    EXPECT_EQ(kvtier_endpoint_connect(from, at.c_str(), peer), KVTIER_OK);
+    EXPECT_EQ(kvtier_endpoint_connect(from, loopback_address(relay_port).c_str(), peer), KVTIER_OK);
   });
   const int from_fd = accept(ls, nullptr, nullptr);
   *to = loopback_connect(to_port);
@@ -118,10 +103,8 @@ void hello_through_relay(kvtier_endpoint_t* from, uint16_t to_port, kvtier_peer_
 // endpoint keeps serving others.
 TEST(P2pCheck, APeerThatStopsMidFrameIsDroppedAfterTheTimeout) {
   Local a(kMha, kLocalSeed, kConfig), b(kMha, kPeerSeed, kConfig);
-  char addr[256];
-  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
-  const std::string text(addr);
-  const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
+  const std::string addr = a.address();
+  const uint16_t port = port_of(addr);
   const unsigned char head[7] = {0x4b,         0x56, 0x54, 0x52,
                                  kWireVersion, 0,    32};  // a header's first bytes
   for (const size_t sent : {size_t{0}, size_t{7}}) {
@@ -140,7 +123,7 @@ TEST(P2pCheck, APeerThatStopsMidFrameIsDroppedAfterTheTimeout) {
   for (int fd : fds) close(fd);
   kvtier_peer_close(relayed);
   kvtier_peer_t* peer = nullptr;  // and it still serves a real peer
-  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
+  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr.c_str(), &peer), KVTIER_OK) << kvtier_last_error();
   EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK});
   kvtier_peer_close(peer);
 }
@@ -150,10 +133,8 @@ TEST(P2pCheck, APeerThatStopsMidFrameIsDroppedAfterTheTimeout) {
 TEST(P2pCheck, AFloodOfSilentConnectionsMakesRoomForRealPeers) {
   const std::string config = std::string(kConfig) + ";p2p_timeout_ms=30000;p2p_max_peers=8";
   Local a(kMha, kLocalSeed, config.c_str()), b(kMha, kPeerSeed, config.c_str());
-  char addr[256];
-  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
-  const std::string text(addr);
-  const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
+  const std::string addr = a.address();
+  const uint16_t port = port_of(addr);
   std::vector<int> flood;
   for (int i = 0; i < 20; ++i) flood.push_back(loopback_connect(port));
   std::vector<bool> gone(flood.size(), false);
@@ -164,19 +145,15 @@ TEST(P2pCheck, AFloodOfSilentConnectionsMakesRoomForRealPeers) {
       if (!gone[i] && closed_within(flood[i], 10)) gone[i] = true, ++closed;
   EXPECT_EQ(closed, 20 - 8) << "8 silent connections are served, the older ones dropped";
   kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
+  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr.c_str(), &peer), KVTIER_OK) << kvtier_last_error();
   EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK});
   kvtier_peer_close(peer);
   for (int fd : flood) close(fd);
 }
 
-
-// The threads of this process (its /proc status line).
+// The threads of this process.
 int threads_now() {
-  std::ifstream f("/proc/self/status");
-  for (std::string line; std::getline(f, line);)
-    if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
-  return -1;
+  return static_cast<int>(proc_status(getpid(), "Threads"));
 }
 
 // The endpoint is served by event loops, as kvtier-server is, not a thread per connection: 200
@@ -184,16 +161,14 @@ int threads_now() {
 // count where it was, and every peer is served.
 TEST(P2pCheck, ConnectionsCostTheEndpointNoThreadEach) {
   Local a(kMha, kLocalSeed, kConfig), b(kMha, kPeerSeed, kConfig);
-  char addr[256];
-  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
-  const std::string text(addr);
-  const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
+  const std::string addr = a.address();
+  const uint16_t port = port_of(addr);
   const int before = threads_now();
   std::vector<int> silent;
   for (int i = 0; i < 200; ++i) silent.push_back(loopback_connect(port));
   std::vector<kvtier_peer_t*> peers(24, nullptr);
   for (auto& p : peers)
-    ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &p), KVTIER_OK) << kvtier_last_error();
+    ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr.c_str(), &p), KVTIER_OK) << kvtier_last_error();
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // every connection accepted
   const int during = threads_now();
   EXPECT_LE(during, before + 2) << before << " threads before, " << during << " with 224 "
@@ -215,10 +190,8 @@ TEST(P2pCheck, ConnectionsCostTheEndpointNoThreadEach) {
 TEST(P2pCheck, AnIdleConnectionIsClosedAndItsPeerConnectsAgain) {
   const std::string config = std::string(kConfig) + ";p2p_idle_timeout_ms=400";
   Local a(kMha, kLocalSeed, config.c_str()), b(kMha, kPeerSeed, config.c_str());
-  char addr[256];
-  ASSERT_EQ(kvtier_endpoint_address(a.ep, addr, sizeof addr), KVTIER_OK);
-  const std::string text(addr);
-  const auto port = static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1)));
+  const std::string addr = a.address();
+  const uint16_t port = port_of(addr);
   kvtier_peer_t* relayed = nullptr;
   int to_a = -1;
   std::vector<int> fds;
@@ -230,7 +203,7 @@ TEST(P2pCheck, AnIdleConnectionIsClosedAndItsPeerConnectsAgain) {
   for (int fd : fds) close(fd);
   kvtier_peer_close(relayed);
   kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr, &peer), KVTIER_OK) << kvtier_last_error();
+  ASSERT_EQ(kvtier_endpoint_connect(b.ep, addr.c_str(), &peer), KVTIER_OK) << kvtier_last_error();
   for (int round = 0; round < 2; ++round) {
     EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK}) << kvtier_last_error();
     EXPECT_EQ(move(peer, true, {3}, {4}, -1), std::vector<int>{KVTIER_OK}) << kvtier_last_error();

@@ -24,6 +24,7 @@
 #include "p2p/p2p_process.h"
 #include "common/test_util.h"
 
+using kvtier_test::Connected;
 using kvtier_test::kConfig;
 using kvtier_test::kLocalSeed;
 using kvtier_test::kMha;
@@ -82,11 +83,9 @@ class P2p : public ::testing::TestWithParam<P2pShape> {};
 
 TEST_P(P2p, WholePagesAndLayersBothWaysByteForByte) {
   const P2pShape s = GetParam();
-  PeerProcess peer_proc(s, kPeerSeed, kConfig);
-  Local local(s, kLocalSeed, kConfig);
-  kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(local.ep, peer_proc.address().c_str(), &peer), KVTIER_OK)
-      << kvtier_last_error();
+  Connected c(s);
+  auto& [peer_proc, local, peer] = c;
+  ASSERT_NE(peer, nullptr);
   std::vector<unsigned char> want(s.pool_bytes());
   kvtier_test::fill_pattern(want.data(), want.size(), kPeerSeed);
   auto expect_page = [&](uint64_t remote_page, uint64_t local_page, int layer) {
@@ -177,10 +176,9 @@ TEST(P2pCheck, WrongTokenOrAnotherFormatIsDenied) {
 }
 
 TEST(P2pCheck, IdsOutOfRangeFailTheirPageAloneAndWriteNothing) {
-  PeerProcess peer_proc(kMha, kPeerSeed, kConfig);
-  Local local(kMha, kLocalSeed, kConfig);
-  kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(local.ep, peer_proc.address().c_str(), &peer), KVTIER_OK);
+  Connected c(kMha);
+  auto& [peer_proc, local, peer] = c;
+  ASSERT_NE(peer, nullptr);
   const int64_t pages = static_cast<int64_t>(kMha.S / kMha.P);
   EXPECT_EQ(move(peer, true, {1, 2, 3, pages, 4}, {-1, pages, 5, 6, 7}, -1),
             (std::vector<int>{KVTIER_ERR_OUT_OF_RANGE, KVTIER_ERR_OUT_OF_RANGE, KVTIER_OK,
@@ -273,11 +271,9 @@ TEST(P2pRdma, PagesMoveOneSidedBetweenTwoPools) {
     GTEST_SKIP() << (KVTIER_TEST_RDMA ? "no RDMA device on this host"
                                       : "this build of kvtier has no RDMA transport");
   if (!addr) GTEST_SKIP() << "set KVTIER_TEST_RDMA_ADDR to an RDMA-capable address";
-  PeerProcess peer_proc(kMha, kPeerSeed, cfg);
-  Local local(kMha, kLocalSeed, cfg.c_str());
-  kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(local.ep, peer_proc.address().c_str(), &peer), KVTIER_OK)
-      << kvtier_last_error();
+  Connected c(kMha, cfg);
+  auto& [peer_proc, local, peer] = c;
+  ASSERT_NE(peer, nullptr);
   EXPECT_EQ(move(peer, true, {1, 2}, {3, 4}, -1), std::vector<int>(2, KVTIER_OK));
   EXPECT_EQ(move(peer, true, {5}, {6}, 1), std::vector<int>{KVTIER_OK});
   EXPECT_EQ(move(peer, false, {7}, {0}, -1), std::vector<int>{KVTIER_OK});

@@ -14,16 +14,17 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "common/loopback.h"
+#include "common/sampling.h"
+#include "common/test_util.h"
+#include "common/wire_version.h"
 #include "p2p/p2p_local.h"
 #include "p2p/p2p_pool.h"
 #include "p2p/p2p_process.h"
-#include "common/test_util.h"
-#include "common/wire_version.h"
 
 namespace kvtier_test {
 namespace {
@@ -43,46 +44,24 @@ std::vector<unsigned char> pattern(const P2pShape& s, uint64_t seed) {
   return v;
 }
 
-int loopback_connect(uint16_t port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_port = htons(port);
-  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
-  return fd;
-}
-
-// Resident memory of a process, in KiB.
-long rss_kib(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(f, line);)
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
-  return -1;
-}
-
 const P2pShape kBig{KVTIER_POOL_MHA, KVTIER_LAYOUT_PAGE_FIRST, 16, 32, 8, 128, 0, 2, 128};
 
 // Finding: a peer outlived its endpoint and wrote into whatever was at the old pool's address.
 // Now every call on it is refused (CLOSED) and the pool, kept here to look at, keeps its bytes.
 TEST(P2pLifetime, APeerOfAClosedEndpointRefusesEveryCall) {
-  PeerProcess decode(kMha, kPeerSeed, kConfig);
-  std::vector<unsigned char> pool = pattern(kMha, kLocalSeed);
-  kvtier_pool_layout_t l = kMha.layout(pool.data());
-  kvtier_endpoint_t* ep = nullptr;
-  ASSERT_EQ(kvtier_endpoint_open(kConfig, &l, &ep), KVTIER_OK) << kvtier_last_error();
-  kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(ep, decode.address().c_str(), &peer), KVTIER_OK);
+  Connected c(kMha);
+  auto& [decode, local, peer] = c;
+  ASSERT_NE(peer, nullptr);
   EXPECT_EQ(move(peer, false, {1}, {2}, -1), std::vector<int>{KVTIER_OK});
-  kvtier_endpoint_close(ep);
-  const std::vector<unsigned char> before = pool;
+  local.close();
+  const std::vector<unsigned char> before = local.pool;
   EXPECT_EQ(move(peer, false, {3, 4}, {5, 6}, -1), std::vector<int>(2, KVTIER_ERR_CLOSED));
   EXPECT_EQ(move(peer, true, {3}, {5}, 0), std::vector<int>{KVTIER_ERR_CLOSED});
   int64_t one = 1;
   int res = 99;
   EXPECT_EQ(kvtier_peer_read_pages(peer, &one, &one, 1, -1, &res), KVTIER_ERR_CLOSED);
   EXPECT_EQ(kvtier_peer_connected(peer), 0);
-  EXPECT_TRUE(pool == before) << "a read through a peer of a closed endpoint wrote into the pool";
+  EXPECT_TRUE(local.pool == before) << "a read through a peer of a closed endpoint wrote into the pool";
   EXPECT_TRUE(decode.dump() == pattern(kMha, kPeerSeed));
   kvtier_peer_close(peer);
 }
@@ -90,39 +69,34 @@ TEST(P2pLifetime, APeerOfAClosedEndpointRefusesEveryCall) {
 // The endpoint closed while a read of its peer waits on a stopped decode process: the close
 // ends that call (CLOSED) and returns after it, and nothing lands once it has returned.
 TEST(P2pLifetime, ClosingAnEndpointEndsItsPeersCallsInFlight) {
-  PeerProcess decode(kBig, kPeerSeed, kConfig);
-  std::vector<unsigned char> pool = pattern(kBig, kLocalSeed);
-  kvtier_pool_layout_t l = kBig.layout(pool.data());
-  kvtier_endpoint_t* ep = nullptr;
-  ASSERT_EQ(kvtier_endpoint_open(kConfig, &l, &ep), KVTIER_OK) << kvtier_last_error();
-  kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(ep, decode.address().c_str(), &peer), KVTIER_OK);
+  Connected c(kBig);
+  auto& [decode, local, peer] = c;
+  ASSERT_NE(peer, nullptr);
   decode.kill_now(SIGSTOP);
   const auto all = first_pages(kBig.S / kBig.P);
   std::vector<int> res;
   std::thread reader([&] { res = move(peer, false, all, all, -1); });
   std::this_thread::sleep_for(milliseconds(200));
   const auto t0 = Clock::now();
-  kvtier_endpoint_close(ep);
+  local.close();
   const auto took = Clock::now() - t0;
-  const std::vector<unsigned char> at_close = pool;
+  const std::vector<unsigned char> at_close = local.pool;
   decode.kill_now(SIGCONT);
   reader.join();
   std::this_thread::sleep_for(milliseconds(300));
   EXPECT_LT(took, milliseconds(1000)) << "the close waited for the call's own timeout";
   EXPECT_EQ(res, std::vector<int>(all.size(), KVTIER_ERR_CLOSED));
-  EXPECT_TRUE(pool == at_close) << "bytes landed in the pool after its endpoint was closed";
-  EXPECT_TRUE(pool == pattern(kBig, kLocalSeed));
+  EXPECT_TRUE(local.pool == at_close) << "bytes landed in the pool after its endpoint was closed";
+  EXPECT_TRUE(local.pool == pattern(kBig, kLocalSeed));
   kvtier_peer_close(peer);
 }
 
 // Issue 27's p2p part: kvtier_peer_close with a blocking and a background transfer in flight
 // waits for both (they end with CLOSED), never frees what they use, and nothing lands after.
 TEST(P2pLifetime, ClosingAPeerWaitsForItsTransfersInFlight) {
-  PeerProcess decode(kBig, kPeerSeed, kConfig);
-  Local local(kBig, kLocalSeed, kConfig);
-  kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(local.ep, decode.address().c_str(), &peer), KVTIER_OK);
+  Connected c(kBig);
+  auto& [decode, local, peer] = c;
+  ASSERT_NE(peer, nullptr);
   decode.kill_now(SIGSTOP);
   const auto all = first_pages(kBig.S / kBig.P);
   std::vector<int> blocking, background(all.size(), 99);
@@ -152,10 +126,9 @@ TEST(P2pLifetime, ClosingAPeerWaitsForItsTransfersInFlight) {
 // write lands whole.
 TEST(P2pFailure, PagesOfAFailedWriteNeverLandLater) {
   const char* cfg = "p2p_token=secret;p2p_timeout_ms=1000;p2p_transport=tcp";
-  PeerProcess decode(kBig, kPeerSeed, cfg);
-  Local local(kBig, kLocalSeed, cfg);
-  kvtier_peer_t* peer = nullptr;
-  ASSERT_EQ(kvtier_endpoint_connect(local.ep, decode.address().c_str(), &peer), KVTIER_OK);
+  Connected c(kBig, cfg);
+  auto& [decode, local, peer] = c;
+  ASSERT_NE(peer, nullptr);
   const std::vector<int64_t> mine{0, 1, 2, 3}, theirs{4, 5, 6, 7};
   decode.kill_now(SIGSTOP);
   const auto t0 = Clock::now();
@@ -182,20 +155,13 @@ TEST(P2pFailure, AWriteStagedBeforeTheReceiverStoppedIsNotPublishedLater) {
   const char* cfg = "p2p_token=secret;p2p_timeout_ms=1000;p2p_transport=tcp";
   PeerProcess decode(kMha, kPeerSeed, cfg);
   Local prefill(kMha, kLocalSeed, cfg);
-  const std::string addr = decode.address();
-  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in r{};
-  r.sin_family = AF_INET;
-  r.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof r;
-  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&r), sizeof r), 0);
-  ASSERT_EQ(listen(ls, 1), 0);
-  ASSERT_EQ(getsockname(ls, reinterpret_cast<sockaddr*>(&r), &len), 0);
+  uint16_t relay_port = 0;
+  const int ls = listen_loopback(&relay_port, 1);
+  ASSERT_GE(ls, 0);
   std::atomic<bool> stopped{false}, release{false};
   std::thread relay([&] {
     const int a = accept(ls, nullptr, nullptr);
-    const int b =
-        loopback_connect(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
+    const int b = loopback_connect(decode.port());
     char buf[65536];
     for (int replies = 0;;) {  // both ways; stop the decode process at its third reply
       pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
@@ -217,8 +183,8 @@ TEST(P2pFailure, AWriteStagedBeforeTheReceiverStoppedIsNotPublishedLater) {
     close(b);
   });
   kvtier_peer_t* peer = nullptr;
-  const std::string at = "127.0.0.1:" + std::to_string(ntohs(r.sin_port));
-  ASSERT_EQ(kvtier_endpoint_connect(prefill.ep, at.c_str(), &peer), KVTIER_OK);
+  ASSERT_EQ(kvtier_endpoint_connect(prefill.ep, loopback_address(relay_port).c_str(), &peer),
+            KVTIER_OK);
   EXPECT_EQ(move(peer, true, {1, 2}, {5, 6}, -1), std::vector<int>(2, KVTIER_ERR_TIMEOUT));
   kvtier_peer_close(peer);
   EXPECT_TRUE(stopped);
@@ -236,8 +202,8 @@ TEST(P2pFailure, AWriteStagedBeforeTheReceiverStoppedIsNotPublishedLater) {
 TEST(P2pCheck, BeforeHelloNothingAPeerClaimsIsAllocated) {
   PeerProcess decode(kMha, kPeerSeed, kConfig);
   const std::string addr = decode.address();
-  const auto port = static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1)));
-  const long before = rss_kib(decode.pid());
+  const uint16_t port = decode.port();
+  const auto before = static_cast<long>(proc_status(decode.pid(), "VmRSS"));
   unsigned char head[17] = {0x4b,         0x56, 0x54, 0x52,
                             kWireVersion, 0,    32,   0};  // magic, version, P2P_HELLO
   const uint32_t claimed = 4u << 20;
@@ -248,7 +214,7 @@ TEST(P2pCheck, BeforeHelloNothingAPeerClaimsIsAllocated) {
     ASSERT_EQ(send(fds.back(), head, sizeof head, MSG_NOSIGNAL), 17);
   }
   std::this_thread::sleep_for(milliseconds(500));
-  const long after = rss_kib(decode.pid());
+  const auto after = static_cast<long>(proc_status(decode.pid(), "VmRSS"));
   EXPECT_LT(after - before, 16 * 1024) << "RSS " << before << " -> " << after << " KiB";
   for (int fd : fds) {
     pollfd p{fd, POLLIN, 0};
@@ -266,11 +232,7 @@ TEST(P2pCheck, BeforeHelloNothingAPeerClaimsIsAllocated) {
 // for done. Its HELLO (no version) is refused with a message that says why.
 TEST(P2pCheck, APeerOfTheProtocolBeforeCommitIsRefused) {
   Local decode(kMha, kPeerSeed, kConfig);
-  char addr[256];
-  ASSERT_EQ(kvtier_endpoint_address(decode.ep, addr, sizeof addr), KVTIER_OK);
-  const std::string text(addr);
-  const int fd =
-      loopback_connect(static_cast<uint16_t>(std::stoi(text.substr(text.rfind(':') + 1))));
+  const int fd = loopback_connect(decode.port());
   unsigned char hello[16 + 4 + 6 + 8] = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0, 32, 0, 18};
   hello[16] = 6;
   std::memcpy(hello + 20, "secret", 6);  // the right token, any format, no version
@@ -293,14 +255,9 @@ TEST(P2pCheck, APeerOfTheProtocolBeforeCommitIsRefused) {
 // from the peer is that first HELLO, with no token in it.
 TEST(P2pCheck, AnEndpointWithoutTheTokenIsSentNothing) {
   Local prefill(kMha, kLocalSeed, kConfig);
-  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in r{};
-  r.sin_family = AF_INET;
-  r.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof r;
-  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&r), sizeof r), 0);
-  ASSERT_EQ(listen(ls, 1), 0);
-  ASSERT_EQ(getsockname(ls, reinterpret_cast<sockaddr*>(&r), &len), 0);
+  uint16_t rogue_port = 0;
+  const int ls = listen_loopback(&rogue_port, 1);
+  ASSERT_GE(ls, 0);
   std::string got;
   std::thread rogue([&] {
     const int a = accept(ls, nullptr, nullptr);
@@ -320,8 +277,8 @@ TEST(P2pCheck, AnEndpointWithoutTheTokenIsSentNothing) {
     close(a);
   });
   kvtier_peer_t* peer = nullptr;
-  const std::string at = "127.0.0.1:" + std::to_string(ntohs(r.sin_port));
-  EXPECT_EQ(kvtier_endpoint_connect(prefill.ep, at.c_str(), &peer), KVTIER_ERR_DENIED)
+  EXPECT_EQ(kvtier_endpoint_connect(prefill.ep, loopback_address(rogue_port).c_str(), &peer),
+            KVTIER_ERR_DENIED)
       << kvtier_last_error();
   EXPECT_EQ(peer, nullptr);
   rogue.join();
@@ -358,16 +315,10 @@ TEST(P2pCheck, NoTokenBeyondLoopbackIsRefusedUnlessAllowed) {
 class SlowRelay {
  public:
   explicit SlowRelay(uint16_t to_port) : to_port_(to_port) {
-    ls_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    small_buffers(ls_);
-    EXPECT_EQ(bind(ls_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    EXPECT_EQ(listen(ls_, 4), 0);
-    EXPECT_EQ(getsockname(ls_, reinterpret_cast<sockaddr*>(&a), &len), 0);
-    address_ = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+    uint16_t port = 0;
+    ls_ = listen_loopback(&port, 4, kBuffers);
+    EXPECT_GE(ls_, 0);
+    address_ = loopback_address(port);
     thread_ = std::thread([this] { run(); });
   }
   ~SlowRelay() {
@@ -382,13 +333,7 @@ class SlowRelay {
   void run() {
     const int a = accept(ls_, nullptr, nullptr);
     if (a < 0) return;
-    const int b = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    small_buffers(b);
-    sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_port = htons(to_port_);
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(connect(b, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+    const int b = loopback_connect(to_port_, kBuffers);
     char buf[16384];
     while (!stop_) {
       pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
@@ -405,11 +350,7 @@ class SlowRelay {
     close(a);
     close(b);
   }
-  static void small_buffers(int fd) {
-    const int size = 32 << 10;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
-  }
+  static constexpr int kBuffers = 32 << 10;
   uint16_t to_port_;
   int ls_ = -1;
   std::string address_;
@@ -425,8 +366,7 @@ TEST(P2pFailure, TheTimeoutBoundsSilenceNotALongTransfer) {
   const char* cfg = "p2p_token=secret;p2p_timeout_ms=300;p2p_transport=tcp";
   PeerProcess decode(s, kPeerSeed, cfg);
   Local prefill(s, kLocalSeed, cfg);
-  const std::string addr = decode.address();
-  SlowRelay relay(static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1))));
+  SlowRelay relay(decode.port());
   kvtier_peer_t* peer = nullptr;
   ASSERT_EQ(kvtier_endpoint_connect(prefill.ep, relay.address().c_str(), &peer), KVTIER_OK)
       << kvtier_last_error();
@@ -452,15 +392,10 @@ TEST(P2pFailure, TheTimeoutBoundsSilenceNotALongTransfer) {
 class CuttingRelay {
  public:
   CuttingRelay(uint16_t to_port, size_t cut) : to_port_(to_port), cut_(cut) {
-    ls_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    EXPECT_EQ(bind(ls_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    EXPECT_EQ(listen(ls_, 4), 0);
-    EXPECT_EQ(getsockname(ls_, reinterpret_cast<sockaddr*>(&a), &len), 0);
-    address_ = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+    uint16_t port = 0;
+    ls_ = listen_loopback(&port, 4);
+    EXPECT_GE(ls_, 0);
+    address_ = loopback_address(port);
     thread_ = std::thread([this] { run(); });
   }
   ~CuttingRelay() {
@@ -517,12 +452,7 @@ std::vector<uint64_t> landed(kvtier_endpoint_t* ep, std::vector<int64_t> pages) 
 // one layer, and not at all for a write cut short.
 TEST(P2pFailure, AWriteCutMidPageLeavesNoTornPageAndTheReceiverSeesWhatLanded) {
   Local decode(kMha, kPeerSeed, kConfig), prefill(kMha, kLocalSeed, kConfig);
-  const auto port = static_cast<uint16_t>([&] {
-    char addr[256];
-    EXPECT_EQ(kvtier_endpoint_address(decode.ep, addr, sizeof addr), KVTIER_OK);
-    const std::string text(addr);
-    return std::stoi(text.substr(text.rfind(':') + 1));
-  }());
+  const uint16_t port = decode.port();
   const size_t page = kMha.pool_bytes() / (kMha.S / kMha.P);
   EXPECT_EQ(landed(decode.ep, {5, 6}), (std::vector<uint64_t>{0, 0}));
   {
@@ -540,7 +470,7 @@ TEST(P2pFailure, AWriteCutMidPageLeavesNoTornPageAndTheReceiverSeesWhatLanded) {
   EXPECT_EQ(landed(decode.ep, {5, 6}), (std::vector<uint64_t>{0, 0}));
   kvtier_peer_t* peer = nullptr;
   ASSERT_EQ(
-      kvtier_endpoint_connect(prefill.ep, ("127.0.0.1:" + std::to_string(port)).c_str(), &peer),
+      kvtier_endpoint_connect(prefill.ep, loopback_address(port).c_str(), &peer),
       KVTIER_OK);
   EXPECT_EQ(move(peer, true, {1}, {5}, -1), std::vector<int>{KVTIER_OK});
   EXPECT_EQ(move(peer, true, {2}, {6}, 0), std::vector<int>{KVTIER_OK});

@@ -1,7 +1,6 @@
 // kvtier-server against hostile clients, each finding of the security review as a test against
 // a real server on loopback: unauthenticated memory, connection floods, leases that never end,
 // slow clients, commits without writes, space that never comes back, colliding key ids.
-#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <gtest/gtest.h>
@@ -20,45 +19,30 @@
 #include <mutex>
 #include <thread>
 
+#include "common/loopback.h"
 #include "common/raw_client.h"
+#include "common/sampling.h"
 #include "common/server_process.h"
+#include "common/store.h"
 #include "common/test_util.h"
+#include "remote/fake_server.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using kvtier_test::closed_within;
 using kvtier_test::Ctl;
+using kvtier_test::fd_count;
 using kvtier_test::kWireVersion;
+using kvtier_test::Latencies;
+using kvtier_test::proc_status;
 using kvtier_test::raw_connect;
 using kvtier_test::ServerProcess;
 using std::chrono::milliseconds;
 
 constexpr int kError = 100 | 0x80;
 
-// A field of /proc/PID/status ("VmRSS" in KiB, "Threads").
-uint64_t proc_status(pid_t pid, const std::string& field) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(field + ":", 0) == 0) return std::stoull(line.substr(field.size() + 1));
-  return 0;
-}
-
-size_t fd_count(pid_t pid) {
-  size_t n = 0;
-  if (DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str())) {
-    while (readdir(d)) ++n;
-    closedir(d);
-  }
-  return n - 2;  // . and ..
-}
-
-kvtier_store_t* open_store(const std::string& config) {
-  kvtier_store_t* s = nullptr;
-  EXPECT_EQ(kvtier_open(config.c_str(), &s), KVTIER_OK) << kvtier_last_error();
-  return s;
-}
+using kvtier_test::open_store;
 
 // Pages of random bytes under their own keys, written and read back byte for byte.
 struct Pages {
@@ -102,6 +86,17 @@ struct Pages {
   }
 };
 
+// Stores 4 KiB of random bytes under "k"; the key's result.
+int set_one(kvtier_store_t* s) {
+  const char* key = "k";
+  const auto page = kvtier_test::random_bytes(4096);
+  const void* ptr = page.data();
+  size_t size = page.size();
+  int r = -1;
+  EXPECT_EQ(kvtier_batch_set(s, &key, 1, &ptr, &size, &r), KVTIER_OK);
+  return r;
+}
+
 // A raw frame header.
 std::vector<uint8_t> header(uint16_t type, uint32_t length) {
   std::vector<uint8_t> h = {0x4b, 0x56, 0x54, 0x52, kWireVersion, 0};
@@ -109,6 +104,21 @@ std::vector<uint8_t> header(uint16_t type, uint32_t length) {
   Ctl::put(h, length, 4);
   Ctl::put(h, 0, 4);
   return h;
+}
+
+// A PUT of two values of 4 MiB (ids all `tag` and all `tag + 1`) with 100 of their bytes: a
+// client whose bytes stop.
+std::vector<uint8_t> stalled_put(uint8_t tag) {
+  std::vector<uint8_t> p;
+  Ctl::put(p, 2, 4);
+  for (uint8_t t : {tag, static_cast<uint8_t>(tag + 1)}) {
+    Ctl::put_id(p, t);
+    Ctl::put(p, 4 << 20, 8);
+    Ctl::put(p, 0, 8);
+  }
+  auto f = Ctl::frame(3, p);
+  f.resize(f.size() + 100, 0x11);
+  return f;
 }
 
 int reply_type(int fd) {
@@ -288,15 +298,7 @@ TEST(Hostile, LeasesPerConnectionAreCapped) {
 TEST(Hostile, StalledPutIsCutAndItsSlotsFreed) {
   ServerProcess srv("64MiB", "", 0, {"--bulk-timeout-ms", "1000"});
   Ctl c(srv.port());
-  std::vector<uint8_t> p;
-  Ctl::put(p, 2, 4);
-  for (uint8_t tag : {1, 2}) {
-    Ctl::put_id(p, tag);
-    Ctl::put(p, 4 << 20, 8);
-    Ctl::put(p, 0, 8);
-  }
-  auto f = Ctl::frame(3, p);
-  f.resize(f.size() + 100, 0x11);  // 100 of the 8 MiB
+  const auto f = stalled_put(1);
   send(c.fd(), f.data(), f.size(), MSG_NOSIGNAL);
   Ctl watcher(srv.port());
   const auto t0 = Clock::now();
@@ -342,11 +344,8 @@ TEST(Hostile, UnreadGetReplyIsCutAndItsPinsReleased) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int small = 4096;
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(srv.port());
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  const sockaddr_in a = kvtier_test::loopback(srv.port());
+  ASSERT_EQ(connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a), 0);
   ASSERT_EQ(kvtier_test::raw_hello(fd, 0).first, 1 | 0x80);
   std::vector<uint8_t> get;
   Ctl::put(get, 1, 4);
@@ -602,13 +601,7 @@ TEST_F(FileFolder, FoldersAreMadePrivateAndTheDefaultIsTheUsersOwn) {
   unsetenv("KVTIER_FILE_DIR");
   kvtier_store_t* s = nullptr;
   ASSERT_EQ(kvtier_open("tiers=file;file_capacity=64MiB", &s), KVTIER_OK) << kvtier_last_error();
-  const char* key = "k";
-  const auto page = kvtier_test::random_bytes(4096);
-  const void* ptr = page.data();
-  size_t size = page.size();
-  int r = -1;
-  ASSERT_EQ(kvtier_batch_set(s, &key, 1, &ptr, &size, &r), KVTIER_OK);
-  EXPECT_EQ(r, KVTIER_OK);
+  EXPECT_EQ(set_one(s), KVTIER_OK);
   kvtier_close(s);
   struct stat st {};
   ASSERT_EQ(stat((cache + "/kvtier").c_str(), &st), 0) << "the default is $XDG_CACHE_HOME/kvtier";
@@ -683,12 +676,7 @@ TEST_F(FileFolder, NamespaceFoldersNameNoTenantOrModel) {
   kvtier_store_t* s = nullptr;
   ASSERT_EQ(kvtier_open(("tiers=file;file_dir=" + dir + ";namespace=" + ns).c_str(), &s), KVTIER_OK)
       << kvtier_last_error();
-  const char* key = "k";
-  const auto page = kvtier_test::random_bytes(4096);
-  const void* ptr = page.data();
-  size_t size = page.size();
-  int r = -1;
-  ASSERT_EQ(kvtier_batch_set(s, &key, 1, &ptr, &size, &r), KVTIER_OK);
+  set_one(s);
   kvtier_close(s);
   std::string folder;
   for (auto& e : fs::directory_iterator(dir)) {
@@ -765,28 +753,21 @@ TEST_F(FileFolder, ADefaultTakenByAnotherUserFallsBackToAPrivateOne) {
 // reads them back byte for byte and removes them. Every call's latency is recorded.
 struct Honest {
   size_t verified = 0, failed = 0;
-  std::vector<double> ms;
+  Latencies calls;
   void round(kvtier_store_t* s, const std::string& prefix) {
     Pages p(prefix, 8, 32 << 10);
     auto t0 = Clock::now();
     failed += 8 - p.set(s);
-    auto t1 = Clock::now();
+    calls.since(t0);
+    t0 = Clock::now();
     const size_t good = p.get(s);
-    auto t2 = Clock::now();
+    calls.since(t0);
     verified += good;
     failed += 8 - good;
     std::vector<int> r(8);
     kvtier_batch_remove(s, p.ck.data(), 8, r.data());
-    ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-    ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
   }
 };
-
-double p99(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, v.size() * 99 / 100)];
-}
 
 // Runs 16 honest clients for `seconds`; returns them once done.
 std::vector<Honest> run_honest(const std::string& addr, double seconds, const std::string& tag) {
@@ -845,15 +826,7 @@ void attack(uint16_t port, const std::atomic<bool>& stop) {
         break;
       case 2: {  // a PUT whose bytes stop
         auto c = std::make_unique<Ctl>(port, 0xBAD, "", 10);
-        std::vector<uint8_t> p;
-        Ctl::put(p, 2, 4);
-        for (uint8_t tag : {2, 3}) {
-          Ctl::put_id(p, tag);
-          Ctl::put(p, 4 << 20, 8);
-          Ctl::put(p, 0, 8);
-        }
-        auto f = Ctl::frame(3, p);
-        f.resize(f.size() + 100, 1);
+        const auto f = stalled_put(2);
         send(c->fd(), f.data(), f.size(), MSG_NOSIGNAL);
         keep(held, std::move(c), 20, drop_ctl);
         break;
@@ -897,60 +870,11 @@ void attack(uint16_t port, const std::atomic<bool>& stop) {
   for (int fd : idle) close(fd);
 }
 
-// A rogue kvtier-server, in a child process: answers HELLO, then every GET with one value
-// claimed `claim` bytes long whose bytes never come. Returns its pid; *port is where it listens.
-pid_t rogue_server(uint64_t claim, uint16_t* port) {
-  const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  if (bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(lfd, 16) != 0 ||
-      getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
-    return -1;
-  *port = ntohs(a.sin_port);
-  const pid_t pid = fork();
-  if (pid != 0) {
-    close(lfd);
-    return pid;
-  }
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  for (;;) {
-    const int fd = accept(lfd, nullptr, nullptr);
-    if (fd < 0) _exit(1);
-    std::thread([fd, claim] {
-      for (;;) {
-        uint8_t h[16];
-        if (recv(fd, h, 16, MSG_WAITALL) != 16) break;
-        const uint16_t type = static_cast<uint16_t>(Ctl::get({h, h + 16}, 6, 2));
-        std::vector<uint8_t> payload(Ctl::get({h, h + 16}, 8, 4));
-        if (!payload.empty() && recv(fd, payload.data(), payload.size(), MSG_WAITALL) !=
-                                    static_cast<ssize_t>(payload.size()))
-          break;
-        std::vector<uint8_t> reply;
-        if (type == 1) Ctl::put(reply, 42, 8);  // HELLO: a boot id
-        if (type == 4) {                        // GET: every key found, `claim` bytes long
-          const uint64_t n = Ctl::get(payload, 0, 4);
-          Ctl::put(reply, n, 4);
-          for (uint64_t i = 0; i < n; ++i) {
-            Ctl::put(reply, 0, 4);
-            Ctl::put(reply, claim, 8);
-            Ctl::put(reply, 0, 8);
-          }
-        }
-        const std::vector<uint8_t> f = Ctl::frame(static_cast<uint16_t>(type | 0x80), reply);
-        send(fd, f.data(), f.size(), MSG_NOSIGNAL);
-      }
-      close(fd);
-    }).detach();
-  }
-}
-
 // Finding 26.7: a server's reply claiming a 1 GiB value made the client zero-fill 1 GiB before
 // its first byte came. The client here is a child process, so its peak memory is its own.
 TEST(Hostile, ClaimedLengthsCostTheClientNothing) {
   uint16_t port = 0;
-  const pid_t rogue = rogue_server(1ull << 30, &port);
+  const pid_t rogue = kvtier_test::fake_server("", 1ull << 30, &port);
   ASSERT_GT(rogue, 0);
   const pid_t client = fork();
   if (client == 0) {
@@ -984,34 +908,28 @@ TEST(HostileSoak, HonestClientsKeepTheirBytesAndTheirLatency) {
   ServerProcess srv("512MiB", "", 0, {"--max-connections", "256"},
                     kvtier_test::test_dir() + "/soak.log");
   const auto quiet = run_honest(srv.address(), std::max(5.0, seconds / 4), "quiet");
-  std::vector<double> quiet_ms;
-  for (auto& h : quiet) quiet_ms.insert(quiet_ms.end(), h.ms.begin(), h.ms.end());
+  Latencies quiet_ms;
+  for (auto& h : quiet) quiet_ms.add(h.calls);
   const uint64_t rss_quiet = proc_status(srv.pid(), "VmRSS");
 
   std::atomic<bool> stop{false};
-  uint64_t rss_max = 0;
-  size_t fds_max = 0;
   std::thread hostile([&] { attack(srv.port(), stop); });
-  std::thread sampler([&] {
-    while (!stop) {
-      rss_max = std::max(rss_max, proc_status(srv.pid(), "VmRSS"));
-      fds_max = std::max(fds_max, fd_count(srv.pid()));
-      std::this_thread::sleep_for(milliseconds(200));
-    }
-  });
+  kvtier_test::PeakSampler sampler({srv.pid()}, 1, milliseconds(200));
   const auto loaded = run_honest(srv.address(), seconds, "loaded");
   stop = true;
+  sampler.stop();
   hostile.join();
-  sampler.join();
+  const uint64_t rss_max = sampler.peak(0, 0).rss;
+  const size_t fds_max = sampler.peak(0, 0).fds;
 
-  std::vector<double> loaded_ms;
+  Latencies loaded_ms;
   size_t verified = 0, failed = 0;
   for (auto& h : loaded) {
-    loaded_ms.insert(loaded_ms.end(), h.ms.begin(), h.ms.end());
+    loaded_ms.add(h.calls);
     verified += h.verified;
     failed += h.failed;
   }
-  const double q99 = p99(quiet_ms), l99 = p99(loaded_ms);
+  const double q99 = quiet_ms.p99(), l99 = loaded_ms.p99();
   std::printf(
       "soak %.0f s: %zu pages verified, %zu failed; p99 quiet %.2f ms, under attack %.2f ms;"
       " server RSS %llu -> max %llu KiB, fds max %zu\n",

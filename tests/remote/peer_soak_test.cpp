@@ -18,7 +18,6 @@
 // of the decode process, the server and this process bounded before, during and after; the
 // stopped decode process's pool never takes a page of a write that was told it failed.
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
@@ -36,19 +35,21 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
-#include <fstream>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "cluster/etcd_process.h"
+#include "common/loopback.h"
+#include "common/raw_client.h"
+#include "common/sampling.h"
+#include "common/server_process.h"
+#include "common/test_util.h"
 #include "p2p/p2p_local.h"
 #include "p2p/p2p_pool.h"
 #include "p2p/p2p_process.h"
-#include "common/raw_client.h"
-#include "common/server_process.h"
-#include "common/test_util.h"
+#include "remote/fake_server.h"
 
 namespace kvtier_test {
 namespace {
@@ -70,113 +71,6 @@ size_t page_bytes() {
   return kSoak.pool_bytes() / kPages;
 }
 
-uint64_t proc_kib(pid_t pid, const char* field) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(f, line);)
-    if (line.rfind(field, 0) == 0) return std::stoull(line.substr(std::strlen(field) + 1));
-  return 0;
-}
-
-size_t fd_count(pid_t pid) {
-  size_t n = 0;
-  if (DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str())) {
-    while (readdir(d)) ++n;
-    closedir(d);
-  }
-  return n >= 2 ? n - 2 : 0;  // . and ..
-}
-
-uint16_t port_of(const std::string& addr) {
-  return static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1)));
-}
-
-int connect_nowait(uint16_t port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  return fd;
-}
-
-double p99(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, v.size() * 99 / 100)];
-}
-
-// ---- the rogue and the impostor: kvtier-servers in name -----------------------------------
-
-// A listener on loopback; its port in *port.
-int listen_loopback(uint16_t* port) {
-  const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  if (bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(lfd, 64) != 0 ||
-      getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
-    return -1;
-  *port = ntohs(a.sin_port);
-  return lfd;
-}
-
-// A child that answers the HELLO handshake proving `token`, then every GET with each value found
-// and claimed `claim` bytes long, bytes that never come. Returns its pid.
-pid_t fake_server(const std::string& token, uint64_t claim, uint16_t* port) {
-  const int lfd = listen_loopback(port);
-  if (lfd < 0) return -1;
-  const pid_t pid = fork();
-  if (pid != 0) {
-    close(lfd);
-    return pid;
-  }
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  for (;;) {
-    const int fd = accept(lfd, nullptr, nullptr);
-    if (fd < 0) _exit(1);
-    std::thread([fd, token, claim] {
-      std::vector<uint8_t> client_nonce, server_nonce(32, 0x5A);
-      for (;;) {
-        uint8_t h[16];
-        if (recv_all(fd, h, 16) != 16) break;
-        const auto type = static_cast<uint16_t>(Ctl::get({h, h + 16}, 6, 2));
-        const uint64_t length = Ctl::get({h, h + 16}, 8, 4);
-        if (length > (1u << 20)) break;
-        std::vector<uint8_t> payload(length);
-        if (length && recv_all(fd, payload.data(), length) != static_cast<ssize_t>(length)) break;
-        std::vector<uint8_t> reply;
-        if (type == 1 && client_nonce.empty()) {  // HELLO: a nonce, an id, a proof
-          client_nonce = payload;
-          reply = server_nonce;
-          std::vector<uint8_t> id;
-          Ctl::put(id, 0x0dd, 8);
-          reply.insert(reply.end(), id.begin(), id.end());
-          const auto proof = hello_proof(token, "kvtier server", client_nonce, server_nonce, id);
-          reply.insert(reply.end(), proof.begin(), proof.end());
-        } else if (type == 4) {  // GET: every key found, `claim` bytes long
-          const uint64_t n = Ctl::get(payload, 0, 4);
-          Ctl::put(reply, n, 4);
-          for (uint64_t i = 0; i < n; ++i) {
-            Ctl::put(reply, 0, 4);
-            Ctl::put(reply, claim, 8);
-            Ctl::put(reply, 0, 8);
-          }
-        } else if (type == 3 || type == 5) {  // PUT, REMOVE: a code per key, all fine
-          const uint64_t n = Ctl::get(payload, 0, 4);
-          Ctl::put(reply, n, 4);
-          for (uint64_t i = 0; i < n; ++i) Ctl::put(reply, 0, 4);
-          if (type == 3) break;  // the values' bytes would follow: not read, the line is cut
-        }
-        const auto f = Ctl::frame(static_cast<uint16_t>(type | 0x80), reply);
-        if (send(fd, f.data(), f.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(f.size())) break;
-      }
-      close(fd);
-    }).detach();
-  }
-}
-
 // ---- the hostile process ------------------------------------------------------------------
 
 // What the hostile process is given: where everything is.
@@ -195,20 +89,22 @@ std::vector<uint8_t> p2p_hello(const std::string& token) {
   return Ctl::frame(32, p);
 }
 
+// In a forked writer: a pool filled from `seed` behind an endpoint of its own, connected to
+// `addr` (the child exits 1 where it cannot be); both live until the child exits.
+kvtier_peer_t* child_peer(uint64_t seed, const std::string& addr) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  auto* local = new Local(kSoak, seed, kP2pConfig.c_str());
+  kvtier_peer_t* peer = nullptr;
+  if (!local->ep || kvtier_endpoint_connect(local->ep, addr.c_str(), &peer) != KVTIER_OK) _exit(1);
+  return peer;
+}
+
 // A writer that is stopped mid-transfer: a child with its own pool and endpoint that writes
 // pages 32..63 of the decode process's pool over and over until it is killed.
 pid_t start_writer(const std::string& decode_addr, int ready_fd) {
   const pid_t pid = fork();
   if (pid != 0) return pid;
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  std::vector<unsigned char> pool(kSoak.pool_bytes());
-  fill_pattern(pool.data(), pool.size(), 0xBADBAD);
-  kvtier_pool_layout_t l = kSoak.layout(pool.data());
-  kvtier_endpoint_t* ep = nullptr;
-  kvtier_peer_t* peer = nullptr;
-  if (kvtier_endpoint_open(kP2pConfig.c_str(), &l, &ep) != KVTIER_OK ||
-      kvtier_endpoint_connect(ep, decode_addr.c_str(), &peer) != KVTIER_OK)
-    _exit(1);
+  kvtier_peer_t* peer = child_peer(0xBADBAD, decode_addr);
   std::vector<int64_t> pages;
   for (size_t i = kHostilePage; i < kPages; ++i) pages.push_back(static_cast<int64_t>(i));
   std::vector<int> res(pages.size());
@@ -222,15 +118,7 @@ pid_t start_writer(const std::string& decode_addr, int ready_fd) {
 pid_t start_timed_out_writer(const std::string& victim_addr, int ready_fd, int go_fd) {
   const pid_t pid = fork();
   if (pid != 0) return pid;
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  std::vector<unsigned char> pool(kSoak.pool_bytes());
-  fill_pattern(pool.data(), pool.size(), 0xFEED);
-  kvtier_pool_layout_t l = kSoak.layout(pool.data());
-  kvtier_endpoint_t* ep = nullptr;
-  kvtier_peer_t* peer = nullptr;
-  if (kvtier_endpoint_open(kP2pConfig.c_str(), &l, &ep) != KVTIER_OK ||
-      kvtier_endpoint_connect(ep, victim_addr.c_str(), &peer) != KVTIER_OK)
-    _exit(1);
+  kvtier_peer_t* peer = child_peer(0xFEED, victim_addr);
   const char one = 1;
   char go = 0;
   if (write(ready_fd, &one, 1) != 1 || read(go_fd, &go, 1) != 1) _exit(1);
@@ -239,19 +127,6 @@ pid_t start_timed_out_writer(const std::string& victim_addr, int ready_fd, int g
   std::vector<int> res(pages.size(), 99);
   kvtier_peer_write_pages(peer, pages.data(), pages.data(), pages.size(), -1, res.data());
   _exit(std::any_of(res.begin(), res.end(), [](int r) { return r == KVTIER_OK; }) ? 2 : 0);
-}
-
-// Puts a value of `bytes` bytes under key (etcdctl reads it from its standard input).
-void etcd_put(const std::string& etcd, const std::string& key, size_t bytes) {
-  const std::string cmd =
-      "ETCDCTL_API=3 /usr/bin/etcdctl --dial-timeout=1s --command-timeout=2s "
-      "--endpoints=" +
-      etcd + " put '" + key + "' >/dev/null 2>&1";
-  if (FILE* p = popen(cmd.c_str(), "w")) {
-    const std::string v(bytes, 'v');
-    fwrite(v.data(), 1, v.size(), p);
-    pclose(p);
-  }
 }
 
 // The hostile process's report, one line: attacks run, and the writes told TIMEOUT whose pages
@@ -427,7 +302,7 @@ struct Report {
 // ---- the honest side ----------------------------------------------------------------------
 
 struct Tally {
-  std::vector<double> ms;
+  Latencies calls;
   size_t verified = 0, failed = 0;
 };
 
@@ -444,7 +319,7 @@ void p2p_round(Local& local, kvtier_peer_t* peer, std::mt19937_64& rng, Tally* t
   auto call = [&](bool write, std::vector<int64_t> mine) {
     const auto t0 = Clock::now();
     const auto res = move(peer, write, mine, remote, -1);
-    t->ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    t->calls.since(t0);
     for (int r : res) t->failed += r != KVTIER_OK;
     return std::all_of(res.begin(), res.end(), [](int r) { return r == KVTIER_OK; });
   };
@@ -477,11 +352,10 @@ void remote_round(kvtier_store_t* s, const std::string& prefix, Tally* t) {
   std::vector<int64_t> got(kN);
   auto t0 = Clock::now();
   kvtier_batch_set(s, ck.data(), kN, ptrs.data(), sizes.data(), res.data());
-  auto t1 = Clock::now();
+  t->calls.since(t0);
+  t0 = Clock::now();
   kvtier_batch_get(s, ck.data(), kN, bufs.data(), sizes.data(), got.data());
-  auto t2 = Clock::now();
-  t->ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-  t->ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+  t->calls.since(t0);
   for (size_t i = 0; i < kN; ++i) {
     const bool good =
         res[i] == KVTIER_OK && got[i] == static_cast<int64_t>(kSize) && out[i] == vals[i];
@@ -512,27 +386,17 @@ Tally run_honest(Local& local, kvtier_peer_t* peer, kvtier_store_t* store, doubl
   mover.join();
   for (auto& t : storers) t.join();
   Tally all = p2p;
+  Latencies remote_calls;
   for (auto& r : remote) {
-    all.ms.insert(all.ms.end(), r.ms.begin(), r.ms.end());
+    remote_calls.add(r.calls);
     all.verified += r.verified;
     all.failed += r.failed;
   }
-  std::printf(
-      "%s: %zu p2p calls p99 %.2f ms, %zu remote calls p99 %.2f ms\n", tag.c_str(), p2p.ms.size(),
-      p99(p2p.ms), all.ms.size() - p2p.ms.size(),
-      p99(std::vector<double>(all.ms.begin() + static_cast<long>(p2p.ms.size()), all.ms.end())));
+  all.calls.add(remote_calls);
+  std::printf("%s: %zu p2p calls p99 %.2f ms, %zu remote calls p99 %.2f ms\n", tag.c_str(),
+              p2p.calls.ms.size(), p2p.calls.p99(), remote_calls.ms.size(), remote_calls.p99());
   return all;
 }
-
-// RSS (KiB) and open fds of one process at its highest over a phase.
-struct Peak {
-  uint64_t rss = 0;
-  size_t fds = 0;
-  void sample(pid_t pid) {
-    rss = std::max(rss, proc_kib(pid, "VmRSS:"));
-    fds = std::max(fds, fd_count(pid));
-  }
-};
 
 TEST(PeerSoak, HonestTransfersKeepTheirBytesAndLatencyUnderEveryAttack) {
   const char* env = getenv("KVTIER_TEST_PEER_SOAK_SECONDS");
@@ -585,8 +449,7 @@ TEST(PeerSoak, HonestTransfersKeepTheirBytesAndLatencyUnderEveryAttack) {
   std::vector<std::string> extra{"--max-connections", "256", "--metrics-port",
                                  std::to_string(metrics_port)};
   if (etcd) {
-    const std::vector<std::string> reg{"--etcd", etcd->endpoint(), "--cluster",
-                                       cluster,  "--etcd-ttl",     "3"};
+    const auto reg = etcd->registration(cluster, "3");
     extra.insert(extra.end(), reg.begin(), reg.end());
   }
   ServerProcess srv("64MiB", kToken, 0, extra, dir + "/server.log", 1024);
@@ -619,17 +482,8 @@ TEST(PeerSoak, HonestTransfersKeepTheirBytesAndLatencyUnderEveryAttack) {
   }
 
   // The sampler: decode, server and this process, in the phase it is told.
-  const pid_t self = getpid();
-  std::atomic<int> phase{0};  // 0 quiet, 1 attacked, 2 after, 3 done
-  Peak peaks[3][3];           // [phase][decode, server, self]
-  std::thread sampler([&] {
-    for (int ph; (ph = phase.load()) < 3;) {
-      peaks[ph][0].sample(decode.pid());
-      peaks[ph][1].sample(srv.pid());
-      peaks[ph][2].sample(self);
-      std::this_thread::sleep_for(milliseconds(100));
-    }
-  });
+  // Phases 0 quiet, 1 attacked, 2 after; processes decode, server, this one.
+  PeakSampler sampler({decode.pid(), srv.pid(), getpid()}, 3, milliseconds(100));
 
   const Tally quiet = run_honest(local, peer, store, quiet_s, "quiet");
 
@@ -639,7 +493,7 @@ TEST(PeerSoak, HonestTransfersKeepTheirBytesAndLatencyUnderEveryAttack) {
   snprintf(line, sizeof line, "%u %u %u %u %s %s\n", port_of(decode.address()), srv.port(),
            metrics_port, impostor_port, etcd ? etcd->endpoint().c_str() : "-", prefix.c_str());
   ASSERT_EQ(write(to_hostile[1], line, strlen(line)), static_cast<ssize_t>(strlen(line)));
-  phase = 1;
+  sampler.phase(1);
   std::atomic<bool> attacking{true};
   size_t rogue_gets = 0, rogue_hits = 0;
   std::thread rogue_reader([&] {
@@ -679,10 +533,9 @@ TEST(PeerSoak, HonestTransfersKeepTheirBytesAndLatencyUnderEveryAttack) {
 
   // After: the attackers' connections gone, the endpoint's and server's timeouts passed.
   std::this_thread::sleep_for(milliseconds(2500));
-  phase = 2;
+  sampler.phase(2);
   const Tally after = run_honest(local, peer, store, 2, "after");
-  phase = 3;
-  sampler.join();
+  sampler.stop();
 
   kvtier_close(store);
   kvtier_peer_close(peer);
@@ -694,7 +547,7 @@ TEST(PeerSoak, HonestTransfersKeepTheirBytesAndLatencyUnderEveryAttack) {
                  stop_hostile[1]})
     close(fd);
 
-  const double q99 = p99(quiet.ms), a99 = p99(attacked.ms);
+  const double q99 = quiet.calls.p99(), a99 = attacked.calls.p99();
   const char* names[3] = {"decode", "server", "engine"};
   std::printf(
       "peer soak: quiet %.0f s, attacked %.0f s (%u hostile rounds, %u writes told TIMEOUT);"
@@ -702,12 +555,13 @@ TEST(PeerSoak, HonestTransfersKeepTheirBytesAndLatencyUnderEveryAttack) {
       " p99 quiet %.2f ms, attacked %.2f ms; rogue GETs %zu\n",
       quiet_s, attack_s, rep.rounds, rep.timed_out_writes, quiet.verified, attacked.verified,
       after.verified, quiet.failed, attacked.failed, after.failed, q99, a99, rogue_gets);
+  auto peak = [&](int phase, int p) { return sampler.peak(phase, static_cast<size_t>(p)); };
   for (int p = 0; p < 3; ++p)
     std::printf("  %-6s RSS KiB quiet %llu, attacked %llu, after %llu; fds %zu, %zu, %zu\n",
-                names[p], static_cast<unsigned long long>(peaks[0][p].rss),
-                static_cast<unsigned long long>(peaks[1][p].rss),
-                static_cast<unsigned long long>(peaks[2][p].rss), peaks[0][p].fds, peaks[1][p].fds,
-                peaks[2][p].fds);
+                names[p], static_cast<unsigned long long>(peak(0, p).rss),
+                static_cast<unsigned long long>(peak(1, p).rss),
+                static_cast<unsigned long long>(peak(2, p).rss), peak(0, p).fds, peak(1, p).fds,
+                peak(2, p).fds);
 
   EXPECT_GT(quiet.verified, 40u) << "the quiet run hardly ran";
   EXPECT_GT(attacked.verified, 100u) << "the honest side hardly ran under attack";
@@ -735,18 +589,18 @@ TEST(PeerSoak, HonestTransfersKeepTheirBytesAndLatencyUnderEveryAttack) {
   const uint64_t slack[3] = {(32u << 10) + kQuarantine, (96u << 10) + kQuarantine,
                              (128u << 10) + kQuarantine};
   for (int p = 0; p < 3; ++p) {
-    EXPECT_LE(peaks[1][p].rss, peaks[0][p].rss + slack[p]) << names[p] << " RSS under attack";
-    EXPECT_LE(peaks[2][p].rss, peaks[0][p].rss + slack[p]) << names[p] << " RSS after";
+    EXPECT_LE(peak(1, p).rss, peak(0, p).rss + slack[p]) << names[p] << " RSS under attack";
+    EXPECT_LE(peak(2, p).rss, peak(0, p).rss + slack[p]) << names[p] << " RSS after";
   }
   // fds: the endpoint serves at most kMaxPeers connections (and drops the oldest not yet past
   // HELLO), the server holds at most 64 before HELLO and its metrics cap (the attackers hold
   // few authenticated ones); once the attackers are gone both are back near where they were.
   // The endpoint's own count: kMaxPeers served, plus those it shut down to make room whose fds
   // it closes at its next accept (so at most as many again).
-  EXPECT_LE(peaks[1][0].fds, peaks[0][0].fds + 2 * kMaxPeers + 8) << "decode fds under attack";
-  EXPECT_LE(peaks[1][1].fds, peaks[0][1].fds + 64 + 64 + 32) << "server fds under attack";
-  EXPECT_LE(peaks[2][0].fds, peaks[0][0].fds + 8) << "decode fds after the attack";
-  EXPECT_LE(peaks[2][1].fds, peaks[0][1].fds + 16) << "server fds after the attack";
+  EXPECT_LE(peak(1, 0).fds, peak(0, 0).fds + 2 * kMaxPeers + 8) << "decode fds under attack";
+  EXPECT_LE(peak(1, 1).fds, peak(0, 1).fds + 64 + 64 + 32) << "server fds under attack";
+  EXPECT_LE(peak(2, 0).fds, peak(0, 0).fds + 8) << "decode fds after the attack";
+  EXPECT_LE(peak(2, 1).fds, peak(0, 1).fds + 16) << "server fds after the attack";
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 
 #include "common/raw_client.h"
 #include "common/server_process.h"
+#include "common/store.h"
 #include "common/test_util.h"
 
 namespace {
@@ -33,11 +34,7 @@ using kvtier_test::kWireVersion;
 using kvtier_test::raw_connect;
 using kvtier_test::ServerProcess;
 
-kvtier_store_t* open_store(const std::string& config) {
-  kvtier_store_t* s = nullptr;
-  EXPECT_EQ(kvtier_open(config.c_str(), &s), KVTIER_OK) << kvtier_last_error();
-  return s;
-}
+using kvtier_test::open_store;
 
 struct Batch {
   std::vector<std::string> keys;

@@ -19,10 +19,15 @@
 //                                                          checksum u64}, then the found bytes
 //   REMOVE  n u32, n x id                              -> n u32, n x code i32
 //   CLEAR   (empty): drops the caller's namespace       -> (empty)
-//   STATS   (empty)                                    -> keys, bytes, capacity, evictions,
-//                                                         errors, leases expired, hits, misses,
-//                                                         leases held, connections (u64 each;
-//                                                         servers before 0.2 send the first 6)
+//   STATS   (empty)                                    -> 10 x u64, in this order: pages
+//                                                         stored, bytes of their slots, arena
+//                                                         capacity (bytes), evictions, errors
+//                                                         (requests refused, commits failed),
+//                                                         leases expired, hits, misses (keys of
+//                                                         GET and LOOKUP), leases held,
+//                                                         authenticated connections; every
+//                                                         server of this wire version sends all
+//                                                         ten (all namespaces together)
 //   ERROR   code i32, message                          (a reply to anything; the server then
 //                                                         closes the connection)
 //   Before HELLO only a HELLO of at most kMaxHelloPayload bytes is read.
