@@ -277,13 +277,13 @@ class RemoteTier final : public Tier {
     t->capacity += rd.u64();
     t->evictions += rd.u64();
     t->errors += rd.u64();
-    rd.u64();                             // leases that expired
-    if (rd.left() < 32) return Status{};  // a server from before these
+    rd.u64();  // leases that expired
     t->server_hits += rd.u64();
     t->server_misses += rd.u64();
     t->leases += rd.u64();
     t->connections += rd.u64();
-    return Status{};
+    // Every server past HELLO speaks wire version 2, which sends all ten (protocol.h).
+    return rd.ok() ? Status{} : Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
   }
 
   mutable std::atomic<uint64_t> errors_{0};
