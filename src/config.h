@@ -58,8 +58,9 @@ struct Config {
 // variable is a warning; an unknown name in `overrides` fails.
 Status load_config(const char* overrides, Config* out);
 
-// A section's slot in every Config, given at its first use: its owner's registration, at
-// static initialisation, so every Config made after it holds one.
+// A section's slot in every Config, given at its first use. That is its owner's registration, at
+// static initialisation, so every Config holds every section with options; section<S>() adds
+// one used only later (non-const) or reads its defaults (const).
 size_t add_section(std::any (*make)());
 template <class S>
 size_t section_slot() {

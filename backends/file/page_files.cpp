@@ -122,8 +122,7 @@ Status PageFiles::open(const Config& config, const std::string& root_dir, const 
   s = pf->rings_.init(2, o.queue_depth, pf->faults_.get());
   if (!s.is_ok()) return s;
   bool fresh = false;
-  s = SharedIndex::open(pf->dir_fd_, path, o.capacity, o.lock_timeout_ms,
-                        &fresh, &pf->index_);
+  s = SharedIndex::open(pf->dir_fd_, path, o.capacity, o.lock_timeout_ms, &fresh, &pf->index_);
   if (!s.is_ok()) return s;
   struct statx sx {};  // of a file on the folder's filesystem
   if (::statx(pf->dir_fd_, "INDEX", AT_SYMLINK_NOFOLLOW, STATX_DIOALIGN, &sx) == 0 &&

@@ -288,7 +288,7 @@ Status make_memory_tier(const Config& config, std::unique_ptr<Tier>* out) {
 }  // namespace
 
 KVTIER_REGISTER_TIER("memory", make_memory_tier);
-KVTIER_REGISTER_OPTIONS(
-    memory, {size_option<MemoryOptions>("MEMORY_CAPACITY", "", &MemoryOptions::capacity, 1)});
+KVTIER_REGISTER_OPTIONS(memory, {size_option<MemoryOptions>("MEMORY_CAPACITY", "",
+                                                            &MemoryOptions::capacity, 1)});
 
 }  // namespace kvtier

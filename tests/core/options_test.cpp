@@ -82,10 +82,10 @@ struct ProbeOptions {
 bool short_word(const std::string& v) {
   return !v.empty() && v.size() <= 16;
 }
-KVTIER_REGISTER_OPTIONS(
-    probe, {integer_option<ProbeOptions>("PROBE_DEPTH", "", &ProbeOptions::depth, 1, 1000),
-            text_option<ProbeOptions>("PROBE_WORD", "", &ProbeOptions::word, "1..16 bytes",
-                                      short_word)});
+KVTIER_REGISTER_OPTIONS(probe, {integer_option<ProbeOptions>("PROBE_DEPTH", "",
+                                                             &ProbeOptions::depth, 1, 1000),
+                                text_option<ProbeOptions>("PROBE_WORD", "", &ProbeOptions::word,
+                                                          "1..16 bytes", short_word)});
 
 // The tiers' settings are their sections' fields, not Config's: a tier's option reaches its
 // tier only through config.section<Its>().

@@ -27,14 +27,12 @@ ServerRef* pick(const Servers& servers, const KeyId& id, unsigned r) {
 }
 
 etcd::Settings etcd_settings(const RemoteOptions& o) {
-  return {o.etcd,         o.etcd_user,      o.etcd_password,
-          o.etcd_ca_file, o.etcd_cert_file, o.etcd_key_file};
+  return {o.etcd, o.etcd_user, o.etcd_password, o.etcd_ca_file, o.etcd_cert_file, o.etcd_key_file};
 }
 
 }  // namespace
 
-Placement::Placement(const RemoteOptions& o)
-    : replicas_(o.replicas), from_etcd_(!o.etcd.empty()) {}
+Placement::Placement(const RemoteOptions& o) : replicas_(o.replicas), from_etcd_(!o.etcd.empty()) {}
 
 Placement::~Placement() {
   membership_.reset();

@@ -320,19 +320,18 @@ using O = RemoteOptions;
 
 KVTIER_REGISTER_TIER("remote", make_remote_tier);
 KVTIER_REGISTER_OPTIONS(
-    remote,
-    {address_list_option<O>("REMOTE_SERVERS", "", &O::servers),
-     url_list_option<O>("REMOTE_ETCD", "", &O::etcd),
-     text_option<O>("REMOTE_ETCD_USER", "", &O::etcd_user, "a user name", any_text),
-     text_option<O>("REMOTE_ETCD_PASSWORD", "", &O::etcd_password, "a password", any_text),
-     text_option<O>("REMOTE_ETCD_CA_FILE", "", &O::etcd_ca_file, "a file", any_text),
-     text_option<O>("REMOTE_ETCD_CERT_FILE", "", &O::etcd_cert_file, "a file", any_text),
-     text_option<O>("REMOTE_ETCD_KEY_FILE", "", &O::etcd_key_file, "a file", any_text),
-     cluster_option<O>("REMOTE_CLUSTER", "", &O::cluster),
-     transport_option<O>("REMOTE_TRANSPORT", "", &O::transport),
-     millis_option<O>("REMOTE_TIMEOUT_MS", "", &O::timeout_ms),
-     token_option<O>("REMOTE_TOKEN", "", &O::token),
-     integer_option<O>("REMOTE_REPLICAS", "", &O::replicas, 1, 16),
-     integer_option<O>("REMOTE_RDMA_TOS", "", &O::rdma_tos, 0, 255)});
+    remote, {address_list_option<O>("REMOTE_SERVERS", "", &O::servers),
+             url_list_option<O>("REMOTE_ETCD", "", &O::etcd),
+             text_option<O>("REMOTE_ETCD_USER", "", &O::etcd_user, "a user name", any_text),
+             text_option<O>("REMOTE_ETCD_PASSWORD", "", &O::etcd_password, "a password", any_text),
+             text_option<O>("REMOTE_ETCD_CA_FILE", "", &O::etcd_ca_file, "a file", any_text),
+             text_option<O>("REMOTE_ETCD_CERT_FILE", "", &O::etcd_cert_file, "a file", any_text),
+             text_option<O>("REMOTE_ETCD_KEY_FILE", "", &O::etcd_key_file, "a file", any_text),
+             cluster_option<O>("REMOTE_CLUSTER", "", &O::cluster),
+             transport_option<O>("REMOTE_TRANSPORT", "", &O::transport),
+             millis_option<O>("REMOTE_TIMEOUT_MS", "", &O::timeout_ms),
+             token_option<O>("REMOTE_TOKEN", "", &O::token),
+             integer_option<O>("REMOTE_REPLICAS", "", &O::replicas, 1, 16),
+             integer_option<O>("REMOTE_RDMA_TOS", "", &O::rdma_tos, 0, 255)});
 
 }  // namespace kvtier
