@@ -114,15 +114,10 @@ int kvtier_endpoint_open(const char* config, const kvtier_pool_layout_t* pool,
     if (Status s = kvtier::load_config(config, &cfg); !s.is_ok()) return fail(s);
     kvtier::PoolLayout l;
     if (Status s = to_layout(pool, &l); !s.is_ok()) return fail(s);
-    kvtier::p2p::Options opt{.listen = cfg.p2p_listen,
-                             .token = cfg.p2p_token,
-                             .transport = cfg.p2p_transport,
-                             .timeout_ms = cfg.p2p_timeout_ms,
-                             .idle_timeout_ms = cfg.p2p_idle_timeout_ms,
-                             .max_peers = cfg.p2p_max_peers,
-                             .allow_no_token = cfg.p2p_allow_no_token};
     auto ep = std::make_unique<kvtier_endpoint>();
-    if (Status s = kvtier::p2p::Endpoint::open(opt, l, &ep->rep); !s.is_ok()) return fail(s);
+    if (Status s = kvtier::p2p::Endpoint::open(cfg.section<kvtier::p2p::Options>(), l, &ep->rep);
+        !s.is_ok())
+      return fail(s);
     *out = ep.release();
     return KVTIER_OK;
   });

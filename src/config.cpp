@@ -1,7 +1,5 @@
 #include "config.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
@@ -12,14 +10,6 @@
 extern char** environ;
 
 namespace kvtier {
-
-std::string default_file_dir() {
-  const char* xdg = std::getenv("XDG_CACHE_HOME");
-  if (xdg && xdg[0] == '/') return std::string(xdg) + "/kvtier";
-  const char* home = std::getenv("HOME");
-  if (home && home[0] == '/' && home[1]) return std::string(home) + "/.cache/kvtier";
-  return "/var/tmp/kvtier-" + std::to_string(::geteuid());
-}
 
 namespace {
 
@@ -32,6 +22,12 @@ struct Registered {
 std::vector<Registered>& registry() {
   static std::vector<Registered> options;
   return options;
+}
+
+// Each section's default constructor, by slot; filled like the options, read-only after.
+std::vector<std::any (*)()>& section_makers() {
+  static std::vector<std::any (*)()> makers;
+  return makers;
 }
 
 const Option<Config>* find_option(const std::string& name) {
@@ -110,6 +106,16 @@ Status apply_overrides(std::string_view rest, Config& c) {
 }
 
 }  // namespace
+
+size_t add_section(std::any (*make)()) {
+  section_makers().push_back(make);
+  return section_makers().size() - 1;
+}
+
+Config::Config() {
+  sections_.reserve(section_makers().size());
+  for (auto make : section_makers()) sections_.push_back(make());
+}
 
 bool register_options(const char* owner, std::vector<Option<Config>> options) {
   for (auto& o : options) registry().push_back({owner, std::move(o)});

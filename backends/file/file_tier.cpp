@@ -10,6 +10,7 @@
 #include <string>
 #include <utility>
 
+#include "file_options.h"
 #include "log.h"
 #include "page_files.h"
 #include "process.h"
@@ -77,7 +78,7 @@ Status open_page_files(const Config& config, std::shared_ptr<PageFiles>* out) {
   static std::mutex mu;
   static std::map<std::pair<std::string, uint64_t>, std::weak_ptr<PageFiles>> open;
   std::lock_guard lock(mu);
-  const std::string root = usable_dir(config.file_dir);
+  const std::string root = usable_dir(config.section<FileOptions>().dir);
   const std::string path = root + "/" + dir_name(config.ns);
   const auto key = std::make_pair(path, fork_generation());
   if (auto existing = open[key].lock()) {

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <thread>
 
+#include "file_options.h"
 #include "log.h"
 #include "page_files.h"
 #include "records.h"
@@ -100,10 +101,11 @@ Status PageFiles::files_of(uint64_t slot_size, ClassFiles* out) {
 Status PageFiles::open(const Config& config, const std::string& root_dir, const std::string& path,
                        std::shared_ptr<PageFiles>* out) {
   std::shared_ptr<PageFiles> pf(new PageFiles());
+  const FileOptions& o = config.section<FileOptions>();
   pf->dir_ = path;
-  pf->direct_ = config.file_direct;
-  pf->sync_ = config.file_sync;
-  pf->zstd_level_ = config.file_zstd_level;
+  pf->direct_ = o.direct;
+  pf->sync_ = o.sync;
+  pf->zstd_level_ = o.zstd_level;
   // The folders are the caller's alone, or refused: another user must not be able to plant a
   // link that makes this process write over someone else's file, or read its pages.
   int root = -1;
@@ -117,11 +119,10 @@ Status PageFiles::open(const Config& config, const std::string& root_dir, const 
   Status s = Faults::parse(std::getenv("KVTIER_TEST_FILE_FAULTS"), &pf->faults_);
   if (!s.is_ok()) return s;
   if (pf->faults_) log().warn("file tier: injecting I/O faults (KVTIER_TEST_FILE_FAULTS)");
-  s = pf->rings_.init(2, config.file_queue_depth, pf->faults_.get());
+  s = pf->rings_.init(2, o.queue_depth, pf->faults_.get());
   if (!s.is_ok()) return s;
   bool fresh = false;
-  s = SharedIndex::open(pf->dir_fd_, path, config.file_capacity, config.file_lock_timeout_ms,
-                        &fresh, &pf->index_);
+  s = SharedIndex::open(pf->dir_fd_, path, o.capacity, o.lock_timeout_ms, &fresh, &pf->index_);
   if (!s.is_ok()) return s;
   struct statx sx {};  // of a file on the folder's filesystem
   if (::statx(pf->dir_fd_, "INDEX", AT_SYMLINK_NOFOLLOW, STATX_DIOALIGN, &sx) == 0 &&

@@ -282,13 +282,13 @@ TierStats MemoryTier::stats() const {
 
 namespace {
 Status make_memory_tier(const Config& config, std::unique_ptr<Tier>* out) {
-  *out = std::make_unique<MemoryTier>(config.memory_capacity);
+  *out = std::make_unique<MemoryTier>(config.section<MemoryOptions>().capacity);
   return {};
 }
 }  // namespace
 
 KVTIER_REGISTER_TIER("memory", make_memory_tier);
-KVTIER_REGISTER_OPTIONS(memory,
-                        {size_option<Config>("MEMORY_CAPACITY", "", &Config::memory_capacity, 1)});
+KVTIER_REGISTER_OPTIONS(memory, {size_option<MemoryOptions>("MEMORY_CAPACITY", "",
+                                                            &MemoryOptions::capacity, 1)});
 
 }  // namespace kvtier

@@ -18,6 +18,12 @@
 
 namespace kvtier {
 
+// The memory tier's settings, its section of the Config: config.section<MemoryOptions>().
+struct MemoryOptions {
+  // KVTIER_MEMORY_CAPACITY: bytes the memory tier may hold, e.g. 4GiB.
+  uint64_t capacity = 4ull << 30;
+};
+
 class MemoryTier final : public Tier {
  public:
   explicit MemoryTier(uint64_t capacity);

@@ -12,6 +12,10 @@
 #include <vector>
 
 #include "config.h"
+#include "file_options.h"
+#include "memory_tier.h"
+#include "p2p.h"
+#include "remote_options.h"
 #include "common/server_process.h"
 #include "common/test_util.h"
 
@@ -59,11 +63,70 @@ TEST(Options, EachOwnerRegistersItsOwn) {
       {"P2P_IDLE_TIMEOUT_MS", "p2p"},
       {"P2P_MAX_PEERS", "p2p"},
       {"P2P_ALLOW_NO_TOKEN", "p2p"},
+      {"PROBE_DEPTH", "probe"},  // this file's own owner (ProbeOptions, below)
+      {"PROBE_WORD", "probe"},
   };
   std::map<std::string, std::string> got;
   for (const auto& [name, owner] : registered_options())
     EXPECT_TRUE(got.emplace(name, owner).second) << name << " registered twice";
   EXPECT_EQ(got, expected);
+}
+
+// An owner the core has never heard of, as a new tier would be: its section and its options are
+// declared here, beside their user, and registered with the core's table; nothing in src/ names
+// them.
+struct ProbeOptions {
+  unsigned depth = 7;
+  std::string word = "unset";
+};
+bool short_word(const std::string& v) {
+  return !v.empty() && v.size() <= 16;
+}
+KVTIER_REGISTER_OPTIONS(probe, {integer_option<ProbeOptions>("PROBE_DEPTH", "",
+                                                             &ProbeOptions::depth, 1, 1000),
+                                text_option<ProbeOptions>("PROBE_WORD", "", &ProbeOptions::word,
+                                                          "1..16 bytes", short_word)});
+
+// The tiers' settings are their sections' fields, not Config's: a tier's option reaches its
+// tier only through config.section<Its>().
+template <class C>
+concept HoldsTierFields = requires(C c) { c.memory_capacity; } || requires(C c) { c.file_dir; } ||
+                          requires(C c) { c.remote_servers; } || requires(C c) { c.p2p_listen; };
+static_assert(!HoldsTierFields<Config>);
+
+TEST(Options, ANewOwnerRegistersItsOwnSection) {
+  const unsigned env_depth = random_in(1, 1000), depth = random_in(1, 1000);
+  const std::string word = "w" + std::to_string(random_in(0, 999999999));
+  Config c;
+  EXPECT_EQ(c.section<ProbeOptions>().depth, 7u) << "a Config starts with every section's defaults";
+  setenv("KVTIER_PROBE_DEPTH", std::to_string(env_depth).c_str(), 1);
+  Status s = load_config(("probe_word=" + word).c_str(), &c);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  EXPECT_EQ(c.section<ProbeOptions>().depth, env_depth) << "from the environment";
+  EXPECT_EQ(c.section<ProbeOptions>().word, word) << "from the config string";
+  s = load_config(("KVTIER_PROBE_DEPTH=" + std::to_string(depth)).c_str(), &c);
+  unsetenv("KVTIER_PROBE_DEPTH");
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  EXPECT_EQ(c.section<ProbeOptions>().depth, depth) << "the config string overrides";
+  EXPECT_EQ(c.section<ProbeOptions>().word, "unset") << "each load starts from the defaults";
+  EXPECT_EQ(c.section<FileOptions>().queue_depth, FileOptions{}.queue_depth)
+      << "one owner's options leave the other sections alone";
+
+  // A bad value is refused in the words of every option, naming its variable.
+  EXPECT_EQ(load_config("probe_depth=0", &c).message(),
+            "KVTIER_PROBE_DEPTH='0' (config string) is invalid: expected an integer from 1 to "
+            "1000");
+  EXPECT_EQ(load_config(("probe_word=" + std::string(17, 'x')).c_str(), &c).code(),
+            KVTIER_ERR_CONFIG);
+
+  // A copy of a Config holds its own sections.
+  ASSERT_TRUE(load_config("probe_depth=9;file_queue_depth=5", &c).is_ok());
+  Config copy = c;
+  copy.section<ProbeOptions>().depth = 10;
+  copy.section<FileOptions>().queue_depth = 6;
+  EXPECT_EQ(c.section<ProbeOptions>().depth, 9u);
+  EXPECT_EQ(c.section<FileOptions>().queue_depth, 5u);
+  EXPECT_EQ(copy.section<FileOptions>().queue_depth, 6u);
 }
 
 // Every backend-owned name parses, from the config string and from the environment, into the
@@ -88,27 +151,30 @@ TEST(Options, BackendOwnedNamesParse) {
   Config c;
   Status s = load_config(text.c_str(), &c);
   ASSERT_TRUE(s.is_ok()) << s.message();
-  EXPECT_EQ(c.memory_capacity, mem_mib << 20);
-  EXPECT_EQ(c.file_dir, "/tmp/kvtier-options");
-  EXPECT_EQ(c.file_capacity, file_mib << 20);
-  EXPECT_EQ(c.file_queue_depth, depth);
-  EXPECT_FALSE(c.file_direct);
-  EXPECT_EQ(c.file_zstd_level, static_cast<int>(level));
-  EXPECT_FALSE(c.file_sync);
-  EXPECT_EQ(c.remote_servers, (std::vector<std::string>{"h1:1", "h2:2"}));
-  EXPECT_EQ(c.remote_etcd, std::vector<std::string>{"e:2379"});
-  EXPECT_EQ(c.remote_cluster, "c-1");
-  EXPECT_EQ(c.remote_transport, "tcp");
-  EXPECT_EQ(c.remote_timeout_ms, timeout);
-  EXPECT_EQ(c.remote_token, token);
-  EXPECT_EQ(c.remote_replicas, replicas);
-  EXPECT_EQ(c.remote_rdma_tos, static_cast<int>(tos));
-  EXPECT_EQ(c.p2p_listen, "127.0.0.1:5");
-  EXPECT_EQ(c.p2p_token, token + "x");
-  EXPECT_EQ(c.p2p_transport, "rdma");
-  EXPECT_EQ(c.p2p_timeout_ms, p2p_ms);
-  EXPECT_EQ(c.p2p_max_peers, peers);
-  EXPECT_EQ(c.p2p_idle_timeout_ms, timeout);
+  const auto& file = c.section<FileOptions>();
+  const auto& remote = c.section<RemoteOptions>();
+  const auto& endpoint = c.section<p2p::Options>();
+  EXPECT_EQ(c.section<MemoryOptions>().capacity, mem_mib << 20);
+  EXPECT_EQ(file.dir, "/tmp/kvtier-options");
+  EXPECT_EQ(file.capacity, file_mib << 20);
+  EXPECT_EQ(file.queue_depth, depth);
+  EXPECT_FALSE(file.direct);
+  EXPECT_EQ(file.zstd_level, static_cast<int>(level));
+  EXPECT_FALSE(file.sync);
+  EXPECT_EQ(remote.servers, (std::vector<std::string>{"h1:1", "h2:2"}));
+  EXPECT_EQ(remote.etcd, std::vector<std::string>{"e:2379"});
+  EXPECT_EQ(remote.cluster, "c-1");
+  EXPECT_EQ(remote.transport, "tcp");
+  EXPECT_EQ(remote.timeout_ms, timeout);
+  EXPECT_EQ(remote.token, token);
+  EXPECT_EQ(remote.replicas, replicas);
+  EXPECT_EQ(remote.rdma_tos, static_cast<int>(tos));
+  EXPECT_EQ(endpoint.listen, "127.0.0.1:5");
+  EXPECT_EQ(endpoint.token, token + "x");
+  EXPECT_EQ(endpoint.transport, "rdma");
+  EXPECT_EQ(endpoint.timeout_ms, p2p_ms);
+  EXPECT_EQ(endpoint.max_peers, peers);
+  EXPECT_EQ(endpoint.idle_timeout_ms, timeout);
 
   setenv("KVTIER_FILE_QUEUE_DEPTH", std::to_string(depth).c_str(), 1);
   setenv("KVTIER_REMOTE_REPLICAS", std::to_string(replicas).c_str(), 1);
@@ -118,8 +184,8 @@ TEST(Options, BackendOwnedNamesParse) {
   unsetenv("KVTIER_REMOTE_REPLICAS");
   unsetenv("KVTIER_NOT_A_SETTING");
   ASSERT_TRUE(s.is_ok()) << s.message();
-  EXPECT_EQ(c.file_queue_depth, depth);
-  EXPECT_EQ(c.remote_replicas, replicas);
+  EXPECT_EQ(c.section<FileOptions>().queue_depth, depth);
+  EXPECT_EQ(c.section<RemoteOptions>().replicas, replicas);
 
   s = load_config("file_queue_depth=0", &c);
   EXPECT_EQ(s.code(), KVTIER_ERR_CONFIG);

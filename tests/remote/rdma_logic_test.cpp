@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "rdma.h"
+#include "remote_options.h"
 #include "common/server_process.h"
 #include "common/test_util.h"
 #include "tier.h"
@@ -381,11 +382,11 @@ TEST(RdmaChannelLock, DeadChannelIsDroppedAndMissingOneIsUnavailable) {
 TEST(RdmaConfig, RemoteRdmaTosIsValidated) {
   Config c;
   ASSERT_TRUE(load_config("", &c).is_ok());
-  EXPECT_EQ(c.remote_rdma_tos, -1) << "unset: the device's default";
+  EXPECT_EQ(c.section<RemoteOptions>().rdma_tos, -1) << "unset: the device's default";
   ASSERT_TRUE(load_config("remote_rdma_tos=106", &c).is_ok());
-  EXPECT_EQ(c.remote_rdma_tos, 106);
+  EXPECT_EQ(c.section<RemoteOptions>().rdma_tos, 106);
   ASSERT_TRUE(load_config("KVTIER_REMOTE_RDMA_TOS=0", &c).is_ok());
-  EXPECT_EQ(c.remote_rdma_tos, 0);
+  EXPECT_EQ(c.section<RemoteOptions>().rdma_tos, 0);
   for (const char* bad : {"remote_rdma_tos=256", "remote_rdma_tos=-1", "remote_rdma_tos=ef",
                           "remote_rdma_tos=1k", "remote_rdma_tos="}) {
     Status s = load_config(bad, &c);

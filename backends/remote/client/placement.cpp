@@ -26,25 +26,23 @@ ServerRef* pick(const Servers& servers, const KeyId& id, unsigned r) {
   return scored[r].second;
 }
 
-etcd::Settings etcd_settings(const Config& c) {
-  return {c.remote_etcd,         c.remote_etcd_user,      c.remote_etcd_password,
-          c.remote_etcd_ca_file, c.remote_etcd_cert_file, c.remote_etcd_key_file};
+etcd::Settings etcd_settings(const RemoteOptions& o) {
+  return {o.etcd, o.etcd_user, o.etcd_password, o.etcd_ca_file, o.etcd_cert_file, o.etcd_key_file};
 }
 
 }  // namespace
 
-Placement::Placement(const Config& c)
-    : replicas_(c.remote_replicas), from_etcd_(!c.remote_etcd.empty()) {}
+Placement::Placement(const RemoteOptions& o) : replicas_(o.replicas), from_etcd_(!o.etcd.empty()) {}
 
 Placement::~Placement() {
   membership_.reset();
 }
 
-Status Placement::init(const Config& c, Prove prove) {
+Status Placement::init(const RemoteOptions& o, Prove prove) {
   prove_ = std::move(prove);
-  if (c.remote_etcd.empty()) return set_servers(c.remote_servers, "KVTIER_REMOTE_SERVERS");
+  if (o.etcd.empty()) return set_servers(o.servers, "KVTIER_REMOTE_SERVERS");
   membership_ = std::make_unique<Membership>(
-      etcd_settings(c), c.remote_cluster, kMembershipRetryMs,
+      etcd_settings(o), o.cluster, kMembershipRetryMs,
       [this](const std::vector<std::string>& addrs) { set_servers(addrs, "etcd"); });
   membership_->start();
   return {};

@@ -13,9 +13,9 @@
 #include <vector>
 
 #include "cluster.h"
-#include "config.h"
 #include "keys.h"
 #include "pool.h"
+#include "remote_options.h"
 
 namespace kvtier::remote {
 
@@ -28,13 +28,13 @@ using Groups = std::vector<std::pair<ServerRef*, std::vector<size_t>>>;
 
 class Placement {
  public:
-  explicit Placement(const Config& c);
+  explicit Placement(const RemoteOptions& o);
   ~Placement();  // stops the membership thread first: it calls set_servers
   // Asks a server to prove itself (the HELLO handshake): OK and its id in s.boot_id, DENIED
   // when it cannot prove it holds the token, else it did not answer.
   using Prove = std::function<Status(ServerRef& s)>;
   // The static list, or the first poll of etcd started; prove: asked of every new member.
-  Status init(const Config& c, Prove prove);
+  Status init(const RemoteOptions& o, Prove prove);
 
   std::shared_ptr<const Servers> live() const;
   // Copies a write goes to: KVTIER_REMOTE_REPLICAS, at most the servers there are.

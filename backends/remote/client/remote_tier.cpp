@@ -8,9 +8,11 @@
 #include <system_error>
 #include <thread>
 
+#include "config.h"
 #include "log.h"
 #include "placement.h"
 #include "pool.h"
+#include "remote_options.h"
 #include "tier.h"
 #include "transport.h"
 
@@ -26,13 +28,13 @@ using remote::Transport;
 
 class RemoteTier final : public Tier {
  public:
-  RemoteTier(const Config& c, bool rdma, bool rdma_required)
-      : pool_(c.remote_timeout_ms, c.remote_token, namespace_seed(c.ns)), placement_(c) {
-    if (rdma) rdma_ = remote::make_rdma_transport(pool_, errors_, rdma_required, c.remote_rdma_tos);
+  RemoteTier(const RemoteOptions& o, const std::string& ns, bool rdma, bool rdma_required)
+      : pool_(o.timeout_ms, o.token, namespace_seed(ns)), placement_(o) {
+    if (rdma) rdma_ = remote::make_rdma_transport(pool_, errors_, rdma_required, o.rdma_tos);
   }
 
-  Status init(const Config& c) {
-    return placement_.init(c, [this](ServerRef& s) {
+  Status init(const RemoteOptions& o) {
+    return placement_.init(o, [this](ServerRef& s) {
       return pool_.with_conn(s, [](int, remote::Deadline) { return Status{}; });
     });
   }
@@ -295,14 +297,15 @@ class RemoteTier final : public Tier {
 };
 
 Status make_remote_tier(const Config& config, std::unique_ptr<Tier>* out) {
-  const std::string& t = config.remote_transport;
+  const RemoteOptions& o = config.section<RemoteOptions>();
+  const std::string& t = o.transport;
   const bool device = t != "tcp" && rdma::available();
   if (t == "rdma" && !device)
     return {KVTIER_ERR_UNSUPPORTED,
             "KVTIER_REMOTE_TRANSPORT=rdma: no RDMA device on this host (or this build has no "
             "RDMA); use tcp or auto"};
-  auto tier = std::make_unique<RemoteTier>(config, device, t == "rdma");
-  Status s = tier->init(config);
+  auto tier = std::make_unique<RemoteTier>(o, config.ns, device, t == "rdma");
+  Status s = tier->init(o);
   if (!s.is_ok()) return s;
   *out = std::move(tier);
   return {};
@@ -312,27 +315,24 @@ bool any_text(const std::string&) {
   return true;
 }
 
+using O = RemoteOptions;
+
 }  // namespace
 
 KVTIER_REGISTER_TIER("remote", make_remote_tier);
 KVTIER_REGISTER_OPTIONS(
-    remote, {address_list_option<Config>("REMOTE_SERVERS", "", &Config::remote_servers),
-             url_list_option<Config>("REMOTE_ETCD", "", &Config::remote_etcd),
-             text_option<Config>("REMOTE_ETCD_USER", "", &Config::remote_etcd_user, "a user name",
-                                 any_text),
-             text_option<Config>("REMOTE_ETCD_PASSWORD", "", &Config::remote_etcd_password,
-                                 "a password", any_text),
-             text_option<Config>("REMOTE_ETCD_CA_FILE", "", &Config::remote_etcd_ca_file,
-                                 "a file", any_text),
-             text_option<Config>("REMOTE_ETCD_CERT_FILE", "", &Config::remote_etcd_cert_file,
-                                 "a file", any_text),
-             text_option<Config>("REMOTE_ETCD_KEY_FILE", "", &Config::remote_etcd_key_file,
-                                 "a file", any_text),
-             cluster_option<Config>("REMOTE_CLUSTER", "", &Config::remote_cluster),
-             transport_option<Config>("REMOTE_TRANSPORT", "", &Config::remote_transport),
-             millis_option<Config>("REMOTE_TIMEOUT_MS", "", &Config::remote_timeout_ms),
-             token_option<Config>("REMOTE_TOKEN", "", &Config::remote_token),
-             integer_option<Config>("REMOTE_REPLICAS", "", &Config::remote_replicas, 1, 16),
-             integer_option<Config>("REMOTE_RDMA_TOS", "", &Config::remote_rdma_tos, 0, 255)});
+    remote, {address_list_option<O>("REMOTE_SERVERS", "", &O::servers),
+             url_list_option<O>("REMOTE_ETCD", "", &O::etcd),
+             text_option<O>("REMOTE_ETCD_USER", "", &O::etcd_user, "a user name", any_text),
+             text_option<O>("REMOTE_ETCD_PASSWORD", "", &O::etcd_password, "a password", any_text),
+             text_option<O>("REMOTE_ETCD_CA_FILE", "", &O::etcd_ca_file, "a file", any_text),
+             text_option<O>("REMOTE_ETCD_CERT_FILE", "", &O::etcd_cert_file, "a file", any_text),
+             text_option<O>("REMOTE_ETCD_KEY_FILE", "", &O::etcd_key_file, "a file", any_text),
+             cluster_option<O>("REMOTE_CLUSTER", "", &O::cluster),
+             transport_option<O>("REMOTE_TRANSPORT", "", &O::transport),
+             millis_option<O>("REMOTE_TIMEOUT_MS", "", &O::timeout_ms),
+             token_option<O>("REMOTE_TOKEN", "", &O::token),
+             integer_option<O>("REMOTE_REPLICAS", "", &O::replicas, 1, 16),
+             integer_option<O>("REMOTE_RDMA_TOS", "", &O::rdma_tos, 0, 255)});
 
 }  // namespace kvtier

@@ -45,16 +45,29 @@
 
 namespace kvtier::p2p {
 
+// The endpoint's settings (KVTIER_P2P_*), its section of the Config:
+// config.section<p2p::Options>(), read by kvtier_endpoint_open. Registered in p2p_options.cpp.
 struct Options {
-  std::string listen = "127.0.0.1:0";  // host:port; port 0 picks a free one
-  std::string token;                   // both ends prove they hold the same (HELLO)
-  std::string transport = "auto";      // auto | rdma | tcp
-  unsigned timeout_ms = 5000;   // silence (no progress) a call to a peer is given, not its length
-  unsigned idle_timeout_ms = 60000;  // a connection with no request for this long is closed
-  // Connections served at once, and connections held before their HELLO (the oldest of those
-  // closed first when full); past it a new peer is refused (BUSY).
+  // KVTIER_P2P_LISTEN: host:port the endpoint listens on (port 0: a free one).
+  std::string listen = "127.0.0.1:0";
+  // KVTIER_P2P_TOKEN: peers present it to each other; both sides set the same (HELLO proves
+  // each holds it).
+  std::string token;
+  // KVTIER_P2P_TRANSPORT: auto (RDMA when both hosts have a device) | rdma | tcp.
+  std::string transport = "auto";
+  // KVTIER_P2P_TIMEOUT_MS: a transfer to a dead or silent peer fails after this long without
+  // progress (a healthy transfer may last longer).
+  unsigned timeout_ms = 5000;
+  // KVTIER_P2P_IDLE_TIMEOUT_MS: a peer's connection with no request for this long is closed
+  // (the peer connects again at its next call).
+  unsigned idle_timeout_ms = 60000;
+  // KVTIER_P2P_MAX_PEERS: connections an endpoint serves at once, and connections it holds
+  // before their HELLO (past that the oldest of those goes); past it a new peer is refused
+  // (BUSY).
   unsigned max_peers = 1024;
-  bool allow_no_token = false;  // listen beyond loopback with no token (refused otherwise)
+  // KVTIER_P2P_ALLOW_NO_TOKEN: on lets an endpoint with no token listen beyond loopback (said
+  // in the log); off (the default) refuses to open it.
+  bool allow_no_token = false;
 };
 
 class Peer;

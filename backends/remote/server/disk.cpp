@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "disk.h"
+#include "file_options.h"
 #include "tier.h"
 
 namespace kvtier {
@@ -69,8 +70,8 @@ Status Disk::open() {
   // The file tier checks (and makes) the folder as it opens a namespace in it: opening one of
   // the server's own now makes a bad --file-dir fail the start, not the first request.
   Config c;
-  c.file_dir = dir_;
-  c.file_capacity = capacity_;
+  c.section<FileOptions>().dir = dir_;
+  c.section<FileOptions>().capacity = capacity_;
   c.ns = "kvtier-server-start-check";
   std::unique_ptr<Tier> probe;
   Status s = make_tier("file", c, &probe);
@@ -134,8 +135,8 @@ std::shared_ptr<Tier> Disk::tier(uint64_t ns, bool create) {
     return nullptr;
   }
   Config c;
-  c.file_dir = dir_ + "/" + ns_folder(ns);
-  c.file_capacity = capacity_;
+  c.section<FileOptions>().dir = dir_ + "/" + ns_folder(ns);
+  c.section<FileOptions>().capacity = capacity_;
   c.ns = "pages";
   std::unique_ptr<Tier> made;
   Status s = make_tier("file", c, &made);
