@@ -27,7 +27,7 @@ namespace kvtier {
 namespace {
 
 constexpr uint32_t kIndexMagic = 0x53495856;  // "VXIS"
-constexpr uint32_t kIndexVersion = 1;
+constexpr uint32_t kIndexVersion = 2;  // 2: Node::rotation
 constexpr uint64_t kPage = 4096;
 
 uint64_t round_page(uint64_t n) {
@@ -779,13 +779,14 @@ uint32_t SharedIndex::find_for_write(KeyId id, int32_t self) {
 }
 
 void SharedIndex::commit(uint32_t n, uint64_t length, uint64_t checksum, uint64_t stored,
-                         bool compressed) {
+                         bool compressed, uint16_t rotation) {
   Node& x = mut(n);
   if (x.state != kReserved) return;
   x.length = length;
   x.checksum = checksum;
   x.stored = stored;
   x.compressed = compressed;
+  x.rotation = rotation;
   x.state = kLive;
   --h().reserved;
   ++h().keys;

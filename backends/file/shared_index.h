@@ -55,7 +55,8 @@ struct Node {
   uint64_t owner_start;  // the owner's start time (a pid can be reused; the pair cannot)
   uint8_t state;         // NodeState
   uint8_t compressed;
-  uint8_t pad[6];
+  uint16_t rotation;  // of the page in its slot (codec.h)
+  uint8_t pad[4];
   KeyId key() const { return {key_hi, key_lo}; }
 };
 static_assert(sizeof(Node) == 96);
@@ -183,7 +184,8 @@ class SharedIndex {
   int reserve(KeyId id, uint64_t slot_size, int32_t pid, uint64_t start, uint32_t* node);
   // A reserved node's page is written and recorded: live for every process. A node live
   // already (a rebuild found its record) stays as it is.
-  void commit(uint32_t n, uint64_t length, uint64_t checksum, uint64_t stored, bool compressed);
+  void commit(uint32_t n, uint64_t length, uint64_t checksum, uint64_t stored, bool compressed,
+              uint16_t rotation = 0);
   // Node n (any state) goes free, its record zeroed first.
   void release(uint32_t n);
   // Frees the slots of writers other than `self` that died or stopped mid-write.
