@@ -417,6 +417,57 @@ TEST(FileNeighbours, AnotherIndexVersionIsRefusedWhileItsProcessesLive) {
   kvtier_close(s);
 }
 
+// The index version INDEX names (0 if it is missing or short).
+uint32_t roster_version(const std::string& ns) {
+  const std::string r = slurp(ns + "/INDEX");
+  uint32_t version = 0;
+  if (r.size() >= 8) std::memcpy(&version, r.data() + 4, sizeof version);
+  return version;
+}
+
+// A library that predates the refusal opens beside this version's processes (it found their
+// roster unreadable and wrote its own): they log it once and leave its roster be, so that no
+// more processes of this version come in; once it is gone they write theirs again.
+TEST(FileNeighbours, AnotherIndexVersionsRosterIsLeftBeWhileItsProcessesLive) {
+  const std::string dir = fresh("index-version-beside");
+  const std::string config = ";file_capacity=64MiB";
+  kvtier_store_t* s = open_dir(dir, config);
+  for (size_t k = 0; k < 8; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  const std::string ns = ns_dir(dir);
+  const uint32_t ours = roster_version(ns);
+  ASSERT_GT(ours, 1u);
+  const pid_t old = fork();
+  if (old == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    for (;;) pause();
+  }
+  ASSERT_GT(old, 0);
+  write_roster(ns, 1, old, start_time(old));
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  testing::internal::CaptureStderr();
+  count_present(s, 0, 8);  // a call: the roster's check
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  count_present(s, 0, 8);
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("another kvtier index version (1"), std::string::npos) << said;
+  EXPECT_EQ(said.find("another kvtier index version (1"),
+            said.rfind("another kvtier index version (1"))
+      << "logged more than once: " << said;
+  EXPECT_EQ(roster_version(ns), 1u) << "the other version's roster was written over";
+  Proc refused({"count", dir, "0", "8"}, dir + "/refused.log");
+  EXPECT_EQ(refused.wait_for(60), 3 << 8) << slurp(refused.log);
+  ASSERT_EQ(::kill(old, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(old, &status, 0), old);
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  count_present(s, 0, 8);
+  EXPECT_EQ(roster_version(ns), ours);
+  Proc reader({"count", dir, "0", "8"}, dir + "/reader.log");
+  ASSERT_TRUE(exited_ok(reader.wait_for(60))) << slurp(reader.log);
+  EXPECT_EQ(last_count(reader.log, "present"), 8u) << slurp(reader.log);
+  kvtier_close(s);
+}
+
 // Deletes the pid namespace claims in the namespace folder ns.
 void remove_claims(const std::string& ns) {
   for (auto& e : fs::directory_iterator(ns))
