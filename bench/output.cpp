@@ -153,6 +153,34 @@ void print_file_table() {
   }
 }
 
+// The same rows side by side: the engine's unaligned pool against the aligned one, each with
+// the fio limit taken just before it in the same run.
+void print_pools_side_by_side() {
+  bool header = false;
+  for (const Row& u : g_rows) {
+    if (u.kind != "file" || u.shape != "unaligned") continue;
+    const Row* a = nullptr;
+    for (const Row& r : g_rows)
+      if (r.kind == "file" && r.shape == "aligned" && r.block == u.block && r.batch == u.batch &&
+          r.op == u.op)
+        a = &r;
+    if (!a) continue;
+    if (!header) {
+      std::printf(
+          "\nfile tier, unaligned pool (64 B past 4 KiB) beside the aligned one, each against "
+          "the fio run just before it\n");
+      std::printf("%5s %5s %-9s %9s %7s %6s %9s %7s %6s %9s\n", "page", "batch", "op",
+                  "unaligned", "fio", "ratio", "aligned", "fio", "ratio", "unal/al");
+      header = true;
+    }
+    std::printf("%5s %5zu %-9s %9.2f %7s %6s %9.2f %7s %6s %9s\n", human(u.block).c_str(),
+                u.batch, u.op.c_str(), u.fig.gbps, or_dash(u.limit_gbps).c_str(),
+                or_dash(ratio(u.fig.gbps, u.limit_gbps)).c_str(), a->fig.gbps,
+                or_dash(a->limit_gbps).c_str(), or_dash(ratio(a->fig.gbps, a->limit_gbps)).c_str(),
+                or_dash(ratio(u.fig.gbps, a->fig.gbps)).c_str());
+  }
+}
+
 // One line under the file table, ended only if it was started.
 void print_checksum_line() {
   bool header = false;
@@ -241,6 +269,7 @@ void print_tables() {
   print_placement_table();
   print_file_table();
   print_checksum_line();
+  print_pools_side_by_side();
   print_compression_table();
   print_shared_table();
   print_reopen_lines();

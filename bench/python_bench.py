@@ -5,6 +5,9 @@ one extra (Mamba-like state) pool, as hybrid models call them; and draft pages (
 flat pages of a one-layer pool through the generic path, as speculative decoding sends them).
 Also the adapter's own per-call overhead, and a row per engine path on the memory tier (vLLM's
 secondary tier, LMCache's remote plugin, Mooncake Store's API) against the copy of the same bytes.
+The file tier runs twice, on the engine's pool (64 bytes past a page boundary, as SGLang allocates
+it) and on an aligned one: its v1 rows print side by side, each with fio's O_DIRECT limit in the
+same batches from its own run (the job kvtier-bench file runs; "-" where fio is not installed).
 
 usage: /usr/bin/python3 bench/python_bench.py [--tiers memory,file] [--batches 10,50,100]
        [--layouts layer_first,page_first] [--repeats 3] [--dir DIR] [--json FILE]
@@ -12,10 +15,12 @@ Run from a source tree after building (it finds build/capi/libkvtier.so), or set
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import sys
 import time
@@ -78,10 +83,41 @@ def memcpy_gbps(nbytes):
     return nbytes / statistics.median(times) / 1e9
 
 
-def bench_shape(args, tier, shape, layout, rows):
+FIO_DEPTH = 32  # the file tier's default queue depth (KVTIER_FILE_QUEUE_DEPTH)
+
+
+def fio_job(path, block, batch, rw):
+    """One fio job as kvtier-bench file runs it (bench/file_limits.cpp): O_DIRECT through io_uring,
+    batches of `batch` blocks, each written batch ended by an fdatasync; GB/s, or None."""
+    batches = min(max((64 << 20) // (block * batch), 4), 1024)
+    cmd = ["fio", "--name=kvtier", f"--filename={path}", "--ioengine=io_uring", "--direct=1",
+           f"--bs={block}", f"--iodepth={FIO_DEPTH}", f"--rw={rw}",
+           f"--size={block * batch * batches}", f"--fdatasync={batch}", "--end_fsync=1",
+           "--output-format=json"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return json.loads(out[out.index("{"):])["jobs"][0][rw]["bw_bytes"] / 1e9
+    except (OSError, subprocess.CalledProcessError, ValueError, KeyError, IndexError):
+        return None
+
+
+def fio_limits(folder, block, batch):
+    """fio's durable write and cold read of `batch` blocks of `block` bytes in `folder`."""
+    if shutil.which("fio") is None:
+        return None, None
+    path = os.path.join(folder, "fio.dat")
+    write = fio_job(path, block, batch, "write")
+    drop_page_cache()
+    read = fio_job(path, block, batch, "read") if write else None
+    with contextlib.suppress(OSError):
+        os.remove(path)
+    return write, read
+
+
+def bench_shape(args, tier, shape, layout, rows, misalign=64):
     B = max(args.batches)
     spec = SHAPES[shape]
-    pool = HostPool(size=2 * B * spec["page_size"], layout=layout, misalign=64, **spec)
+    pool = HostPool(size=2 * B * spec["page_size"], layout=layout, misalign=misalign, **spec)
     room = str(3 * B * len(pool.page_bytes(0)))
     cfg = dict(tp_rank=0, tp_size=1, is_mla_model=spec["mla"], model_name="bench",
                extra_config={"interface_v1": 1, "tiers": tier, "memory_capacity": room,
@@ -97,6 +133,8 @@ def bench_shape(args, tier, shape, layout, rows):
     limit = memcpy_gbps(min(B, 64) * page)  # the C++ bench copies the same amount
     for batch in args.batches:
         keys = [f"{shape}-{layout}-{batch}-{i:06d}" for i in range(batch)]
+        # fio in the same batches, right before kvtier's runs of them (file rows only).
+        fio_write, fio_read = fio_limits(args.dir, page, batch) if tier == "file" else (None, None)
         src, dst = slots_for(range(batch), P), slots_for(range(B, B + batch), P)
         src_meta = pool.get_page_buffer_meta(src)
         dst_meta = pool.get_page_buffer_meta(dst)
@@ -193,10 +231,40 @@ def bench_shape(args, tier, shape, layout, rows):
                                             lambda p=path: verify(p))
         for (path, op), fig in results.items():
             fig.update(tier=tier, pool=shape, layout=layout, batch=batch, path=path, op=op,
-                       speedup=fig["gbps"] / results["generic", op]["gbps"], memcpy_gbps=limit)
+                       speedup=fig["gbps"] / results["generic", op]["gbps"], memcpy_gbps=limit,
+                       misalign=misalign, fio_gbps=fio_write if op == "write" else fio_read)
             rows.append(fig)
         print(f"\r\033[K{tier} {shape} {layout} batch {batch} done", end="", file=sys.stderr)
     backend.close()
+
+
+def file_pools(rows):
+    """The file rows of the v1 path: the engine's unaligned pool beside an aligned one, each with
+    fio from its own run."""
+    print("\nfile tier, v1: the engine's pool (64 B past a page boundary) beside an aligned pool; "
+          "read: cold (page cache dropped), write: until durable; each with fio from its own run"
+          + ("" if shutil.which("fio") else " (fio not installed)"))
+    hdr = ("pool", "layout", "batch", "op", "unaligned", "fio", "ratio", "aligned", "fio",
+           "ratio", "un/al")
+    print("%-4s %-12s %5s %-5s %9s %6s %6s %8s %6s %6s %6s" % hdr)
+
+    def fmt(x):
+        return "-" if x is None else "%.2f" % x
+
+    for r in rows:
+        if r.get("tier") != "file" or r.get("path") != "v1" or r["misalign"] != 64:
+            continue
+        al = [x for x in rows if x.get("tier") == "file" and x.get("path") == "v1" and
+              x["misalign"] == 0 and all(x[k] == r[k] for k in ("pool", "layout", "batch", "op"))]
+        a = al[0] if al else None
+
+        def ratio(x):
+            return x["gbps"] / x["fio_gbps"] if x and x["fio_gbps"] else None
+
+        print("%-4s %-12s %5d %-5s %9.2f %6s %6s %8s %6s %6s %6s" % (
+            r["pool"], r["layout"], r["batch"], r["op"], r["gbps"], fmt(r["fio_gbps"]),
+            fmt(ratio(r)), fmt(a and a["gbps"]), fmt(a and a["fio_gbps"]), fmt(ratio(a)),
+            fmt(a and r["gbps"] / a["gbps"])))
 
 
 def overhead(rows):
@@ -386,6 +454,8 @@ def main():
         for shape in SHAPES:
             for layout in args.layouts.split(","):
                 bench_shape(args, tier, shape, layout, rows)
+                if tier == "file":  # and an aligned pool beside the engine's
+                    bench_shape(args, tier, shape, layout, rows, misalign=0)
     us = overhead(rows)
     engines(args, rows)
     print("\r\033[K", end="", file=sys.stderr)
@@ -396,7 +466,7 @@ def main():
            "memcpy", "ratio")
     print("%-7s %-4s %-12s %5s %-8s %-5s %8s %7s %8s %9s %7s %6s" % hdr)
     for r in rows:
-        if "path" not in r:
+        if "path" not in r or r.get("misalign") == 0:
             continue
         print("%-7s %-4s %-12s %5d %-8s %-5s %8.2f %7.2f %8.3f %9.2f %7.2f %6.2f" % (
             r["tier"], r["pool"], r["layout"], r["batch"], r["path"], r["op"], r["ms"],
@@ -405,19 +475,20 @@ def main():
     # layer_first against page_first, v1, same tier/pool/batch/op.
     print("\nv1 layer_first / page_first (SGLang's default layout against the contiguous one):")
     for r in rows:
-        if r.get("path") == "v1" and r["layout"] == "layer_first":
+        if r.get("path") == "v1" and r["layout"] == "layer_first" and r["misalign"]:
             pf = [x for x in rows if x.get("path") == "v1" and x["layout"] == "page_first" and
-                  all(x[k] == r[k] for k in ("tier", "pool", "batch", "op"))]
+                  all(x[k] == r[k] for k in ("tier", "pool", "batch", "op", "misalign"))]
             if pf:
                 print("  %-7s %s batch %3d %-5s %.2f" % (r["tier"], r["pool"], r["batch"],
                                                         r["op"], r["gbps"] / pf[0]["gbps"]))
     print("\nv2 (KV + one state pool) / v1, same tier/pool/layout/batch/op (target >= 0.9):")
     for r in rows:
-        if r.get("path") == "v2":
+        if r.get("path") == "v2" and r["misalign"]:
             v1 = [x for x in rows if x.get("path") == "v1" and
-                  all(x[k] == r[k] for k in ("tier", "pool", "layout", "batch", "op"))]
+                  all(x[k] == r[k] for k in ("tier", "pool", "layout", "batch", "op", "misalign"))]
             print("  %-7s %s %-11s batch %3d %-5s %.2f" % (
                 r["tier"], r["pool"], r["layout"], r["batch"], r["op"], r["gbps"] / v1[0]["gbps"]))
+    file_pools(rows)
     print(f"\nadapter overhead: 128-key batch_get_v1, layer_first MHA, all keys missing: "
           f"{us:.1f} us per call (median of 2000)")
     print(f"\nengine paths, memory tier: {ENGINE_BLOCKS} blocks of {ENGINE_BLOCK >> 10} KiB per "

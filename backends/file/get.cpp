@@ -1,6 +1,7 @@
 // A get: lookup (where each key's page is, under the lock) -> read_pages (the ring reads them
 // without it, each checked against the checksum the index recorded) -> drop_unreadable.
 #include <cerrno>
+#include <memory>
 
 #include "log.h"
 #include "page_files.h"
@@ -38,14 +39,16 @@ void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
     index_->touch(n);
     const ClassFiles f = files_of_class(x.cls);
     pending->push_back({i, f.fd, x.slot * index_->slot_size(x.cls), x.length, x.checksum, x.stored,
-                        x.seq, x.compressed != 0});
+                        x.seq, x.compressed != 0, x.rotation});
   }
 }
 
-// Without the lock: the reads, straight into the engine's fragments when O_DIRECT allows it,
-// each checked against the checksum the index recorded.
+// Without the lock: the reads, straight into the engine's fragments when O_DIRECT allows it
+// (all of a page, or the middle of a rotated one: codec.h), each checked against the checksum
+// the index recorded.
 void PageFiles::read_pages(std::span<GetOp> ops, std::vector<Reading>& pending,
                            std::vector<Reading>* unreadable) {
+  std::vector<std::unique_ptr<SlotMap>> maps(pending.size());  // of the pages read in pieces
   rings_.with_ring([&](Ring& ring) {
     run_ios(
         ring, pending.size(),
@@ -54,11 +57,30 @@ void PageFiles::read_pages(std::span<GetOp> ops, std::vector<Reading>& pending,
           const GetOp& op = ops[p.op];
           io.fd = p.fd;  // -1 when this process cannot open the class's file: -EIO
           io.offset = p.offset;
-          if (!p.compressed && p.length == op.capacity &&
+          if (!p.compressed && !p.rotation && p.length == op.capacity &&
               (!direct_ ||
                (aligned(op.frags, mem_align_, io_align_) && p.length % io_align_ == 0))) {
             for (const Frag& f : op.frags) io.iov.push_back({f.ptr, f.len});
             return -EIO;
+          }
+          if (!p.compressed) {
+            // Any block that lands aligned in the pool goes straight; a rotated page that does
+            // not line up with this pool is turned back by the copy out of its bounce blocks.
+            auto map = std::make_unique<SlotMap>(op.frags, p.length, p.rotation,
+                                                 direct_ ? mem_align_ : 1);
+            if (map->pieces() > kMaxIov)
+              map = std::make_unique<SlotMap>(op.frags, p.length, p.rotation, 0);
+            if (map->direct_bytes() || p.rotation) {
+              p.buf_size = map->bounce_bytes();
+              if (p.buf_size && !(p.buf = bounce_.get(p.buf_size))) {
+                io.fd = -1;
+                p.no_memory = true;
+                return -ENOMEM;
+              }
+              map->iov(p.buf, &io.iov);
+              maps[i] = std::move(map);
+              return -EIO;
+            }
           }
           p.buf_size = round_block(p.stored);
           p.buf = bounce_.get(p.buf_size);
@@ -84,13 +106,18 @@ void PageFiles::read_pages(std::span<GetOp> ops, std::vector<Reading>& pending,
             op.checksum = p.checksum;
             // Copies out of the bounce buffer overlap the reads still queued, and check the
             // bytes as they go (one pass); a page read in place is checked where it landed.
-            if (!p.buf || p.compressed)
+            if (maps[i]) {
+              if (p.buf) maps[i]->drain(p.buf);
               verify(op);
+            } else if (!p.buf || p.compressed) {
+              verify(op);
+            }
             else if (scatter_checksum(p.buf, p.length, op.frags) != p.checksum)
               op.result = KVTIER_ERR_CORRUPT;
           }
           bounce_.put(p.buf, p.buf_size);
           p.buf = nullptr;
+          maps[i].reset();
           if (op.result == KVTIER_ERR_IO || op.result == KVTIER_ERR_CORRUPT)
             unreadable->push_back(p);
         });

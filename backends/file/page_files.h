@@ -58,6 +58,7 @@ class PageFiles : private SlotFiles {
     size_t buf_size = 0;
     uint64_t stored = 0;  // bytes in the slot
     bool compressed = false;
+    uint16_t rotation = 0;  // of the page in the slot (codec.h)
     int result = KVTIER_ERR_IO;
   };
   // One page a get() reads.
@@ -66,6 +67,7 @@ class PageFiles : private SlotFiles {
     int fd;
     uint64_t offset, length, checksum, stored, seq;
     bool compressed;
+    uint16_t rotation;
     std::byte* buf = nullptr;
     size_t buf_size = 0;
     bool no_memory = false;  // no bounce buffer: the page is fine, this read is not
@@ -95,6 +97,9 @@ class PageFiles : private SlotFiles {
   void run(std::span<PutOp> ops, std::vector<Writing>& mine);
   // The error for an io left unqueued (fd -1), as run_ios wants it.
   int prepare_write(PutOp& op, Writing& w, Io& io);
+  // A page off O_DIRECT's alignment, rotated so that its middle goes straight (codec.h); false
+  // when no block of it would.
+  bool prepare_rotated(PutOp& op, Writing& w, Io& io);
   void sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine);
   void commit(std::span<PutOp> ops, std::vector<Writing>& mine);
   void release_orphans();  // REQUIRES Guard; the slots of commits that timed out

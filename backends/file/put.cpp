@@ -144,8 +144,10 @@ void PageFiles::run(std::span<PutOp> ops, std::vector<Writing>& mine) {
 }
 
 int PageFiles::prepare_write(PutOp& op, Writing& w, Io& io) {
-  // Straight from the engine's pool when O_DIRECT allows it, else a bounce copy.
+  // Straight from the engine's pool when O_DIRECT allows it, else its middle straight and the
+  // edges copied, else a bounce copy of all of it.
   const bool direct = !w.compressed && (!direct_ || aligned(op.frags, mem_align_, io_align_));
+  if (!direct && !w.compressed && prepare_rotated(op, w, io)) return w.buf ? 0 : -ENOMEM;
   const size_t end = direct_ ? round_block(w.stored) : w.stored;
   if (!direct && (!w.buf || w.buf_size < end)) {
     bounce_.put(w.buf, w.buf_size);
@@ -173,6 +175,28 @@ int PageFiles::prepare_write(PutOp& op, Writing& w, Io& io) {
     io.iov.push_back({w.buf, end});
   }
   return 0;
+}
+
+bool PageFiles::prepare_rotated(PutOp& op, Writing& w, Io& io) {
+  const size_t rotation = rotation_for(op.frags, op.size);
+  const SlotMap map(op.frags, op.size, rotation, mem_align_);
+  if (!map.direct_bytes() || map.pieces() > kMaxIov) return false;
+  if (!w.buf || w.buf_size < map.bounce_bytes()) {
+    bounce_.put(w.buf, w.buf_size);
+    w.buf_size = map.bounce_bytes();
+    if (!(w.buf = bounce_.get(w.buf_size))) {
+      w.result = KVTIER_ERR_NO_MEMORY;
+      return true;  // io.fd stays -1: nothing is queued
+    }
+  }
+  ensure_checksum(op);  // the one pass over the middle: the disk reads it itself
+  map.fill(w.buf);
+  w.rotation = static_cast<uint16_t>(rotation);
+  io.fd = w.files.fd;
+  io.write = true;
+  io.offset = w.slot * w.slot_size;
+  map.iov(w.buf, &io.iov);
+  return true;
 }
 
 int PageFiles::sync_fd(int fd) {
@@ -214,7 +238,8 @@ void PageFiles::sync_and_record(std::span<PutOp> ops, std::vector<Writing>& mine
       const PutOp& op = ops[w.op];
       of_fd.push_back(&w);
       slots.push_back(w.slot);
-      recs.push_back(make_record(op.id, op.size, op.checksum, w.seq, w.stored, w.compressed));
+      recs.push_back(make_record(op.id, op.size, op.checksum, w.seq, w.stored, w.compressed,
+                                 w.rotation));
     }
     ok.assign(of_fd.size(), 0);
     const int err = write_records(fd, slots, recs, ok);
@@ -252,7 +277,7 @@ void PageFiles::commit(std::span<PutOp> ops, std::vector<Writing>& mine) {
       index_->note_error();
       index_->release(n);
     } else {
-      index_->commit(n, op.size, op.checksum, w.stored, w.compressed);
+      index_->commit(n, op.size, op.checksum, w.stored, w.compressed, w.rotation);
     }
   }
 }

@@ -29,6 +29,7 @@ Node live_node(const Record& r, uint64_t slot, uint32_t cls) {
   x.cls = cls;
   x.state = kLive;
   x.compressed = (r.flags & kCompressed) != 0;
+  x.rotation = rotation_of(r);
   return x;
 }
 }  // namespace

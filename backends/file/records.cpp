@@ -20,18 +20,20 @@ uint64_t record_sum(const Record& r) {
 }  // namespace
 
 Record make_record(KeyId id, uint64_t length, uint64_t checksum, uint64_t seq, uint64_t stored,
-                   bool compressed) {
-  Record r{
-      kMagic, kVersion, compressed ? kCompressed : uint16_t{0}, id.hi, id.lo, length, checksum, seq,
-      stored, 0};
+                   bool compressed, uint16_t rotation) {
+  const auto flags =
+      static_cast<uint16_t>((compressed ? kCompressed : 0) | rotation << kRotationShift);
+  Record r{kMagic, kVersion, flags, id.hi, id.lo, length, checksum, seq, stored, 0};
   r.self_checksum = record_sum(r);
   return r;
 }
 
 bool valid_record(const Record& r, uint64_t slot_size) {
   return r.magic == kMagic && r.version == kVersion && r.self_checksum == record_sum(r) &&
-         r.length != 0 && r.stored != 0 && r.stored <= slot_size && !(r.flags & ~kCompressed) &&
-         ((r.flags & kCompressed) || r.stored == r.length);
+         r.length != 0 && r.stored != 0 && r.stored <= slot_size &&
+         !(r.flags & ~(kCompressed | 0xfff << kRotationShift)) &&
+         ((r.flags & kCompressed) || r.stored == r.length) &&
+         (rotation_of(r) == 0 || (!(r.flags & kCompressed) && rotation_of(r) < r.length));
 }
 
 bool write_record(int idx_fd, uint64_t slot, const Record& r) {

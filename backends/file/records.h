@@ -16,7 +16,7 @@ namespace kvtier {
 struct Record {
   uint32_t magic;
   uint16_t version;
-  uint16_t flags;  // kCompressed
+  uint16_t flags;  // kCompressed, and the page's rotation in the slot (codec.h) << kRotationShift
   uint64_t key_hi, key_lo;
   uint64_t length;         // the page's bytes
   uint64_t checksum;       // XXH3-64 of the page bytes (before compression)
@@ -26,9 +26,15 @@ struct Record {
 };
 static_assert(sizeof(Record) == 64);
 constexpr uint16_t kCompressed = 1;
+// A rotation is below 4096 (12 bits). Records written before rotations existed hold 0 there;
+// a library that predates them finds a rotated page's record invalid, never its bytes wrong.
+constexpr unsigned kRotationShift = 4;
 
 Record make_record(KeyId id, uint64_t length, uint64_t checksum, uint64_t seq, uint64_t stored,
-                   bool compressed);
+                   bool compressed, uint16_t rotation);
+inline uint16_t rotation_of(const Record& r) {
+  return static_cast<uint16_t>(r.flags >> kRotationShift);
+}
 // Whether r is a whole, undamaged record of a page that fits a slot of `slot_size` bytes.
 bool valid_record(const Record& r, uint64_t slot_size);
 // Writes slot's record (Record{}: free); false with errno set on failure.

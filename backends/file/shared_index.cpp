@@ -27,7 +27,7 @@ namespace kvtier {
 namespace {
 
 constexpr uint32_t kIndexMagic = 0x53495856;  // "VXIS"
-constexpr uint32_t kIndexVersion = 1;
+constexpr uint32_t kIndexVersion = 2;  // 2: Node::rotation
 constexpr uint64_t kPage = 4096;
 
 uint64_t round_page(uint64_t n) {
@@ -97,14 +97,38 @@ uint64_t roster_sum(const Roster& r) {
   return checksum(&r, offsetof(Roster, sum));
 }
 
-// The roster, or false when it is missing, short or damaged (anyone can write the file).
-bool read_roster(int dir_fd, Roster* r) {
+// The roster of any index version (its layout is the same in all of them, so that each can tell
+// another's live members), or false when it is missing, short or damaged (anyone can write it).
+bool read_any_roster(int dir_fd, Roster* r) {
   const int fd = ::openat(dir_fd, "INDEX", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return false;
   const ssize_t n = ::pread(fd, r, sizeof *r, 0);
   ::close(fd);
   return n == static_cast<ssize_t>(sizeof *r) && r->magic == kRosterMagic &&
-         r->version == kIndexVersion && r->count <= kMembers && r->sum == roster_sum(*r);
+         r->count <= kMembers && r->sum == roster_sum(*r);
+}
+
+// The roster of this index version.
+bool read_roster(int dir_fd, Roster* r) {
+  return read_any_roster(dir_fd, r) && r->version == kIndexVersion;
+}
+
+// The index version of processes of another kvtier version that hold the folder (a valid
+// roster of theirs names a live member), else 0. Their index is laid out differently: one of
+// this version beside it, over the same page files, would hand out the same slots again.
+uint32_t other_index_version(int dir_fd) {
+  Roster r{};
+  if (!read_any_roster(dir_fd, &r) || r.version == kIndexVersion) return 0;
+  for (uint64_t i = 0; i < r.count; ++i)
+    if (!process_gone(r.members[i].pid, r.members[i].start)) return r.version;
+  return 0;
+}
+
+Status other_index_version_error(const std::string& dir, uint32_t version) {
+  return {KVTIER_ERR_UNSUPPORTED,
+          "file tier: " + dir + " is in use by processes of another kvtier index version (" +
+              std::to_string(version) + ", this library's is " + std::to_string(kIndexVersion) +
+              "): use another KVTIER_FILE_DIR, or stop them first"};
 }
 
 int64_t now_ns() {
@@ -186,6 +210,10 @@ Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity, 
     return {errno == EWOULDBLOCK ? KVTIER_ERR_BUSY : KVTIER_ERR_IO,
             "cannot lock " + dir + ": another process holds it (stopped?)"};
   if (Status s = ix->claim_pid_namespace(); !s.is_ok()) return s;
+  // Once the other version's processes are gone, their roster is replaced and the index made
+  // from the records (theirs are read as they are).
+  if (const uint32_t other = other_index_version(dir_fd))
+    return other_index_version_error(dir, other);
   *fresh = !ix->join(&ix->map_);
   if (*fresh) {
     // No live process holds an index of the namespace: a new one, filled from the records.
@@ -481,6 +509,21 @@ void SharedIndex::check_roster() {
     const Member& x = r.members[i];
     listed |= x.pid == ::getpid() && x.dev == map_.dev && x.ino == map_.ino;
     other |= x.dev != map_.dev || x.ino != map_.ino;
+  }
+  if (!listed && !valid) {
+    // An open of another kvtier version found no roster of its own, or could not read ours:
+    // its index and this one hand out the same slots (misses, never wrong bytes: every read is
+    // checked) until one side closes the folder. Its roster stays, so that no more processes of
+    // this version come in beside it.
+    if (const uint32_t other = other_index_version(dir_fd_)) {
+      if (!other_version_logged_)
+        log().error("{}; they opened it beside this process, which fails (misses) until one side "
+                    "closes it",
+                    other_index_version_error(dir_, other).message());
+      other_version_logged_ = true;
+      ::flock(lock_fd_, LOCK_UN);
+      return;
+    }
   }
   if (!listed) {
     Map next;
@@ -779,13 +822,14 @@ uint32_t SharedIndex::find_for_write(KeyId id, int32_t self) {
 }
 
 void SharedIndex::commit(uint32_t n, uint64_t length, uint64_t checksum, uint64_t stored,
-                         bool compressed) {
+                         bool compressed, uint16_t rotation) {
   Node& x = mut(n);
   if (x.state != kReserved) return;
   x.length = length;
   x.checksum = checksum;
   x.stored = stored;
   x.compressed = compressed;
+  x.rotation = rotation;
   x.state = kLive;
   --h().reserved;
   ++h().keys;

@@ -13,7 +13,8 @@
 // live member is rewritten by the members, and one that names another index makes them join it;
 // every value read from the index itself is bounds-checked before it is used as a node, a class
 // or a count. Its processes are those of one pid namespace (its pids mean nothing in another):
-// an open from another one, while this one's processes hold the folder, is refused.
+// an open from another one, while this one's processes hold the folder, is refused. So is an
+// open while processes of another kvtier index version hold it (their roster names them).
 #pragma once
 
 #include <pthread.h>
@@ -55,7 +56,8 @@ struct Node {
   uint64_t owner_start;  // the owner's start time (a pid can be reused; the pair cannot)
   uint8_t state;         // NodeState
   uint8_t compressed;
-  uint8_t pad[6];
+  uint16_t rotation;  // of the page in its slot (codec.h)
+  uint8_t pad[4];
   KeyId key() const { return {key_hi, key_lo}; }
 };
 static_assert(sizeof(Node) == 96);
@@ -117,7 +119,8 @@ class SharedIndex {
   // fills it from the records. Opens are serialised by a flock on the folder, held until
   // opened(). Later opens use the geometry the first one made (the namespace's capacity).
   // A lock held by another process longer than `timeout_ms` fails the call that waits for it.
-  // KVTIER_ERR_UNSUPPORTED when processes of another pid namespace have the folder open.
+  // KVTIER_ERR_UNSUPPORTED when processes of another pid namespace, or of another kvtier index
+  // version, have the folder open.
   static Status open(int dir_fd, const std::string& dir, uint64_t capacity, uint64_t timeout_ms,
                      bool* fresh, std::unique_ptr<SharedIndex>* out);
   // An index of this process alone, in memory (no folder, no roster): for the unit test.
@@ -183,7 +186,8 @@ class SharedIndex {
   int reserve(KeyId id, uint64_t slot_size, int32_t pid, uint64_t start, uint32_t* node);
   // A reserved node's page is written and recorded: live for every process. A node live
   // already (a rebuild found its record) stays as it is.
-  void commit(uint32_t n, uint64_t length, uint64_t checksum, uint64_t stored, bool compressed);
+  void commit(uint32_t n, uint64_t length, uint64_t checksum, uint64_t stored, bool compressed,
+              uint16_t rotation = 0);
   // Node n (any state) goes free, its record zeroed first.
   void release(uint32_t n);
   // Frees the slots of writers other than `self` that died or stopped mid-write.
@@ -276,6 +280,7 @@ class SharedIndex {
   std::mutex roster_mu_;
   std::atomic<int64_t> next_check_{0};  // steady-clock ns of the next roster check
   bool damaged_ = false;                // a value out of range met under the lock
+  bool other_version_logged_ = false;   // processes of another index version came in
   Node scratch_node_{};
   ClassInfo scratch_class_{};
   int64_t timeout_ns_ = 0;

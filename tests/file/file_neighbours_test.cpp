@@ -7,14 +7,20 @@
 #include <gtest/gtest.h>
 #include <kvtier/kvtier.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <random>
 #include <string>
@@ -331,6 +337,135 @@ TEST(FileNeighbours, AnotherPidNamespaceIsRefusedWhileOneHoldsTheFolder) {
   s = open_dir(dir, config);
   ASSERT_NE(s, nullptr);
   EXPECT_EQ(count_present(s, 0, 56), 56u) << "the pages of both namespaces, byte for byte";
+  kvtier_close(s);
+}
+
+// The start time of process pid (/proc/<pid>/stat's 22nd field), as a roster names a member.
+uint64_t start_time(pid_t pid) {
+  const std::string stat = slurp("/proc/" + std::to_string(pid) + "/stat");
+  const char* p = std::strrchr(stat.c_str(), ')');
+  for (int field = 0; field < 20 && p; ++field) p = std::strchr(p + 1, ' ');
+  return p ? std::strtoull(p + 1, nullptr, 10) : 0;
+}
+
+// INDEX as a kvtier of index `version` writes it (the roster's layout is the same in every
+// version), naming one member: `pid`, started at `start`.
+void write_roster(const std::string& ns, uint32_t version, pid_t pid, uint64_t start) {
+  struct Member {
+    int32_t pid, fd;
+    uint64_t start, dev, ino;
+  };
+  struct Roster {
+    uint32_t magic, version;
+    uint64_t count;
+    Member members[127];
+    uint64_t sum;
+  } r{};
+  r.magic = 0x52495856;  // "VXIR"
+  r.version = version;
+  r.count = 1;
+  r.members[0] = {pid, 3, start, 0, 0};
+  r.sum = XXH3_64bits(&r, offsetof(Roster, sum));
+  std::ofstream(ns + "/INDEX", std::ios::binary | std::ios::trunc)
+      .write(reinterpret_cast<const char*>(&r), sizeof r);
+}
+
+// A rolling upgrade: processes of an older kvtier (index version 1) and of this one on one
+// folder. Their shared indexes are laid out differently, so two of them over the same page files
+// would hand out the same slots twice: an open while the other version's processes live (its
+// roster names them) is refused, in this process and in another alike; once they are gone, this
+// version takes the folder over and finds the pages in the records.
+TEST(FileNeighbours, AnotherIndexVersionIsRefusedWhileItsProcessesLive) {
+  const std::string dir = fresh("index-version");
+  const std::string config = ";file_capacity=64MiB";
+  kvtier_store_t* s = open_dir(dir, config);
+  for (size_t k = 0; k < 16; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  kvtier_close(s);
+  const std::string ns = ns_dir(dir);
+  ASSERT_FALSE(ns.empty());
+  // The older version's process: a child that sleeps, the member of its roster.
+  const pid_t old = fork();
+  if (old == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    for (;;) pause();
+  }
+  ASSERT_GT(old, 0);
+  const uint64_t start = start_time(old);
+  ASSERT_GT(start, 0u);
+  write_roster(ns, 1, old, start);
+  const std::string said = "in use by processes of another kvtier index version (1";
+  kvtier_store_t* refused = nullptr;
+  EXPECT_EQ(kvtier_open(("tiers=file;file_dir=" + dir + config).c_str(), &refused),
+            KVTIER_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(kvtier_last_error()).find(said), std::string::npos)
+      << kvtier_last_error();
+  kvtier_close(refused);
+  Proc other({"count", dir, "0", "16"}, dir + "/other.log");
+  EXPECT_EQ(other.wait_for(60), 3 << 8) << slurp(other.log);
+  EXPECT_NE(slurp(other.log).find("KVTIER_ERR_UNSUPPORTED"), std::string::npos) << slurp(other.log);
+  EXPECT_NE(slurp(other.log).find(said), std::string::npos) << slurp(other.log);
+  // Gone, it leaves its roster behind: this version takes the folder over.
+  ASSERT_EQ(::kill(old, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(old, &status, 0), old);
+  s = open_dir(dir, config);
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(count_present(s, 0, 16), 16u) << "the pages of the records, byte for byte";
+  for (size_t k = 16; k < 24; ++k) EXPECT_EQ(put_page(s, k), KVTIER_OK);
+  Proc reader({"count", dir, "0", "24"}, dir + "/reader.log");
+  ASSERT_TRUE(exited_ok(reader.wait_for(60))) << slurp(reader.log);
+  EXPECT_EQ(last_count(reader.log, "present"), 24u) << slurp(reader.log);
+  kvtier_close(s);
+}
+
+// The index version INDEX names (0 if it is missing or short).
+uint32_t roster_version(const std::string& ns) {
+  const std::string r = slurp(ns + "/INDEX");
+  uint32_t version = 0;
+  if (r.size() >= 8) std::memcpy(&version, r.data() + 4, sizeof version);
+  return version;
+}
+
+// A library that predates the refusal opens beside this version's processes (it found their
+// roster unreadable and wrote its own): they log it once and leave its roster be, so that no
+// more processes of this version come in; once it is gone they write theirs again.
+TEST(FileNeighbours, AnotherIndexVersionsRosterIsLeftBeWhileItsProcessesLive) {
+  const std::string dir = fresh("index-version-beside");
+  const std::string config = ";file_capacity=64MiB";
+  kvtier_store_t* s = open_dir(dir, config);
+  for (size_t k = 0; k < 8; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  const std::string ns = ns_dir(dir);
+  const uint32_t ours = roster_version(ns);
+  ASSERT_GT(ours, 1u);
+  const pid_t old = fork();
+  if (old == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    for (;;) pause();
+  }
+  ASSERT_GT(old, 0);
+  write_roster(ns, 1, old, start_time(old));
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  testing::internal::CaptureStderr();
+  count_present(s, 0, 8);  // a call: the roster's check
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  count_present(s, 0, 8);
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("another kvtier index version (1"), std::string::npos) << said;
+  EXPECT_EQ(said.find("another kvtier index version (1"),
+            said.rfind("another kvtier index version (1"))
+      << "logged more than once: " << said;
+  EXPECT_EQ(roster_version(ns), 1u) << "the other version's roster was written over";
+  Proc refused({"count", dir, "0", "8"}, dir + "/refused.log");
+  EXPECT_EQ(refused.wait_for(60), 3 << 8) << slurp(refused.log);
+  ASSERT_EQ(::kill(old, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(old, &status, 0), old);
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  count_present(s, 0, 8);
+  EXPECT_EQ(roster_version(ns), ours);
+  Proc reader({"count", dir, "0", "8"}, dir + "/reader.log");
+  ASSERT_TRUE(exited_ok(reader.wait_for(60))) << slurp(reader.log);
+  EXPECT_EQ(last_count(reader.log, "present"), 8u) << slurp(reader.log);
   kvtier_close(s);
 }
 
