@@ -14,7 +14,7 @@
 
 #include <xxhash.h>
 
-#include "bench.h"
+#include "bench/bench.h"
 
 namespace kvtier_bench {
 

@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "bench.h"
+#include "bench/bench.h"
 
 namespace kvtier_bench {
 

@@ -13,7 +13,7 @@
 #include <filesystem>
 #include <string>
 
-#include "bench.h"
+#include "bench/bench.h"
 
 using namespace kvtier_bench;
 

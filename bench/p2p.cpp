@@ -6,7 +6,7 @@
 #include <utility>
 #include <vector>
 
-#include "bench.h"
+#include "bench/bench.h"
 
 namespace kvtier_bench {
 

@@ -3,7 +3,7 @@
 #include <string>
 #include <vector>
 
-#include "bench.h"
+#include "bench/bench.h"
 
 namespace kvtier_bench {
 

@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include "bench.h"
+#include "bench/bench.h"
 
 namespace kvtier_bench {
 

@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "bench.h"
+#include "bench/bench.h"
 
 namespace kvtier_bench {
 

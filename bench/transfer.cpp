@@ -6,7 +6,7 @@
 #include <thread>
 #include <vector>
 
-#include "bench.h"
+#include "bench/bench.h"
 
 namespace kvtier_bench {
 

@@ -1,5 +1,5 @@
 // The C ABI's common calls: version, error names and the last error, kvtier_free; layouts.
-#include "kvtier_c.h"
+#include "capi/kvtier_c.h"
 
 #include <kvtier/kvtier.h>
 

@@ -9,9 +9,9 @@
 #include <new>
 #include <string>
 
-#include "layout.h"
-#include "log.h"
-#include "status.h"
+#include "src/layout.h"
+#include "src/log.h"
+#include "src/status.h"
 
 // Every entry point checks its arguments, turns Status into a code plus a thread-local detail,
 // and lets no exception out.

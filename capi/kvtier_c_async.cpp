@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "kvtier_c.h"
-#include "requests.h"
-#include "store_handle.h"
+#include "capi/kvtier_c.h"
+#include "src/requests.h"
+#include "capi/store_handle.h"
 
 namespace {
 

@@ -15,12 +15,12 @@
 #include <string>
 #include <vector>
 
-#include "config.h"
-#include "kvtier_c.h"
-#include "layout.h"
-#include "process.h"
-#include "store.h"
-#include "store_handle.h"
+#include "src/config.h"
+#include "capi/kvtier_c.h"
+#include "src/layout.h"
+#include "src/process.h"
+#include "src/store.h"
+#include "capi/store_handle.h"
 
 namespace {
 

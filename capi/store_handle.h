@@ -11,12 +11,12 @@
 #include <optional>
 #include <shared_mutex>
 
-#include "call_gate.h"
-#include "layout.h"
-#include "process.h"
-#include "requests.h"
-#include "status.h"
-#include "store.h"
+#include "src/call_gate.h"
+#include "src/layout.h"
+#include "src/process.h"
+#include "src/requests.h"
+#include "src/status.h"
+#include "src/store.h"
 
 // A handle: the store (shared by the views opened from it), this handle's page format, its
 // asynchronous requests, and the calls in flight on it. kvtier_close() marks it closed, ends

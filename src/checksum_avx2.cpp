@@ -7,7 +7,7 @@
 
 #include <algorithm>
 
-#include "keys.h"
+#include "src/keys.h"
 
 namespace kvtier::detail {
 

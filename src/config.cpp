@@ -1,11 +1,11 @@
-#include "config.h"
+#include "src/config.h"
 
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <string_view>
 
-#include "log.h"
+#include "src/log.h"
 
 extern char** environ;
 

@@ -13,8 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "options.h"
-#include "status.h"
+#include "src/options.h"
+#include "src/status.h"
 
 namespace kvtier {
 

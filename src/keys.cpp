@@ -1,4 +1,4 @@
-#include "keys.h"
+#include "src/keys.h"
 
 #include <algorithm>
 #include <vector>

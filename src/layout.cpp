@@ -1,4 +1,4 @@
-#include "layout.h"
+#include "src/layout.h"
 
 #include <algorithm>
 #include <string>

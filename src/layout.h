@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "keys.h"
-#include "status.h"
+#include "src/keys.h"
+#include "src/status.h"
 
 namespace kvtier {
 

@@ -1,11 +1,11 @@
-#include "options.h"
+#include "src/options.h"
 
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <sstream>
 
-#include "log.h"
+#include "src/log.h"
 
 namespace kvtier {
 

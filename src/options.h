@@ -13,7 +13,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "status.h"
+#include "src/status.h"
 
 namespace kvtier {
 

@@ -1,4 +1,4 @@
-#include "process.h"
+#include "src/process.h"
 
 #include <pthread.h>
 

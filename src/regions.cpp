@@ -1,4 +1,4 @@
-#include "regions.h"
+#include "src/regions.h"
 
 #include <mutex>
 #include <sstream>

@@ -8,8 +8,8 @@
 #include <set>
 #include <shared_mutex>
 
-#include "keys.h"
-#include "status.h"
+#include "src/keys.h"
+#include "src/status.h"
 
 namespace kvtier {
 

@@ -1,4 +1,4 @@
-#include "requests.h"
+#include "src/requests.h"
 
 #include <sys/eventfd.h>
 #include <unistd.h>

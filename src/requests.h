@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "status.h"
+#include "src/status.h"
 
 namespace kvtier {
 

@@ -1,11 +1,11 @@
-#include "store.h"
+#include "src/store.h"
 
 #include <cstring>
 #include <mutex>
 #include <numeric>
 #include <sstream>
 
-#include "log.h"
+#include "src/log.h"
 
 namespace kvtier {
 

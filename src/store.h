@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "config.h"
-#include "layout.h"
-#include "regions.h"
-#include "tier.h"
+#include "src/config.h"
+#include "src/layout.h"
+#include "src/regions.h"
+#include "src/tier.h"
 
 namespace kvtier {
 

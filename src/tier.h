@@ -9,9 +9,9 @@
 #include <string>
 #include <string_view>
 
-#include "config.h"
-#include "keys.h"
-#include "status.h"
+#include "src/config.h"
+#include "src/keys.h"
+#include "src/status.h"
 
 namespace kvtier {
 

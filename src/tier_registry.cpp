@@ -1,6 +1,6 @@
 #include <map>
 
-#include "tier.h"
+#include "src/tier.h"
 
 namespace kvtier {
 

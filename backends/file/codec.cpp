@@ -1,4 +1,4 @@
-#include "codec.h"
+#include "backends/file/codec.h"
 
 #include <zstd.h>
 

@@ -10,7 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "keys.h"
+#include "src/keys.h"
 
 namespace kvtier {
 

@@ -1,4 +1,4 @@
-#include "faults.h"
+#include "backends/file/faults.h"
 
 #include <signal.h>
 

@@ -6,8 +6,8 @@
 #include <memory>
 #include <vector>
 
-#include "status.h"
-#include "uring.h"
+#include "src/status.h"
+#include "backends/file/uring.h"
 
 namespace kvtier {
 

@@ -1,7 +1,7 @@
 // The file tier's name in builds without liburing: KVTIER_TIERS=file then fails with
 // KVTIER_ERR_UNSUPPORTED ("not built in"), as an RDMA transport does in a build without verbs,
 // so callers and tests can tell a missing tier from a misspelt one (KVTIER_ERR_CONFIG).
-#include "tier.h"
+#include "src/tier.h"
 
 namespace kvtier {
 

@@ -1,6 +1,6 @@
 // The tier's calls, and the process-wide table of open namespaces: a namespace's folder, its
 // PageFiles shared by the stores of one process.
-#include "file_tier.h"
+#include "backends/file/file_tier.h"
 
 #include <unistd.h>
 
@@ -10,11 +10,11 @@
 #include <string>
 #include <utility>
 
-#include "file_options.h"
-#include "log.h"
-#include "page_files.h"
-#include "process.h"
-#include "safe_dir.h"
+#include "backends/file/file_options.h"
+#include "src/log.h"
+#include "backends/file/page_files.h"
+#include "src/process.h"
+#include "backends/file/safe_dir.h"
 
 namespace kvtier {
 

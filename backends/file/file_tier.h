@@ -15,7 +15,7 @@
 
 #include <memory>
 
-#include "tier.h"
+#include "src/tier.h"
 
 namespace kvtier {
 

@@ -3,8 +3,8 @@
 #include <cerrno>
 #include <memory>
 
-#include "log.h"
-#include "page_files.h"
+#include "src/log.h"
+#include "backends/file/page_files.h"
 
 namespace kvtier {
 

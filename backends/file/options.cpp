@@ -5,8 +5,8 @@
 
 #include <cstdlib>
 
-#include "config.h"
-#include "file_options.h"
+#include "src/config.h"
+#include "backends/file/file_options.h"
 
 namespace kvtier {
 

@@ -12,11 +12,11 @@
 #include <cstring>
 #include <thread>
 
-#include "file_options.h"
-#include "log.h"
-#include "page_files.h"
-#include "records.h"
-#include "safe_dir.h"
+#include "backends/file/file_options.h"
+#include "src/log.h"
+#include "backends/file/page_files.h"
+#include "backends/file/records.h"
+#include "backends/file/safe_dir.h"
 
 namespace kvtier {
 

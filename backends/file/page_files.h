@@ -17,12 +17,12 @@
 #include <string>
 #include <vector>
 
-#include "codec.h"
-#include "faults.h"
-#include "group_sync.h"
-#include "shared_index.h"
-#include "tier.h"
-#include "uring.h"
+#include "backends/file/codec.h"
+#include "backends/file/faults.h"
+#include "backends/file/group_sync.h"
+#include "backends/file/shared_index.h"
+#include "src/tier.h"
+#include "backends/file/uring.h"
 
 namespace kvtier {
 

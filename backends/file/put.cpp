@@ -7,10 +7,10 @@
 #include <chrono>
 #include <cstring>
 
-#include "log.h"
-#include "page_files.h"
-#include "records.h"
-#include "size_class.h"
+#include "src/log.h"
+#include "backends/file/page_files.h"
+#include "backends/file/records.h"
+#include "src/size_class.h"
 
 namespace kvtier {
 

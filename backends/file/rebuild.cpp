@@ -10,9 +10,9 @@
 #include <cerrno>
 #include <cstring>
 
-#include "log.h"
-#include "page_files.h"
-#include "records.h"
+#include "src/log.h"
+#include "backends/file/page_files.h"
+#include "backends/file/records.h"
 
 namespace kvtier {
 

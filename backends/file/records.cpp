@@ -1,4 +1,4 @@
-#include "records.h"
+#include "backends/file/records.h"
 
 #include <unistd.h>
 

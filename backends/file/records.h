@@ -8,8 +8,8 @@
 #include <span>
 #include <string>
 
-#include "keys.h"
-#include "status.h"
+#include "src/keys.h"
+#include "src/status.h"
 
 namespace kvtier {
 

@@ -1,4 +1,4 @@
-#include "safe_dir.h"
+#include "backends/file/safe_dir.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -9,7 +9,7 @@
 #include <cstring>
 #include <vector>
 
-#include "log.h"
+#include "src/log.h"
 
 namespace kvtier {
 

@@ -8,7 +8,7 @@
 
 #include <string>
 
-#include "status.h"
+#include "src/status.h"
 
 namespace kvtier {
 

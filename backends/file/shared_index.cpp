@@ -1,4 +1,4 @@
-#include "shared_index.h"
+#include "backends/file/shared_index.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -18,9 +18,9 @@
 #include <stdexcept>
 #include <vector>
 
-#include "deadline_lock.h"
-#include "log.h"
-#include "safe_dir.h"
+#include "src/deadline_lock.h"
+#include "src/log.h"
+#include "backends/file/safe_dir.h"
 
 namespace kvtier {
 

@@ -29,9 +29,9 @@
 #include <string>
 #include <vector>
 
-#include "keys.h"
-#include "status.h"
-#include "tier.h"
+#include "src/keys.h"
+#include "src/status.h"
+#include "src/tier.h"
 
 namespace kvtier {
 

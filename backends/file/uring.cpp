@@ -1,4 +1,4 @@
-#include "uring.h"
+#include "backends/file/uring.h"
 
 #include <cerrno>
 #include <cstring>

@@ -14,7 +14,7 @@
 #include <mutex>
 #include <vector>
 
-#include "status.h"
+#include "src/status.h"
 
 namespace kvtier {
 

@@ -1,4 +1,4 @@
-#include "memory_tier.h"
+#include "backends/memory/memory_tier.h"
 
 #include <cstdlib>
 

@@ -13,8 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "page_table.h"
-#include "tier.h"
+#include "src/page_table.h"
+#include "src/tier.h"
 
 namespace kvtier {
 

@@ -20,9 +20,9 @@
 #include <thread>
 #include <vector>
 
-#include "common/server_process.h"
-#include "common/store.h"
-#include "common/test_util.h"
+#include "tests/common/server_process.h"
+#include "tests/common/store.h"
+#include "tests/common/test_util.h"
 
 namespace {
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "common/test_util.h"
+#include "tests/common/test_util.h"
 
 namespace {
 

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "p2p/p2p_pool.h"
-#include "common/test_util.h"
+#include "tests/p2p/p2p_pool.h"
+#include "tests/common/test_util.h"
 
 using kvtier_test::c_keys;
 using kvtier_test::fill_random;

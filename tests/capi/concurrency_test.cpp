@@ -8,8 +8,8 @@
 #include <atomic>
 #include <thread>
 
-#include "common/server_process.h"
-#include "common/test_util.h"
+#include "tests/common/server_process.h"
+#include "tests/common/test_util.h"
 
 namespace {
 

@@ -17,12 +17,12 @@
 #include <set>
 #include <thread>
 
-#include "cluster/etcd_process.h"
-#include "common/loopback.h"
-#include "common/raw_client.h"
-#include "common/server_process.h"
-#include "common/store.h"
-#include "common/test_util.h"
+#include "tests/cluster/etcd_process.h"
+#include "tests/common/loopback.h"
+#include "tests/common/raw_client.h"
+#include "tests/common/server_process.h"
+#include "tests/common/store.h"
+#include "tests/common/test_util.h"
 
 namespace {
 

@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "common/loopback.h"
+#include "tests/common/loopback.h"
 
 namespace kvtier_test {
 

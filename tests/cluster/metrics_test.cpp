@@ -12,11 +12,11 @@
 #include <sstream>
 #include <thread>
 
-#include "cluster/etcd_process.h"
-#include "common/loopback.h"
-#include "common/sampling.h"
-#include "common/server_process.h"
-#include "common/test_util.h"
+#include "tests/cluster/etcd_process.h"
+#include "tests/common/loopback.h"
+#include "tests/common/sampling.h"
+#include "tests/common/server_process.h"
+#include "tests/common/test_util.h"
 
 namespace {
 

@@ -10,9 +10,9 @@
 #include <atomic>
 #include <map>
 
-#include "common/raw_client.h"
-#include "common/server_process.h"
-#include "common/test_util.h"
+#include "tests/common/raw_client.h"
+#include "tests/common/server_process.h"
+#include "tests/common/test_util.h"
 
 namespace {
 

@@ -17,8 +17,8 @@
 #include <utility>
 #include <vector>
 
-#include "common/loopback.h"
-#include "common/wire_version.h"
+#include "tests/common/loopback.h"
+#include "tests/common/wire_version.h"
 
 namespace kvtier_test {
 

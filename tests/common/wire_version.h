@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "protocol.h"
+#include "backends/remote/wire/protocol.h"
 
 namespace kvtier_test {
 

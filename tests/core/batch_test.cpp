@@ -4,8 +4,8 @@
 
 #include <cstring>
 
-#include "store.h"
-#include "common/test_util.h"
+#include "src/store.h"
+#include "tests/common/test_util.h"
 
 namespace {
 

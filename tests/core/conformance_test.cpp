@@ -5,10 +5,10 @@
 #include <algorithm>
 #include <map>
 
-#include "memory_tier.h"
-#include "common/server_process.h"
-#include "common/test_util.h"
-#include "tier.h"
+#include "backends/memory/memory_tier.h"
+#include "tests/common/server_process.h"
+#include "tests/common/test_util.h"
+#include "src/tier.h"
 
 namespace {
 

@@ -6,13 +6,13 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "config.h"
-#include "keys.h"
-#include "layout.h"
-#include "regions.h"
-#include "store.h"
-#include "core/test_tier.h"
-#include "common/test_util.h"
+#include "src/config.h"
+#include "src/keys.h"
+#include "src/layout.h"
+#include "src/regions.h"
+#include "src/store.h"
+#include "tests/core/test_tier.h"
+#include "tests/common/test_util.h"
 
 namespace {
 

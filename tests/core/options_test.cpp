@@ -11,13 +11,13 @@
 #include <string>
 #include <vector>
 
-#include "config.h"
-#include "file_options.h"
-#include "memory_tier.h"
-#include "p2p.h"
-#include "remote_options.h"
-#include "common/server_process.h"
-#include "common/test_util.h"
+#include "src/config.h"
+#include "backends/file/file_options.h"
+#include "backends/memory/memory_tier.h"
+#include "backends/remote/p2p/p2p.h"
+#include "backends/remote/client/remote_options.h"
+#include "tests/common/server_process.h"
+#include "tests/common/test_util.h"
 
 namespace {
 

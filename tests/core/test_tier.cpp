@@ -1,4 +1,4 @@
-#include "core/test_tier.h"
+#include "tests/core/test_tier.h"
 
 namespace kvtier_test {
 

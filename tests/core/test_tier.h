@@ -6,7 +6,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "tier.h"
+#include "src/tier.h"
 
 namespace kvtier_test {
 

@@ -26,10 +26,10 @@
 #include <string>
 #include <thread>
 
-#include "common/sampling.h"
-#include "common/test_util.h"
-#include "file/file_pages.h"
-#include "file/file_procs.h"
+#include "tests/common/sampling.h"
+#include "tests/common/test_util.h"
+#include "tests/file/file_pages.h"
+#include "tests/file/file_procs.h"
 
 namespace fs = std::filesystem;
 using namespace kvtier_test;

@@ -23,8 +23,8 @@
 #include <thread>
 #include <vector>
 
-#include "file/file_pages.h"
-#include "common/test_util.h"
+#include "tests/file/file_pages.h"
+#include "tests/common/test_util.h"
 
 namespace kvtier_test {
 

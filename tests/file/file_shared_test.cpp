@@ -18,9 +18,9 @@
 #include <sstream>
 #include <thread>
 
-#include "file/file_pages.h"
-#include "file/file_procs.h"
-#include "common/test_util.h"
+#include "tests/file/file_pages.h"
+#include "tests/file/file_procs.h"
+#include "tests/common/test_util.h"
 
 namespace fs = std::filesystem;
 using namespace kvtier_test;

@@ -17,9 +17,9 @@
 #include <fstream>
 #include <thread>
 
-#include "file/file_pages.h"
-#include "common/store.h"
-#include "common/test_util.h"
+#include "tests/file/file_pages.h"
+#include "tests/common/store.h"
+#include "tests/common/test_util.h"
 
 namespace fs = std::filesystem;
 using kvtier_test::page_key;

@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "file/file_pages.h"
+#include "tests/file/file_pages.h"
 
 namespace {
 

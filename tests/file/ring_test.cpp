@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "common/test_util.h"
-#include "uring.h"
+#include "tests/common/test_util.h"
+#include "backends/file/uring.h"
 
 namespace {
 

@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-#include "shared_index.h"
+#include "backends/file/shared_index.h"
 
 namespace {
 

@@ -8,8 +8,8 @@
 #include <map>
 #include <thread>
 
-#include "memory_tier.h"
-#include "common/test_util.h"
+#include "backends/memory/memory_tier.h"
+#include "tests/common/test_util.h"
 
 namespace {
 

@@ -7,7 +7,7 @@
 #include <map>
 #include <random>
 
-#include "page_table.h"
+#include "src/page_table.h"
 
 namespace kvtier {
 namespace {

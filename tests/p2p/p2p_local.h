@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "common/loopback.h"
-#include "common/test_util.h"
-#include "p2p/p2p_pool.h"
+#include "tests/common/loopback.h"
+#include "tests/common/test_util.h"
+#include "tests/p2p/p2p_pool.h"
 
 namespace kvtier_test {
 

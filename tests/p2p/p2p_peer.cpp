@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "p2p/p2p_pool.h"
+#include "tests/p2p/p2p_pool.h"
 
 // The pool's bytes as they are now. The test asks for them only after it has seen the reply to
 // its last transfer, so the serving thread's writes came first; but that order runs through

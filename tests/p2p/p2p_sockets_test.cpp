@@ -19,10 +19,10 @@
 #include <thread>
 #include <vector>
 
-#include "common/loopback.h"
-#include "common/sampling.h"
-#include "common/wire_version.h"
-#include "p2p/p2p_local.h"
+#include "tests/common/loopback.h"
+#include "tests/common/sampling.h"
+#include "tests/common/wire_version.h"
+#include "tests/p2p/p2p_local.h"
 
 namespace kvtier_test {
 namespace {

@@ -19,10 +19,10 @@
 #include <utility>
 #include <vector>
 
-#include "p2p/p2p_local.h"
-#include "p2p/p2p_pool.h"
-#include "p2p/p2p_process.h"
-#include "common/test_util.h"
+#include "tests/p2p/p2p_local.h"
+#include "tests/p2p/p2p_pool.h"
+#include "tests/p2p/p2p_process.h"
+#include "tests/common/test_util.h"
 
 using kvtier_test::Connected;
 using kvtier_test::kConfig;

@@ -18,13 +18,13 @@
 #include <thread>
 #include <vector>
 
-#include "common/loopback.h"
-#include "common/sampling.h"
-#include "common/test_util.h"
-#include "common/wire_version.h"
-#include "p2p/p2p_local.h"
-#include "p2p/p2p_pool.h"
-#include "p2p/p2p_process.h"
+#include "tests/common/loopback.h"
+#include "tests/common/sampling.h"
+#include "tests/common/test_util.h"
+#include "tests/common/wire_version.h"
+#include "tests/p2p/p2p_local.h"
+#include "tests/p2p/p2p_pool.h"
+#include "tests/p2p/p2p_process.h"
 
 namespace kvtier_test {
 namespace {

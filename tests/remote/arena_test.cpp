@@ -1,7 +1,7 @@
 // kvtier-server's arena alone (no sockets) against a model: slots handed out never overlap and
 // add up to used(), eviction takes the least recently used unpinned pages and nothing else, and
 // a pinned page's bytes survive its drop and every allocation until its last unpin.
-#include "arena.h"
+#include "backends/remote/server/arena.h"
 
 #include <gtest/gtest.h>
 
@@ -12,7 +12,7 @@
 #include <tuple>
 #include <vector>
 
-#include "size_class.h"
+#include "src/size_class.h"
 
 namespace kvtier {
 namespace {

@@ -1,7 +1,7 @@
 // kvtier-server's disk alone (no sockets), in a temp folder: only a write makes a namespace's
 // folder, the fd budget closes the least recently used file tiers (never one in use), and the
 // capacity deletes the least recently used other namespaces whole.
-#include "disk.h"
+#include "backends/remote/server/disk.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -11,7 +11,7 @@
 #include <filesystem>
 #include <vector>
 
-#include "common/test_util.h"
+#include "tests/common/test_util.h"
 
 namespace kvtier {
 namespace {

@@ -13,8 +13,8 @@
 #include <thread>
 #include <vector>
 
-#include "common/loopback.h"
-#include "common/raw_client.h"
+#include "tests/common/loopback.h"
+#include "tests/common/raw_client.h"
 
 namespace kvtier_test {
 

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "auth.h"
-#include "protocol.h"
+#include "backends/remote/wire/auth.h"
+#include "backends/remote/wire/protocol.h"
 
 namespace kvtier_test {
 

@@ -19,13 +19,13 @@
 #include <mutex>
 #include <thread>
 
-#include "common/loopback.h"
-#include "common/raw_client.h"
-#include "common/sampling.h"
-#include "common/server_process.h"
-#include "common/store.h"
-#include "common/test_util.h"
-#include "remote/fake_server.h"
+#include "tests/common/loopback.h"
+#include "tests/common/raw_client.h"
+#include "tests/common/sampling.h"
+#include "tests/common/server_process.h"
+#include "tests/common/store.h"
+#include "tests/common/test_util.h"
+#include "tests/remote/fake_server.h"
 
 namespace {
 

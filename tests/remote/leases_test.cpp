@@ -1,7 +1,7 @@
 // kvtier-server's leases alone (no sockets), over a real arena: each lease ends exactly once
 // (COMMIT, RELEASE, its connection's end, or its time), gives back what it held then, fences an
 // ALLOC slot's client before its slot goes back, and a connection holds at most its cap.
-#include "leases.h"
+#include "backends/remote/server/leases.h"
 
 #include <gtest/gtest.h>
 

@@ -40,16 +40,16 @@
 #include <thread>
 #include <vector>
 
-#include "cluster/etcd_process.h"
-#include "common/loopback.h"
-#include "common/raw_client.h"
-#include "common/sampling.h"
-#include "common/server_process.h"
-#include "common/test_util.h"
-#include "p2p/p2p_local.h"
-#include "p2p/p2p_pool.h"
-#include "p2p/p2p_process.h"
-#include "remote/fake_server.h"
+#include "tests/cluster/etcd_process.h"
+#include "tests/common/loopback.h"
+#include "tests/common/raw_client.h"
+#include "tests/common/sampling.h"
+#include "tests/common/server_process.h"
+#include "tests/common/test_util.h"
+#include "tests/p2p/p2p_local.h"
+#include "tests/p2p/p2p_pool.h"
+#include "tests/p2p/p2p_process.h"
+#include "tests/remote/fake_server.h"
 
 namespace kvtier_test {
 namespace {

@@ -7,9 +7,9 @@
 
 #include <random>
 
-#include "remote/frame_fuzz.h"
-#include "protocol.h"
-#include "rdma.h"
+#include "tests/remote/frame_fuzz.h"
+#include "backends/remote/wire/protocol.h"
+#include "backends/remote/rdma/rdma.h"
 
 namespace {
 

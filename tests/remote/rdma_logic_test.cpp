@@ -9,12 +9,12 @@
 #include <cstdlib>
 #include <thread>
 
-#include "config.h"
-#include "rdma.h"
-#include "remote_options.h"
-#include "common/server_process.h"
-#include "common/test_util.h"
-#include "tier.h"
+#include "src/config.h"
+#include "backends/remote/rdma/rdma.h"
+#include "backends/remote/client/remote_options.h"
+#include "tests/common/server_process.h"
+#include "tests/common/test_util.h"
+#include "src/tier.h"
 
 namespace {
 

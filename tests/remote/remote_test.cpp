@@ -21,10 +21,10 @@
 #include <thread>
 #include <tuple>
 
-#include "common/raw_client.h"
-#include "common/server_process.h"
-#include "common/store.h"
-#include "common/test_util.h"
+#include "tests/common/raw_client.h"
+#include "tests/common/server_process.h"
+#include "tests/common/store.h"
+#include "tests/common/test_util.h"
 
 namespace {
 

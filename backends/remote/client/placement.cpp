@@ -1,9 +1,9 @@
-#include "placement.h"
+#include "backends/remote/client/placement.h"
 
 #include <algorithm>
 #include <thread>
 
-#include "log.h"
+#include "src/log.h"
 
 namespace kvtier::remote {
 

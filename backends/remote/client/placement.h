@@ -12,10 +12,10 @@
 #include <utility>
 #include <vector>
 
-#include "cluster.h"
-#include "keys.h"
-#include "pool.h"
-#include "remote_options.h"
+#include "backends/remote/cluster/cluster.h"
+#include "src/keys.h"
+#include "backends/remote/client/pool.h"
+#include "backends/remote/client/remote_options.h"
 
 namespace kvtier::remote {
 

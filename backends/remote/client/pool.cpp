@@ -1,12 +1,12 @@
-#include "pool.h"
+#include "backends/remote/client/pool.h"
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 
-#include "auth.h"
-#include "log.h"
+#include "backends/remote/wire/auth.h"
+#include "src/log.h"
 
 namespace kvtier::remote {
 

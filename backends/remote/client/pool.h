@@ -13,11 +13,11 @@
 #include <string>
 #include <vector>
 
-#include "deadline_lock.h"
-#include "net.h"
-#include "protocol.h"
-#include "rdma.h"
-#include "status.h"
+#include "src/deadline_lock.h"
+#include "backends/remote/wire/net.h"
+#include "backends/remote/wire/protocol.h"
+#include "backends/remote/rdma/rdma.h"
+#include "src/status.h"
 
 namespace kvtier::remote {
 

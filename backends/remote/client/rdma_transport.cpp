@@ -2,8 +2,8 @@
 // server's channel (rdma.h), which is made on first use and backed off while it keeps failing.
 #include <algorithm>
 
-#include "log.h"
-#include "transport.h"
+#include "src/log.h"
+#include "backends/remote/client/transport.h"
 
 namespace kvtier::remote {
 

@@ -8,13 +8,13 @@
 #include <system_error>
 #include <thread>
 
-#include "config.h"
-#include "log.h"
-#include "placement.h"
-#include "pool.h"
-#include "remote_options.h"
-#include "tier.h"
-#include "transport.h"
+#include "src/config.h"
+#include "src/log.h"
+#include "backends/remote/client/placement.h"
+#include "backends/remote/client/pool.h"
+#include "backends/remote/client/remote_options.h"
+#include "src/tier.h"
+#include "backends/remote/client/transport.h"
 
 namespace kvtier {
 

@@ -2,7 +2,7 @@
 // chunk ahead.
 #include <algorithm>
 
-#include "transport.h"
+#include "backends/remote/client/transport.h"
 
 namespace kvtier::remote {
 

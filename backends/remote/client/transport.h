@@ -8,8 +8,8 @@
 #include <span>
 #include <vector>
 
-#include "pool.h"
-#include "tier.h"
+#include "backends/remote/client/pool.h"
+#include "src/tier.h"
 
 namespace kvtier::remote {
 

@@ -1,9 +1,9 @@
-#include "cluster.h"
+#include "backends/remote/cluster/cluster.h"
 
 #include <algorithm>
 
-#include "log.h"
-#include "options.h"
+#include "src/log.h"
+#include "src/options.h"
 
 namespace kvtier {
 

@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "etcd.h"
+#include "backends/remote/cluster/etcd.h"
 
 namespace kvtier {
 

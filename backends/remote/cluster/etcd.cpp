@@ -1,6 +1,6 @@
 // etcd's v3 JSON gateway: every call is a POST of a JSON body to /v3/<service>/<method>; keys
 // and values travel base64-encoded and 64-bit integers as decimal strings.
-#include "etcd.h"
+#include "backends/remote/cluster/etcd.h"
 
 #include <curl/curl.h>
 

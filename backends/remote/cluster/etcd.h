@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "status.h"
+#include "src/status.h"
 
 namespace kvtier::etcd {
 

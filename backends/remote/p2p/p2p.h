@@ -40,8 +40,8 @@
 #include <span>
 #include <string>
 
-#include "layout.h"
-#include "status.h"
+#include "src/layout.h"
+#include "src/status.h"
 
 namespace kvtier::p2p {
 

@@ -11,13 +11,13 @@
 #include <thread>
 #include <vector>
 
-#include "auth.h"
-#include "event_loop.h"
-#include "log.h"
-#include "net.h"
-#include "p2p_internal.h"
-#include "protocol.h"
-#include "rdma.h"
+#include "backends/remote/wire/auth.h"
+#include "backends/remote/serve/event_loop.h"
+#include "src/log.h"
+#include "backends/remote/wire/net.h"
+#include "backends/remote/p2p/p2p_internal.h"
+#include "backends/remote/wire/protocol.h"
+#include "backends/remote/rdma/rdma.h"
 
 namespace kvtier::p2p {
 

@@ -11,13 +11,13 @@
 #include <string>
 #include <vector>
 
-#include "auth.h"
-#include "call_gate.h"
-#include "event_loop.h"
-#include "net.h"
-#include "p2p.h"
-#include "protocol.h"
-#include "rdma.h"
+#include "backends/remote/wire/auth.h"
+#include "src/call_gate.h"
+#include "backends/remote/serve/event_loop.h"
+#include "backends/remote/wire/net.h"
+#include "backends/remote/p2p/p2p.h"
+#include "backends/remote/wire/protocol.h"
+#include "backends/remote/rdma/rdma.h"
 
 namespace kvtier::p2p {
 

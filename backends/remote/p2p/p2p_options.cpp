@@ -1,6 +1,6 @@
 // The transfer endpoints' settings (KVTIER_P2P_*): p2p.h's Options, read by kvtier_endpoint_open.
-#include "config.h"
-#include "p2p.h"
+#include "src/config.h"
+#include "backends/remote/p2p/p2p.h"
 
 namespace kvtier {
 

@@ -7,13 +7,13 @@
 #include <cstring>
 #include <vector>
 
-#include "auth.h"
-#include "deadline_lock.h"
-#include "log.h"
-#include "net.h"
-#include "p2p_internal.h"
-#include "protocol.h"
-#include "rdma.h"
+#include "backends/remote/wire/auth.h"
+#include "src/deadline_lock.h"
+#include "src/log.h"
+#include "backends/remote/wire/net.h"
+#include "backends/remote/p2p/p2p_internal.h"
+#include "backends/remote/wire/protocol.h"
+#include "backends/remote/rdma/rdma.h"
 
 namespace kvtier::p2p {
 

@@ -13,8 +13,8 @@
 #include <mutex>
 #include <thread>
 
-#include "log.h"
-#include "verbs.h"
+#include "src/log.h"
+#include "backends/remote/rdma/verbs.h"
 
 namespace kvtier::rdma {
 

@@ -24,10 +24,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "deadline_lock.h"
-#include "keys.h"
-#include "net.h"
-#include "status.h"
+#include "src/deadline_lock.h"
+#include "src/keys.h"
+#include "backends/remote/wire/net.h"
+#include "src/status.h"
 
 namespace kvtier::rdma {
 

@@ -1,5 +1,5 @@
 // rdma.h for builds without libibverbs/librdmacm: no device, every RDMA call says UNSUPPORTED.
-#include "rdma.h"
+#include "backends/remote/rdma/rdma.h"
 
 namespace kvtier::rdma {
 

@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <climits>
 
-#include "rdma.h"
+#include "backends/remote/rdma/rdma.h"
 
 namespace kvtier::rdma {
 

@@ -2,8 +2,8 @@
 #include <cerrno>
 #include <cstring>
 
-#include "log.h"
-#include "verbs.h"
+#include "src/log.h"
+#include "backends/remote/rdma/verbs.h"
 
 namespace kvtier::rdma {
 

@@ -1,5 +1,5 @@
 // Verbs helpers shared by the channel, the listener and the registry (verbs.h).
-#include "verbs.h"
+#include "backends/remote/rdma/verbs.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -11,7 +11,7 @@
 #include <cstring>
 #include <mutex>
 
-#include "log.h"
+#include "src/log.h"
 
 namespace kvtier::rdma {
 

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "rdma.h"
+#include "backends/remote/rdma/rdma.h"
 
 // Verbs attribute structs are filled with designated initialisers, the rest zero by the
 // language; GCC 12 still warns about every member left out, which is the point here.

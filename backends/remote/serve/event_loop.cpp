@@ -2,7 +2,7 @@
 // the listening socket and every connection until it is authenticated (capped, oldest closed
 // first when full); then a worker loop serves it. Every step has a deadline, so that neither
 // silent nor slow peers keep anything.
-#include "event_loop.h"
+#include "backends/remote/serve/event_loop.h"
 
 #include <fcntl.h>
 #include <sys/epoll.h>
@@ -17,7 +17,7 @@
 #include <map>
 #include <mutex>
 
-#include "net.h"
+#include "backends/remote/wire/net.h"
 
 namespace kvtier::serve {
 

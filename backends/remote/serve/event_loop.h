@@ -21,9 +21,9 @@
 #include <thread>
 #include <vector>
 
-#include "log.h"
-#include "protocol.h"
-#include "status.h"
+#include "src/log.h"
+#include "backends/remote/wire/protocol.h"
+#include "src/status.h"
 
 namespace kvtier::serve {
 

@@ -1,5 +1,5 @@
 // kvtier-server's arena (arena.h): its slots and the table of its pages.
-#include "arena.h"
+#include "backends/remote/server/arena.h"
 
 #include <sys/mman.h>
 #include <xxhash.h>
@@ -8,7 +8,7 @@
 #include <cstring>
 #include <string>
 
-#include "size_class.h"
+#include "src/size_class.h"
 
 namespace kvtier {
 

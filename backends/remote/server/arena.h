@@ -19,10 +19,10 @@
 #include <unordered_map>
 #include <utility>
 
-#include "free_space.h"
-#include "keys.h"
-#include "page_table.h"
-#include "status.h"
+#include "backends/remote/server/free_space.h"
+#include "src/keys.h"
+#include "src/page_table.h"
+#include "src/status.h"
 
 namespace kvtier {
 

@@ -10,9 +10,9 @@
 #include <cinttypes>
 #include <cstring>
 
-#include "disk.h"
-#include "file_options.h"
-#include "tier.h"
+#include "backends/remote/server/disk.h"
+#include "backends/file/file_options.h"
+#include "src/tier.h"
 
 namespace kvtier {
 

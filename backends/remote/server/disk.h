@@ -25,10 +25,10 @@
 #include <string>
 #include <unordered_map>
 
-#include "keys.h"
-#include "log.h"
-#include "status.h"
-#include "tier.h"
+#include "src/keys.h"
+#include "src/log.h"
+#include "src/status.h"
+#include "src/tier.h"
 
 namespace kvtier {
 

@@ -1,5 +1,5 @@
 // kvtier-server's leases (leases.h).
-#include "leases.h"
+#include "backends/remote/server/leases.h"
 
 #include <algorithm>
 

@@ -19,7 +19,7 @@
 #include <unordered_set>
 #include <utility>
 
-#include "arena.h"
+#include "backends/remote/server/arena.h"
 
 namespace kvtier {
 

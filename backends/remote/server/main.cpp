@@ -9,12 +9,12 @@
 #include <thread>
 #include <vector>
 
-#include "cluster.h"
-#include "log.h"
-#include "metrics.h"
-#include "net.h"
-#include "options.h"
-#include "server.h"
+#include "backends/remote/cluster/cluster.h"
+#include "src/log.h"
+#include "backends/remote/server/metrics.h"
+#include "backends/remote/wire/net.h"
+#include "src/options.h"
+#include "backends/remote/server/server.h"
 
 namespace {
 

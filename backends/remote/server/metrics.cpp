@@ -1,4 +1,4 @@
-#include "metrics.h"
+#include "backends/remote/server/metrics.h"
 
 #include <httplib.h>
 

@@ -11,7 +11,7 @@
 #include <string>
 #include <thread>
 
-#include "status.h"
+#include "src/status.h"
 
 namespace httplib {
 class Server;

@@ -3,9 +3,9 @@
 // (rdma/listener.cpp).
 #include <algorithm>
 
-#include "log.h"
-#include "server.h"
-#include "yielding.h"
+#include "src/log.h"
+#include "backends/remote/server/server.h"
+#include "backends/remote/server/yielding.h"
 
 namespace kvtier {
 

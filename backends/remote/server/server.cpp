@@ -9,9 +9,9 @@
 #include <cstring>
 #include <iterator>
 
-#include "log.h"
-#include "server.h"
-#include "yielding.h"
+#include "src/log.h"
+#include "backends/remote/server/server.h"
+#include "backends/remote/server/yielding.h"
 
 namespace kvtier {
 

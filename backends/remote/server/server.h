@@ -27,18 +27,18 @@
 #include <thread>
 #include <vector>
 
-#include "arena.h"
-#include "auth.h"
-#include "disk.h"
-#include "event_loop.h"
-#include "keys.h"
-#include "leases.h"
-#include "log.h"
-#include "metrics.h"
-#include "protocol.h"
-#include "rdma.h"
-#include "status.h"
-#include "tier.h"
+#include "backends/remote/server/arena.h"
+#include "backends/remote/wire/auth.h"
+#include "backends/remote/server/disk.h"
+#include "backends/remote/serve/event_loop.h"
+#include "src/keys.h"
+#include "backends/remote/server/leases.h"
+#include "src/log.h"
+#include "backends/remote/server/metrics.h"
+#include "backends/remote/wire/protocol.h"
+#include "backends/remote/rdma/rdma.h"
+#include "src/status.h"
+#include "src/tier.h"
 
 namespace kvtier {
 

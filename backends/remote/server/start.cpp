@@ -8,9 +8,9 @@
 #include <cstring>
 #include <random>
 
-#include "log.h"
-#include "net.h"
-#include "server.h"
+#include "src/log.h"
+#include "backends/remote/wire/net.h"
+#include "backends/remote/server/server.h"
 
 namespace kvtier {
 

@@ -1,4 +1,4 @@
-#include "net.h"
+#include "backends/remote/wire/net.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

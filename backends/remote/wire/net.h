@@ -6,7 +6,7 @@
 #include <chrono>
 #include <string>
 
-#include "status.h"
+#include "src/status.h"
 
 namespace kvtier::net {
 

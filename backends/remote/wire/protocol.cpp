@@ -1,4 +1,4 @@
-#include "protocol.h"
+#include "backends/remote/wire/protocol.h"
 
 namespace kvtier::wire {
 

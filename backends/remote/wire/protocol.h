@@ -54,10 +54,10 @@
 #include <string>
 #include <vector>
 
-#include "keys.h"
-#include "net.h"
-#include "options.h"
-#include "status.h"
+#include "src/keys.h"
+#include "backends/remote/wire/net.h"
+#include "src/options.h"
+#include "src/status.h"
 
 namespace kvtier::wire {
 
