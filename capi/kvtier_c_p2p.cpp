@@ -14,11 +14,11 @@
 #include <thread>
 #include <vector>
 
-#include "call_gate.h"
-#include "config.h"
-#include "kvtier_c.h"
-#include "layout.h"
-#include "p2p.h"
+#include "src/call_gate.h"
+#include "src/config.h"
+#include "capi/kvtier_c.h"
+#include "src/layout.h"
+#include "backends/remote/p2p/p2p.h"
 
 struct kvtier_endpoint {
   std::unique_ptr<kvtier::p2p::Endpoint> rep;
@@ -91,10 +91,11 @@ int start_async(bool write, kvtier_peer_t* peer, const int64_t* local, const int
       return move_entered(write, peer, raw->local.data(), raw->remote.data(), raw->local.size(),
                           layer, results);
     });
-    peer->calls.leave();
+    // Done before leaving: a kvtier_peer_close that returns has every transfer seen done.
     raw->done.store(true, std::memory_order_release);
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t w = ::write(raw->fd, &one, sizeof one);
+    peer->calls.leave();
   });
   *out = t.release();
   return KVTIER_OK;
