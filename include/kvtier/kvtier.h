@@ -376,7 +376,10 @@ KVTIER_API int kvtier_async_fd(kvtier_store_t* store, int* fd);
 
 /* Hands out up to `capacity` completions, oldest first, into out[0..*n). Waits up to timeout_ms
  * (0: not at all) for the first when none is there; *n may be 0. Any thread may drain; each
- * completion is handed out once.
+ * completion is handed out once. When it returns 0, kvtier_last_error() is the detail of the
+ * first of out[0..*n) whose request has one, as "request <id>: " and what the blocking call
+ * would have left there (its first failed key; a miss is not a failure), or "" if none has.
+ * Drain one completion at a time to read each request's detail.
  * @return : 0, KVTIER_ERR_INVALID_ARG (NULL, capacity 0, timeout_ms < 0), KVTIER_ERR_CLOSED. */
 KVTIER_API int kvtier_drain(kvtier_store_t* store, kvtier_completion_t* out, size_t capacity,
                             int timeout_ms, size_t* n);

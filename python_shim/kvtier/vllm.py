@@ -355,6 +355,9 @@ class KvtierSecondaryTier(SecondaryTierManager):
             for k, r in zip(keys, c.results or [None] * len(keys)):
                 if r != codes.OK:
                     self._missing.add(k)
+            if not ok:
+                logger.warning("kvtier: load job %d failed (status %d) %s", job_id, c.status,
+                               c.detail)
         self._finished.append(JobResult(job_id=job_id, success=ok))
 
     def get_finished_jobs(self) -> Iterable[JobResult]:
