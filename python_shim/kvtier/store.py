@@ -228,6 +228,14 @@ class Store(Closing):
         check(_lib.kvtier_batch_exists_each(self.handle, _keys(keys), len(keys), res))
         return list(res)
 
+    def batch_size_each(self, keys: Sequence[str]) -> List[int]:
+        """Per key: the stored value's size in bytes, -1 (KVTIER_ERR_NOT_FOUND) or its code."""
+        if not keys:
+            return []
+        res = (ctypes.c_int64 * len(keys))()
+        check(_lib.kvtier_batch_size_each(self.handle, _keys(keys), len(keys), res))
+        return list(res)
+
     def remove(self, keys: Sequence[str]) -> List[int]:
         res = (ctypes.c_int * len(keys))()
         check(_lib.kvtier_batch_remove(self.handle, _keys(keys), len(keys), res))
