@@ -29,6 +29,10 @@ void clear_last_error() {
   t_last_error.clear();
 }
 
+void set_last_error(std::string detail) {
+  t_last_error = std::move(detail);
+}
+
 int note(const Status& s) {
   if (!s.is_ok()) fail(s);
   return KVTIER_OK;

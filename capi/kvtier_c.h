@@ -27,6 +27,8 @@ constexpr size_t kMaxFrags = kMaxBatch * 256;
 int fail(const Status& s);
 int fail(int code, const std::string& msg);
 void clear_last_error();
+// Sets it to `detail` as it is (kvtier_drain: a request's detail, already "CODE: ...").
+void set_last_error(std::string detail);
 // Records a per-key failure's detail but reports the call itself as run.
 int note(const Status& s);
 

@@ -43,7 +43,8 @@ struct Args {
   Args& operator=(const Args&) = delete;
 };
 
-// Queues `run` (the blocking call on the copied arguments) on the handle's workers.
+// Queues `run` (the blocking call on the copied arguments) on the handle's workers; the
+// worker keeps the call's last error (its first failed key) for kvtier_drain to hand on.
 template <class Run>
 int submit(kvtier_store_t* store, int op, size_t n, int* results, uint64_t user_data, uint64_t* id,
            Run run) {
@@ -51,9 +52,15 @@ int submit(kvtier_store_t* store, int op, size_t n, int* results, uint64_t user_
   if (Status s = store->get_requests(&requests); !s.is_ok())
     return refuse(results, n, s.code(), s.message());
   kvtier::Requests::Work work{
-      .op = op, .user_data = user_data, .run = std::move(run), .abandon = [results, n](int code) {
-        std::fill(results, results + n, code);
-      }};
+      .op = op,
+      .user_data = user_data,
+      .run =
+          [run = std::move(run)](std::string* detail) {
+            const int rc = run();  // a blocking kvtier call: it clears, then sets, the detail
+            *detail = kvtier_last_error();
+            return rc;
+          },
+      .abandon = [results, n](int code) { std::fill(results, results + n, code); }};
   if (Status s = requests->submit(std::move(work), id); !s.is_ok())
     return refuse(results, n, s.code(), s.message());
   return KVTIER_OK;
@@ -186,7 +193,9 @@ int kvtier_drain(kvtier_store_t* store, kvtier_completion_t* out, size_t capacit
     if (!use) return fail(use.refusal());
     kvtier::Requests* requests = nullptr;
     if (Status s = store->get_requests(&requests); !s.is_ok()) return fail(s);
-    *n = requests->drain({out, capacity}, timeout_ms);
+    std::string detail;
+    *n = requests->drain({out, capacity}, timeout_ms, &detail);
+    set_last_error(std::move(detail));
     return KVTIER_OK;
   });
 }

@@ -270,6 +270,19 @@ int kvtier_batch_exists_each(kvtier_store_t* store, const char* const* keys, siz
   });
 }
 
+int kvtier_batch_size_each(kvtier_store_t* store, const char* const* keys, size_t n,
+                           int64_t* sizes) {
+  return guarded_batch("kvtier_batch_size_each", sizes, n, [&] {
+    Use use(store);
+    if (!use) return refuse(sizes, n, use.refusal().code(), use.refusal().message());
+    if (std::string bad = check_batch(keys, n, sizes); !bad.empty())
+      return refuse(sizes, n, KVTIER_ERR_INVALID_ARG, bad);
+    const uint64_t format = store->page_format();
+    std::fill(sizes, sizes + n, KVTIER_OK);  // the store reads a code there as a failed key
+    return note(store->rep->sizes({.keys = {keys, n}, .format = format, .results = {sizes, n}}));
+  });
+}
+
 int kvtier_batch_remove(kvtier_store_t* store, const char* const* keys, size_t n, int* results) {
   return guarded_batch("kvtier_batch_remove", results, n, [&] {
     Use use(store);

@@ -64,14 +64,18 @@ Status Requests::cancel(uint64_t id) {
   return {};
 }
 
-size_t Requests::drain(std::span<Completion> out, int timeout_ms) {
+size_t Requests::drain(std::span<Completion> out, int timeout_ms, std::string* detail) {
   std::unique_lock l(mu_);
   if (done_.empty() && timeout_ms > 0)
     done_ready_.wait_for(l, std::chrono::milliseconds(timeout_ms),
                          [this] { return !done_.empty() || stopping_; });
   const size_t n = std::min(out.size(), done_.size());
   std::copy_n(done_.begin(), n, out.begin());
+  detail->clear();
+  for (size_t i = 0; i < n && detail->empty(); ++i)
+    if (!details_[i].empty()) *detail = "request " + std::to_string(out[i].id) + ": " + details_[i];
   done_.erase(done_.begin(), done_.begin() + static_cast<ptrdiff_t>(n));
+  details_.erase(details_.begin(), details_.begin() + static_cast<ptrdiff_t>(n));
   outstanding_ -= n;
   if (done_.empty()) {  // the fd is readable exactly while completions wait: reset it
     uint64_t count;
@@ -95,6 +99,7 @@ void Requests::shutdown() {
     done_ready_.notify_all();
     idle_.wait(l, [this] { return running_ == 0; });  // each bounded by its tiers' timeouts
     done_.clear();
+    details_.clear();
     workers = std::move(workers_);
     workers_.clear();
   }
@@ -112,17 +117,19 @@ void Requests::worker() {
     p.running = true;
     ++running_;
     l.unlock();
-    const int status = p.work.run();
+    std::string detail;
+    const int status = p.work.run(&detail);
     l.lock();
     --running_;
-    complete_locked(id, p.work, p.cancelled ? KVTIER_ERR_CANCELLED : status);
+    complete_locked(id, p.work, p.cancelled ? KVTIER_ERR_CANCELLED : status, std::move(detail));
     pending_.erase(id);
     if (running_ == 0) idle_.notify_all();
   }
 }
 
-void Requests::complete_locked(uint64_t id, const Work& work, int status) {
+void Requests::complete_locked(uint64_t id, const Work& work, int status, std::string detail) {
   done_.push_back({.id = id, .user_data = work.user_data, .op = work.op, .status = status});
+  details_.push_back(std::move(detail));
   if (done_.size() == 1) {
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t r = ::write(fd_, &one, sizeof one);

@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -22,12 +23,13 @@ namespace kvtier {
 class Requests {
  public:
   using Completion = kvtier_completion_t;  // the C ABI's, so drain fills the caller's array
-  // A request's work. run() returns the status the blocking call would; abandon(code) fills
-  // the caller's results with `code` for a request that never ran (cancelled, or closed).
+  // A request's work. run() returns the status the blocking call would, and may set *detail
+  // (the blocking call's detail of its first failure); abandon(code) fills the caller's
+  // results with `code` for a request that never ran (cancelled, or closed).
   struct Work {
     int op = 0;
     uint64_t user_data = 0;
-    std::function<int()> run;
+    std::function<int(std::string* detail)> run;
     std::function<void(int)> abandon;
   };
 
@@ -48,7 +50,8 @@ class Requests {
   // it has completed already.
   Status cancel(uint64_t id);
   // Up to out.size() completions, oldest first; waits up to timeout_ms for the first.
-  size_t drain(std::span<Completion> out, int timeout_ms);
+  // *detail: "request <id>: " and the detail of the first of them that has one, else "".
+  size_t drain(std::span<Completion> out, int timeout_ms, std::string* detail);
   // Refuses new requests, abandons the queued ones with KVTIER_ERR_CLOSED, waits for the
   // running ones and stops the workers; completions not drained are dropped. Idempotent.
   void shutdown();
@@ -62,7 +65,7 @@ class Requests {
   };
   void worker();
   // Under mu_: posts a completion and makes the fd readable.
-  void complete_locked(uint64_t id, const Work& work, int status);
+  void complete_locked(uint64_t id, const Work& work, int status, std::string detail = {});
 
   const unsigned threads_;
   const size_t depth_;
@@ -77,6 +80,7 @@ class Requests {
   std::map<uint64_t, Pending> pending_;  // submitted and not completed
   std::deque<uint64_t> queue_;           // ids of pending_ not started, oldest first
   std::deque<Completion> done_;          // completed, not drained
+  std::deque<std::string> details_;      // done_'s details, in step with it
   std::vector<std::thread> workers_;     // started at the first submit
 };
 

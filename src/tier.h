@@ -39,12 +39,15 @@ struct GetOp {
   Fit fit = Fit::kAtMost;
   int64_t result = 0;     // out: bytes copied or a negative code (NOT_FOUND on a miss)
   uint64_t checksum = 0;  // out: the checksum stored with the value
+  uint64_t stored = 0;    // out: the value's size, once a tier found it (also when it did not fit)
 };
 
 // The one rule for reading a stored value of `size` bytes into op's fragments: KVTIER_OK, or
 // KVTIER_ERR_SIZE_MISMATCH (Fit::kExact) or KVTIER_ERR_BUFFER_TOO_SMALL (Fit::kAtMost). A value
-// that does not fit is not copied at all.
-inline int fits(const GetOp& op, uint64_t size) {
+// that does not fit is not copied at all. Records the size in op.stored (Store::sizes asks
+// with capacity 0 to learn it).
+inline int fits(GetOp& op, uint64_t size) {
+  op.stored = size;
   if (op.fit == Fit::kExact) return size == op.capacity ? KVTIER_OK : KVTIER_ERR_SIZE_MISMATCH;
   return size <= op.capacity ? KVTIER_OK : KVTIER_ERR_BUFFER_TOO_SMALL;
 }

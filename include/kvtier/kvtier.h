@@ -47,7 +47,8 @@
  *  9. ABI. Values of codes and enum constants never change once released; new behaviour gets
  *     new symbols (a _v2 call), never a changed signature. Option structs start with their
  *     own size so they can grow. Each release's new symbols get their own version node
- *     (KVTIER_0 for 0.1 and 0.2, KVTIER_0.3 for the asynchronous calls).
+ *     (KVTIER_0 for 0.1 and 0.2, KVTIER_0.3 for the asynchronous calls and
+ *     kvtier_batch_size_each).
  * 10. Asynchronous requests (kvtier_submit_*) run on the handle's own worker threads. A request
  *     is *done* once its completion is queued (the handle's fd turns readable; kvtier_drain()
  *     can hand it out), or kvtier_close() returned.
@@ -190,6 +191,16 @@ KVTIER_API int kvtier_batch_remove(kvtier_store_t* store, const char* const* key
  * at the first miss (for per-pool hit policies that look at the last pages of a prefix). */
 KVTIER_API int kvtier_batch_exists_each(kvtier_store_t* store, const char* const* keys, size_t n,
                                         int* present);
+
+/* sizes[i] : the size in bytes of keys[i]'s stored value (>= 1), KVTIER_ERR_NOT_FOUND, or the
+ * key's own code; for a caller that must size a buffer before kvtier_batch_get (a get with no
+ * size, such as Mooncake Store's get(key)). Nothing is copied to the caller and nothing is
+ * promoted; it costs a lookup per tier, except on the remote tier over TCP, where the value
+ * crosses the network (and is dropped) to be measured. A key removed and written again in
+ * between may have another size by the get: that get says so (KVTIER_ERR_BUFFER_TOO_SMALL).
+ * Since 0.3. */
+KVTIER_API int kvtier_batch_size_each(kvtier_store_t* store, const char* const* keys, size_t n,
+                                      int64_t* sizes);
 
 /* Drops every key of this store's namespace from every tier.
  * @return : 0, or KVTIER_ERR_TIMEOUT when another process on the file tier's folder held its
@@ -376,7 +387,10 @@ KVTIER_API int kvtier_async_fd(kvtier_store_t* store, int* fd);
 
 /* Hands out up to `capacity` completions, oldest first, into out[0..*n). Waits up to timeout_ms
  * (0: not at all) for the first when none is there; *n may be 0. Any thread may drain; each
- * completion is handed out once.
+ * completion is handed out once. When it returns 0, kvtier_last_error() is the detail of the
+ * first of out[0..*n) whose request has one, as "request <id>: " and what the blocking call
+ * would have left there (its first failed key; a miss is not a failure), or "" if none has.
+ * Drain one completion at a time to read each request's detail.
  * @return : 0, KVTIER_ERR_INVALID_ARG (NULL, capacity 0, timeout_ms < 0), KVTIER_ERR_CLOSED. */
 KVTIER_API int kvtier_drain(kvtier_store_t* store, kvtier_completion_t* out, size_t capacity,
                             int timeout_ms, size_t* n);

@@ -97,6 +97,8 @@ _SIGNATURES = {
     "kvtier_batch_exists": (ctypes.c_int, [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_size_p]),
     "kvtier_batch_exists_each": (
         ctypes.c_int, [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_int_p]),
+    "kvtier_batch_size_each": (
+        ctypes.c_int, [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_int64_p]),
     "kvtier_batch_remove": (ctypes.c_int, [ctypes.c_void_p, c_char_pp, ctypes.c_size_t, c_int_p]),
     "kvtier_clear": (ctypes.c_int, [ctypes.c_void_p]),
     "kvtier_stats_json": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),

@@ -26,9 +26,9 @@ log = logging.getLogger("kvtier.mooncake")
 
 # The page format of every key written through this API (part of each key's identity).
 PAGE_FORMAT = "mooncake-store-object"
-# get(key) has no size: it reads into a buffer this large, and 4x larger while the object does
-# not fit, up to the last.
-_GET_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30)
+# get(key) has no size: it asks each object's size (kvtier_batch_size_each), then reads it into
+# a buffer of that size; an object written again larger in between is asked again, this often.
+_GET_TRIES = 3
 
 
 def dropin_path() -> str:
@@ -133,54 +133,57 @@ class MooncakeDistributedStore(Closing):
     def batch_put_from(self, keys: Sequence[str], buffer_ptrs: Sequence[int],
                        sizes: Sequence[int], config=None) -> List[int]:
         """0 or a negative code per key (a key that exists already counts as written)."""
-        if not keys:
-            return []
-        if len(buffer_ptrs) != len(keys) or len(sizes) != len(keys):
-            return [INVALID_ARG] * len(keys)
-        return self._try(lambda: self._s.batch_set_v1(list(keys), buffer_ptrs, sizes), len(keys))
+        return self._objects(keys, buffer_ptrs, sizes, self._puts, one_buffer=True)
 
     def batch_get_into(self, keys: Sequence[str], buffer_ptrs: Sequence[int],
                        sizes: Sequence[int]) -> List[int]:
         """Bytes read or a negative code per key."""
-        if not keys:
-            return []
-        if len(buffer_ptrs) != len(keys) or len(sizes) != len(keys):
-            return [INVALID_ARG] * len(keys)
-        return self._gets(keys, [[p] for p in buffer_ptrs], [[s] for s in sizes],
-                          buffer_ptrs, sizes)
+        return self._objects(keys, buffer_ptrs, sizes, self._gets, one_buffer=True)
 
     def batch_put_from_multi_buffers(self, keys, all_buffer_ptrs: Sequence[Sequence[int]],
                                      all_sizes: Sequence[Sequence[int]], config=None) -> List[int]:
         """Each object is its buffers concatenated."""
-        n = len(keys)
-        if n == 0:
-            return []
-        if len(all_buffer_ptrs) != n or len(all_sizes) != n:
-            return [INVALID_ARG] * n
-        if len({len(p) for p in all_buffer_ptrs} | {len(s) for s in all_sizes}) != 1:
-            # Objects of different buffer counts: one call per count keeps the C ABI's shape.
-            return [self.batch_put_from_multi_buffers([k], [p], [s])[0]
-                    for k, p, s in zip(keys, all_buffer_ptrs, all_sizes)]
-        ptrs = list(chain.from_iterable(all_buffer_ptrs))
-        sizes = list(chain.from_iterable(all_sizes))
-        return self._try(lambda: self._s.batch_set_v1(list(keys), ptrs, sizes), n)
+        return self._objects(keys, all_buffer_ptrs, all_sizes, self._puts)
 
     def batch_get_into_multi_buffers(self, keys, all_buffer_ptrs: Sequence[Sequence[int]],
                                      all_sizes: Sequence[Sequence[int]]) -> List[int]:
-        n = len(keys)
-        if n == 0:
-            return []
-        if len(all_buffer_ptrs) != n or len(all_sizes) != n:
-            return [INVALID_ARG] * n
-        if len({len(p) for p in all_buffer_ptrs} | {len(s) for s in all_sizes}) != 1:
-            return [self.batch_get_into_multi_buffers([k], [p], [s])[0]
-                    for k, p, s in zip(keys, all_buffer_ptrs, all_sizes)]
-        return self._gets(keys, all_buffer_ptrs, all_sizes,
-                          list(chain.from_iterable(all_buffer_ptrs)),
-                          list(chain.from_iterable(all_sizes)))
+        return self._objects(keys, all_buffer_ptrs, all_sizes, self._gets)
 
-    def _gets(self, keys, all_ptrs, all_sizes, ptrs, sizes) -> List[int]:
-        res = self._try(lambda: self._s.batch_get_v1(list(keys), ptrs, sizes), len(keys))
+    def _objects(self, keys, all_ptrs, all_sizes, call, one_buffer=False) -> List[int]:
+        """The zero-copy batch calls' one check: per key a list of buffers and one of sizes,
+        of the same length (one_buffer: a buffer and a size per key). A batch that does not
+        have that shape fails every key with INVALID_ARG. Each C call takes one buffer count
+        for all its keys, so call(keys, all_ptrs, all_sizes) runs once per count."""
+        n = len(keys)
+
+        def run():
+            ptrs = [[p] for p in all_ptrs] if one_buffer else [list(p) for p in all_ptrs]
+            sizes = [[x] for x in all_sizes] if one_buffer else [list(x) for x in all_sizes]
+            if len(ptrs) != n or len(sizes) != n or any(
+                    len(p) != len(x) or not p for p, x in zip(ptrs, sizes)):
+                return [INVALID_ARG] * n
+            by_count = {}
+            for i, p in enumerate(ptrs):
+                by_count.setdefault(len(p), []).append(i)
+            out = [INVALID_ARG] * n
+            for idx in by_count.values():
+                res = call([keys[i] for i in idx], [ptrs[i] for i in idx],
+                           [sizes[i] for i in idx])
+                for i, r in zip(idx, res):
+                    out[i] = r
+            return out
+
+        return self._try(run, n) if n else []
+
+    def _puts(self, keys, all_ptrs, all_sizes) -> List[int]:
+        return self._try(lambda: self._s.batch_set_v1(
+            keys, list(chain.from_iterable(all_ptrs)), list(chain.from_iterable(all_sizes))),
+            len(keys))
+
+    def _gets(self, keys, all_ptrs, all_sizes) -> List[int]:
+        res = self._try(lambda: self._s.batch_get_v1(
+            keys, list(chain.from_iterable(all_ptrs)), list(chain.from_iterable(all_sizes))),
+            len(keys))
         out = [sum(all_sizes[i]) if r == OK else r for i, r in enumerate(res)]
         # Mooncake's rule: buffers at least as large as the object get it. The zero-copy read
         # takes exact sizes only (after checking the buffers are registered), so a smaller
@@ -236,22 +239,29 @@ class MooncakeDistributedStore(Closing):
         return [None if v is None else BufferHandle(v) for v in self._values(keys)]
 
     def _values(self, keys: Sequence[str]) -> List[Optional[bytes]]:
-        """Each key's value, None where missing or failed: read into buffers that grow until
-        the object fits (kvtier's copying get needs a capacity)."""
+        """Each key's value, None where missing or failed: its size asked first, then read
+        into a buffer of that size, whatever the size."""
         out: List[Optional[bytes]] = [None] * len(keys)
         pending = list(range(len(keys)))
-        for size in _GET_SIZES:
+        for _ in range(_GET_TRIES):
             if not pending:
                 break
-            bufs = [bytearray(size) for _ in pending]
-            res = self._try(lambda: self._s.batch_get([keys[i] for i in pending], bufs),
-                            len(pending))
-            for i, buf, r in zip(pending, bufs, res):
+            sizes = self._try(lambda: self._s.batch_size_each([keys[i] for i in pending]),
+                              len(pending))
+            found = [(i, s) for i, s in zip(pending, sizes) if s > 0]
+            for i, s in zip(pending, sizes):
+                if s < 0 and s != NOT_FOUND:
+                    log.warning("kvtier.mooncake: size of %r not known (code %d)", keys[i], s)
+            bufs = [bytearray(s) for _, s in found]
+            res = self._try(lambda: self._s.batch_get([keys[i] for i, _ in found], bufs),
+                            len(found)) if found else []
+            for (i, _), buf, r in zip(found, bufs, res):
                 if r >= 0:
                     out[i] = bytes(memoryview(buf)[:r])
                 elif r not in (NOT_FOUND, BUFFER_TOO_SMALL):
                     log.warning("kvtier.mooncake: get %r failed with code %d", keys[i], r)
-            pending = [i for i, r in zip(pending, res) if r == BUFFER_TOO_SMALL]
+            # Removed and written again larger since its size was asked: ask again.
+            pending = [i for (i, _), r in zip(found, res) if r == BUFFER_TOO_SMALL]
         return out
 
     # -- presence and removal -------------------------------------------------------------

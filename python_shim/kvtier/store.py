@@ -142,6 +142,7 @@ class Completion(NamedTuple):
     op: int  # OP_*
     status: int  # what the blocking call would have returned, or codes.CANCELLED
     results: List[int]  # per key, as the blocking call gives them
+    detail: str = ""  # the first failed key's detail, as kvtier_last_error() gives it
 
 
 OP_SET_V1, OP_GET_V1, OP_SET_V1_SLOTS, OP_GET_V1_SLOTS, OP_EXISTS = 1, 2, 3, 4, 5
@@ -225,6 +226,14 @@ class Store(Closing):
             return []
         res = (ctypes.c_int * len(keys))()
         check(_lib.kvtier_batch_exists_each(self.handle, _keys(keys), len(keys), res))
+        return list(res)
+
+    def batch_size_each(self, keys: Sequence[str]) -> List[int]:
+        """Per key: the stored value's size in bytes, -1 (KVTIER_ERR_NOT_FOUND) or its code."""
+        if not keys:
+            return []
+        res = (ctypes.c_int64 * len(keys))()
+        check(_lib.kvtier_batch_size_each(self.handle, _keys(keys), len(keys), res))
         return list(res)
 
     def remove(self, keys: Sequence[str]) -> List[int]:
@@ -422,10 +431,13 @@ class Store(Closing):
         out = (_native.Completion * max_completions)()
         n = ctypes.c_size_t()
         check(_lib.kvtier_drain(self.handle, out, max_completions, timeout_ms, ctypes.byref(n)))
+        # "request <id>: <detail>" of the first completion that has one (the C ABI keeps one).
+        rid, _, detail = last_error().partition(": ")
         done = []
         with self._async_lock:
             for c in out[: n.value]:
                 res = self._inflight.pop(c.id, None)
                 done.append(Completion(c.id, c.user_data, c.op, c.status,
-                                       list(res) if res is not None else []))
+                                       list(res) if res is not None else [],
+                                       detail if rid == f"request {c.id}" else ""))
         return done

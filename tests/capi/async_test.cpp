@@ -284,6 +284,66 @@ TEST(Async, BadArgumentsAndAFullQueueAreRefusedAtSubmit) {
   EXPECT_EQ(kvtier_cancel(s, id), KVTIER_ERR_CLOSED);
 }
 
+// A drained request's failed key is named: kvtier_last_error() after kvtier_drain gives the
+// detail of the first handed-out request that has one (here a fragment outside registered
+// memory, and a size that does not match), with the request's id; "" when none has.
+TEST(Async, DrainHandsOnTheDetailOfAFailedKey) {
+  kvtier_store_t* s = open_store("tiers=memory;memory_capacity=16MiB;async_threads=1");
+  Pages p("async-detail", 2);
+  Mapping m(2 * kPage);
+  ASSERT_EQ(kvtier_register_buffer(s, m.base, m.len), KVTIER_OK);
+  auto ks = p.ks();
+  p.copy_to(m.base);
+  std::vector<void*> ptrs;
+  std::vector<size_t> sizes;
+  Pages::frags(m.base, 2, &ptrs, &sizes);
+  int set[2] = {1, 1};
+  uint64_t ok_id = 0, bad_id = 0, small_id = 0;
+  ASSERT_EQ(kvtier_submit_set_v1(s, ks.data(), 2, ptrs.data(), sizes.data(), ptrs.size(), set, 0,
+                                 &ok_id),
+            KVTIER_OK);
+  kvtier_completion_t c[4];
+  ASSERT_TRUE(wait_one(s, c));
+  EXPECT_EQ(c[0].status, KVTIER_OK);
+  EXPECT_STREQ(kvtier_last_error(), "") << "a request with no failure has no detail";
+  // Key 1's first fragment lies outside every registered region.
+  std::vector<unsigned char> elsewhere(kPage);
+  std::vector<void*> bad = ptrs;
+  bad[2] = elsewhere.data();
+  int got[2] = {1, 1}, small[1] = {1};
+  ASSERT_EQ(kvtier_submit_get_v1(s, ks.data(), 2, bad.data(), sizes.data(), bad.size(), got, 0,
+                                 &bad_id),
+            KVTIER_OK);
+  size_t half = kPage / 2;
+  ASSERT_EQ(kvtier_submit_get_v1(s, ks.data(), 1, ptrs.data(), &half, 1, small, 0, &small_id),
+            KVTIER_OK);
+  size_t n = 0, drained = 0;
+  std::string detail;
+  for (auto t0 = Clock::now(); drained < 2 && Clock::now() - t0 < std::chrono::seconds(10);) {
+    ASSERT_EQ(kvtier_drain(s, c + drained, 2 - drained, 100, &n), KVTIER_OK);
+    if (n && detail.empty()) detail = kvtier_last_error();
+    drained += n;
+  }
+  ASSERT_EQ(drained, 2u);
+  EXPECT_EQ(got[0], KVTIER_OK);
+  EXPECT_EQ(got[1], KVTIER_ERR_NOT_REGISTERED);
+  EXPECT_EQ(small[0], KVTIER_ERR_SIZE_MISMATCH);
+  EXPECT_EQ(detail.rfind("request " + std::to_string(bad_id) + ": KVTIER_ERR_NOT_REGISTERED", 0),
+            0u)
+      << detail;
+  // Drained alone, the other request's detail is its own.
+  ASSERT_EQ(kvtier_submit_get_v1(s, ks.data(), 1, ptrs.data(), &half, 1, small, 0, &small_id),
+            KVTIER_OK);
+  ASSERT_TRUE(wait_one(s, c));
+  EXPECT_EQ(std::string(kvtier_last_error())
+                .rfind("request " + std::to_string(small_id) + ": KVTIER_ERR_SIZE_MISMATCH", 0),
+            0u)
+      << kvtier_last_error();
+  EXPECT_EQ(pending_completions(s), 0u);
+  EXPECT_STREQ(kvtier_last_error(), "") << "an empty drain leaves no detail";
+  kvtier_close(s);
+}
+
 // A remote tier whose only server is stopped: the first request on it waits out the timeout.
 struct StoppedServer {
   static constexpr int kTimeoutMs = 1500;

@@ -9,8 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "tests/p2p/p2p_pool.h"
+#include "tests/common/server_process.h"
 #include "tests/common/test_util.h"
+#include "tests/p2p/p2p_pool.h"
 
 using kvtier_test::c_keys;
 using kvtier_test::fill_random;
@@ -768,6 +769,53 @@ TEST(CApiIdentity, ExistsEachAnswersEveryKey) {
   EXPECT_EQ(hits, 1u);
   EXPECT_NE(std::string(kvtier_last_error()).find("key 1"), std::string::npos);
   EXPECT_EQ(kvtier_batch_exists_each(s, ck.data(), 0, present.data()), KVTIER_ERR_INVALID_ARG);
+}
+
+// kvtier_batch_size_each: each tier (memory, file, a real kvtier-server over TCP) answers a
+// stored value's size, of any size; a miss, a bad key and an empty batch get their codes; the
+// caller's memory is not touched (there is none to touch) and the value then reads back whole
+// into a buffer of exactly that size.
+TEST(CApiSize, EveryTierAnswersAStoredValuesSize) {
+  kvtier_test::ServerProcess server;
+  const std::vector<std::string> configs = {
+      "tiers=memory;memory_capacity=64MiB",
+      kvtier_test::with_test_dir("tiers=file;file_dir={dir}/sizes"),
+      "tiers=remote;remote_transport=tcp;remote_servers=" + server.address()};
+  const std::vector<size_t> sizes = {1, 4095, 4096, 300 * 1024 + 7, 5 * 1024 * 1024 + 1};
+  for (const std::string& cfg : configs) {
+    SCOPED_TRACE(cfg);
+    kvtier_store_t* s = nullptr;
+    const int rc = kvtier_open(cfg.c_str(), &s);
+    if (rc == KVTIER_ERR_UNSUPPORTED && cfg.find("file") != std::string::npos) continue;
+    ASSERT_EQ(rc, KVTIER_OK) << kvtier_last_error();
+    auto keys = keys_for("sizes", sizes.size());
+    std::vector<std::vector<unsigned char>> values;
+    for (size_t n : sizes) values.push_back(random_bytes(n));
+    set_all(s, keys, values);
+    std::string long_key(KVTIER_MAX_KEY_LEN + 1, 'k');
+    auto ck = c_keys(keys);
+    ck.push_back("sizes-missing");
+    ck.push_back(long_key.c_str());
+    std::vector<int64_t> got(ck.size(), 99);
+    ASSERT_EQ(kvtier_batch_size_each(s, ck.data(), ck.size(), got.data()), KVTIER_OK);
+    for (size_t i = 0; i < sizes.size(); ++i) EXPECT_EQ(got[i], int64_t(sizes[i])) << i;
+    EXPECT_EQ(got[sizes.size()], KVTIER_ERR_NOT_FOUND);
+    EXPECT_EQ(got[sizes.size() + 1], KVTIER_ERR_KEY_TOO_LONG);
+    EXPECT_EQ(kvtier_batch_size_each(s, ck.data(), 0, got.data()), KVTIER_ERR_INVALID_ARG);
+    EXPECT_EQ(kvtier_batch_size_each(s, nullptr, 1, got.data()), KVTIER_ERR_INVALID_ARG);
+    EXPECT_EQ(got[0], KVTIER_ERR_INVALID_ARG);
+    // The largest, read into a buffer of the size the call gave.
+    const size_t last = sizes.size() - 1;
+    std::vector<unsigned char> out(sizes[last]);
+    void* buf = out.data();
+    size_t cap = out.size();
+    int64_t r = 0;
+    const char* k = keys[last].c_str();
+    ASSERT_EQ(kvtier_batch_get(s, &k, 1, &buf, &cap, &r), KVTIER_OK);
+    EXPECT_EQ(r, int64_t(cap));
+    EXPECT_TRUE(out == values[last]);
+    kvtier_close(s);
+  }
 }
 
 std::string shape_name(const ::testing::TestParamInfo<Shape>& info) {

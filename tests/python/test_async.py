@@ -56,6 +56,22 @@ def test_round_trip_is_byte_exact_and_wakes_poll():
         assert s.cancel(c.id) is False  # completed already
 
 
+def test_a_failed_key_s_detail_reaches_its_completion():
+    with kvtier.Store({"tiers": "memory", "memory_capacity": "64MiB"}) as s:
+        src = np.random.default_rng().integers(0, 256, 2 * PAGE, dtype=np.uint8)
+        elsewhere = np.zeros(PAGE, dtype=np.uint8)  # not registered
+        s.register_buffer(src.ctypes.data, src.nbytes)
+        s.submit_set_v1(["detail-0", "detail-1"], *frags(src.ctypes.data, 2))
+        [c] = wait(s)
+        assert c.results == [0, 0] and c.detail == ""
+        ptrs, sizes = frags(src.ctypes.data, 2)
+        ptrs[2] = elsewhere.ctypes.data
+        rid = s.submit_get_v1(["detail-0", "detail-1"], ptrs, sizes)
+        [c] = wait(s)
+        assert c.id == rid and c.results == [0, codes.NOT_REGISTERED]
+        assert c.detail.startswith("KVTIER_ERR_NOT_REGISTERED"), c.detail
+
+
 def test_slots_round_trip_is_byte_exact():
     P, L, H, D, S = 4, 2, 2, 8, 64
     pool = np.random.default_rng().integers(0, 256, 2 * L * S * H * D * 2, dtype=np.uint8)

@@ -182,6 +182,70 @@ def test_mooncake_calls_and_return_conventions(mooncake_store):
     assert mc.close() == 0
 
 
+def test_get_without_a_size_reads_any_size_once(mooncake_store, monkeypatch):
+    """get(key) asks the object's size (kvtier_batch_size_each) and reads it once, whatever
+    its size: past 1 GiB too, where guessing buffers gave up (and each guess too small had
+    moved the whole object over the remote tier's TCP)."""
+    monkeypatch.setenv("KVTIER_MEMORY_CAPACITY", "2GiB")
+    mc = mooncake_store.MooncakeDistributedStore()
+    assert mc.setup("h", "m", 1, 1, "tcp", "", "m:1", None) == 0
+    reads = []
+    real = mc._s.batch_get
+    monkeypatch.setattr(mc._s, "batch_get", lambda k, b: reads.append(len(k)) or real(k, b))
+    sizes = [1, 4096, 300 * 1024, 5 << 20]
+    values = [os.urandom(n) for n in sizes]
+    assert mc.put_batch([f"sz{n}" for n in sizes], values) == 0
+    assert mc.get_batch([f"sz{n}" for n in sizes] + ["nothing"]) == values + [b""]
+    assert reads == [len(sizes)], f"reads per batch: {reads}"
+    assert mc._s.batch_size_each(["sz4096", "nothing"]) == [4096, -1]
+    # Past the largest guess the old code made (1 GiB): a random tile and a random tail.
+    n = (1 << 30) + 4097
+    big = np.empty(n, dtype=np.uint8)
+    tile = np.random.default_rng().integers(0, 256, 1 << 20, dtype=np.uint8)
+    big[: 1 << 30].reshape(-1, 1 << 20)[:] = tile
+    big[1 << 30:] = np.random.default_rng().integers(0, 256, 4097, dtype=np.uint8)
+    assert mc.register_buffer(big.ctypes.data, n) == 0
+    assert mc.put_from("huge", big.ctypes.data, n) == 0
+    assert mc.unregister_buffer(big.ctypes.data) == 0
+    got = mc.get("huge")
+    assert len(got) == n and got == big.tobytes(), "a >1 GiB object did not read back exactly"
+    del got, big
+    assert mc.remove("huge") == 0
+    mc.close()
+
+
+def test_multi_buffer_batches_are_checked_once_and_mixed_counts_grouped(mooncake_store):
+    mc = mooncake_store.MooncakeDistributedStore()
+    assert mc.setup("h", "m", 1, 1, "tcp", "", "m:1", None) == 0
+    src = np.random.default_rng().integers(0, 256, 1 << 16, dtype=np.uint8)
+    dst = np.zeros_like(src)
+    assert mc.register_buffer(src.ctypes.data, src.nbytes) == 0
+    assert mc.register_buffer(dst.ctypes.data, dst.nbytes) == 0
+    a, b = src.ctypes.data, dst.ctypes.data
+    # Objects of one, two and three buffers in one batch.
+    spans = [[(0, 100)], [(100, 50), (1000, 700)], [(2000, 10), (3000, 20), (4000, 4000)]]
+    ptrs = [[a + o for o, _ in sp] for sp in spans]
+    sizes = [[n for _, n in sp] for sp in spans]
+    keys = ["mb1", "mb2", "mb3"]
+    assert mc.batch_put_from_multi_buffers(keys, ptrs, sizes) == [0, 0, 0]
+    back = [[b + o for o, _ in sp] for sp in spans]
+    assert mc.batch_get_into_multi_buffers(keys, back, sizes) == [100, 750, 4030]
+    for sp in spans:
+        for o, n in sp:
+            assert np.array_equal(dst[o:o + n], src[o:o + n])
+    # (INVALID_ARG is -2.) A shape that does not hold (a key whose buffers and sizes differ in count, lists of
+    # another length than the keys, no buffers): every key fails, nothing raises.
+    for call in (mc.batch_put_from_multi_buffers, mc.batch_get_into_multi_buffers):
+        assert call(["x", "y"], [[a, a + 8], [a]], [[8], [8]]) == [-2, -2]
+        assert call(["x", "y"], [[a]], [[8]]) == [-2, -2]
+        assert call(["x"], [[]], [[]]) == [-2]
+        assert call(["x"], [None], [[8]]) == [-2]
+        assert call([], [], []) == []
+    for call in (mc.batch_put_from, mc.batch_get_into):
+        assert call(["x", "y"], [a], [8, 8]) == [-2, -2]
+    assert mc.close() == 0
+
+
 def test_a_bad_setting_is_a_negative_code_not_a_raise(mooncake_store, monkeypatch):
     monkeypatch.setenv("KVTIER_MEMORY_CAPACITY", "lots")
     mc = mooncake_store.MooncakeDistributedStore()

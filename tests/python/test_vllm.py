@@ -84,11 +84,11 @@ def finish(tier, job_ids, timeout_s=10.0):
     return got
 
 
-def settle(tier, keys, timeout_s=10.0):
-    """Looks the keys up until none answers RETRY."""
+def settle(tier, keys, timeout_s=10.0, req="r"):
+    """Looks the keys up, for request `req`, until none answers RETRY."""
     until = time.monotonic() + timeout_s
     while True:
-        answers = [tier.lookup(k, ReqContext("r")) for k in keys]
+        answers = [tier.lookup(k, ReqContext(req)) for k in keys]
         if LookupResult.RETRY not in answers:
             return answers
         assert time.monotonic() < until, "lookups kept answering RETRY"
@@ -128,17 +128,92 @@ def test_a_miss_stays_a_miss_and_a_failed_load_turns_a_hit_into_a_miss(kvtier_vl
         assert finish(tier, [7]) == {7: False}
         assert settle(tier, unknown) == [LookupResult.MISS] * 5
         assert np.array_equal(buf[10:15], before), "a failed load wrote the primary buffer"
-        # A block said to be there but gone when loaded (another process removed it): the job
-        # fails and the block is a miss from then on, not a hit asked for again and again.
+        # A load no lookup promised, of blocks gone by then (another process removed them):
+        # the job fails and the blocks are misses from then on, not hits asked for again and
+        # again.
         keys = keys_of(4, b"gone")
         tier.submit_store(TransferJob(8, keys, np.arange(4), False, ReqContext("r")))
         assert finish(tier, [8]) == {8: True}
-        assert settle(tier, keys) == [LookupResult.HIT] * 4
         tier._store.remove([k.hex() for k in keys[:2]])
         tier.submit_load(TransferJob(9, keys, np.arange(20, 24), True, ReqContext("r")))
         assert finish(tier, [9]) == {9: False}
         assert settle(tier, keys) == [LookupResult.MISS] * 2 + [LookupResult.HIT] * 2
         tier.drain_jobs()
+    finally:
+        tier.shutdown()
+
+
+def test_a_hit_holds_until_its_load_whatever_is_evicted_meanwhile(kvtier_vllm):
+    """A lookup that said HIT pins the block until the load that follows: the memory tier
+    evicting it for capacity (another handle on the same tiers filling it) or a clear of the
+    namespace in between must not fail the load, and the bytes are the stored ones."""
+    buf, view = primary()
+    tier = tier_of(kvtier_vllm, view, memory_capacity="1MiB")
+    other = tier._store.view()  # the same tiers, as another engine's handle would be
+    try:
+        rng = np.random.default_rng()
+        for job, evict in ((1, "capacity"), (3, "clear")):
+            keys = keys_of(6, b"pin")
+            buf[0:6] = rng.integers(0, 256, (6, ROW), dtype=np.uint8)
+            sent = buf[0:6].copy()
+            tier.submit_store(TransferJob(job, keys, np.arange(6), False, ReqContext("p")))
+            assert finish(tier, [job]) == {job: True}
+            assert settle(tier, keys, req="p") == [LookupResult.HIT] * 6
+            if evict == "capacity":
+                filler = [os.urandom(16).hex() for _ in range(200)]  # 2.4 MB into 1 MiB
+                other.batch_set(filler, [rng.integers(0, 256, ROW, dtype=np.uint8)] * 200)
+            else:
+                other.clear()
+            assert other.batch_exists_each([k.hex() for k in keys]) == [
+                kvtier_vllm.codes.NOT_FOUND] * 6, "the blocks were not evicted: no test"
+            rows = np.arange(6) + 30
+            buf[rows] = 0
+            tier.submit_load(TransferJob(job + 1, keys, rows, True, ReqContext("p")))
+            assert finish(tier, [job + 1]) == {job + 1: True}, f"a HIT's load failed ({evict})"
+            assert np.array_equal(buf[rows], sent), f"loaded bytes differ ({evict})"
+            assert tier.staged_blocks() == 0, "a loaded block's staged copy was kept"
+    finally:
+        other.close()
+        tier.shutdown()
+
+
+def test_staged_copies_are_released_and_bounded(kvtier_vllm):
+    """Staged copies go when their load ends or their request finishes (abort, preemption),
+    so many requests leave nothing behind; past `staging_capacity` a lookup answers MISS."""
+    buf, view = primary()
+    tier = tier_of(kvtier_vllm, view, staging_capacity=8 * ROW)
+    try:
+        keys = keys_of(12, b"bound")
+        tier.submit_store(TransferJob(1, keys, np.arange(12), False, ReqContext("w")))
+        assert finish(tier, [1]) == {1: True}
+        sent = buf[0:12].copy()
+        # Twelve blocks looked up, room for eight: the last four are misses, not RETRY forever.
+        assert settle(tier, keys) == [LookupResult.HIT] * 8 + [LookupResult.MISS] * 4
+        assert tier.staged_blocks() == 8
+        tier.on_request_finished(ReqContext("r"))
+        assert tier.staged_blocks() == 0
+        job = 10
+        for i in range(60):  # requests that load, and requests that abort after their lookups
+            req = ReqContext(f"q{i}")
+            picked = [(i + j) % 12 for j in range(4)]
+            ks = [keys[p] for p in picked]
+            until = time.monotonic() + 10
+            while (answers := [tier.lookup(k, req) for k in ks]) != [LookupResult.HIT] * 4:
+                assert LookupResult.MISS not in answers, answers
+                assert time.monotonic() < until
+                time.sleep(0.001)
+            if i % 3 == 2:
+                tier.on_request_finished(req)
+                continue
+            rows = np.arange(4) + 40
+            tier.submit_load(TransferJob(job, ks, rows, True, req))
+            assert finish(tier, [job]) == {job: True}
+            assert np.array_equal(buf[rows], sent[picked])
+            tier.on_request_finished(req)
+            job += 1
+        assert tier.staged_blocks() == 0, "staged copies outlived their requests"
+        assert not tier._held and not tier._staged, "bookkeeping grows with requests"
+        assert not tier.has_pending_work()
     finally:
         tier.shutdown()
 
