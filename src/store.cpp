@@ -316,35 +316,32 @@ Status Store::exists_each(const Batch& b) {
 Status Store::sizes(const Batch& b) {
   const uint64_t seed = seed_of(b.format);
   Status first;
-  std::vector<size_t> where = valid_keys(b, &first);  // where[a] is the key of ops[a]
-  std::byte none{};
-  const Frag room{&none, 0};  // no byte fits: every value found answers with its size
-  std::vector<GetOp> ops;
-  ops.reserve(where.size());
+  std::vector<size_t> where = valid_keys(b, &first);  // where[a] is the key of ask[a]
+  std::vector<KeyId> ask;                             // the keys not found in the tiers above
+  ask.reserve(where.size());
   for (size_t i : where) {
     b.results[i] = KVTIER_ERR_NOT_FOUND;
-    ops.push_back({.id = key_id(seed, b.keys[i]), .frags = Frags(&room, 1), .fit = Fit::kAtMost});
+    ask.push_back(key_id(seed, b.keys[i]));
   }
+  std::vector<int64_t> answer;
   for (const auto& slot : tiers_) {
-    if (ops.empty()) break;
-    slot->tier->get(ops);
+    if (ask.empty()) break;
+    answer.assign(ask.size(), KVTIER_ERR_NOT_FOUND);
+    slot->tier->sizes(ask, answer);
     size_t kept = 0;
-    for (size_t a = 0; a < ops.size(); ++a) {
-      const int64_t r = ops[a].result;
-      if (r == KVTIER_ERR_BUFFER_TOO_SMALL) {
-        b.results[where[a]] = static_cast<int64_t>(ops[a].stored);
-      } else if (r == KVTIER_ERR_NOT_FOUND) {  // look lower
-        ops[kept] = ops[a];
-        ops[kept].result = 0;
+    for (size_t a = 0; a < ask.size(); ++a) {
+      const int64_t r = answer[a];
+      if (r == KVTIER_ERR_NOT_FOUND) {  // look lower
+        ask[kept] = ask[a];
         where[kept++] = where[a];
-      } else {
-        b.results[where[a]] = r;
-        if (first.is_ok())
-          first = {static_cast<int>(r), "key " + std::to_string(where[a]) + ": " +
-                                            code_text(static_cast<int>(r))};
+        continue;
       }
+      b.results[where[a]] = r;
+      if (r < 0 && first.is_ok())
+        first = {static_cast<int>(r),
+                 "key " + std::to_string(where[a]) + ": " + code_text(static_cast<int>(r))};
     }
-    ops.resize(kept);
+    ask.resize(kept);
     where.resize(kept);
   }
   return first;

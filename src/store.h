@@ -58,7 +58,7 @@ class Store {
   // exists_each results: 0 (in some tier), KVTIER_ERR_NOT_FOUND or the key's code.
   Status exists_each(const Batch& batch);
   // sizes results: the stored value's size in bytes, KVTIER_ERR_NOT_FOUND or a code. Moves no
-  // byte into the caller's memory and promotes nothing (a get of capacity 0 in each tier).
+  // byte into the caller's memory and promotes nothing (Tier::sizes, tier by tier).
   Status sizes(const Batch& batch);
   // remove results: 0 (removed from every tier that had it) or KVTIER_ERR_NOT_FOUND.
   Status remove(const Batch& batch);

@@ -8,6 +8,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "src/config.h"
 #include "src/keys.h"
@@ -44,12 +45,17 @@ struct GetOp {
 
 // The one rule for reading a stored value of `size` bytes into op's fragments: KVTIER_OK, or
 // KVTIER_ERR_SIZE_MISMATCH (Fit::kExact) or KVTIER_ERR_BUFFER_TOO_SMALL (Fit::kAtMost). A value
-// that does not fit is not copied at all. Records the size in op.stored (Store::sizes asks
-// with capacity 0 to learn it).
+// that does not fit is not copied at all. Records the size in op.stored (Tier::sizes asks with
+// capacity 0 to learn it).
 inline int fits(GetOp& op, uint64_t size) {
   op.stored = size;
   if (op.fit == Fit::kExact) return size == op.capacity ? KVTIER_OK : KVTIER_ERR_SIZE_MISMATCH;
   return size <= op.capacity ? KVTIER_OK : KVTIER_ERR_BUFFER_TOO_SMALL;
+}
+
+// What a get with no room (capacity 0) learnt: the value's size, KVTIER_ERR_NOT_FOUND or a code.
+inline int64_t size_found(const GetOp& op) {
+  return op.result == KVTIER_ERR_BUFFER_TOO_SMALL ? static_cast<int64_t>(op.stored) : op.result;
 }
 
 // Helpers for tiers that can tear (Caps::can_tear): they check key by key while the bytes are in
@@ -106,6 +112,18 @@ class Tier {
   virtual void get(std::span<GetOp> ops) = 0;
   // present[i] = 1 if ids[i] is stored.
   virtual void exists(std::span<const KeyId> ids, std::span<uint8_t> present) = 0;
+  // sizes[i] = the stored value's size in bytes, KVTIER_ERR_NOT_FOUND or a code; nothing is
+  // copied out and nothing promoted. By default a get with no room (fits() records the size,
+  // and the tiers here check it before they read); a tier whose get must move a value to
+  // check it asks its own way (the remote tier: SIZES).
+  virtual void sizes(std::span<const KeyId> ids, std::span<int64_t> sizes) {
+    std::byte none{};
+    const Frag no_room{&none, 0};
+    std::vector<GetOp> ops(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) ops[i] = {.id = ids[i], .frags = Frags(&no_room, 1)};
+    get(ops);
+    for (size_t i = 0; i < ids.size(); ++i) sizes[i] = size_found(ops[i]);
+  }
   // results[i] = 0 or KVTIER_ERR_NOT_FOUND.
   virtual void remove(std::span<const KeyId> ids, std::span<int> results) = 0;
   // Empties the tier; a failure (another process holds a shared tier too long) empties nothing.

@@ -195,9 +195,9 @@ KVTIER_API int kvtier_batch_exists_each(kvtier_store_t* store, const char* const
 /* sizes[i] : the size in bytes of keys[i]'s stored value (>= 1), KVTIER_ERR_NOT_FOUND, or the
  * key's own code; for a caller that must size a buffer before kvtier_batch_get (a get with no
  * size, such as Mooncake Store's get(key)). Nothing is copied to the caller and nothing is
- * promoted; it costs a lookup per tier, except on the remote tier over TCP, where the value
- * crosses the network (and is dropped) to be measured. A key removed and written again in
- * between may have another size by the get: that get says so (KVTIER_ERR_BUFFER_TOO_SMALL).
+ * promoted; it costs a lookup per tier (on the remote tier a round trip to each server that
+ * carries the keys and their sizes, not the values). A key removed and written again in between
+ * may have another size by the get: that get says so (KVTIER_ERR_BUFFER_TOO_SMALL).
  * Since 0.3. */
 KVTIER_API int kvtier_batch_size_each(kvtier_store_t* store, const char* const* keys, size_t n,
                                       int64_t* sizes);

@@ -12,6 +12,7 @@
 
 #include "tests/common/raw_client.h"
 #include "tests/common/server_process.h"
+#include "tests/common/tcp_bytes.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -126,6 +127,36 @@ TEST(ServerTiers, RestartedServerKeepsItsPages) {
   kvtier_close(s);
 }
 
+// Pages only the disk holds (the server restarted: its arena is empty) answer their sizes
+// (kvtier_batch_size_each) from the disk's index: right, and without their bytes crossing.
+TEST(ServerTiers, SizesOfPagesOnlyOnDisk) {
+  if (const std::string why = no_file_tier(); !why.empty()) GTEST_SKIP() << why;
+  ServerProcess srv("4MiB", "", 0, {"--tiers", "memory,file", "--file-dir", server_dir("sizes")});
+  Pages pages;
+  kvtier_store_t* s = open_store(srv);
+  ASSERT_NE(s, nullptr);
+  pages.set(s);
+  kvtier_close(s);
+  s = restart(srv, SIGTERM);
+  ASSERT_NE(s, nullptr);
+
+  std::vector<const char*> ck = pages.ck;
+  ck.push_back("disk-missing");
+  std::vector<int64_t> got(ck.size(), 99);
+  // A first call makes the pooled connection, which then stays for the measured one.
+  ASSERT_EQ(kvtier_batch_size_each(s, ck.data(), 1, got.data()), KVTIER_OK);
+  const kvtier_test::Traffic before = kvtier_test::traffic_to({srv.port()});
+  ASSERT_EQ(kvtier_batch_size_each(s, ck.data(), ck.size(), got.data()), KVTIER_OK)
+      << kvtier_last_error();
+  const kvtier_test::Traffic after = kvtier_test::traffic_to({srv.port()});
+  ASSERT_TRUE(after.continues(before)) << "a pooled connection closed: nothing to compare";
+  for (size_t i = 0; i < kPages; ++i) EXPECT_EQ(got[i], int64_t(kSize)) << "key " << i;
+  EXPECT_EQ(got[kPages], KVTIER_ERR_NOT_FOUND);
+  EXPECT_LT(after.received - before.received, kPages * kSize / 100);
+  for (bool hit : pages.get(s)) EXPECT_TRUE(hit);
+  kvtier_close(s);
+}
+
 TEST(ServerTiers, MemoryOnlyServerComesBackEmpty) {  // the contrast: what the file tier adds
   ServerProcess srv("64MiB");
   Pages pages;
@@ -205,6 +236,8 @@ void expect_pages(uint16_t port, uint64_t ns,
                   const std::map<uint8_t, std::vector<uint8_t>>& pages) {
   Ctl c(port, ns);
   for (auto& [tag, bytes] : pages) {
+    // Asked first, while the page may be on disk only (SIZES does not promote it).
+    EXPECT_EQ(c.size(tag), int64_t(bytes.size())) << "page " << int(tag) << " of namespace " << ns;
     auto [code, got] = c.get_page(tag);
     EXPECT_EQ(code, 0) << "page " << int(tag) << " of namespace " << ns;
     if (code == 0) {
@@ -235,6 +268,7 @@ TEST(ServerTiers, ReadsMakeNothingOnDiskAndHideNoPages) {
   for (uint64_t i = 0; i < 256; ++i) {  // reads (and REMOVE) of namespaces never written
     Ctl r(srv.port(), 0x10000 + i);
     EXPECT_FALSE(r.exists(7));
+    EXPECT_EQ(r.size(7), KVTIER_ERR_NOT_FOUND);
     EXPECT_EQ(r.get_page(7).first, KVTIER_ERR_NOT_FOUND);
     EXPECT_EQ(std::get<0>(r.lookup(7)), KVTIER_ERR_NOT_FOUND);
     EXPECT_EQ(r.remove(7), KVTIER_ERR_NOT_FOUND);

@@ -231,6 +231,8 @@ class Ctl {
     auto r = one_key(11, tag);
     return {static_cast<int32_t>(get(r, 4, 4)), get(r, 16, 8), get(r, 32, 8)};
   }
+  // SIZES of one key: its size, or a code.
+  int64_t size(uint8_t tag) { return static_cast<int64_t>(get(one_key(13, tag), 4, 8)); }
   int remove(uint8_t tag) { return static_cast<int32_t>(get(one_key(5, tag), 4, 4)); }
   // STATS field `field` (protocol.h): 0 pages, 1 bytes, 2 capacity, 3 evictions, 4 errors,
   // 5 leases expired, 6 hits, 7 misses, 8 leases held, 9 connections.

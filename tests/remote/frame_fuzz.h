@@ -32,6 +32,7 @@ inline bool decode_request(uint16_t type, std::span<const uint8_t> payload) {
     case wire::kGet:
     case wire::kRemove:
     case wire::kLookup:
+    case wire::kSizes:
       return wire::decode_ids(payload, &ids).is_ok();
     case wire::kCommit:
       return wire::decode_commit(payload, &commits).is_ok();
@@ -49,7 +50,7 @@ inline bool decode_request(uint16_t type, std::span<const uint8_t> payload) {
 inline void parse_frame(const uint8_t* data, size_t size) {
   using namespace kvtier;
   std::span<const uint8_t> all(data, size);
-  for (uint16_t type = wire::kHello; type <= wire::kRelease; ++type)
+  for (uint16_t type = wire::kHello; type <= wire::kSizes; ++type)
     (void)decode_request(type, all);
   // As a connection: frames back to back until one is refused or the bytes run out.
   bool hello = false;

@@ -138,7 +138,7 @@ TEST(Protocol, BeforeHelloOnlyASmallHelloPasses) {
   h.length = wire::kMaxHelloPayload + 1;
   EXPECT_EQ(wire::check_first_frame(h).code(), KVTIER_ERR_DENIED);
   h.length = 0;
-  for (uint16_t t = wire::kExists; t <= wire::kRelease; ++t) {
+  for (uint16_t t = wire::kExists; t <= wire::kSizes; ++t) {
     h.type = t;
     EXPECT_EQ(wire::check_first_frame(h).code(), KVTIER_ERR_DENIED) << "type " << t;
   }

@@ -10,20 +10,22 @@
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <linux/tcp.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <tuple>
 
+#include "tests/common/loopback.h"
 #include "tests/common/raw_client.h"
 #include "tests/common/server_process.h"
 #include "tests/common/store.h"
+#include "tests/common/tcp_bytes.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -33,6 +35,8 @@ using kvtier_test::Ctl;
 using kvtier_test::kWireVersion;
 using kvtier_test::raw_connect;
 using kvtier_test::ServerProcess;
+using kvtier_test::Traffic;
+using kvtier_test::traffic_to;
 
 using kvtier_test::open_store;
 
@@ -717,33 +721,6 @@ TEST(Remote, ServerStopsCleanlyOnSigterm) {
 }
 
 
-// Bytes this process has sent over its open TCP connections to `ports` and had acknowledged
-// (TCP_INFO), and those sockets (by inode): two counts compare while no socket has closed.
-struct Sent {
-  uint64_t bytes = 0;
-  std::set<ino_t> sockets;
-};
-Sent sent_to(const std::set<uint16_t>& ports) {
-  Sent out;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
-    const int fd = std::atoi(e.path().filename().c_str());
-    sockaddr_storage peer{};
-    socklen_t len = sizeof peer;
-    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) continue;
-    uint16_t port = 0;
-    if (peer.ss_family == AF_INET) port = ntohs(reinterpret_cast<sockaddr_in*>(&peer)->sin_port);
-    if (peer.ss_family == AF_INET6) port = ntohs(reinterpret_cast<sockaddr_in6*>(&peer)->sin6_port);
-    if (!ports.count(port)) continue;
-    tcp_info info{};
-    socklen_t ilen = sizeof info;
-    struct stat st{};
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &ilen) != 0 || fstat(fd, &st) != 0) continue;
-    out.bytes += info.tcpi_bytes_acked;
-    out.sockets.insert(st.st_ino);
-  }
-  return out;
-}
-
 // A key a server holds keeps its first value, so putting it again must not send its bytes:
 // engines back up every page of a finished request, its prefix pages read from here included.
 TEST(Remote, RePutsOfHeldKeysMoveNoBytes) {
@@ -756,14 +733,11 @@ TEST(Remote, RePutsOfHeldKeysMoveNoBytes) {
   Batch held("held", kPages, kPage);
   for (int r : held.set(s)) ASSERT_EQ(r, KVTIER_OK);
 
-  Sent before = sent_to(ports);
+  Traffic before = traffic_to(ports);
   for (int r : held.set(s)) EXPECT_EQ(r, KVTIER_OK);
-  Sent after = sent_to(ports);
-  // A socket closed in between took its count with it; new ones count whole.
-  ASSERT_TRUE(std::includes(after.sockets.begin(), after.sockets.end(), before.sockets.begin(),
-                            before.sockets.end()))
-      << "a pooled connection closed: nothing to compare";
-  const uint64_t again = after.bytes - before.bytes;
+  Traffic after = traffic_to(ports);
+  ASSERT_TRUE(after.continues(before)) << "a pooled connection closed: nothing to compare";
+  const uint64_t again = after.sent - before.sent;
   EXPECT_LT(again, kPage * kPages / 100) << "a re-put of 16 MiB the servers hold sent " << again
                                          << " bytes";
 
@@ -774,14 +748,11 @@ TEST(Remote, RePutsOfHeldKeysMoveNoBytes) {
     mixed.ck[i] = mixed.keys[i].c_str();
   }
   for (size_t i = 0; i < kPages / 2; ++i) mixed.vals[i] = held.vals[i];
-  before = sent_to(ports);
+  before = traffic_to(ports);
   for (int r : mixed.set(s)) EXPECT_EQ(r, KVTIER_OK);
-  after = sent_to(ports);
-  // A socket closed in between took its count with it; new ones count whole.
-  ASSERT_TRUE(std::includes(after.sockets.begin(), after.sockets.end(), before.sockets.begin(),
-                            before.sockets.end()))
-      << "a pooled connection closed: nothing to compare";
-  const uint64_t half = after.bytes - before.bytes;
+  after = traffic_to(ports);
+  ASSERT_TRUE(after.continues(before)) << "a pooled connection closed: nothing to compare";
+  const uint64_t half = after.sent - before.sent;
   EXPECT_GE(half, kPage * kPages / 2);
   EXPECT_LT(half, kPage * kPages / 2 + kPage * kPages / 100);
   for (int r : mixed.get(s)) EXPECT_EQ(r, 1);
@@ -789,4 +760,161 @@ TEST(Remote, RePutsOfHeldKeysMoveNoBytes) {
   kvtier_close(s);
 }
 
+// kvtier_batch_size_each (Mooncake Store's get(key) asks it before every read) moves the keys
+// and their sizes, not the values: asking a 16 MiB value's size sends and receives under 1% of
+// it on the client's sockets (a GET of no room received the whole value and dropped it).
+TEST(Remote, SizeQueriesMoveKeysNotValues) {
+  ServerProcess srv;
+  kvtier_store_t* s =
+      open_store("tiers=remote;remote_transport=tcp;remote_servers=" + srv.address());
+  constexpr size_t kBig = 16 << 20;
+  const std::vector<size_t> sizes = {1, (5 << 20) + 1, kBig};
+  std::vector<std::string> keys;
+  std::vector<std::vector<unsigned char>> vals;
+  std::vector<const void*> ptrs;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    keys.push_back(kvtier_test::make_key("size", i));
+    vals.push_back(kvtier_test::random_bytes(sizes[i]));
+    ptrs.push_back(vals[i].data());
+  }
+  std::vector<const char*> ck = kvtier_test::c_keys(keys);
+  std::vector<int> stored(keys.size());
+  ASSERT_EQ(kvtier_batch_set(s, ck.data(), ck.size(), ptrs.data(), sizes.data(), stored.data()),
+            KVTIER_OK);
+  for (int r : stored) ASSERT_EQ(r, KVTIER_OK);
+
+  ck.insert(ck.begin(), "size-missing");
+  std::vector<int64_t> got(ck.size(), 99);
+  const Traffic before = traffic_to({srv.port()});
+  ASSERT_EQ(kvtier_batch_size_each(s, ck.data(), ck.size(), got.data()), KVTIER_OK)
+      << kvtier_last_error();
+  const Traffic after = traffic_to({srv.port()});
+  ASSERT_TRUE(after.continues(before)) << "a pooled connection closed: nothing to compare";
+  EXPECT_EQ(got[0], KVTIER_ERR_NOT_FOUND);
+  for (size_t i = 0; i < sizes.size(); ++i) EXPECT_EQ(got[i + 1], int64_t(sizes[i])) << i;
+  EXPECT_LT(after.sent - before.sent, kBig / 100) << "sent for sizes";
+  EXPECT_LT(after.received - before.received, kBig / 100)
+      << "received for sizes: " << after.received - before.received << " bytes";
+
+  // The largest reads back whole into a buffer of the size given.
+  std::vector<unsigned char> out(static_cast<size_t>(got.back()));
+  void* buf = out.data();
+  size_t cap = out.size();
+  int64_t r = 0;
+  ASSERT_EQ(kvtier_batch_get(s, &ck.back(), 1, &buf, &cap, &r), KVTIER_OK);
+  EXPECT_EQ(r, int64_t(kBig));
+  EXPECT_TRUE(out == vals.back()) << "WRONG BYTES";
+  kvtier_close(s);
+}
+
+// A kvtier-server older than the SIZES frame, played by a relay in front of a real one: it
+// answers SIZES as such a server does (ERROR INVALID_ARG, an unknown frame type, then the close)
+// and passes every other frame along, both ways. (No PUT goes through it: its bulk would not be
+// framed.)
+class ServerWithoutSizes {
+ public:
+  explicit ServerWithoutSizes(uint16_t to) : to_(to), lfd_(kvtier_test::listen_loopback(&port_)) {
+    accepting_ = std::thread([this] {
+      for (int c; (c = accept(lfd_, nullptr, nullptr)) >= 0;) {
+        {
+          std::lock_guard lock(mu_);
+          clients_.push_back(c);
+        }
+        relays_.emplace_back([this, c] { relay(c); });
+      }
+    });
+  }
+  ~ServerWithoutSizes() {
+    shutdown(lfd_, SHUT_RDWR);  // ends the accept
+    accepting_.join();
+    {
+      std::lock_guard lock(mu_);  // a test that stopped early left its store's connections open
+      for (int c : clients_) shutdown(c, SHUT_RDWR);
+    }
+    for (std::thread& t : relays_) t.join();
+    close(lfd_);
+    for (int c : clients_) close(c);
+  }
+  std::string address() const { return kvtier_test::loopback_address(port_); }
+  int refused() const { return refused_.load(); }
+
+ private:
+  static bool send_all(int fd, const void* p, size_t n) {
+    for (const char* b = static_cast<const char*>(p); n;) {
+      const ssize_t k = send(fd, b, n, MSG_NOSIGNAL);
+      if (k <= 0) return false;
+      b += k;
+      n -= static_cast<size_t>(k);
+    }
+    return true;
+  }
+  void relay(int c) {
+    const int s = kvtier_test::loopback_connect(to_);
+    std::thread back([c, s] {
+      char buf[1 << 16];
+      for (ssize_t n; (n = recv(s, buf, sizeof buf, 0)) > 0;)
+        if (!send_all(c, buf, static_cast<size_t>(n))) break;
+      shutdown(c, SHUT_RDWR);
+    });
+    for (;;) {
+      std::vector<uint8_t> h(16);
+      if (kvtier_test::recv_all(c, h.data(), 16) != 16) break;
+      const uint64_t type = Ctl::get(h, 6, 2), len = Ctl::get(h, 8, 4);
+      std::vector<uint8_t> p(len);
+      if (len && kvtier_test::recv_all(c, p.data(), len) != static_cast<ssize_t>(len)) break;
+      if (type == 13) {  // SIZES
+        ++refused_;
+        std::vector<uint8_t> e;
+        Ctl::put(e, static_cast<uint32_t>(KVTIER_ERR_INVALID_ARG), 4);
+        const std::string why = "unknown frame type 13";
+        e.insert(e.end(), why.begin(), why.end());
+        const auto f = Ctl::frame(100 | 0x80, e);
+        send_all(c, f.data(), f.size());
+        break;
+      }
+      if (!send_all(s, h.data(), h.size()) || !send_all(s, p.data(), p.size())) break;
+    }
+    shutdown(s, SHUT_RDWR);
+    shutdown(c, SHUT_RDWR);
+    back.join();
+    close(s);
+  }
+
+  const uint16_t to_;
+  uint16_t port_ = 0;
+  const int lfd_;
+  std::atomic<int> refused_{0};
+  std::thread accepting_;
+  std::vector<std::thread> relays_;  // only the accepting thread adds to it
+  std::mutex mu_;
+  std::vector<int> clients_;  // guarded by mu_; closed last, so no fd is reused while relayed
+};
+
+// A client asks a server older than SIZES for sizes the old way (a GET of no room): the sizes
+// are right, and it keeps asking that server so without sending SIZES again.
+TEST(Remote, ServersOlderThanSizesAreAskedTheOldWay) {
+  ServerProcess srv;
+  const std::string tcp = "tiers=remote;remote_transport=tcp;remote_servers=";
+  Batch held("old", 3, (5 << 20) + 1);
+  kvtier_store_t* w = open_store(tcp + srv.address());
+  for (int r : held.set(w)) ASSERT_EQ(r, KVTIER_OK);
+  kvtier_close(w);
+
+  ServerWithoutSizes old(srv.port());
+  kvtier_store_t* s = open_store(tcp + old.address());
+  std::vector<const char*> ck = held.ck;
+  ck.push_back("old-missing");
+  for (int round = 0; round < 2; ++round) {
+    std::vector<int64_t> got(ck.size(), 99);
+    ASSERT_EQ(kvtier_batch_size_each(s, ck.data(), ck.size(), got.data()), KVTIER_OK)
+        << kvtier_last_error();
+    for (size_t i = 0; i < held.keys.size(); ++i) EXPECT_EQ(got[i], int64_t(held.sizes[i])) << i;
+    EXPECT_EQ(got.back(), KVTIER_ERR_NOT_FOUND);
+    EXPECT_EQ(old.refused(), 1) << "round " << round;
+  }
+  for (int r : held.get(s)) EXPECT_EQ(r, 1);
+  kvtier_close(s);
+}
+
 }  // namespace
+

@@ -58,6 +58,9 @@ struct ServerRef {
   std::atomic<bool> probing{false};
   // The id the server proved (new at each start): the start the connections were made to.
   std::atomic<uint64_t> boot_id{0};
+  // The start that answered SIZES with an error (a server older than the frame): until it
+  // restarts, sizes are asked it with a GET of no room.
+  std::atomic<uint64_t> no_sizes{0};
   RdmaLink rdma;
   ~ServerRef();
 };

@@ -118,6 +118,26 @@ class RemoteTier final : public Tier {
     }
   }
 
+  // A size costs each server a lookup, where a GET of no room would move the value to check
+  // it (over TCP). A key still unanswered (a miss, a failure) is asked at its next read choice;
+  // a miss there does not hide a failure here.
+  void sizes(std::span<const KeyId> ids, std::span<int64_t> sizes) override {
+    std::fill(sizes.begin(), sizes.end(), KVTIER_ERR_NOT_FOUND);
+    const auto servers = placement_.live();
+    for (unsigned r = 0; r < placement_.read_choices(*servers); ++r) {
+      for (auto& [srv, all] : by_server(*servers, ids, r)) {
+        std::vector<size_t> idx;
+        for (size_t i : all)
+          if (sizes[i] < 0) idx.push_back(i);
+        if (idx.empty()) continue;
+        std::vector<int64_t> got(idx.size(), KVTIER_ERR_NOT_FOUND);
+        server_sizes(*srv, ids, idx, got);
+        for (size_t k = 0; k < idx.size(); ++k)
+          if (got[k] != KVTIER_ERR_NOT_FOUND) sizes[idx[k]] = got[k];
+      }
+    }
+  }
+
   void remove(std::span<const KeyId> ids, std::span<int> results) override {
     std::fill(results.begin(), results.end(), KVTIER_ERR_NOT_FOUND);
     const auto servers = placement_.live();
@@ -235,6 +255,47 @@ class RemoteTier final : public Tier {
         idx[kept++] = idx[k];
     }
     idx.resize(kept);
+  }
+
+  // got[k]: the size of ids[idx[k]] on `s`, NOT_FOUND, or why it is not known.
+  void server_sizes(ServerRef& s, std::span<const KeyId> ids, const std::vector<size_t>& idx,
+                    std::vector<int64_t>& got) {
+    if (const uint64_t boot = s.boot_id.load(); boot == 0 || s.no_sizes.load() != boot) {
+      const Status st =
+          pool_.exchange(s, wire::kSizes, id_list(idx, [&](size_t i) { return ids[i]; }),
+                         [&](int, wire::Reader& rd) {
+                           if (rd.count(8) != idx.size())
+                             return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
+                           for (int64_t& size : got) {
+                             size = rd.i64();
+                             // A size is 1 byte to a page, a code an int.
+                             if (size == 0 || size > static_cast<int64_t>(wire::kMaxValue) ||
+                                 size < INT32_MIN)
+                               return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
+                           }
+                           return rd.done() ? Status{} : Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
+                         });
+      if (st.code() != KVTIER_ERR_INVALID_ARG) {
+        if (!st.is_ok()) std::fill(got.begin(), got.end(), st.code());
+        return;
+      }
+      // A server older than SIZES refuses the frame type (and drops that connection): it is
+      // asked the old way, from now until it restarts.
+      s.no_sizes = s.boot_id.load();
+    }
+    std::byte none{};
+    const Frag no_room{&none, 0};
+    std::vector<GetOp> ops(idx.size());
+    std::vector<size_t> all(idx.size());
+    for (size_t k = 0; k < idx.size(); ++k) {
+      ops[k] = {.id = ids[idx[k]], .frags = Frags(&no_room, 1), .result = KVTIER_ERR_NOT_FOUND};
+      all[k] = k;
+    }
+    std::vector<uint8_t> done(ops.size(), 0);
+    on_server(
+        s, std::move(all), [&](Transport& t, auto keys) { t.get(s, ops, keys, done); },
+        [&](size_t k, int code) { ops[k].result = code; }, [&](size_t k) { return done[k] != 0; });
+    for (size_t k = 0; k < ops.size(); ++k) got[k] = size_found(ops[k]);
   }
 
   // The transport for `s`'s bytes, or NULL with *err when RDMA is required and down.

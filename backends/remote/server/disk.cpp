@@ -222,6 +222,19 @@ void Disk::exists(uint64_t ns, std::span<const KeyId> ids, std::span<uint8_t> pr
     if (!present[i]) present[i] = on_disk[k++];
 }
 
+void Disk::sizes(uint64_t ns, std::span<const KeyId> ids, std::span<int64_t> sizes) {
+  std::shared_ptr<Tier> t = tier(ns, false);
+  if (!t) return;
+  std::vector<KeyId> ask;
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (sizes[i] == KVTIER_ERR_NOT_FOUND) ask.push_back(ids[i]);
+  if (ask.empty()) return;
+  std::vector<int64_t> on_disk(ask.size(), KVTIER_ERR_NOT_FOUND);
+  t->sizes(ask, on_disk);
+  for (size_t i = 0, k = 0; i < ids.size(); ++i)
+    if (sizes[i] == KVTIER_ERR_NOT_FOUND) sizes[i] = on_disk[k++];
+}
+
 void Disk::remove(uint64_t ns, std::span<const KeyId> ids, std::span<int32_t> results) {
   std::shared_ptr<Tier> t = tier(ns, false);
   if (!t) return;

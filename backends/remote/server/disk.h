@@ -64,6 +64,8 @@ class Disk {
   void write(uint64_t ns, std::span<const Page> pages, std::span<int32_t> results);
   // present[i] |= on disk.
   void exists(uint64_t ns, std::span<const KeyId> ids, std::span<uint8_t> present);
+  // sizes[i], where NOT_FOUND: the value's size on disk, or still NOT_FOUND (or another code).
+  void sizes(uint64_t ns, std::span<const KeyId> ids, std::span<int64_t> sizes);
   // results[i] = OK where removed from disk.
   void remove(uint64_t ns, std::span<const KeyId> ids, std::span<int32_t> results);
   void clear(uint64_t ns);

@@ -101,6 +101,25 @@ Status Server::handle_exists(Conn& c, wire::Writer& out) {
   return {};
 }
 
+// A size costs a lookup, not the value's bytes: Mooncake Store's get(key) asks it before every
+// read. Neither a hit nor a promotion, as EXISTS.
+Status Server::handle_sizes(Conn& c, wire::Writer& out) {
+  std::vector<KeyId> ids;
+  Status s = wire::decode_ids(c.payload, &ids);
+  if (!s.is_ok()) return s;
+  std::vector<int64_t> sizes(ids.size(), KVTIER_ERR_NOT_FOUND);
+  {
+    Yielding lock(mu_);
+    for (size_t i = 0; i < ids.size(); ++i, lock.step())
+      if (const uint32_t page = arena_.find({c.ns, ids[i]}); page != Arena::kNone)
+        sizes[i] = static_cast<int64_t>(arena_.page(page).length);
+  }
+  if (disk_) disk_->sizes(c.ns, ids, sizes);
+  out.u32(static_cast<uint32_t>(ids.size()));
+  for (int64_t size : sizes) out.i64(size);
+  return {};
+}
+
 Status Server::handle_remove(Conn& c, wire::Writer& out) {
   const uint64_t ns = c.ns;
   std::vector<KeyId> ids;
@@ -127,6 +146,8 @@ Status Server::handle(Conn& c, wire::Writer& out) {
   switch (c.h.type) {
     case wire::kExists:
       return handle_exists(c, out);
+    case wire::kSizes:
+      return handle_sizes(c, out);
     case wire::kPut:
       return begin_put(c);
     case wire::kGet:
@@ -381,8 +402,8 @@ std::string Server::metrics_text() {
   out += "# TYPE kvtier_server_request_seconds histogram\n";
   static const char* const kOps[] = {"",       "hello",  "exists", "put",       "get",
                                      "remove", "clear",  "stats",  "rdma_info", "alloc",
-                                     "commit", "lookup", "release"};
-  static_assert(std::size(kOps) == wire::kRelease + 1);
+                                     "commit", "lookup", "release", "sizes"};
+  static_assert(std::size(kOps) == wire::kSizes + 1);
   for (size_t t = wire::kHello; t < latency_.size(); ++t)
     latency_[t].render("kvtier_server_request_seconds", kOps[t], &out);
   return out;

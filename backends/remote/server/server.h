@@ -117,6 +117,7 @@ class Server : private serve::Service {
   Status handle_hello(Conn& c, wire::Writer& out);
   Status handle(Conn& c, wire::Writer& out);
   Status handle_exists(Conn& c, wire::Writer& out);
+  Status handle_sizes(Conn& c, wire::Writer& out);
   Status handle_remove(Conn& c, wire::Writer& out);
   Status handle_rdma(Conn& c, wire::Writer& out);
   // ALLOC and LOOKUP: the leases they grant end at `expiry`.
@@ -156,7 +157,7 @@ class Server : private serve::Service {
   const uint64_t boot_id_;
   uint64_t errors_ = 0, hits_ = 0, misses_ = 0;
   // Per request type (wire::Type, HELLO .. RELEASE): observed when the reply is out.
-  std::array<LatencyHistogram, wire::kRelease + 1> latency_;
+  std::array<LatencyHistogram, wire::kSizes + 1> latency_;
 };
 
 }  // namespace kvtier

@@ -13,6 +13,11 @@
 //           own, so nothing of value goes to a server that does not hold the token; the token
 //           itself never crosses the wire.
 //   EXISTS  n u32, n x id(16)                          -> n u32, n x present u8
+//   SIZES   n u32, n x id                              -> n u32, n x size i64 (the stored
+//                                                         value's bytes, arena or disk, or
+//                                                         NOT_FOUND): a size without its value
+//           (a server older than SIZES answers ERROR INVALID_ARG, an unknown frame type; the
+//           client then asks it with a GET of no room, as before)
 //   PUT     n u32, n x {id, length u64, checksum u64}  -> n u32, n x code i32
 //           followed by the n values' bytes
 //   GET     n u32, n x id                              -> n u32, n x {code i32, length u64,
@@ -91,6 +96,7 @@ enum Type : uint16_t {
   kCommit = 10,
   kLookup = 11,
   kRelease = 12,
+  kSizes = 13,
   kP2pHello = 32,  // prefill -> decode transfer endpoints (p2p.h)
   kP2pWrite = 33,
   kP2pRead = 34,
@@ -123,6 +129,7 @@ class Writer {
   void u8(uint8_t v) { buf_.push_back(v); }
   void u32(uint32_t v) { put(&v, 4); }
   void i32(int32_t v) { put(&v, 4); }
+  void i64(int64_t v) { put(&v, 8); }
   void u64(uint64_t v) { put(&v, 8); }
   void id(const KeyId& k) {
     u64(k.hi);
@@ -149,6 +156,7 @@ class Reader {
   uint8_t u8() { return get<uint8_t>(); }
   uint32_t u32() { return get<uint32_t>(); }
   int32_t i32() { return get<int32_t>(); }
+  int64_t i64() { return get<int64_t>(); }
   uint64_t u64() { return get<uint64_t>(); }
   KeyId id() {
     KeyId k;
