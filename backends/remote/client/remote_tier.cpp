@@ -263,18 +263,7 @@ class RemoteTier final : public Tier {
     if (const uint64_t boot = s.boot_id.load(); boot == 0 || s.no_sizes.load() != boot) {
       const Status st =
           pool_.exchange(s, wire::kSizes, id_list(idx, [&](size_t i) { return ids[i]; }),
-                         [&](int, wire::Reader& rd) {
-                           if (rd.count(8) != idx.size())
-                             return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
-                           for (int64_t& size : got) {
-                             size = rd.i64();
-                             // A size is 1 byte to a page, a code an int.
-                             if (size == 0 || size > static_cast<int64_t>(wire::kMaxValue) ||
-                                 size < INT32_MIN)
-                               return Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
-                           }
-                           return rd.done() ? Status{} : Status{KVTIER_ERR_INVALID_ARG, "bad reply"};
-                         });
+                         [&](int, wire::Reader& rd) { return read_sizes(rd, got); });
       if (st.code() != KVTIER_ERR_INVALID_ARG) {
         if (!st.is_ok()) std::fill(got.begin(), got.end(), st.code());
         return;
@@ -296,6 +285,19 @@ class RemoteTier final : public Tier {
         s, std::move(all), [&](Transport& t, auto keys) { t.get(s, ops, keys, done); },
         [&](size_t k, int code) { ops[k].result = code; }, [&](size_t k) { return done[k] != 0; });
     for (size_t k = 0; k < ops.size(); ++k) got[k] = size_found(ops[k]);
+  }
+
+  // A SIZES reply into got (one size per key asked).
+  static Status read_sizes(wire::Reader& rd, std::vector<int64_t>& got) {
+    const Status bad{KVTIER_ERR_INVALID_ARG, "bad SIZES reply"};
+    if (rd.count(8) != got.size()) return bad;
+    for (int64_t& size : got) {
+      size = rd.i64();
+      // A size is 1 byte to a page, a code an int.
+      if (size == 0 || size > static_cast<int64_t>(wire::kMaxValue) || size < INT32_MIN)
+        return bad;
+    }
+    return rd.done() ? Status{} : bad;
   }
 
   // The transport for `s`'s bytes, or NULL with *err when RDMA is required and down.
