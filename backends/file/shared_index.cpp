@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -124,13 +125,6 @@ uint32_t other_index_version(int dir_fd) {
   return 0;
 }
 
-Status other_index_version_error(const std::string& dir, uint32_t version) {
-  return {KVTIER_ERR_UNSUPPORTED,
-          "file tier: " + dir + " is in use by processes of another kvtier index version (" +
-              std::to_string(version) + ", this library's is " + std::to_string(kIndexVersion) +
-              "): use another KVTIER_FILE_DIR, or stop them first"};
-}
-
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -210,10 +204,6 @@ Status SharedIndex::open(int dir_fd, const std::string& dir, uint64_t capacity, 
     return {errno == EWOULDBLOCK ? KVTIER_ERR_BUSY : KVTIER_ERR_IO,
             "cannot lock " + dir + ": another process holds it (stopped?)"};
   if (Status s = ix->claim_pid_namespace(); !s.is_ok()) return s;
-  // Once the other version's processes are gone, their roster is replaced and the index made
-  // from the records (theirs are read as they are).
-  if (const uint32_t other = other_index_version(dir_fd))
-    return other_index_version_error(dir, other);
   *fresh = !ix->join(&ix->map_);
   if (*fresh) {
     // No live process holds an index of the namespace: a new one, filled from the records.
@@ -241,16 +231,46 @@ Status SharedIndex::open_private(uint64_t capacity, uint64_t timeout_ms,
 }
 
 namespace {
-constexpr char kPidNsPrefix[] = "pidns-";
+
+constexpr char kClaimPrefix[] = "pidns-";
+
+// The claim of this index version's processes of pid namespace `ino`. Version 1 named its
+// claims "pidns-<inode>" and refuses an open while any other "pidns-*" file is locked: so this
+// version's claim, another name with the same prefix, keeps its libraries out too.
+std::string claim_name(uint64_t ino) {
+  return kClaimPrefix + std::to_string(ino) + ".v" + std::to_string(kIndexVersion);
+}
+
+// The pid namespace and index version a claim's name gives ("pidns-<inode>" is version 1's);
+// false for a name no kvtier makes.
+bool parse_claim(const char* name, uint64_t* ino, uint32_t* version) {
+  if (std::strncmp(name, kClaimPrefix, sizeof kClaimPrefix - 1) != 0) return false;
+  const char* p = name + sizeof kClaimPrefix - 1;
+  if (!std::isdigit(static_cast<unsigned char>(*p))) return false;
+  char* end = nullptr;
+  errno = 0;
+  *ino = std::strtoull(p, &end, 10);
+  if (errno) return false;
+  *version = 1;
+  if (*end == '\0') return true;
+  if (end[0] != '.' || end[1] != 'v' || !std::isdigit(static_cast<unsigned char>(end[2])))
+    return false;
+  const unsigned long v = std::strtoul(end + 2, &end, 10);
+  if (*end != '\0' || v < 2 || v > UINT32_MAX) return false;
+  *version = static_cast<uint32_t>(v);
+  return true;
+}
+
 }  // namespace
 
 // The index speaks in pids: a write's owner, a clear's owner, the lock's holder (its thread id,
 // in the lock word), the roster's members reached through /proc/<pid>/fd. A pid means one
 // process only inside its pid namespace, so processes in two of them (containers on one host
-// folder) would each find the other's writers dead and take their slots. Each namespace's
-// processes hold a shared flock on "pidns-<its inode>" in the folder while they have it open (a
-// flock works across namespaces, and the kernel drops it when they die); an open that finds
-// another namespace's file locked is refused, and one whose processes are gone is deleted.
+// folder) would each find the other's writers dead and take their slots; and processes of two
+// index versions lay the index out differently. So each process holds a shared flock on the
+// claim of its pid namespace and index version, "pidns-<its inode>.v<version>", in the folder
+// while it has it open (a flock works across namespaces, and the kernel drops it when they die);
+// an open that finds another claim locked is refused (see others()).
 Status SharedIndex::claim_pid_namespace() {
   struct stat ns {};
   char self[32] = {};
@@ -261,43 +281,61 @@ Status SharedIndex::claim_pid_namespace() {
             "file tier: " + dir_ +
                 " is shared through /proc, which here is missing or not this process's pid "
                 "namespace's (mount one for it)"};
-  ns_name_ = kPidNsPrefix + std::to_string(ns.st_ino);
-  if (other_pid_namespace())
+  ns_name_ = claim_name(ns.st_ino);
+  if (Status s = others(); !s.is_ok()) return s;
+  return keep_pid_namespace();
+}
+
+// Who else holds the folder, in one place. The claims of processes gone are deleted (opens wait
+// for the folder's flock, so a claim not locked now has no process). A live claim of this pid
+// namespace under another name is another index version's; any other, another pid namespace's.
+// Libraries older than the claims are known by their roster alone: a valid one of another
+// version that names a live member. Once they are all gone, an open takes the folder over and
+// makes the index from the records (those of any version are read as they are).
+Status SharedIndex::others() {
+  std::vector<std::string> names;
+  const int scan = ::openat(lock_fd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR* d = scan >= 0 ? ::fdopendir(scan) : nullptr;
+  if (!d && scan >= 0) ::close(scan);
+  while (const dirent* e = d ? ::readdir(d) : nullptr)
+    if (std::strncmp(e->d_name, kClaimPrefix, sizeof kClaimPrefix - 1) == 0 &&
+        ns_name_ != e->d_name)
+      names.emplace_back(e->d_name);
+  if (d) ::closedir(d);
+  uint64_t own_ino = 0, ino = 0;
+  uint32_t own_version = 0, version = 0, other_version = 0;
+  parse_claim(ns_name_.c_str(), &own_ino, &own_version);
+  bool other_namespace = false;
+  for (const std::string& name : names) {
+    const int fd = ::openat(dir_fd_, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      ::unlinkat(dir_fd_, name.c_str(), 0);
+    } else if (errno == EWOULDBLOCK) {
+      if (parse_claim(name.c_str(), &ino, &version) && ino == own_ino && version != own_version)
+        other_version = version;
+      else
+        other_namespace = true;
+    }
+    ::close(fd);
+  }
+  if (other_namespace)
     return {KVTIER_ERR_UNSUPPORTED,
             "file tier: " + dir_ +
                 " is open in processes of another pid namespace (another container?), and the "
                 "file tier is shared within one pid namespace only: give each container its own "
                 "KVTIER_FILE_DIR, or let them share a pid namespace"};
-  return keep_pid_namespace();
+  if (!other_version) other_version = other_index_version(dir_fd_);
+  if (other_version)
+    return {KVTIER_ERR_UNSUPPORTED,
+            "file tier: " + dir_ + " is in use by processes of another kvtier index version (" +
+                std::to_string(other_version) + ", this library's is " +
+                std::to_string(kIndexVersion) +
+                "): use another KVTIER_FILE_DIR, or stop them first"};
+  return {};
 }
 
-// Whether processes of another pid namespace hold the folder; the files of namespaces whose
-// processes are gone are deleted. REQUIRES the folder's flock: opens (which claim) wait for it,
-// so a file not locked now has no process.
-bool SharedIndex::other_pid_namespace() {
-  std::vector<std::string> others;
-  const int scan = ::openat(lock_fd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  DIR* d = scan >= 0 ? ::fdopendir(scan) : nullptr;
-  if (!d && scan >= 0) ::close(scan);
-  while (const dirent* e = d ? ::readdir(d) : nullptr)
-    if (std::strncmp(e->d_name, kPidNsPrefix, sizeof kPidNsPrefix - 1) == 0 &&
-        ns_name_ != e->d_name)
-      others.emplace_back(e->d_name);
-  if (d) ::closedir(d);
-  bool live = false;
-  for (const std::string& name : others) {
-    const int fd = ::openat(dir_fd_, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) continue;
-    if (::flock(fd, LOCK_EX | LOCK_NB) == 0)
-      ::unlinkat(dir_fd_, name.c_str(), 0);
-    else
-      live |= errno == EWOULDBLOCK;
-    ::close(fd);
-  }
-  return live;
-}
-
-// (Re)makes and locks this namespace's file if it is missing: a neighbour may delete it.
+// (Re)makes and locks this process's claim if it is missing: a neighbour may delete it.
 Status SharedIndex::keep_pid_namespace() {
   struct stat held {};
   struct stat named {};
@@ -317,13 +355,14 @@ Status SharedIndex::keep_pid_namespace() {
     ::close(ns_fd_);
   }
   ns_fd_ = fd;
-  // Deleted, it let in processes of another pid namespace: they and this one take each other's
-  // slots (misses, never wrong bytes: every read is checked) until one side closes the folder.
-  if (remade && other_pid_namespace())
-    log().error(
-        "file tier: processes of another pid namespace opened {} while {} was deleted; sharing "
-        "with them fails (misses) until one side closes it",
-        dir_, ns_name_);
+  // Deleted, it let in processes of another pid namespace or index version: they and this one
+  // take each other's slots (misses, never wrong bytes: every read is checked) until one side
+  // closes the folder.
+  if (remade)
+    if (Status s = others(); !s.is_ok())
+      log().error("{}; they opened it while {} was deleted, and sharing with them fails (misses) "
+                  "until one side closes it",
+                  s.message(), ns_name_);
   return {};
 }
 
@@ -443,10 +482,25 @@ bool SharedIndex::join(Map* m, uint64_t skip_ino) {
   return false;
 }
 
-bool SharedIndex::abandon(uint64_t stuck_ino) {
+bool SharedIndex::abandon(uint64_t stuck_ino, int32_t holder) {
   std::lock_guard roster(roster_mu_);
   if (!flock_until(lock_fd_, now_ns() + timeout_ns_)) return false;
+  // Beside processes of another index version (or pid namespace), the roster is theirs: a new
+  // index published over it would let more processes of this version in beside them. The calls
+  // fail until the stopped one resumes or they are gone.
+  if (Status s = others(); !s.is_ok()) {
+    if (!kept_stuck_logged_)
+      log().error("{}; so the index is not made anew without thread {}, stopped holding its "
+                  "lock, and calls fail until it resumes or they are gone",
+                  s.message(), holder);
+    kept_stuck_logged_ = true;
+    ::flock(lock_fd_, LOCK_UN);
+    return false;
+  }
   if (map_.ino == stuck_ino) {
+    log().warn("file tier: thread {} stopped while holding the lock of {}; the index is made anew "
+               "from the records for the others",
+               holder, dir_);
     // Another process may have made the new index already: then this one joins it.
     Map next;
     const bool fresh = !join(&next, stuck_ino);
@@ -511,16 +565,16 @@ void SharedIndex::check_roster() {
     other |= x.dev != map_.dev || x.ino != map_.ino;
   }
   if (!listed && !valid) {
-    // An open of another kvtier version found no roster of its own, or could not read ours:
-    // its index and this one hand out the same slots (misses, never wrong bytes: every read is
-    // checked) until one side closes the folder. Its roster stays, so that no more processes of
-    // this version come in beside it.
-    if (const uint32_t other = other_index_version(dir_fd_)) {
-      if (!other_version_logged_)
+    // A library older than the claims (of another index version) found no roster of its own,
+    // or could not read ours: its index and this one hand out the same slots (misses, never
+    // wrong bytes: every read is checked) until one side closes the folder. Its roster stays,
+    // so that no more processes of this version come in beside it.
+    if (Status s = others(); !s.is_ok()) {
+      if (!others_logged_)
         log().error("{}; they opened it beside this process, which fails (misses) until one side "
                     "closes it",
-                    other_index_version_error(dir_, other).message());
-      other_version_logged_ = true;
+                    s.message());
+      others_logged_ = true;
       ::flock(lock_fd_, LOCK_UN);
       return;
     }
@@ -633,11 +687,7 @@ SharedIndex::Guard::Guard(SharedIndex& ix) : ix_(ix) {
     if (ok_) return;
     ix_.swap_mu_.unlock_shared();
     if (attempt || holder <= 0 || !process_stopped(holder)) break;
-    log().warn(
-        "file tier: thread {} stopped while holding the lock of {}; the index is made anew from "
-        "the records for the others",
-        holder, ix_.dir_);
-    if (!ix_.abandon(ino)) break;
+    if (!ix_.abandon(ino, holder)) break;
   }
 }
 SharedIndex::Guard::~Guard() {

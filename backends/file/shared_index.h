@@ -12,9 +12,10 @@
 // the folder only names its members (the roster). A roster that is missing, damaged or names no
 // live member is rewritten by the members, and one that names another index makes them join it;
 // every value read from the index itself is bounds-checked before it is used as a node, a class
-// or a count. Its processes are those of one pid namespace (its pids mean nothing in another):
-// an open from another one, while this one's processes hold the folder, is refused. So is an
-// open while processes of another kvtier index version hold it (their roster names them).
+// or a count. Its processes are those of one pid namespace (its pids mean nothing in another)
+// and one kvtier index version (its layout differs between them): each holds a claim in the
+// folder naming both, and an open while a claim of another namespace or version is held is
+// refused.
 #pragma once
 
 #include <pthread.h>
@@ -232,10 +233,13 @@ class SharedIndex {
   Status create(uint64_t capacity, Map* m);  // a new, sealed index
   bool attach(const Member& who, Map* m);    // a member's index, if it is one
   bool join(Map* m, uint64_t skip_ino = 0);  // the index the roster names (not skip_ino), if any
-  bool abandon(uint64_t stuck_ino);          // maps a new index in place of a stuck one
-  Status claim_pid_namespace();              // at open: refused if another one holds the folder
-  Status keep_pid_namespace();               // this namespace's claim, made again if deleted
-  bool other_pid_namespace();                // its processes hold the folder (the flock held)
+  // Maps a new index in place of one whose lock thread `holder` (stopped) holds.
+  bool abandon(uint64_t stuck_ino, int32_t holder);
+  Status claim_pid_namespace();  // at open: refused if others() hold the folder
+  Status keep_pid_namespace();   // this process's claim, made again if deleted
+  // Whether processes of another pid namespace or index version hold the folder: KVTIER_OK, or
+  // KVTIER_ERR_UNSUPPORTED saying who. REQUIRES the folder's flock.
+  Status others();
   void publish();                            // the roster: this process and its index's members
   void check_roster();                       // now and then: rejoin or republish
   bool lock(int32_t* holder);  // false at the deadline, *holder then the thread that holds it
@@ -270,7 +274,9 @@ class SharedIndex {
 
   int dir_fd_ = -1;   // the namespace folder (O_PATH, the caller's)
   int lock_fd_ = -1;  // the same folder, readable: opens flock it
-  int ns_fd_ = -1;  // pidns-<inode>: a shared flock on it claims the folder for this pid namespace
+  // pidns-<inode>.v<version>: a shared flock on it claims the folder for this pid namespace and
+  // index version
+  int ns_fd_ = -1;
   std::string ns_name_;
   std::string dir_;
   Map map_;
@@ -280,7 +286,8 @@ class SharedIndex {
   std::mutex roster_mu_;
   std::atomic<int64_t> next_check_{0};  // steady-clock ns of the next roster check
   bool damaged_ = false;                // a value out of range met under the lock
-  bool other_version_logged_ = false;   // processes of another index version came in
+  bool others_logged_ = false;          // others() came in beside this process
+  bool kept_stuck_logged_ = false;      // abandon() refused beside others()
   Node scratch_node_{};
   ClassInfo scratch_class_{};
   int64_t timeout_ns_ = 0;
