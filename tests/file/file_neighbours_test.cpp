@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -22,6 +23,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <random>
 #include <string>
 #include <thread>
@@ -117,14 +119,9 @@ TEST(FileNeighbours, DamagedLockAndIndexCostAMissNeverACrash) {
   kvtier_close(s);
 }
 
-// The index's memory itself scribbled (its hash chains and nodes; here by this process through
-// /proc/self/fd, as any process of the user could): every link read from it is bounds-checked,
-// the index is rebuilt from the records, and reads stay exact or a miss.
-TEST(FileNeighbours, ScribbledIndexMemoryIsRebuiltNotFollowed) {
-  const std::string dir = fresh("scribble");
-  kvtier_store_t* s = open_dir(dir, ";file_capacity=64MiB");
-  for (size_t k = 0; k < 40; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
-  // The index: the memfd, or (before it was one) the INDEX file this process maps.
+// The shared index this process maps, as a /proc/self/fd link: the memfd, or (before it was
+// one) the INDEX file; "" if none.
+std::string index_path() {
   std::string index;
   for (auto& e : fs::directory_iterator("/proc/self/fd")) {
     std::error_code ec;
@@ -133,6 +130,17 @@ TEST(FileNeighbours, ScribbledIndexMemoryIsRebuiltNotFollowed) {
         (target.size() > 6 && target.compare(target.size() - 6, 6, "/INDEX") == 0))
       index = e.path();
   }
+  return index;
+}
+
+// The index's memory itself scribbled (its hash chains and nodes; here by this process through
+// /proc/self/fd, as any process of the user could): every link read from it is bounds-checked,
+// the index is rebuilt from the records, and reads stay exact or a miss.
+TEST(FileNeighbours, ScribbledIndexMemoryIsRebuiltNotFollowed) {
+  const std::string dir = fresh("scribble");
+  kvtier_store_t* s = open_dir(dir, ";file_capacity=64MiB");
+  for (size_t k = 0; k < 40; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  const std::string index = index_path();
   ASSERT_FALSE(index.empty()) << "no shared index among this process's files";
   struct stat st {};
   ASSERT_EQ(::stat(index.c_str(), &st), 0);
@@ -147,6 +155,53 @@ TEST(FileNeighbours, ScribbledIndexMemoryIsRebuiltNotFollowed) {
   Proc reader({"count", dir, "0", "60"}, dir + "/reader.log");
   ASSERT_TRUE(exited_ok(reader.wait_for(60))) << slurp(reader.log);
   EXPECT_EQ(last_count(reader.log, "present"), 60u) << slurp(reader.log);
+  kvtier_close(s);
+}
+
+// A page's entry in the index memory that names a rotation past the page's end (as a scribbling
+// neighbour can write one; the records never hold one) made the read copy the slot's bytes past
+// the end of the caller's buffer. Now the entry is a damaged one: a miss, the page dropped, and
+// no byte outside the buffer touched.
+TEST(FileNeighbours, IndexEntryWithARotationPastItsPageIsAMissAndWritesNothingOutside) {
+  const std::string dir = fresh("rotation");
+  kvtier_store_t* s = open_dir(dir, ";file_capacity=64MiB");
+  ASSERT_EQ(put_page(s, 0), KVTIER_OK);
+  const uint64_t length = page_value(0).size();
+  const std::string index = index_path();
+  ASSERT_FALSE(index.empty()) << "no shared index among this process's files";
+  // The page's node (shared_index.h: length at 16, stored at 40, state at 88, rotation at 90):
+  // the only live one, of this length.
+  std::ifstream in(index, std::ios::binary);
+  const std::string mem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto u64 = [&](size_t at) {
+    uint64_t x;
+    std::memcpy(&x, mem.data() + at, 8);
+    return x;
+  };
+  std::vector<size_t> nodes;
+  for (size_t at = 4096; at + 96 <= mem.size(); at += 8)
+    if (u64(at + 16) == length && u64(at + 40) == length && mem[at + 88] == 2) nodes.push_back(at);
+  ASSERT_EQ(nodes.size(), 1u) << "the page's node in the index";
+  const uint16_t rotation = 40000;  // past the page's 16 KiB and the buffer's room
+  const int fd = ::open(index.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::pwrite(fd, &rotation, 2, static_cast<off_t>(nodes[0] + 90)), 2);
+  ::close(fd);
+
+  // The caller's buffer has room for the page and 4 KiB more; what lies past it must not change.
+  std::vector<unsigned char> mine(128 << 10, 0xCC);
+  const size_t room = length + 4096;
+  const std::string key = page_key(0);
+  const char* ck = key.c_str();
+  void* b = mine.data();
+  int64_t r = 0;
+  ASSERT_EQ(kvtier_batch_get(s, &ck, 1, &b, &room, &r), KVTIER_OK);
+  EXPECT_EQ(r, KVTIER_ERR_NOT_FOUND);
+  EXPECT_EQ(std::count(mine.begin() + room, mine.end(), 0xCC), mine.size() - room)
+      << "bytes written past the caller's buffer";
+  EXPECT_EQ(count_present(s, 0, 1), 0u) << "the damaged entry is dropped";
+  ASSERT_EQ(put_page(s, 0), KVTIER_OK);
+  EXPECT_EQ(count_present(s, 0, 1), 1u) << "and the page stored again";
   kvtier_close(s);
 }
 
