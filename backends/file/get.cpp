@@ -5,6 +5,7 @@
 
 #include "src/log.h"
 #include "backends/file/page_files.h"
+#include "backends/file/records.h"
 
 namespace kvtier {
 
@@ -32,6 +33,13 @@ void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
       continue;
     }
     const Node& x = index_->node(n);
+    if (!plausible_page(x.length, x.stored, x.compressed, x.rotation, index_->slot_size(x.cls))) {
+      // Not a page this tier writes (a scribbled entry): a miss, its bytes unread; the index is
+      // rebuilt from the records before the lock is let go.
+      index_->mark_damaged();
+      op.result = KVTIER_ERR_NOT_FOUND;
+      continue;
+    }
     if (const int fit = fits(op, x.length); fit != KVTIER_OK) {
       op.result = fit;
       continue;

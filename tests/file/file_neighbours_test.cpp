@@ -158,51 +158,64 @@ TEST(FileNeighbours, ScribbledIndexMemoryIsRebuiltNotFollowed) {
   kvtier_close(s);
 }
 
-// A page's entry in the index memory that names a rotation past the page's end (as a scribbling
-// neighbour can write one; the records never hold one) made the read copy the slot's bytes past
-// the end of the caller's buffer. Now the entry is a damaged one: a miss, the page dropped, and
-// no byte outside the buffer touched.
-TEST(FileNeighbours, IndexEntryWithARotationPastItsPageIsAMissAndWritesNothingOutside) {
-  const std::string dir = fresh("rotation");
-  kvtier_store_t* s = open_dir(dir, ";file_capacity=64MiB");
-  ASSERT_EQ(put_page(s, 0), KVTIER_OK);
-  const uint64_t length = page_value(0).size();
-  const std::string index = index_path();
-  ASSERT_FALSE(index.empty()) << "no shared index among this process's files";
-  // The page's node (shared_index.h: length at 16, stored at 40, state at 88, rotation at 90):
-  // the only live one, of this length.
-  std::ifstream in(index, std::ios::binary);
-  const std::string mem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto u64 = [&](size_t at) {
-    uint64_t x;
-    std::memcpy(&x, mem.data() + at, 8);
-    return x;
+// A page's entry in the index memory that no write makes (as a scribbling neighbour can leave
+// one; the records never hold one): a rotation past the page's end made the read copy the slot's
+// bytes past the end of the caller's buffer; fewer bytes stored than the page's length made it
+// copy a bounce buffer's bytes past what was read into the caller's. Now such an entry is a
+// miss whose bytes are not read, and the index is rebuilt from the records: the page is back.
+TEST(FileNeighbours, ADamagedIndexEntryIsAMissThatReadsNothingAndIsRebuilt) {
+  struct Damage {
+    const char* name;
+    size_t at;  // in the node (shared_index.h)
+    uint64_t value;
+    size_t len;
   };
-  std::vector<size_t> nodes;
-  for (size_t at = 4096; at + 96 <= mem.size(); at += 8)
-    if (u64(at + 16) == length && u64(at + 40) == length && mem[at + 88] == 2) nodes.push_back(at);
-  ASSERT_EQ(nodes.size(), 1u) << "the page's node in the index";
-  const uint16_t rotation = 40000;  // past the page's 16 KiB and the buffer's room
-  const int fd = ::open(index.c_str(), O_WRONLY | O_CLOEXEC);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::pwrite(fd, &rotation, 2, static_cast<off_t>(nodes[0] + 90)), 2);
-  ::close(fd);
+  for (const Damage& d : {Damage{"rotation", 90, 40000, 2},  // past the page and the buffer
+                          Damage{"stored", 40, 100, 8}}) {   // an uncompressed page's 16 KiB
+    SCOPED_TRACE(d.name);
+    const std::string dir = fresh(std::string("damaged-") + d.name);
+    kvtier_store_t* s = open_dir(dir, ";file_capacity=64MiB");
+    ASSERT_EQ(put_page(s, 0), KVTIER_OK);
+    const uint64_t length = page_value(0).size();
+    const std::string index = index_path();
+    ASSERT_FALSE(index.empty()) << "no shared index among this process's files";
+    // The page's node (length at 16, stored at 40, state at 88): the only live one of its length.
+    std::ifstream in(index, std::ios::binary);
+    const std::string mem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto u64 = [&](size_t at) {
+      uint64_t x;
+      std::memcpy(&x, mem.data() + at, 8);
+      return x;
+    };
+    std::vector<size_t> nodes;
+    for (size_t at = 4096; at + 96 <= mem.size(); at += 8)
+      if (u64(at + 16) == length && u64(at + 40) == length && mem[at + 88] == 2)
+        nodes.push_back(at);
+    ASSERT_EQ(nodes.size(), 1u) << "the page's node in the index";
+    const int fd = ::open(index.c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    const uint16_t no_rotation = 0;  // so that a short page is read flat, not through a SlotMap
+    ASSERT_EQ(::pwrite(fd, &no_rotation, 2, static_cast<off_t>(nodes[0] + 90)), 2);
+    ASSERT_EQ(::pwrite(fd, &d.value, d.len, static_cast<off_t>(nodes[0] + d.at)),
+              static_cast<ssize_t>(d.len));
+    ::close(fd);
 
-  // The caller's buffer has room for the page and 4 KiB more; what lies past it must not change.
-  std::vector<unsigned char> mine(128 << 10, 0xCC);
-  const size_t room = length + 4096;
-  const std::string key = page_key(0);
-  const char* ck = key.c_str();
-  void* b = mine.data();
-  int64_t r = 0;
-  ASSERT_EQ(kvtier_batch_get(s, &ck, 1, &b, &room, &r), KVTIER_OK);
-  EXPECT_EQ(r, KVTIER_ERR_NOT_FOUND);
-  EXPECT_EQ(std::count(mine.begin() + room, mine.end(), 0xCC), mine.size() - room)
-      << "bytes written past the caller's buffer";
-  EXPECT_EQ(count_present(s, 0, 1), 0u) << "the damaged entry is dropped";
-  ASSERT_EQ(put_page(s, 0), KVTIER_OK);
-  EXPECT_EQ(count_present(s, 0, 1), 1u) << "and the page stored again";
-  kvtier_close(s);
+    // The caller's buffer has room for the page and 4 KiB more, and lies in a larger one.
+    std::vector<unsigned char> mine(128 << 10, 0xCC);
+    size_t room = length + 4096;
+    const std::string key = page_key(0);
+    const char* ck = key.c_str();
+    void* b = mine.data();
+    int64_t r = 0;
+    ASSERT_EQ(kvtier_batch_get(s, &ck, 1, &b, &room, &r), KVTIER_OK);
+    EXPECT_EQ(r, KVTIER_ERR_NOT_FOUND);
+    EXPECT_EQ(std::count(mine.begin() + room, mine.end(), 0xCC), mine.size() - room)
+        << "bytes written past the caller's buffer";
+    EXPECT_EQ(std::count(mine.begin(), mine.begin() + room, 0xCC), room)
+        << "a damaged entry's bytes were read into the caller's buffer";
+    EXPECT_EQ(count_present(s, 0, 1), 1u) << "the page's record brings it back";
+    kvtier_close(s);
+  }
 }
 
 // Whether process pid is stopped (SIGSTOP) within `seconds`.
