@@ -283,56 +283,27 @@ void Store::promote(size_t t, std::span<const GetOp* const> hits) {
   for (size_t up = 0; up < t; ++up) tiers_[up]->tier->put(ops);
 }
 
-Status Store::exists_each(const Batch& b) {
+template <class Ask>
+Status Store::ask_down(const Batch& b, Ask ask) {
   const uint64_t seed = seed_of(b.format);
   Status first;
-  std::vector<size_t> where = valid_keys(b, &first);  // where[a] is the key of ask[a]
-  std::vector<KeyId> ask;                             // the keys not found in the tiers above
-  ask.reserve(where.size());
+  std::vector<size_t> where = valid_keys(b, &first);  // where[a] is the key of ids[a]
+  std::vector<KeyId> ids;                             // the keys no tier above answered
+  ids.reserve(where.size());
   for (size_t i : where) {
     b.results[i] = KVTIER_ERR_NOT_FOUND;
-    ask.push_back(key_id(seed, b.keys[i]));
-  }
-  std::vector<uint8_t> answer;
-  for (const auto& slot : tiers_) {
-    if (ask.empty()) break;
-    answer.assign(ask.size(), 0);
-    slot->tier->exists(ask, answer);
-    size_t kept = 0;
-    for (size_t a = 0; a < ask.size(); ++a) {
-      if (answer[a]) {
-        b.results[where[a]] = KVTIER_OK;
-      } else {
-        ask[kept] = ask[a];
-        where[kept++] = where[a];
-      }
-    }
-    ask.resize(kept);
-    where.resize(kept);
-  }
-  return first;
-}
-
-Status Store::sizes(const Batch& b) {
-  const uint64_t seed = seed_of(b.format);
-  Status first;
-  std::vector<size_t> where = valid_keys(b, &first);  // where[a] is the key of ask[a]
-  std::vector<KeyId> ask;                             // the keys not found in the tiers above
-  ask.reserve(where.size());
-  for (size_t i : where) {
-    b.results[i] = KVTIER_ERR_NOT_FOUND;
-    ask.push_back(key_id(seed, b.keys[i]));
+    ids.push_back(key_id(seed, b.keys[i]));
   }
   std::vector<int64_t> answer;
   for (const auto& slot : tiers_) {
-    if (ask.empty()) break;
-    answer.assign(ask.size(), KVTIER_ERR_NOT_FOUND);
-    slot->tier->sizes(ask, answer);
+    if (ids.empty()) break;
+    answer.assign(ids.size(), KVTIER_ERR_NOT_FOUND);
+    ask(*slot->tier, std::span<const KeyId>(ids), std::span<int64_t>(answer));
     size_t kept = 0;
-    for (size_t a = 0; a < ask.size(); ++a) {
+    for (size_t a = 0; a < ids.size(); ++a) {
       const int64_t r = answer[a];
       if (r == KVTIER_ERR_NOT_FOUND) {  // look lower
-        ask[kept] = ask[a];
+        ids[kept] = ids[a];
         where[kept++] = where[a];
         continue;
       }
@@ -341,10 +312,26 @@ Status Store::sizes(const Batch& b) {
         first = {static_cast<int>(r),
                  "key " + std::to_string(where[a]) + ": " + code_text(static_cast<int>(r))};
     }
-    ask.resize(kept);
+    ids.resize(kept);
     where.resize(kept);
   }
   return first;
+}
+
+Status Store::exists_each(const Batch& b) {
+  std::vector<uint8_t> present;
+  return ask_down(b, [&present](Tier& tier, std::span<const KeyId> ids, std::span<int64_t> answer) {
+    present.assign(ids.size(), 0);
+    tier.exists(ids, present);
+    for (size_t a = 0; a < ids.size(); ++a)
+      if (present[a]) answer[a] = KVTIER_OK;
+  });
+}
+
+Status Store::sizes(const Batch& b) {
+  return ask_down(b, [](Tier& tier, std::span<const KeyId> ids, std::span<int64_t> answer) {
+    tier.sizes(ids, answer);
+  });
 }
 
 Status Store::exists(std::span<const char* const> keys, size_t* hits, uint64_t format) {

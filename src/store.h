@@ -95,6 +95,12 @@ class Store {
   // Takes tier `slot`'s answer for op, the batch's key `key`, into *result (what the caller
   // gets unless a lower tier answers). Returns true if a lower tier is asked next.
   bool take_answer(TierSlot& slot, GetOp& op, size_t key, int64_t* result);
+  // Asks the tiers top-down about the valid keys of `batch`, each tier only about the keys no
+  // tier above answered: ask(Tier&, ids, answers) sets answers[a], which comes in as
+  // KVTIER_ERR_NOT_FOUND (look lower), to ids[a]'s result. A key no tier answers stays
+  // KVTIER_ERR_NOT_FOUND. Returns the first bad key's or negative answer's code, OK if none.
+  template <class Ask>
+  Status ask_down(const Batch& batch, Ask ask);
   // Writes tier t's hits into every tier above it.
   void promote(size_t t, std::span<const GetOp* const> hits);
 

@@ -31,6 +31,8 @@ size_t rotation_for(Frags frags, size_t length) {
 }
 
 SlotMap::SlotMap(Frags frags, size_t length, size_t rotation, uint64_t mem_align) {
+  if (length > total_len(frags) || (rotation && rotation >= length)) return;
+  ok_ = true;
   for (size_t start = 0; const Frag& f : frags) {
     if (start >= length) break;
     const size_t len = std::min(f.len, length - start);

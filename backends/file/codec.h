@@ -37,9 +37,12 @@ size_t rotation_for(Frags frags, size_t length);
 // rest (the edges, a seam between fragments, the padding) through bounce blocks.
 class SlotMap {
  public:
-  // The first `length` bytes of `frags` (at most their total) stored with `rotation`; no block
-  // goes straight when mem_align is 0.
+  // The first `length` bytes of `frags` stored with `rotation`; no block goes straight when
+  // mem_align is 0. A length past the fragments' total or a rotation not below the length (a
+  // damaged index's, say) makes a map that is not ok() and moves nothing: no byte outside the
+  // fragments is ever named.
   SlotMap(Frags frags, size_t length, size_t rotation, uint64_t mem_align);
+  bool ok() const { return ok_; }
   size_t direct_bytes() const { return direct_; }
   size_t bounce_bytes() const { return bounce_; }  // a multiple of kBlock
   size_t pieces() const { return pieces_.size(); }
@@ -72,6 +75,7 @@ class SlotMap {
   std::vector<Run> runs_;
   std::vector<Piece> pieces_;
   std::vector<Edge> edges_;
+  bool ok_ = false;
   size_t direct_ = 0, bounce_ = 0;
   size_t pad_off_ = 0, pad_len_ = 0;  // in the bounce buffer
 };

@@ -5,6 +5,7 @@
 
 #include "src/log.h"
 #include "backends/file/page_files.h"
+#include "backends/file/records.h"
 
 namespace kvtier {
 
@@ -32,6 +33,13 @@ void PageFiles::lookup(std::span<GetOp> ops, std::vector<Reading>* pending) {
       continue;
     }
     const Node& x = index_->node(n);
+    if (!plausible_page(x.length, x.stored, x.compressed, x.rotation, index_->slot_size(x.cls))) {
+      // Not a page this tier writes (a scribbled entry): a miss, its bytes unread; the index is
+      // rebuilt from the records before the lock is let go.
+      index_->mark_damaged();
+      op.result = KVTIER_ERR_NOT_FOUND;
+      continue;
+    }
     if (const int fit = fits(op, x.length); fit != KVTIER_OK) {
       op.result = fit;
       continue;
@@ -68,6 +76,11 @@ void PageFiles::read_pages(std::span<GetOp> ops, std::vector<Reading>& pending,
             // not line up with this pool is turned back by the copy out of its bounce blocks.
             auto map = std::make_unique<SlotMap>(op.frags, p.length, p.rotation,
                                                  direct_ ? mem_align_ : 1);
+            if (!map->ok()) {  // a rotation the page cannot have: a damaged entry, dropped
+              io.fd = -1;
+              p.damaged = true;
+              return -EIO;
+            }
             if (map->pieces() > kMaxIov)
               map = std::make_unique<SlotMap>(op.frags, p.length, p.rotation, 0);
             if (map->direct_bytes() || p.rotation) {
@@ -97,6 +110,8 @@ void PageFiles::read_pages(std::span<GetOp> ops, std::vector<Reading>& pending,
           GetOp& op = ops[p.op];
           if (p.no_memory) {
             op.result = KVTIER_ERR_NO_MEMORY;
+          } else if (p.damaged) {
+            op.result = KVTIER_ERR_CORRUPT;
           } else if (res < 0) {
             op.result = io_code(res);
           } else if (p.compressed && !decompress_frags(p.buf, p.stored, op.frags, p.length)) {
@@ -141,7 +156,7 @@ void PageFiles::drop_unreadable(std::span<GetOp> ops, const std::vector<Reading>
       continue;
     }
     log().warn("file tier: a page in {} is unreadable ({}); it is dropped", dir_,
-               op.result == KVTIER_ERR_IO ? "I/O error" : "checksum");
+               op.result == KVTIER_ERR_IO ? "I/O error" : "checksum or index entry");
     index_->release(n);
   }
 }

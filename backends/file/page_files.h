@@ -71,6 +71,7 @@ class PageFiles : private SlotFiles {
     std::byte* buf = nullptr;
     size_t buf_size = 0;
     bool no_memory = false;  // no bounce buffer: the page is fine, this read is not
+    bool damaged = false;    // its index entry does not fit the page (SlotMap::ok): not read
   };
   using Guard = SharedIndex::Guard;
 

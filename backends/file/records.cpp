@@ -28,12 +28,16 @@ Record make_record(KeyId id, uint64_t length, uint64_t checksum, uint64_t seq, u
   return r;
 }
 
+bool plausible_page(uint64_t length, uint64_t stored, bool compressed, uint16_t rotation,
+                    uint64_t slot_size) {
+  return length != 0 && stored != 0 && stored <= slot_size && (compressed || stored == length) &&
+         rotation <= 0xfff && (rotation == 0 || (!compressed && rotation < length));
+}
+
 bool valid_record(const Record& r, uint64_t slot_size) {
   return r.magic == kMagic && r.version == kVersion && r.self_checksum == record_sum(r) &&
-         r.length != 0 && r.stored != 0 && r.stored <= slot_size &&
          !(r.flags & ~(kCompressed | 0xfff << kRotationShift)) &&
-         ((r.flags & kCompressed) || r.stored == r.length) &&
-         (rotation_of(r) == 0 || (!(r.flags & kCompressed) && rotation_of(r) < r.length));
+         plausible_page(r.length, r.stored, r.flags & kCompressed, rotation_of(r), slot_size);
 }
 
 bool write_record(int idx_fd, uint64_t slot, const Record& r) {

@@ -35,6 +35,11 @@ Record make_record(KeyId id, uint64_t length, uint64_t checksum, uint64_t seq, u
 inline uint16_t rotation_of(const Record& r) {
   return static_cast<uint16_t>(r.flags >> kRotationShift);
 }
+// Whether a page of `length` bytes, `stored` in a slot of `slot_size` bytes (compressed or not,
+// at `rotation`), is one the tier can have written: the rule for its record and for its entry
+// in the shared index, which another process could have scribbled.
+bool plausible_page(uint64_t length, uint64_t stored, bool compressed, uint16_t rotation,
+                    uint64_t slot_size);
 // Whether r is a whole, undamaged record of a page that fits a slot of `slot_size` bytes.
 bool valid_record(const Record& r, uint64_t slot_size);
 // Writes slot's record (Record{}: free); false with errno set on failure.

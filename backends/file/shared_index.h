@@ -170,6 +170,8 @@ class SharedIndex {
   // if it resumes, finds the key no longer its own.
   uint32_t find_for_write(KeyId id, int32_t self);
   const Node& node(uint32_t n) { return mut(n); }
+  // A value read from the index is one no process writes: the Guard rebuilds it.
+  void mark_damaged() { damaged_ = true; }
   uint32_t classes() const { return std::min(map_.header->nclasses, kMaxClasses); }
   uint64_t slot_size(uint32_t cls) { return klass(cls).slot_size; }
   void touch(uint32_t n);                              // a live node: the most recently used

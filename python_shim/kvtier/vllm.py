@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
@@ -60,8 +61,39 @@ except ImportError:  # pragma: no cover
 IDENTITY_KEYS = ("model_revision",)
 # The staging memory's default size (constructor key `staging_capacity`, bytes or "256MiB").
 STAGING_CAPACITY = 256 << 20
+# How many keys learnt to be absent a tier remembers (about 10 MiB of keys): past it, the one
+# learnt longest ago is forgotten and asked about again.
+MISSING_CAPACITY = 1 << 16
 _UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
           "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
+class _Recent:
+    """A set of at most `capacity` keys that forgets the one added longest ago first; each call
+    O(1)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._keys: "OrderedDict[str, None]" = OrderedDict()
+
+    def __contains__(self, k) -> bool:
+        return k in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, k) -> None:
+        self._keys[k] = None
+        self._keys.move_to_end(k)
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+
+    def update(self, keys) -> None:
+        for k in keys:
+            self.add(k)
+
+    def discard(self, k) -> None:
+        self._keys.pop(k, None)
 
 
 def _bytes(value) -> int:
@@ -166,7 +198,8 @@ class KvtierSecondaryTier(SecondaryTierManager):
         self._staged: Dict[str, _Staged] = {}  # key -> its staged copy (arriving or ready)
         self._staging: Dict[int, str] = {}  # get request id -> the key it stages
         self._held: Dict[Any, set] = {}  # request id -> keys staged for it
-        self._missing: set = set()  # keys learnt to be absent (a miss stays a miss)
+        # Keys learnt to be absent (a miss stays a miss), the MISSING_CAPACITY latest.
+        self._missing = _Recent(MISSING_CAPACITY)
         self._jobs: Dict[int, tuple] = {}  # request id -> (job id, "store"|"load", keys)
         self._copies: Dict[int, Future] = {}  # job id -> its copy from the staged blocks
         self._copier = ThreadPoolExecutor(1, thread_name_prefix="kvtier-vllm-load")

@@ -95,8 +95,8 @@ class Workload {
       std::vector<const char*> keys;
       std::vector<const void*> ptrs;
       for (size_t i = 0; i < kBatch; ++i)
-        batch.push_back({kvtier_test::make_key("b" + std::to_string(b), i),
-                         kvtier_test::random_bytes(kPage), b});
+        batch.push_back(
+            {kvtier_test::make_key("b", b * kBatch + i), kvtier_test::random_bytes(kPage), b});
       for (auto& p : batch) {
         keys.push_back(p.key.c_str());
         ptrs.push_back(p.bytes.data());
@@ -480,7 +480,7 @@ class Rogue {
       std::vector<uint8_t> out;
       Ctl::put(out, n, 4);
       if (type == 2) {  // EXISTS: all of them
-        out.insert(out.end(), n, 1);
+        for (uint32_t i = 0; i < n; ++i) Ctl::put(out, 1, 1);
         reply(fd, type | 0x80, out);
       } else if (type == 3) {  // PUT: take the bytes, acknowledge
         uint64_t bulk = 0;

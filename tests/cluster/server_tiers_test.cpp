@@ -68,13 +68,6 @@ kvtier_store_t* open_store(const ServerProcess& srv) {
   return s;
 }
 
-// Stops the server with `sig`, starts it again on its port, and opens a new store on it.
-kvtier_store_t* restart(ServerProcess& srv, int sig) {
-  srv.kill_now(sig);
-  EXPECT_TRUE(srv.restart());
-  return open_store(srv);
-}
-
 std::string server_dir(const char* name) {
   const std::string dir = kvtier_test::test_dir() + "/" + name;
   mkdir(dir.c_str(), 0700);
@@ -92,82 +85,93 @@ std::string no_file_tier() {
   return why;
 }
 
+// A server (ServerProcess's capacity and extra flags) and a store open on it into which
+// `pages` were put: ok when both held.
+struct ServerWithPages {
+  ServerProcess srv;
+  Pages pages;
+  kvtier_store_t* s;
+  bool ok;
+  ServerWithPages(std::string capacity, std::vector<std::string> extra)
+      : srv(std::move(capacity), "", 0, std::move(extra)), s(open_store(srv)) {
+    if (s != nullptr) pages.set(s);
+    ok = s != nullptr && !::testing::Test::HasFatalFailure();
+  }
+  ~ServerWithPages() { kvtier_close(s); }
+  // Stops the server with `sig`, starts it again on its port, and opens a new store on it
+  // (null if not).
+  void restart(int sig) {
+    kvtier_close(s);
+    srv.kill_now(sig);
+    EXPECT_TRUE(srv.restart());
+    s = open_store(srv);
+  }
+};
+
+// Flags for a server that keeps its pages on disk too, in `dir` under the test folder.
+std::vector<std::string> on_disk(const char* dir) {
+  return {"--tiers", "memory,file", "--file-dir", server_dir(dir)};
+}
+
 TEST(ServerTiers, RestartedServerKeepsItsPages) {
   if (const std::string why = no_file_tier(); !why.empty()) GTEST_SKIP() << why;
-  ServerProcess srv("4MiB", "", 0, {"--tiers", "memory,file", "--file-dir", server_dir("keep")});
-  Pages pages;
-  kvtier_store_t* s = open_store(srv);
-  ASSERT_NE(s, nullptr);
-  pages.set(s);
+  ServerWithPages w("4MiB", on_disk("keep"));
+  ASSERT_TRUE(w.ok);
   // More pages than the arena holds: the evicted ones come back from disk.
-  for (bool hit : pages.get(s)) EXPECT_TRUE(hit);
-  kvtier_close(s);
+  for (bool hit : w.pages.get(w.s)) EXPECT_TRUE(hit);
 
-  s = restart(srv, SIGKILL);  // no clean stop: each page was on disk before its put was answered
-  ASSERT_NE(s, nullptr);
+  w.restart(SIGKILL);  // no clean stop: each page was on disk before its put was answered
+  ASSERT_NE(w.s, nullptr);
   size_t hits = 0;
-  ASSERT_EQ(kvtier_batch_exists(s, pages.ck.data(), kPages, &hits), KVTIER_OK);
+  ASSERT_EQ(kvtier_batch_exists(w.s, w.pages.ck.data(), kPages, &hits), KVTIER_OK);
   EXPECT_EQ(hits, kPages);
-  for (bool hit : pages.get(s)) EXPECT_TRUE(hit);
+  for (bool hit : w.pages.get(w.s)) EXPECT_TRUE(hit);
 
   // Removed pages are gone from disk too, cleared ones as well, across a restart.
   std::vector<int> removed(8);
-  ASSERT_EQ(kvtier_batch_remove(s, pages.ck.data(), 8, removed.data()), KVTIER_OK);
+  ASSERT_EQ(kvtier_batch_remove(w.s, w.pages.ck.data(), 8, removed.data()), KVTIER_OK);
   for (int r : removed) EXPECT_EQ(r, KVTIER_OK);
-  kvtier_close(s);
-  s = restart(srv, SIGTERM);
-  ASSERT_NE(s, nullptr);
-  const std::vector<bool> after = pages.get(s);
+  w.restart(SIGTERM);
+  ASSERT_NE(w.s, nullptr);
+  const std::vector<bool> after = w.pages.get(w.s);
   for (size_t i = 0; i < kPages; ++i) EXPECT_EQ(after[i], i >= 8) << "key " << i;
-  ASSERT_EQ(kvtier_clear(s), KVTIER_OK);
-  kvtier_close(s);
-  s = restart(srv, SIGTERM);
-  ASSERT_NE(s, nullptr);
-  for (bool hit : pages.get(s)) EXPECT_FALSE(hit);
-  kvtier_close(s);
+  ASSERT_EQ(kvtier_clear(w.s), KVTIER_OK);
+  w.restart(SIGTERM);
+  ASSERT_NE(w.s, nullptr);
+  for (bool hit : w.pages.get(w.s)) EXPECT_FALSE(hit);
 }
 
 // Pages only the disk holds (the server restarted: its arena is empty) answer their sizes
 // (kvtier_batch_size_each) from the disk's index: right, and without their bytes crossing.
 TEST(ServerTiers, SizesOfPagesOnlyOnDisk) {
   if (const std::string why = no_file_tier(); !why.empty()) GTEST_SKIP() << why;
-  ServerProcess srv("4MiB", "", 0, {"--tiers", "memory,file", "--file-dir", server_dir("sizes")});
-  Pages pages;
-  kvtier_store_t* s = open_store(srv);
-  ASSERT_NE(s, nullptr);
-  pages.set(s);
-  kvtier_close(s);
-  s = restart(srv, SIGTERM);
-  ASSERT_NE(s, nullptr);
+  ServerWithPages w("4MiB", on_disk("sizes"));
+  ASSERT_TRUE(w.ok);
+  w.restart(SIGTERM);
+  ASSERT_NE(w.s, nullptr);
 
-  std::vector<const char*> ck = pages.ck;
+  std::vector<const char*> ck = w.pages.ck;
   ck.push_back("disk-missing");
   std::vector<int64_t> got(ck.size(), 99);
   // A first call makes the pooled connection, which then stays for the measured one.
-  ASSERT_EQ(kvtier_batch_size_each(s, ck.data(), 1, got.data()), KVTIER_OK);
-  const kvtier_test::Traffic before = kvtier_test::traffic_to({srv.port()});
-  ASSERT_EQ(kvtier_batch_size_each(s, ck.data(), ck.size(), got.data()), KVTIER_OK)
+  ASSERT_EQ(kvtier_batch_size_each(w.s, ck.data(), 1, got.data()), KVTIER_OK);
+  const kvtier_test::Traffic before = kvtier_test::traffic_to({w.srv.port()});
+  ASSERT_EQ(kvtier_batch_size_each(w.s, ck.data(), ck.size(), got.data()), KVTIER_OK)
       << kvtier_last_error();
-  const kvtier_test::Traffic after = kvtier_test::traffic_to({srv.port()});
+  const kvtier_test::Traffic after = kvtier_test::traffic_to({w.srv.port()});
   ASSERT_TRUE(after.continues(before)) << "a pooled connection closed: nothing to compare";
   for (size_t i = 0; i < kPages; ++i) EXPECT_EQ(got[i], int64_t(kSize)) << "key " << i;
   EXPECT_EQ(got[kPages], KVTIER_ERR_NOT_FOUND);
   EXPECT_LT(after.received - before.received, kPages * kSize / 100);
-  for (bool hit : pages.get(s)) EXPECT_TRUE(hit);
-  kvtier_close(s);
+  for (bool hit : w.pages.get(w.s)) EXPECT_TRUE(hit);
 }
 
 TEST(ServerTiers, MemoryOnlyServerComesBackEmpty) {  // the contrast: what the file tier adds
-  ServerProcess srv("64MiB");
-  Pages pages;
-  kvtier_store_t* s = open_store(srv);
-  ASSERT_NE(s, nullptr);
-  pages.set(s);
-  kvtier_close(s);
-  s = restart(srv, SIGTERM);
-  ASSERT_NE(s, nullptr);
-  for (bool hit : pages.get(s)) EXPECT_FALSE(hit);
-  kvtier_close(s);
+  ServerWithPages w("64MiB", {});
+  ASSERT_TRUE(w.ok);
+  w.restart(SIGTERM);
+  ASSERT_NE(w.s, nullptr);
+  for (bool hit : w.pages.get(w.s)) EXPECT_FALSE(hit);
 }
 
 TEST(ServerTiers, BadFlagsAreUsageErrors) {

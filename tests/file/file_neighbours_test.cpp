@@ -24,6 +24,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <random>
 #include <string>
 #include <thread>
@@ -120,14 +121,9 @@ TEST(FileNeighbours, DamagedLockAndIndexCostAMissNeverACrash) {
   kvtier_close(s);
 }
 
-// The index's memory itself scribbled (its hash chains and nodes; here by this process through
-// /proc/self/fd, as any process of the user could): every link read from it is bounds-checked,
-// the index is rebuilt from the records, and reads stay exact or a miss.
-TEST(FileNeighbours, ScribbledIndexMemoryIsRebuiltNotFollowed) {
-  const std::string dir = fresh("scribble");
-  kvtier_store_t* s = open_dir(dir, ";file_capacity=64MiB");
-  for (size_t k = 0; k < 40; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
-  // The index: the memfd, or (before it was one) the INDEX file this process maps.
+// The shared index this process maps, as a /proc/self/fd link: the memfd, or (before it was
+// one) the INDEX file; "" if none.
+std::string index_path() {
   std::string index;
   for (auto& e : fs::directory_iterator("/proc/self/fd")) {
     std::error_code ec;
@@ -136,6 +132,17 @@ TEST(FileNeighbours, ScribbledIndexMemoryIsRebuiltNotFollowed) {
         (target.size() > 6 && target.compare(target.size() - 6, 6, "/INDEX") == 0))
       index = e.path();
   }
+  return index;
+}
+
+// The index's memory itself scribbled (its hash chains and nodes; here by this process through
+// /proc/self/fd, as any process of the user could): every link read from it is bounds-checked,
+// the index is rebuilt from the records, and reads stay exact or a miss.
+TEST(FileNeighbours, ScribbledIndexMemoryIsRebuiltNotFollowed) {
+  const std::string dir = fresh("scribble");
+  kvtier_store_t* s = open_dir(dir, ";file_capacity=64MiB");
+  for (size_t k = 0; k < 40; ++k) ASSERT_EQ(put_page(s, k), KVTIER_OK);
+  const std::string index = index_path();
   ASSERT_FALSE(index.empty()) << "no shared index among this process's files";
   struct stat st {};
   ASSERT_EQ(::stat(index.c_str(), &st), 0);
@@ -151,6 +158,66 @@ TEST(FileNeighbours, ScribbledIndexMemoryIsRebuiltNotFollowed) {
   ASSERT_TRUE(exited_ok(reader.wait_for(60))) << slurp(reader.log);
   EXPECT_EQ(last_count(reader.log, "present"), 60u) << slurp(reader.log);
   kvtier_close(s);
+}
+
+// A page's entry in the index memory that no write makes (as a scribbling neighbour can leave
+// one; the records never hold one): a rotation past the page's end made the read copy the slot's
+// bytes past the end of the caller's buffer; fewer bytes stored than the page's length made it
+// copy a bounce buffer's bytes past what was read into the caller's. Now such an entry is a
+// miss whose bytes are not read, and the index is rebuilt from the records: the page is back.
+TEST(FileNeighbours, ADamagedIndexEntryIsAMissThatReadsNothingAndIsRebuilt) {
+  struct Damage {
+    const char* name;
+    size_t at;  // in the node (shared_index.h)
+    uint64_t value;
+    size_t len;
+  };
+  for (const Damage& d : {Damage{"rotation", 90, 40000, 2},  // past the page and the buffer
+                          Damage{"stored", 40, 100, 8}}) {   // an uncompressed page's 16 KiB
+    SCOPED_TRACE(d.name);
+    const std::string dir = fresh(std::string("damaged-") + d.name);
+    kvtier_store_t* s = open_dir(dir, ";file_capacity=64MiB");
+    ASSERT_EQ(put_page(s, 0), KVTIER_OK);
+    const uint64_t length = page_value(0).size();
+    const std::string index = index_path();
+    ASSERT_FALSE(index.empty()) << "no shared index among this process's files";
+    // The page's node (length at 16, stored at 40, state at 88): the only live one of its length.
+    std::ifstream in(index, std::ios::binary);
+    const std::string mem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto u64 = [&](size_t at) {
+      uint64_t x;
+      std::memcpy(&x, mem.data() + at, 8);
+      return x;
+    };
+    std::vector<size_t> nodes;
+    for (size_t at = 4096; at + 96 <= mem.size(); at += 8)
+      if (u64(at + 16) == length && u64(at + 40) == length && mem[at + 88] == 2)
+        nodes.push_back(at);
+    ASSERT_EQ(nodes.size(), 1u) << "the page's node in the index";
+    const int fd = ::open(index.c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    const uint16_t no_rotation = 0;  // so that a short page is read flat, not through a SlotMap
+    ASSERT_EQ(::pwrite(fd, &no_rotation, 2, static_cast<off_t>(nodes[0] + 90)), 2);
+    ASSERT_EQ(::pwrite(fd, &d.value, d.len, static_cast<off_t>(nodes[0] + d.at)),
+              static_cast<ssize_t>(d.len));
+    ::close(fd);
+
+    // The caller's buffer has room for the page and 4 KiB more, and lies in a larger one.
+    std::vector<unsigned char> mine(128 << 10, 0xCC);
+    size_t room = length + 4096;
+    const std::string key = page_key(0);
+    const char* ck = key.c_str();
+    void* b = mine.data();
+    int64_t r = 0;
+    ASSERT_EQ(kvtier_batch_get(s, &ck, 1, &b, &room, &r), KVTIER_OK);
+    EXPECT_EQ(r, KVTIER_ERR_NOT_FOUND);
+    EXPECT_EQ(std::count(mine.begin() + room, mine.end(), 0xCC), mine.size() - room)
+        << "bytes written past the caller's buffer";
+    EXPECT_EQ(std::count(mine.begin(), mine.begin() + room, 0xCC), room)
+        << "a damaged entry's bytes were read into the caller's buffer";
+    EXPECT_EQ(count_present(s, 0, 1), 1u) << "the page's record brings it back";
+    kvtier_close(s);
+  }
 }
 
 // Whether process pid is stopped (SIGSTOP) within `seconds`.

@@ -143,6 +143,26 @@ def test_a_miss_stays_a_miss_and_a_failed_load_turns_a_hit_into_a_miss(kvtier_vl
         tier.shutdown()
 
 
+def test_the_misses_remembered_are_bounded(kvtier_vllm, monkeypatch):
+    """Keys learnt to be absent are remembered up to MISSING_CAPACITY, the latest ones: a key
+    forgotten is asked about again (RETRY while kvtier reads), one remembered is a MISS at once."""
+    monkeypatch.setattr(kvtier_vllm, "MISSING_CAPACITY", 8, raising=False)
+    buf, view = primary()
+    tier = tier_of(kvtier_vllm, view)
+    try:
+        unknown = keys_of(20, b"absent")
+        for k in unknown:
+            assert settle(tier, [k]) == [LookupResult.MISS]
+        assert len(tier._missing) == 8
+        assert tier.lookup(unknown[-1], ReqContext("r")) == LookupResult.MISS
+        assert tier.lookup(unknown[0], ReqContext("r")) == LookupResult.RETRY
+        assert settle(tier, [unknown[0]]) == [LookupResult.MISS]
+        assert len(tier._missing) == 8
+        tier.drain_jobs()
+    finally:
+        tier.shutdown()
+
+
 def test_a_hit_holds_until_its_load_whatever_is_evicted_meanwhile(kvtier_vllm):
     """A lookup that said HIT pins the block until the load that follows: the memory tier
     evicting it for capacity (another handle on the same tiers filling it) or a clear of the
