@@ -74,6 +74,23 @@ struct Timed {
 std::vector<Figure> measure_turns(const Options& o, size_t bytes, const std::vector<Timed>& runs);
 Figure measure(const Options& o, size_t bytes, const std::function<void()>& prep,
                const std::function<void()>& body, const std::function<void()>& check);
+// What a limit's run did: GB/s (0 where it was not measured: its tool missing or failed) and
+// its own CPU seconds per GB moved.
+struct LimitFigure {
+  double gbps = 0;
+  double cpu_per_gb = 0;
+};
+// A figure and its limit in alternating rounds: o.repeats rounds of one run of `limit` (which
+// times itself), a warm-up of `run` (untimed, as measure_turns') and one timed run. This disk's
+// speed drifts by a third from one run to the next, and both runs of a round see the same
+// drift: the ratio is the median of the rounds' own ratios, not a ratio of two medians.
+struct Paired {
+  Figure fig;         // run's
+  LimitFigure limit;  // medians over the rounds the limit was measured in
+  double ratio = 0;   // median of run's GB/s over the limit's, round by round; 0 without a limit
+};
+Paired measure_paired(const Options& o, size_t bytes, const std::function<LimitFigure()>& limit,
+                      const Timed& run);
 // Runs fn(0) .. fn(n - 1) at once, fn(0) on the caller and the others on threads that live as
 // long as the Crew: a thread created per batch would be timed with the batch (tens of
 // microseconds here, a sixth of a batch of 1 KiB blocks), which an engine's threads never pay.
@@ -141,6 +158,7 @@ struct Row {
   double limit_gbps = 0;
   std::string limit_name;
   double limit_cpu_per_gb = 0;  // file: fio's own CPU seconds per GB
+  double limit_ratio = 0;       // file: fig over the limit, round by round (see measure_paired)
   double limit2_gbps = 0;       // file: the raw io_uring loop beside fio; memory: same-block memcpy
   std::string limit2_name;
   double speedup = 0;  // compare: new / old for the same op
@@ -184,20 +202,27 @@ double memcpy_gbps(const Options& o, size_t block, size_t count, size_t threads,
 double raw_uring_gbps(const Options& o, const std::string& dir, size_t block, size_t count,
                       bool write);
 bool drop_page_cache();
-// What fio did: GB/s (0 when fio is missing or fails) and its own CPU seconds per GB moved.
-struct FioFigure {
-  double gbps = 0;
-  double cpu_per_gb = 0;
-};
-// fio with ioengine=io_uring, direct=1, the same block size and queue depth, on `dir`, in
-// batches of `batch` blocks as kvtier's (each written batch ended by an fdatasync that waits
-// for it), one process right before kvtier's own runs of that batch (this disk's speed drifts by a
-// third from one minute to the next, so a limit taken minutes apart says little): overwriting
-// a file it laid down first (kWrite), writing a new file whose blocks the filesystem
-// allocates as they come (kWriteFresh), or reading after drop_caches (kRead).
+// fio with ioengine=io_uring, direct=1, the same block size and queue depth, on files of its own
+// in `dir` (removed with it), in batches of `batch` blocks as kvtier's (each written batch ended
+// by an fdatasync that waits for it); one fio process per run(): overwriting a file it laid down
+// at its first such run (kWrite), writing a new file whose blocks the filesystem allocates as
+// they come (kWriteFresh), or reading the laid-down file after drop_caches (kRead). Without
+// fio on PATH every run() is {} and a note says so.
 enum class FioMode { kWrite, kWriteFresh, kRead };
-FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t batch,
-                  FioMode mode);
+class Fio {
+ public:
+  Fio(const Options& o, const std::string& dir, size_t block, size_t batch);
+  ~Fio();
+  Fio(const Fio&) = delete;
+  Fio& operator=(const Fio&) = delete;
+  LimitFigure run(FioMode mode);
+
+ private:
+  const Options& o_;
+  std::string file_, fresh_;  // the laid-down file; the one kWriteFresh writes anew
+  size_t block_, batch_, batches_;
+  bool laid_ = false;
+};
 // remote.cpp: the best single TCP stream over loopback carrying `total` bytes (named by *how).
 double best_stream_gbps(const Options& o, size_t total, std::string* how);
 

@@ -69,8 +69,10 @@ FileLimits file_limits(const Options& o, const std::string& dir, size_t page, si
   return l;
 }
 
-Row file_row(const std::string& pool, size_t batch, size_t page, const char* op, const Figure& fig,
-             const FioFigure& fio, double raw) {
+Row file_row(const std::string& pool, size_t batch, size_t page, const char* op, const Paired& p,
+             double raw) {
+  const Figure& fig = p.fig;
+  const LimitFigure& fio = p.limit;
   Row row;
   row.kind = "file";
   row.tier = "file";
@@ -83,6 +85,7 @@ Row file_row(const std::string& pool, size_t batch, size_t page, const char* op,
   row.limit_gbps = fio.gbps;
   row.limit_cpu_per_gb = fio.cpu_per_gb;
   row.limit_name = "fio";
+  row.limit_ratio = p.ratio;
   row.verified = std::string(op).rfind("read", 0) == 0 ? "bytes" : "codes";
   row.limit2_gbps = raw;
   row.limit2_name = "raw io_uring";
@@ -155,27 +158,30 @@ void file_batch(const Options& o, const std::string& dir, kvtier_store_t* store,
   // allocate: its fio limit writes a new file each time.
   std::vector<int> rm(batch);
   auto empty = [&] { remove_batch(store, ck, rm); };
-  // fio in the same batches, right before kvtier's runs of them.
-  const FioFigure fio_new = fio_run(o, dir, page, batch, FioMode::kWriteFresh);
-  const FioFigure fio_write = fio_run(o, dir, page, batch, FioMode::kWrite);
-  const FioFigure fio_read = fio_run(o, dir, page, batch, FioMode::kRead);
-  Figure wnew = measure(
-      o, bytes, [&] { check_rc(kvtier_clear(store), "clear"); }, write,
-      [&] { all_ok("batch_set_v1"); });
-  Figure w = measure(o, bytes, empty, write, [&] { all_ok("batch_set_v1"); });
-  Figure cold = measure(
-      o, bytes,
-      [&] {
-        scribble();
-        drop_page_cache();
-      },
-      read, verify);
-  Figure warm = measure(o, bytes, scribble, read, verify);
+  // Each row against fio in alternating rounds (a fio job, then kvtier's run of the same
+  // batches): see measure_paired.
+  Fio fio(o, dir, page, batch);
+  auto with_fio = [&](FioMode mode, const Timed& run) {
+    const auto limit = [&] { return fio.run(mode); };
+    return measure_paired(o, bytes, limit, run);
+  };
+  const auto stored = [&] { all_ok("batch_set_v1"); };
+  const Paired wnew = with_fio(FioMode::kWriteFresh,
+                               {[&] { check_rc(kvtier_clear(store), "clear"); }, write, stored});
+  const Paired w = with_fio(FioMode::kWrite, {empty, write, stored});
+  const Paired cold = with_fio(FioMode::kRead, {[&] {
+                                                  scribble();
+                                                  drop_page_cache();
+                                                },
+                                                read, verify});
+  // A warm read against the cold rounds' fio (a page cache read has no fio of its own).
+  Paired warm{measure(o, bytes, scribble, read, verify), cold.limit, 0};
+  if (warm.limit.gbps > 0) warm.ratio = warm.fig.gbps / warm.limit.gbps;
   const char* cold_op = geteuid() == 0 ? "read cold" : "read (warm: not root)";
-  g_rows.push_back(file_row(pool, batch, page, "write", w, fio_write, lim.raw_write));
-  g_rows.push_back(file_row(pool, batch, page, "write new", wnew, fio_new, lim.raw_write));
-  g_rows.push_back(file_row(pool, batch, page, cold_op, cold, fio_read, lim.raw_read));
-  g_rows.push_back(file_row(pool, batch, page, "read warm", warm, fio_read, lim.raw_read));
+  g_rows.push_back(file_row(pool, batch, page, "write", w, lim.raw_write));
+  g_rows.push_back(file_row(pool, batch, page, "write new", wnew, lim.raw_write));
+  g_rows.push_back(file_row(pool, batch, page, cold_op, cold, lim.raw_read));
+  g_rows.push_back(file_row(pool, batch, page, "read warm", warm, lim.raw_read));
 }
 
 }  // namespace

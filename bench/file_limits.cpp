@@ -100,8 +100,8 @@ namespace {
 
 // One fio job on `file`: `batches` batches of `batch` blocks, each written batch ended by an
 // fdatasync that waits for its writes (as a put's does); its figure from fio's JSON.
-FioFigure fio_job(const Options& o, const std::string& file, size_t block, size_t batch,
-                  const char* rw, size_t batches) {
+LimitFigure fio_job(const Options& o, const std::string& file, size_t block, size_t batch,
+                    const char* rw, size_t batches) {
   const std::string out = file + ".json";
   const std::string cmd = "fio --name=kvtier --filename=" + file +
                           " --ioengine=io_uring --direct=1 --bs=" + std::to_string(block) +
@@ -120,7 +120,7 @@ FioFigure fio_job(const Options& o, const std::string& file, size_t block, size_
   const bool write = std::string(rw) == "write";
   const size_t dir_at = text.find(write ? "\"write\" : {" : "\"read\" : {");
   if (dir_at == std::string::npos) return {};
-  FioFigure fig;
+  LimitFigure fig;
   fig.gbps = fio_number(text, "bw_bytes", dir_at) / 1e9;
   // usr_cpu and sys_cpu are percentages of the job's runtime (ms).
   const double io_bytes = fio_number(text, "io_bytes", dir_at);
@@ -132,30 +132,36 @@ FioFigure fio_job(const Options& o, const std::string& file, size_t block, size_
 
 }  // namespace
 
-// fio with ioengine=io_uring, direct=1, the same block size, queue depth and batches, on the
-// same folder.
-FioFigure fio_run(const Options& o, const std::string& dir, size_t block, size_t batch,
-                  FioMode mode) {
+Fio::Fio(const Options& o, const std::string& dir, size_t block, size_t batch)
+    : o_(o),
+      file_(dir + "/fio.dat"),
+      fresh_(dir + "/fio-new.dat"),
+      block_(block),
+      batch_(batch),
+      // At least 64 MiB (fio times its job in milliseconds), at most 1024 batches.
+      batches_(
+          std::clamp<size_t>((size_t{64} << 20) / (block * batch), std::max(4, o.repeats), 1024)) {}
+
+Fio::~Fio() {
+  std::filesystem::remove(file_);
+  std::filesystem::remove(fresh_);
+}
+
+LimitFigure Fio::run(FioMode mode) {
   static const bool have_fio = [] {
     const bool found = std::system("fio --version >/dev/null 2>&1") == 0;
     if (!found) g_notes.push_back("file: fio is not on PATH: no fio limit (its columns show '-')");
     return found;
   }();
   if (!have_fio) return {};
-  const std::string file = dir + "/fio.dat";
-  // At least 64 MiB (fio times its job in milliseconds), at most 1024 batches.
-  const size_t batches =
-      std::clamp<size_t>((size_t{64} << 20) / (block * batch), std::max(4, o.repeats), 1024);
-  std::filesystem::remove(file);
-  FioFigure fig;
   if (mode == FioMode::kWriteFresh) {  // blocks the filesystem allocates as they are written
-    fig = fio_job(o, file, block, batch, "write", batches);
-  } else if (fio_job(o, file, block, batch, "write", batches).gbps > 0) {  // lays it down
-    if (mode == FioMode::kRead) drop_page_cache();
-    fig = fio_job(o, file, block, batch, mode == FioMode::kRead ? "read" : "write", batches);
+    std::filesystem::remove(fresh_);
+    return fio_job(o_, fresh_, block_, batch_, "write", batches_);
   }
-  std::filesystem::remove(file);
-  return fig;
+  if (!laid_) laid_ = fio_job(o_, file_, block_, batch_, "write", batches_).gbps > 0;
+  if (!laid_) return {};
+  if (mode == FioMode::kRead) drop_page_cache();
+  return fio_job(o_, file_, block_, batch_, mode == FioMode::kRead ? "read" : "write", batches_);
 }
 
 }  // namespace kvtier_bench

@@ -28,42 +28,95 @@ double cpu_seconds() {
          1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
-std::vector<Figure> measure_turns(const Options& o, size_t bytes, const std::vector<Timed>& runs) {
-  // A warm-up is at least o.warmup rounds and at least kWarmup seconds: one run of a fraction
-  // of a millisecond leaves caches, branch predictors and this VM's idle vCPU cold, and the
-  // first timed runs of a 1 KiB batch then took 1.5-2x the steady state's time per key.
-  constexpr double kWarmup = 0.2;
-  std::vector<std::vector<std::pair<double, double>>> took(runs.size());  // (s, cpu s) per run
-  const double start = now();
-  for (int warm = 0; took[0].size() < static_cast<size_t>(o.repeats);) {
-    const bool warming = warm < o.warmup || (o.warmup > 0 && now() - start < kWarmup);
+namespace {
+
+using Took = std::vector<std::pair<double, double>>;  // (s, cpu s) per timed run, in order
+
+// measure_turns' rounds, each run's times in order; `round` (if set) runs before each timed
+// round, untimed, and a warm-up follows it.
+std::vector<Took> time_rounds(const Options& o, const std::vector<Timed>& runs,
+                              const std::function<void()>& round) {
+  std::vector<Took> took(runs.size());
+  auto turn = [&](bool timed) {
     for (size_t k = 0; k < runs.size(); ++k) {
       runs[k].prep();
       const double c0 = cpu_seconds(), t0 = now();
       runs[k].body();
       const double t1 = now(), c1 = cpu_seconds();
       runs[k].check();
-      if (!warming) took[k].push_back({t1 - t0, c1 - c0});
+      if (timed) took[k].push_back({t1 - t0, c1 - c0});
     }
-    warm += warming;
+  };
+  // A warm-up is at least o.warmup rounds and at least kWarmup seconds: one run of a fraction
+  // of a millisecond leaves caches, branch predictors and this VM's idle vCPU cold, and the
+  // first timed runs of a 1 KiB batch then took 1.5-2x the steady state's time per key.
+  constexpr double kWarmup = 0.2;
+  auto warm_up = [&] {
+    const double start = now();
+    for (int warm = 0; warm < o.warmup || (o.warmup > 0 && now() - start < kWarmup); ++warm)
+      turn(false);
+  };
+  warm_up();
+  for (int r = 0; r < o.repeats; ++r) {
+    if (round) {
+      round();
+      // The limit left this process idle and the disk busy with its last writes: warm up
+      // again, or a batch of one page ran at 0.3-0.6x its figure without a limit between.
+      warm_up();
+    }
+    turn(true);
   }
+  return took;
+}
+
+Figure figure(size_t bytes, Took t) {
+  std::sort(t.begin(), t.end());
+  Figure f;
+  f.median_s = t[t.size() / 2].first;
+  f.min_s = t.front().first;
+  f.max_s = t.back().first;
+  f.gbps = bytes / f.median_s / 1e9;
+  f.cpu_per_gb = t[t.size() / 2].second / (bytes / 1e9);
+  return f;
+}
+
+// The median of GB/s-like figures, the lower one of an even count (as Figure takes the slower
+// of two middle times); 0 of none.
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[(v.size() - 1) / 2];
+}
+
+}  // namespace
+
+std::vector<Figure> measure_turns(const Options& o, size_t bytes, const std::vector<Timed>& runs) {
   std::vector<Figure> figs;
-  for (auto& t : took) {
-    std::sort(t.begin(), t.end());
-    Figure f;
-    f.median_s = t[t.size() / 2].first;
-    f.min_s = t.front().first;
-    f.max_s = t.back().first;
-    f.gbps = bytes / f.median_s / 1e9;
-    f.cpu_per_gb = t[t.size() / 2].second / (bytes / 1e9);
-    figs.push_back(f);
-  }
+  for (const Took& t : time_rounds(o, runs, nullptr)) figs.push_back(figure(bytes, t));
   return figs;
 }
 
 Figure measure(const Options& o, size_t bytes, const std::function<void()>& prep,
                const std::function<void()>& body, const std::function<void()>& check) {
   return measure_turns(o, bytes, {{prep, body, check}})[0];
+}
+
+Paired measure_paired(const Options& o, size_t bytes, const std::function<LimitFigure()>& limit,
+                      const Timed& run) {
+  std::vector<LimitFigure> lim;
+  const Took took = time_rounds(o, {run}, [&] { lim.push_back(limit()); })[0];
+  Paired p;
+  p.fig = figure(bytes, took);
+  std::vector<double> gbps, cpu, ratios;
+  for (size_t r = 0; r < took.size(); ++r) {
+    if (lim[r].gbps <= 0) continue;  // not measured (fio missing or failed): no ratio
+    gbps.push_back(lim[r].gbps);
+    cpu.push_back(lim[r].cpu_per_gb);
+    ratios.push_back(bytes / took[r].first / 1e9 / lim[r].gbps);
+  }
+  p.limit = {median(gbps), median(cpu)};
+  p.ratio = median(ratios);
+  return p;
 }
 
 Crew::Crew(size_t n) {

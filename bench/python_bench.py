@@ -6,8 +6,9 @@ flat pages of a one-layer pool through the generic path, as speculative decoding
 Also the adapter's own per-call overhead, and a row per engine path on the memory tier (vLLM's
 secondary tier, LMCache's remote plugin, Mooncake Store's API) against the copy of the same bytes.
 The file tier runs twice, on the engine's pool (64 bytes past a page boundary, as SGLang allocates
-it) and on an aligned one: its v1 rows print side by side, each with fio's O_DIRECT limit in the
-same batches from its own run (the job kvtier-bench file runs; "-" where fio is not installed).
+it) and on an aligned one: its v1 rows print side by side, each against fio's O_DIRECT limit in
+the same batches (the job kvtier-bench file runs; "-" where fio is not installed), fio and kvtier
+in alternating rounds, the ratio the median of the rounds' own ratios.
 
 usage: /usr/bin/python3 bench/python_bench.py [--tiers memory,file] [--batches 10,50,100]
        [--layouts layer_first,page_first] [--repeats 3] [--dir DIR] [--json FILE]
@@ -18,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import shutil
 import statistics
 import subprocess
@@ -46,20 +48,44 @@ SHAPES = {
 }
 
 
-def measure(repeats, warmup, nbytes, prep, body, check):
-    runs = []
-    for r in range(warmup + repeats):
+def measure(repeats, warmup, nbytes, prep, body, check, limit=None):
+    """The median of `repeats` timed runs of body (prep and check untimed) after `warmup`. With
+    `limit` (a function that runs the limit once and returns its GB/s, or None) the timed runs
+    alternate with it, a limit's run, the warm-up and a timed run per round: the disk's speed
+    drifts by a third from one run to the next, both runs of a round see the same drift, so
+    `ratio` is the median of the rounds' own ratios; `fio_gbps` the limit's median (None when
+    never measured)."""
+    runs, lim = [], []
+
+    def run(timed):
         prep()
         c0, t0 = time.process_time(), time.perf_counter()
         body()
         t1, c1 = time.perf_counter(), time.process_time()
         check()
-        if r >= warmup:
+        if timed:
             runs.append((t1 - t0, c1 - c0))
+
+    for _ in range(warmup):
+        run(False)
+    for _ in range(repeats):
+        if limit is not None:
+            lim.append(limit())
+            for _ in range(warmup):  # fio left this process idle: warm up again
+                run(False)
+        run(True)
+    paired = [(nbytes / t / 1e9 / g, g) for (t, _), g in zip(runs, lim) if g]
     runs.sort()
     sec, cpu = runs[len(runs) // 2]
-    return dict(ms=sec * 1e3, gbps=nbytes / sec / 1e9, cpu_s_per_gb=cpu / (nbytes / 1e9),
-                min_ms=runs[0][0] * 1e3, max_ms=runs[-1][0] * 1e3)
+
+    def median(xs):  # of GB/s-like figures: the lower one of an even count (the slower run's)
+        return sorted(xs)[(len(xs) - 1) // 2] if xs else None
+
+    fig = dict(ms=sec * 1e3, gbps=nbytes / sec / 1e9, cpu_s_per_gb=cpu / (nbytes / 1e9),
+               min_ms=runs[0][0] * 1e3, max_ms=runs[-1][0] * 1e3)
+    if limit is not None:
+        fig.update(fio_gbps=median([g for _, g in paired]), ratio=median([q for q, _ in paired]))
+    return fig
 
 
 def drop_page_cache():
@@ -102,16 +128,31 @@ def fio_job(path, block, batch, rw):
 
 
 def fio_limits(folder, block, batch):
-    """fio's durable write and cold read of `batch` blocks of `block` bytes in `folder`."""
+    """fio's durable write of a new file and cold read of `batch` blocks of `block` bytes in
+    `folder`, one job per call: (write, read, done); `done` removes its files. (None, None, done)
+    without fio."""
+    new, laid = os.path.join(folder, "fio-new.dat"), os.path.join(folder, "fio.dat")
+
+    def done():
+        for path in (new, laid):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
     if shutil.which("fio") is None:
-        return None, None
-    path = os.path.join(folder, "fio.dat")
-    write = fio_job(path, block, batch, "write")
-    drop_page_cache()
-    read = fio_job(path, block, batch, "read") if write else None
-    with contextlib.suppress(OSError):
-        os.remove(path)
-    return write, read
+        return None, None, done
+
+    def write():  # a new file, as kvtier's write follows a clear (truncated files)
+        with contextlib.suppress(OSError):
+            os.remove(new)
+        return fio_job(new, block, batch, "write")
+
+    def read():  # the file laid down by the first read
+        if not os.path.exists(laid) and not fio_job(laid, block, batch, "write"):
+            return None
+        drop_page_cache()
+        return fio_job(laid, block, batch, "read")
+
+    return write, read, done
 
 
 def bench_shape(args, tier, shape, layout, rows, misalign=64):
@@ -133,8 +174,9 @@ def bench_shape(args, tier, shape, layout, rows, misalign=64):
     limit = memcpy_gbps(min(B, 64) * page)  # the C++ bench copies the same amount
     for batch in args.batches:
         keys = [f"{shape}-{layout}-{batch}-{i:06d}" for i in range(batch)]
-        # fio in the same batches, right before kvtier's runs of them (file rows only).
-        fio_write, fio_read = fio_limits(args.dir, page, batch) if tier == "file" else (None, None)
+        # fio in the same batches, in rounds with kvtier's v1 runs (file rows only).
+        fio_write, fio_read, fio_done = (fio_limits(args.dir, page, batch) if tier == "file"
+                                         else (None, None, lambda: None))
         src, dst = slots_for(range(batch), P), slots_for(range(B, B + batch), P)
         src_meta = pool.get_page_buffer_meta(src)
         dst_meta = pool.get_page_buffer_meta(dst)
@@ -224,15 +266,18 @@ def bench_shape(args, tier, shape, layout, rows, misalign=64):
                  ("draft", draft_write, draft_read, batch * len(draft.page_bytes(0))))
         for path, write, read, moved in paths:
             check = {"draft": lambda: None, "generic": lambda: old_read()}.get(path, written)
-            results[path, "write"] = measure(args.repeats, 1, moved, backend.clear, write, check)
+            v1 = path == "v1"  # the rows with fio beside them (file_pools)
+            results[path, "write"] = measure(args.repeats, 1, moved, backend.clear, write, check,
+                                             fio_write if v1 else None)
             backend.clear()
             write()  # each path reads what it wrote (generic and v1 pages may differ in order)
             results[path, "read"] = measure(args.repeats, 1, moved, scribble, read,
-                                            lambda p=path: verify(p))
+                                            lambda p=path: verify(p), fio_read if v1 else None)
+        fio_done()
         for (path, op), fig in results.items():
             fig.update(tier=tier, pool=shape, layout=layout, batch=batch, path=path, op=op,
                        speedup=fig["gbps"] / results["generic", op]["gbps"], memcpy_gbps=limit,
-                       misalign=misalign, fio_gbps=fio_write if op == "write" else fio_read)
+                       misalign=misalign)
             rows.append(fig)
         print(f"\r\033[K{tier} {shape} {layout} batch {batch} done", end="", file=sys.stderr)
     backend.close()
@@ -240,10 +285,11 @@ def bench_shape(args, tier, shape, layout, rows, misalign=64):
 
 def file_pools(rows):
     """The file rows of the v1 path: the engine's unaligned pool beside an aligned one, each with
-    fio from its own run."""
+    fio from its own rounds."""
     print("\nfile tier, v1: the engine's pool (64 B past a page boundary) beside an aligned pool; "
-          "read: cold (page cache dropped), write: until durable; each with fio from its own run"
-          + ("" if shutil.which("fio") else " (fio not installed)"))
+          "read: cold (page cache dropped), write: until durable; each against fio in alternating "
+          "rounds (a fio job, then a kvtier run); GB/s: medians, ratio: the median of the rounds' "
+          "ratios" + ("" if shutil.which("fio") else " (fio not installed)"))
     hdr = ("pool", "layout", "batch", "op", "unaligned", "fio", "ratio", "aligned", "fio",
            "ratio", "un/al")
     print("%-4s %-12s %5s %-5s %9s %6s %6s %8s %6s %6s %6s" % hdr)
@@ -257,14 +303,10 @@ def file_pools(rows):
         al = [x for x in rows if x.get("tier") == "file" and x.get("path") == "v1" and
               x["misalign"] == 0 and all(x[k] == r[k] for k in ("pool", "layout", "batch", "op"))]
         a = al[0] if al else None
-
-        def ratio(x):
-            return x["gbps"] / x["fio_gbps"] if x and x["fio_gbps"] else None
-
         print("%-4s %-12s %5d %-5s %9.2f %6s %6s %8s %6s %6s %6s" % (
-            r["pool"], r["layout"], r["batch"], r["op"], r["gbps"], fmt(r["fio_gbps"]),
-            fmt(ratio(r)), fmt(a and a["gbps"]), fmt(a and a["fio_gbps"]), fmt(ratio(a)),
-            fmt(a and r["gbps"] / a["gbps"])))
+            r["pool"], r["layout"], r["batch"], r["op"], r["gbps"], fmt(r.get("fio_gbps")),
+            fmt(r.get("ratio")), fmt(a and a["gbps"]), fmt(a and a.get("fio_gbps")),
+            fmt(a and a.get("ratio")), fmt(a and r["gbps"] / a["gbps"])))
 
 
 def overhead(rows):
@@ -296,7 +338,10 @@ ENGINE_BLOCK, ENGINE_BLOCKS = 256 << 10, 64  # a batch of 16 MiB per engine path
 
 def engines(args, rows):
     """Each engine's own path into kvtier's memory tier, stores then loads of 64 blocks of
-    256 KiB, every load compared byte for byte; the limit is a copy of the same bytes."""
+    256 KiB, every load compared byte for byte; the limit is a copy of the same bytes. vLLM's
+    load twice: with no lookup before it (kvtier reads its tiers into the primary buffer), and
+    as vLLM drives a hit (lookups until every block is staged, then the load copies from the
+    staging memory)."""
     import asyncio
 
     import engine_apis
@@ -328,15 +373,19 @@ def engines(args, rows):
         ids[0] += 1
         return engine_apis.TransferJob(ids[0], keys, rows_, False, engine_apis.ReqContext("b"))
 
-    def wait(tier, jid):  # as a scheduler step would, but woken by the store's fd
-        import select
-        p = select.poll()
-        p.register(tier._store.fileno(), select.POLLIN)
+    # A scheduler step: 1 ms at most, woken early by the store's fd. A load from the staging
+    # memory ends on the tier's own copier thread, which the fd does not see: with a 100 ms step
+    # each lookup + load below took 100 ms more.
+    woken = select.poll()
+    woken.register(tier._store.fileno(), select.POLLIN)
+    step_ms = 1
+
+    def wait(tier, jid):
         while True:
             for r in tier.get_finished_jobs():
                 assert r.job_id == jid and r.success
                 return
-            p.poll(100)
+            woken.poll(step_ms)
 
     state = {}
 
@@ -364,7 +413,27 @@ def engines(args, rows):
 
     v_prep()
     v_store()
-    row("vllm", "load", measure(args.repeats, 1, nbytes, v_prep_load, v_load, v_check))
+    row("vllm", "load (no lookup)", measure(args.repeats, 1, nbytes, v_prep_load, v_load, v_check))
+
+    Lookup = engine_apis.LookupResult
+
+    def v_lookup_load():  # as vLLM asks: lookups until every block is HIT (staged), then the load
+        req, todo = engine_apis.ReqContext("b"), state["keys"]
+        while todo:
+            answers = [tier.lookup(k, req) for k in todo]
+            assert Lookup.MISS not in answers, "vLLM lookup: MISS of a stored block"
+            todo = [k for k, a in zip(todo, answers) if a != Lookup.HIT]
+            if todo:  # RETRY: asked again at the next step, once a staging read is done
+                woken.poll(step_ms)
+        assert tier.staged_blocks() == n
+        v_load()  # from the staging memory
+
+    def v_check_staged():
+        v_check()
+        assert tier.staged_blocks() == 0, "vLLM load: staged blocks left after the load"
+
+    row("vllm", "lookup + load", measure(args.repeats, 1, nbytes, v_prep_load, v_lookup_load,
+                                         v_check_staged))
     tier.shutdown()
 
     # LMCache: chunks from its allocator, batched_put / batched_get on one event loop.
@@ -492,12 +561,13 @@ def main():
     print(f"\nadapter overhead: 128-key batch_get_v1, layer_first MHA, all keys missing: "
           f"{us:.1f} us per call (median of 2000)")
     print(f"\nengine paths, memory tier: {ENGINE_BLOCKS} blocks of {ENGINE_BLOCK >> 10} KiB per "
-          "batch, medians, every read verified byte for byte")
-    print("%-9s %-6s %8s %7s %8s %7s %6s" % ("engine", "op", "ms", "GB/s", "CPUs/GB", "memcpy",
-                                             "ratio"))
+          "batch, medians, every read verified byte for byte; vLLM's lookup + load: lookups until "
+          "HIT (each block staged), then the load from the staging memory")
+    print("%-9s %-16s %8s %7s %8s %7s %6s" % ("engine", "op", "ms", "GB/s", "CPUs/GB", "memcpy",
+                                              "ratio"))
     for r in rows:
         if r.get("kind") == "engine":
-            print("%-9s %-6s %8.2f %7.2f %8.3f %7.2f %6.2f" % (
+            print("%-9s %-16s %8.2f %7.2f %8.3f %7.2f %6.2f" % (
                 r["engine"], r["op"], r["ms"], r["gbps"], r["cpu_s_per_gb"], r["memcpy_gbps"],
                 r["gbps"] / r["memcpy_gbps"]))
     if args.json:
