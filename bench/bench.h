@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -62,7 +63,8 @@ struct Figure {
   double cpu_per_gb = 0;  // process CPU seconds per GB moved (median run)
 };
 
-double now();  // steady clock, seconds
+double now();
+double cpu_seconds();  // this process's user + system CPU seconds
 // One thing to time: prep (untimed), body (timed), check (untimed).
 struct Timed {
   std::function<void()> prep, body, check;
@@ -80,17 +82,18 @@ struct LimitFigure {
   double gbps = 0;
   double cpu_per_gb = 0;
 };
-// A figure and its limit in alternating rounds: o.repeats rounds of one run of `limit` (which
-// times itself), a warm-up of `run` (untimed, as measure_turns') and one timed run. This disk's
-// speed drifts by a third from one run to the next, and both runs of a round see the same
-// drift: the ratio is the median of the rounds' own ratios, not a ratio of two medians.
+// A figure and its limits in alternating rounds: o.repeats rounds of one run of each `limits`
+// entry (each times itself), a warm-up of `run` (untimed, as measure_turns') and one timed run.
+// This disk's speed drifts by a third from one run to the next, and the runs of a round see the
+// same drift: a ratio is the median of the rounds' own ratios, not a ratio of two medians.
 struct Paired {
-  Figure fig;         // run's
-  LimitFigure limit;  // medians over the rounds the limit was measured in
-  double ratio = 0;   // median of run's GB/s over the limit's, round by round; 0 without a limit
+  Figure fig;                      // run's
+  std::vector<LimitFigure> limit;  // per limit: medians over the rounds it was measured in
+  std::vector<double> ratio;       // per limit: median of run's GB/s over its, round by round;
+                                   // 0 where it was never measured
 };
-Paired measure_paired(const Options& o, size_t bytes, const std::function<LimitFigure()>& limit,
-                      const Timed& run);
+Paired measure_paired(const Options& o, size_t bytes,
+                      const std::vector<std::function<LimitFigure()>>& limits, const Timed& run);
 // Runs fn(0) .. fn(n - 1) at once, fn(0) on the caller and the others on threads that live as
 // long as the Crew: a thread created per batch would be timed with the batch (tens of
 // microseconds here, a sixth of a batch of 1 KiB blocks), which an engine's threads never pay.
@@ -160,6 +163,7 @@ struct Row {
   double limit_cpu_per_gb = 0;  // file: fio's own CPU seconds per GB
   double limit_ratio = 0;       // file: fig over the limit, round by round (see measure_paired)
   double limit2_gbps = 0;       // file: the raw io_uring loop beside fio; memory: same-block memcpy
+  double limit2_ratio = 0;      // file: fig over limit2, round by round
   std::string limit2_name;
   double speedup = 0;  // compare: new / old for the same op
   // What the row's timed runs were checked for: "bytes" (every byte read back was compared
@@ -198,7 +202,33 @@ class CopyLimit {
 // threads (memcpy or a streaming copy, named by *how); *plain gets memcpy's own figure.
 double memcpy_gbps(const Options& o, size_t block, size_t count, size_t threads,
                    std::string* how = nullptr, double* plain = nullptr);
-// file_limits.cpp: O_DIRECT blocks through io_uring at the queue depth, no kvtier.
+// file_limits.cpp: the device without kvtier: `count` blocks of `block` bytes, each one O_DIRECT
+// read or write through io_uring at the queue depth, at sequential offsets of a file of its own
+// in `dir` (laid down at construction, removed with it); a write pass ends with fdatasync
+// (durable, as the tier's writes are), a read pass drops the page cache first (untimed). Every
+// pass names the memory of each block (4 KiB-aligned): a limit for an engine's pool moves that
+// pool's own pages, because how they lie in physical memory sets how many requests the disk
+// gets (a request holds at most the device's max_segments pieces), and a fresh buffer moved a
+// cold read by a third from one process to the next. A LimitFigure of 0 where it cannot run
+// (built without liburing, the file or ring failed).
+class RawUring {
+ public:
+  RawUring(const Options& o, const std::string& dir, size_t block, size_t count);
+  ~RawUring();
+  RawUring(const RawUring&) = delete;
+  RawUring& operator=(const RawUring&) = delete;
+  // One timed pass over the file's blocks; `fresh` (a write) truncates the file first (untimed),
+  // so the filesystem allocates its blocks as they are written, as a cleared store's are.
+  LimitFigure pass(bool write, const std::vector<std::byte*>& blocks, bool fresh = false);
+
+ private:
+  struct Ring;
+  std::string path_;
+  size_t block_, count_;
+  int fd_ = -1;
+  std::unique_ptr<Ring> ring_;
+};
+// RawUring's passes over buffers of its own: the median GB/s after a warm-up.
 double raw_uring_gbps(const Options& o, const std::string& dir, size_t block, size_t count,
                       bool write);
 bool drop_page_cache();

@@ -48,17 +48,9 @@ std::string file_tier_missing(const std::string& dir) {
 
 namespace {
 
-// The raw io_uring loop's limits for one page size, from the same folder (fio's are taken
-// per batch, in file_batch), and the checksum's CPU row.
-struct FileLimits {
-  double raw_write = 0, raw_read = 0;
-};
-
-FileLimits file_limits(const Options& o, const std::string& dir, size_t page, size_t bytes) {
-  progress("file: limits for " + human(page) + " pages");
-  FileLimits l;
-  l.raw_write = raw_uring_gbps(o, dir, page, bytes / page, true);
-  l.raw_read = raw_uring_gbps(o, dir, page, bytes / page, false);
+// The checksum's CPU row for one page size.
+void checksum_row(const Options& o, size_t page) {
+  progress("file: checksum of " + human(page) + " pages");
   Row sum;
   sum.kind = "checksum";
   sum.tier = "file";
@@ -66,13 +58,10 @@ FileLimits file_limits(const Options& o, const std::string& dir, size_t page, si
   sum.block = page;
   sum.fig.cpu_per_gb = checksum_cpu_per_gb(o, page);
   g_rows.push_back(sum);
-  return l;
 }
 
-Row file_row(const std::string& pool, size_t batch, size_t page, const char* op, const Paired& p,
-             double raw) {
-  const Figure& fig = p.fig;
-  const LimitFigure& fio = p.limit;
+// Limits: [0] fio, [1] the raw io_uring loop over the pool's own pages.
+Row file_row(const std::string& pool, size_t batch, size_t page, const char* op, const Paired& p) {
   Row row;
   row.kind = "file";
   row.tier = "file";
@@ -81,15 +70,23 @@ Row file_row(const std::string& pool, size_t batch, size_t page, const char* op,
   row.op = op;
   row.batch = batch;
   row.block = page;
-  row.fig = fig;
-  row.limit_gbps = fio.gbps;
-  row.limit_cpu_per_gb = fio.cpu_per_gb;
+  row.fig = p.fig;
+  row.limit_gbps = p.limit[0].gbps;
+  row.limit_cpu_per_gb = p.limit[0].cpu_per_gb;
   row.limit_name = "fio";
-  row.limit_ratio = p.ratio;
+  row.limit_ratio = p.ratio[0];
   row.verified = std::string(op).rfind("read", 0) == 0 ? "bytes" : "codes";
-  row.limit2_gbps = raw;
-  row.limit2_name = "raw io_uring";
+  row.limit2_gbps = p.limit[1].gbps;
+  row.limit2_ratio = p.ratio[1];
+  row.limit2_name = "raw io_uring, same memory";
   return row;
+}
+
+std::byte* align_down(std::byte* p) {
+  return p - reinterpret_cast<uintptr_t>(p) % 4096;
+}
+std::byte* align_up(std::byte* p) {
+  return align_down(p + 4095);
 }
 
 // Two fragments per page, the K and V halves of a page_first pool: the batch's pages from the
@@ -123,8 +120,7 @@ void remove_batch(kvtier_store_t* store, const std::vector<const char*>& ck, std
 // One batch size on an open store: write (overwrite), write new, cold and warm read, each
 // read checked byte for byte. The pool's first half holds the pages, the second the reads.
 void file_batch(const Options& o, const std::string& dir, kvtier_store_t* store, std::byte* base,
-                const std::string& pool, size_t page, size_t batch, size_t max_batch,
-                const FileLimits& lim) {
+                const std::string& pool, size_t page, size_t batch, size_t max_batch) {
   progress("file: " + human(page) + " pages, batch " + std::to_string(batch) + ", " + pool +
            " pool");
   const auto keys = make_keys("file-" + std::to_string(page), batch);
@@ -158,30 +154,43 @@ void file_batch(const Options& o, const std::string& dir, kvtier_store_t* store,
   // allocate: its fio limit writes a new file each time.
   std::vector<int> rm(batch);
   auto empty = [&] { remove_batch(store, ck, rm); };
-  // Each row against fio in alternating rounds (a fio job, then kvtier's run of the same
-  // batches): see measure_paired.
+  // Each row against fio and the raw loop in alternating rounds (a fio job, a raw pass, then
+  // kvtier's run of the same batches): see measure_paired. The raw loop moves the pool's own
+  // pages (a page's 4 KiB blocks: the one it starts in for a write's source, the next for a
+  // read's destination, which must not touch the source pages).
   Fio fio(o, dir, page, batch);
-  auto with_fio = [&](FioMode mode, const Timed& run) {
-    const auto limit = [&] { return fio.run(mode); };
-    return measure_paired(o, bytes, limit, run);
+  RawUring raw(o, dir, page, batch);
+  std::vector<std::byte*> raw_src, raw_dst;
+  for (size_t i = 0; i < batch; ++i) {
+    raw_src.push_back(align_down(base + i * page));
+    raw_dst.push_back(align_up(base + (max_batch + i) * page));
+  }
+  auto paired = [&](FioMode mode, const Timed& run) {
+    const bool write = mode != FioMode::kRead, fresh = mode == FioMode::kWriteFresh;
+    const auto raw_pass = [&] {
+      // Warmed up as kvtier's run is: fio's job leaves the disk busy for a while.
+      raw.pass(write, write ? raw_src : raw_dst, fresh);
+      return raw.pass(write, write ? raw_src : raw_dst, fresh);
+    };
+    return measure_paired(o, bytes, {[&] { return fio.run(mode); }, raw_pass}, run);
   };
   const auto stored = [&] { all_ok("batch_set_v1"); };
-  const Paired wnew = with_fio(FioMode::kWriteFresh,
-                               {[&] { check_rc(kvtier_clear(store), "clear"); }, write, stored});
-  const Paired w = with_fio(FioMode::kWrite, {empty, write, stored});
-  const Paired cold = with_fio(FioMode::kRead, {[&] {
-                                                  scribble();
-                                                  drop_page_cache();
-                                                },
-                                                read, verify});
-  // A warm read against the cold rounds' fio (a page cache read has no fio of its own).
-  Paired warm{measure(o, bytes, scribble, read, verify), cold.limit, 0};
-  if (warm.limit.gbps > 0) warm.ratio = warm.fig.gbps / warm.limit.gbps;
+  const Paired wnew =
+      paired(FioMode::kWriteFresh, {[&] { check_rc(kvtier_clear(store), "clear"); }, write, stored});
+  const Paired w = paired(FioMode::kWrite, {empty, write, stored});
+  const Paired cold = paired(FioMode::kRead, {[&] {
+                                               scribble();
+                                               drop_page_cache();
+                                             },
+                                             read, verify});
+  // A warm read against the cold rounds' limits (a page cache read has no limit of its own).
+  Paired warm{measure(o, bytes, scribble, read, verify), cold.limit, {}};
+  for (const LimitFigure& l : warm.limit) warm.ratio.push_back(l.gbps > 0 ? warm.fig.gbps / l.gbps : 0);
   const char* cold_op = geteuid() == 0 ? "read cold" : "read (warm: not root)";
-  g_rows.push_back(file_row(pool, batch, page, "write", w, lim.raw_write));
-  g_rows.push_back(file_row(pool, batch, page, "write new", wnew, lim.raw_write));
-  g_rows.push_back(file_row(pool, batch, page, cold_op, cold, lim.raw_read));
-  g_rows.push_back(file_row(pool, batch, page, "read warm", warm, lim.raw_read));
+  g_rows.push_back(file_row(pool, batch, page, "write", w));
+  g_rows.push_back(file_row(pool, batch, page, "write new", wnew));
+  g_rows.push_back(file_row(pool, batch, page, cold_op, cold));
+  g_rows.push_back(file_row(pool, batch, page, "read warm", warm));
 }
 
 }  // namespace
@@ -193,7 +202,7 @@ void run_file(const Options& o, const std::string& dir) {
       if (b * page <= o.file_max_bytes) fit.push_back(b);
     if (fit.empty()) continue;
     const size_t max_batch = fit.back();
-    const FileLimits lim = file_limits(o, dir, page, std::max(max_batch * page, size_t{64} << 20));
+    checksum_row(o, page);
     for (bool aligned : {true, false}) {
       Buffer mem(2 * max_batch * page + 8192);
       if (o.huge_pages && madvise(mem.base, mem.len, MADV_HUGEPAGE) != 0)
@@ -208,8 +217,7 @@ void run_file(const Options& o, const std::string& dir) {
       check_rc(kvtier_open(cfg.c_str(), &store), "open file tier");
       check_rc(kvtier_register_buffer(store, base, 2 * max_batch * page), "register_buffer");
       for (size_t batch : fit)
-        file_batch(o, dir, store, base, aligned ? "aligned" : "unaligned", page, batch, max_batch,
-                   lim);
+        file_batch(o, dir, store, base, aligned ? "aligned" : "unaligned", page, batch, max_batch);
       kvtier_close(store);
     }
   }

@@ -26,66 +26,98 @@ bool drop_page_cache() {
   return std::fclose(f) == 0 && ok;
 }
 
-// The device's limit without kvtier: O_DIRECT blocks through io_uring at a fixed queue depth,
-// sequential offsets, one file; writes end with fdatasync (durable, as the tier's are).
+#if KVTIER_BENCH_URING
+struct RawUring::Ring {
+  io_uring ring;
+};
+#else
+struct RawUring::Ring {};
+#endif
+
+RawUring::RawUring(const Options& o, const std::string& dir, size_t block, size_t count)
+    : path_(dir + "/raw-uring.dat"), block_(block), count_(count) {
+#if KVTIER_BENCH_URING
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+  if (fd_ < 0) return;
+  const unsigned depth = static_cast<unsigned>(std::min<size_t>(o.queue_depth, count));
+  auto ring = std::make_unique<Ring>();
+  if (fallocate(fd_, 0, 0, static_cast<off_t>(block * count)) != 0 ||
+      io_uring_queue_init(depth, &ring->ring, 0) != 0)
+    return;
+  ring_ = std::move(ring);
+  Buffer lay(block);
+  lay.randomize(9);
+  pass(true, std::vector<std::byte*>(count, lay.base));  // the blocks exist before any timing
+#else
+  (void)o;
+#endif
+}
+
+RawUring::~RawUring() {
+#if KVTIER_BENCH_URING
+  if (ring_) io_uring_queue_exit(&ring_->ring);
+#endif
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(path_.c_str());
+  }
+}
+
+LimitFigure RawUring::pass(bool write, const std::vector<std::byte*>& blocks, bool fresh) {
+#if !KVTIER_BENCH_URING
+  (void)write, (void)blocks, (void)fresh;
+  return {};
+#else
+  if (!ring_ || blocks.size() != count_) return {};
+  if (!write) drop_page_cache();
+  if (write && fresh && ftruncate(fd_, 0) != 0) return {};
+  io_uring& ring = ring_->ring;
+  const unsigned depth = ring.sq.ring_entries;
+  const double c0 = cpu_seconds(), t0 = now();
+  size_t next = 0, done = 0, inflight = 0;
+  bool failed = false;
+  while (done < count_) {
+    while (inflight < depth && next < count_) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+      if (write)
+        io_uring_prep_write(sqe, fd_, blocks[next], block_, next * block_);
+      else
+        io_uring_prep_read(sqe, fd_, blocks[next], block_, next * block_);
+      ++next;
+      ++inflight;
+    }
+    io_uring_submit_and_wait(&ring, 1);
+    io_uring_cqe* cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&ring, head, cqe) {
+      failed |= cqe->res != static_cast<int>(block_);
+      ++n;
+    }
+    io_uring_cq_advance(&ring, n);
+    done += n;
+    inflight -= n;
+  }
+  if (write) failed |= fdatasync(fd_) != 0;
+  const double s = now() - t0, cpu = cpu_seconds() - c0;
+  if (failed) return {};
+  const double gb = block_ * count_ / 1e9;
+  return {gb / s, cpu / gb};
+#endif
+}
+
 double raw_uring_gbps(const Options& o, const std::string& dir, size_t block, size_t count,
                       bool write) {
-#if !KVTIER_BENCH_URING
-  (void)o, (void)dir, (void)block, (void)count, (void)write;
-  return 0;  // built without liburing
-#else
-  const std::string path = dir + "/raw-uring.dat";
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_DIRECT, 0644);
-  if (fd < 0) return 0;
-  const unsigned depth = static_cast<unsigned>(std::min<size_t>(o.queue_depth, count));
-  if (fallocate(fd, 0, 0, static_cast<off_t>(block * count)) != 0) {
-    ::close(fd);
-    return 0;
-  }
+  RawUring raw(o, dir, block, count);
+  const size_t depth = std::min<size_t>(o.queue_depth, count);
   Buffer buf(block * depth);
   buf.randomize(9);
-  io_uring ring;
-  if (io_uring_queue_init(depth, &ring, 0) != 0) {
-    ::close(fd);
-    return 0;
-  }
-  auto pass = [&](bool w) {
-    size_t next = 0, done = 0, inflight = 0;
-    while (done < count) {
-      while (inflight < depth && next < count) {
-        io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-        std::byte* b = buf.base + (next % depth) * block;
-        if (w)
-          io_uring_prep_write(sqe, fd, b, block, next * block);
-        else
-          io_uring_prep_read(sqe, fd, b, block, next * block);
-        ++next;
-        ++inflight;
-      }
-      io_uring_submit_and_wait(&ring, 1);
-      io_uring_cqe* cqe;
-      unsigned head, n = 0;
-      io_uring_for_each_cqe(&ring, head, cqe) {
-        ++n;
-      }
-      io_uring_cq_advance(&ring, n);
-      done += n;
-      inflight -= n;
-    }
-    if (w) fdatasync(fd);
-  };
-  pass(true);  // the file's blocks exist before anything is timed
-  Figure f = measure(
-      o, block * count,
-      [&] {
-        if (!write) drop_page_cache();
-      },
-      [&] { pass(write); }, [] {});
-  io_uring_queue_exit(&ring);
-  ::close(fd);
-  ::unlink(path.c_str());
-  return f.gbps;
-#endif
+  std::vector<std::byte*> blocks;
+  for (size_t i = 0; i < count; ++i) blocks.push_back(buf.base + (i % depth) * block);
+  std::vector<double> gbps;
+  for (int r = 0; r < o.warmup + o.repeats; ++r)
+    if (const double g = raw.pass(write, blocks).gbps; r >= o.warmup) gbps.push_back(g);
+  std::sort(gbps.begin(), gbps.end());
+  return gbps[(gbps.size() - 1) / 2];
 }
 
 // The number after "key": in fio's JSON output, from position `from`; 0 if absent.

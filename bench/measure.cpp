@@ -101,21 +101,25 @@ Figure measure(const Options& o, size_t bytes, const std::function<void()>& prep
   return measure_turns(o, bytes, {{prep, body, check}})[0];
 }
 
-Paired measure_paired(const Options& o, size_t bytes, const std::function<LimitFigure()>& limit,
-                      const Timed& run) {
-  std::vector<LimitFigure> lim;
-  const Took took = time_rounds(o, {run}, [&] { lim.push_back(limit()); })[0];
+Paired measure_paired(const Options& o, size_t bytes,
+                      const std::vector<std::function<LimitFigure()>>& limits, const Timed& run) {
+  std::vector<std::vector<LimitFigure>> lim(limits.size());  // [limit][round]
+  const Took took = time_rounds(o, {run}, [&] {
+    for (size_t l = 0; l < limits.size(); ++l) lim[l].push_back(limits[l]());
+  })[0];
   Paired p;
   p.fig = figure(bytes, took);
-  std::vector<double> gbps, cpu, ratios;
-  for (size_t r = 0; r < took.size(); ++r) {
-    if (lim[r].gbps <= 0) continue;  // not measured (fio missing or failed): no ratio
-    gbps.push_back(lim[r].gbps);
-    cpu.push_back(lim[r].cpu_per_gb);
-    ratios.push_back(bytes / took[r].first / 1e9 / lim[r].gbps);
+  for (const std::vector<LimitFigure>& rounds : lim) {
+    std::vector<double> gbps, cpu, ratios;
+    for (size_t r = 0; r < took.size(); ++r) {
+      if (rounds[r].gbps <= 0) continue;  // not measured (its tool missing or failed): no ratio
+      gbps.push_back(rounds[r].gbps);
+      cpu.push_back(rounds[r].cpu_per_gb);
+      ratios.push_back(bytes / took[r].first / 1e9 / rounds[r].gbps);
+    }
+    p.limit.push_back({median(gbps), median(cpu)});
+    p.ratio.push_back(median(ratios));
   }
-  p.limit = {median(gbps), median(cpu)};
-  p.ratio = median(ratios);
   return p;
 }
 
