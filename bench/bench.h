@@ -1,5 +1,5 @@
-// kvtier-bench's parts, one file per subcommand (compare, transfer, placement, p2p, file,
-// shared, limits) and the shared ones: options.cpp (the command line), measure.cpp (timed runs,
+// kvtier-bench's parts, one file per table (compare, transfer, limits, file; p2p and placement
+// printed by transfer, shared by file) and the shared ones: options.cpp (the command line), measure.cpp (timed runs,
 // buffers, keys), output.cpp (tables, JSON), remote.cpp and file_limits.cpp (machine limits the
 // tables stand next to). Every figure a subcommand measures becomes a Row in g_rows.
 #pragma once

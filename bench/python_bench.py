@@ -12,7 +12,9 @@ in alternating rounds, the ratio the median of the rounds' own ratios.
 
 usage: /usr/bin/python3 bench/python_bench.py [--tiers memory,file] [--batches 10,50,100]
        [--layouts layer_first,page_first] [--repeats 3] [--dir DIR] [--json FILE]
-Run from a source tree after building (it finds build/capi/libkvtier.so), or set KVTIER_LIBRARY.
+Run from a source tree after building: it finds build/capi/libkvtier.so (the tests' build), else
+build-bench/capi/libkvtier.so (bash bench/run.sh's); or set KVTIER_LIBRARY to the library's path.
+Needs numpy (Debian's python3-numpy, in cmake/install-deps.sh's bench list); not torch.
 """
 
 import argparse
@@ -29,16 +31,31 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:
+    sys.exit("python_bench: needs numpy (Debian: apt-get install python3-numpy)")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python_shim"))
 sys.path.insert(0, str(ROOT / "tests" / "python"))
-if "KVTIER_LIBRARY" not in os.environ and (ROOT / "build/capi/libkvtier.so").exists():
-    os.environ["KVTIER_LIBRARY"] = str(ROOT / "build/capi/libkvtier.so")
+BUILDS = ("build", "build-bench")  # the tests' build, then bench/run.sh's
+if "KVTIER_LIBRARY" not in os.environ:
+    for build in BUILDS:
+        if (ROOT / build / "capi/libkvtier.so").exists():
+            os.environ["KVTIER_LIBRARY"] = str(ROOT / build / "capi/libkvtier.so")
+            break
 
 from hostpool import HostPool, StatePool, slots_for  # noqa: E402  (the engine-shaped pool of the tests)
-from kvtier.sglang import KvtierStorage  # noqa: E402
+
+try:
+    from kvtier.sglang import KvtierStorage  # noqa: E402
+except ImportError as e:
+    hint = (
+        f"\npython_bench: found no {' or '.join(b + '/capi/libkvtier.so' for b in BUILDS)}: build "
+        "one (bash bench/run.sh builds build-bench/) or set KVTIER_LIBRARY to libkvtier.so's path"
+    )
+    sys.exit(f"python_bench: {e}" + ("" if "KVTIER_LIBRARY" in os.environ else hint))
 
 STATE_BYTES = 4096  # one extra-pool page (a Mamba state row) per KV page in the v2 rows
 

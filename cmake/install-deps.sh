@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages kvtier needs; only what is missing.
-#   install-deps.sh bench   what the library, kvtier-server and kvtier-bench build with, and the
-#                           tools the bench measures the machine's limits with (fio, iperf3)
-#   install-deps.sh         all of that, and what the tests use (GoogleTest, Python with numpy
-#                           and torch, etcd)
+#   install-deps.sh bench   what the library, kvtier-server and kvtier-bench build with, the
+#                           tools the bench measures the machine's limits with (fio, iperf3), and
+#                           Python with numpy for bench/python_bench.py
+#   install-deps.sh         all of that, and what the tests use (GoogleTest, pytest, torch,
+#                           etcd)
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liburing-dev libibverbs-dev librdmacm-dev libxxhash-dev
       libzstd-dev libspdlog-dev libcurl4-openssl-dev nlohmann-json3-dev libcpp-httplib-dev
-      libssl-dev fio iperf3)
+      libssl-dev fio iperf3 python3 python3-numpy)
 if [ "${1:-}" != "bench" ]; then
-  pkgs+=(libgtest-dev libgmock-dev python3 python3-pytest python3-numpy python3-torch
+  pkgs+=(libgtest-dev libgmock-dev python3-pytest python3-torch
          etcd-server etcd-client)
 fi
 missing=()

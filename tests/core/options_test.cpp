@@ -298,4 +298,26 @@ TEST(ServerOptions, FlagOverVariable) {
   EXPECT_EQ(run.line, "kvtier-server: unknown flag --flag-nobody-knows (see --help)");
 }
 
+// The cluster's token is a variable only: a command line is visible to every local user in
+// /proc/PID/cmdline. --token is refused with a message that says what to do, not ignored (a
+// server up without the token its operator meant would serve anyone); so is an empty argument,
+// which must not reach the variables that have no flag (the token, the etcd password).
+TEST(ServerOptions, TokenIsNotAFlag) {
+  const std::string token = "t" + std::to_string(random_in(1000000, 9999999));
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           with({"--token", token}), with({"--token=" + token}), with({"--token"})}) {
+    ServerRun run = run_server({}, args);
+    EXPECT_EQ(run.status, 2) << run.line;
+    EXPECT_EQ(run.line,
+              "kvtier-server: --token is not a flag: a command line is visible to every local "
+              "user (/proc/PID/cmdline); set KVTIER_REMOTE_TOKEN in kvtier-server's environment "
+              "instead (see --help)");
+  }
+  ServerRun run = run_server({}, with({"", token}));
+  EXPECT_EQ(run.status, 2) << run.line;
+  EXPECT_EQ(run.line, "kvtier-server: unknown flag  (see --help)");
+  run = run_server({{"KVTIER_REMOTE_TOKEN", token}}, kListen);
+  EXPECT_EQ(run.status, -1) << run.line;
+}
+
 }  // namespace

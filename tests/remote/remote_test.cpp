@@ -16,6 +16,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -380,17 +382,26 @@ TEST(Remote, ValueLargerThanAServerTakesIsRefusedByTheClient) {
   kvtier_close(s);
 }
 
+// The server's token comes from its environment (KVTIER_REMOTE_TOKEN): its command line, which
+// every local user can read in /proc/PID/cmdline, does not carry it, and it still holds.
 TEST(Remote, TokenIsRequired) {
-  ServerProcess srv("64MiB", "s3cret");
+  const std::string secret = "s3cret" + std::to_string(getpid()) + std::to_string(rand());
+  ServerProcess srv("64MiB", secret);
+  {
+    std::ifstream f("/proc/" + std::to_string(srv.pid()) + "/cmdline", std::ios::binary);
+    const std::string cmdline{std::istreambuf_iterator<char>(f), {}};
+    ASSERT_FALSE(cmdline.empty());
+    EXPECT_EQ(cmdline.find(secret), std::string::npos) << "the token is on the command line";
+  }
   Batch b("tok", 2, 1000);
-  for (const char* token : {"", "wrong"}) {
-    kvtier_store_t* s = open_store("tiers=remote;remote_token=" + std::string(token) +
+  for (const std::string& token : {std::string(), std::string("wrong"), secret + "x"}) {
+    kvtier_store_t* s = open_store("tiers=remote;remote_token=" + token +
                                    ";remote_servers=" + srv.address());
     for (int r : b.set(s)) EXPECT_EQ(r, KVTIER_ERR_DENIED) << "token '" << token << "'";
     kvtier_close(s);
   }
   kvtier_store_t* s =
-      open_store("tiers=remote;remote_token=s3cret;remote_servers=" + srv.address());
+      open_store("tiers=remote;remote_token=" + secret + ";remote_servers=" + srv.address());
   for (int r : b.set(s)) EXPECT_EQ(r, KVTIER_OK);
   for (int r : b.get(s)) EXPECT_EQ(r, 1);
   kvtier_close(s);

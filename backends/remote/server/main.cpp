@@ -1,5 +1,6 @@
 // kvtier-server: run one per memory node.
-//   kvtier-server --listen 127.0.0.1:7471 --capacity 4GiB [--token SECRET] [--log-level info]
+//   KVTIER_REMOTE_TOKEN="$SECRET" kvtier-server --listen 127.0.0.1:7471 --capacity 4GiB
+//   The token is a variable only: a command line is visible to every local user.
 #include <signal.h>
 
 #include <algorithm>
@@ -20,7 +21,7 @@ namespace {
 
 const char* kHelp = R"(kvtier-server: the memory node of kvtier's remote tier.
 
-usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--rdma auto|off]
+usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--rdma auto|off]
                      [--rdma-port PORT] [--rdma-tos TOS] [--lease-ms MS] [--idle-timeout-ms MS]
                      [--bulk-timeout-ms MS] [--max-connections N] [--max-leases N]
                      [--threads N] [--etcd HOST:PORT,... [--cluster NAME]
@@ -34,10 +35,10 @@ usage: kvtier-server [--listen HOST:PORT] [--capacity SIZE] [--token TOKEN] [--r
                       env: KVTIER_SERVER_LISTEN
   --capacity SIZE     bytes of memory for pages, e.g. 64GiB (default 4GiB)
                       env: KVTIER_SERVER_CAPACITY
-  --token TOKEN       the cluster's secret: the server and each client prove to each other
+  KVTIER_REMOTE_TOKEN the cluster's secret: the server and each client prove to each other
                       that they hold it (HMAC-SHA256 challenges; it never crosses the wire)
-                      (default: none)
-                      env: KVTIER_REMOTE_TOKEN
+                      (default: none). A variable only, never a flag: a command line is
+                      visible to every local user (/proc/PID/cmdline)
   --rdma auto|off     auto: serve the RDMA data plane when the host has an RDMA device
                       (the arena is then registered, so pinned, at start) (default auto)
                       env: KVTIER_SERVER_RDMA
@@ -150,7 +151,8 @@ const std::vector<ServerOption>& server_options() {
          return valid_host_port(v) && net::split_host_port(v, &s.host, &s.port).is_ok();
        }},
       size_option<S>("SERVER_CAPACITY", "--capacity", &S::capacity, 1ull << 20),
-      token_option<S>("REMOTE_TOKEN", "--token", &S::token),
+      // Not a flag: a command line is visible to every local user.
+      token_option<S>("REMOTE_TOKEN", "", &S::token),
       log_level_option<S>("LOG_LEVEL", "--log-level", &S::level),
       switch_option<S>("SERVER_RDMA", "--rdma", &S::rdma, "auto", "off"),
       integer_option<S>("SERVER_RDMA_PORT", "--rdma-port", &S::rdma_port, 0, 65535),
@@ -212,8 +214,16 @@ int parse(int argc, char** argv, Settings* out) {
       std::fputs(kHelp, stdout);
       return 0;
     }
+    // Refused, not ignored: a server that came up without the token the caller meant to give
+    // it would serve the cluster's pages to anyone.
+    if (a == "--token" || a.rfind("--token=", 0) == 0)
+      return usage_error(
+          "--token is not a flag: a command line is visible to every local user "
+          "(/proc/PID/cmdline); set KVTIER_REMOTE_TOKEN in kvtier-server's environment instead");
     if (i + 1 >= argc) return usage_error(a + " needs a value");
-    auto o = std::find_if(options.begin(), options.end(), [&](auto& x) { return a == x.flag; });
+    // Variables without a flag (flag "") are never matched by an argument, not even "".
+    auto o = std::find_if(options.begin(), options.end(),
+                          [&](auto& x) { return !x.flag.empty() && a == x.flag; });
     if (o == options.end()) return usage_error("unknown flag " + a);
     flags[o - options.begin()] = argv[++i];
   }

@@ -46,7 +46,7 @@ struct ServerOptions {
   std::string host = "127.0.0.1";  // --listen / KVTIER_SERVER_LISTEN
   uint16_t port = 7471;
   uint64_t capacity = 4ull << 30;  // --capacity / KVTIER_SERVER_CAPACITY
-  std::string token;               // --token / KVTIER_REMOTE_TOKEN; empty: no check
+  std::string token;               // KVTIER_REMOTE_TOKEN (never a flag); empty: no check
   bool rdma = true;                // --rdma auto|off / KVTIER_SERVER_RDMA: serve RDMA if a device
   uint16_t rdma_port = 0;          // --rdma-port / KVTIER_SERVER_RDMA_PORT; 0: the TCP port + 1
   unsigned lease_ms = 10000;       // --lease-ms / KVTIER_SERVER_LEASE_MS: ALLOC and LOOKUP leases
